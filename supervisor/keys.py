@@ -1,0 +1,117 @@
+"""Every Redis key of a queue, in one place.
+
+All keys of one queue share the hash tag `{queue}` so that every Lua script touches a single
+Redis Cluster slot. Job data lives in per-queue hashes (field = job id) rather than one key per
+job, so scripts never build a key name from a string: every key they touch arrives in KEYS.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+PREFIX = "ingest"
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    queue: str
+
+    def __post_init__(self) -> None:
+        if not QUEUE_NAME_RE.match(self.queue):
+            raise ValueError(
+                f"queue name {self.queue!r}: must be 1-64 characters of letters, digits, '_.:-'"
+            )
+
+    def _key(self, kind: str) -> str:
+        return f"{PREFIX}:{{{self.queue}}}:{kind}"
+
+    @property
+    def jobs(self) -> str:
+        """HASH job_id -> JSON job record (state, attempt, lease, progress, error, result)."""
+        return self._key("jobs")
+
+    @property
+    def payloads(self) -> str:
+        """HASH job_id -> JSON payload as validated at enqueue."""
+        return self._key("payloads")
+
+    @property
+    def waiting(self) -> str:
+        """ZSET job_id scored by priority band then sequence (lowest first)."""
+        return self._key("waiting")
+
+    @property
+    def delayed(self) -> str:
+        """ZSET job_id scored by due time in ms."""
+        return self._key("delayed")
+
+    @property
+    def active(self) -> str:
+        """ZSET job_id scored by lease deadline in ms (what the reaper scans)."""
+        return self._key("active")
+
+    @property
+    def completed(self) -> str:
+        """ZSET job_id scored by finish time in ms (retention)."""
+        return self._key("completed")
+
+    @property
+    def failed(self) -> str:
+        """ZSET job_id scored by finish time in ms (dead letter; retention)."""
+        return self._key("failed")
+
+    @property
+    def cancelled(self) -> str:
+        """ZSET job_id scored by finish time in ms (retention)."""
+        return self._key("cancelled")
+
+    @property
+    def seq(self) -> str:
+        """STRING counter giving FIFO order within a priority band."""
+        return self._key("seq")
+
+    @property
+    def wake(self) -> str:
+        """LIST of wake-up tokens claimers block on (BLPOP); holds no job data."""
+        return self._key("wake")
+
+    @property
+    def events(self) -> str:
+        """STREAM of job events (capped) for live watchers."""
+        return self._key("events")
+
+    @property
+    def cancel_channel(self) -> str:
+        """Pub/sub channel on which cancel requests for active jobs are announced."""
+        return self._key("cancel")
+
+    @property
+    def stats(self) -> str:
+        """HASH of monotonic counters (stalled, retried, ...)."""
+        return self._key("stats")
+
+    @property
+    def workers(self) -> str:
+        """ZSET worker_id scored by heartbeat expiry in ms (live workers are those not expired)."""
+        return self._key("workers")
+
+    def worker(self, worker_id: str) -> str:
+        """STRING JSON heartbeat of one worker, with a short TTL. Never touched by Lua."""
+        return self._key(f"worker:{worker_id}")
+
+    def all_state_sets(self) -> dict[str, str]:
+        return {
+            "waiting": self.waiting,
+            "delayed": self.delayed,
+            "active": self.active,
+            "completed": self.completed,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+        }
+
+    @property
+    def pattern(self) -> str:
+        """SCAN pattern matching every key of this queue (tests and purge of a whole queue)."""
+        return f"{PREFIX}:{{{self.queue}}}:*"

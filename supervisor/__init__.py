@@ -1,3 +1,3 @@
-"""The ingest supervisor: a daemon that runs Python ingestion jobs from Redis in isolated children."""
+"""The ingest supervisor: runs Python ingestion jobs from Redis in isolated children."""
 
 __version__ = "0.1.0"

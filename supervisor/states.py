@@ -1,4 +1,7 @@
-"""Job states and how they read in the status table. No internal imports: everything may import this."""
+"""Job states and how they read in the status table.
+
+No internal imports: every module may import this one.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +36,13 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.WAITING: frozenset({JobState.ACTIVE, JobState.CANCELLED}),
     JobState.DELAYED: frozenset({JobState.WAITING, JobState.CANCELLED}),
     JobState.ACTIVE: frozenset(
-        {JobState.COMPLETED, JobState.FAILED, JobState.DELAYED, JobState.WAITING, JobState.CANCELLED}
+        {
+            JobState.COMPLETED,
+            JobState.FAILED,
+            JobState.DELAYED,
+            JobState.WAITING,
+            JobState.CANCELLED,
+        }
     ),
     JobState.COMPLETED: frozenset(),
     JobState.FAILED: frozenset({JobState.WAITING}),

@@ -1,0 +1,76 @@
+-- Shared helpers, prepended by the loader (supervisor/scripts.py) to every script below.
+-- Job records are JSON objects in the `jobs` hash (field = job id); payloads are opaque
+-- JSON strings in the `payloads` hash. Every write bumps `rev`, the job's monotonic
+-- revision: the status table orders writes by it.
+-- Times are milliseconds from the Redis server's own clock (TIME), so daemons with skewed
+-- clocks still agree on lease deadlines.
+
+local BAND = 1125899906842624 -- 2^50: priority band width in the waiting ZSET score
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function fmt(n)
+  return string.format('%.0f', n)
+end
+
+local function load(jobs, id)
+  local raw = redis.call('HGET', jobs, id)
+  if not raw then
+    return nil
+  end
+  return cjson.decode(raw)
+end
+
+local function save(jobs, rec)
+  rec.rev = (rec.rev or 0) + 1
+  redis.call('HSET', jobs, rec.id, cjson.encode(rec))
+end
+
+local function held(rec, token)
+  return rec ~= nil and rec.state == 'active' and rec.token == token
+end
+
+local function band_of(rec)
+  if rec.priority == 'high' then
+    return 0
+  end
+  return 1
+end
+
+-- Back of the job's priority band (FIFO by sequence).
+local function push_back(waiting, seq, rec)
+  local n = redis.call('INCR', seq)
+  redis.call('ZADD', waiting, fmt(band_of(rec) * BAND + n), rec.id)
+end
+
+-- Front of the job's priority band (used when a job goes back without fault of its own).
+local function push_front(waiting, seq, rec)
+  local n = redis.call('INCR', seq)
+  redis.call('ZADD', waiting, fmt(band_of(rec) * BAND - n), rec.id)
+end
+
+local function emit(stream, maxlen, kind, rec, extra)
+  local fields = {'type', kind, 'job', rec.id, 'attempt', tostring(rec.attempt or 0),
+                  'state', rec.state, 'rev', tostring(rec.rev or 0)}
+  if extra then
+    for k, v in pairs(extra) do
+      table.insert(fields, k)
+      table.insert(fields, tostring(v))
+    end
+  end
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+end
+
+-- Drop finished jobs older than `cutoff` from `set` and their data (bounded work per call).
+local function trim(set, jobs, payloads, cutoff, limit)
+  local ids = redis.call('ZRANGEBYSCORE', set, '-inf', fmt(cutoff), 'LIMIT', 0, limit)
+  for _, id in ipairs(ids) do
+    redis.call('HDEL', jobs, id)
+    redis.call('HDEL', payloads, id)
+    redis.call('ZREM', set, id)
+  end
+  return #ids
+end

@@ -1,0 +1,29 @@
+-- cancel: waiting/delayed jobs become cancelled at once; an active job is flagged and its
+-- holder told on the cancel channel (it also learns at its next renewal).
+-- KEYS[1] jobs  KEYS[2] waiting  KEYS[3] delayed  KEYS[4] active  KEYS[5] cancelled
+-- KEYS[6] events
+-- ARGV[1] id  ARGV[2] cancel channel  ARGV[3] events maxlen
+-- Returns {'cancelled'|'requested'|<final state>|'missing', rev}.
+local rec = load(KEYS[1], ARGV[1])
+if not rec then
+  return {'missing', 0}
+end
+if rec.state == 'waiting' or rec.state == 'delayed' then
+  redis.call('ZREM', KEYS[2], rec.id)
+  redis.call('ZREM', KEYS[3], rec.id)
+  rec.state = 'cancelled'
+  rec.finished_at = now_ms()
+  rec.due_at = nil
+  redis.call('ZADD', KEYS[5], fmt(rec.finished_at), rec.id)
+  save(KEYS[1], rec)
+  emit(KEYS[6], ARGV[3], 'cancelled', rec)
+  return {'cancelled', rec.rev}
+end
+if rec.state == 'active' then
+  rec.cancel_requested = true
+  save(KEYS[1], rec)
+  emit(KEYS[6], ARGV[3], 'cancel_requested', rec)
+  redis.call('PUBLISH', ARGV[2], rec.id)
+  return {'requested', rec.rev}
+end
+return {rec.state, rec.rev}

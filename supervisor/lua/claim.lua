@@ -1,0 +1,48 @@
+-- claim: promote due delayed jobs, then take the first waiting job under a new lease.
+-- KEYS[1] jobs  KEYS[2] payloads  KEYS[3] waiting  KEYS[4] delayed  KEYS[5] active
+-- KEYS[6] seq   KEYS[7] wake      KEYS[8] events
+-- ARGV[1] worker id  ARGV[2] lease token  ARGV[3] lease ms  ARGV[4] events maxlen
+-- ARGV[5] max delayed jobs promoted per call
+-- Returns {id, payload JSON, record JSON} or {'', ms until the next delayed job is due | -1}.
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', fmt(now), 'LIMIT', 0, tonumber(ARGV[5]))
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[4], id)
+  local rec = load(KEYS[1], id)
+  if rec and rec.state == 'delayed' then
+    rec.state = 'waiting'
+    rec.due_at = nil
+    push_back(KEYS[3], KEYS[6], rec)
+    save(KEYS[1], rec)
+  end
+end
+
+while true do
+  local popped = redis.call('ZPOPMIN', KEYS[3])
+  if #popped == 0 then
+    -- Nothing ready: stale wake tokens would only cause empty wake-ups.
+    redis.call('DEL', KEYS[7])
+    local nxt = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+    if #nxt == 0 then
+      return {'', -1}
+    end
+    return {'', math.max(0, tonumber(nxt[2]) - now)}
+  end
+  local id = popped[1]
+  local rec = load(KEYS[1], id)
+  if rec and rec.state == 'waiting' then
+    rec.state = 'active'
+    rec.attempt = (rec.attempt or 0) + 1
+    rec.token = ARGV[2]
+    rec.worker = ARGV[1]
+    rec.started_at = now
+    rec.lease_until = now + tonumber(ARGV[3])
+    rec.progress = 0
+    rec.message = nil
+    redis.call('ZADD', KEYS[5], fmt(rec.lease_until), id)
+    save(KEYS[1], rec)
+    emit(KEYS[8], ARGV[4], 'started', rec, {worker = ARGV[1]})
+    return {id, redis.call('HGET', KEYS[2], id) or '{}', cjson.encode(rec)}
+  end
+  -- A waiting entry without a waiting record is debris from a purge: skip it.
+end

@@ -1,0 +1,25 @@
+-- complete: a held job succeeded.
+-- KEYS[1] jobs  KEYS[2] payloads  KEYS[3] active  KEYS[4] completed  KEYS[5] events
+-- ARGV[1] id  ARGV[2] token  ARGV[3] result JSON ('' for none)  ARGV[4] keep completed ms
+-- ARGV[5] events maxlen  ARGV[6] retention trim limit
+-- Returns {1, rev} or {0, 0} when the lease is lost.
+local rec = load(KEYS[1], ARGV[1])
+if not held(rec, ARGV[2]) then
+  return {0, 0}
+end
+local now = now_ms()
+rec.state = 'completed'
+rec.progress = 100
+rec.finished_at = now
+rec.token = nil
+rec.lease_until = nil
+rec.error = nil
+if ARGV[3] ~= '' then
+  rec.result = ARGV[3]
+end
+redis.call('ZREM', KEYS[3], rec.id)
+redis.call('ZADD', KEYS[4], fmt(now), rec.id)
+save(KEYS[1], rec)
+emit(KEYS[5], ARGV[5], 'completed', rec)
+trim(KEYS[4], KEYS[1], KEYS[2], now - tonumber(ARGV[4]), tonumber(ARGV[6]))
+return {1, rec.rev}

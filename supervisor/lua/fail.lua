@@ -1,0 +1,32 @@
+-- fail: a held job's attempt failed; retry after a backoff or dead-letter it.
+-- KEYS[1] jobs  KEYS[2] payloads  KEYS[3] active  KEYS[4] delayed  KEYS[5] failed
+-- KEYS[6] wake  KEYS[7] events
+-- ARGV[1] id  ARGV[2] token  ARGV[3] error text  ARGV[4] retryable (1|0)  ARGV[5] backoff ms
+-- ARGV[6] keep failed ms  ARGV[7] events maxlen  ARGV[8] retention trim limit
+-- Returns {'retry', rev, due ms} | {'failed', rev, 0} | {'lost', 0, 0}.
+local rec = load(KEYS[1], ARGV[1])
+if not held(rec, ARGV[2]) then
+  return {'lost', 0, 0}
+end
+local now = now_ms()
+rec.token = nil
+rec.lease_until = nil
+rec.error = ARGV[3]
+redis.call('ZREM', KEYS[3], rec.id)
+if ARGV[4] == '1' and rec.attempt < rec.max_attempts then
+  rec.state = 'delayed'
+  rec.due_at = now + tonumber(ARGV[5])
+  redis.call('ZADD', KEYS[4], fmt(rec.due_at), rec.id)
+  save(KEYS[1], rec)
+  emit(KEYS[7], ARGV[7], 'retried', rec, {due_at = fmt(rec.due_at)})
+  -- Wake a claimer so it blocks only until this retry is due.
+  redis.call('LPUSH', KEYS[6], '1')
+  return {'retry', rec.rev, fmt(rec.due_at)}
+end
+rec.state = 'failed'
+rec.finished_at = now
+redis.call('ZADD', KEYS[5], fmt(now), rec.id)
+save(KEYS[1], rec)
+emit(KEYS[7], ARGV[7], 'failed', rec, {error = string.sub(ARGV[3], 1, 200)})
+trim(KEYS[5], KEYS[1], KEYS[2], now - tonumber(ARGV[6]), tonumber(ARGV[8]))
+return {'failed', rec.rev, 0}

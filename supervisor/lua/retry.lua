@@ -1,0 +1,28 @@
+-- retry: put a failed or cancelled job back in the queue with fresh attempts.
+-- KEYS[1] jobs  KEYS[2] failed  KEYS[3] cancelled  KEYS[4] waiting  KEYS[5] seq
+-- KEYS[6] wake  KEYS[7] events
+-- ARGV[1] id  ARGV[2] events maxlen
+-- Returns {'waiting', rev} or {<current state>|'missing', 0}.
+local rec = load(KEYS[1], ARGV[1])
+if not rec then
+  return {'missing', 0}
+end
+if rec.state ~= 'failed' and rec.state ~= 'cancelled' then
+  return {rec.state, 0}
+end
+redis.call('ZREM', KEYS[2], rec.id)
+redis.call('ZREM', KEYS[3], rec.id)
+rec.state = 'waiting'
+rec.attempt = 0
+rec.stalls = 0
+rec.error = nil
+rec.result = nil
+rec.finished_at = nil
+rec.cancel_requested = nil
+rec.progress = 0
+rec.message = nil
+push_back(KEYS[4], KEYS[5], rec)
+save(KEYS[1], rec)
+emit(KEYS[7], ARGV[2], 'enqueued', rec, {retry = 1})
+redis.call('LPUSH', KEYS[6], '1')
+return {'waiting', rec.rev}

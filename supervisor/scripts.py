@@ -1,0 +1,29 @@
+"""Loads the Lua scripts under `lua/`, each prefixed with the shared helpers, once per client."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+SCRIPT_NAMES = (
+    "enqueue",
+    "claim",
+    "renew",
+    "progress",
+    "complete",
+    "fail",
+    "release",
+    "cancel",
+    "cancel_ack",
+    "retry",
+    "reap",
+    "purge",
+)
+
+
+@cache
+def script_source(name: str) -> str:
+    if name not in SCRIPT_NAMES:
+        raise KeyError(name)
+    lua = resources.files("supervisor") / "lua"
+    return (lua / "_lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()

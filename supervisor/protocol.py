@@ -256,7 +256,11 @@ class JobQueue:
                 if left <= 0:
                     return None
                 block = min(block, left)
-            await self.client.blpop([self.keys.wake], timeout=max(block, 0.001))
+            await self.wait_for_work(block)
+
+    async def wait_for_work(self, timeout_s: float) -> None:
+        """Block until a wake token arrives (something was enqueued or became due) or timeout."""
+        await self.client.blpop([self.keys.wake], timeout=max(timeout_s, 0.001))
 
     async def renew(self, job_id: str, token: str, lease_s: float) -> RenewResult:
         k = self.keys

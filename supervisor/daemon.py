@@ -1,0 +1,286 @@
+"""The daemon: N slots claiming and running jobs, upkeep loops, and a two-phase shutdown.
+
+Signal handlers only set events; the main coroutine acts on them. SIGTERM/SIGINT stops
+claiming at once, gives running jobs the shutdown grace, then stops their children and
+releases the jobs without spending an attempt. A second signal skips the grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from supervisor import __version__
+from supervisor.execution import ExecutionContext, JobExecution
+from supervisor.protocol import Claim, JobQueue
+from supervisor.redis_retry import TRANSIENT
+from supervisor.runner import EndReason, StartFailureGate
+from supervisor.sdnotify import SystemdNotifier
+from supervisor.workers import WorkerRegistry
+
+log = logging.getLogger(__name__)
+REAP_INTERVAL_MAX_S = 5.0
+FLUSH_DEADLINE_S = 5.0
+
+
+class Daemon:
+    def __init__(
+        self,
+        ctx: ExecutionContext,
+        *,
+        concurrency: int,
+        shutdown_grace_s: float,
+        heartbeat_ttl_s: float,
+        instance: int | None,
+        metrics_port: int,
+        notifier: SystemdNotifier,
+    ) -> None:
+        self.ctx = ctx
+        self.queue: JobQueue = ctx.queue
+        self.concurrency = concurrency
+        self.shutdown_grace_s = shutdown_grace_s
+        self.heartbeat_ttl_s = heartbeat_ttl_s
+        self.instance = instance
+        self.metrics_port = metrics_port
+        self.notifier = notifier
+        self.registry = WorkerRegistry(ctx.queue.client, ctx.queue.keys)
+        self.active: dict[str, JobExecution] = {}
+        self.stopping = asyncio.Event()
+        self.forced = asyncio.Event()
+        self.gate = StartFailureGate()
+        self.started_at = time.time()
+
+    # ---- signals ------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: int) -> None:
+        if self.stopping.is_set():
+            log.warning("second %s: stopping running jobs now", signal.Signals(sig).name)
+            self.forced.set()
+        else:
+            log.info(
+                "%s: no new jobs; %d running get %.0fs to finish",
+                signal.Signals(sig).name,
+                len(self.active),
+                self.shutdown_grace_s,
+            )
+            self.stopping.set()
+
+    # ---- slots --------------------------------------------------------------------
+
+    async def _next_claim(self) -> Claim | None:
+        """A claim, or None when stopping. Blocks on the wake list, never polls; only the
+        wait is ever cancelled, never the claim script, so no claim is lost in flight."""
+        got = await self.queue.try_claim(self.ctx.worker_id, self.ctx.lease_s)
+        if isinstance(got, Claim):
+            return got
+        block = 5.0 if got is None else min(5.0, max(got, 0.001))
+        await _first_of(self.queue.wait_for_work(block), self.stopping.wait())
+        return None
+
+    async def _slot(self, index: int) -> None:
+        pause = 0.1
+        while not self.stopping.is_set():
+            await _first_of(self.gate.wait(), self.stopping.wait())
+            if self.stopping.is_set():
+                return
+            try:
+                claim = await self._next_claim()
+            except TRANSIENT as exc:
+                log.warning("slot %d: Redis unavailable (%s); retrying in %.1fs", index, exc, pause)
+                await _first_of(asyncio.sleep(pause), self.stopping.wait())
+                pause = min(pause * 2, 5.0)
+                continue
+            pause = 0.1
+            if claim is None:
+                continue
+            execution = JobExecution(self.ctx, claim)
+            self.active[claim.job.job_id] = execution
+            self._slots_changed()
+            try:
+                await execution.run()
+                if execution.outcome is not None:
+                    self.gate.record(execution.outcome)
+            except Exception:
+                log.exception("slot %d: job %s crashed its execution", index, claim.job.job_id)
+            finally:
+                del self.active[claim.job.job_id]
+                self._slots_changed()
+
+    def _slots_changed(self) -> None:
+        busy = len(self.active)
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.set_slots(busy=busy, idle=self.concurrency - busy)
+        self.notifier.status(f"{busy}/{self.concurrency} slots busy")
+
+    # ---- upkeep -------------------------------------------------------------------
+
+    async def _reaper(self) -> None:
+        interval = min(REAP_INTERVAL_MAX_S, self.ctx.lease_s / 4)
+        while True:
+            try:
+                reaped = await asyncio.wait_for(self.queue.reap(), timeout=5)
+                n = len(reaped.recovered) + len(reaped.dead_lettered) + len(reaped.cancelled)
+                if n:
+                    log.warning(
+                        "recovered stalled jobs: back to waiting %s, failed %s, cancelled %s",
+                        reaped.recovered,
+                        reaped.dead_lettered,
+                        reaped.cancelled,
+                    )
+                    if self.ctx.metrics is not None:
+                        self.ctx.metrics.stalled_recovered(n)
+            except TRANSIENT as exc:
+                log.debug("reap skipped: %s", exc)
+            await asyncio.sleep(interval)
+
+    def heartbeat_info(self) -> dict[str, Any]:
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "instance": self.instance,
+            "slots": self.concurrency,
+            "busy": len(self.active),
+            "active": sorted(self.active),
+            "version": __version__,
+            "started": self.started_at,
+            "metrics_port": self.metrics_port,
+            "queue": self.queue.queue,
+            "stopping": self.stopping.is_set(),
+        }
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(
+                    self.registry.beat(
+                        self.ctx.worker_id, self.heartbeat_info(), self.heartbeat_ttl_s
+                    ),
+                    timeout=5,
+                )
+            except TRANSIENT as exc:
+                log.debug("heartbeat skipped: %s", exc)
+            await asyncio.sleep(self.heartbeat_ttl_s / 3)
+
+    async def _cancel_listener(self) -> None:
+        pause = 0.2
+        while True:
+            try:
+                async for job_id in self.queue.cancel_requests():
+                    pause = 0.2
+                    execution = self.active.get(job_id)
+                    if execution is not None:
+                        log.info("cancel requested", extra={"job_id": job_id})
+                        execution.stop.request(EndReason.CANCELLED)
+            except TRANSIENT as exc:
+                log.debug("cancel listener reconnecting: %s", exc)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval_s()
+        if interval is None:
+            return
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval / 2)
+
+    # ---- life ---------------------------------------------------------------------
+
+    async def wait_for_redis(self) -> None:
+        pause = 0.2
+        while True:
+            try:
+                await asyncio.wait_for(self.queue.client.ping(), timeout=5)
+                return
+            except TRANSIENT as exc:
+                log.warning("Redis not answering (%s); retrying in %.1fs", exc, pause)
+            await _first_of(asyncio.sleep(pause), self.stopping.wait())
+            if self.stopping.is_set():
+                return
+            pause = min(pause * 2, 5.0)
+
+    async def run(self, on_ready: Callable[[], None] | None = None) -> int:
+        self.install_signal_handlers()
+        await self.wait_for_redis()
+        if self.stopping.is_set():
+            return 0
+        upkeep = [
+            asyncio.create_task(coro(), name=coro.__name__)
+            for coro in (self._reaper, self._heartbeat, self._cancel_listener, self._watchdog)
+        ]
+        slots = [
+            asyncio.create_task(self._slot(i), name=f"slot-{i}") for i in range(self.concurrency)
+        ]
+        self._slots_changed()
+        if on_ready is not None:
+            on_ready()
+        self.notifier.ready()
+        log.info(
+            "ready: worker %s, queue %s, %d slots",
+            self.ctx.worker_id,
+            self.queue.queue,
+            self.concurrency,
+        )
+        await self.stopping.wait()
+        await self._drain(slots)
+        for task in upkeep:
+            task.cancel()
+        await asyncio.gather(*upkeep, return_exceptions=True)
+        with contextlib.suppress(*TRANSIENT):
+            await asyncio.wait_for(self.registry.remove(self.ctx.worker_id), timeout=2)
+        await self.ctx.sinks.aclose(FLUSH_DEADLINE_S)
+        log.info("stopped")
+        return 0
+
+    async def _drain(self, slots: list[asyncio.Task[None]]) -> None:
+        self.notifier.stopping()
+        kill_budget = self.ctx.kill_grace_s + 10.0
+        self.notifier.extend_timeout(self.shutdown_grace_s + kill_budget + FLUSH_DEADLINE_S)
+        deadline = time.monotonic() + self.shutdown_grace_s
+        forced = asyncio.create_task(self.forced.wait())
+        while not self.forced.is_set():
+            pending = {t for t in slots if not t.done()}
+            left = deadline - time.monotonic()
+            if not pending or left <= 0:
+                break
+            await asyncio.wait(
+                {*pending, forced}, timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
+        forced.cancel()
+        if self.active:
+            log.warning(
+                "shutdown grace over: stopping %d running job(s) and releasing them",
+                len(self.active),
+            )
+            for execution in list(self.active.values()):
+                execution.stop.request(EndReason.SHUTDOWN)
+        await asyncio.gather(*slots, return_exceptions=True)
+
+
+async def _first_of(*aws: Awaitable[Any]) -> None:
+    """Wait until the first awaitable finishes; cancel the rest."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for t in tasks:
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                exc = t.exception()
+                assert exc is not None
+                raise exc

@@ -1,0 +1,272 @@
+"""One claimed job, start to settle: child run, lease renewal, progress, fenced outcome.
+
+The lease is renewed from the daemon's own loop every third of its length. A renewal that
+finds the lease lost stops the child and discards its outcome; while Redis cannot be
+reached, the child keeps running until the lease can no longer be trusted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from supervisor import events as ev
+from supervisor.payload import redact, scrub, secret_values
+from supervisor.protocol import Claim, JobQueue
+from supervisor.redis_retry import TRANSIENT, call_until
+from supervisor.runner import ChildOutcome, EndReason, RunnerConfig, StopRequest, run_child
+from supervisor.sinks import SinkFanout
+from supervisor.states import TableStatus
+
+log = logging.getLogger(__name__)
+ERROR_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class ExecutionContext:
+    """What every job execution of one daemon shares."""
+
+    queue: JobQueue
+    sinks: SinkFanout
+    runner: RunnerConfig
+    worker_id: str
+    lease_s: float
+    job_timeout_s: float
+    max_job_timeout_s: float
+    kill_grace_s: float
+    secret_keys: frozenset[str]  # payload keys whose values never leave the daemon
+    metrics: Any = None  # supervisor.metrics.DaemonMetrics when metrics are on
+
+
+class JobExecution:
+    def __init__(self, ctx: ExecutionContext, claim: Claim) -> None:
+        self.ctx = ctx
+        self.claim = claim
+        self.job_id = claim.job.job_id
+        self.attempt = claim.job.attempt
+        self.stop = StopRequest()
+        self._log_extra = {"job_id": self.job_id, "attempt": self.attempt}
+        self._secrets = secret_values(claim.payload, ctx.secret_keys)
+        self._redacted = redact(claim.payload, ctx.secret_keys)
+        self._lease_deadline = time.monotonic() + ctx.lease_s
+        self._progress_pending: tuple[float, str | None] | None = None
+        self._progress_wakeup = asyncio.Event()
+        self._lease_lost = False
+        self.outcome: ChildOutcome | None = None
+
+    # ---- lease --------------------------------------------------------------------
+
+    @property
+    def _kill_margin_s(self) -> float:
+        # Stop the child early enough that it is dead before the lease can pass to another.
+        return min(self.ctx.kill_grace_s + 1.0, self.ctx.lease_s / 3)
+
+    async def _renew_forever(self) -> None:
+        interval = self.ctx.lease_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            trust_until = self._lease_deadline - self._kill_margin_s
+            sent_at = time.monotonic()
+            try:
+                renewed = await call_until(
+                    trust_until,
+                    lambda: self.ctx.queue.renew(self.job_id, self.claim.token, self.ctx.lease_s),
+                    what=f"lease renewal of {self.job_id}",
+                    attempt_timeout_s=max(0.2, interval / 2),
+                )
+            except TRANSIENT:
+                log.error(
+                    "lease can no longer be trusted (Redis unreachable); stopping the child",
+                    extra=self._log_extra,
+                )
+                self._lost()
+                return
+            if not renewed.held:
+                log.warning(
+                    "lease lost to another holder; stopping the child", extra=self._log_extra
+                )
+                self._lost()
+                return
+            self._lease_deadline = sent_at + self.ctx.lease_s
+            if self.ctx.metrics is not None:
+                self.ctx.metrics.lease_renewed()
+            if renewed.cancel_requested:
+                self.stop.request(EndReason.CANCELLED)
+
+    def _lost(self) -> None:
+        self._lease_lost = True
+        if self.ctx.metrics is not None:
+            self.ctx.metrics.lease_lost()
+        self.stop.request(EndReason.LEASE_LOST)
+
+    # ---- progress -----------------------------------------------------------------
+
+    def _on_progress(self, pct: float, message: str | None) -> None:
+        self._progress_pending = (pct, message)
+        self._progress_wakeup.set()
+        self.ctx.sinks.job_progress(
+            ev.JobProgress(
+                queue=self.ctx.queue.queue,
+                job_id=self.job_id,
+                tenant_id=self.claim.job.tenant_id,
+                attempt=self.attempt,
+                progress=pct,
+                message=message,
+                at=time.time(),
+            )
+        )
+
+    async def _forward_progress(self) -> None:
+        """Write the newest progress to Redis, one write in flight at a time."""
+        while True:
+            await self._progress_wakeup.wait()
+            self._progress_wakeup.clear()
+            pending, self._progress_pending = self._progress_pending, None
+            if pending is None:
+                continue
+            try:
+                held = await asyncio.wait_for(
+                    self.ctx.queue.progress(self.job_id, self.claim.token, *pending), timeout=5
+                )
+            except TRANSIENT as exc:
+                log.debug("progress write skipped: %s", exc, extra=self._log_extra)
+                continue
+            if not held:
+                self._lost()
+                return
+
+    # ---- run ----------------------------------------------------------------------
+
+    def timeout_s(self) -> float:
+        own = self.claim.payload.get("timeout_s")
+        chosen = float(own) if own else self.ctx.job_timeout_s
+        return min(chosen, self.ctx.max_job_timeout_s)
+
+    async def run(self) -> ev.JobFinished:
+        job = self.claim.job
+        started = time.time()
+        log.info("started (timeout %.0fs)", self.timeout_s(), extra=self._log_extra)
+        self.ctx.sinks.job_started(
+            ev.JobStarted(
+                queue=self.ctx.queue.queue,
+                job_id=self.job_id,
+                tenant_id=job.tenant_id,
+                attempt=self.attempt,
+                max_attempts=job.max_attempts,
+                worker_id=self.ctx.worker_id,
+                payload=self._redacted,
+                enqueued_at=job.enqueued_at,
+                started_at=started,
+            )
+        )
+        renewer = asyncio.create_task(self._renew_forever(), name=f"renew:{self.job_id}")
+        forwarder = asyncio.create_task(self._forward_progress(), name=f"progress:{self.job_id}")
+        try:
+            outcome = await run_child(
+                self.ctx.runner,
+                job_id=self.job_id,
+                attempt=self.attempt,
+                job_json=self.claim.payload_json.encode(),
+                timeout_s=self.timeout_s(),
+                stop=self.stop,
+                on_progress=self._on_progress,
+            )
+            self.outcome = outcome
+            forwarder.cancel()
+            # The renewer keeps the lease alive while the outcome is written.
+            finished = await self._settle(outcome, started)
+        finally:
+            renewer.cancel()
+            forwarder.cancel()
+            await asyncio.gather(renewer, forwarder, return_exceptions=True)
+        self.ctx.sinks.job_finished(finished)
+        log.info(
+            "%s%s",
+            finished.outcome,
+            f": {finished.error[:200]}" if finished.error else "",
+            extra={**self._log_extra, "outcome": finished.outcome},
+        )
+        return finished
+
+    async def _settle(self, outcome: ChildOutcome, started: float) -> ev.JobFinished:
+        """Write the outcome through the fenced protocol; decide what the status row shows."""
+        q, token, job_id = self.ctx.queue, self.claim.token, self.job_id
+        error = _clip(scrub(outcome.error, self._secrets)) if outcome.error else None
+        result = outcome.result
+        final, table, label = False, TableStatus.QUEUED.value, ev.OUTCOME_LEASE_LOST
+
+        async def write(call: Any) -> Any:
+            return await call_until(
+                self._lease_deadline, call, what=f"settling {job_id}", attempt_timeout_s=5.0
+            )
+
+        try:
+            if self._lease_lost or outcome.ended is EndReason.LEASE_LOST:
+                pass
+            elif outcome.ended is EndReason.SHUTDOWN:
+                if await write(lambda: q.release(job_id, token)):
+                    label = ev.OUTCOME_RELEASED
+            elif outcome.ended is EndReason.CANCELLED:
+                if await write(lambda: q.ack_cancel(job_id, token)):
+                    final, table, label = True, TableStatus.CANCELLED.value, ev.OUTCOME_CANCELLED
+            elif outcome.succeeded:
+                if await write(lambda: q.complete(job_id, token, result)):
+                    final, table, label = True, TableStatus.COMPLETED.value, ev.OUTCOME_COMPLETED
+            else:
+                retryable = not outcome.permanent_failure
+                failed = await write(
+                    lambda: q.fail(
+                        job_id, token, error or "failed", retryable=retryable, attempt=self.attempt
+                    )
+                )
+                timed_out = outcome.ended is EndReason.TIMEOUT
+                if failed.outcome == "retry":
+                    label = ev.OUTCOME_TIMEOUT if timed_out else ev.OUTCOME_RETRIED
+                elif failed.outcome == "failed":
+                    final, table = True, TableStatus.FAILED.value
+                    label = ev.OUTCOME_TIMEOUT if timed_out else ev.OUTCOME_FAILED
+        except TRANSIENT as exc:
+            log.error(
+                "could not record the outcome before the lease ran out (%s); another "
+                "supervisor will run the job again",
+                exc,
+                extra=self._log_extra,
+            )
+        if label == ev.OUTCOME_LEASE_LOST:
+            table = ""
+        job = self.claim.job
+        return ev.JobFinished(
+            queue=q.queue,
+            job_id=job_id,
+            tenant_id=job.tenant_id,
+            attempt=self.attempt,
+            max_attempts=job.max_attempts,
+            worker_id=self.ctx.worker_id,
+            outcome=label,
+            table_status=table,
+            final=final,
+            enqueued_at=job.enqueued_at,
+            started_at=started,
+            finished_at=time.time(),
+            payload=self._redacted,
+            error=None if label == ev.OUTCOME_COMPLETED else error,
+            result=result if label == ev.OUTCOME_COMPLETED else None,
+            exit_code=outcome.exit_code,
+            signal=outcome.signal,
+            ended=outcome.ended.value,
+            peak_rss_bytes=outcome.peak_rss_bytes,
+            cpu_seconds=outcome.cpu_s,
+            progress=outcome.progress,
+            progress_message=outcome.progress_message,
+            progress_milestones=tuple(outcome.milestones),
+            progress_lines=outcome.progress_lines,
+            progress_rejected=outcome.progress_rejected,
+            dropped_output_bytes=outcome.dropped_bytes,
+        )
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= ERROR_LIMIT else text[: ERROR_LIMIT - 1] + "…"

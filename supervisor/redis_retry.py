@@ -1,0 +1,58 @@
+"""How the daemon treats Redis errors: which are transient, and how long to keep trying."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError, TryAgainError
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TRANSIENT: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    TimeoutError,
+    BusyLoadingError,
+    TryAgainError,
+    asyncio.TimeoutError,
+    OSError,
+)
+
+
+async def call_until(
+    deadline: float,
+    make_call: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    attempt_timeout_s: float = 5.0,
+) -> T:
+    """Retry a Redis call on transient errors until the monotonic `deadline`, then re-raise."""
+    budget = max(0.0, deadline - time.monotonic())
+
+    async def one() -> T:
+        left = max(0.05, deadline - time.monotonic())
+        return await asyncio.wait_for(make_call(), timeout=min(attempt_timeout_s, left))
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(TRANSIENT),
+        wait=wait_exponential_jitter(initial=0.1, max=2.0),
+        stop=stop_after_delay(budget),
+        reraise=True,
+        before_sleep=lambda rs: log.warning(
+            "%s failed (%s); retrying", what, rs.outcome.exception() if rs.outcome else "?"
+        ),
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await one()
+    raise AssertionError("unreachable")  # pragma: no cover

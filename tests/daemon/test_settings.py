@@ -1,0 +1,77 @@
+"""Configuration: environment, flags over environment, and clear errors that stop the start."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from supervisor.settings import SettingsError, load_settings
+
+
+def test_defaults_match_the_system_this_replaces() -> None:
+    s = load_settings([], env={})
+    assert (s.concurrency, s.max_attempts, s.backoff_s) == (2, 3, 5.0)
+    assert (s.job_timeout_s, s.lease_s, s.kill_grace_s, s.shutdown_grace_s) == (300, 300, 10, 30)
+    assert (s.keep_completed_s, s.keep_failed_s, s.max_output_bytes) == (3600, 86400, 1048576)
+    assert s.queue == "ingest"
+
+
+def test_flags_override_environment_and_rag_redis_url_is_a_fallback() -> None:
+    env = {"INGEST_CONCURRENCY": "4", "RAG_REDIS_URL": "redis://old:6379/1"}
+    s = load_settings(["--concurrency", "7"], env=env)
+    assert s.concurrency == 7
+    assert s.redis_url == "redis://old:6379/1"
+    s = load_settings([], env={**env, "REDIS_URL": "redis://new:6379/0"})
+    assert s.redis_url == "redis://new:6379/0"
+
+
+def test_instance_from_supervisord_process_name_and_metrics_port() -> None:
+    s = load_settings([], env={"SUPERVISOR_PROCESS_NAME": "ingest-supervisor_03"})
+    assert s.instance == 3
+    assert s.effective_metrics_port == 9464 + 3
+    assert load_settings([], env={"INGEST_INSTANCE": "5"}).instance == 5
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"INGEST_CONCURRENCY": "zero"}, "INGEST_CONCURRENCY"),
+        ({"INGEST_CONCURRENCY": "0"}, "INGEST_CONCURRENCY"),
+        ({"INGEST_JOB_TIMEOUT": "-1"}, "INGEST_JOB_TIMEOUT"),
+        ({"REDIS_URL": "http://x"}, "REDIS_URL"),
+        ({"INGEST_QUEUE": "bad queue"}, "INGEST_QUEUE"),
+        ({"INGEST_LOG_FORMAT": "xml"}, "INGEST_LOG_FORMAT"),
+        ({"INGEST_STATUS_BACKEND": "postgres"}, "INGEST_STATUS_DSN"),
+    ],
+)
+def test_invalid_values_name_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        load_settings([], env=env)
+
+
+def test_daemon_refuses_to_start_on_invalid_configuration() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "supervisor"],
+        env={"INGEST_CONCURRENCY": "-3", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "INGEST_CONCURRENCY" in proc.stderr
+
+
+def test_check_config_validates_and_exits_without_secrets() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "supervisor", "--check-config"],
+        env={"SUPABASE_SERVICE_ROLE_KEY": "sekrit-key-123", "SUPABASE_URL": "http://x",
+             "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert '"concurrency": 2' in proc.stdout
+    assert "sekrit-key-123" not in proc.stdout + proc.stderr

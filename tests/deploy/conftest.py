@@ -1,0 +1,72 @@
+"""Fixtures of the deployment tests: a notify socket standing in for systemd."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+class NotifyListener:
+    """Binds a datagram socket (a short path under /tmp, or an abstract name) and collects
+    the messages it receives as lists of `KEY=VALUE` fields."""
+
+    def __init__(self, abstract: bool = False) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._dir: Path | None = None
+        if abstract:
+            name = f"ingest-test-{uuid.uuid4().hex}"
+            self.sock.bind("\0" + name)
+            self.env_value = "@" + name
+        else:
+            # sun_path is limited to 108 bytes; pytest's tmp_path can be longer.
+            self._dir = Path(tempfile.mkdtemp(prefix="sdn-", dir="/tmp"))
+            path = str(self._dir / "notify")
+            self.sock.bind(path)
+            self.env_value = path
+        self.messages: list[list[str]] = []
+
+    def receive(self, timeout_s: float) -> list[str] | None:
+        self.sock.settimeout(max(timeout_s, 0.001))
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return None
+        fields = data.decode().split("\n")
+        self.messages.append(fields)
+        return fields
+
+    def wait_for(self, field: str, timeout_s: float) -> list[str]:
+        """Receive until a message holding `field` arrives; fail at the deadline."""
+        deadline = time.monotonic() + timeout_s
+        for seen in self.messages:
+            if field in seen:
+                return seen
+        while time.monotonic() < deadline:
+            got = self.receive(deadline - time.monotonic())
+            if got is not None and field in got:
+                return got
+        raise AssertionError(f"no {field!r} within {timeout_s}s; got {self.messages!r}")
+
+    def count(self, field: str) -> int:
+        return sum(1 for fields in self.messages if field in fields)
+
+    def close(self) -> None:
+        self.sock.close()
+        if self._dir is not None:
+            for p in self._dir.iterdir():
+                p.unlink()
+            os.rmdir(self._dir)
+
+
+@pytest.fixture(params=["path", "abstract"])
+def notify_listener(request: pytest.FixtureRequest) -> Iterator[NotifyListener]:
+    listener = NotifyListener(abstract=request.param == "abstract")
+    yield listener
+    listener.close()

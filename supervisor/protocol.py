@@ -260,6 +260,11 @@ class JobQueue:
 
     async def wait_for_work(self, timeout_s: float) -> None:
         """Block until a wake token arrives (something was enqueued or became due) or timeout."""
+        # A block as long as the client's socket timeout would end in TimeoutError instead of
+        # an empty reply (redis-py 8 defaults socket_timeout to 5 s, the same as MAX_BLOCK_S).
+        sock = _socket_timeout(self.client)
+        if sock is not None:
+            timeout_s = min(timeout_s, sock * 0.8)
         await self.client.blpop([self.keys.wake], timeout=max(timeout_s, 0.001))
 
     async def renew(self, job_id: str, token: str, lease_s: float) -> RenewResult:
@@ -496,6 +501,18 @@ class JobQueue:
                     yield _s(message["data"])
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def _socket_timeout(client: AnyRedis) -> float | None:
+    kwargs = (
+        client.connection_kwargs
+        if isinstance(client, RedisCluster)
+        else client.connection_pool.connection_kwargs
+    )
+    # from_url() leaves socket_timeout out and records the effective default under this name.
+    name = "socket_timeout" if "socket_timeout" in kwargs else "orig_socket_timeout"
+    value = kwargs.get(name)
+    return None if value is None else float(value)
 
 
 def _s(value: Any) -> str:

@@ -1,0 +1,1 @@
+"""HTTP API of the ingest supervisor (FastAPI app at `api.app:app`)."""

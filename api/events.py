@@ -1,0 +1,107 @@
+"""Server-sent events of job changes, read from the queue's capped events stream.
+
+Each SSE message carries the stream entry id as its `id`, so a browser's EventSource resumes
+after a reconnect (Last-Event-ID) without missing what the stream still holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Collection
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from api.context import EVENTS_BLOCK_MS, ApiContext, bounded
+from api.views import job_view
+from supervisor.payload import DEFAULT_SECRET_KEYS, redact
+from supervisor.states import JobState, table_status
+
+log = logging.getLogger(__name__)
+STREAM_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
+KEEPALIVE_S = 15.0
+_INT_FIELDS = ("attempt", "rev")
+
+
+def event_data(
+    entry_id: str, fields: dict[str, str], secret_keys: Collection[str]
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": entry_id,
+        "type": fields.get("type"),
+        "job_id": fields.get("job"),
+    }
+    for key, value in fields.items():
+        if key in ("type", "job"):
+            continue
+        if key in _INT_FIELDS:
+            data[key] = int(value)
+        elif key == "progress":
+            data[key] = float(value)
+        else:
+            data[key] = value
+    state = fields.get("state", "")
+    if state in {s.value for s in JobState}:
+        data["status"] = table_status(JobState(state)).value
+    return dict(redact(data, DEFAULT_SECRET_KEYS | frozenset(secret_keys)))
+
+
+def _sse(event: str, data: dict[str, Any], entry_id: str | None = None) -> bytes:
+    lines = []
+    if entry_id is not None:
+        lines.append(f"id: {entry_id}")
+    lines.append(f"event: {event}")
+    lines.append("data: " + json.dumps(data, separators=(",", ":"), default=str))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+async def _start_id(ctx: ApiContext, last_event_id: str | None) -> str:
+    if last_event_id and STREAM_ID_RE.match(last_event_id):
+        return last_event_id
+    # Resolve "now" to a concrete id once: re-reading from "$" would drop what arrives
+    # between two reads.
+    newest = await bounded(ctx.events_queue.client.xrevrange(ctx.queue.keys.events, count=1))
+    if not newest:
+        return "0-0"
+    raw = newest[0][0]
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+async def event_stream(
+    ctx: ApiContext, job_ids: frozenset[str], last_event_id: str | None
+) -> AsyncIterator[bytes]:
+    secret_keys = ctx.settings.secret_keys
+    yield b"retry: 2000\n\n"
+    last_id = await _start_id(ctx, last_event_id)
+    # A watcher of particular jobs first gets where each stands now, so a change made
+    # just before it connected is not lost.
+    for job_id in sorted(job_ids):
+        rec = await bounded(ctx.queue.get(job_id, with_payload=True))
+        if rec is not None:
+            view = job_view(rec, ctx.queue.queue, secret_keys).model_dump(mode="json")
+            yield _sse("snapshot", view)
+    loop = asyncio.get_running_loop()
+    quiet_since = loop.time()
+    while True:
+        try:
+            entries = await ctx.events_queue.read_events(
+                last_id, block_ms=EVENTS_BLOCK_MS, count=200
+            )
+        except (TimeoutError, RedisError, OSError) as exc:
+            log.debug("events read failed: %s", type(exc).__name__)
+            yield b": redis unavailable\n\n"
+            await asyncio.sleep(1.0)
+            continue
+        for entry_id, fields in entries:
+            last_id = entry_id
+            if job_ids and fields.get("job") not in job_ids:
+                continue
+            data = event_data(entry_id, fields, secret_keys)
+            yield _sse(str(data.get("type") or "message"), data, entry_id)
+            quiet_since = loop.time()
+        if loop.time() - quiet_since >= KEEPALIVE_S:
+            yield b": keep-alive\n\n"
+            quiet_since = loop.time()

@@ -1,0 +1,107 @@
+"""The queue health check: every probe runs at once under one hard deadline.
+
+Probes that have not answered by the deadline are abandoned, not awaited: a Redis that is
+paused (SIGSTOP) accepts TCP connections and then never replies, and even cancelling a
+probe could wait on that socket. The answer is therefore ready within the budget whatever
+Redis does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Any
+
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from api.context import ApiContext
+from api.models import HealthDetails, QueueCounts, QueueHealth, Readiness
+
+_MISSING = object()
+
+
+async def _probe_all(
+    ctx: ApiContext, probes: dict[str, Awaitable[Any]], budget_s: float
+) -> dict[str, Any]:
+    """name -> result, an exception, or _MISSING when the probe missed the deadline."""
+    tasks = {name: asyncio.ensure_future(p) for name, p in probes.items()}
+    await asyncio.wait(tasks.values(), timeout=budget_s)
+    out: dict[str, Any] = {}
+    for name, task in tasks.items():
+        if task.done():
+            out[name] = task.exception() or task.result()
+        else:
+            task.cancel()
+            # Keep a reference until it unwinds; retrieve its exception so none is logged.
+            ctx.spawn(_reap(task))
+            out[name] = _MISSING
+    return out
+
+
+async def _reap(task: asyncio.Future[Any]) -> None:
+    with contextlib.suppress(BaseException):
+        await task
+
+
+def _redis_status(ping: Any) -> str:
+    if ping is True:
+        return "ready"
+    if ping is _MISSING or isinstance(ping, RedisTimeoutError | asyncio.TimeoutError):
+        return "timeout"
+    return "error"
+
+
+def _ok(value: Any) -> bool:
+    return value is not _MISSING and not isinstance(value, BaseException)
+
+
+async def queue_health(ctx: ApiContext) -> QueueHealth:
+    q = ctx.health_queue
+    s = ctx.settings
+    probes: dict[str, Awaitable[Any]] = {
+        "ping": q.client.ping(),
+        "counts": q.counts(),
+        "workers": q.live_workers(),
+    }
+    if s.max_wait_s > 0:
+        probes["age"] = q.oldest_waiting_age_s()
+    got = await _probe_all(ctx, probes, s.health_timeout_s)
+
+    redis_status = _redis_status(got["ping"])
+    counts = got["counts"] if _ok(got["counts"]) else {}
+    workers = got["workers"] if _ok(got["workers"]) else []
+    serving = [w for w in workers if not w.get("stopping")]
+    concurrency = sum(int(w.get("slots") or 0) for w in serving)
+
+    queue_ok = _ok(got["counts"])
+    if queue_ok and s.max_backlog > 0 and counts.get("waiting", 0) > s.max_backlog:
+        queue_ok = False
+    if "age" in got:
+        age = got["age"]
+        if not _ok(age) or (age is not None and age > s.max_wait_s):
+            queue_ok = False
+
+    redis_ok = redis_status == "ready"
+    worker_ok = _ok(got["workers"]) and concurrency > 0
+    return QueueHealth(
+        healthy=redis_ok and queue_ok and worker_ok,
+        redis=redis_ok,
+        queue=queue_ok,
+        worker=worker_ok,
+        details=HealthDetails(
+            redis_status=redis_status,
+            queue_counts=QueueCounts(
+                **{k: int(counts.get(k, 0)) for k in QueueCounts.model_fields}
+            ),
+            worker_concurrency=concurrency,
+        ),
+    )
+
+
+async def readiness(ctx: ApiContext) -> Readiness:
+    got = await _probe_all(
+        ctx, {"ping": ctx.health_queue.client.ping()}, ctx.settings.health_timeout_s
+    )
+    status = _redis_status(got["ping"])
+    return Readiness(ready=status == "ready", redis_status=status)

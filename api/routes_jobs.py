@@ -1,0 +1,275 @@
+"""Job endpoints: enqueue (one or a batch), read, list, cancel, retry."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import JSONResponse
+
+from api.auth import require_read, require_write
+from api.context import ApiContext, bounded, get_context
+from api.errors import E401, E404, E409, E413, E422, E503, ApiError, payload_error
+from api.models import (
+    BatchItem,
+    BatchResult,
+    CancelResult,
+    Enqueued,
+    Job,
+    JobPage,
+    RetryResult,
+)
+from api.views import job_view
+from supervisor.payload import (
+    DEFAULT_SECRET_KEYS,
+    PayloadError,
+    redact,
+    validate_job_id,
+    validate_payload,
+)
+from supervisor.states import JobState, table_status
+
+router = APIRouter(tags=["jobs"])
+Ctx = Annotated[ApiContext, Depends(get_context)]
+JobId = Annotated[str, Path(description="the job's id", min_length=1, max_length=128)]
+
+# Listing without a state walks these in turn; the cursor says where it stopped.
+LIST_ORDER: tuple[JobState, ...] = (
+    JobState.ACTIVE,
+    JobState.WAITING,
+    JobState.DELAYED,
+    JobState.FAILED,
+    JobState.CANCELLED,
+    JobState.COMPLETED,
+)
+
+
+def _json_body(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        # The decoder's message can quote the input, which may hold a secret: say only where.
+        raise ApiError(
+            422, "body: must be valid JSON", field="body", rule="must be valid JSON"
+        ) from None
+
+
+def _request_body(schema: str) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+        }
+    }
+
+
+def _job_id_or_422(job_id: str) -> str:
+    try:
+        return validate_job_id(job_id)
+    except PayloadError as exc:
+        raise payload_error(exc) from None
+
+
+async def _after_enqueue(ctx: ApiContext, payloads: list[dict[str, Any]]) -> None:
+    hook = ctx.status_hook
+    if not hook.enabled:
+        return
+    now = time.time()
+    keys = ctx.settings.secret_keys
+    for p in payloads:
+        await hook.write_queued(
+            dict(redact(p, DEFAULT_SECRET_KEYS | frozenset(keys))),
+            p.get("max_attempts", ctx.settings.default_max_attempts),
+            now,
+        )
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=Enqueued,
+    summary="Enqueue one job (idempotent on job_id)",
+    dependencies=[Depends(require_write)],
+    responses={
+        200: {"model": Job, "description": "a job with this id exists; nothing was created"},
+        **E401,
+        **E413,
+        **E422,
+        **E503,
+    },
+    openapi_extra=_request_body("JobPayload"),
+)
+async def enqueue_job(request: Request, ctx: Ctx) -> JSONResponse:
+    payload = _json_body(await request.body())
+    try:
+        valid = validate_payload(payload)
+        result = await bounded(ctx.queue.enqueue(valid))
+    except PayloadError as exc:
+        raise payload_error(exc) from None
+    if result.created:
+        ctx.spawn(_after_enqueue(ctx, [valid]))
+        return JSONResponse(
+            Enqueued(job_id=result.job_id).model_dump(),
+            status_code=202,
+            headers={"Location": f"/jobs/{result.job_id}"},
+        )
+    rec = await bounded(ctx.queue.get(result.job_id, with_payload=True))
+    if rec is None:
+        # Dropped by retention between the two calls: the caller may simply repeat.
+        raise ApiError(503, "job changed while being read; try again")
+    view = job_view(rec, ctx.queue.queue, ctx.settings.secret_keys)
+    return JSONResponse(view.model_dump(mode="json"), status_code=200)
+
+
+@router.post(
+    "/jobs:batch",
+    status_code=202,
+    response_model=BatchResult,
+    summary="Enqueue many jobs at once: all are valid and stored, or none is",
+    dependencies=[Depends(require_write)],
+    responses={
+        200: {"model": BatchResult, "description": "every job already existed"},
+        **E401,
+        **E413,
+        **E422,
+        **E503,
+    },
+    openapi_extra=_request_body("JobBatch"),
+)
+async def enqueue_batch(request: Request, ctx: Ctx) -> JSONResponse:
+    body = _json_body(await request.body())
+    jobs = body.get("jobs") if isinstance(body, dict) else None
+    if not isinstance(jobs, list) or not jobs:
+        raise ApiError(
+            422, "jobs: must be a non-empty list", field="jobs", rule="must be a non-empty list"
+        )
+    if len(jobs) > ctx.settings.max_batch_jobs:
+        rule = f"must hold at most {ctx.settings.max_batch_jobs} jobs"
+        raise ApiError(422, f"jobs: {rule}", field="jobs", rule=rule)
+    valid: list[dict[str, Any]] = []
+    for i, raw in enumerate(jobs):
+        try:
+            valid.append(validate_payload(raw))
+        except PayloadError as exc:
+            raise payload_error(exc, prefix=f"jobs[{i}].") from None
+    try:
+        results = await bounded(ctx.queue.enqueue_many(valid))
+    except PayloadError as exc:
+        raise payload_error(exc, prefix="jobs[].") from None
+    created_ids = {r.job_id for r in results if r.created}
+    if created_ids:
+        ctx.spawn(_after_enqueue(ctx, [p for p in valid if p["job_id"] in created_ids]))
+    out = BatchResult(
+        created=len(created_ids),
+        existing=len(results) - len(created_ids),
+        jobs=[
+            BatchItem(
+                job_id=r.job_id, created=r.created, state=r.state, status=table_status(r.state)
+            )
+            for r in results
+        ],
+    )
+    return JSONResponse(out.model_dump(mode="json"), status_code=202 if created_ids else 200)
+
+
+@router.get(
+    "/jobs/{job_id}",
+    response_model=Job,
+    summary="A job's state, progress, attempts, error and result",
+    dependencies=[Depends(require_read)],
+    responses={**E401, **E404, **E422, **E503},
+)
+async def get_job(job_id: JobId, ctx: Ctx) -> Job:
+    rec = await bounded(ctx.queue.get(_job_id_or_422(job_id), with_payload=True))
+    if rec is None:
+        raise ApiError(404, f"job {job_id} not found")
+    return job_view(rec, ctx.queue.queue, ctx.settings.secret_keys)
+
+
+def _parse_cursor(cursor: str | None, states: tuple[JobState, ...]) -> tuple[int, int]:
+    if not cursor:
+        return 0, 0
+    name, _, offset = cursor.partition(":")
+    rule = "must be a next_cursor value from a previous page"
+    try:
+        idx = [s.value for s in states].index(name)
+        n = int(offset)
+    except ValueError:
+        raise ApiError(422, f"cursor: {rule}", field="cursor", rule=rule) from None
+    if n < 0 or n > 10**12:
+        raise ApiError(422, f"cursor: {rule}", field="cursor", rule=rule)
+    return idx, n
+
+
+@router.get(
+    "/jobs",
+    response_model=JobPage,
+    summary="List jobs, in one state or all of them, a page at a time",
+    dependencies=[Depends(require_read)],
+    responses={**E401, **E422, **E503},
+)
+async def list_jobs(
+    ctx: Ctx,
+    state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> JobPage:
+    states = (state,) if state is not None else LIST_ORDER
+    idx, offset = _parse_cursor(cursor, states)
+    jobs: list[Job] = []
+    next_cursor: str | None = None
+    while idx < len(states):
+        page, more = await bounded(
+            ctx.queue.list_jobs(states[idx], limit=limit - len(jobs), cursor=offset)
+        )
+        jobs.extend(job_view(r, ctx.queue.queue, ctx.settings.secret_keys) for r in page)
+        if more is not None:
+            next_cursor = f"{states[idx].value}:{more}"
+            break
+        idx, offset = idx + 1, 0
+        if len(jobs) >= limit:
+            next_cursor = f"{states[idx].value}:0" if idx < len(states) else None
+            break
+    return JobPage(jobs=jobs, next_cursor=next_cursor)
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=CancelResult,
+    summary="Cancel a job: at once if not running, else its supervisor stops it",
+    dependencies=[Depends(require_write)],
+    responses={
+        202: {"model": CancelResult, "description": "running: cancel requested"},
+        **E401,
+        **E404,
+        **E409,
+        **E422,
+        **E503,
+    },
+)
+async def cancel_job(job_id: JobId, ctx: Ctx) -> JSONResponse:
+    outcome = await bounded(ctx.queue.cancel(_job_id_or_422(job_id)))
+    if outcome == "missing":
+        raise ApiError(404, f"job {job_id} not found")
+    if outcome not in ("cancelled", "requested"):
+        raise ApiError(409, f"job {job_id} is {outcome}; it cannot be cancelled")
+    body = CancelResult(job_id=job_id, outcome=outcome).model_dump()  # type: ignore[arg-type]
+    return JSONResponse(body, status_code=200 if outcome == "cancelled" else 202)
+
+
+@router.post(
+    "/jobs/{job_id}/retry",
+    response_model=RetryResult,
+    summary="Queue a failed or cancelled job again",
+    dependencies=[Depends(require_write)],
+    responses={**E401, **E404, **E409, **E422, **E503},
+)
+async def retry_job(job_id: JobId, ctx: Ctx) -> RetryResult:
+    outcome = await bounded(ctx.queue.retry(_job_id_or_422(job_id)))
+    if outcome == "missing":
+        raise ApiError(404, f"job {job_id} not found")
+    if outcome != "waiting":
+        raise ApiError(409, f"job {job_id} is {outcome}; only failed or cancelled jobs can retry")
+    return RetryResult(job_id=job_id)

@@ -1,0 +1,141 @@
+"""Operations endpoints: health, workers, metrics, events, purge."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Query
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from api.auth import require_read, require_write
+from api.context import ApiContext, bounded, get_context
+from api.errors import E401, E409, E422, E503, ApiError, payload_error
+from api.events import event_stream
+from api.health import queue_health, readiness
+from api.metrics import CONTENT_TYPE
+from api.models import Liveness, PurgeResult, QueueHealth, Readiness, Worker, Workers
+from supervisor.keys import QueueKeys
+from supervisor.payload import PayloadError, validate_job_id
+from supervisor.states import JobState
+
+router = APIRouter()
+Ctx = Annotated[ApiContext, Depends(get_context)]
+
+
+@router.get(
+    "/health/queue",
+    response_model=QueueHealth,
+    tags=["health"],
+    summary="Queue health for load balancers and uptime checks (200 healthy, 503 not)",
+    responses={503: {"model": QueueHealth, "description": "unhealthy; the body says why"}},
+)
+async def health_queue(ctx: Ctx) -> JSONResponse:
+    health = await queue_health(ctx)
+    return JSONResponse(health.model_dump(), status_code=200 if health.healthy else 503)
+
+
+@router.get("/health/live", response_model=Liveness, tags=["health"], summary="Process is up")
+async def health_live() -> Liveness:
+    return Liveness()
+
+
+@router.get(
+    "/health/ready",
+    response_model=Readiness,
+    tags=["health"],
+    summary="Ready to serve: Redis answers",
+    responses={503: {"model": Readiness, "description": "Redis unreachable or too slow"}},
+)
+async def health_ready(ctx: Ctx) -> JSONResponse:
+    ready = await readiness(ctx)
+    return JSONResponse(ready.model_dump(), status_code=200 if ready.ready else 503)
+
+
+@router.get(
+    "/workers",
+    response_model=Workers,
+    tags=["ops"],
+    summary="Live supervisors, from their heartbeats",
+    dependencies=[Depends(require_read)],
+    responses={**E401, **E503},
+)
+async def workers(ctx: Ctx) -> Workers:
+    live = await bounded(ctx.queue.live_workers())
+    items = [Worker.model_validate({"worker_id": "?", **w}) for w in live]
+    return Workers(
+        workers=items,
+        total_slots=sum(w.slots for w in items if not w.stopping),
+        busy_slots=sum(w.busy for w in items),
+    )
+
+
+@router.get(
+    "/metrics",
+    tags=["ops"],
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def metrics(ctx: Ctx) -> Response:
+    body = await ctx.metrics.render(ctx.health_queue, timeout_s=1.0)
+    return Response(body, media_type=CONTENT_TYPE)
+
+
+@router.get(
+    "/events",
+    tags=["ops"],
+    summary="Server-sent events of job changes (optionally only some jobs)",
+    dependencies=[Depends(require_read)],
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "text/event-stream; `id` is the stream entry id (resume with "
+            "Last-Event-ID); event names are the protocol's (enqueued, started, progress, "
+            "completed, failed, retried, cancelled, ...) plus `snapshot` for each watched job",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **E401,
+        **E422,
+        **E503,
+    },
+)
+async def events(
+    ctx: Ctx,
+    job_id: Annotated[list[str] | None, Query(description="only these jobs")] = None,
+    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+) -> StreamingResponse:
+    ids: set[str] = set()
+    for j in job_id or []:
+        try:
+            ids.add(validate_job_id(j))
+        except PayloadError as exc:
+            raise payload_error(exc) from None
+    return StreamingResponse(
+        event_stream(ctx, frozenset(ids), last_event_id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.delete(
+    "/queues/{queue}/jobs",
+    response_model=PurgeResult,
+    tags=["ops"],
+    summary="Delete every job of a queue in one finished or waiting state",
+    dependencies=[Depends(require_write)],
+    responses={**E401, **E409, **E422, **E503},
+)
+async def purge(
+    ctx: Ctx,
+    queue: Annotated[str, Path(min_length=1, max_length=64)],
+    state: Annotated[JobState, Query(description="state whose jobs are deleted")],
+) -> PurgeResult:
+    try:
+        QueueKeys(queue)
+    except ValueError:
+        rule = "must be 1-64 characters of letters, digits, '_.:-'"
+        raise ApiError(422, f"queue: {rule}", field="queue", rule=rule) from None
+    if state is JobState.ACTIVE:
+        raise ApiError(409, "active jobs cannot be purged: cancel them instead")
+    removed = await bounded(ctx.queue_named(queue).purge(state), timeout_s=30.0)
+    return PurgeResult(queue=queue, state=state, removed=removed)

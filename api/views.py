@@ -1,0 +1,47 @@
+"""Turning stored job records into response models, with every secret removed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from api.models import Job
+from supervisor.payload import DEFAULT_SECRET_KEYS, redact, scrub, secret_values
+from supervisor.protocol import JobRecord
+from supervisor.states import table_status
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def job_view(rec: JobRecord, queue: str, extra_secret_keys: Iterable[str] = ()) -> Job:
+    keys = DEFAULT_SECRET_KEYS | frozenset(extra_secret_keys)
+    secrets = secret_values(rec.payload, keys) if rec.payload is not None else []
+
+    def clean(text: str | None) -> str | None:
+        return None if text is None else scrub(text, secrets)
+
+    result: Any = redact(rec.result, keys)
+    return Job(
+        job_id=rec.job_id,
+        queue=queue,
+        tenant_id=rec.tenant_id,
+        priority=rec.priority,
+        state=rec.state,
+        status=table_status(rec.state),
+        progress=min(100.0, max(0.0, rec.progress)),
+        message=clean(rec.progress_message),
+        attempt=rec.attempt,
+        max_attempts=rec.max_attempts,
+        error=clean(rec.error),
+        result=result,
+        worker_id=rec.worker_id,
+        cancel_requested=rec.cancel_requested,
+        enqueued_at=_ts(rec.enqueued_at) or datetime.fromtimestamp(0, UTC),
+        started_at=_ts(rec.started_at),
+        finished_at=_ts(rec.finished_at),
+        due_at=_ts(rec.due_at),
+        payload=None if rec.payload is None else redact(rec.payload, keys),
+    )

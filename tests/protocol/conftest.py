@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 
 from supervisor.protocol import Backoff, JobQueue, Retention
@@ -60,7 +63,7 @@ async def queue_keys(client: Redis, queue: str) -> list[str]:
     return sorted(k.decode() if isinstance(k, bytes) else str(k) for k in found)
 
 
-async def server_ms(client: Redis) -> int:
+async def server_ms(client: Redis | RedisCluster) -> int:
     secs, micros = await client.time()
     return int(secs) * 1000 + int(micros) // 1000
 
@@ -73,6 +76,8 @@ async def client(redis_url: str) -> AsyncIterator[Redis]:
 
 
 QueueFactory = Callable[..., JobQueue]
+FAST_BACKOFF = Backoff(base_s=0.2, factor=2.0, cap_s=2.0, jitter=0.2)
+DEFAULT_RETENTION = Retention()
 
 
 @pytest.fixture
@@ -81,8 +86,8 @@ def make_queue(client: Redis, queue_name: str) -> QueueFactory:
 
     def make(
         *,
-        backoff: Backoff = Backoff(base_s=0.2, factor=2.0, cap_s=2.0, jitter=0.2),
-        retention: Retention = Retention(),
+        backoff: Backoff = FAST_BACKOFF,
+        retention: Retention = DEFAULT_RETENTION,
         default_max_attempts: int = 3,
         redis_client: Redis | None = None,
     ) -> JobQueue:
@@ -100,3 +105,29 @@ def make_queue(client: Redis, queue_name: str) -> QueueFactory:
 @pytest.fixture
 def q(make_queue: QueueFactory) -> JobQueue:
     return make_queue()
+
+
+CLAIMER = Path(__file__).with_name("claimer.py")
+
+
+async def start_claimer(*args: str) -> asyncio.subprocess.Process:
+    """Start tests/protocol/claimer.py and wait for its `ready` line."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(CLAIMER), *args, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
+    assert line.strip() == b"ready", line
+    return proc
+
+
+async def events_of(client: Redis | RedisCluster, key: str) -> list[dict[str, str]]:
+    """Every entry of an events stream, oldest first, as str fields."""
+    raw: Any = await client.xrange(key)
+    return [
+        {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in fields.items()
+        }
+        for _id, fields in raw or []
+    ]

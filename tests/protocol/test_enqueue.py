@@ -96,7 +96,7 @@ BAD_PAYLOADS: list[tuple[str, Any, str]] = [
     ("empty tenant", job("j", tenant_id=""), "tenant_id"),
     ("not an object", ["job_id", "j"], "payload"),
     ("a string", json.dumps(job("j")), "payload"),
-    ("oversized", job("j", data_source={"type": "text", "text": "x" * MAX_PAYLOAD_BYTES}), "payload"),
+    ("oversized", job("j", data_source={"type": "text", "x": "x" * MAX_PAYLOAD_BYTES}), "payload"),
     ("unknown field", job("j", colour="red"), "colour"),
     ("bad timeout", job("j", timeout_s=-1), "timeout_s"),
     ("bad max_attempts", job("j", max_attempts=0), "max_attempts"),
@@ -104,8 +104,11 @@ BAD_PAYLOADS: list[tuple[str, Any, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("payload", "field"), [(p, f) for _, p, f in BAD_PAYLOADS],
-                         ids=[name for name, _, _ in BAD_PAYLOADS])
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [(p, f) for _, p, f in BAD_PAYLOADS],
+    ids=[name for name, _, _ in BAD_PAYLOADS],
+)
 async def test_bad_payload_rejected_naming_the_field_and_nothing_stored(
     q: JobQueue, client: Redis, payload: Any, field: str
 ) -> None:
@@ -119,7 +122,9 @@ async def test_bad_payload_rejected_naming_the_field_and_nothing_stored(
 async def test_bad_payload_message_never_echoes_secrets(q: JobQueue) -> None:
     secret = "tok-very-secret-123"
     with pytest.raises(PayloadError) as err:
-        await q.enqueue(job("j", priority="nope", data_source={"type": "url", "trial_token": secret}))
+        await q.enqueue(
+            job("j", priority="nope", data_source={"type": "url", "trial_token": secret})
+        )
     assert secret not in str(err.value)
 
 

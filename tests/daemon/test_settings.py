@@ -66,8 +66,11 @@ def test_daemon_refuses_to_start_on_invalid_configuration() -> None:
 def test_check_config_validates_and_exits_without_secrets() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "supervisor", "--check-config"],
-        env={"SUPABASE_SERVICE_ROLE_KEY": "sekrit-key-123", "SUPABASE_URL": "http://x",
-             "PATH": "/usr/bin:/bin"},
+        env={
+            "SUPABASE_SERVICE_ROLE_KEY": "sekrit-key-123",
+            "SUPABASE_URL": "http://x",
+            "PATH": "/usr/bin:/bin",
+        },
         capture_output=True,
         text=True,
         timeout=30,

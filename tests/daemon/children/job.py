@@ -1,0 +1,38 @@
+"""A scriptable child for daemon tests; behaviour comes from the payload's `metadata`.
+
+metadata: sleep (seconds, in steps with PROGRESS), exit (code), fail_until_attempt (exit 75
+while INGEST_ATTEMPT < it), ignore_term (bool). Every start is appended to $TEST_RUN_LOG.
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+
+job = json.loads(sys.stdin.read())
+meta = job.get("metadata") or {}
+attempt = int(os.environ["INGEST_ATTEMPT"])
+log_path = os.environ.get("TEST_RUN_LOG")
+if log_path:
+    with open(log_path, "a") as fh:
+        fh.write(
+            json.dumps({"job_id": job["job_id"], "attempt": attempt, "pid": os.getpid()}) + "\n"
+        )
+if meta.get("ignore_term"):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("PROGRESS: 1 started", flush=True)
+sleep = float(meta.get("sleep", 0))
+steps = 10
+for i in range(steps):
+    if sleep:
+        time.sleep(sleep / steps)
+    print(f"PROGRESS: {(i + 1) * 100 // steps} step {i + 1}", flush=True)
+if attempt < int(meta.get("fail_until_attempt", 0)):
+    print(f"temporary trouble on attempt {attempt}", file=sys.stderr)
+    sys.exit(75)
+code = int(meta.get("exit", 0))
+if code:
+    print(f"failing with {code}", file=sys.stderr)
+    sys.exit(code)
+print("RESULT: " + json.dumps({"job_id": job["job_id"], "attempt": attempt}), flush=True)

@@ -1,0 +1,130 @@
+"""The daemon end to end: real daemon processes, real children, real signals, real Redis."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from pathlib import Path
+
+import psutil
+
+from supervisor.states import JobState
+from tests.daemon.conftest import SyncQueue, job, read_runs, wait_until
+
+
+def _states(q: SyncQueue, ids: list[str]) -> dict[str, str]:
+    out = {}
+    for job_id in ids:
+        rec = q.get(job_id)
+        out[job_id] = rec.state.value if rec else "missing"
+    return out
+
+
+def test_two_daemons_complete_200_jobs_exactly_once(start_daemon, q, run_log: Path) -> None:
+    ids = [f"bulk-{i:03d}" for i in range(200)]
+    q.enqueue_many([job(i) for i in ids])
+    a, b = start_daemon(), start_daemon()
+    wait_until(lambda: q.counts()["completed"] == 200, 120, "200 completed")
+    runs = Counter(r["job_id"] for r in read_runs(run_log))
+    assert set(runs) == set(ids)
+    assert max(runs.values()) == 1
+    assert {q.get(i).attempt for i in ids} == {1}
+    # Both daemons took part.
+    assert " ready: worker " in a.log() and " ready: worker " in b.log()
+    for d in (a, b):
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit() == 0
+
+
+def test_retry_then_success_and_permanent_failure(start_daemon, q) -> None:
+    q.enqueue(job("flaky", fail_until_attempt=2))
+    q.enqueue(job("bad-input", exit=65))
+    start_daemon()
+    wait_until(lambda: q.get("flaky").state is JobState.COMPLETED, 30, "flaky completed")
+    flaky = q.get("flaky")
+    assert flaky.attempt == 2
+    assert flaky.result == {"job_id": "flaky", "attempt": 2}
+    wait_until(lambda: q.get("bad-input").state is JobState.FAILED, 30, "bad-input failed")
+    bad = q.get("bad-input")
+    assert bad.attempt == 1  # exit 65 never retries
+    assert bad.error.startswith("Worker exited with code 65")
+    assert "failing with 65" in bad.error
+
+
+def test_timeout_kills_the_child_and_fails_the_job(start_daemon, q, run_log: Path) -> None:
+    q.enqueue(job("slow", sleep=60, ignore_term=True, timeout_s=1, max_attempts=1))
+    start_daemon()
+    wait_until(lambda: q.get("slow").state is JobState.FAILED, 30, "slow failed")
+    rec = q.get("slow")
+    assert "timed out" in rec.error
+    pid = read_runs(run_log)[0]["pid"]
+    wait_until(lambda: not psutil.pid_exists(pid), 5, "timed-out child gone")
+
+
+def test_sigterm_releases_running_job_to_another_daemon(start_daemon, q, run_log: Path) -> None:
+    q.enqueue(job("long", sleep=8))
+    a = start_daemon(INGEST_SHUTDOWN_GRACE_SECONDS="0.5")
+    a.wait_ready()
+    wait_until(lambda: q.get("long").state is JobState.ACTIVE, 20, "long active")
+    first_pid = wait_until(lambda: read_runs(run_log), 10, "child started")[0]["pid"]
+    a.signal(signal.SIGTERM)
+    assert a.wait_exit(20) == 0
+    assert not psutil.pid_exists(first_pid)
+    rec = q.get("long")
+    assert rec.state is JobState.WAITING
+    assert rec.attempt == 0  # released without spending an attempt
+    assert "released" in a.log()
+    start_daemon()
+    wait_until(lambda: q.get("long").state is JobState.COMPLETED, 40, "long completed")
+    assert q.get("long").attempt == 1
+
+
+def test_second_sigterm_skips_the_grace(start_daemon, q, run_log: Path) -> None:
+    q.enqueue(job("long2", sleep=60))
+    a = start_daemon(INGEST_SHUTDOWN_GRACE_SECONDS="120")
+    a.wait_ready()
+    wait_until(lambda: read_runs(run_log), 20, "child started")
+    a.signal(signal.SIGTERM)
+    wait_until(lambda: "no new jobs" in a.log(), 10, "drain started")
+    a.signal(signal.SIGTERM)
+    assert a.wait_exit(20) == 0
+    assert q.get("long2").state is JobState.WAITING
+
+
+def test_sigkill_of_daemon_job_recovered_after_one_lease(start_daemon, q, run_log: Path) -> None:
+    q.enqueue(job("orphan", sleep=4))
+    a = start_daemon(INGEST_LEASE_SECONDS="2")
+    wait_until(lambda: read_runs(run_log), 20, "child started")
+    child_pid = read_runs(run_log)[0]["pid"]
+    a.signal(signal.SIGKILL)
+    a.wait_exit(10)
+    # The child dies with its supervisor (parent-death signal), it does not run on unowned.
+    wait_until(lambda: not psutil.pid_exists(child_pid), 5, "orphaned child gone")
+    start_daemon(INGEST_LEASE_SECONDS="2")
+    wait_until(lambda: q.get("orphan").state is JobState.COMPLETED, 40, "orphan completed")
+    rec = q.get("orphan")
+    assert rec.stalls == 1
+    assert rec.attempt == 1  # a stall does not spend an attempt
+
+
+def test_cancel_reaches_a_running_child_quickly(start_daemon, q, run_log: Path) -> None:
+    q.enqueue(job("cancel-me", sleep=60))
+    start_daemon()
+    wait_until(lambda: read_runs(run_log), 20, "child started")
+    pid = read_runs(run_log)[0]["pid"]
+    assert q.cancel("cancel-me") == "requested"
+    wait_until(lambda: not psutil.pid_exists(pid), 3, "cancelled child gone")
+    wait_until(lambda: q.get("cancel-me").state is JobState.CANCELLED, 5, "cancelled state")
+
+
+def test_redis_restart_while_jobs_run_loses_nothing(start_daemon, private_redis, run_log) -> None:
+    d = start_daemon(redis_url=private_redis.url, INGEST_LEASE_SECONDS="6")
+    queue = SyncQueue(d.queue, private_redis.url)
+    ids = [f"r-{i:02d}" for i in range(20)]
+    queue.enqueue_many([job(i, sleep=0.5) for i in ids])
+    wait_until(lambda: queue.counts()["completed"] >= 3, 30, "some completed")
+    private_redis.restart()
+    wait_until(lambda: queue.counts()["completed"] == 20, 90, "all 20 completed after restart")
+    assert _states(queue, ids) == dict.fromkeys(ids, "completed")
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(30) == 0

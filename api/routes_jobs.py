@@ -262,7 +262,7 @@ async def cancel_job(job_id: JobId, ctx: Ctx) -> JSONResponse:
 @router.post(
     "/jobs/{job_id}/retry",
     response_model=RetryResult,
-    summary="Queue a failed or cancelled job again",
+    summary="Queue a failed or cancelled job again (already waiting: nothing to do, 200)",
     dependencies=[Depends(require_write)],
     responses={**E401, **E404, **E409, **E422, **E503},
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -20,18 +21,18 @@ async def claim_one(q: JobQueue, lease_s: float = 30) -> Claim:
 
 async def stream_cap(client: Redis, maxlen: int) -> int:
     """XADD MAXLEN ~ trims whole macro nodes, so a stream may exceed maxlen by one node."""
-    node = await client.config_get("stream-node-max-entries")
+    node: Any = await client.config_get("stream-node-max-entries")
     return maxlen + int(node["stream-node-max-entries"])
 
 
 async def ids_anywhere(client: Redis, q: JobQueue, ids: set[str]) -> set[str]:
     """Which of `ids` still appear in any hash or state set of the queue."""
-    found = set()
+    members: list[Any] = []
     for key in (q.keys.jobs, q.keys.payloads):
-        found |= {k.decode() for k in await client.hkeys(key)} & ids
+        members += await client.hkeys(key)
     for key in q.keys.all_state_sets().values():
-        found |= {m.decode() for m in await client.zrange(key, 0, -1)} & ids
-    return found
+        members += await client.zrange(key, 0, -1)
+    return {m.decode() for m in members} & ids
 
 
 async def test_finished_jobs_and_payloads_expire_after_their_keep_time(
@@ -104,9 +105,9 @@ async def test_events_stream_records_the_lifecycle(q: JobQueue, client: Redis) -
     await q.enqueue(job("ev-bad", max_attempts=2))
     c = await claim_one(q)
     await q.fail("ev-bad", c.token, "once", retryable=True, attempt=1)
-    c = await q.claim("w", lease_s=30, timeout_s=10)  # after the backoff
-    assert c is not None
-    await q.fail("ev-bad", c.token, "twice", retryable=True, attempt=2)
+    retried = await q.claim("w", lease_s=30, timeout_s=10)  # after the backoff
+    assert retried is not None
+    await q.fail("ev-bad", retried.token, "twice", retryable=True, attempt=2)
 
     await q.enqueue(job("ev-stall"))
     await claim_one(q, lease_s=0.05)

@@ -1,0 +1,175 @@
+"""/health/queue: its exact shape, 200/503, thresholds, and answering fast when Redis hangs.
+
+The one-second bound is the issue's correctness requirement for load balancers (a check that
+hangs is a check that fails open or pages someone), so it is asserted here with slack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from supervisor.keys import QueueKeys
+from supervisor.workers import WorkerRegistry
+from tests.api.conftest import ApiServer, ServerFactory, eventually, job
+from tests.redis_server import PrivateRedis
+
+BOUND_S = 1.5  # the issue's 1 s, with slack for two busy cores
+
+
+@pytest.fixture
+async def beat() -> AsyncIterator[Any]:
+    """beat(server, slots=2): a live heartbeat as a running supervisor would write it."""
+    opened: list[Redis] = []
+
+    async def write(server: ApiServer, slots: int = 2, **info: Any) -> WorkerRegistry:
+        client = Redis.from_url(server.env["REDIS_URL"])
+        opened.append(client)
+        reg = WorkerRegistry(client, QueueKeys(server.queue))
+        await reg.beat("test-host:i1:1", {"slots": slots, "busy": 0, **info}, 60)
+        return reg
+
+    yield write
+    for c in opened:
+        await c.aclose()
+
+
+def timed_get(server: ApiServer, path: str = "/health/queue") -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    r = httpx.get(server.url + path, timeout=10)
+    return r, time.monotonic() - started
+
+
+SHAPE = {
+    "healthy": bool,
+    "redis": bool,
+    "queue": bool,
+    "worker": bool,
+}
+
+
+def assert_shape(body: dict[str, Any]) -> None:
+    assert set(body) == {"healthy", "redis", "queue", "worker", "details"}
+    for key, kind in SHAPE.items():
+        assert isinstance(body[key], kind)
+    details = body["details"]
+    assert set(details) == {"redis_status", "queue_counts", "worker_concurrency"}
+    assert set(details["queue_counts"]) == {"waiting", "active", "completed", "failed", "delayed"}
+    assert all(isinstance(v, int) for v in details["queue_counts"].values())
+    assert isinstance(details["worker_concurrency"], int)
+
+
+async def test_healthy_with_worker_unhealthy_without(api_server: ServerFactory, beat: Any) -> None:
+    server = api_server(INGEST_HEALTH_MAX_WAIT_SECONDS="0")
+    r = await asyncio.to_thread(httpx.get, server.url + "/health/queue")
+    assert r.status_code == 503
+    body = r.json()
+    assert_shape(body)
+    assert body["redis"] is True and body["queue"] is True
+    assert body["worker"] is False and body["healthy"] is False
+    assert body["details"]["redis_status"] == "ready"
+    assert body["details"]["worker_concurrency"] == 0
+
+    reg = await beat(server, slots=3)
+    with server.client() as http:
+        assert http.post("/jobs", json=job()).status_code == 202
+    r = await asyncio.to_thread(httpx.get, server.url + "/health/queue")
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "healthy": True,
+        "redis": True,
+        "queue": True,
+        "worker": True,
+        "details": {
+            "redis_status": "ready",
+            "queue_counts": {"waiting": 1, "active": 0, "completed": 0, "failed": 0, "delayed": 0},
+            "worker_concurrency": 3,
+        },
+    }
+
+    # A supervisor that is shutting down takes no more jobs: it does not count.
+    await reg.beat("test-host:i1:1", {"slots": 3, "stopping": True}, 60)
+    r = await asyncio.to_thread(httpx.get, server.url + "/health/queue")
+    assert r.status_code == 503 and r.json()["worker"] is False
+
+
+async def test_backlog_threshold(api_server: ServerFactory, beat: Any) -> None:
+    server = api_server(INGEST_HEALTH_MAX_BACKLOG="2", INGEST_HEALTH_MAX_WAIT_SECONDS="0")
+    await beat(server)
+    with server.client() as http:
+        for _ in range(2):
+            http.post("/jobs", json=job())
+        assert http.get("/health/queue").status_code == 200
+        http.post("/jobs", json=job())
+        r = http.get("/health/queue")
+    assert r.status_code == 503
+    assert r.json()["queue"] is False and r.json()["redis"] is True
+
+
+async def test_oldest_waiting_age_threshold(api_server: ServerFactory, beat: Any) -> None:
+    server = api_server(INGEST_HEALTH_MAX_WAIT_SECONDS="0.3")
+    await beat(server)
+    with server.client() as http:
+        assert http.get("/health/queue").status_code == 200  # empty queue: no age
+        http.post("/jobs", json=job())
+        r = eventually(lambda: http.get("/health/queue"), lambda r: r.status_code == 503)
+    assert r.json()["queue"] is False and r.json()["worker"] is True
+
+
+async def test_redis_paused_then_resumed_then_stopped(
+    api_server: ServerFactory, own_redis: PrivateRedis, beat: Any
+) -> None:
+    server = api_server(REDIS_URL=own_redis.url, INGEST_HEALTH_MAX_WAIT_SECONDS="0")
+    await beat(server)
+    r, _ = await asyncio.to_thread(timed_get, server)
+    assert r.status_code == 200, r.text
+
+    own_redis.pause()  # SIGSTOP: connections are accepted, nothing is ever answered
+    try:
+        # One after another: an abandoned probe must not block the next check.
+        for _ in range(4):
+            r, took = await asyncio.to_thread(timed_get, server)
+            assert r.status_code == 503
+            assert took < BOUND_S, f"/health/queue took {took:.2f}s with Redis paused"
+            body = r.json()
+            assert_shape(body)
+            assert body["redis"] is False and body["healthy"] is False
+            assert body["details"]["redis_status"] in ("timeout", "error")
+        # Many at once, as several load balancers polling together.
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda _: timed_get(server), range(16)))
+        assert all(r.status_code == 503 for r, _ in results)
+        slowest = max(t for _, t in results)
+        assert slowest < BOUND_S * 2, f"concurrent checks took up to {slowest:.2f}s"
+        r, took = await asyncio.to_thread(timed_get, server, "/health/ready")
+        assert r.status_code == 503 and took < BOUND_S
+    finally:
+        own_redis.resume()
+
+    r = eventually(lambda: timed_get(server)[0], lambda r: r.status_code == 200)
+    assert r.json()["healthy"] is True
+
+    own_redis.stop()
+    for _ in range(3):
+        r, took = await asyncio.to_thread(timed_get, server)
+        assert r.status_code == 503 and took < BOUND_S
+        body = r.json()
+        assert_shape(body)
+        assert body["redis"] is False and body["details"]["redis_status"] == "error"
+        assert body["worker"] is False and body["details"]["worker_concurrency"] == 0
+    r, took = await asyncio.to_thread(timed_get, server, "/health/ready")
+    assert r.status_code == 503 and took < BOUND_S
+    # Live means the process is up, whatever Redis does.
+    r, _ = await asyncio.to_thread(timed_get, server, "/health/live")
+    assert r.status_code == 200
+    # A write with Redis down is a clear 503, not a 500.
+    with server.client() as http:
+        r = http.post("/jobs", json=job())
+    assert r.status_code == 503 and r.headers.get("retry-after") == "1"

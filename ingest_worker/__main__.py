@@ -1,0 +1,3 @@
+from ingest_worker.cli import main
+
+raise SystemExit(main())

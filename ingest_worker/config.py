@@ -1,0 +1,159 @@
+"""Worker settings, read once from INGEST_* environment variables.
+
+The supervisor passes a clean environment to children, so every variable here must be on its
+pass-through list (INGEST_CHILD_ENV). Defaults keep a `text` job cheap: the hash embedder and,
+unless a store is configured, no chunk store at all.
+"""
+
+from __future__ import annotations
+
+from ingest_worker.errors import ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+STORES = ("auto", "none", "sqlite", "postgres", "supabase")
+EMBEDDERS = ("hash", "sentence-transformers")
+MiB = 1024 * 1024
+
+# Every variable the worker reads, for the supervisor's allowlist and the docs.
+ENV_VARS = (
+    "INGEST_FILE_ROOT",
+    "INGEST_CHUNK_SIZE",
+    "INGEST_CHUNK_OVERLAP",
+    "INGEST_EMBEDDER",
+    "INGEST_EMBEDDING_MODEL",
+    "INGEST_EMBEDDING_DIM",
+    "INGEST_CHUNK_STORE",
+    "INGEST_CHUNK_SQLITE_PATH",
+    "INGEST_CHUNK_DSN",
+    "INGEST_CHUNK_SUPABASE_URL",
+    "INGEST_CHUNK_SUPABASE_KEY",
+    "INGEST_CRAWL_ALLOW_PRIVATE",
+    "INGEST_CRAWL_ALLOW_HOSTS",
+    "INGEST_CRAWL_MAX_PAGES",
+    "INGEST_CRAWL_MAX_DEPTH",
+    "INGEST_FETCH_TIMEOUT",
+    "INGEST_MAX_PAGE_BYTES",
+    "INGEST_MAX_TOTAL_BYTES",
+    "INGEST_MAX_FILE_BYTES",
+    "INGEST_USER_AGENT",
+)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: must be between {low} and {high}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: must be between {low} and {high}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name}: must be 0 or 1, got {raw!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise ConfigError(f"{name}: must be one of {', '.join(choices)}")
+    return value
+
+
+def _opt(env: Mapping[str, str], name: str) -> str | None:
+    return env.get(name, "").strip() or None
+
+
+class WorkerConfig:
+    """Immutable by convention: built once per process by `from_env`."""
+
+    __slots__ = (
+        "allow_hosts",
+        "allow_private",
+        "chunk_overlap",
+        "chunk_size",
+        "crawl_max_depth",
+        "crawl_max_pages",
+        "embedder",
+        "embedding_dim",
+        "embedding_model",
+        "fetch_timeout",
+        "file_root",
+        "max_file_bytes",
+        "max_page_bytes",
+        "max_total_bytes",
+        "sqlite_path",
+        "store",
+        "store_dsn",
+        "supabase_key",
+        "supabase_url",
+        "user_agent",
+    )
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.file_root = _opt(env, "INGEST_FILE_ROOT")
+        self.chunk_size = _int(env, "INGEST_CHUNK_SIZE", 1000, 16, 1_000_000)
+        self.chunk_overlap = _int(env, "INGEST_CHUNK_OVERLAP", 200, 0, 1_000_000)
+        if self.chunk_overlap >= self.chunk_size:
+            raise ConfigError("INGEST_CHUNK_OVERLAP: must be smaller than INGEST_CHUNK_SIZE")
+        self.embedder = _choice(env, "INGEST_EMBEDDER", "hash", EMBEDDERS)
+        self.embedding_model = _opt(env, "INGEST_EMBEDDING_MODEL") or "all-MiniLM-L6-v2"
+        self.embedding_dim = _int(env, "INGEST_EMBEDDING_DIM", 384, 8, 16384)
+        self.store_dsn = _opt(env, "INGEST_CHUNK_DSN")
+        self.supabase_url = _opt(env, "INGEST_CHUNK_SUPABASE_URL")
+        self.supabase_key = _opt(env, "INGEST_CHUNK_SUPABASE_KEY")
+        self.sqlite_path = _opt(env, "INGEST_CHUNK_SQLITE_PATH")
+        self.store = self._pick_store(_choice(env, "INGEST_CHUNK_STORE", "auto", STORES))
+        self.allow_private = _flag(env, "INGEST_CRAWL_ALLOW_PRIVATE")
+        hosts = env.get("INGEST_CRAWL_ALLOW_HOSTS", "").split(",")
+        self.allow_hosts = frozenset(h.strip().lower() for h in hosts if h.strip())
+        self.crawl_max_pages = _int(env, "INGEST_CRAWL_MAX_PAGES", 50, 1, 100_000)
+        self.crawl_max_depth = _int(env, "INGEST_CRAWL_MAX_DEPTH", 3, 0, 100)
+        self.fetch_timeout = _float(env, "INGEST_FETCH_TIMEOUT", 10.0, 0.05, 600.0)
+        self.max_page_bytes = _int(env, "INGEST_MAX_PAGE_BYTES", 5 * MiB, 1, 1 << 40)
+        self.max_total_bytes = _int(env, "INGEST_MAX_TOTAL_BYTES", 50 * MiB, 1, 1 << 40)
+        self.max_file_bytes = _int(env, "INGEST_MAX_FILE_BYTES", 50 * MiB, 1, 1 << 40)
+        self.user_agent = _opt(env, "INGEST_USER_AGENT") or "ingest-worker/0.1"
+
+    def _pick_store(self, store: str) -> str:
+        """`auto` picks the first configured store: postgres, supabase, sqlite, else none."""
+        if store == "auto":
+            if self.store_dsn:
+                return "postgres"
+            if self.supabase_url and self.supabase_key:
+                return "supabase"
+            return "sqlite" if self.sqlite_path else "none"
+        if store == "postgres" and not self.store_dsn:
+            raise ConfigError("INGEST_CHUNK_STORE=postgres: needs INGEST_CHUNK_DSN")
+        if store == "supabase" and not (self.supabase_url and self.supabase_key):
+            raise ConfigError(
+                "INGEST_CHUNK_STORE=supabase: needs INGEST_CHUNK_SUPABASE_URL and "
+                "INGEST_CHUNK_SUPABASE_KEY"
+            )
+        if store == "sqlite" and not self.sqlite_path:
+            raise ConfigError("INGEST_CHUNK_STORE=sqlite: needs INGEST_CHUNK_SQLITE_PATH")
+        return store

@@ -1,0 +1,73 @@
+"""One job end to end: load, extract, chunk, embed, store, with progress through each stage."""
+
+from __future__ import annotations
+
+from ingest_worker.chunking import chunk_text, normalise
+from ingest_worker.embedding import make_embedder
+from ingest_worker.errors import BadInput
+from ingest_worker.sources import FETCH_END, load_source
+from ingest_worker.stores import open_store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ingest_worker.config import WorkerConfig
+    from ingest_worker.job import Job
+    from ingest_worker.progress import Reporter
+
+EMBED_BATCH = 64
+_MAX_SKIPPED_LISTED = 50
+
+
+def run_job(job: Job, config: WorkerConfig, reporter: Reporter) -> dict[str, Any]:
+    reporter.progress(1, f"reading {job.source_type} source")
+    loaded = load_source(job, config, reporter)
+    docs = loaded.documents
+    reporter.progress(FETCH_END, f"read {len(docs)} document(s), {loaded.bytes_read} bytes")
+
+    texts = [normalise(d.text) for d in docs]
+    reporter.progress(45, "extracted text")
+
+    chunks: list[dict[str, Any]] = []
+    for doc, text in zip(docs, texts, strict=True):
+        for piece in chunk_text(text, config.chunk_size, config.chunk_overlap):
+            meta = dict(job.metadata)
+            meta.update(doc.meta)
+            meta["source_type"] = job.source_type
+            chunks.append(
+                {
+                    "chunk_index": len(chunks),
+                    "source": doc.source,
+                    "content": piece,
+                    "metadata": meta,
+                }
+            )
+    if not chunks:
+        reasons = "; ".join(f"{s['source']}: {s['reason']}" for s in loaded.skipped[:5])
+        raise BadInput("no text to ingest" + (f" ({reasons})" if reasons else ""))
+    reporter.progress(50, f"split into {len(chunks)} chunk(s)")
+
+    embedder = make_embedder(config)
+    for start in range(0, len(chunks), EMBED_BATCH):
+        batch = chunks[start : start + EMBED_BATCH]
+        for chunk, vector in zip(batch, embedder.embed([c["content"] for c in batch]), strict=True):
+            chunk["embedding"] = vector
+        done = start + len(batch)
+        reporter.stage(50, 85, done, len(chunks), f"embedded {done}/{len(chunks)} chunks")
+
+    store = open_store(config)
+    reporter.progress(88, f"storing {len(chunks)} chunk(s) ({store.name})")
+    stored = store.replace(job.job_id, job.tenant_id, chunks)
+    reporter.progress(99, f"stored {stored} chunk(s)")
+    return {
+        "job_id": job.job_id,
+        "source_type": job.source_type,
+        "pages": len(docs),
+        "chunks": stored,
+        "bytes": loaded.bytes_read,
+        "skipped": len(loaded.skipped),
+        "skipped_items": loaded.skipped[:_MAX_SKIPPED_LISTED],
+        "embedder": embedder.name,
+        "store": store.name,
+    }

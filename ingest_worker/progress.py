@@ -1,0 +1,38 @@
+"""PROGRESS and RESULT lines on stdout, flushed as they are written."""
+
+from __future__ import annotations
+
+import json
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TextIO
+
+_MAX_MESSAGE = 200
+
+
+class Reporter:
+    """Writes monotonic progress: a later stage never shows a lower percentage."""
+
+    __slots__ = ("_last", "_out")
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._last = -1
+
+    def progress(self, percent: float, message: str = "") -> None:
+        pct = max(self._last, min(100, max(0, int(percent))))
+        self._last = pct
+        text = " ".join(message.split())[:_MAX_MESSAGE]
+        self._out.write(f"PROGRESS: {pct} {text}\n" if text else f"PROGRESS: {pct}\n")
+        self._out.flush()
+
+    def stage(self, start: float, end: float, done: int, total: int, message: str) -> None:
+        """Progress `done/total` of the way through the band [start, end]."""
+        frac = done / total if total > 0 else 1.0
+        self.progress(start + (end - start) * min(1.0, frac), message)
+
+    def result(self, payload: dict[str, Any]) -> None:
+        line = json.dumps(payload, separators=(",", ":"), ensure_ascii=True)
+        self._out.write(f"RESULT: {line}\n")
+        self._out.flush()

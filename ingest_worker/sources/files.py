@@ -1,0 +1,145 @@
+"""Files under the operator's INGEST_FILE_ROOT, never outside it (no `..`, no symlinks out)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ingest_worker.documents import Document, Loaded
+from ingest_worker.errors import BadInput, ConfigError, TempFail
+from ingest_worker.sources import FETCH_END, FETCH_START
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ingest_worker.config import WorkerConfig
+    from ingest_worker.progress import Reporter
+
+EXTENSIONS = (".txt", ".md", ".markdown", ".html", ".htm", ".json", ".pdf")
+MAX_FILES = 1000
+
+
+def load_files(source: dict[str, Any], config: WorkerConfig, reporter: Reporter) -> Loaded:
+    if not config.file_root:
+        raise BadInput("file sources are disabled: the operator has not set INGEST_FILE_ROOT")
+    root = os.path.realpath(config.file_root)
+    if not os.path.isdir(root):
+        raise ConfigError(f"INGEST_FILE_ROOT: {config.file_root!r} is not a directory")
+    paths = _requested_paths(source)
+    loaded = Loaded()
+    for i, rel in enumerate(paths):
+        full = resolve_under(root, rel)
+        data = _read(full, rel, config.max_file_bytes)
+        if loaded.bytes_read + len(data) > config.max_total_bytes:
+            raise BadInput(f"files exceed INGEST_MAX_TOTAL_BYTES ({config.max_total_bytes})")
+        loaded.bytes_read += len(data)
+        text, title = extract_file(rel, data)
+        meta: dict[str, object] = {"path": rel}
+        if title:
+            meta["title"] = title
+        loaded.documents.append(Document(rel, text, meta))
+        reporter.stage(FETCH_START, FETCH_END, i + 1, len(paths), f"read {rel}")
+    return loaded
+
+
+def _requested_paths(source: dict[str, Any]) -> list[str]:
+    raw = source.get("paths", source.get("path"))
+    paths = [raw] if isinstance(raw, str) else raw
+    if not isinstance(paths, list) or not paths:
+        raise BadInput("data_source.path: is required for a file source (or a list in 'paths')")
+    if len(paths) > MAX_FILES:
+        raise BadInput(f"data_source.paths: at most {MAX_FILES} files per job")
+    for p in paths:
+        if not isinstance(p, str) or not p:
+            raise BadInput("data_source.paths: every path must be a non-empty string")
+    return paths
+
+
+def resolve_under(root: str, rel: str) -> str:
+    """The real path of `rel` inside `root`, or BadInput if it (or a symlink in it) leaves."""
+    if "\x00" in rel:
+        raise BadInput("data_source.path: must not contain NUL")
+    if os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
+        raise BadInput(f"data_source.path: {rel!r} must be relative to the file root, no '..'")
+    full = os.path.realpath(os.path.join(root, rel))
+    if os.path.commonpath([root, full]) != root:
+        raise BadInput(f"data_source.path: {rel!r} resolves outside the file root")
+    return full
+
+
+def _read(full: str, rel: str, max_bytes: int) -> bytes:
+    if not full.lower().endswith(EXTENSIONS):
+        raise BadInput(f"{rel}: unsupported file type (supported: {', '.join(EXTENSIONS)})")
+    try:
+        # O_NOFOLLOW: the path was resolved above; a symlink swapped in since is refused.
+        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise BadInput(f"{rel}: no such file") from None
+    except OSError as exc:
+        raise BadInput(f"{rel}: cannot be read ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not _is_regular(st.st_mode):
+            raise BadInput(f"{rel}: not a regular file")
+        if st.st_size > max_bytes:
+            raise BadInput(f"{rel}: larger than INGEST_MAX_FILE_BYTES ({max_bytes})")
+        try:
+            data = fh.read(max_bytes + 1)
+        except OSError as exc:
+            raise TempFail(f"{rel}: read failed ({exc.strerror})") from None
+    if len(data) > max_bytes:
+        raise BadInput(f"{rel}: larger than INGEST_MAX_FILE_BYTES ({max_bytes})")
+    return data
+
+
+def _is_regular(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(mode)
+
+
+def extract_file(name: str, data: bytes) -> tuple[str, str]:
+    """(text, title) of a file's bytes, by extension."""
+    lower = name.lower()
+    if lower.endswith(".pdf"):
+        from ingest_worker.sources.pdf import extract_pdf
+
+        return extract_pdf(name, data), ""
+    text = _decode(name, data)
+    if lower.endswith((".html", ".htm")):
+        from ingest_worker.web.htmltext import extract_html
+
+        page = extract_html(text)
+        return page.text, page.title
+    if lower.endswith(".json"):
+        return _json_text(name, text), ""
+    return text, ""
+
+
+def _decode(name: str, data: bytes) -> str:
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"{name}: not UTF-8 text") from None
+
+
+def _json_text(name: str, text: str) -> str:
+    """Every string and number in a JSON document, one `key: value` per line."""
+    import json
+
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise BadInput(f"{name}: not valid JSON") from None
+    lines: list[str] = []
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack:
+        key, node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend((str(k), v) for k, v in reversed(list(node.items())))
+        elif isinstance(node, list):
+            stack.extend((key, v) for v in reversed(node))
+        elif isinstance(node, str | int | float) and not isinstance(node, bool):
+            lines.append(f"{key}: {node}" if key else str(node))
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""SQLite chunk store: one file, table created on first use, embeddings as JSON text."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from typing import Any
+
+from ingest_worker.errors import TempFail
+
+_SCHEMA = """
+create table if not exists document_chunks (
+    job_id      text    not null,
+    tenant_id   text    not null,
+    chunk_index integer not null,
+    source      text    not null,
+    content     text    not null,
+    embedding   text    not null,
+    metadata    text    not null,
+    created_at  text    not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    primary key (job_id, chunk_index)
+);
+create index if not exists document_chunks_tenant on document_chunks (tenant_id);
+"""
+
+
+class SqliteStore:
+    name = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def replace(self, job_id: str, tenant_id: str, chunks: list[dict[str, Any]]) -> int:
+        rows = [
+            (
+                job_id,
+                tenant_id,
+                c["chunk_index"],
+                c["source"],
+                c["content"],
+                json.dumps(c["embedding"], separators=(",", ":")),
+                json.dumps(c["metadata"], separators=(",", ":")),
+            )
+            for c in chunks
+        ]
+        try:
+            parent = os.path.dirname(self.path)
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise TempFail(f"sqlite chunk store unavailable: {exc}") from None
+        try:
+            conn.executescript(_SCHEMA)
+            # BEGIN IMMEDIATE takes the write lock up front: no upgrade deadlock between
+            # two retries of the same job racing each other.
+            conn.execute("begin immediate")
+            conn.execute("delete from document_chunks where job_id = ?", (job_id,))
+            conn.executemany(
+                "insert into document_chunks (job_id, tenant_id, chunk_index, source, content,"
+                " embedding, metadata) values (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            conn.execute("commit")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("rollback")
+            raise TempFail(f"sqlite chunk store failed: {exc}") from None
+        finally:
+            conn.close()
+        return len(rows)

@@ -7,7 +7,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -42,17 +42,26 @@ class NotifyListener:
         self.messages.append(fields)
         return fields
 
-    def wait_for(self, field: str, timeout_s: float) -> list[str]:
-        """Receive until a message holding `field` arrives; fail at the deadline."""
+    def wait_for_field(self, accept: Callable[[str], bool], what: str, timeout_s: float) -> str:
+        """The first field, received so far or until the deadline, that `accept`s."""
         deadline = time.monotonic() + timeout_s
-        for seen in self.messages:
-            if field in seen:
-                return seen
-        while time.monotonic() < deadline:
-            got = self.receive(deadline - time.monotonic())
-            if got is not None and field in got:
-                return got
-        raise AssertionError(f"no {field!r} within {timeout_s}s; got {self.messages!r}")
+        checked = 0
+        while True:
+            for message in self.messages[checked:]:
+                for f in message:
+                    if accept(f):
+                        return f
+            checked = len(self.messages)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {what} within {timeout_s}s; got {self.messages!r}")
+            self.receive(left)
+
+    def wait_for(self, field: str, timeout_s: float) -> str:
+        return self.wait_for_field(lambda f: f == field, repr(field), timeout_s)
+
+    def wait_for_prefix(self, prefix: str, timeout_s: float) -> str:
+        return self.wait_for_field(lambda f: f.startswith(prefix), f"{prefix}...", timeout_s)
 
     def count(self, field: str) -> int:
         return sum(1 for fields in self.messages if field in fields)

@@ -3,7 +3,7 @@
 argv: <marker> <state_dir>. The marker (the test's queue name) lets the test find every
 child it caused with a process scan. The first run of a job sleeps `metadata.first_run_s`
 (long enough to be interrupted by a stop); a rerun of the same job, after it was released,
-sleeps `metadata.rerun_s`.
+sleeps `metadata.rerun_s`. It also records the names of the environment variables it got.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ def main() -> int:
     rerun = marker.exists()
     with marker.open("a") as f:
         f.write(f"{os.getpid()}\n")
+    # What the child inherited, so tests can check nothing of systemd's leaks through.
+    (state_dir / f"{job_id}.env.json").write_text(json.dumps(sorted(os.environ)))
     duration = float(meta.get("rerun_s" if rerun else "first_run_s", 1))
     steps = max(1, int(duration / 0.2))
     for i in range(steps):

@@ -457,8 +457,7 @@ class JobQueue:
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.zrangebyscore(self.keys.waiting, "-inf", f"({band}", start=0, num=1)
             pipe.zrangebyscore(self.keys.waiting, band - 2**49, "+inf", start=0, num=1)
-            pipe.time()
-            high, normal, now = await pipe.execute()
+            high, normal = await pipe.execute()
         ids = [*high, *normal]
         if not ids:
             return None
@@ -466,8 +465,20 @@ class JobQueue:
         enqueued = [json.loads(r)["enqueued_at"] for r in raws if r is not None]
         if not enqueued:
             return None
-        now_ms = now[0] * 1000 + now[1] // 1000
+        now_ms = await self._server_ms()
         return max(0.0, (float(now_ms) - float(min(enqueued))) / 1000.0)
+
+    async def _server_ms(self) -> int:
+        """The clock of the server holding this queue, the one the scripts stamp jobs with.
+
+        Not pipelined: redis-py refuses TIME inside a cluster pipeline (it has no key).
+        """
+        if isinstance(self.client, RedisCluster):
+            node = self.client.get_node_from_key(self.keys.jobs)
+            secs, micros = await self.client.time(target_nodes=node)
+        else:
+            secs, micros = await self.client.time()
+        return int(secs) * 1000 + int(micros) // 1000
 
     async def live_workers(self) -> list[dict[str, Any]]:
         from supervisor.workers import WorkerRegistry

@@ -1,0 +1,59 @@
+"""The child's environment: an allowlist, never the supervisor's whole environment.
+
+Secrets the supervisor holds (Supabase service key, Langfuse keys, the Redis URL with its
+password) and systemd's NOTIFY_SOCKET / WATCHDOG_* reach a child only when the operator
+names them in `env_passthrough`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+
+BASE_ALLOWLIST: tuple[str, ...] = (
+    "PATH",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TZ",
+    "PYTHON*",
+)
+# Matched by a PYTHON* / LC_* pattern but the supervisor's own settings, not the child's.
+_NEVER_BY_PATTERN = frozenset({"PYTHON_EXECUTABLE"})
+
+
+def _allowed(name: str, patterns: Iterable[str]) -> bool:
+    for pattern in patterns:
+        if pattern.endswith("*"):
+            if name.startswith(pattern[:-1]):
+                return name not in _NEVER_BY_PATTERN
+        elif name == pattern:
+            return True
+    return False
+
+
+def build_child_env(
+    parent: Mapping[str, str],
+    *,
+    passthrough: Iterable[str],
+    extra: Mapping[str, str],
+    job_id: str,
+    attempt: int,
+    workdir: str,
+) -> dict[str, str]:
+    explicit = tuple(passthrough)
+    patterns = (*BASE_ALLOWLIST, *explicit)
+    env = {k: v for k, v in parent.items() if _allowed(k, patterns)}
+    # Names the operator listed explicitly also pass when they contain glob characters.
+    for name in explicit:
+        if any(c in name for c in "?[") and not name.endswith("*"):
+            env.update({k: v for k, v in parent.items() if fnmatch.fnmatchcase(k, name)})
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    # Progress lines must arrive while the job runs, not when a pipe buffer fills.
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env["HOME"] = workdir
+    env["TMPDIR"] = workdir
+    env.update(extra)
+    env["INGEST_JOB_ID"] = job_id
+    env["INGEST_ATTEMPT"] = str(attempt)
+    return env

@@ -1,0 +1,81 @@
+"""Non-blocking pipe ends driven by the event loop: one chunk per readiness, no buffering.
+
+Each read hands a fixed-size chunk straight to a consumer, so memory per child is bounded
+by what the consumer keeps, never by what the child writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+
+
+class PipeReader:
+    def __init__(self, fd: int, on_data: Callable[[bytes], None], chunk_bytes: int) -> None:
+        self._fd = fd
+        self._on_data = on_data
+        self._chunk = chunk_bytes
+        self._loop = asyncio.get_running_loop()
+        self.eof: asyncio.Future[None] = self._loop.create_future()
+        self._open = True
+        self._loop.add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._fd, self._chunk)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.stop()
+            return
+        self._on_data(data)
+
+    def stop(self) -> None:
+        """Stop reading (EOF or abandoned); the fd itself is closed by its owner."""
+        if self._open:
+            self._open = False
+            self._loop.remove_reader(self._fd)
+        if not self.eof.done():
+            self.eof.set_result(None)
+
+
+class PipeWriter:
+    """Writes one payload then closes the pipe; gives up quietly if the child never reads."""
+
+    def __init__(self, fd: int, payload: bytes, close_fd: Callable[[], None]) -> None:
+        self._fd = fd
+        self._view = memoryview(payload)
+        self._close_fd = close_fd
+        self._loop = asyncio.get_running_loop()
+        self._registered = False
+        self.closed = False
+        self._write()
+
+    def _write(self) -> None:
+        while self._view:
+            try:
+                n = os.write(self._fd, self._view)
+            except (BlockingIOError, InterruptedError):
+                if not self._registered:
+                    self._registered = True
+                    self._loop.add_writer(self._fd, self._write)
+                return
+            except OSError:  # EPIPE: the child closed stdin or exited
+                break
+            self._view = self._view[n:]
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._registered:
+            self._registered = False
+            self._loop.remove_writer(self._fd)
+        self._view.release()
+        with contextlib.suppress(OSError):
+            self._close_fd()

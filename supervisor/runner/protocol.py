@@ -1,0 +1,211 @@
+"""The child protocol over raw stdout bytes: a pure scanner and parser, no I/O.
+
+Only lines starting with `PROGRESS:` or `RESULT:` are ever buffered, and never beyond a cap;
+everything else is skipped with `bytes.find`, so a flood of log lines costs a few C-level
+searches per chunk rather than Python work per line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+PROGRESS_PREFIX = b"PROGRESS:"
+RESULT_PREFIX = b"RESULT:"
+_PREFIXES = (PROGRESS_PREFIX, RESULT_PREFIX)
+_LONGEST_PREFIX = max(len(p) for p in _PREFIXES)
+_NUMBER = re.compile(rb"(?:100(?:\.0+)?|\d{1,2}(?:\.\d+)?)")
+MESSAGE_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class ProtocolLine:
+    """One protocol line (without its newline); `truncated` when it was cut at the cap."""
+
+    data: bytes
+    truncated: bool = False
+
+
+class ProtocolScanner:
+    """Finds protocol lines in a stream of chunks; lines split across chunks are joined.
+
+    A protocol line longer than its cap is cut: the first `cap` bytes are reported with
+    truncated=True and the rest of the line is skipped without being stored.
+    """
+
+    def __init__(self, max_line_bytes: int = 64 * 1024, max_result_bytes: int = 1024 * 1024):
+        self._progress_cap = max_line_bytes
+        self._result_cap = max(max_result_bytes, len(RESULT_PREFIX))
+        self._pending: bytearray | None = None  # a line that is or may become a protocol line
+        self._at_line_start = True
+        self._skipping = False  # inside a line known not to matter (or already cut)
+
+    def feed(self, data: bytes) -> list[ProtocolLine]:
+        out: list[ProtocolLine] = []
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._pending is not None:
+                pos = self._collect(data, pos, out)
+            elif self._skipping:
+                nl = data.find(b"\n", pos)
+                if nl < 0:
+                    return out
+                self._skipping = False
+                self._at_line_start = True
+                pos = nl + 1
+            elif self._at_line_start:
+                if data.startswith(_PREFIXES, pos) or _is_prefix_start(data, pos):
+                    self._pending = bytearray()
+                    pos = self._collect(data, pos, out)
+                else:
+                    self._at_line_start = False
+            else:
+                pos = self._jump(data, pos)
+        return out
+
+    def finish(self) -> list[ProtocolLine]:
+        """End of stream: a protocol line without a final newline still counts."""
+        pending, self._pending = self._pending, None
+        self._at_line_start, self._skipping = True, False
+        if pending and pending.startswith(_PREFIXES):
+            return [ProtocolLine(bytes(pending))]
+        return []
+
+    def _jump(self, data: bytes, pos: int) -> int:
+        """Mid-line: move to the next line that could be a protocol line, or to the end."""
+        hits = [i for i in (data.find(b"\n" + p, pos) for p in _PREFIXES) if i >= 0]
+        if hits:
+            self._at_line_start = True
+            return min(hits) + 1
+        last_nl = data.rfind(b"\n", pos)
+        if last_nl < 0:
+            return len(data)
+        # The last line of the chunk may be the start of a prefix cut by the chunk boundary.
+        self._at_line_start = True
+        return last_nl + 1
+
+    def _collect(self, data: bytes, pos: int, out: list[ProtocolLine]) -> int:
+        pending = self._pending
+        assert pending is not None
+        nl = data.find(b"\n", pos)
+        stop = len(data) if nl < 0 else nl
+        head = bytes(pending[:_LONGEST_PREFIX]) + data[pos : pos + _LONGEST_PREFIX]
+        if not head.startswith(_PREFIXES):
+            if nl < 0 and len(head) < _LONGEST_PREFIX and _is_prefix(head):
+                pending += data[pos:stop]  # a prefix cut by the chunk boundary: wait for more
+                return stop
+            return self._abandon(nl, len(data))
+        cap = self._result_cap if head.startswith(RESULT_PREFIX) else self._progress_cap
+        take = min(stop, pos + max(cap - len(pending), 0))
+        pending += data[pos:take]
+        if take < stop:  # over the cap: report what we have, skip the rest of the line
+            out.append(ProtocolLine(bytes(pending), truncated=True))
+            self._pending = None
+            self._skipping = True
+            return take
+        if nl < 0:
+            return stop
+        out.append(ProtocolLine(bytes(pending)))
+        self._pending = None
+        self._at_line_start = True
+        return nl + 1
+
+    def _abandon(self, nl: int, end: int) -> int:
+        self._pending = None
+        if nl < 0:
+            self._skipping = True
+            self._at_line_start = False
+            return end
+        self._at_line_start = True
+        return nl + 1
+
+
+def _is_prefix(fragment: bytes | bytearray) -> bool:
+    return any(p.startswith(fragment) for p in _PREFIXES)
+
+
+def _is_prefix_start(data: bytes, pos: int) -> bool:
+    """True when the rest of `data` from pos is a proper start of a prefix (cut by the chunk)."""
+    rest = data[pos : pos + _LONGEST_PREFIX]
+    return b"\n" not in rest and len(rest) < _LONGEST_PREFIX and _is_prefix(rest)
+
+
+# ---- line parsing -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    percent: float
+    message: str | None
+
+
+@dataclass(frozen=True)
+class Result:
+    value: Any
+    error: str | None  # why the line was not a usable result; value is None then
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str
+
+
+def parse_line(line: ProtocolLine) -> Progress | Result | Rejected:
+    """Interpret one protocol line. Never raises, whatever the bytes."""
+    data = line.data.rstrip(b"\r")
+    if data.startswith(PROGRESS_PREFIX):
+        return parse_progress(data[len(PROGRESS_PREFIX) :])
+    if data.startswith(RESULT_PREFIX):
+        if line.truncated:
+            return Result(None, f"RESULT line longer than {len(data)} bytes was cut")
+        return parse_result(data[len(RESULT_PREFIX) :])
+    return Rejected("not a protocol line")
+
+
+def parse_progress(rest: bytes) -> Progress | Rejected:
+    text = rest.strip()
+    number, _, message = text.partition(b" ")
+    if not _NUMBER.fullmatch(number):
+        return Rejected("progress is not a number in 0..100")
+    msg = message.strip().decode("utf-8", errors="replace")[:MESSAGE_LIMIT]
+    return Progress(float(number), msg or None)
+
+
+def parse_result(rest: bytes) -> Result:
+    try:
+        return Result(json.loads(rest), None)
+    except (ValueError, RecursionError) as exc:
+        return Result(None, f"RESULT is not valid JSON: {str(exc)[:200]}")
+
+
+# ---- progress state -----------------------------------------------------------------------
+
+
+class ProgressState:
+    """Monotonic progress plus a bounded list of milestones (first value, each 10% step)."""
+
+    MAX_MILESTONES = 12
+
+    def __init__(self) -> None:
+        self.percent = 0.0
+        self.message: str | None = None
+        self.lines = 0
+        self.rejected = 0
+        self.milestones: list[tuple[float, float, str | None]] = []
+        self._bucket = -1
+
+    def apply(self, update: Progress | Rejected, now: float) -> bool:
+        """Record one PROGRESS line; True when it changed what callers should see."""
+        self.lines += 1
+        if isinstance(update, Rejected) or update.percent < self.percent:
+            self.rejected += 1
+            return False
+        changed = update.percent != self.percent or update.message != self.message
+        self.percent, self.message = update.percent, update.message
+        bucket = int(update.percent // 10)
+        if bucket > self._bucket and len(self.milestones) < self.MAX_MILESTONES:
+            self._bucket = bucket
+            self.milestones.append((now, update.percent, update.message))
+        return changed or self.lines == 1

@@ -1,0 +1,303 @@
+"""run_child: one job's child from spawn to reaped, as one awaitable that never raises."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+from supervisor.runner.coalesce import ProgressCallback, ProgressCoalescer
+from supervisor.runner.config import RunnerConfig
+from supervisor.runner.env import build_child_env
+from supervisor.runner.outcome import ChildOutcome, EndReason, describe_end
+from supervisor.runner.output import BoundedOutput
+from supervisor.runner.pipes import PipeReader, PipeWriter
+from supervisor.runner.protocol import (
+    ProgressState,
+    ProtocolLine,
+    ProtocolScanner,
+    Result,
+    parse_line,
+)
+from supervisor.runner.spawner import ExecSpawner, ExitStatus, SpawnedChild, SpawnSpec
+from supervisor.runner.stop import StopRequest
+from supervisor.runner.tree import ProcessTree
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_SPAWNER = ExecSpawner()
+# A child that ignores SIGKILL this long is stuck in the kernel; give up waiting for it.
+_KILL_WAIT_S = 30.0
+_OOM_MARKERS = (b"MemoryError", b"Cannot allocate memory", b"std::bad_alloc", b"out of memory")
+
+
+async def run_child(
+    config: RunnerConfig,
+    *,
+    job_id: str,
+    attempt: int,
+    job_json: bytes,
+    timeout_s: float,
+    stop: StopRequest,
+    on_progress: ProgressCallback | None = None,
+) -> ChildOutcome:
+    """Run one child to its end. Whatever the child does, this returns an outcome."""
+    run = _ChildRun(config, job_id=job_id, attempt=attempt, stop=stop, on_progress=on_progress)
+    try:
+        workdir = _make_workdir(config)
+    except (OSError, KeyError) as exc:
+        return run.start_failed(f"cannot create a working directory: {exc}")
+    try:
+        return await run.run(workdir, job_json, timeout_s)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _make_workdir(config: RunnerConfig) -> str:
+    workdir = tempfile.mkdtemp(prefix="ingest-job-", dir=config.tmp_root)
+    if config.user is not None:
+        entry = pwd.getpwnam(config.user)
+        os.chown(workdir, entry.pw_uid, entry.pw_gid)
+    return workdir
+
+
+class _ChildRun:
+    def __init__(
+        self,
+        config: RunnerConfig,
+        *,
+        job_id: str,
+        attempt: int,
+        stop: StopRequest,
+        on_progress: ProgressCallback | None,
+    ) -> None:
+        self.config = config
+        self.job_id = job_id
+        self.attempt = attempt
+        self.stop = stop
+        self.on_progress = on_progress
+        self.started = time.monotonic()
+        self.stdout = BoundedOutput(config.max_output_bytes, config.head_bytes)
+        self.stderr = BoundedOutput(config.max_output_bytes, config.head_bytes)
+        self.scanner = ProtocolScanner(config.max_line_bytes, config.max_result_bytes)
+        self.progress = ProgressState()
+        self.result: Any = None
+        self.result_error: str | None = None
+        self.we_killed = False
+        self.strays = 0
+        self.coalescer: ProgressCoalescer | None = None
+
+    # ---- output -------------------------------------------------------------------
+
+    def _on_stdout(self, data: bytes) -> None:
+        self.stdout.append(data)
+        for line in self.scanner.feed(data):
+            self._handle(line)
+
+    def _handle(self, line: ProtocolLine) -> None:
+        parsed = parse_line(line)
+        if isinstance(parsed, Result):
+            self.result, self.result_error = parsed.value, parsed.error
+            return
+        if self.progress.apply(parsed, time.time()) and self.coalescer is not None:
+            self.coalescer.update(self.progress.percent, self.progress.message)
+
+    # ---- lifecycle ----------------------------------------------------------------
+
+    async def run(self, workdir: str, job_json: bytes, timeout_s: float) -> ChildOutcome:
+        cfg = self.config
+        env = build_child_env(
+            os.environ,
+            passthrough=cfg.env_passthrough,
+            extra=cfg.extra_env,
+            job_id=self.job_id,
+            attempt=self.attempt,
+            workdir=workdir,
+        )
+        spec = SpawnSpec(cfg.command, env, workdir, cfg.limits, cfg.user, cfg.group)
+        spawner = cfg.spawner or _DEFAULT_SPAWNER
+        self.started = time.monotonic()
+        try:
+            child = spawner.spawn(spec)
+        except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
+            return self.start_failed(_start_error(exc, cfg.command))
+        self.coalescer = ProgressCoalescer(self.on_progress, cfg.progress_interval_s)
+        tree = ProcessTree(child.pid)
+        writer = PipeWriter(child.stdin_fd, job_json, lambda: os.close(child.stdin_fd))
+        readers = (
+            PipeReader(child.stdout_fd, self._on_stdout, cfg.read_chunk_bytes),
+            PipeReader(child.stderr_fd, self.stderr.append, cfg.read_chunk_bytes),
+        )
+        sampler = asyncio.create_task(self._sample(tree, child), name=f"sample:{self.job_id}")
+        try:
+            ended = await self._supervise(child, tree, timeout_s)
+            status = child.exited.result() if child.exited.done() else ExitStatus(None, None)
+            wall = time.monotonic() - self.started
+            # The group is killed while its id cannot have been reused: right after the reap.
+            tree.root_exited()
+            self.strays += tree.kill_strays()
+            await _wait_any_timeout([r.eof for r in readers], cfg.drain_timeout_s)
+            for line in self.scanner.finish():
+                self._handle(line)
+        finally:
+            sampler.cancel()
+            writer.close()
+            for reader in readers:
+                reader.stop()
+            for fd in (child.stdout_fd, child.stderr_fd):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            if not child.exited.done():  # we were cancelled: never leave the child behind
+                await self._kill_and_reap(child, tree)
+            self.strays += tree.kill_strays()
+        self.coalescer.flush()
+        return self._outcome(ended, status, wall, timeout_s, tree, child.pid)
+
+    async def _sample(self, tree: ProcessTree, child: SpawnedChild) -> None:
+        interval = self.config.rss_sample_interval_s
+        while not child.exited.done():
+            await asyncio.sleep(interval)
+            if not child.exited.done():
+                tree.sample()
+
+    async def _supervise(
+        self, child: SpawnedChild, tree: ProcessTree, timeout_s: float
+    ) -> EndReason:
+        stop_wait = asyncio.ensure_future(self.stop.wait())
+        waiting: set[asyncio.Future[Any]] = {child.exited, stop_wait}
+        try:
+            await asyncio.wait(
+                waiting,
+                timeout=max(timeout_s, 0.0),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            stop_wait.cancel()
+        if child.exited.done():
+            return EndReason.EXITED
+        if not self.stop.requested:
+            self.stop.request(EndReason.TIMEOUT)
+        reason = self.stop.reason or EndReason.TIMEOUT
+        await self._terminate(child, tree)
+        return reason
+
+    async def _terminate(self, child: SpawnedChild, tree: ProcessTree) -> None:
+        """TERM the group and escaped descendants, wait the grace, then KILL them all."""
+        tree.sample()
+        tree.signal_all(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(child.exited), self.config.kill_grace_s)
+            return
+        except TimeoutError:
+            pass
+        await self._kill_and_reap(child, tree)
+
+    async def _kill_and_reap(self, child: SpawnedChild, tree: ProcessTree) -> None:
+        self.we_killed = True
+        tree.sample()
+        tree.signal_all(signal.SIGKILL)
+        try:
+            await asyncio.wait_for(asyncio.shield(child.exited), _KILL_WAIT_S)
+        except TimeoutError:
+            log.error("child %d survived SIGKILL for %.0fs", child.pid, _KILL_WAIT_S)
+
+    # ---- outcome ------------------------------------------------------------------
+
+    def start_failed(self, message: str) -> ChildOutcome:
+        return ChildOutcome(
+            ended=EndReason.START_FAILED,
+            exit_code=None,
+            signal=None,
+            wall_s=time.monotonic() - self.started,
+            cpu_s=0.0,
+            peak_rss_bytes=0,
+            progress=0.0,
+            progress_message=None,
+            milestones=(),
+            result=None,
+            result_error=None,
+            stdout_tail="",
+            stderr_tail="",
+            error=describe_end(
+                EndReason.START_FAILED,
+                exit_code=None,
+                signum=None,
+                timeout_s=0,
+                stderr_tail="",
+                oom_killed=False,
+                start_error=message,
+            ),
+        )
+
+    def _outcome(
+        self,
+        ended: EndReason,
+        status: ExitStatus,
+        wall: float,
+        timeout_s: float,
+        tree: ProcessTree,
+        pid: int,
+    ) -> ChildOutcome:
+        oom = self._looks_out_of_memory(status, ended)
+        stderr_tail = self.stderr.last(4096).decode("utf-8", errors="replace")
+        return ChildOutcome(
+            ended=ended,
+            exit_code=status.exit_code,
+            signal=status.signal,
+            wall_s=wall,
+            cpu_s=max(tree.cpu_s, status.cpu_s),
+            peak_rss_bytes=max(tree.peak_rss_bytes, status.max_rss_bytes),
+            progress=self.progress.percent,
+            progress_message=self.progress.message,
+            milestones=tuple(self.progress.milestones),
+            result=self.result,
+            result_error=self.result_error,
+            stdout_tail=self.stdout.text(),
+            stderr_tail=self.stderr.text(),
+            error=describe_end(
+                ended,
+                exit_code=status.exit_code,
+                signum=status.signal,
+                timeout_s=timeout_s,
+                stderr_tail=stderr_tail,
+                oom_killed=oom,
+            ),
+            oom_killed=oom,
+            dropped_bytes=self.stdout.dropped_bytes + self.stderr.dropped_bytes,
+            progress_lines=self.progress.lines,
+            progress_rejected=self.progress.rejected,
+            pid=pid,
+            stray_processes_killed=self.strays,
+        )
+
+    def _looks_out_of_memory(self, status: ExitStatus, ended: EndReason) -> bool:
+        if ended is not EndReason.EXITED or status.exit_code == 0:
+            return False
+        if status.signal == signal.SIGKILL and not self.we_killed:
+            return True  # nobody here sent it: the kernel's OOM killer, as far as we can tell
+        if self.config.limits.memory_bytes is None:
+            return False
+        last = self.stderr.last(8192)
+        return any(marker in last for marker in _OOM_MARKERS)
+
+
+def _start_error(exc: BaseException, argv: tuple[str, ...]) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return f"{argv[0] if argv else '?'}: not found"
+    if isinstance(exc, PermissionError):
+        return f"{argv[0] if argv else '?'}: permission denied"
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+async def _wait_any_timeout(futures: list[asyncio.Future[None]], limit_s: float) -> None:
+    pending = [f for f in futures if not f.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=limit_s)

@@ -1,0 +1,201 @@
+"""Starting a child: the Spawner interface and the fork/exec implementation.
+
+run_child only needs a pid, three pipe ends and a future that resolves with the exit
+status. A later start mode (fork from a warm, pre-imported zygote) implements the same
+`Spawner` and hands back the same `SpawnedChild`.
+
+Why preexec_fn here although the style guide warns against it: the parent-death signal
+(PR_SET_PDEATHSIG) can only be set by the child itself between fork and exec, and the
+alternatives cost more: a Python shim adds a whole interpreter start per job, and a C shim
+needs a compiler at install time. The function only issues syscalls (prctl, getppid,
+setrlimit, sigaction, sigprocmask) on values prepared before the fork, so it takes no lock
+another thread could hold. CPython re-initialises its own locks in the child before
+calling it. The price is fork() instead of vfork(), measured in bench/bench_runner.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import grp
+import os
+import pwd
+import resource
+import signal
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from supervisor.runner.config import ResourceLimits
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class SpawnSpec:
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    cwd: str
+    limits: ResourceLimits = field(default_factory=ResourceLimits)
+    user: str | None = None
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    exit_code: int | None
+    signal: int | None
+    cpu_s: float = 0.0  # the child and every descendant it waited for
+    max_rss_bytes: int = 0  # largest single process among them
+
+
+@dataclass
+class SpawnedChild:
+    pid: int
+    pgid: int  # the child leads its own session and process group
+    # Parent ends of the pipes, non-blocking, owned (and closed) by the caller.
+    stdin_fd: int
+    stdout_fd: int
+    stderr_fd: int
+    exited: asyncio.Future[ExitStatus]  # resolved once the child is reaped
+
+
+class Spawner(Protocol):
+    def spawn(self, spec: SpawnSpec) -> SpawnedChild:
+        """Start the child or raise OSError / subprocess.SubprocessError."""
+        ...
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn: Callable[..., int] = libc.prctl
+        return fn
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+_CATCHABLE = tuple(
+    s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)
+)
+
+
+def _rlimits(limits: ResourceLimits) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    if limits.memory_bytes is not None:
+        out.append((resource.RLIMIT_AS, limits.memory_bytes))
+    if limits.cpu_seconds is not None:
+        out.append((resource.RLIMIT_CPU, limits.cpu_seconds))
+    if limits.open_files is not None:
+        out.append((resource.RLIMIT_NOFILE, limits.open_files))
+    if limits.processes is not None:
+        out.append((resource.RLIMIT_NPROC, limits.processes))
+    if not limits.core_dumps:
+        out.append((resource.RLIMIT_CORE, 0))
+    return out
+
+
+def _make_child_setup(limits: ResourceLimits) -> Callable[[], None]:
+    parent_pid = os.getpid()
+    rlimits = _rlimits(limits)
+    # CPU time gets a soft limit (SIGXCPU, catchable) a second before the hard SIGKILL.
+    hard = {resource.RLIMIT_CPU: 1}
+    prctl = _PRCTL
+
+    def setup() -> None:
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+            if os.getppid() != parent_pid:  # the supervisor died before prctl took effect
+                os._exit(127)
+        for res, value in rlimits:
+            resource.setrlimit(res, (value, value + hard.get(res, 0)))
+        for sig in _CATCHABLE:
+            with contextlib.suppress(OSError, ValueError, RuntimeError):
+                signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+    return setup
+
+
+class ExecSpawner:
+    """fork + exec of argv (never a shell) in a new session, exit watched through a pidfd."""
+
+    def spawn(self, spec: SpawnSpec) -> SpawnedChild:
+        loop = asyncio.get_running_loop()
+        user = spec.user
+        group: int | None = None if spec.group is None else grp.getgrnam(spec.group).gr_gid
+        extra_groups: list[int] | None = None
+        if user is not None:
+            extra_groups = []  # drop the supervisor's supplementary groups
+            if group is None:
+                group = pwd.getpwnam(user).pw_gid
+        # Pipes made here, not by Popen, so the parent ends are plain fds this module owns.
+        stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+        stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
+        stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+        parent_ends = (stdin_w, stdout_r, stderr_r)
+        try:
+            proc = subprocess.Popen(  # argv list, never a shell
+                list(spec.argv),
+                stdin=stdin_r,
+                stdout=stdout_w,
+                stderr=stderr_w,
+                cwd=spec.cwd,
+                env=dict(spec.env),
+                start_new_session=True,
+                close_fds=True,
+                preexec_fn=_make_child_setup(spec.limits),  # see the module docstring
+                user=user,
+                group=group,
+                extra_groups=extra_groups,
+            )
+        except BaseException:
+            for fd in parent_ends:
+                os.close(fd)
+            raise
+        finally:
+            for fd in (stdin_r, stdout_w, stderr_w):
+                os.close(fd)
+        for fd in parent_ends:
+            os.set_blocking(fd, False)
+        exited: asyncio.Future[ExitStatus] = loop.create_future()
+        pidfd = os.pidfd_open(proc.pid)
+
+        def on_exit() -> None:
+            try:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: status unknown
+                status, usage = -1, None
+            else:
+                if pid == 0:
+                    return  # spurious wake-up; not yet a zombie
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            proc.returncode = status  # so Popen never waits on a reaped pid
+            if not exited.done():
+                exited.set_result(_exit_status(status, usage))
+
+        loop.add_reader(pidfd, on_exit)
+
+        return SpawnedChild(
+            pid=proc.pid,
+            pgid=proc.pid,
+            stdin_fd=stdin_w,
+            stdout_fd=stdout_r,
+            stderr_fd=stderr_r,
+            exited=exited,
+        )
+
+
+def _exit_status(status: int, usage: resource.struct_rusage | None) -> ExitStatus:
+    cpu = (usage.ru_utime + usage.ru_stime) if usage is not None else 0.0
+    rss = int(usage.ru_maxrss) * 1024 if usage is not None else 0
+    if status < 0:
+        return ExitStatus(None, None, cpu, rss)
+    if os.WIFSIGNALED(status):
+        return ExitStatus(None, os.WTERMSIG(status), cpu, rss)
+    return ExitStatus(os.waitstatus_to_exitcode(status), None, cpu, rss)

@@ -18,7 +18,7 @@ def main() -> int:
     try:
         job = parse_job(sys.stdin.buffer.read(), os.environ)
         config = WorkerConfig(os.environ)
-        reporter = Reporter(sys.stdout)
+        reporter = Reporter(sys.stdout, job.secrets)
         result = run_job(job, config, reporter)
         reporter.progress(100, "done")
         reporter.result(result)

@@ -14,16 +14,23 @@ _MAX_MESSAGE = 200
 class Reporter:
     """Writes monotonic progress: a later stage never shows a lower percentage."""
 
-    __slots__ = ("_last", "_out")
+    __slots__ = ("_last", "_out", "secrets")
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, secrets: list[str] | None = None) -> None:
         self._out = out
         self._last = -1
+        # Values of the job's secret-named keys: URLs and error text may quote them.
+        self.secrets = [s for s in secrets or () if len(s) >= 4]
+
+    def _scrub(self, text: str) -> str:
+        for value in self.secrets:
+            text = text.replace(value, "[redacted]")
+        return text
 
     def progress(self, percent: float, message: str = "") -> None:
         pct = max(self._last, min(100, max(0, int(percent))))
         self._last = pct
-        text = " ".join(message.split())[:_MAX_MESSAGE]
+        text = self._scrub(" ".join(message.split()))[:_MAX_MESSAGE]
         self._out.write(f"PROGRESS: {pct} {text}\n" if text else f"PROGRESS: {pct}\n")
         self._out.flush()
 
@@ -33,6 +40,6 @@ class Reporter:
         self.progress(start + (end - start) * min(1.0, frac), message)
 
     def result(self, payload: dict[str, Any]) -> None:
-        line = json.dumps(payload, separators=(",", ":"), ensure_ascii=True)
+        line = self._scrub(json.dumps(payload, separators=(",", ":"), ensure_ascii=True))
         self._out.write(f"RESULT: {line}\n")
         self._out.flush()

@@ -37,7 +37,11 @@ class Robots:
             # out, any other client error means there are no rules.
             rules.parse(_KEEP_OUT if exc.status in (401, 403) else [])
             return rules
-        except (FetchTemporary, FetchRefused, OSError):
+        except FetchRefused:
+            # The page itself will be refused for the same reason, and say so.
+            rules.parse([])
+            return rules
+        except (FetchTemporary, OSError):
             # A server that cannot answer for its robots.txt gets no crawl this time.
             rules.parse(_KEEP_OUT)
             return rules

@@ -1,0 +1,210 @@
+"""`url` and `crawl` sources against loopback servers the tests start.
+
+The servers live on 127.0.0.1, which the worker refuses by default. Normal cases exempt
+exactly the test server's `host:port` (INGEST_CRAWL_ALLOW_HOSTS), so a redirect or link to
+any other loopback port is still a private target and must be refused before connecting.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+from tests.worker.conftest import Site, make_job, run_worker
+
+
+def allow(site: Site, **extra: str) -> dict[str, str]:
+    return {"INGEST_CRAWL_ALLOW_HOSTS": site.hostport, **extra}
+
+
+def test_url_job_fetches_one_page(site: Site, workdir: Path) -> None:
+    site.html("/doc", "<title>T</title><p>one page about lighthouses</p><a href='/x'>x</a>")
+    out = run_worker(make_job({"type": "url", "url": site.base + "/doc"}), workdir, **allow(site))
+    assert out.code == 0, out.stderr
+    assert out.result["pages"] == 1 and out.result["chunks"] == 1
+    assert site.hits == ["/doc"], "a url job fetches one page and follows no links"
+
+
+def test_loopback_is_refused_without_an_exemption(site: Site, workdir: Path) -> None:
+    site.html("/doc", "<p>never served</p>")
+    out = run_worker(make_job({"type": "url", "url": site.base + "/doc"}), workdir)
+    assert out.code == 65 and "private" in out.stderr
+    assert site.hits == []
+
+
+def test_allow_private_opens_every_private_address(site: Site, workdir: Path) -> None:
+    site.html("/doc", "<p>served</p>")
+    out = run_worker(
+        make_job({"type": "url", "url": site.base + "/doc"}),
+        workdir,
+        INGEST_CRAWL_ALLOW_PRIVATE="1",
+    )
+    assert out.code == 0, out.stderr
+
+
+def test_redirect_to_a_private_address_is_refused_before_connecting(
+    site: Site, other_site: Site, workdir: Path
+) -> None:
+    other_site.html("/internal", "<p>internal admin data</p>")
+    site.routes["/go"] = (302, {"Location": other_site.base + "/internal"}, b"")
+    site.routes["/meta"] = (301, {"Location": "http://169.254.169.254/latest/meta-data/"}, b"")
+    for path in ("/go", "/meta"):
+        out = run_worker(make_job({"type": "url", "url": site.base + path}), workdir, **allow(site))
+        assert out.code == 65, out.stderr
+        assert "private or reserved address" in out.stderr
+    assert other_site.hits == []
+
+
+def test_redirect_within_the_allowed_host_is_followed(site: Site, workdir: Path) -> None:
+    site.routes["/old"] = (301, {"Location": "/new"}, b"")
+    site.html("/new", "<p>moved content</p>")
+    out = run_worker(make_job({"type": "url", "url": site.base + "/old"}), workdir, **allow(site))
+    assert out.code == 0, out.stderr
+    assert site.hits == ["/old", "/new"]
+
+
+def test_server_errors_are_temporary_and_client_errors_are_bad_input(
+    site: Site, workdir: Path
+) -> None:
+    site.routes["/down"] = (503, {}, b"busy")
+    out = run_worker(make_job({"type": "url", "url": site.base + "/down"}), workdir, **allow(site))
+    assert out.code == 75 and "HTTP 503" in out.stderr
+    out = run_worker(make_job({"type": "url", "url": site.base + "/nope"}), workdir, **allow(site))
+    assert out.code == 65 and "HTTP 404" in out.stderr
+
+
+def _stall(site: Site) -> object:
+    def handler(req: BaseHTTPRequestHandler) -> None:
+        req.send_response(200)
+        req.send_header("Content-Type", "text/html")
+        req.send_header("Content-Length", "100000")
+        req.end_headers()
+        req.wfile.write(b"<p>a slow start")
+        req.wfile.flush()
+        site.release.wait(30)  # held until the test ends: never finishes in time
+
+    return handler
+
+
+def test_slow_page_times_out_as_temporary_trouble(site: Site, workdir: Path) -> None:
+    site.routes["/slow"] = _stall(site)  # type: ignore[assignment]
+    out = run_worker(
+        make_job({"type": "url", "url": site.base + "/slow"}),
+        workdir,
+        **allow(site, INGEST_FETCH_TIMEOUT="0.5"),
+    )
+    assert out.code == 75 and "timed out" in out.stderr
+
+
+def _huge_streamed(req: BaseHTTPRequestHandler) -> None:
+    # No Content-Length: only counting the bytes as they arrive can stop this one.
+    req.send_response(200)
+    req.send_header("Content-Type", "text/html")
+    req.send_header("Connection", "close")
+    req.end_headers()
+    try:
+        for _ in range(200):
+            req.wfile.write(b"<p>" + b"lots of words " * 1000 + b"</p>")
+    except OSError:
+        pass
+    req.close_connection = True
+
+
+def test_huge_pages_are_refused_at_the_byte_cap(site: Site, workdir: Path) -> None:
+    site.html("/huge", "<p>" + "x " * 200_000 + "</p>")
+    site.routes["/stream"] = _huge_streamed
+    for path in ("/huge", "/stream"):
+        out = run_worker(
+            make_job({"type": "url", "url": site.base + path}),
+            workdir,
+            **allow(site, INGEST_MAX_PAGE_BYTES="100000"),
+        )
+        assert out.code == 65, (path, out.stderr)
+        assert "page cap" in out.stderr
+
+
+def build_site(site: Site, other: Site) -> None:
+    site.html(
+        "/",
+        "<h1>Home</h1><p>home page about harbours</p>"
+        "<a href='/a'>a</a> <a href='b#frag'>b</a> <a href='/private/x'>p</a>"
+        f"<a href='{other.base}/elsewhere'>off-site</a> <a href='mailto:x@y'>mail</a>"
+        "<a href='/slow'>slow</a> <a href='/huge'>huge</a> <a href='/missing'>gone</a>",
+    )
+    site.html("/a", "<p>page a about anchors</p><a href='/c'>c</a><a href='/'>home</a>")
+    site.html("/b", "<p>page b about buoys</p>")
+    site.html("/c", "<p>page c at depth two</p>")
+    site.html("/private/x", "<p>robots say no</p>")
+    site.html("/huge", "<p>" + "x " * 200_000 + "</p>")
+    site.routes["/slow"] = _stall(site)  # type: ignore[assignment]
+    site.routes["/robots.txt"] = (
+        200,
+        {"Content-Type": "text/plain"},
+        b"User-agent: *\nDisallow: /private/\n",
+    )
+    other.html("/elsewhere", "<p>other site</p>")
+
+
+def test_crawl_is_same_site_breadth_first_with_robots_and_caps(
+    site: Site, other_site: Site, workdir: Path, tmp_path: Path
+) -> None:
+    build_site(site, other_site)
+    db = tmp_path / "chunks.sqlite3"
+    out = run_worker(
+        make_job({"type": "crawl", "urls": [site.base + "/"], "crawl_depth": 1}),
+        workdir,
+        **allow(
+            site,
+            INGEST_CHUNK_SQLITE_PATH=str(db),
+            INGEST_FETCH_TIMEOUT="0.5",
+            INGEST_MAX_PAGE_BYTES="100000",
+        ),
+    )
+    assert out.code == 0, out.stderr
+    result = out.result
+    assert result["pages"] == 3  # /, /a, /b; /c is at depth 2
+    reasons = {s["source"].replace(site.base, ""): s["reason"] for s in result["skipped_items"]}
+    assert "robots.txt" in reasons["/private/x"]
+    assert "timed out" in reasons["/slow"] and "page cap" in reasons["/huge"]
+    assert "HTTP 404" in reasons["/missing"]
+    assert "/private/x" not in site.hits and "/c" not in site.hits
+    assert site.hits.count("/") == 1 and site.hits.count("/robots.txt") == 1
+    assert other_site.hits == []
+    with sqlite3.connect(db) as conn:
+        sources = {r[0] for r in conn.execute("select source from document_chunks")}
+    assert sources == {site.base + "/", site.base + "/a", site.base + "/b"}
+    pcts = [p for p, _ in out.progress]
+    assert pcts == sorted(pcts) and len(set(pcts)) >= 8
+
+
+def test_crawl_page_cap_and_depth_two(site: Site, other_site: Site, workdir: Path) -> None:
+    build_site(site, other_site)
+    env = allow(site, INGEST_FETCH_TIMEOUT="0.5", INGEST_MAX_PAGE_BYTES="100000")
+    deep = run_worker(
+        make_job({"type": "crawl", "urls": [site.base + "/a"], "crawl_depth": 2}), workdir, **env
+    )
+    assert deep.code == 0, deep.stderr
+    assert deep.result["pages"] >= 3  # /a, /c, / and what / links to
+    capped = run_worker(
+        make_job({"type": "crawl", "urls": [site.base + "/"], "crawl_depth": 5}),
+        workdir,
+        **env,
+        INGEST_CRAWL_MAX_PAGES="2",
+    )
+    assert capped.code == 0, capped.stderr
+    assert capped.result["pages"] == 2
+    assert any("page cap (2)" in s["reason"] for s in capped.result["skipped_items"])
+
+
+def test_crawl_that_fetches_nothing_reports_why(site: Site, workdir: Path) -> None:
+    site.routes["/robots.txt"] = (200, {}, b"User-agent: *\nDisallow: /\n")
+    site.html("/", "<p>home</p>")
+    out = run_worker(make_job({"type": "crawl", "urls": [site.base + "/"]}), workdir, **allow(site))
+    assert out.code == 65 and "robots.txt" in out.stderr
+    site.routes["/robots.txt"] = (404, {}, b"")
+    site.routes["/"] = (500, {}, b"")
+    out = run_worker(make_job({"type": "crawl", "urls": [site.base + "/"]}), workdir, **allow(site))
+    assert out.code == 75 and "HTTP 500" in out.stderr
+    refused = run_worker(make_job({"type": "crawl", "urls": [site.base + "/"]}), workdir)
+    assert refused.code == 65 and "private" in refused.stderr

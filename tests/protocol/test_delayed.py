@@ -60,7 +60,7 @@ def test_backoff_schedule_grows_caps_and_jitters_within_bounds() -> None:
 async def test_failed_retryable_job_reappears_only_after_its_backoff(
     make_queue: QueueFactory,
 ) -> None:
-    backoff = Backoff(base_s=0.3, factor=2.0, cap_s=10.0, jitter=0.2)
+    backoff = Backoff(base_s=0.5, factor=2.0, cap_s=10.0, jitter=0.2)
     q = make_queue(backoff=backoff)
     await q.enqueue(job("b1", max_attempts=3))
     for attempt in (1, 2):
@@ -115,12 +115,12 @@ async def test_long_error_text_is_truncated(q: JobQueue) -> None:
 
 
 async def test_delayed_enqueue_is_not_claimable_before_due(q: JobQueue) -> None:
-    res = await q.enqueue(job("d1"), delay_s=0.4)
+    res = await q.enqueue(job("d1"), delay_s=1.0)
     assert res.state is JobState.DELAYED
     rec = await q.get("d1")
     assert rec is not None and rec.due_at is not None
     wait = await q.try_claim("w", 30)
-    assert isinstance(wait, float) and 0 < wait <= 0.4
+    assert isinstance(wait, float) and 0 < wait <= 1.0
     claim = await q.claim("w", lease_s=30, timeout_s=10)
     assert claim is not None and claim.job.job_id == "d1"
     assert claim.job.started_at is not None and claim.job.started_at >= rec.due_at

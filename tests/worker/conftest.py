@@ -48,7 +48,7 @@ def child_env(**extra: str) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "INGEST_ATTEMPT": "1", **extra}
 
 
-def run_worker(job: dict[str, Any] | bytes, cwd: Path, timeout: float = 60, **env: str) -> Outcome:
+def run_worker(job: dict[str, Any] | bytes, cwd: Path, **env: str) -> Outcome:
     data = job if isinstance(job, bytes) else json.dumps(job).encode()
     job_id = job.get("job_id", "") if isinstance(job, dict) else ""
     proc = subprocess.run(
@@ -57,7 +57,7 @@ def run_worker(job: dict[str, Any] | bytes, cwd: Path, timeout: float = 60, **en
         capture_output=True,
         cwd=cwd,
         env=child_env(INGEST_JOB_ID=str(job_id), **env),
-        timeout=timeout,
+        timeout=60,
         check=False,
     )
     return Outcome(proc.returncode, proc.stdout.decode(), proc.stderr.decode())

@@ -8,6 +8,7 @@ any other loopback port is still a private target and must be refused before con
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def test_server_errors_are_temporary_and_client_errors_are_bad_input(
     assert out.code == 65 and "HTTP 404" in out.stderr
 
 
-def _stall(site: Site) -> object:
+def _stall(site: Site) -> Callable[[BaseHTTPRequestHandler], None]:
     def handler(req: BaseHTTPRequestHandler) -> None:
         req.send_response(200)
         req.send_header("Content-Type", "text/html")
@@ -88,7 +89,7 @@ def _stall(site: Site) -> object:
 
 
 def test_slow_page_times_out_as_temporary_trouble(site: Site, workdir: Path) -> None:
-    site.routes["/slow"] = _stall(site)  # type: ignore[assignment]
+    site.routes["/slow"] = _stall(site)
     out = run_worker(
         make_job({"type": "url", "url": site.base + "/slow"}),
         workdir,
@@ -137,7 +138,7 @@ def build_site(site: Site, other: Site) -> None:
     site.html("/c", "<p>page c at depth two</p>")
     site.html("/private/x", "<p>robots say no</p>")
     site.html("/huge", "<p>" + "x " * 200_000 + "</p>")
-    site.routes["/slow"] = _stall(site)  # type: ignore[assignment]
+    site.routes["/slow"] = _stall(site)
     site.routes["/robots.txt"] = (
         200,
         {"Content-Type": "text/plain"},

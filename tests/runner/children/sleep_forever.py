@@ -1,0 +1,6 @@
+import os
+import time
+
+print(f"PROGRESS: 1 {os.getpid()}", flush=True)
+while True:
+    time.sleep(60)

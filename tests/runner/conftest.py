@@ -1,0 +1,102 @@
+"""Runner tests: real child processes from the zoo in children/, short grace and timeouts."""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from supervisor.runner import ChildOutcome, RunnerConfig, StopRequest, run_child
+
+CHILDREN = Path(__file__).resolve().parent / "children"
+
+
+def child_cmd(script: str, *args: str) -> tuple[str, ...]:
+    # -S: the zoo needs only the standard library, and starts three times faster.
+    return (sys.executable, "-S", str(CHILDREN / script), *args)
+
+
+def fast_config(command: tuple[str, ...], **overrides: Any) -> RunnerConfig:
+    base = RunnerConfig(
+        command=command,
+        kill_grace_s=0.5,
+        drain_timeout_s=0.5,
+        progress_interval_s=0.05,
+        rss_sample_interval_s=0.05,
+    )
+    return replace(base, **overrides)
+
+
+def job_processes(job_id: str) -> list[psutil.Process]:
+    """Every live process whose environment says it belongs to this job."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get("INGEST_JOB_ID") == job_id:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def wait_gone(pids: list[int], timeout: float = 5.0) -> list[int]:
+    """Pids still running (not zombie) after polling up to `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                continue
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.02)
+
+
+RunFn = Callable[..., Awaitable[ChildOutcome]]
+
+
+@pytest.fixture
+def run() -> Iterator[RunFn]:
+    """Runs a child under a unique job id; afterwards no process of that job may be left."""
+    job_ids: list[str] = []
+
+    async def _run(
+        config: RunnerConfig,
+        *,
+        job_json: bytes = b'{"job_id": "j"}',
+        timeout_s: float = 30.0,
+        stop: StopRequest | None = None,
+        on_progress: Callable[[float, str | None], None] | None = None,
+        job_id: str | None = None,
+    ) -> ChildOutcome:
+        jid = job_id or f"rt-{uuid.uuid4().hex[:10]}"
+        job_ids.append(jid)
+        return await run_child(
+            config,
+            job_id=jid,
+            attempt=1,
+            job_json=job_json,
+            timeout_s=timeout_s,
+            stop=stop or StopRequest(),
+            on_progress=on_progress,
+        )
+
+    yield _run
+    own_children = [
+        p.pid for p in psutil.Process().children(recursive=True) if p.status() != "zombie"
+    ]
+    left = [p.pid for jid in job_ids for p in job_processes(jid)]
+    assert not left, f"processes of the job left behind: {left}"
+    assert not own_children, f"children of the test process left behind: {own_children}"

@@ -1,0 +1,105 @@
+"""The pure protocol scanner and parser, fed bytes directly (no processes)."""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor.runner.protocol import (
+    Progress,
+    ProgressState,
+    ProtocolLine,
+    ProtocolScanner,
+    Rejected,
+    Result,
+    parse_line,
+)
+
+
+def scan(chunks: list[bytes], **kw: int) -> list[ProtocolLine]:
+    scanner = ProtocolScanner(**kw)
+    out: list[ProtocolLine] = []
+    for chunk in chunks:
+        out.extend(scanner.feed(chunk))
+    return out + scanner.finish()
+
+
+def test_finds_protocol_lines_among_log_lines() -> None:
+    data = b"log\nPROGRESS: 10 a\nmore log PROGRESS: 99 not at start\nRESULT: {}\ntail"
+    assert [x.data for x in scan([data])] == [b"PROGRESS: 10 a", b"RESULT: {}"]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 13])
+def test_lines_split_across_any_chunk_boundary_are_joined(size: int) -> None:
+    data = b"x\nPROGRESS: 10 one\nPROGRESS: 20 two\nRESULT: [1]\nPROGRE\nRESULTS\nPROGRESS: 30"
+    chunks = [data[i : i + size] for i in range(0, len(data), size)]
+    assert [x.data for x in scan(chunks)] == [
+        b"PROGRESS: 10 one",
+        b"PROGRESS: 20 two",
+        b"RESULT: [1]",
+        b"PROGRESS: 30",
+    ]
+
+
+def test_overlong_progress_line_is_cut_without_buffering_it() -> None:
+    scanner = ProtocolScanner(max_line_bytes=100)
+    out = scanner.feed(b"PROGRESS: 5 " + b"m" * 1000)
+    out += scanner.feed(b"m" * 10_000 + b"\nPROGRESS: 6 next\n")
+    assert [(len(x.data), x.truncated) for x in out] == [(100, True), (16, False)]
+    assert scanner._pending is None
+
+
+def test_overlong_result_line_is_reported_cut() -> None:
+    out = scan([b"RESULT: " + b"1" * 500 + b"\n"], max_result_bytes=100)
+    assert out[0].truncated
+    parsed = parse_line(out[0])
+    assert isinstance(parsed, Result) and parsed.value is None and "cut" in (parsed.error or "")
+
+
+def test_flood_without_protocol_lines_keeps_nothing() -> None:
+    scanner = ProtocolScanner()
+    for _ in range(50):
+        assert scanner.feed(b"noise " * 10_000) == []
+    assert scanner._pending is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"PROGRESS: abc", b"PROGRESS: 150", b"PROGRESS: -5", b"PROGRESS: 1e9", b"PROGRESS:",
+     b"PROGRESS: ", b"PROGRESS: nan", b"PROGRESS: 100.5", b"PROGRESS: +5", b"PROGRESS: 5%",
+     b"PROGRESS: \xff\xfe"],
+)
+def test_malformed_progress_is_rejected_not_raised(line: bytes) -> None:
+    assert isinstance(parse_line(ProtocolLine(line)), Rejected)
+
+
+@pytest.mark.parametrize(
+    ("line", "pct", "msg"),
+    [
+        (b"PROGRESS: 0", 0.0, None),
+        (b"PROGRESS: 100", 100.0, None),
+        (b"PROGRESS: 42.5 chunking   doc 3\r", 42.5, "chunking   doc 3"),
+        (b"PROGRESS:7 tight", 7.0, "tight"),
+        (b"PROGRESS: 9 caf\xc3\xa9 \xff", 9.0, "caf\u00e9 \ufffd"),
+    ],
+)
+def test_valid_progress(line: bytes, pct: float, msg: str | None) -> None:
+    assert parse_line(ProtocolLine(line)) == Progress(pct, msg)
+
+
+def test_result_json_and_garbage() -> None:
+    assert parse_line(ProtocolLine(b'RESULT: {"chunks": 3}')) == Result({"chunks": 3}, None)
+    bad = parse_line(ProtocolLine(b"RESULT: {nope"))
+    assert isinstance(bad, Result) and bad.value is None and "not valid JSON" in str(bad.error)
+    deep = parse_line(ProtocolLine(b"RESULT: " + b"[" * 100_000))
+    assert isinstance(deep, Result) and deep.value is None
+
+
+def test_progress_never_goes_backwards_and_milestones_are_bounded() -> None:
+    state = ProgressState()
+    for pct in [5, 10, 3, 10, 11, 50, 49, 100] + [100] * 50:
+        state.apply(Progress(float(pct), None), now=1.0)
+    state.apply(Rejected("x"), now=1.0)
+    assert state.percent == 100
+    assert state.rejected == 3  # 3, 49 and the malformed line
+    assert [m[1] for m in state.milestones] == [5, 10, 50, 100]
+    assert len(state.milestones) <= ProgressState.MAX_MILESTONES

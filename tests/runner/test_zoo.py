@@ -1,0 +1,254 @@
+"""The zoo: each misbehaving child is a real process run through run_child."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+
+import psutil
+
+from supervisor.runner import EndReason, ResourceLimits, StopRequest
+from tests.runner.conftest import RunFn, child_cmd, fast_config, wait_gone
+
+MiB = 1024 * 1024
+
+
+async def _measure_rss_growth(coro: asyncio.Future[object] | object) -> tuple[object, int]:
+    """Run `coro` while sampling this process's RSS; return its value and the growth."""
+    me = psutil.Process()
+    base = me.memory_info().rss
+    peak = base
+    task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    while not task.done():
+        peak = max(peak, me.memory_info().rss)
+        await asyncio.wait({task}, timeout=0.02)
+    return task.result(), peak - base
+
+
+async def test_flood_with_newlines_keeps_supervisor_memory_bounded(run: RunFn) -> None:
+    cfg = fast_config(child_cmd("flood.py", str(200 * MiB), "lines"))
+    outcome, growth = await _measure_rss_growth(run(cfg))
+    assert growth < 10 * MiB, growth
+    assert outcome.succeeded  # type: ignore[attr-defined]
+    assert outcome.progress == 100 and outcome.progress_message == "flooded"  # type: ignore[attr-defined]
+    assert outcome.dropped_bytes > 190 * MiB  # type: ignore[attr-defined]
+    assert len(outcome.stdout_tail) <= MiB + 4096 + 100  # type: ignore[attr-defined]
+
+
+async def test_flood_without_newlines_keeps_supervisor_memory_bounded(run: RunFn) -> None:
+    cfg = fast_config(child_cmd("flood.py", str(200 * MiB), "raw"))
+    outcome, growth = await _measure_rss_growth(run(cfg))
+    assert growth < 10 * MiB, growth
+    assert outcome.succeeded  # type: ignore[attr-defined]
+    # The PROGRESS line after the flood starts mid-line, so it is log text, not protocol.
+    assert outcome.progress == 100  # type: ignore[attr-defined]
+    assert outcome.dropped_bytes > 190 * MiB  # type: ignore[attr-defined]
+
+
+async def test_invalid_utf8_is_tolerated(run: RunFn) -> None:
+    outcome = await run(fast_config(child_cmd("bad_utf8.py")))
+    assert outcome.ended is EndReason.EXITED and outcome.exit_code == 1
+    assert outcome.progress == 40
+    assert outcome.progress_message is not None and "caf\u00e9" in outcome.progress_message
+    assert "\ufffd" in outcome.stdout_tail
+    assert outcome.error is not None and outcome.error.startswith("Worker exited with code 1: ")
+    assert "broken stderr" in outcome.error
+
+
+async def test_ten_megabyte_single_line(run: RunFn) -> None:
+    outcome = await run(fast_config(child_cmd("long_line.py"), max_output_bytes=64 * 1024))
+    assert outcome.succeeded
+    assert outcome.progress == 60 and outcome.progress_message == "after"
+    assert outcome.milestones[0][1] == 30
+    assert outcome.milestones[0][2] is not None and len(outcome.milestones[0][2]) <= 1000
+    assert outcome.dropped_bytes > 19_000_000
+
+
+async def test_ignores_sigterm_is_killed_after_grace(run: RunFn) -> None:
+    stop = StopRequest()
+    ready = asyncio.Event()
+    task = asyncio.ensure_future(
+        run(fast_config(child_cmd("ignore_term.py")), stop=stop, on_progress=lambda *_: ready.set())
+    )
+    await asyncio.wait_for(ready.wait(), 10)  # its SIGTERM handler is in place
+    stop.request(EndReason.CANCELLED)
+    stop.request(EndReason.SHUTDOWN)  # first reason wins
+    outcome = await task
+    assert outcome.ended is EndReason.CANCELLED
+    assert outcome.signal == signal.SIGKILL
+    assert not outcome.oom_killed
+    assert outcome.error == "Job cancelled; worker stopped"
+
+
+async def test_sleeps_forever_times_out(run: RunFn) -> None:
+    outcome = await run(fast_config(child_cmd("sleep_forever.py")), timeout_s=0.5)
+    assert outcome.ended is EndReason.TIMEOUT
+    assert outcome.signal == signal.SIGTERM
+    assert outcome.error is not None and outcome.error.startswith("Worker timed out after 0.5s")
+    assert outcome.progress == 1
+
+
+async def test_grandchild_holding_the_pipe_does_not_hang(run: RunFn) -> None:
+    outcome = await run(fast_config(child_cmd("grandchild_pipe.py")))
+    assert outcome.succeeded
+    grandchild = int((outcome.progress_message or "").split()[-1])
+    assert not wait_gone([grandchild])
+
+
+async def test_grandchild_escaping_with_setsid_is_killed_on_timeout(run: RunFn) -> None:
+    outcome = await run(fast_config(child_cmd("grandchild_setsid.py", "stay")), timeout_s=1.0)
+    assert outcome.ended is EndReason.TIMEOUT
+    escaped = int((outcome.progress_message or "").split()[-1])
+    assert not wait_gone([escaped])
+
+
+async def test_orphaned_escaped_grandchild_is_killed_after_child_exits(run: RunFn) -> None:
+    outcome = await run(fast_config(child_cmd("grandchild_setsid.py", "exit", "0.3")))
+    assert outcome.succeeded
+    escaped = int((outcome.progress_message or "").split()[-1])
+    assert not wait_gone([escaped])
+    assert outcome.stray_processes_killed >= 1
+
+
+async def test_sigsegv_is_reported_as_signal(run: RunFn) -> None:
+    outcome = await run(fast_config(child_cmd("segv.py")))
+    assert outcome.ended is EndReason.EXITED
+    assert outcome.signal == signal.SIGSEGV and outcome.exit_code is None
+    assert not outcome.succeeded and not outcome.permanent_failure
+    assert outcome.error == "Worker killed by signal SIGSEGV: crashing now"
+
+
+async def test_exit_codes(run: RunFn) -> None:
+    results = {}
+    for code in (0, 1, 65, 75):
+        results[code] = await run(fast_config(child_cmd("exit_code.py", str(code))),
+                                  job_json=b'{"job_id": "abc"}')
+    ok = results[0]
+    assert ok.succeeded and ok.error is None and ok.result == {"echo": {"job_id": "abc"}}
+    assert ok.progress == 100 and ok.exit_code == 0 and ok.signal is None
+    for code in (1, 65, 75):
+        o = results[code]
+        assert o.ended is EndReason.EXITED and o.exit_code == code and not o.succeeded
+        assert o.error == f"Worker exited with code {code}: failing with {code} for abc"
+    assert results[65].permanent_failure
+    assert not results[75].permanent_failure and not results[1].permanent_failure
+
+
+async def test_progress_garbage_is_ignored_and_counted(run: RunFn) -> None:
+    outcome = await run(fast_config(child_cmd("progress_garbage.py")))
+    assert outcome.succeeded
+    assert outcome.progress == 50
+    assert outcome.progress_lines == 10  # lines that start with 'PROGRESS:'
+    assert outcome.progress_rejected == 8
+    assert [m[1] for m in outcome.milestones] == [12.5, 50]
+
+
+async def test_progress_never_goes_backwards_and_callbacks_are_coalesced(run: RunFn) -> None:
+    seen: list[tuple[float, str | None]] = []
+    outcome = await run(
+        fast_config(child_cmd("progress_backwards.py"), progress_interval_s=10.0),
+        on_progress=lambda pct, msg: seen.append((pct, msg)),
+    )
+    assert outcome.progress == 100 and outcome.progress_message == "at 100"
+    assert outcome.progress_rejected == 3
+    # At most one call per interval, and the final value always delivered.
+    assert seen[-1] == (100.0, "at 100")
+    assert len(seen) <= 2
+    assert [p for p, _ in seen] == sorted(p for p, _ in seen)
+
+
+async def test_memory_hog_over_the_limit(run: RunFn) -> None:
+    cfg = fast_config(
+        child_cmd("memory_hog.py", "1024"), limits=ResourceLimits(memory_bytes=256 * MiB)
+    )
+    outcome = await run(cfg)
+    assert outcome.ended is EndReason.EXITED and outcome.exit_code == 1
+    assert outcome.oom_killed
+    assert outcome.error is not None and "(out of memory)" in outcome.error
+    assert "MemoryError" in outcome.error
+    assert outcome.peak_rss_bytes < 300 * MiB
+
+
+async def test_result_that_is_not_json(run: RunFn) -> None:
+    outcome = await run(fast_config(child_cmd("bad_result.py")))
+    assert outcome.succeeded
+    assert outcome.result is None
+    assert outcome.result_error is not None and "not valid JSON" in outcome.result_error
+
+
+async def test_child_that_reads_no_stdin_with_a_large_payload(run: RunFn) -> None:
+    payload = json.dumps({"job_id": "big", "blob": "x" * 1_000_000}).encode()
+    outcome = await run(fast_config(child_cmd("no_stdin.py")), job_json=payload)
+    assert outcome.succeeded and outcome.progress == 100
+
+
+async def test_missing_interpreter_is_a_start_failure(run: RunFn) -> None:
+    outcome = await run(fast_config(("/nonexistent/python", "-m", "ingest_worker")))
+    assert outcome.ended is EndReason.START_FAILED
+    assert outcome.error == "Worker failed to start: /nonexistent/python: not found"
+    assert not outcome.succeeded
+
+
+async def test_bad_path_is_a_start_failure_of_the_child(run: RunFn) -> None:
+    outcome = await run(fast_config((sys.executable, "-S", "/nonexistent/worker.py")))
+    assert outcome.ended is EndReason.EXITED and outcome.exit_code == 2
+    assert "No such file" in (outcome.error or "")
+
+
+async def test_peak_rss_and_cpu_of_the_tree_are_recorded(run: RunFn) -> None:
+    outcome = await run(fast_config(child_cmd("memory_hog.py", "64")))
+    assert outcome.succeeded
+    assert outcome.peak_rss_bytes > 64 * MiB
+    assert outcome.cpu_s > 0
+    assert outcome.wall_s > 0
+
+
+async def test_environment_is_an_allowlist(run: RunFn, monkeypatch: object) -> None:
+    mp = monkeypatch
+    mp.setenv("SUPABASE_SERVICE_KEY", "sb-secret")  # type: ignore[attr-defined]
+    mp.setenv("LANGFUSE_SECRET_KEY", "lf-secret")  # type: ignore[attr-defined]
+    mp.setenv("REDIS_URL", "redis://:pw@host/0")  # type: ignore[attr-defined]
+    mp.setenv("NOTIFY_SOCKET", "/run/systemd/notify")  # type: ignore[attr-defined]
+    mp.setenv("WATCHDOG_USEC", "1000")  # type: ignore[attr-defined]
+    mp.setenv("OPERATOR_ALLOWED", "yes")  # type: ignore[attr-defined]
+    mp.setenv("LC_ALL", "C.UTF-8")  # type: ignore[attr-defined]
+    cfg = fast_config(
+        child_cmd("print_env.py"),
+        env_passthrough=("OPERATOR_ALLOWED",),
+        extra_env={"EMBED_MODEL": "small"},
+    )
+    outcome = await run(cfg, job_json=b'{"job_id": "envjob"}', job_id="envjob-1")
+    env = outcome.result["env"]
+    for secret in ("SUPABASE_SERVICE_KEY", "LANGFUSE_SECRET_KEY", "REDIS_URL", "NOTIFY_SOCKET",
+                   "WATCHDOG_USEC"):
+        assert secret not in env
+    assert "sb-secret" not in json.dumps(env)
+    assert env["OPERATOR_ALLOWED"] == "yes" and env["EMBED_MODEL"] == "small"
+    assert env["LC_ALL"] == "C.UTF-8" and env["PATH"] == os.environ["PATH"]
+    assert env["INGEST_JOB_ID"] == "envjob-1" and env["INGEST_ATTEMPT"] == "1"
+    cwd = outcome.result["cwd"]
+    assert env["HOME"] == cwd and os.path.basename(cwd).startswith("ingest-job-")
+    assert not await asyncio.to_thread(os.path.exists, cwd)  # removed afterwards
+    assert outcome.result["stdin"] == '{"job_id": "envjob"}'
+
+
+async def test_cancelling_run_child_itself_still_kills_the_child(run: RunFn) -> None:
+    started: list[str | None] = []
+    ready = asyncio.Event()
+
+    def on_progress(pct: float, msg: str | None) -> None:
+        started.append(msg)
+        ready.set()
+
+    task = asyncio.ensure_future(
+        run(fast_config(child_cmd("sleep_forever.py")), on_progress=on_progress)
+    )
+    await asyncio.wait_for(ready.wait(), 10)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert not wait_gone([int(started[0] or "0")], timeout=2)

@@ -33,6 +33,11 @@ class SupabaseStore:
                     "chunk store: replace_document_chunks() is missing in Supabase; apply "
                     "supabase/migrations/20261123000100_document_chunks.sql"
                 ) from None
+            if code in ("42501", "PGRST301", "PGRST302"):
+                raise ConfigError(
+                    f"chunk store: Supabase refused the key for replace_document_chunks ({code}); "
+                    "INGEST_CHUNK_SUPABASE_KEY must be a service-role key"
+                ) from None
             reason = getattr(exc, "message", None) or code
             raise TempFail(f"supabase chunk store failed: {reason}") from None
         except (httpx.HTTPError, OSError) as exc:

@@ -1,0 +1,126 @@
+"""The status store interface, and choosing a store from settings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from supervisor.status.update import StatusUpdate
+
+log = logging.getLogger(__name__)
+
+BACKEND_KINDS = ("auto", "supabase", "postgres", "sqlite", "none")
+DEFAULT_SQLITE_PATH = "var/ingest-status.sqlite3"
+
+# Row columns `fetch()` returns, the same for every backend; times as unix seconds.
+COLUMNS = (
+    "job_id",
+    "tenant_id",
+    "status",
+    "progress",
+    "progress_message",
+    "attempt",
+    "max_attempts",
+    "error",
+    "result",
+    "worker_id",
+    "queued_at",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "peak_rss_bytes",
+    "updated_at",
+    "seq_run",
+    "seq_at",
+)
+TIME_COLUMNS = frozenset({"queued_at", "started_at", "finished_at", "updated_at"})
+
+
+class StatusStoreError(Exception):
+    """A write the store refused or could not take. `permanent` means retrying cannot help
+    (the data itself was rejected); anything else is retried with backoff."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@runtime_checkable
+class StatusBackend(Protocol):
+    name: str
+
+    async def apply(self, updates: Sequence[StatusUpdate]) -> int:
+        """Apply a batch in one request, monotonically; returns rows changed.
+        Raises StatusStoreError (or a timeout) when the batch was not applied."""
+        ...
+
+    async def fetch(self, job_id: str) -> dict[str, Any] | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class NoneBackend:
+    """Status writing turned off: every write succeeds and nothing is stored."""
+
+    name = "none"
+
+    async def apply(self, updates: Sequence[StatusUpdate]) -> int:
+        return 0
+
+    async def fetch(self, job_id: str) -> dict[str, Any] | None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+def build_status_backend(
+    kind: str,
+    *,
+    supabase_url: str | None = None,
+    supabase_key: str | None = None,
+    dsn: str | None = None,
+    sqlite_path: str | None = None,
+    timeout_s: float = 5.0,
+) -> StatusBackend:
+    """A backend of `kind`; `auto` picks supabase when URL and key are set, else postgres
+    when a DSN is set, else a local sqlite file. Nothing connects until the first write."""
+    if kind not in BACKEND_KINDS:
+        raise ValueError(f"status backend must be one of {', '.join(BACKEND_KINDS)}")
+    if kind == "auto":
+        if supabase_url and supabase_key:
+            kind = "supabase"
+        elif dsn:
+            kind = "postgres"
+        else:
+            kind = "sqlite"
+    if kind == "none":
+        return NoneBackend()
+    if kind == "supabase":
+        if not (supabase_url and supabase_key):
+            raise ValueError("the supabase status backend needs SUPABASE_URL and a key")
+        from supervisor.status.supabase_backend import SupabaseBackend
+
+        return SupabaseBackend(supabase_url, supabase_key, timeout_s=timeout_s)
+    if kind == "postgres":
+        if not dsn:
+            raise ValueError("the postgres status backend needs INGEST_STATUS_DSN")
+        from supervisor.status.postgres_backend import PostgresBackend
+
+        return PostgresBackend(dsn, timeout_s=timeout_s)
+    from supervisor.status.sqlite_backend import SqliteBackend
+
+    return SqliteBackend(Path(sqlite_path or DEFAULT_SQLITE_PATH), timeout_s=timeout_s)
+
+
+def open_backend(settings: Any) -> StatusBackend:
+    """The backend a `supervisor.settings.Settings` describes (used by the API and ingestctl)."""
+    return build_status_backend(
+        settings.status_backend,
+        supabase_url=settings.supabase_url,
+        supabase_key=settings.supabase_key,
+        dsn=settings.status_dsn,
+        sqlite_path=settings.status_sqlite_path,
+    )

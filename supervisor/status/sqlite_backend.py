@@ -1,0 +1,178 @@
+"""Status store in a local SQLite file: the embedded default for the demo and development.
+
+The same table as the migration (times as unix seconds, result as JSON text) and the same
+monotonic rule, as one upsert whose WHERE compares ordering keys; several daemons may share
+the file (SQLite serializes the writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from supervisor.status.backend import COLUMNS, StatusStoreError
+from supervisor.status.update import FINAL_STATUSES, StatusUpdate
+
+_FINALS = ", ".join(f"'{s}'" for s in sorted(FINAL_STATUSES))
+
+_SCHEMA = f"""
+create table if not exists ingestion_jobs (
+    job_id text primary key check (length(job_id) between 1 and 128
+        and job_id not glob '*[^A-Za-z0-9_.:-]*'),
+    tenant_id text not null,
+    status text not null check (status in
+        ('queued', 'processing', 'completed', 'failed', 'cancelled')),
+    progress real not null default 0 check (progress >= 0 and progress <= 100),
+    progress_message text,
+    attempt integer not null default 0 check (attempt >= 0),
+    max_attempts integer,
+    error text check (length(error) <= 1000),
+    result text,
+    worker_id text,
+    queued_at real,
+    started_at real,
+    finished_at real,
+    duration_ms integer,
+    peak_rss_bytes integer,
+    created_at real not null,
+    updated_at real not null,
+    seq_run real not null default 0,
+    seq_at real not null default 0,
+    seq_rank integer generated always as
+        (case when status in ({_FINALS}) then 1 else 0 end) virtual
+);
+create index if not exists ingestion_jobs_tenant_status_idx
+    on ingestion_jobs (tenant_id, status, updated_at desc);
+create index if not exists ingestion_jobs_updated_at_idx on ingestion_jobs (updated_at);
+"""
+
+# :reset is "starts an attempt or carries an outcome", :start "starts an attempt";
+# `new_run` is spelled out as (:seq_run > seq_run). Mirrors apply_job_status().
+_UPSERT = """
+insert into ingestion_jobs (
+    job_id, tenant_id, status, progress, progress_message, attempt, max_attempts, error,
+    result, worker_id, queued_at, started_at, finished_at, duration_ms, peak_rss_bytes,
+    seq_run, seq_at, created_at, updated_at)
+values (
+    :job_id, :tenant_id, :status, coalesce(:progress, 0), :progress_message, :attempt,
+    :max_attempts, :error, :result, :worker_id, :queued_at, :started_at, :finished_at,
+    :duration_ms, :peak_rss_bytes, :seq_run, :seq_at, :now, :now)
+on conflict (job_id) do update set
+    tenant_id = coalesce(:tenant_id, tenant_id),
+    status = :status,
+    progress = coalesce(:progress,
+        case when :start or :seq_run > seq_run then 0 else progress end),
+    progress_message = case
+        when :progress_message is not null then :progress_message
+        when :start or :seq_run > seq_run then null
+        else progress_message end,
+    attempt = :attempt,
+    max_attempts = coalesce(:max_attempts, max_attempts),
+    error = case when :outcome or :seq_run > seq_run then :error
+        else coalesce(:error, error) end,
+    result = case when :reset or :seq_run > seq_run then :result
+        else coalesce(:result, result) end,
+    worker_id = coalesce(:worker_id, worker_id),
+    queued_at = coalesce(:queued_at, queued_at),
+    started_at = case when :seq_run > seq_run then :started_at
+        else coalesce(:started_at, started_at) end,
+    finished_at = case when :reset or :seq_run > seq_run then :finished_at
+        else finished_at end,
+    duration_ms = case when :reset or :seq_run > seq_run then :duration_ms
+        else coalesce(:duration_ms, duration_ms) end,
+    peak_rss_bytes = case when :reset or :seq_run > seq_run then :peak_rss_bytes
+        else coalesce(:peak_rss_bytes, peak_rss_bytes) end,
+    seq_run = :seq_run,
+    seq_at = :seq_at,
+    updated_at = :now
+where (:seq_run, :rank, :attempt, :seq_at) > (seq_run, seq_rank, attempt, seq_at)
+"""
+
+_FETCH = "select {} from ingestion_jobs where job_id = ?".format(", ".join(COLUMNS))
+
+
+def _params(u: StatusUpdate) -> dict[str, Any]:
+    p = u.to_json()
+    p["result"] = None if u.result is None else json.dumps(u.result)
+    p["start"] = u.starts_attempt
+    p["outcome"] = u.has_outcome
+    p["reset"] = u.starts_attempt or u.has_outcome
+    p["rank"] = 1 if u.final else 0
+    p["now"] = time.time()
+    return p
+
+
+class SqliteBackend:
+    name = "sqlite"
+
+    def __init__(self, path: Path, *, timeout_s: float = 5.0) -> None:
+        self.path = path
+        self._timeout_s = timeout_s
+        self._conn: sqlite3.Connection | None = None
+        # One connection used from worker threads, one call at a time.
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=self._timeout_s, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("pragma journal_mode=wal")
+            conn.executescript(_SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    def _apply_sync(self, updates: Sequence[StatusUpdate]) -> int:
+        with self._lock:
+            conn = self._connection()
+            # Same lock order as the PostgreSQL function, and one transaction per batch.
+            ordered = sorted(updates, key=lambda u: (u.job_id, u.key))
+            changed = 0
+            conn.execute("begin immediate")
+            try:
+                for u in ordered:
+                    changed += conn.execute(_UPSERT, _params(u)).rowcount
+                conn.execute("commit")
+            except BaseException:
+                conn.execute("rollback")
+                raise
+            return changed
+
+    def _fetch_sync(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._connection().execute(_FETCH, [job_id]).fetchone()
+        if row is None:
+            return None
+        out = dict(zip(COLUMNS, row, strict=True))
+        if out["result"] is not None:
+            out["result"] = json.loads(out["result"])
+        return out
+
+    async def apply(self, updates: Sequence[StatusUpdate]) -> int:
+        if not updates:
+            return 0
+        try:
+            return await asyncio.to_thread(self._apply_sync, list(updates))
+        except sqlite3.IntegrityError as exc:
+            raise StatusStoreError(f"status store rejected: {exc}", permanent=True) from exc
+        except sqlite3.Error as exc:
+            raise StatusStoreError(f"status store error: {exc}") from exc
+
+    async def fetch(self, job_id: str) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self._fetch_sync, job_id)
+
+    def _close_sync(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._close_sync)

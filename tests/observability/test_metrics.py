@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
 import subprocess
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -308,3 +311,42 @@ def test_stopped_server_frees_its_port(registry: CollectorRegistry) -> None:
 )
 def test_metrics_port_per_pool_instance(base: int, instance: int | None, expected: int) -> None:
     assert metrics_port(base, instance) == expected
+
+
+async def test_refresher_task_keeps_gauges_current(
+    redis_url: str, queue_name: str, registry: CollectorRegistry
+) -> None:
+    from supervisor.metrics import run_queue_gauge_refresher
+    from supervisor.protocol import JobQueue
+
+    client = aioredis.Redis.from_url(redis_url)
+    gauges = metrics_for(registry)
+
+    def waiting() -> float | None:
+        return registry.get_sample_value(
+            "queue_jobs_in_state", {"queue": queue_name, "state": "waiting"}
+        )
+
+    task = None
+    try:
+        q = JobQueue(client, queue_name)
+        task = asyncio.create_task(run_queue_gauge_refresher(q, 0.05, gauges))
+        await poll(lambda: waiting() == 0, 10, "first refresh")
+        await q.enqueue({"job_id": "late", "tenant_id": "t", "data_source": {"type": "text"}})
+        await poll(lambda: waiting() == 1, 10, "the new job in the gauge")
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await client.aclose()
+
+
+async def poll(pred: Callable[[], bool], within_s: float, what: str) -> None:
+    deadline = time.monotonic() + within_s
+    while True:
+        if pred():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within_s}s waiting for {what}")
+        await asyncio.sleep(0.02)

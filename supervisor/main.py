@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
+from ingest_worker.config import ENV_VARS as WORKER_ENV_VARS
 from supervisor.daemon import Daemon
 from supervisor.execution import ExecutionContext
 from supervisor.logs import configure_logging
@@ -54,7 +55,8 @@ def build_runner_config(settings: Settings) -> RunnerConfig:
         command=default_command(
             settings.python_executable, settings.worker_path, settings.worker_command
         ),
-        env_passthrough=settings.child_env,
+        # Our worker's own settings always pass; the operator may name more.
+        env_passthrough=(*WORKER_ENV_VARS, *settings.child_env),
         max_output_bytes=settings.max_output_bytes,
         max_line_bytes=settings.max_line_bytes,
         kill_grace_s=settings.kill_grace_s,

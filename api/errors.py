@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from api.models import ErrorBody
 from supervisor.payload import PayloadError
@@ -60,15 +61,27 @@ E422: Responses = {422: _describe("invalid input; names the field and the rule")
 E503: Responses = {503: _describe("Redis unavailable or too slow")}
 
 
+def _allowed_methods(req: Request) -> str:
+    """Every method any route serves at this path: Starlette names only the first route's."""
+    methods: set[str] = set()
+    for route in req.app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches({**req.scope, "method": "GET"})
+            if match is not Match.NONE:
+                methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    async def http_error(_req: Request, exc: Exception) -> JSONResponse:
+    async def http_error(req: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         field = getattr(exc, "field", None)
         rule = getattr(exc, "rule", None)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(req)
         return JSONResponse(
-            _body(str(exc.detail), field, rule),
-            status_code=exc.status_code,
-            headers=exc.headers,
+            _body(str(exc.detail), field, rule), status_code=exc.status_code, headers=headers
         )
 
     async def validation_error(_req: Request, exc: Exception) -> JSONResponse:

@@ -35,7 +35,12 @@ class JobPayload(BaseModel):
 
 
 class JobBatch(BaseModel):
-    jobs: list[JobPayload] = Field(min_length=1)
+    jobs: list[JobPayload] = Field(
+        min_length=1,
+        max_length=1000,
+        description="job_ids must be distinct within a batch",
+        json_schema_extra={"uniqueItems": True},
+    )
 
 
 class Enqueued(BaseModel):

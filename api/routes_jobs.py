@@ -24,6 +24,7 @@ from api.models import (
 from api.views import job_view
 from supervisor.payload import (
     DEFAULT_SECRET_KEYS,
+    JOB_ID_RE,
     PayloadError,
     redact,
     validate_job_id,
@@ -33,7 +34,17 @@ from supervisor.states import JobState, table_status
 
 router = APIRouter(tags=["jobs"])
 Ctx = Annotated[ApiContext, Depends(get_context)]
-JobId = Annotated[str, Path(description="the job's id", min_length=1, max_length=128)]
+# The pattern is documented but checked by the protocol's validator, so a bad id gets the
+# protocol's own message.
+JobId = Annotated[
+    str,
+    Path(
+        description="the job's id",
+        min_length=1,
+        max_length=128,
+        json_schema_extra={"pattern": JOB_ID_RE.pattern},
+    ),
+]
 
 # Listing without a state walks these in turn; the cursor says where it stopped.
 LIST_ORDER: tuple[JobState, ...] = (

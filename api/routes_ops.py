@@ -14,7 +14,7 @@ from api.events import event_stream
 from api.health import queue_health, readiness
 from api.metrics import CONTENT_TYPE
 from api.models import Liveness, PurgeResult, QueueHealth, Readiness, Worker, Workers
-from supervisor.keys import QueueKeys
+from supervisor.keys import QUEUE_NAME_RE, QueueKeys
 from supervisor.payload import PayloadError, validate_job_id
 from supervisor.states import JobState
 
@@ -127,7 +127,9 @@ async def events(
 )
 async def purge(
     ctx: Ctx,
-    queue: Annotated[str, Path(min_length=1, max_length=64)],
+    queue: Annotated[
+        str, Path(min_length=1, max_length=64, json_schema_extra={"pattern": QUEUE_NAME_RE.pattern})
+    ],
     state: Annotated[JobState, Query(description="state whose jobs are deleted")],
 ) -> PurgeResult:
     try:

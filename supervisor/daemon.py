@@ -220,6 +220,10 @@ class Daemon:
             asyncio.create_task(coro(), name=coro.__name__)
             for coro in (self._reaper, self._heartbeat, self._cancel_listener, self._watchdog)
         ]
+        if self.ctx.metrics is not None:
+            from supervisor.metrics import run_queue_gauge_refresher
+
+            upkeep.append(asyncio.create_task(run_queue_gauge_refresher(self.queue, 10.0)))
         slots = [
             asyncio.create_task(self._slot(i), name=f"slot-{i}") for i in range(self.concurrency)
         ]

@@ -8,6 +8,7 @@ cannot change the job.
 from __future__ import annotations
 
 import json
+import math
 import random
 import secrets
 import time
@@ -276,10 +277,13 @@ class JobQueue:
 
     async def progress(self, job_id: str, token: str, pct: float, message: str | None) -> bool:
         k = self.keys
+        # Progress comes from child output: an infinite value made the script fail in
+        # cjson.encode, and the status table reads 0-100. NaN counts as no progress.
+        pct = min(100.0, max(0.0, float(pct))) if math.isfinite(pct) else 0.0
         ok, _rev = await self._run(
             "progress",
             [k.jobs, k.events],
-            [job_id, token, repr(float(pct)), message or "", self.retention.events_maxlen],
+            [job_id, token, repr(pct), message or "", self.retention.events_maxlen],
         )
         return bool(int(ok))
 

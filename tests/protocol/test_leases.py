@@ -194,3 +194,19 @@ async def test_sigkilled_claimer_job_is_recovered_after_one_lease(
     assert taker.job.job_id == "k1" and taker.job.attempt == 1
     await assert_stale_token_changes_nothing(client, q, "k1", stale_token)
     assert await q.complete("k1", taker.token)
+
+
+async def test_progress_is_clamped_monotonic_and_ignores_non_finite_values(
+    q: JobQueue,
+) -> None:
+    await q.enqueue(job("pg"))
+    claim = await claim_one(q, lease_s=30)
+    seen = []
+    for pct in (10.0, 5.0, float("nan"), float("inf"), 250.0, -3.0):
+        assert await q.progress("pg", claim.token, pct, f"at {pct}")
+        rec = await q.get("pg")
+        assert rec is not None
+        seen.append(rec.progress)
+    assert seen == [10.0, 10.0, 10.0, 10.0, 100.0, 100.0]
+    rec = await q.get("pg")
+    assert rec is not None and rec.progress_message == "at -3.0"

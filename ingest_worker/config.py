@@ -127,6 +127,9 @@ class WorkerConfig:
         self.supabase_url = _opt(env, "INGEST_CHUNK_SUPABASE_URL")
         self.supabase_key = _opt(env, "INGEST_CHUNK_SUPABASE_KEY")
         self.sqlite_path = _opt(env, "INGEST_CHUNK_SQLITE_PATH")
+        if self.sqlite_path and not self.sqlite_path.startswith("/"):
+            # A child runs in a fresh temporary directory: a relative file would be lost.
+            raise ConfigError("INGEST_CHUNK_SQLITE_PATH: must be an absolute path")
         self.store = self._pick_store(_choice(env, "INGEST_CHUNK_STORE", "auto", STORES))
         self.allow_private = _flag(env, "INGEST_CRAWL_ALLOW_PRIVATE")
         hosts = env.get("INGEST_CRAWL_ALLOW_HOSTS", "").split(",")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 EX_DATAERR = 65
+EX_SOFTWARE = 70
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
 

@@ -114,6 +114,18 @@ def test_bad_configuration_exits_78_naming_the_variable(workdir: Path) -> None:
         INGEST_CHUNK_OVERLAP="100",
     )  # fmt: skip
     assert out.code == 78 and "INGEST_CHUNK_OVERLAP" in out.stderr
+    for name, value in [
+        ("INGEST_CHUNK_SQLITE_PATH", "relative.sqlite3"),
+        ("INGEST_CHUNK_STORE", "mongodb"),
+        ("INGEST_FETCH_TIMEOUT", "soon"),
+        ("INGEST_CRAWL_ALLOW_PRIVATE", "maybe"),
+    ]:
+        out = run_worker(make_job({"type": "text", "text": "x"}), workdir, **{name: value})
+        assert out.code == 78 and name in out.stderr, (name, out.stderr)
+    out = run_worker(
+        make_job({"type": "text", "text": "x"}), workdir, INGEST_CHUNK_STORE="postgres"
+    )
+    assert out.code == 78 and "INGEST_CHUNK_DSN" in out.stderr
 
 
 def test_secrets_never_reach_stderr_or_result(workdir: Path) -> None:

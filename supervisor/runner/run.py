@@ -27,6 +27,7 @@ from supervisor.runner.protocol import (
     Result,
     parse_line,
 )
+from supervisor.runner.shim import EXEC_FAILED_CODE, EXEC_FAILED_MARKER
 from supervisor.runner.spawner import ExecSpawner, ExitStatus, SpawnedChild, SpawnSpec
 from supervisor.runner.stop import StopRequest
 from supervisor.runner.tree import ProcessTree
@@ -159,6 +160,11 @@ class _ChildRun:
                 await self._kill_and_reap(child, tree)
             self.strays += tree.kill_strays()
         self.coalescer.flush()
+        if status.exit_code == EXEC_FAILED_CODE and self.stderr.head().startswith(
+            EXEC_FAILED_MARKER
+        ):
+            why = self.stderr.head()[len(EXEC_FAILED_MARKER) :].split(b"\n")[0]
+            return self.start_failed(why.decode("utf-8", errors="replace"))
         return self._outcome(ended, status, wall, timeout_s, tree, child.pid)
 
     async def _sample(self, tree: ProcessTree, child: SpawnedChild) -> None:

@@ -4,13 +4,12 @@ run_child only needs a pid, three pipe ends and a future that resolves with the 
 status. A later start mode (fork from a warm, pre-imported zygote) implements the same
 `Spawner` and hands back the same `SpawnedChild`.
 
-Why preexec_fn here although the style guide warns against it: the parent-death signal
-(PR_SET_PDEATHSIG) can only be set by the child itself between fork and exec, and the
-alternatives cost more: a Python shim adds a whole interpreter start per job, and a C shim
-needs a compiler at install time. The function only issues syscalls (prctl, getppid,
-setrlimit, sigaction, sigprocmask) on values prepared before the fork, so it takes no lock
-another thread could hold. CPython re-initialises its own locks in the child before
-calling it. The price is fork() instead of vfork(), measured in bench/bench_runner.py.
+The child-side setup (parent-death signal, resource limits, signal dispositions and mask)
+runs in a small compiled exec shim (see `shim`), so Popen keeps its vfork() fast path.
+Without a C compiler it falls back to preexec_fn: the function only issues syscalls
+(prctl, getppid, setrlimit, sigaction, sigprocmask) on values prepared before the fork,
+and CPython re-initialises its own locks in the child before calling it; the price is
+fork() instead of vfork(), measured in bench/bench_runner.py.
 """
 
 from __future__ import annotations
@@ -19,10 +18,12 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import grp
 import os
 import pwd
 import resource
+import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from supervisor.runner.config import ResourceLimits
+from supervisor.runner.shim import default_shim, encode_limits
 
 PR_SET_PDEATHSIG = 1
 
@@ -84,26 +86,26 @@ _CATCHABLE = tuple(
 )
 
 
-def _rlimits(limits: ResourceLimits) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
+def _rlimits(limits: ResourceLimits) -> list[tuple[int, int, int]]:
+    """(resource, soft, hard) to set in the child."""
+    out: list[tuple[int, int, int]] = []
     if limits.memory_bytes is not None:
-        out.append((resource.RLIMIT_AS, limits.memory_bytes))
+        out.append((resource.RLIMIT_AS, limits.memory_bytes, limits.memory_bytes))
     if limits.cpu_seconds is not None:
-        out.append((resource.RLIMIT_CPU, limits.cpu_seconds))
+        # A catchable SIGXCPU at the soft limit, SIGKILL a second later.
+        out.append((resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 1))
     if limits.open_files is not None:
-        out.append((resource.RLIMIT_NOFILE, limits.open_files))
+        out.append((resource.RLIMIT_NOFILE, limits.open_files, limits.open_files))
     if limits.processes is not None:
-        out.append((resource.RLIMIT_NPROC, limits.processes))
+        out.append((resource.RLIMIT_NPROC, limits.processes, limits.processes))
     if not limits.core_dumps:
-        out.append((resource.RLIMIT_CORE, 0))
+        out.append((resource.RLIMIT_CORE, 0, 0))
     return out
 
 
 def _make_child_setup(limits: ResourceLimits) -> Callable[[], None]:
     parent_pid = os.getpid()
     rlimits = _rlimits(limits)
-    # CPU time gets a soft limit (SIGXCPU, catchable) a second before the hard SIGKILL.
-    hard = {resource.RLIMIT_CPU: 1}
     prctl = _PRCTL
 
     def setup() -> None:
@@ -111,8 +113,8 @@ def _make_child_setup(limits: ResourceLimits) -> Callable[[], None]:
             prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
             if os.getppid() != parent_pid:  # the supervisor died before prctl took effect
                 os._exit(127)
-        for res, value in rlimits:
-            resource.setrlimit(res, (value, value + hard.get(res, 0)))
+        for res, soft, hard in rlimits:
+            resource.setrlimit(res, (soft, hard))
         for sig in _CATCHABLE:
             with contextlib.suppress(OSError, ValueError, RuntimeError):
                 signal.signal(sig, signal.SIG_DFL)
@@ -122,10 +124,32 @@ def _make_child_setup(limits: ResourceLimits) -> Callable[[], None]:
 
 
 class ExecSpawner:
-    """fork + exec of argv (never a shell) in a new session, exit watched through a pidfd."""
+    """fork + exec of argv (never a shell) in a new session, exit watched through a pidfd.
+
+    shim: "auto" builds/uses the compiled exec shim, a path uses that shim, None always
+    uses preexec_fn.
+    """
+
+    def __init__(self, shim: str | None = "auto") -> None:
+        self._shim = shim
+
+    @property
+    def shim_path(self) -> str | None:
+        return default_shim() if self._shim == "auto" else self._shim
 
     def spawn(self, spec: SpawnSpec) -> SpawnedChild:
         loop = asyncio.get_running_loop()
+        argv = list(spec.argv)
+        if not argv:
+            raise ValueError("empty command")
+        program = _resolve_program(argv[0], spec.env, spec.cwd)
+        shim = self.shim_path
+        preexec: Callable[[], None] | None = None
+        if shim is not None:
+            limits = encode_limits(_rlimits(spec.limits))
+            argv = [shim, str(os.getpid()), limits, "--", program, *argv]
+        else:
+            preexec = _make_child_setup(spec.limits)
         user = spec.user
         group: int | None = None if spec.group is None else grp.getgrnam(spec.group).gr_gid
         extra_groups: list[int] | None = None
@@ -140,7 +164,7 @@ class ExecSpawner:
         parent_ends = (stdin_w, stdout_r, stderr_r)
         try:
             proc = subprocess.Popen(  # argv list, never a shell
-                list(spec.argv),
+                argv,
                 stdin=stdin_r,
                 stdout=stdout_w,
                 stderr=stderr_w,
@@ -148,7 +172,7 @@ class ExecSpawner:
                 env=dict(spec.env),
                 start_new_session=True,
                 close_fds=True,
-                preexec_fn=_make_child_setup(spec.limits),  # see the module docstring
+                preexec_fn=preexec,  # only without the shim; see the module docstring
                 user=user,
                 group=group,
                 extra_groups=extra_groups,
@@ -189,6 +213,19 @@ class ExecSpawner:
             stderr_fd=stderr_r,
             exited=exited,
         )
+
+
+def _resolve_program(program: str, env: Mapping[str, str], cwd: str) -> str:
+    """The absolute path that will be executed; FileNotFoundError when there is none."""
+    if os.sep in program:
+        path = os.path.join(cwd, program)  # relative paths resolve against the child's cwd
+        if not os.access(path, os.X_OK) or os.path.isdir(path):
+            raise FileNotFoundError(errno.ENOENT, "not found or not executable", program)
+        return path
+    found = shutil.which(program, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, "not found on PATH", program)
+    return os.path.abspath(found)
 
 
 def _exit_status(status: int, usage: resource.struct_rusage | None) -> ExitStatus:

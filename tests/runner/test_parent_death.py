@@ -7,14 +7,18 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from tests.runner.conftest import CHILDREN, child_cmd, wait_gone
 
 
-def test_children_die_when_the_supervisor_is_sigkilled() -> None:
+@pytest.mark.parametrize("mode", ["shim", "preexec"])
+def test_children_die_when_the_supervisor_is_sigkilled(mode: str) -> None:
     mini = subprocess.Popen(
         [sys.executable, str(CHILDREN / "mini_supervisor.py"), *child_cmd("sleep_forever.py")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env={**os.environ, "MINI_SPAWN": mode},
     )
     try:
         assert mini.stdout is not None

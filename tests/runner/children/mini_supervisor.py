@@ -1,8 +1,9 @@
 """A tiny supervisor: runs one child through run_child and reports its pid on stdout."""
 import asyncio
+import os
 import sys
 
-from supervisor.runner import RunnerConfig, StopRequest, run_child
+from supervisor.runner import ExecSpawner, RunnerConfig, StopRequest, run_child
 
 
 def main() -> None:
@@ -11,7 +12,8 @@ def main() -> None:
     def on_progress(pct: float, message: str | None) -> None:
         print(f"CHILD {message}", flush=True)
 
-    config = RunnerConfig(command=tuple(child), progress_interval_s=0.0)
+    spawner = ExecSpawner(shim=None) if os.environ.get("MINI_SPAWN") == "preexec" else None
+    config = RunnerConfig(command=tuple(child), progress_interval_s=0.0, spawner=spawner)
     asyncio.run(
         run_child(config, job_id="mini", attempt=1, job_json=b"{}", timeout_s=600,
                   stop=StopRequest(), on_progress=on_progress)

@@ -23,10 +23,8 @@ from api.models import (
 )
 from api.views import job_view
 from supervisor.payload import (
-    DEFAULT_SECRET_KEYS,
     JOB_ID_RE,
     PayloadError,
-    redact,
     validate_job_id,
     validate_payload,
 )
@@ -84,17 +82,10 @@ def _job_id_or_422(job_id: str) -> str:
 
 
 async def _after_enqueue(ctx: ApiContext, payloads: list[dict[str, Any]]) -> None:
-    hook = ctx.status_hook
-    if not hook.enabled:
-        return
-    now = time.time()
-    keys = ctx.settings.secret_keys
-    for p in payloads:
-        await hook.write_queued(
-            dict(redact(p, DEFAULT_SECRET_KEYS | frozenset(keys))),
-            p.get("max_attempts", ctx.settings.default_max_attempts),
-            now,
-        )
+    default = ctx.settings.default_max_attempts
+    await ctx.status_hook.write_queued(
+        [(p, int(p.get("max_attempts", default))) for p in payloads], time.time()
+    )
 
 
 @router.post(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Mapping
 
+from supervisor.sdnotify import scrub_env
+
 BASE_ALLOWLIST: tuple[str, ...] = (
     "PATH",
     "LANG",
@@ -56,4 +58,6 @@ def build_child_env(
     env.update(extra)
     env["INGEST_JOB_ID"] = job_id
     env["INGEST_ATTEMPT"] = str(attempt)
-    return env
+    # Even if an operator lists them, systemd's notify/watchdog variables would let a child
+    # speak for the daemon (READY, WATCHDOG); they never pass.
+    return scrub_env(env)

@@ -17,18 +17,26 @@ class ProcessTree:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.pgid = pid
+        # Made on first sample, not at spawn: most short children are never sampled at all.
         self._root: psutil.Process | None = None
-        with contextlib.suppress(psutil.Error):
-            self._root = psutil.Process(pid)
+        self._exited = False
         self.known: dict[int, psutil.Process] = {}
         self.peak_rss_bytes = 0
         self.cpu_s = 0.0
         self.samples = 0
 
     def sample(self) -> None:
-        """Refresh the descendant set; add up RSS and CPU of every live process in it."""
-        if self._root is None:
+        """Refresh the descendant set; add up RSS and CPU of every live process in it.
+
+        Only call while the root has not been reaped (its pid cannot be reused yet).
+        """
+        if self._exited:
             return
+        if self._root is None:
+            try:
+                self._root = psutil.Process(self.pid)
+            except psutil.Error:
+                return
         self.samples += 1
         procs: list[psutil.Process] = []
         try:
@@ -54,6 +62,7 @@ class ProcessTree:
     def root_exited(self) -> None:
         """The root was reaped: its pid may be reused, never touch it again."""
         self._root = None
+        self._exited = True
 
     def signal_all(self, sig: int) -> int:
         """Signal the process group and every known descendant still alive (escaped ones)."""

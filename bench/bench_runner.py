@@ -1,0 +1,161 @@
+"""Child runner throughput: run_child vs a bare subprocess.Popen loop, same child, same run.
+
+    .venv/bin/python bench/bench_runner.py [--count 1000] [--concurrency 2]
+
+Each child reads its job from stdin, prints PROGRESS 0..100 in steps of 10 and exits 0.
+Prints children/s and start-to-first-PROGRESS p50/p99 for:
+  popen         bare Popen (vfork path) with pipes, parallelism N threads
+  popen+preexec the same with a no-op preexec_fn (forces fork())
+  run_child     the runner at concurrency N (clean env, temp dir, exec shim with
+                pdeathsig/rlimits/signal reset, tree tracking, bounded output)
+  run_child/pre the runner with the preexec_fn fallback instead of the shim
+Contenders alternate in rounds so a busy machine's load falls on all of them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from supervisor.runner import ExecSpawner, RunnerConfig, StopRequest, run_child
+
+CHILD_CODE = (
+    "import sys\n"
+    "sys.stdin.read()\n"
+    "for p in range(0, 101, 10):\n"
+    "    print(f'PROGRESS: {p} step', flush=True)\n"
+)
+ARGV = (sys.executable, "-S", "-c", CHILD_CODE)
+JOB = b'{"job_id": "bench", "tenant_id": "t", "data_source": {"type": "text"}}'
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def report(name: str, count: int, elapsed: float, firsts: list[float]) -> float:
+    """One line per contender; returns children/s."""
+    rate = count / elapsed
+    print(
+        f"{name:<14} {rate:8.1f} children/s   first PROGRESS p50 {pct(firsts, 0.5) * 1000:6.1f} ms"
+        f"   p99 {pct(firsts, 0.99) * 1000:6.1f} ms   ({count} in {elapsed:.1f}s)"
+    )
+    return rate
+
+
+Timing = tuple[float, list[float]]  # (elapsed seconds, start-to-first-PROGRESS per child)
+
+
+def popen_loop(count: int, parallelism: int, preexec: Callable[[], None] | None) -> Timing:
+    firsts: list[float] = []
+    lock = threading.Lock()
+    todo = iter(range(count))
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if next(todo, None) is None:
+                    return
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(
+                ARGV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                start_new_session=True, preexec_fn=preexec,
+            )
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(JOB)
+            proc.stdin.close()
+            first = None
+            for line in proc.stdout:
+                if first is None and line.startswith(b"PROGRESS:"):
+                    first = time.perf_counter() - t0
+            assert proc.stderr is not None
+            proc.stderr.read()
+            proc.stdout.close()
+            proc.stderr.close()
+            proc.wait()
+            with lock:
+                firsts.append(first or 0.0)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(parallelism)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started, firsts
+
+
+async def runner_loop(count: int, concurrency: int, config: RunnerConfig) -> Timing:
+    firsts: list[float] = []
+    failures = 0
+    todo = iter(range(count))
+
+    async def slot() -> None:
+        nonlocal failures
+        for i in todo:
+            t0 = time.perf_counter()
+            first: list[float] = []
+
+            def on_progress(p: float, m: str | None, first: list[float] = first,
+                            t0: float = t0) -> None:
+                if not first:
+                    first.append(time.perf_counter() - t0)
+
+            outcome = await run_child(
+                config, job_id=f"bench-{i}", attempt=1, job_json=JOB, timeout_s=60,
+                stop=StopRequest(), on_progress=on_progress,
+            )
+            if not outcome.succeeded or outcome.progress != 100:
+                failures += 1
+            firsts.append(first[0] if first else 0.0)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(slot() for _ in range(concurrency)))
+    if failures:
+        print(f"  !! {failures} children did not succeed")
+    return time.perf_counter() - started, firsts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=1000, help="children per contender")
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="contenders alternate in this many rounds (fair on a busy box)")
+    args = parser.parse_args()
+    n, par = args.count, args.concurrency
+    print(f"{n} no-op children per contender, parallelism {par}, {os.cpu_count()} cpus, "
+          f"load {os.getloadavg()[0]:.1f}, child: python -S -c <PROGRESS 0..100 by 10>")
+    shim_cfg = RunnerConfig(command=ARGV)
+    preexec_cfg = RunnerConfig(command=ARGV, spawner=ExecSpawner(shim=None))
+    contenders: dict[str, Callable[[int], Timing]] = {
+        "popen": lambda k: popen_loop(k, par, None),
+        "popen+preexec": lambda k: popen_loop(k, par, lambda: None),
+        "run_child": lambda k: asyncio.run(runner_loop(k, par, shim_cfg)),
+        "run_child/pre": lambda k: asyncio.run(runner_loop(k, par, preexec_cfg)),
+    }
+    popen_loop(max(10, n // 50), par, None)  # warm the page cache
+    totals: dict[str, Timing] = {name: (0.0, []) for name in contenders}
+    per_round = max(1, n // args.rounds)
+    done = 0
+    while done < n:
+        k = min(per_round, n - done)
+        for name, fn in contenders.items():
+            elapsed, firsts = fn(k)
+            totals[name] = (totals[name][0] + elapsed, totals[name][1] + firsts)
+        done += k
+    rates = {name: report(name, n, t[0], t[1]) for name, t in totals.items()}
+    print(f"run_child / popen throughput: {rates['run_child'] / rates['popen'] * 100:.0f}%  "
+          f"(preexec fallback: {rates['run_child/pre'] / rates['popen'] * 100:.0f}%)")
+    print(f"load at end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -228,7 +228,17 @@ class JobQueue:
         token = secrets.token_hex(16)
         raw = await self._run(
             "claim",
-            [k.jobs, k.payloads, k.waiting, k.delayed, k.active, k.seq, k.wake, k.events],
+            [
+                k.jobs,
+                k.payloads,
+                k.waiting,
+                k.delayed,
+                k.active,
+                k.seq,
+                k.wake,
+                k.events,
+                k.cancelled,
+            ],
             [worker_id, token, int(lease_s * 1000), self.retention.events_maxlen, 100],
         )
         if _s(raw[0]) == "":

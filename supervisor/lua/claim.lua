@@ -1,6 +1,6 @@
 -- claim: promote due delayed jobs, then take the first waiting job under a new lease.
 -- KEYS[1] jobs  KEYS[2] payloads  KEYS[3] waiting  KEYS[4] delayed  KEYS[5] active
--- KEYS[6] seq   KEYS[7] wake      KEYS[8] events
+-- KEYS[6] seq   KEYS[7] wake      KEYS[8] events    KEYS[9] cancelled
 -- ARGV[1] worker id  ARGV[2] lease token  ARGV[3] lease ms  ARGV[4] events maxlen
 -- ARGV[5] max delayed jobs promoted per call
 -- Returns {id, payload JSON, record JSON} or {'', ms until the next delayed job is due | -1}.
@@ -30,7 +30,15 @@ while true do
   end
   local id = popped[1]
   local rec = load(KEYS[1], id)
-  if rec and rec.state == 'waiting' then
+  if rec and rec.state == 'waiting' and rec.cancel_requested then
+    -- Cancelled while active, then released or failed into a retry before the holder
+    -- acknowledged: honour the cancel instead of starting the job again.
+    rec.state = 'cancelled'
+    rec.finished_at = now
+    redis.call('ZADD', KEYS[9], fmt(now), id)
+    save(KEYS[1], rec)
+    emit(KEYS[8], ARGV[4], 'cancelled', rec)
+  elseif rec and rec.state == 'waiting' then
     rec.state = 'active'
     rec.attempt = (rec.attempt or 0) + 1
     rec.token = ARGV[2]

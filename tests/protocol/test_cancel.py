@@ -145,3 +145,35 @@ async def test_cancel_and_retry_reject_bad_job_ids(q: JobQueue) -> None:
             await q.retry(bad)
         with pytest.raises(PayloadError, match="job_id"):
             await q.get(bad)
+
+
+async def test_cancel_requested_job_given_back_unacknowledged_is_not_started_again(
+    q: JobQueue, client: Redis
+) -> None:
+    await q.enqueue_many([job("cr-rel"), job("cr-fail")])
+    rel, failing = await claim_one(q), await claim_one(q)
+    assert await q.cancel("cr-rel") == "requested"
+    assert await q.cancel("cr-fail") == "requested"
+    # The holders give the jobs back instead of acknowledging (shutdown, a crash-retry).
+    assert await q.release("cr-rel", rel.token)
+    retry = await q.fail("cr-fail", failing.token, "killed", retryable=True, attempt=1)
+    assert retry.outcome == "retry"
+    await q.enqueue(job("next"))
+    got = await q.claim("w", lease_s=30, timeout_s=10)  # skips the released one
+    assert got is not None and got.job.job_id == "next"
+
+    async def claim_then_count() -> dict[str, int]:
+        # Once due, cr-fail is promoted and cancelled: never handed out.
+        assert not isinstance(await q.try_claim("w", 30), Claim)
+        return await q.counts()
+
+    await eventually(claim_then_count, lambda c: c["cancelled"] == 2 and c["delayed"] == 0)
+    for job_id in ("cr-rel", "cr-fail"):
+        rec = await q.get(job_id)
+        assert rec is not None and rec.state is JobState.CANCELLED
+    kinds = [e["type"] for e in await events_of(client, q.keys.events) if e["job"] == "cr-rel"]
+    assert kinds == ["enqueued", "started", "cancel_requested", "released", "cancelled"]
+    assert await q.retry("cr-rel") == "waiting"  # a retry starts afresh, cancel forgotten
+    again = await q.try_claim("w", 30)
+    assert isinstance(again, Claim) and again.job.job_id == "cr-rel"
+    assert not again.job.cancel_requested

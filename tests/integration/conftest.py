@@ -1,0 +1,82 @@
+"""Whole-product tests: real daemon processes wired to the real side channels (metrics
+server, Langfuse SDK, status stores, the real ingest_worker child).
+
+The fixtures are the other test areas' own, imported so pytest registers them here too:
+daemons and the queue from tests/daemon, the migrated database and PostgREST stand-in from
+tests/status, the loopback site from tests/worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from tests.daemon.conftest import (  # noqa: F401  (fixtures)
+    DaemonProcess,
+    SyncQueue,
+    q,
+    run_log,
+    start_daemon,
+    wait_until,
+)
+from tests.status.conftest import standin, status_db  # noqa: F401  (fixtures)
+from tests.worker.conftest import site  # noqa: F401  (fixture)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now (bound and released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_batch(q: SyncQueue, payloads: list[dict[str, Any]], timeout: float = 60) -> float:
+    """Enqueue `payloads` and wait until every one is completed; seconds it took."""
+    ids = [p["job_id"] for p in payloads]
+    started = time.monotonic()
+    q.enqueue_many(payloads)
+    wait_until(lambda: all_completed(q, ids), timeout, f"{len(ids)} jobs completed")
+    return time.monotonic() - started
+
+
+def all_completed(q: SyncQueue, ids: Iterable[str]) -> bool:
+    from supervisor.states import JobState
+
+    async def check(queue: Any) -> bool:
+        for job_id in ids:
+            rec = await queue.get(job_id)
+            if rec is None or rec.state is not JobState.COMPLETED:
+                return False
+        return True
+
+    return bool(with_queue(q, check))
+
+
+def with_queue(q: SyncQueue, fn: Callable[[Any], Any]) -> Any:
+    """Run `await fn(JobQueue)` on one connection (several calls, one round of setup)."""
+    from redis.asyncio import Redis
+
+    from supervisor.protocol import JobQueue
+
+    async def go() -> Any:
+        client = Redis.from_url(q.redis_url)
+        try:
+            return await fn(JobQueue(client, q.queue))
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def stop_daemon(daemon: DaemonProcess, timeout: float) -> float:
+    """SIGTERM, wait for exit code 0; seconds from the signal to the exit."""
+    sent = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    code = daemon.wait_exit(timeout)
+    took = time.monotonic() - sent
+    assert code == 0, f"daemon exited {code}:\n{daemon.log()}"
+    return took

@@ -34,16 +34,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_batch(q: SyncQueue, payloads: list[dict[str, Any]], timeout: float = 60) -> float:
+def run_batch(sq: SyncQueue, payloads: list[dict[str, Any]], timeout: float = 60) -> float:
     """Enqueue `payloads` and wait until every one is completed; seconds it took."""
     ids = [p["job_id"] for p in payloads]
     started = time.monotonic()
-    q.enqueue_many(payloads)
-    wait_until(lambda: all_completed(q, ids), timeout, f"{len(ids)} jobs completed")
+    sq.enqueue_many(payloads)
+    wait_until(lambda: all_completed(sq, ids), timeout, f"{len(ids)} jobs completed")
     return time.monotonic() - started
 
 
-def all_completed(q: SyncQueue, ids: Iterable[str]) -> bool:
+def all_completed(sq: SyncQueue, ids: Iterable[str]) -> bool:
     from supervisor.states import JobState
 
     async def check(queue: Any) -> bool:
@@ -53,19 +53,19 @@ def all_completed(q: SyncQueue, ids: Iterable[str]) -> bool:
                 return False
         return True
 
-    return bool(with_queue(q, check))
+    return bool(with_queue(sq, check))
 
 
-def with_queue(q: SyncQueue, fn: Callable[[Any], Any]) -> Any:
+def with_queue(sq: SyncQueue, fn: Callable[[Any], Any]) -> Any:
     """Run `await fn(JobQueue)` on one connection (several calls, one round of setup)."""
     from redis.asyncio import Redis
 
     from supervisor.protocol import JobQueue
 
     async def go() -> Any:
-        client = Redis.from_url(q.redis_url)
+        client = Redis.from_url(sq.redis_url)
         try:
-            return await fn(JobQueue(client, q.queue))
+            return await fn(JobQueue(client, sq.queue))
         finally:
             await client.aclose()
 

@@ -56,10 +56,14 @@ def test_scraped_metrics_match_a_known_mix_of_outcomes(
     name = q.queue
 
     def outcomes_counted(s: Series) -> bool:
-        return sum(
-            value(s, "queue_jobs_total", queue=name, status=st)
-            for st in ("completed", "retried", "failed", "timeout")
-        ) == 6 and value(s, "ingest_slots", queue=name, state="busy") == 0
+        return (
+            sum(
+                value(s, "queue_jobs_total", queue=name, status=st)
+                for st in ("completed", "retried", "failed", "timeout")
+            )
+            == 6
+            and value(s, "ingest_slots", queue=name, state="busy") == 0
+        )
 
     s = _scrape_until(port, outcomes_counted, 10, "six finished attempts counted")
     expected_jobs = {

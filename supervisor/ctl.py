@@ -18,6 +18,7 @@ from typing import Any
 
 from redis.exceptions import ConnectionError, TimeoutError
 
+from supervisor.connection import redis_client
 from supervisor.payload import PayloadError, redact
 from supervisor.protocol import JobQueue, JobRecord
 from supervisor.states import FINAL_STATES, JobState, table_status
@@ -167,8 +168,6 @@ async def _watch(q: JobQueue, job_id: str, give_up_s: float | None) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from supervisor.main import redis_client
-
     client = redis_client(args.redis_url)
     q = JobQueue(client, args.queue)
     try:

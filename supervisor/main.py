@@ -10,8 +10,10 @@ import sys
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from ingest_worker.config import ENV_VARS as WORKER_ENV_VARS
+from supervisor.connection import redis_client
 from supervisor.daemon import Daemon
 from supervisor.execution import ExecutionContext
 from supervisor.logs import configure_logging
@@ -25,18 +27,7 @@ from supervisor.sinks import JobSink, SinkFanout
 log = logging.getLogger("supervisor")
 
 
-def redis_client(url: str) -> Redis:
-    # Blocking claims wait at most 5 s, so a 10 s socket timeout only fires on a hung server.
-    return Redis.from_url(
-        url,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=15,
-        retry_on_timeout=False,
-    )
-
-
-def build_queue(settings: Settings, client: Redis) -> JobQueue:
+def build_queue(settings: Settings, client: Redis | RedisCluster) -> JobQueue:
     return JobQueue(
         client,
         settings.queue,
@@ -95,7 +86,12 @@ def build_sinks(settings: Settings) -> tuple[list[JobSink], object | None]:
 
 
 async def run(settings: Settings) -> int:
-    client = redis_client(settings.redis_url)
+    client = redis_client(
+        settings.redis_url,
+        cluster=settings.redis_cluster,
+        sentinels=settings.redis_sentinels,
+        sentinel_master=settings.redis_sentinel_master,
+    )
     queue = build_queue(settings, client)
     sinks, metrics = build_sinks(settings)
     for sink in sinks:

@@ -77,6 +77,28 @@ OPTIONS: tuple[Option, ...] = (
         "must start with redis://, rediss:// or unix://",
     ),
     Option(
+        "redis_cluster",
+        "INGEST_REDIS_CLUSTER",
+        _bool,
+        False,
+        "REDIS_URL names a node of a Redis Cluster (keys of a queue share one hash slot)",
+    ),
+    Option(
+        "redis_sentinels",
+        "INGEST_REDIS_SENTINELS",
+        _names,
+        (),
+        "Sentinel host:port list; the master is found through them (REDIS_URL gives "
+        "password and db)",
+    ),
+    Option(
+        "redis_sentinel_master",
+        "INGEST_REDIS_SENTINEL_MASTER",
+        _optional_str,
+        None,
+        "name of the master the Sentinels watch",
+    ),
+    Option(
         "queue",
         "INGEST_QUEUE",
         str,
@@ -369,6 +391,9 @@ OPTIONS: tuple[Option, ...] = (
 @dataclass(frozen=True)
 class Settings:
     redis_url: str
+    redis_cluster: bool
+    redis_sentinels: tuple[str, ...]
+    redis_sentinel_master: str | None
     queue: str
     concurrency: int
     job_timeout_s: float
@@ -503,6 +528,8 @@ def load_settings(
         raise SettingsError(
             "INGEST_STATUS_BACKEND=supabase: needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY"
         )
+    if values["redis_sentinels"] and not values["redis_sentinel_master"]:
+        raise SettingsError("INGEST_REDIS_SENTINELS: needs INGEST_REDIS_SENTINEL_MASTER")
     if values["status_backend"] == "postgres" and not values["status_dsn"]:
         raise SettingsError("INGEST_STATUS_BACKEND=postgres: needs INGEST_STATUS_DSN")
     values["log_level"] = values["log_level"].upper()

@@ -4,7 +4,6 @@ sentence-transformers when configured (imported only then)."""
 from __future__ import annotations
 
 import itertools
-import re
 import zlib
 
 from ingest_worker.errors import ConfigError, TempFail
@@ -13,7 +12,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ingest_worker.config import WorkerConfig
 
-_TOKEN = re.compile(r"\w+")
+# Stripped from both ends of whitespace-separated words (str methods, not `re`, to keep
+# start-up cheap); inner punctuation stays, so "don't" and "e.g" are single features.
+_PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~\u00ab\u00bb\u2018\u2019\u201c\u201d\u2013\u2014\u2026"
 
 
 class HashEmbedder:
@@ -34,7 +35,7 @@ class HashEmbedder:
 
     def _one(self, text: str) -> list[float]:
         vec = [0.0] * self.dim
-        tokens = _TOKEN.findall(text.lower())
+        tokens = [t for t in (w.strip(_PUNCT) for w in text.lower().split()) if t]
         features = tokens + [a + " " + b for a, b in itertools.pairwise(tokens)]
         for feature in features:
             h = zlib.crc32(feature.encode())

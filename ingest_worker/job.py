@@ -6,9 +6,8 @@ loading the daemon's package.
 
 from __future__ import annotations
 
-import json
-
 from ingest_worker.errors import BadInput
+from ingest_worker.fastjson import loads
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -64,8 +63,8 @@ def parse_job(data: bytes, env: Mapping[str, str]) -> Job:
     if not data.strip():
         raise BadInput("no job on stdin: expected one JSON object")
     try:
-        raw = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+        raw = loads(data)
+    except (ValueError, RecursionError) as exc:
         raise BadInput(f"job on stdin is not valid JSON ({exc.__class__.__name__})") from None
     if not isinstance(raw, dict):
         raise BadInput("job on stdin must be a JSON object")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from ingest_worker.fastjson import dumps
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -40,6 +40,6 @@ class Reporter:
         self.progress(start + (end - start) * min(1.0, frac), message)
 
     def result(self, payload: dict[str, Any]) -> None:
-        line = self._scrub(json.dumps(payload, separators=(",", ":"), ensure_ascii=True))
+        line = self._scrub(dumps(payload))
         self._out.write(f"RESULT: {line}\n")
         self._out.flush()

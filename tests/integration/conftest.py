@@ -12,9 +12,13 @@ import asyncio
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import pytest
+import redis
+
+from tests.conftest import REDIS_URL
 from tests.daemon.conftest import (  # noqa: F401  (fixtures)
     DaemonProcess,
     SyncQueue,
@@ -23,6 +27,7 @@ from tests.daemon.conftest import (  # noqa: F401  (fixtures)
     start_daemon,
     wait_until,
 )
+from tests.observability.test_tracing import receiver  # noqa: F401  (fixture)
 from tests.status.conftest import standin, status_db  # noqa: F401  (fixtures)
 from tests.worker.conftest import site  # noqa: F401  (fixture)
 
@@ -41,6 +46,25 @@ def run_batch(sq: SyncQueue, payloads: list[dict[str, Any]], timeout: float = 60
     sq.enqueue_many(payloads)
     wait_until(lambda: all_completed(sq, ids), timeout, f"{len(ids)} jobs completed")
     return time.monotonic() - started
+
+
+def batch_times(
+    batches: dict[str, tuple[SyncQueue, list[dict[str, Any]]]], timeout: float = 60
+) -> dict[str, float]:
+    """Enqueue every batch at once; for each, seconds until all its jobs completed."""
+    started = time.monotonic()
+    for sq, payloads in batches.values():
+        sq.enqueue_many(payloads)
+    took: dict[str, float] = {}
+
+    def all_done() -> bool:
+        for name, (sq, payloads) in batches.items():
+            if name not in took and all_completed(sq, [p["job_id"] for p in payloads]):
+                took[name] = time.monotonic() - started
+        return len(took) == len(batches)
+
+    wait_until(all_done, timeout, f"batches {sorted(batches)} completed")
+    return took
 
 
 def all_completed(sq: SyncQueue, ids: Iterable[str]) -> bool:
@@ -80,3 +104,24 @@ def stop_daemon(daemon: DaemonProcess, timeout: float) -> float:
     took = time.monotonic() - sent
     assert code == 0, f"daemon exited {code}:\n{daemon.log()}"
     return took
+
+
+@pytest.fixture
+def more_queues(queue_name: str) -> Iterator[Callable[[str], SyncQueue]]:
+    """Extra queues beside `queue_name` (named after it), their keys deleted afterwards."""
+    made: list[str] = []
+
+    def make(suffix: str) -> SyncQueue:
+        name = f"{queue_name}-{suffix}"
+        made.append(name)
+        return SyncQueue(name)
+
+    yield make
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        for name in made:
+            keys = list(client.scan_iter(match=f"ingest:{{{name}}}:*", count=1000))
+            if keys:
+                client.delete(*keys)
+    finally:
+        client.close()

@@ -1,0 +1,188 @@
+"""Issue 5 through the daemon: the status rows real daemons write to each real store, and a
+store that is down while jobs run (jobs keep their speed; shutdown says what was not written)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor.states import JobState
+from supervisor.status import build_status_backend
+from tests.daemon.conftest import DaemonProcess, SyncQueue, job
+from tests.integration.conftest import batch_times, wait_until
+from tests.observability.otlp_receiver import closed_port_url
+from tests.status.postgrest_standin import StandIn, service_key
+
+BACKENDS = ("postgres", "sqlite", "supabase")
+FLUSH_DEADLINE_S = 5.0  # supervisor.daemon.FLUSH_DEADLINE_S
+EXIT_BOUND_S = 1.0 + FLUSH_DEADLINE_S + 8.0  # grace + sink flush + slack on a busy machine
+
+
+def backend_env(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """The daemon's environment for a status backend, and build_status_backend's kwargs."""
+    if kind == "sqlite":
+        path = str(tmp_path / "status.sqlite3")
+        return (
+            {"INGEST_STATUS_BACKEND": "sqlite", "INGEST_STATUS_SQLITE_PATH": path},
+            {"sqlite_path": path},
+        )
+    if kind == "postgres":
+        dsn: str = request.getfixturevalue("status_db")
+        return {"INGEST_STATUS_BACKEND": "postgres", "INGEST_STATUS_DSN": dsn}, {"dsn": dsn}
+    standin: StandIn = request.getfixturevalue("standin")
+    key = service_key()
+    return (
+        {
+            "INGEST_STATUS_BACKEND": "supabase",
+            "SUPABASE_URL": standin.url,
+            "SUPABASE_SERVICE_ROLE_KEY": key,
+        },
+        {"supabase_url": standin.url, "supabase_key": key},
+    )
+
+
+def fetch_rows(kind: str, kwargs: dict[str, Any], ids: list[str]) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        backend = build_status_backend(kind, **kwargs)
+        try:
+            return {i: await backend.fetch(i) for i in ids}
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_rows_after_completed_failed_cancelled_and_retried_jobs(
+    kind: str,
+    start_daemon: Callable[..., DaemonProcess],
+    q: SyncQueue,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    env, kwargs = backend_env(kind, request, tmp_path)
+    q.enqueue_many(
+        [
+            job("st-done"),
+            job("st-bad", exit=65),
+            job("st-flaky", fail_until_attempt=2),
+            job("st-cancel", sleep=30, max_attempts=1),
+        ]
+    )
+    daemon = start_daemon(INGEST_CONCURRENCY="4", **env)
+    # The long job's row shows it running, with progress, before it is cancelled.
+    wait_until(
+        lambda: (
+            (r := fetch_rows(kind, kwargs, ["st-cancel"])["st-cancel"]) is not None
+            and r["status"] == "processing"
+            and r["progress"] >= 1
+        ),
+        20,
+        "processing row with progress",
+        interval=0.1,
+    )
+    assert q.cancel("st-cancel") == "requested"
+    ids = ["st-done", "st-bad", "st-flaky", "st-cancel"]
+    final = {
+        "st-done": "completed",
+        "st-bad": "failed",
+        "st-flaky": "completed",
+        "st-cancel": "cancelled",
+    }
+    holder: dict[str, dict[str, Any]] = {}
+
+    def rows_final() -> bool:
+        holder["rows"] = fetch_rows(kind, kwargs, ids)
+        return all((r := holder["rows"][i]) and r["status"] == final[i] for i in ids)
+
+    wait_until(rows_final, 20, "final rows", interval=0.1)
+    rows = holder["rows"]
+    worker = q.get("st-done").worker_id
+
+    done = rows["st-done"]
+    assert done["tenant_id"] == "tenant-a"
+    assert done["progress"] == 100
+    assert done["attempt"] == 1 and done["max_attempts"] == 3
+    assert done["error"] is None
+    assert done["result"] == {"job_id": "st-done", "attempt": 1}
+    assert done["worker_id"] == worker
+    for row in rows.values():
+        assert row["queued_at"] <= row["started_at"] <= row["finished_at"]
+        assert row["duration_ms"] > 0
+        measured_ms = (row["finished_at"] - row["started_at"]) * 1000
+        assert abs(row["duration_ms"] - measured_ms) < 1000
+        assert row["peak_rss_bytes"] > 1024 * 1024  # a Python child's resident set
+
+    bad = rows["st-bad"]
+    assert bad["attempt"] == 1  # exit 65 is never retried
+    assert bad["error"].startswith("Worker exited with code 65")
+    assert "failing with 65" in bad["error"]
+    assert bad["result"] is None
+
+    flaky = rows["st-flaky"]  # the final attempt's row, not a mix with the first
+    assert flaky["attempt"] == 2
+    assert flaky["error"] is None
+    assert flaky["result"] == {"job_id": "st-flaky", "attempt": 2}
+    assert flaky["progress"] == 100
+
+    cancelled = rows["st-cancel"]
+    assert cancelled["attempt"] == 1
+    assert 1 <= cancelled["progress"] < 100
+    assert cancelled["result"] is None
+    assert q.get("st-cancel").state is JobState.CANCELLED
+
+    daemon.signal(15)
+    assert daemon.wait_exit(EXIT_BOUND_S) == 0
+    assert "unwritten" not in daemon.log()
+
+
+def test_store_down_jobs_keep_their_speed_and_shutdown_reports_unwritten(
+    start_daemon: Callable[..., DaemonProcess],
+    q: SyncQueue,
+    more_queues: Callable[[str], SyncQueue],
+) -> None:
+    """Two daemons at once under the same load: no status store, and a PostgreSQL store
+    whose port refuses every connection."""
+    down_port = closed_port_url().rsplit(":", 1)[1]
+    down_q = more_queues("down")
+    daemons = {
+        "none": start_daemon(),
+        "down": start_daemon(
+            INGEST_QUEUE=down_q.queue,
+            INGEST_STATUS_BACKEND="postgres",
+            INGEST_STATUS_DSN=f"postgresql://root@127.0.0.1:{down_port}/test",
+        ),
+    }
+    for d in daemons.values():
+        d.wait_ready()
+    batches = {
+        "none": (q, [job(f"none-{i:02d}") for i in range(20)]),
+        "down": (down_q, [job(f"down-{i:02d}") for i in range(20)]),
+    }
+    took = batch_times(batches, timeout=60)
+    assert took["down"] <= 3 * took["none"] + 5, took  # a correctness bound, not a benchmark
+
+    sent = time.monotonic()
+    for d in daemons.values():
+        d.signal(15)
+    for d in daemons.values():
+        assert d.wait_exit(EXIT_BOUND_S) == 0, d.log()
+    assert time.monotonic() - sent <= EXIT_BOUND_S
+
+    log = daemons["down"].log()
+    assert "status write of" in log and "failed" in log
+    m = re.search(
+        r"status writer closed with (\d+) changes unwritten; final states for jobs: (.*?);", log
+    )
+    assert m, log
+    assert int(m.group(1)) >= 20
+    assert set(m.group(2).split(", ")) == {p["job_id"] for p in batches["down"][1]}
+    assert "unwritten" not in daemons["none"].log()

@@ -1,0 +1,515 @@
+"""End-to-end benchmark of the supervisor daemon against bare Popen of the same child.
+
+    .venv/bin/python bench/bench_daemon.py                      # the issue's run, ~1-2 min
+    .venv/bin/python bench/bench_daemon.py --jobs 300 --samples 50   # a quick look
+
+For each child kind (`trivial`: a `python -S -I` script printing PROGRESS 0..100 by 10;
+`worker`: the default command running ingest_worker on a tiny text job with
+INGEST_CHUNK_STORE=none) it prints, side by side in one run:
+
+  daemon   a real `python -m supervisor` subprocess at concurrency N on its own queue
+           (status backend none, metrics off, tracing off, log level WARNING):
+           - idle phase: one job at a time, each enqueued only once every slot is blocked
+             waiting for work; enqueue-to-start and enqueue-to-done p50/p99;
+           - bulk phase: N jobs enqueued at once; jobs/s end to end (first enqueue to last
+             finish), enqueue-to-start/done p50/p99 (queueing included), supervisor CPU
+             seconds per 1,000 jobs (user+system of the daemon process, children excluded);
+           - peak RSS (VmHWM) of the daemon over the whole run.
+  popen    bare subprocess.Popen of the very same argv at parallelism N (the ceiling).
+  plain    (worker kind only) Popen of `python -m ingest_worker` with full site processing,
+           what an unoptimised interpreter start costs.
+
+Latencies come from the job records' enqueued_at/started_at/finished_at, stamped by the
+Redis server's clock in whole milliseconds: a p50 of "1 ms" means 0.5-1.5 ms; the mean is
+also shown since quantisation errors average out over many samples. The load average is
+printed with every contender: other work on the machine moves these numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from redis.asyncio import Redis
+
+from supervisor.protocol import JobQueue
+from supervisor.runner import default_command
+
+ROOT = Path(__file__).resolve().parent.parent
+TRIVIAL_CHILD = (
+    "import sys\n"
+    "sys.stdin.buffer.read()\n"
+    "for p in range(0, 101, 10):\n"
+    "    print(f'PROGRESS: {p} step')\n"
+)
+TEXT = "A tiny text document for the benchmark. It has two sentences."
+
+
+# ---- figures ---------------------------------------------------------------------------
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def ms_triple(values: Sequence[float]) -> str:
+    """p50/p99 (mean) in milliseconds."""
+    if not values:
+        return "-"
+    return (
+        f"{pct(values, 0.5) * 1000:.0f}/{pct(values, 0.99) * 1000:.0f}"
+        f" ({statistics.fmean(values) * 1000:.1f})"
+    )
+
+
+def load() -> str:
+    return "{:.1f}/{:.1f}".format(*os.getloadavg()[:2])
+
+
+@dataclass
+class Row:
+    name: str
+    rate: float | None = None
+    idle_start: list[float] = field(default_factory=list)
+    idle_done: list[float] = field(default_factory=list)
+    bulk_start: list[float] = field(default_factory=list)
+    bulk_done: list[float] = field(default_factory=list)
+    cpu_per_1000: float | None = None
+    peak_rss: int | None = None
+    failures: int = 0
+    load: str = ""
+    note: str = ""
+
+
+def print_table(title: str, rows: list[Row]) -> None:
+    print(f"\n== {title}")
+    head = (
+        f"{'contender':<22}{'jobs/s':>8}  {'idle start p50/p99 (mean) ms':>29}"
+        f"  {'idle done':>16}  {'bulk start':>16}  {'bulk done':>18}"
+        f"  {'CPU s/1k':>8}  {'peak RSS':>9}  {'load 1/5m':>9}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(
+            f"{r.name:<22}{'-' if r.rate is None else f'{r.rate:.1f}':>8}"
+            f"  {ms_triple(r.idle_start):>29}  {ms_triple(r.idle_done):>16}"
+            f"  {ms_triple(r.bulk_start):>16}  {ms_triple(r.bulk_done):>18}"
+            f"  {'-' if r.cpu_per_1000 is None else f'{r.cpu_per_1000:.2f}':>8}"
+            f"  {'-' if r.peak_rss is None else f'{r.peak_rss / 2**20:.0f} MiB':>9}"
+            f"  {r.load:>9}"
+        )
+        if r.failures:
+            print(f"  !! {r.failures} job(s) did not complete")
+        if r.note:
+            print(f"  {r.note}")
+
+
+# ---- child kinds -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChildKind:
+    name: str
+    worker_command: str | None  # INGEST_WORKER_COMMAND for the daemon; None: the default
+    argv: tuple[str, ...]  # what the daemon ends up running, for the Popen ceiling
+
+
+def child_kinds(workdir: Path) -> dict[str, ChildKind]:
+    script = workdir / "trivial_child.py"
+    script.write_text(TRIVIAL_CHILD)
+    trivial = (sys.executable, "-S", "-I", str(script))
+    return {
+        "trivial": ChildKind("trivial", shlex.join(trivial), trivial),
+        "worker": ChildKind("worker", None, default_command(sys.executable, None, None)),
+    }
+
+
+def job_payload(job_id: str) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "tenant_id": "bench",
+        "data_source": {"type": "text", "text": TEXT},
+        "max_attempts": 1,  # a failure shows at once instead of waiting out a backoff
+    }
+
+
+def child_env(job_id: str) -> dict[str, str]:
+    """The environment the daemon gives a child (allowlist), for the Popen rows."""
+    return {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "LANG": "C.UTF-8",
+        "INGEST_CHUNK_STORE": "none",
+        "INGEST_JOB_ID": job_id,
+        "INGEST_ATTEMPT": "1",
+    }
+
+
+# ---- the daemon under test -------------------------------------------------------------
+
+
+class DaemonUnderTest:
+    # How the daemon is started; experiments (ablations) may point this elsewhere.
+    command: tuple[str, ...] = (sys.executable, "-m", "supervisor")
+
+    def __init__(
+        self,
+        redis_url: str,
+        queue: str,
+        concurrency: int,
+        kind: ChildKind,
+        cprofile: str | None = None,
+    ) -> None:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("LANGFUSE_", "SUPABASE_", "INGEST_", "OTEL_"))
+        }
+        env.update(
+            REDIS_URL=redis_url,
+            INGEST_QUEUE=queue,
+            INGEST_CONCURRENCY=str(concurrency),
+            INGEST_STATUS_BACKEND="none",
+            INGEST_METRICS_PORT="0",
+            INGEST_LOG_LEVEL="WARNING",
+            INGEST_CHUNK_STORE="none",
+            PYTHONUNBUFFERED="1",
+        )
+        if kind.worker_command is not None:
+            env["INGEST_WORKER_COMMAND"] = kind.worker_command
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+        profiled = () if cprofile is None else ("-m", "cProfile", "-o", cprofile)
+        program, *rest = self.command
+        self.proc = subprocess.Popen(
+            [program, *profiled, *rest],
+            env=env,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.ps = psutil.Process(self.proc.pid)
+
+    def cpu_s(self) -> float:
+        t = self.ps.cpu_times()
+        return t.user + t.system  # children_* (the reaped jobs) left out on purpose
+
+    def peak_rss(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return self.ps.memory_info().rss
+
+    def local_ports(self) -> set[int]:
+        return {c.laddr.port for c in self.ps.net_connections("tcp") if c.laddr}
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        text = self.output().strip()
+        if text:
+            print("  daemon log (WARNING and above):\n    " + text.replace("\n", "\n    "))
+        self.log.close()
+
+
+async def slots_blocked(client: Redis, daemon: DaemonUnderTest, concurrency: int) -> bool:
+    """True when `concurrency` of the daemon's connections are blocked (BLPOP on wake)."""
+    ports = daemon.local_ports()
+    blocked = 0
+    for entry in await client.client_list():
+        addr = str(entry.get("addr", ""))
+        port = int(addr.rsplit(":", 1)[1]) if ":" in addr else -1
+        if port in ports and "b" in str(entry.get("flags", "")):
+            blocked += 1
+    return blocked >= concurrency
+
+
+async def wait_idle(client: Redis, daemon: DaemonUnderTest, concurrency: int) -> bool:
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        if await slots_blocked(client, daemon, concurrency):
+            return True
+        daemon.check_alive()
+        await asyncio.sleep(0.001)
+    return False
+
+
+async def wait_finished(q: JobQueue, ids: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        counts = await q.counts()
+        if counts["completed"] + counts["failed"] + counts["cancelled"] >= len(ids):
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"jobs not finished within {timeout_s:.0f}s: {await q.counts()}")
+
+
+async def fetch(q: JobQueue, ids: list[str]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(ids), 500):
+        raws = await q.client.hmget(q.keys.jobs, ids[i : i + 500])
+        out += [json.loads(r) for r in raws if r is not None]
+    return out
+
+
+def latencies(records: list[dict[str, Any]]) -> tuple[list[float], list[float], int]:
+    start, done, failures = [], [], 0
+    for r in records:
+        if r.get("state") != "completed":
+            failures += 1
+            continue
+        start.append((r["started_at"] - r["enqueued_at"]) / 1000)
+        done.append((r["finished_at"] - r["enqueued_at"]) / 1000)
+    return start, done, failures
+
+
+def start_profiler(pid: int, out: str) -> subprocess.Popen[bytes]:
+    """py-spy (pip install py-spy) sampling the daemon, collapsed stacks, no pauses."""
+    spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen(
+        [
+            str(spy),
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "250",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "--output",
+            out,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_profiler(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=30)
+
+
+async def bench_daemon(
+    redis_url: str,
+    kind: ChildKind,
+    concurrency: int,
+    samples: int,
+    jobs: int,
+    profile: str | None = None,
+    cprofile: str | None = None,
+) -> Row:
+    queue = f"bench-daemon-{uuid.uuid4().hex[:8]}"
+    client = Redis.from_url(redis_url)
+    q = JobQueue(client, queue)
+    row = Row(f"daemon c={concurrency}")
+    daemon = DaemonUnderTest(redis_url, queue, concurrency, kind, cprofile)
+    try:
+        # Warm-up: the daemon is up, the shim built and the child's files in the page cache.
+        warm = [f"warm-{i}" for i in range(concurrency * 4)]
+        await q.enqueue_many([job_payload(j) for j in warm])
+        await wait_finished(q, warm, 60)
+        _, _, failed = latencies(await fetch(q, warm))
+        if failed:
+            raise RuntimeError(f"warm-up jobs failed:\n{daemon.output()}")
+
+        # Idle phase: one job at a time, enqueued only when every slot waits for work.
+        ids, not_idle = [], 0
+        for i in range(samples):
+            if not await wait_idle(client, daemon, concurrency):
+                not_idle += 1
+            job_id = f"idle-{i:05d}"
+            ids.append(job_id)
+            await q.enqueue(job_payload(job_id))
+            await wait_finished(q, [*warm, *ids], 30)
+        row.idle_start, row.idle_done, row.failures = latencies(await fetch(q, ids))
+        if not_idle:
+            row.note = f"{not_idle} idle sample(s) enqueued before every slot was blocked"
+
+        # Bulk phase: everything at once; the daemon drains the backlog.
+        await wait_idle(client, daemon, concurrency)
+        ids = [f"bulk-{i:06d}" for i in range(jobs)]
+        spy = None if profile is None else start_profiler(daemon.proc.pid, profile)
+        before = daemon.cpu_s()
+        row.load = load()
+        for i in range(0, jobs, 500):
+            await q.enqueue_many([job_payload(j) for j in ids[i : i + 500]])
+        await wait_finished(q, [*warm, *[f"idle-{i:05d}" for i in range(samples)], *ids], 600)
+        cpu = daemon.cpu_s() - before
+        stop_profiler(spy)
+        records = await fetch(q, ids)
+        row.bulk_start, row.bulk_done, failed = latencies(records)
+        row.failures += failed
+        span_ms = max(r["finished_at"] for r in records) - min(r["enqueued_at"] for r in records)
+        row.rate = jobs / (span_ms / 1000)
+        row.cpu_per_1000 = cpu / jobs * 1000
+        row.peak_rss = daemon.peak_rss()
+        return row
+    finally:
+        daemon.stop()
+        keys = [k async for k in client.scan_iter(match=q.keys.pattern, count=1000)]
+        for i in range(0, len(keys), 500):
+            await client.delete(*keys[i : i + 500])
+        await client.aclose()
+
+
+# ---- the Popen ceiling -----------------------------------------------------------------
+
+
+def bench_popen(name: str, argv: Sequence[str], count: int, parallelism: int) -> Row:
+    row = Row(name)
+    todo = iter(range(count))
+    lock = threading.Lock()
+    walls: list[float] = []
+    failures = 0
+    cwd = tempfile.mkdtemp(prefix="bench-popen-")
+
+    def worker() -> None:
+        nonlocal failures
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            job_id = f"popen-{i}"
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=child_env(job_id),
+                cwd=cwd,
+                start_new_session=True,
+            )
+            out, _err = proc.communicate(json.dumps(job_payload(job_id)).encode())
+            ok = proc.returncode == 0 and b"PROGRESS: 100" in out
+            with lock:
+                walls.append(time.perf_counter() - t0)
+                failures += not ok
+
+    me = psutil.Process()
+    row.load = load()
+    t_cpu = me.cpu_times()
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(parallelism)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    t_end = me.cpu_times()
+    os.rmdir(cwd)
+    row.rate = count / elapsed
+    row.cpu_per_1000 = (t_end.user + t_end.system - t_cpu.user - t_cpu.system) / count * 1000
+    row.bulk_done = walls  # spawn to reaped, per child
+    row.failures = failures
+    row.note = "popen: 'bulk done' = one child's spawn-to-reaped; CPU = the bench process"
+    return row
+
+
+# ---- main ------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=1000, help="bulk-phase jobs (and Popen runs)")
+    parser.add_argument("--samples", type=int, default=200, help="idle-phase jobs, one by one")
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument(
+        "--children",
+        default="trivial,worker",
+        help="comma list of child kinds: trivial, worker",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="PREFIX",
+        help="py-spy the daemon during each bulk phase into PREFIX-<child>.txt (collapsed)",
+    )
+    parser.add_argument(
+        "--cprofile",
+        metavar="PREFIX",
+        help="run each daemon under cProfile into PREFIX-<child>.prof (slows it down)",
+    )
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain-python row")
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-daemon-") as tmp:
+        kinds = child_kinds(Path(tmp))
+        print(
+            f"bench_daemon: {args.samples} idle + {args.jobs} bulk jobs per daemon, "
+            f"concurrency {args.concurrency}, {os.cpu_count()} cpus, load {load()}"
+        )
+        for name in args.children.split(","):
+            kind = kinds[name.strip()]
+            print(f"\n-- child '{kind.name}': {shlex.join(kind.argv)[:160]}")
+            bench_popen("warm-up", kind.argv, 20, args.concurrency)
+            rows = [
+                asyncio.run(
+                    bench_daemon(
+                        args.redis_url,
+                        kind,
+                        args.concurrency,
+                        args.samples,
+                        args.jobs,
+                        None if args.profile is None else f"{args.profile}-{kind.name}.txt",
+                        None if args.cprofile is None else f"{args.cprofile}-{kind.name}.prof",
+                    )
+                )
+            ]
+            rows.append(
+                bench_popen(f"popen p={args.concurrency}", kind.argv, args.jobs, args.concurrency)
+            )
+            if kind.name == "worker" and not args.no_plain:
+                plain = (sys.executable, "-m", "ingest_worker")
+                rows.append(
+                    bench_popen("plain python -m", plain, max(50, args.jobs // 4), args.concurrency)
+                )
+            daemon, ceiling = rows[0], rows[1]
+            if daemon.rate and ceiling.rate:
+                daemon.note = (
+                    f"{daemon.note + '; ' if daemon.note else ''}"
+                    f"daemon / popen throughput {daemon.rate / ceiling.rate * 100:.0f}%"
+                )
+            print_table(f"child '{kind.name}'", rows)
+        print("\ntargets: >= 150 jobs/s end to end, idle enqueue-to-start p50 <= 2 ms")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

@@ -57,6 +57,14 @@ def timed_get(server: ApiServer, path: str = "/health/queue") -> tuple[httpx.Res
     return r, time.monotonic() - started
 
 
+def eventually_healthy(server: ApiServer) -> httpx.Response:
+    """200 from /health/queue, allowing for a probe that missed its budget on a busy machine."""
+    return eventually(  # type: ignore[no-any-return]
+        lambda: httpx.get(server.url + "/health/queue", timeout=10),
+        lambda r: r.status_code == 200,
+    )
+
+
 SHAPE = {
     "healthy": bool,
     "redis": bool,
@@ -90,8 +98,7 @@ async def test_healthy_with_worker_unhealthy_without(api_server: ServerFactory, 
     reg = await beat(server, slots=3)
     with server.client() as http:
         assert http.post("/jobs", json=job()).status_code == 202
-    r = await asyncio.to_thread(httpx.get, server.url + "/health/queue")
-    assert r.status_code == 200, r.text
+    r = await asyncio.to_thread(eventually_healthy, server)
     assert r.json() == {
         "healthy": True,
         "redis": True,
@@ -116,7 +123,7 @@ async def test_backlog_threshold(api_server: ServerFactory, beat: Any) -> None:
     with server.client() as http:
         for _ in range(2):
             http.post("/jobs", json=job())
-        assert http.get("/health/queue").status_code == 200
+        eventually_healthy(server)
         http.post("/jobs", json=job())
         r = http.get("/health/queue")
     assert r.status_code == 503
@@ -127,7 +134,7 @@ async def test_oldest_waiting_age_threshold(api_server: ServerFactory, beat: Any
     server = api_server(INGEST_HEALTH_MAX_WAIT_SECONDS="0.3")
     await beat(server)
     with server.client() as http:
-        assert http.get("/health/queue").status_code == 200  # empty queue: no age
+        eventually_healthy(server)  # empty queue: no age
         http.post("/jobs", json=job())
         r = eventually(lambda: http.get("/health/queue"), lambda r: r.status_code == 503)
     assert r.json()["queue"] is False and r.json()["worker"] is True
@@ -138,8 +145,7 @@ async def test_redis_paused_then_resumed_then_stopped(
 ) -> None:
     server = api_server(REDIS_URL=own_redis.url, INGEST_HEALTH_MAX_WAIT_SECONDS="0")
     await beat(server)
-    r, _ = await asyncio.to_thread(timed_get, server)
-    assert r.status_code == 200, r.text
+    await asyncio.to_thread(eventually_healthy, server)
 
     own_redis.pause()  # SIGSTOP: connections are accepted, nothing is ever answered
     try:
@@ -165,7 +171,7 @@ async def test_redis_paused_then_resumed_then_stopped(
     finally:
         own_redis.resume()
 
-    r = eventually(lambda: timed_get(server)[0], lambda r: r.status_code == 200)
+    r = await asyncio.to_thread(eventually_healthy, server)
     assert r.json()["healthy"] is True
 
     own_redis.stop()

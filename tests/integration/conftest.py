@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 
+from supervisor.daemon import FLUSH_DEADLINE_S
 from tests.conftest import REDIS_URL
 from tests.daemon.conftest import (  # noqa: F401  (fixtures)
     DaemonProcess,
@@ -30,6 +31,21 @@ from tests.daemon.conftest import (  # noqa: F401  (fixtures)
 from tests.observability.test_tracing import receiver  # noqa: F401  (fixture)
 from tests.status.conftest import standin, status_db  # noqa: F401  (fixtures)
 from tests.worker.conftest import site  # noqa: F401  (fixture)
+
+# SIGTERM to exit with no job running: the shutdown grace of these daemons (1 s), the
+# sinks' flush deadline, and generous slack for process exit on a busy machine.
+EXIT_BOUND_S = 1.0 + FLUSH_DEADLINE_S + 8.0
+LANGFUSE_SECRET = "sk-lf-e2e-never-in-a-span"
+
+
+def langfuse_env(host: str, public_key: str) -> dict[str, str]:
+    """Daemon settings for Langfuse at `host`; a distinct public key per daemon of a test."""
+    return {
+        "LANGFUSE_PUBLIC_KEY": public_key,
+        "LANGFUSE_SECRET_KEY": LANGFUSE_SECRET,
+        "LANGFUSE_HOST": host,
+        "INGEST_SECRET_KEYS": "customer_password",
+    }
 
 
 def free_port() -> int:

@@ -1,0 +1,83 @@
+"""Issues 5 and 6: side channels that are down never slow jobs or hold up shutdown.
+
+Four daemons run at once under the same load, each on its own queue: one with no side
+channels (the baseline), one whose Langfuse refuses connections, one whose Langfuse accepts
+and never answers, and one whose PostgreSQL status store refuses connections.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections.abc import Callable
+
+from tests.daemon.conftest import DaemonProcess, SyncQueue, job
+from tests.integration.conftest import EXIT_BOUND_S, batch_times, langfuse_env
+from tests.observability.otlp_receiver import HangingReceiver, closed_port_url
+
+JOBS_PER_DAEMON = 25
+
+
+def test_unreachable_langfuse_or_status_store_costs_no_speed_and_a_bounded_shutdown(
+    start_daemon: Callable[..., DaemonProcess],
+    q: SyncQueue,
+    more_queues: Callable[[str], SyncQueue],
+) -> None:
+    hanging = HangingReceiver()
+    try:
+        queues = {
+            "baseline": q,
+            "langfuse-down": more_queues("lf-down"),
+            "langfuse-hanging": more_queues("lf-hang"),
+            "status-down": more_queues("st-down"),
+        }
+        closed_port = closed_port_url().rsplit(":", 1)[1]
+        env: dict[str, dict[str, str]] = {
+            "baseline": {},
+            "langfuse-down": langfuse_env(closed_port_url(), "pk-lf-e2e-down"),
+            "langfuse-hanging": langfuse_env(hanging.url, "pk-lf-e2e-hanging"),
+            "status-down": {
+                "INGEST_STATUS_BACKEND": "postgres",
+                "INGEST_STATUS_DSN": f"postgresql://root@127.0.0.1:{closed_port}/test",
+            },
+        }
+        daemons = {
+            name: start_daemon(INGEST_QUEUE=sq.queue, **env[name]) for name, sq in queues.items()
+        }
+        for d in daemons.values():
+            d.wait_ready()
+        batches = {
+            name: (sq, [job(f"{name}-{i:02d}") for i in range(JOBS_PER_DAEMON)])
+            for name, sq in queues.items()
+        }
+        took = batch_times(batches, timeout=90)
+        # A correctness bound, not a benchmark: a slot that waited on a side channel would
+        # take seconds per job (the export or connect timeout), far beyond this.
+        for name in env:
+            assert took[name] <= 3 * took["baseline"] + 5, took
+        sent = time.monotonic()
+        for d in daemons.values():
+            d.signal(signal.SIGTERM)
+        for d in daemons.values():
+            assert d.wait_exit(EXIT_BOUND_S) == 0, d.log()
+        # Each exit happened no later than this: the flush deadline bounds every sink.
+        assert time.monotonic() - sent <= EXIT_BOUND_S
+    finally:
+        hanging.stop()
+
+    assert hanging.accepted > 0  # the SDK did try the hanging endpoint
+    for name in ("langfuse-down", "langfuse-hanging"):
+        assert "Langfuse tracing on" in daemons[name].log()
+    # The status-down daemon says which final states it could not write: all of them.
+    log = daemons["status-down"].log()
+    assert "status write of" in log
+    m = re.search(
+        r"status writer closed with (\d+) changes unwritten; final states for jobs: (.*?);", log
+    )
+    assert m, log
+    assert int(m.group(1)) >= JOBS_PER_DAEMON
+    assert set(m.group(2).split(", ")) == {p["job_id"] for p in batches["status-down"][1]}
+    for name in ("baseline", "langfuse-down", "langfuse-hanging"):
+        assert "unwritten" not in daemons[name].log()
+    assert "Langfuse tracing off" in daemons["baseline"].log()

@@ -71,7 +71,16 @@ def build_sinks(settings: Settings) -> tuple[list[JobSink], object | None]:
         dsn=settings.status_dsn,
         sqlite_path=settings.status_sqlite_path,
     )
-    writer = StatusWriter(backend)
+    # The writer keeps its failure count in `stats`, and reports batch latency only through
+    # `on_batch`: wire both explicitly so /metrics shows failures, backlog and latency.
+    metrics = DaemonMetrics(
+        settings.queue,
+        status_backlog=lambda: writer.backlog,
+        status_failures=lambda: writer.stats.failures,
+    )
+    writer = StatusWriter(
+        backend, on_batch=lambda _n, seconds, _ok: metrics.status_write_observed(seconds)
+    )
     sinks: list[JobSink] = [
         StatusSink(writer),
         MetricsSink(settings.queue),
@@ -82,7 +91,7 @@ def build_sinks(settings: Settings) -> tuple[list[JobSink], object | None]:
             extra_secret_keys=settings.secret_keys,
         ),
     ]
-    return sinks, DaemonMetrics(settings.queue, status_writer=writer)
+    return sinks, metrics
 
 
 async def run(settings: Settings) -> int:

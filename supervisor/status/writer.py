@@ -22,7 +22,8 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_never,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from supervisor.status.backend import StatusBackend, StatusStoreError
@@ -44,6 +45,10 @@ class WriterStats:
 
 
 def _transient(exc: BaseException) -> bool:
+    # tenacity hands us every BaseException: a cancellation (shutdown deadline) must end
+    # the retries, not be retried.
+    if not isinstance(exc, Exception):
+        return False
     return not (isinstance(exc, StatusStoreError) and exc.permanent)
 
 
@@ -67,7 +72,11 @@ class StatusWriter:
         self.request_timeout_s = request_timeout_s
         self.on_batch = on_batch
         self.stats = WriterStats()
-        self._wait = wait_exponential_jitter(initial=retry_initial_s, max=retry_max_s)
+        # Exponential backoff plus jitter, so daemons that lost the store together do not
+        # come back in lockstep.
+        self._wait = wait_exponential(multiplier=retry_initial_s, max=retry_max_s) + wait_random(
+            0, retry_initial_s
+        )
         self._pending: dict[str, StatusUpdate] = {}
         self._not_before: dict[str, float] = {}  # throttled progress: monotonic send time
         # Eviction candidates, oldest first: progress ticks, then any other non-final.

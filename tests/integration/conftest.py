@@ -48,6 +48,11 @@ def langfuse_env(host: str, public_key: str) -> dict[str, str]:
     }
 
 
+def metrics_env(port: int) -> dict[str, str]:
+    """Daemon settings to serve /metrics on exactly `port` (base port, instance 0)."""
+    return {"INGEST_METRICS_PORT": str(port), "INGEST_INSTANCE": "0"}
+
+
 def free_port() -> int:
     """A loopback port nothing listens on right now (bound and released)."""
     with socket.socket() as s:

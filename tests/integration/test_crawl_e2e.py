@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.states import JobState
-from tests.daemon.conftest import DaemonProcess, SyncQueue, job
-from tests.integration.conftest import stop_daemon, wait_until, with_queue
+from tests.daemon.conftest import DaemonProcess, SyncQueue, job, wait_until
+from tests.integration.conftest import stop_daemon, with_queue
 from tests.worker.conftest import Site
 
 TOPICS = ("harbours", "anchors", "buoys", "lighthouses", "tides", "knots", "charts")

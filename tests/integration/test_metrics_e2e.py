@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from supervisor.states import JobState
-from tests.daemon.conftest import DaemonProcess, SyncQueue, job
-from tests.integration.conftest import free_port, stop_daemon, wait_until
+from tests.daemon.conftest import DaemonProcess, SyncQueue, job, wait_until
+from tests.integration.conftest import free_port, metrics_env, stop_daemon
 from tests.observability.test_metrics import promtool_check, samples, scrape, value
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -46,7 +46,7 @@ def test_scraped_metrics_match_a_known_mix_of_outcomes(
             job("slow", sleep=60, ignore_term=True, timeout_s=1, max_attempts=1),
         ]
     )
-    daemon = start_daemon(INGEST_METRICS_PORT=str(port), INGEST_INSTANCE="0")
+    daemon = start_daemon(**metrics_env(port))
     wait_until(lambda: all(_final(q, i) for i in ids), 40, "every job final")
     assert q.get("flaky").attempt == 2
     assert q.get("slow").state is JobState.FAILED
@@ -94,7 +94,10 @@ def test_scraped_metrics_match_a_known_mix_of_outcomes(
     assert value(s, "ingest_progress_lines_total", queue=name, result="rejected") == 0
     assert value(s, "ingest_lease_losses_total", queue=name) == 0
     assert value(s, "ingest_stalled_recoveries_total", queue=name) == 0
+    # The status writer's health (its store is `none` here: every batch succeeds).
     assert value(s, "ingest_status_writer_backlog", queue=name) == 0
+    assert value(s, "ingest_status_writer_failures_total", queue=name) == 0
+    assert value(s, "ingest_status_write_seconds_count", queue=name) >= 1
 
     # Queue gauges come from Redis on the daemon's refresh interval (10 s): wait for it.
     def gauges_refreshed(s: Series) -> bool:

@@ -12,9 +12,16 @@ import signal
 import time
 from collections.abc import Callable
 
-from tests.daemon.conftest import DaemonProcess, SyncQueue, job
-from tests.integration.conftest import EXIT_BOUND_S, batch_times, langfuse_env
+from tests.daemon.conftest import DaemonProcess, SyncQueue, job, wait_until
+from tests.integration.conftest import (
+    EXIT_BOUND_S,
+    batch_times,
+    free_port,
+    langfuse_env,
+    metrics_env,
+)
 from tests.observability.otlp_receiver import HangingReceiver, closed_port_url
+from tests.observability.test_metrics import samples, scrape, value
 
 JOBS_PER_DAEMON = 25
 
@@ -33,13 +40,20 @@ def test_unreachable_langfuse_or_status_store_costs_no_speed_and_a_bounded_shutd
             "status-down": more_queues("st-down"),
         }
         closed_port = closed_port_url().rsplit(":", 1)[1]
+        ports = {"langfuse-down": free_port(), "status-down": free_port()}
         env: dict[str, dict[str, str]] = {
             "baseline": {},
-            "langfuse-down": langfuse_env(closed_port_url(), "pk-lf-e2e-down"),
+            "langfuse-down": {
+                **langfuse_env(closed_port_url(), "pk-lf-e2e-down"),
+                # The SDK's own setting: export soon, so a failed export is seen in time.
+                "LANGFUSE_FLUSH_INTERVAL": "0.5",
+                **metrics_env(ports["langfuse-down"]),
+            },
             "langfuse-hanging": langfuse_env(hanging.url, "pk-lf-e2e-hanging"),
             "status-down": {
                 "INGEST_STATUS_BACKEND": "postgres",
                 "INGEST_STATUS_DSN": f"postgresql://root@127.0.0.1:{closed_port}/test",
+                **metrics_env(ports["status-down"]),
             },
         }
         daemons = {
@@ -56,6 +70,24 @@ def test_unreachable_langfuse_or_status_store_costs_no_speed_and_a_bounded_shutd
         # take seconds per job (the export or connect timeout), far beyond this.
         for name in env:
             assert took[name] <= 3 * took["baseline"] + 5, took
+
+        # The failures show on /metrics: status writes failing with every final state
+        # still held, and span batches Langfuse never took.
+        status = samples(scrape(ports["status-down"]))
+        backlog = value(status, "ingest_status_writer_backlog", queue=queues["status-down"].queue)
+        assert JOBS_PER_DAEMON <= backlog <= 2 * JOBS_PER_DAEMON
+        failures = "ingest_status_writer_failures_total"
+        assert value(status, failures, queue=queues["status-down"].queue) >= 1
+        wait_until(
+            lambda: (
+                value(samples(scrape(ports["langfuse-down"])), "ingest_trace_export_failures_total")
+                >= 1
+            ),
+            15,
+            "a failed trace export counted",
+            interval=0.2,
+        )
+
         sent = time.monotonic()
         for d in daemons.values():
             d.signal(signal.SIGTERM)

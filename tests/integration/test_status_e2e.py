@@ -12,8 +12,8 @@ import pytest
 
 from supervisor.states import JobState
 from supervisor.status import build_status_backend
-from tests.daemon.conftest import DaemonProcess, SyncQueue, job
-from tests.integration.conftest import EXIT_BOUND_S, wait_until
+from tests.daemon.conftest import DaemonProcess, SyncQueue, job, wait_until
+from tests.integration.conftest import EXIT_BOUND_S
 from tests.status.postgrest_standin import StandIn, service_key
 
 BACKENDS = ("postgres", "sqlite", "supabase")

@@ -37,8 +37,7 @@ class JobPayload(BaseModel):
 class JobBatch(BaseModel):
     jobs: list[JobPayload] = Field(
         min_length=1,
-        max_length=1000,
-        description="job_ids must be distinct within a batch",
+        description="at most INGEST_API_MAX_BATCH_JOBS (default 1000); job_ids distinct",
         json_schema_extra={"uniqueItems": True},
     )
 

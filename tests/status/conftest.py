@@ -115,7 +115,12 @@ def _sqlite_store(path: Path) -> Store:
         cut,
         restore,
     )
-    store.cleanup.append(lambda: blocker and restore())
+
+    def release_if_cut() -> None:
+        if blocker:
+            restore()
+
+    store.cleanup.append(release_if_cut)
     return store
 
 

@@ -162,7 +162,7 @@ async def test_sink_turns_job_events_into_rows(store: Store) -> None:
     sink = StatusSink(writer)
     await sink.start()
     job = "job-sink"
-    common = {"queue": "q", "job_id": job, "tenant_id": TENANT}
+    common: dict[str, Any] = {"queue": "q", "job_id": job, "tenant_id": TENANT}
     sink.job_started(
         JobStarted(
             **common,

@@ -92,9 +92,12 @@ class Daemon:
     async def _slot(self, index: int) -> None:
         pause = 0.1
         while not self.stopping.is_set():
-            await _first_of(self.gate.wait(), self.stopping.wait())
-            if self.stopping.is_set():
-                return
+            # Only a closed gate is worth two tasks; an open one is the common case and sits
+            # between every wake-up and its claim.
+            if self.gate.remaining_s > 0:
+                await _first_of(self.gate.wait(), self.stopping.wait())
+                if self.stopping.is_set():
+                    return
             try:
                 claim = await self._next_claim()
             except TRANSIENT as exc:

@@ -128,9 +128,9 @@ class JobExecution:
             if pending is None:
                 continue
             try:
-                held = await asyncio.wait_for(
-                    self.ctx.queue.progress(self.job_id, self.claim.token, *pending), timeout=5
-                )
+                # asyncio.timeout, not wait_for: no extra task per progress write.
+                async with asyncio.timeout(5):
+                    held = await self.ctx.queue.progress(self.job_id, self.claim.token, *pending)
             except TRANSIENT as exc:
                 log.debug("progress write skipped: %s", exc, extra=self._log_extra)
                 continue

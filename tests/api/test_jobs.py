@@ -243,7 +243,7 @@ def test_custom_secret_keys_are_redacted(http: httpx.Client) -> None:
 # ---- GET /jobs ------------------------------------------------------------------------
 
 
-def test_listing_pages_through_every_state(api_server: ServerFactory) -> None:
+def test_listing_then_purge(api_server: ServerFactory) -> None:
     server = api_server()
     with server.client() as http:
         ids = [job()["job_id"] for _ in range(5)]
@@ -280,8 +280,21 @@ def test_listing_pages_through_every_state(api_server: ServerFactory) -> None:
         r = http.get("/jobs", params={"cursor": "nonsense"})
         assert r.status_code == 422 and r.json()["field"] == "cursor"
 
+        # Purge, on the same queue: the one cancelled job goes, the waiting ones stay.
+        r = http.delete(f"/queues/{server.queue}/jobs", params={"state": "cancelled"})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"queue": server.queue, "state": "cancelled", "removed": 1}
+        assert http.get(f"/jobs/{ids[0]}").status_code == 404
+        assert http.get(f"/jobs/{ids[1]}").status_code == 200
 
-# ---- cancel / retry / purge -------------------------------------------------------------
+        r = http.delete(f"/queues/{server.queue}/jobs", params={"state": "active"})
+        assert r.status_code == 409
+        assert http.delete(f"/queues/{server.queue}/jobs").status_code == 422
+        r = http.delete("/queues/bad%20name/jobs", params={"state": "failed"})
+        assert r.status_code == 422 and r.json()["field"] == "queue"
+
+
+# ---- cancel / retry -------------------------------------------------------------------
 
 
 async def test_cancel_and_retry(ahttp: httpx.AsyncClient, queue: JobQueue) -> None:
@@ -313,26 +326,6 @@ async def test_cancel_and_retry(ahttp: httpx.AsyncClient, queue: JobQueue) -> No
     assert (await ahttp.post("/jobs/missing-job/cancel")).status_code == 404
     assert (await ahttp.post("/jobs/missing-job/retry")).status_code == 404
     assert (await ahttp.post("/jobs/bad%20id/cancel")).status_code == 422
-
-
-def test_purge(api_server: ServerFactory) -> None:
-    server = api_server()
-    with server.client() as http:
-        ids = [job()["job_id"] for _ in range(3)]
-        for i in ids:
-            http.post("/jobs", json=job(i))
-        http.post(f"/jobs/{ids[0]}/cancel")
-        r = http.delete(f"/queues/{server.queue}/jobs", params={"state": "cancelled"})
-        assert r.status_code == 200, r.text
-        assert r.json() == {"queue": server.queue, "state": "cancelled", "removed": 1}
-        assert http.get(f"/jobs/{ids[0]}").status_code == 404
-        assert http.get(f"/jobs/{ids[1]}").status_code == 200
-
-        r = http.delete(f"/queues/{server.queue}/jobs", params={"state": "active"})
-        assert r.status_code == 409
-        assert http.delete(f"/queues/{server.queue}/jobs").status_code == 422
-        r = http.delete("/queues/bad%20name/jobs", params={"state": "failed"})
-        assert r.status_code == 422 and r.json()["field"] == "queue"
 
 
 # ---- workers, metrics, liveness, OpenAPI ----------------------------------------------
@@ -382,3 +375,5 @@ def test_openapi_declares_models_and_errors(http: httpx.Client) -> None:
     body = paths["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body == {"$ref": "#/components/schemas/JobPayload"}
     assert "HTTPBearer" in doc["components"]["securitySchemes"]
+    assert paths["/jobs"]["post"]["security"] == [{"HTTPBearer": []}]
+    assert "security" not in paths["/health/queue"]["get"]

@@ -75,14 +75,23 @@ async def event_stream(
 ) -> AsyncIterator[bytes]:
     secret_keys = ctx.settings.secret_keys
     yield b"retry: 2000\n\n"
-    last_id = await _start_id(ctx, last_event_id)
-    # A watcher of particular jobs first gets where each stands now, so a change made
-    # just before it connected is not lost.
-    for job_id in sorted(job_ids):
-        rec = await bounded(ctx.queue.get(job_id, with_payload=True))
-        if rec is not None:
-            view = job_view(rec, ctx.queue.queue, secret_keys).model_dump(mode="json")
-            yield _sse("snapshot", view)
+    try:
+        last_id = await _start_id(ctx, last_event_id)
+        # A watcher of particular jobs first gets where each stands now, so a change made
+        # just before it connected is not lost.
+        snapshots = []
+        for job_id in sorted(job_ids):
+            rec = await bounded(ctx.queue.get(job_id, with_payload=True))
+            if rec is not None:
+                view = job_view(rec, ctx.queue.queue, secret_keys).model_dump(mode="json")
+                snapshots.append(_sse("snapshot", view))
+    except (TimeoutError, RedisError, OSError) as exc:
+        # The response has started; end it and let EventSource reconnect after `retry`.
+        log.debug("events stream not started: %s", type(exc).__name__)
+        yield b": redis unavailable\n\n"
+        return
+    for chunk in snapshots:
+        yield chunk
     loop = asyncio.get_running_loop()
     quiet_since = loop.time()
     while True:

@@ -45,8 +45,11 @@ def _payload(
 
 
 def _redis_url(redis_url: str | None) -> str:
-    return redis_url or os.environ.get("REDIS_URL") or os.environ.get("RAG_REDIS_URL") or (
-        DEFAULT_REDIS_URL
+    return (
+        redis_url
+        or os.environ.get("REDIS_URL")
+        or os.environ.get("RAG_REDIS_URL")
+        or (DEFAULT_REDIS_URL)
     )
 
 
@@ -70,9 +73,7 @@ async def enqueue_ingestion_job_async(
     payload, in which case nothing is stored. Pass `client` to reuse a connection pool;
     otherwise one is opened from `redis_url` (else REDIS_URL / RAG_REDIS_URL) and closed.
     """
-    payload = _payload(
-        job_id, tenant_id, data_source, priority, metadata, timeout_s, max_attempts
-    )
+    payload = _payload(job_id, tenant_id, data_source, priority, metadata, timeout_s, max_attempts)
     name = queue or os.environ.get("INGEST_QUEUE") or DEFAULT_QUEUE
     own = client is None
     conn = client if client is not None else Redis.from_url(_redis_url(redis_url))

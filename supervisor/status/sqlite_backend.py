@@ -124,10 +124,27 @@ class SqliteBackend:
             conn = sqlite3.connect(
                 self.path, timeout=self._timeout_s, isolation_level=None, check_same_thread=False
             )
-            conn.execute("pragma journal_mode=wal")
-            conn.executescript(_SCHEMA)
+            try:
+                self._setup(conn)
+            except BaseException:
+                conn.close()
+                raise
             self._conn = conn
         return self._conn
+
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        # Switching to WAL takes an exclusive lock without waiting on the busy timeout,
+        # so two processes opening a new file at once retry here until the timeout.
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            try:
+                conn.execute("pragma journal_mode=wal")
+                conn.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def _apply_sync(self, updates: Sequence[StatusUpdate]) -> int:
         with self._lock:
@@ -166,7 +183,10 @@ class SqliteBackend:
             raise StatusStoreError(f"status store error: {exc}") from exc
 
     async def fetch(self, job_id: str) -> dict[str, Any] | None:
-        return await asyncio.to_thread(self._fetch_sync, job_id)
+        try:
+            return await asyncio.to_thread(self._fetch_sync, job_id)
+        except sqlite3.Error as exc:
+            raise StatusStoreError(f"status store error: {exc}") from exc
 
     def _close_sync(self) -> None:
         with self._lock:

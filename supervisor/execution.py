@@ -105,6 +105,8 @@ class JobExecution:
     # ---- progress -----------------------------------------------------------------
 
     def _on_progress(self, pct: float, message: str | None) -> None:
+        # Children are untrusted: one quoting the job's secrets must not leak them onward.
+        message = scrub(message, self._secrets) if message else message
         self._progress_pending = (pct, message)
         self._progress_wakeup.set()
         self.ctx.sinks.job_progress(
@@ -195,7 +197,7 @@ class JobExecution:
         """Write the outcome through the fenced protocol; decide what the status row shows."""
         q, token, job_id = self.ctx.queue, self.claim.token, self.job_id
         error = _clip(scrub(outcome.error, self._secrets)) if outcome.error else None
-        result = outcome.result
+        result = _scrub_value(outcome.result, self._secrets)
         final, table, label = False, TableStatus.QUEUED.value, ev.OUTCOME_LEASE_LOST
 
         async def write(call: Any) -> Any:
@@ -260,12 +262,25 @@ class JobExecution:
             peak_rss_bytes=outcome.peak_rss_bytes,
             cpu_seconds=outcome.cpu_s,
             progress=outcome.progress,
-            progress_message=outcome.progress_message,
-            progress_milestones=tuple(outcome.milestones),
+            progress_message=_scrub_value(outcome.progress_message, self._secrets),
+            progress_milestones=tuple(
+                (at, pct, _scrub_value(msg, self._secrets)) for at, pct, msg in outcome.milestones
+            ),
             progress_lines=outcome.progress_lines,
             progress_rejected=outcome.progress_rejected,
             dropped_output_bytes=outcome.dropped_bytes,
         )
+
+
+def _scrub_value(value: Any, secrets: list[str]) -> Any:
+    """`value` (child-made JSON or text) with every secret in its strings redacted."""
+    if isinstance(value, str):
+        return scrub(value, secrets)
+    if isinstance(value, dict):
+        return {k: _scrub_value(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_value(v, secrets) for v in value]
+    return value
 
 
 def _clip(text: str) -> str:

@@ -88,9 +88,10 @@ def test_scraped_metrics_match_a_known_mix_of_outcomes(
     assert value(s, "queue_job_wait_seconds_count", queue=name) == 6
     assert value(s, "ingest_child_peak_rss_bytes_count", queue=name) == 6
     # Five complete runs (ok-1, ok-2, both flaky attempts, bad-input) print every line; the
-    # timed-out child printed its first line and was killed during its first step.
+    # timed-out child prints at most its first line (on a slow machine its interpreter may
+    # not even get that far within the 1 s timeout).
     parsed = value(s, "ingest_progress_lines_total", queue=name, result="parsed")
-    assert parsed == 5 * FULL_RUN_LINES + 1
+    assert parsed in (5 * FULL_RUN_LINES, 5 * FULL_RUN_LINES + 1)
     assert value(s, "ingest_progress_lines_total", queue=name, result="rejected") == 0
     assert value(s, "ingest_lease_losses_total", queue=name) == 0
     assert value(s, "ingest_stalled_recoveries_total", queue=name) == 0

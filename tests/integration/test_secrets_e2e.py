@@ -1,0 +1,74 @@
+"""No secret of a payload leaves the daemon, even when the child quotes it: not in the
+Redis record or event stream, the status table, the Langfuse export, or the daemon's log."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from supervisor.states import JobState
+from supervisor.status import build_status_backend
+from tests.daemon.conftest import DaemonProcess, SyncQueue, job, wait_until
+from tests.integration.conftest import EXIT_BOUND_S, langfuse_env, stop_daemon, with_queue
+from tests.observability.otlp_receiver import OtlpReceiver
+from tests.observability.test_tracing import roots
+
+LEAKY = Path(__file__).resolve().parent / "children" / "leaky.py"
+TOKEN = "trial-tok-leaky-0f9e8d7c"
+
+
+def test_a_child_quoting_its_secret_never_gets_it_past_the_daemon(
+    start_daemon: Callable[..., DaemonProcess],
+    q: SyncQueue,
+    receiver: OtlpReceiver,
+    tmp_path: Path,
+) -> None:
+    status_db = tmp_path / "status.sqlite3"
+    payloads = [job("leak-fail", max_attempts=1), job("leak-ok", succeed=True)]
+    for p in payloads:
+        p["data_source"]["trial_token"] = TOKEN
+    q.enqueue_many(payloads)
+    daemon = start_daemon(
+        INGEST_WORKER_COMMAND=f"{sys.executable} {LEAKY}",
+        INGEST_STATUS_BACKEND="sqlite",
+        INGEST_STATUS_SQLITE_PATH=str(status_db),
+        **langfuse_env(receiver.url, "pk-lf-e2e-leaky"),
+    )
+    wait_until(
+        lambda: (
+            q.get("leak-fail").state is JobState.FAILED
+            and q.get("leak-ok").state is JobState.COMPLETED
+        ),
+        30,
+        "both jobs final",
+    )
+    stop_daemon(daemon, EXIT_BOUND_S)  # flushes the status writer and the traces
+
+    failed = q.get("leak-fail")
+    assert "request refused for token [redacted]" in (failed.error or "")
+
+    async def everything(queue: Any) -> list[str]:
+        texts = [repr(await queue.get(p["job_id"])) for p in payloads]
+        texts += [repr(e) for e in await queue.read_events("0-0", block_ms=1, count=10_000)]
+        return texts
+
+    redis_texts = with_queue(q, everything)
+    assert not [t for t in redis_texts if TOKEN in t]
+
+    async def rows() -> list[Any]:
+        backend = build_status_backend("sqlite", sqlite_path=str(status_db))
+        try:
+            return [await backend.fetch(p["job_id"]) for p in payloads]
+        finally:
+            await backend.aclose()
+
+    stored = asyncio.run(rows())
+    assert all(r is not None for r in stored)
+    assert TOKEN not in repr(stored)
+
+    receiver.wait_for_spans(lambda s: len(roots(s)) >= 2)
+    assert receiver.bodies and not [b for b in receiver.bodies if TOKEN.encode() in b]
+    assert TOKEN not in daemon.log()

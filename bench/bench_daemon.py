@@ -95,10 +95,17 @@ class Row:
     bulk_start: list[float] = field(default_factory=list)
     bulk_done: list[float] = field(default_factory=list)
     cpu_per_1000: float | None = None
+    sys_per_1000: float | None = None  # the kernel's share of cpu_per_1000
     peak_rss: int | None = None
     failures: int = 0
     load: str = ""
     note: str = ""
+
+
+def cpu_cell(r: Row) -> str:
+    if r.cpu_per_1000 is None:
+        return "-"
+    return f"{r.cpu_per_1000:.2f} ({r.sys_per_1000 or 0:.2f})"
 
 
 def print_table(title: str, rows: list[Row]) -> None:
@@ -106,7 +113,7 @@ def print_table(title: str, rows: list[Row]) -> None:
     head = (
         f"{'contender':<22}{'jobs/s':>8}  {'idle start p50/p99 (mean) ms':>29}"
         f"  {'idle done':>16}  {'bulk start':>16}  {'bulk done':>18}"
-        f"  {'CPU s/1k':>8}  {'peak RSS':>9}  {'load 1/5m':>9}"
+        f"  {'CPU s/1k (sys)':>14}  {'peak RSS':>9}  {'load 1/5m':>9}"
     )
     print(head)
     print("-" * len(head))
@@ -115,7 +122,7 @@ def print_table(title: str, rows: list[Row]) -> None:
             f"{r.name:<22}{'-' if r.rate is None else f'{r.rate:.1f}':>8}"
             f"  {ms_triple(r.idle_start):>29}  {ms_triple(r.idle_done):>16}"
             f"  {ms_triple(r.bulk_start):>16}  {ms_triple(r.bulk_done):>18}"
-            f"  {'-' if r.cpu_per_1000 is None else f'{r.cpu_per_1000:.2f}':>8}"
+            f"  {cpu_cell(r):>14}"
             f"  {'-' if r.peak_rss is None else f'{r.peak_rss / 2**20:.0f} MiB':>9}"
             f"  {r.load:>9}"
         )
@@ -209,9 +216,10 @@ class DaemonUnderTest:
         )
         self.ps = psutil.Process(self.proc.pid)
 
-    def cpu_s(self) -> float:
+    def cpu_s(self) -> tuple[float, float]:
+        """(user, system) seconds; children_* (the reaped jobs) left out on purpose."""
         t = self.ps.cpu_times()
-        return t.user + t.system  # children_* (the reaped jobs) left out on purpose
+        return t.user, t.system
 
     def peak_rss(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -306,7 +314,7 @@ def start_profiler(pid: int, out: str) -> subprocess.Popen[bytes]:
             str(pid),
             "--rate",
             "250",
-            "--nonblocking",
+            "--gil",
             "--format",
             "raw",
             "--output",
@@ -368,14 +376,15 @@ async def bench_daemon(
         for i in range(0, jobs, 500):
             await q.enqueue_many([job_payload(j) for j in ids[i : i + 500]])
         await wait_finished(q, [*warm, *[f"idle-{i:05d}" for i in range(samples)], *ids], 600)
-        cpu = daemon.cpu_s() - before
+        after = daemon.cpu_s()
         stop_profiler(spy)
         records = await fetch(q, ids)
         row.bulk_start, row.bulk_done, failed = latencies(records)
         row.failures += failed
         span_ms = max(r["finished_at"] for r in records) - min(r["enqueued_at"] for r in records)
         row.rate = jobs / (span_ms / 1000)
-        row.cpu_per_1000 = cpu / jobs * 1000
+        row.cpu_per_1000 = (after[0] + after[1] - before[0] - before[1]) / jobs * 1000
+        row.sys_per_1000 = (after[1] - before[1]) / jobs * 1000
         row.peak_rss = daemon.peak_rss()
         return row
     finally:
@@ -435,6 +444,7 @@ def bench_popen(name: str, argv: Sequence[str], count: int, parallelism: int) ->
     os.rmdir(cwd)
     row.rate = count / elapsed
     row.cpu_per_1000 = (t_end.user + t_end.system - t_cpu.user - t_cpu.system) / count * 1000
+    row.sys_per_1000 = (t_end.system - t_cpu.system) / count * 1000
     row.bulk_done = walls  # spawn to reaped, per child
     row.failures = failures
     row.note = "popen: 'bulk done' = one child's spawn-to-reaped; CPU = the bench process"

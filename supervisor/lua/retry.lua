@@ -13,6 +13,8 @@ end
 redis.call('ZREM', KEYS[2], rec.id)
 redis.call('ZREM', KEYS[3], rec.id)
 rec.state = 'waiting'
+-- A retry is a new run: the status table orders runs by their enqueue time.
+rec.enqueued_at = now_ms()
 rec.attempt = 0
 rec.stalls = 0
 rec.error = nil

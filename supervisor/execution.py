@@ -75,7 +75,7 @@ class JobExecution:
                     trust_until,
                     lambda: self.ctx.queue.renew(self.job_id, self.claim.token, self.ctx.lease_s),
                     what=f"lease renewal of {self.job_id}",
-                    attempt_timeout_s=max(0.2, interval / 2),
+                    attempt_timeout_s=5.0,
                 )
             except TRANSIENT:
                 log.error(

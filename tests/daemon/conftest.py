@@ -95,7 +95,7 @@ def start_daemon(
             "TEST_RUN_LOG": str(run_log),
             "INGEST_METRICS_PORT": "0",
             "INGEST_STATUS_BACKEND": "none",
-            "INGEST_LEASE_SECONDS": "3",
+            "INGEST_LEASE_SECONDS": "6",
             "INGEST_KILL_GRACE_SECONDS": "0.5",
             "INGEST_SHUTDOWN_GRACE_SECONDS": "1",
             "INGEST_BACKOFF_SECONDS": "0.1",

@@ -140,6 +140,16 @@ class JobExecution:
                 self._lost()
                 return
 
+    async def _write_last_progress(self) -> None:
+        pending, self._progress_pending = self._progress_pending, None
+        if pending is None or self._lease_lost:
+            return
+        try:
+            async with asyncio.timeout(2):
+                await self.ctx.queue.progress(self.job_id, self.claim.token, *pending)
+        except TRANSIENT as exc:  # includes TimeoutError (asyncio.TimeoutError is one)
+            log.debug("last progress not written: %s", exc, extra=self._log_extra)
+
     # ---- run ----------------------------------------------------------------------
 
     def timeout_s(self) -> float:
@@ -178,6 +188,10 @@ class JobExecution:
             )
             self.outcome = outcome
             forwarder.cancel()
+            await asyncio.gather(forwarder, return_exceptions=True)
+            if not outcome.succeeded:
+                # A failed attempt's record keeps how far it got (complete sets 100 itself).
+                await self._write_last_progress()
             # The renewer keeps the lease alive while the outcome is written.
             finished = await self._settle(outcome, started)
         finally:

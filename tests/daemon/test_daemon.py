@@ -128,3 +128,12 @@ def test_redis_restart_while_jobs_run_loses_nothing(start_daemon, private_redis,
     assert _states(queue, ids) == dict.fromkeys(ids, "completed")
     d.signal(signal.SIGTERM)
     assert d.wait_exit(30) == 0
+
+
+def test_failed_attempt_keeps_its_last_progress(start_daemon, q) -> None:
+    q.enqueue(job("half", exit=1, max_attempts=1))
+    start_daemon()
+    wait_until(lambda: q.get("half").state is JobState.FAILED, 30, "half failed")
+    rec = q.get("half")
+    assert rec.progress == 100  # the child reached 100 before exiting 1
+    assert rec.progress_message == "step 10"

@@ -137,3 +137,19 @@ def test_failed_attempt_keeps_its_last_progress(start_daemon, q) -> None:
     rec = q.get("half")
     assert rec.progress == 100  # the child reached 100 before exiting 1
     assert rec.progress_message == "step 10"
+
+
+def test_json_logs_one_event_per_line_with_job_and_attempt(start_daemon, q) -> None:
+    import json
+
+    q.enqueue({**job("logged"), "metadata": {"trial_token": "tok-do-not-log-42"}})
+    d = start_daemon(INGEST_LOG_FORMAT="json")
+    wait_until(lambda: q.get("logged").state is JobState.COMPLETED, 30, "logged completed")
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit() == 0
+    lines = [json.loads(line) for line in d.log().splitlines() if line.strip()]
+    job_lines = [entry for entry in lines if entry.get("job_id") == "logged"]
+    assert {entry["attempt"] for entry in job_lines} == {1}
+    assert any(entry["msg"].startswith("started") for entry in job_lines)
+    assert any(entry.get("outcome") == "completed" for entry in job_lines)
+    assert "tok-do-not-log-42" not in d.log()

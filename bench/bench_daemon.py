@@ -274,14 +274,27 @@ async def wait_idle(client: Redis, daemon: DaemonUnderTest, concurrency: int) ->
     return False
 
 
-async def wait_finished(q: JobQueue, ids: list[str], timeout_s: float) -> None:
+async def wait_finished(
+    q: JobQueue, ids: list[str], timeout_s: float, daemon: DaemonUnderTest
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         counts = await q.counts()
         if counts["completed"] + counts["failed"] + counts["cancelled"] >= len(ids):
             return
+        daemon.check_alive()
         await asyncio.sleep(0.05)
-    raise TimeoutError(f"jobs not finished within {timeout_s:.0f}s: {await q.counts()}")
+    # A stuck job is a finding, not noise: say what the daemon and its children were doing.
+    active, _ = await q.list_jobs("active")
+    kids = []
+    for p in daemon.ps.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            kids.append(f"{p.pid} {p.status()} {' '.join(p.cmdline())[:120]}")
+    raise RuntimeError(
+        f"jobs not finished within {timeout_s:.0f}s: {await q.counts()}\n"
+        f"active: {[(j.job_id, j.attempt, j.started_at, j.progress) for j in active]}\n"
+        f"daemon children: {kids}\ndaemon log: {daemon.output()[-1500:]}"
+    )
 
 
 async def fetch(q: JobQueue, ids: list[str]) -> list[dict[str, Any]]:
@@ -349,7 +362,7 @@ async def bench_daemon(
         # Warm-up: the daemon is up, the shim built and the child's files in the page cache.
         warm = [f"warm-{i}" for i in range(concurrency * 4)]
         await q.enqueue_many([job_payload(j) for j in warm])
-        await wait_finished(q, warm, 60)
+        await wait_finished(q, warm, 60, daemon)
         _, _, failed = latencies(await fetch(q, warm))
         if failed:
             raise RuntimeError(f"warm-up jobs failed:\n{daemon.output()}")
@@ -362,7 +375,7 @@ async def bench_daemon(
             job_id = f"idle-{i:05d}"
             ids.append(job_id)
             await q.enqueue(job_payload(job_id))
-            await wait_finished(q, [*warm, *ids], 30)
+            await wait_finished(q, [*warm, *ids], 30, daemon)
         row.idle_start, row.idle_done, row.failures = latencies(await fetch(q, ids))
         if not_idle:
             row.note = f"{not_idle} idle sample(s) enqueued before every slot was blocked"
@@ -375,7 +388,8 @@ async def bench_daemon(
         row.load = load()
         for i in range(0, jobs, 500):
             await q.enqueue_many([job_payload(j) for j in ids[i : i + 500]])
-        await wait_finished(q, [*warm, *[f"idle-{i:05d}" for i in range(samples)], *ids], 600)
+        idle_ids = [f"idle-{i:05d}" for i in range(samples)]
+        await wait_finished(q, [*warm, *idle_ids, *ids], 600, daemon)
         after = daemon.cpu_s()
         stop_profiler(spy)
         records = await fetch(q, ids)

@@ -17,7 +17,6 @@ class SupabaseStore:
     def replace(self, job_id: str, tenant_id: str, chunks: list[dict[str, Any]]) -> int:
         import httpx
         from postgrest.exceptions import APIError
-
         from supabase import create_client
 
         try:

@@ -9,8 +9,8 @@ import httpx
 import psycopg
 import pytest
 from postgrest.exceptions import APIError
-
 from supabase import AsyncClientOptions, acreate_client
+
 from supervisor.status import StatusUpdate, build_status_backend
 from tests.status.postgrest_standin import (
     StandIn,

@@ -8,6 +8,7 @@ reached, the child keeps running until the lease can no longer be trusted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -55,6 +56,13 @@ class JobExecution:
         self._progress_pending: tuple[float, str | None] | None = None
         self._progress_wakeup = asyncio.Event()
         self._lease_lost = False
+        # Set once the child has ended / once the outcome is being written. The helper
+        # tasks stop on these flags rather than on cancellation: a cancel that lands while
+        # a Redis call is in flight can be swallowed (seen with redis-py under asyncio
+        # timeouts), and an awaited task that ignored its cancel would hang the slot.
+        self._child_done = False
+        self._settling = False
+        self._done = asyncio.Event()
         self.outcome: ChildOutcome | None = None
 
     # ---- lease --------------------------------------------------------------------
@@ -66,8 +74,12 @@ class JobExecution:
 
     async def _renew_forever(self) -> None:
         interval = self.ctx.lease_s / 3
-        while True:
-            await asyncio.sleep(interval)
+        while not self._done.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._done.wait()
+            if self._done.is_set():
+                return
             trust_until = self._lease_deadline - self._kill_margin_s
             sent_at = time.monotonic()
             try:
@@ -85,6 +97,8 @@ class JobExecution:
                 self._lost()
                 return
             if not renewed.held:
+                if self._settling:
+                    return  # the outcome was just written; the fenced write itself tells
                 log.warning(
                     "lease lost to another holder; stopping the child", extra=self._log_extra
                 )
@@ -122,33 +136,26 @@ class JobExecution:
         )
 
     async def _forward_progress(self) -> None:
-        """Write the newest progress to Redis, one write in flight at a time."""
+        """Write the newest progress to Redis, one write in flight at a time; after the
+        child ends, write what is still pending (how far a failed attempt got) and stop."""
         while True:
             await self._progress_wakeup.wait()
             self._progress_wakeup.clear()
             pending, self._progress_pending = self._progress_pending, None
-            if pending is None:
-                continue
-            try:
-                # asyncio.timeout, not wait_for: no extra task per progress write.
-                async with asyncio.timeout(5):
-                    held = await self.ctx.queue.progress(self.job_id, self.claim.token, *pending)
-            except TRANSIENT as exc:
-                log.debug("progress write skipped: %s", exc, extra=self._log_extra)
-                continue
-            if not held:
-                self._lost()
+            if pending is not None and not self._lease_lost:
+                try:
+                    async with asyncio.timeout(5):
+                        held = await self.ctx.queue.progress(
+                            self.job_id, self.claim.token, *pending
+                        )
+                except TRANSIENT as exc:
+                    log.debug("progress write skipped: %s", exc, extra=self._log_extra)
+                else:
+                    if not held:
+                        self._lost()
+                        return
+            if self._child_done and self._progress_pending is None:
                 return
-
-    async def _write_last_progress(self) -> None:
-        pending, self._progress_pending = self._progress_pending, None
-        if pending is None or self._lease_lost:
-            return
-        try:
-            async with asyncio.timeout(2):
-                await self.ctx.queue.progress(self.job_id, self.claim.token, *pending)
-        except TRANSIENT as exc:  # includes TimeoutError (asyncio.TimeoutError is one)
-            log.debug("last progress not written: %s", exc, extra=self._log_extra)
 
     # ---- run ----------------------------------------------------------------------
 
@@ -187,17 +194,20 @@ class JobExecution:
                 on_progress=self._on_progress,
             )
             self.outcome = outcome
-            forwarder.cancel()
-            await asyncio.gather(forwarder, return_exceptions=True)
-            if not outcome.succeeded:
-                # A failed attempt's record keeps how far it got (complete sets 100 itself).
-                await self._write_last_progress()
+            if outcome.succeeded:
+                self._progress_pending = None  # complete() records 100 itself
+            self._child_done = True
+            self._progress_wakeup.set()
+            await _join(forwarder, 6.0)
             # The renewer keeps the lease alive while the outcome is written.
+            self._settling = True
             finished = await self._settle(outcome, started)
         finally:
-            renewer.cancel()
-            forwarder.cancel()
-            await asyncio.gather(renewer, forwarder, return_exceptions=True)
+            self._child_done = True
+            self._done.set()
+            self._progress_wakeup.set()
+            await _join(renewer, 1.0)
+            await _join(forwarder, 1.0)
         self.ctx.sinks.job_finished(finished)
         log.info(
             "%s%s",
@@ -295,6 +305,17 @@ def _scrub_value(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, list):
         return [_scrub_value(v, secrets) for v in value]
     return value
+
+
+async def _join(task: asyncio.Task[None], timeout_s: float) -> None:
+    """Wait for a helper task that was told to stop; cancel it if it is slow, never hang."""
+    if not task.done():
+        await asyncio.wait({task}, timeout=timeout_s)
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        log.error("helper task %s failed", task.get_name(), exc_info=task.exception())
 
 
 def _clip(text: str) -> str:

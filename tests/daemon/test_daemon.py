@@ -153,3 +153,17 @@ def test_json_logs_one_event_per_line_with_job_and_attempt(start_daemon, q) -> N
     assert any(entry["msg"].startswith("started") for entry in job_lines)
     assert any(entry.get("outcome") == "completed" for entry in job_lines)
     assert "tok-do-not-log-42" not in d.log()
+
+
+def test_no_slot_hangs_after_its_child_ends(start_daemon, q) -> None:
+    """Regression: a helper task that swallowed its cancel used to hang a slot forever, with
+    the child gone and the job left active at 100%. Many short rounds shake it out."""
+    start_daemon()
+    for rnd in range(12):
+        ids = [f"round{rnd}-{i}" for i in range(8)]
+        q.enqueue_many([job(i) for i in ids])
+        wait_until(
+            lambda ids=ids: all(q.get(i).state is JobState.COMPLETED for i in ids),
+            20,
+            f"round {rnd} completed",
+        )

@@ -37,16 +37,23 @@ async def call_until(
     attempt_timeout_s: float = 5.0,
 ) -> T:
     """Retry a Redis call on transient errors until the monotonic `deadline`, then re-raise."""
-    budget = max(0.0, deadline - time.monotonic())
 
     async def one() -> T:
         left = max(0.05, deadline - time.monotonic())
-        return await asyncio.wait_for(make_call(), timeout=min(attempt_timeout_s, left))
+        async with asyncio.timeout(min(attempt_timeout_s, left)):
+            return await make_call()
 
+    # The common case is one call that succeeds: make it without building a retry loop.
+    try:
+        return await one()
+    except TRANSIENT as exc:
+        if time.monotonic() >= deadline:
+            raise
+        log.warning("%s failed (%s); retrying", what, exc)
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(TRANSIENT),
         wait=wait_exponential_jitter(initial=0.1, max=2.0),
-        stop=stop_after_delay(budget),
+        stop=stop_after_delay(max(0.0, deadline - time.monotonic())),
         reraise=True,
         before_sleep=lambda rs: log.warning(
             "%s failed (%s); retrying", what, rs.outcome.exception() if rs.outcome else "?"

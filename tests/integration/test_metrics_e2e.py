@@ -4,6 +4,7 @@ HTTP, parsed with prometheus_client's parser, checked series by series and linte
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from supervisor.states import JobState
 from tests.daemon.conftest import DaemonProcess, SyncQueue, job, wait_until
@@ -33,7 +34,7 @@ def _scrape_until(port: int, pred: Callable[[Series], bool], timeout: float, wha
 
 
 def test_scraped_metrics_match_a_known_mix_of_outcomes(
-    start_daemon: Callable[..., DaemonProcess], q: SyncQueue
+    start_daemon: Callable[..., DaemonProcess], q: SyncQueue, tmp_path: Path
 ) -> None:
     port = free_port()
     ids = ["ok-1", "ok-2", "flaky", "bad-input", "slow"]
@@ -46,7 +47,12 @@ def test_scraped_metrics_match_a_known_mix_of_outcomes(
             job("slow", sleep=60, ignore_term=True, timeout_s=1, max_attempts=1),
         ]
     )
-    daemon = start_daemon(**metrics_env(port))
+    # A real (sqlite) status store, so the writer's series are fed by real batches.
+    daemon = start_daemon(
+        **metrics_env(port),
+        INGEST_STATUS_BACKEND="sqlite",
+        INGEST_STATUS_SQLITE_PATH=str(tmp_path / "status.sqlite3"),
+    )
     wait_until(lambda: all(_final(q, i) for i in ids), 40, "every job final")
     assert q.get("flaky").attempt == 2
     assert q.get("slow").state is JobState.FAILED

@@ -33,7 +33,7 @@ def test_own_interpreter_default_skips_site_but_still_finds_the_package() -> Non
     assert cmd[:2] == (sys.executable, "-S")
     # Same bootstrap, but import the package instead of running it as a job.
     probe = cmd[3].replace(
-        "import runpy;runpy.run_module('ingest_worker',run_name='__main__',alter_sys=True)",
+        "import ingest_worker.__main__",
         "import ingest_worker, psutil;print(ingest_worker.__path__[0])",
     )
     assert probe != cmd[3]

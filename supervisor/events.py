@@ -69,7 +69,6 @@ class JobFinished:
     cpu_seconds: float | None = None
     progress: float = 0.0
     progress_message: str | None = None
-    progress_milestones: tuple[tuple[float, float, str | None], ...] = ()  # (at, pct, message)
     progress_lines: int = 0
     progress_rejected: int = 0
     dropped_output_bytes: int = 0

@@ -287,9 +287,6 @@ class JobExecution:
             cpu_seconds=outcome.cpu_s,
             progress=outcome.progress,
             progress_message=_scrub_value(outcome.progress_message, self._secrets),
-            progress_milestones=tuple(
-                (at, pct, _scrub_value(msg, self._secrets)) for at, pct, msg in outcome.milestones
-            ),
             progress_lines=outcome.progress_lines,
             progress_rejected=outcome.progress_rejected,
             dropped_output_bytes=outcome.dropped_bytes,

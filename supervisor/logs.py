@@ -51,7 +51,3 @@ def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
     # Third-party clients log every request at INFO; keep the daemon's log about jobs.
     for noisy in ("httpx", "httpcore", "urllib3", "langfuse", "opentelemetry"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def job_ctx(job_id: str, attempt: int, **more: Any) -> dict[str, Any]:
-    return {"job_id": job_id, "attempt": attempt, **more}

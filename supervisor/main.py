@@ -20,6 +20,7 @@ from supervisor.logs import configure_logging
 from supervisor.payload import DEFAULT_SECRET_KEYS
 from supervisor.protocol import Backoff, JobQueue, Retention
 from supervisor.runner import ResourceLimits, RunnerConfig, default_command
+from supervisor.runner.zygote import ZygoteSpawner
 from supervisor.sdnotify import SystemdNotifier
 from supervisor.settings import Settings, SettingsError, load_settings
 from supervisor.sinks import JobSink, SinkFanout
@@ -55,6 +56,7 @@ def build_runner_config(settings: Settings) -> RunnerConfig:
             memory_bytes=settings.child_memory_bytes, cpu_seconds=settings.child_cpu_seconds
         ),
         user=settings.child_user,
+        spawner=ZygoteSpawner() if settings.spawn_mode == "zygote" else None,
     )
 
 
@@ -143,6 +145,8 @@ async def run(settings: Settings) -> int:
     try:
         return await daemon.run()
     finally:
+        if isinstance(ctx.runner.spawner, ZygoteSpawner):
+            ctx.runner.spawner.close()  # the daemon has reaped every job by now
         if stop_metrics is not None:
             stop_metrics()
         await client.aclose()

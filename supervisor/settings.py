@@ -264,6 +264,19 @@ OPTIONS: tuple[Option, ...] = (
         "full child command line (shell-style, split with shlex); replaces the above",
     ),
     Option(
+        "spawn_mode",
+        "INGEST_SPAWN_MODE",
+        str,
+        "exec",
+        "how children start: exec (a fresh interpreter per job) or zygote (fork from one "
+        "warm, pre-imported interpreter; faster starts, same isolation). zygote runs only "
+        "the built-in ingest_worker on the supervisor's own interpreter: with "
+        "INGEST_WORKER_COMMAND, INGEST_WORKER_PATH or another PYTHON_EXECUTABLE it is a "
+        "configuration error; with INGEST_CHILD_USER jobs start by exec",
+        lambda v: v in ("exec", "zygote"),
+        "must be exec or zygote",
+    ),
+    Option(
         "child_env",
         "INGEST_CHILD_ENV",
         _names,
@@ -413,6 +426,7 @@ class Settings:
     python_executable: str
     worker_path: str | None
     worker_command: str | None
+    spawn_mode: str
     child_env: tuple[str, ...]
     child_memory_bytes: int | None
     child_cpu_seconds: int | None
@@ -532,6 +546,16 @@ def load_settings(
         raise SettingsError("INGEST_REDIS_SENTINELS: needs INGEST_REDIS_SENTINEL_MASTER")
     if values["status_backend"] == "postgres" and not values["status_dsn"]:
         raise SettingsError("INGEST_STATUS_BACKEND=postgres: needs INGEST_STATUS_DSN")
+    if values["spawn_mode"] == "zygote" and (
+        values["worker_command"]
+        or values["worker_path"]
+        or os.path.abspath(values["python_executable"]) != os.path.abspath(sys.executable)
+    ):
+        raise SettingsError(
+            "INGEST_SPAWN_MODE=zygote: runs only the built-in ingest_worker on the "
+            "supervisor's interpreter (unset INGEST_WORKER_COMMAND, INGEST_WORKER_PATH "
+            "and PYTHON_EXECUTABLE)"
+        )
     values["log_level"] = values["log_level"].upper()
     return Settings(**values, check_config=bool(args.check_config))
 

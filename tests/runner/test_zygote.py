@@ -1,0 +1,267 @@
+"""The zygote start mode with the real ingest_worker: results, isolation, stopping, death."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from supervisor.runner import (
+    ChildOutcome,
+    EndReason,
+    RunnerConfig,
+    StopRequest,
+    default_command,
+    run_child,
+)
+from supervisor.runner.spawner import SpawnedChild, SpawnSpec
+from supervisor.runner.zygote import ZygoteSpawner
+from supervisor.settings import SettingsError, load_settings
+from tests.runner.conftest import fast_config, wait_gone
+
+WORKER_ENV = {"INGEST_CHUNK_STORE": "none", "INGEST_CRAWL_ALLOW_PRIVATE": "1"}
+
+
+class RecordingSpawner(ZygoteSpawner):
+    """Remembers the children it started, so tests can look at the processes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[SpawnedChild] = []
+        self.one_started = asyncio.Event()
+
+    def spawn(self, spec: SpawnSpec) -> SpawnedChild:
+        child = super().spawn(spec)
+        self.started.append(child)
+        self.one_started.set()
+        return child
+
+
+@pytest.fixture
+def spawner() -> Iterator[RecordingSpawner]:
+    s = RecordingSpawner()
+    yield s
+    s.close()
+
+
+def config(spawner: ZygoteSpawner, **overrides: Any) -> RunnerConfig:
+    overrides.setdefault("extra_env", WORKER_ENV)
+    return fast_config(default_command(sys.executable, None, None), spawner=spawner, **overrides)
+
+
+def text_job(job_id: str, text: str = "hello zygote " * 40, **extra: Any) -> bytes:
+    source = {"type": "text", "text": text}
+    return json.dumps({"job_id": job_id, "tenant_id": "t", "data_source": source, **extra}).encode()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A loopback HTTP address that accepts connections and never answers."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}/slow"
+    srv.close()
+
+
+def url_job(job_id: str, url: str) -> bytes:
+    source = {"type": "url", "url": url}
+    return json.dumps({"job_id": job_id, "tenant_id": "t", "data_source": source}).encode()
+
+
+async def run(cfg: RunnerConfig, job: bytes, **kw: Any) -> ChildOutcome:
+    return await run_child(
+        cfg,
+        job_id=kw.pop("job_id", "z1"),
+        attempt=1,
+        job_json=job,
+        timeout_s=kw.pop("timeout_s", 20.0),
+        stop=kw.pop("stop", StopRequest()),
+        **kw,
+    )
+
+
+def test_text_jobs_stream_progress_and_return_results(spawner: RecordingSpawner) -> None:
+    seen: list[float] = []
+
+    async def main() -> list[ChildOutcome]:
+        cfg = config(spawner, progress_interval_s=0.0)
+        return [
+            await run(cfg, text_job(f"z{i}"), on_progress=lambda p, _m: seen.append(p))
+            for i in range(3)
+        ]
+
+    outcomes = asyncio.run(main())
+    for o in outcomes:
+        assert o.ended is EndReason.EXITED and o.exit_code == 0, o.stderr_tail
+        assert o.result["chunks"] >= 1 and o.result["store"] == "none"
+        assert o.progress == 100 and o.progress_lines >= 2
+    assert 100 in seen
+    pids = [c.pid for c in spawner.started]
+    assert len(set(pids)) == 3
+    # Every job was its own process group leader, none of them our own child.
+    assert all(c.pgid == c.pid for c in spawner.started)
+
+
+def test_bad_input_exits_65_and_the_zygote_keeps_serving(spawner: RecordingSpawner) -> None:
+    async def main() -> tuple[ChildOutcome, ChildOutcome]:
+        cfg = config(spawner)
+        bad = await run(cfg, b'{"job_id": "z1", "data_source": {"type": "text"}}')
+        good = await run(cfg, text_job("z2"))
+        return bad, good
+
+    bad, good = asyncio.run(main())
+    assert bad.ended is EndReason.EXITED and bad.exit_code == 65
+    assert "ingest_worker:" in bad.stderr_tail
+    assert good.exit_code == 0
+
+
+def test_children_get_the_allowlisted_env_not_the_daemons(
+    spawner: RecordingSpawner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not passed through: a child reading it would embed with 16 dimensions, not 384.
+    monkeypatch.setenv("INGEST_EMBEDDING_DIM", "16")
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", "zygote-secret-value")
+
+    async def main() -> ChildOutcome:
+        return await run(config(spawner), text_job("z1"))
+
+    outcome = asyncio.run(main())
+    assert outcome.exit_code == 0, outcome.stderr_tail
+    assert outcome.result["embedder"] == "hash-384"
+    zygote = spawner.zygote_pid
+    assert zygote is not None
+    zygote_env = psutil.Process(zygote).environ()
+    assert "SUPABASE_SERVICE_ROLE_KEY" not in zygote_env
+    assert "INGEST_EMBEDDING_DIM" not in zygote_env
+
+
+def test_passed_env_reaches_the_job(spawner: RecordingSpawner) -> None:
+    async def main() -> ChildOutcome:
+        cfg = config(spawner, extra_env={**WORKER_ENV, "INGEST_EMBEDDING_DIM": "32"})
+        return await run(cfg, text_job("z1"))
+
+    assert asyncio.run(main()).result["embedder"] == "hash-32"
+
+
+def test_timeout_kills_a_blocked_job(spawner: RecordingSpawner, silent_server: str) -> None:
+    async def main() -> ChildOutcome:
+        return await run(config(spawner), url_job("z1", silent_server), timeout_s=1.0)
+
+    outcome = asyncio.run(main())
+    assert outcome.ended is EndReason.TIMEOUT
+    assert outcome.signal in (signal.SIGTERM, signal.SIGKILL)
+    assert not wait_gone([spawner.started[0].pid], timeout=5)
+
+
+def test_stop_request_ends_a_blocked_job(spawner: RecordingSpawner, silent_server: str) -> None:
+    async def main() -> ChildOutcome:
+        stop = StopRequest()
+        task = asyncio.create_task(run(config(spawner), url_job("z1", silent_server), stop=stop))
+        await spawner.one_started.wait()
+        stop.request(EndReason.CANCELLED)
+        return await task
+
+    outcome = asyncio.run(main())
+    assert outcome.ended is EndReason.CANCELLED
+    assert not wait_gone([spawner.started[0].pid], timeout=5)
+
+
+def test_a_dead_zygote_fails_its_children_and_is_restarted(
+    spawner: RecordingSpawner, silent_server: str
+) -> None:
+    async def main() -> tuple[ChildOutcome, ChildOutcome, int]:
+        cfg = config(spawner)
+        task = asyncio.create_task(run(cfg, url_job("z1", silent_server)))
+        await spawner.one_started.wait()
+        first = spawner.zygote_pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        lost = await task
+        again = await run(cfg, text_job("z2"))
+        return lost, again, first
+
+    lost, again, first = asyncio.run(main())
+    assert lost.ended is EndReason.EXITED and lost.exit_code != 0
+    assert not wait_gone([spawner.started[0].pid], timeout=5), "child outlived its zygote"
+    assert again.exit_code == 0
+    assert spawner.zygote_pid not in (None, first)
+
+
+MINI = """
+import asyncio, json, sys
+from supervisor.runner import RunnerConfig, StopRequest, default_command, run_child
+from supervisor.runner.zygote import ZygoteSpawner
+
+class Spawner(ZygoteSpawner):
+    def spawn(self, spec):
+        child = super().spawn(spec)
+        print("PIDS", self.zygote_pid, child.pid, flush=True)
+        return child
+
+job = {"job_id": "m", "tenant_id": "t", "data_source": {"type": "url", "url": sys.argv[1]}}
+cfg = RunnerConfig(
+    command=default_command(sys.executable, None, None),
+    spawner=Spawner(),
+    extra_env={"INGEST_CRAWL_ALLOW_PRIVATE": "1", "INGEST_CHUNK_STORE": "none"},
+)
+asyncio.run(run_child(cfg, job_id="m", attempt=1, job_json=json.dumps(job).encode(),
+                      timeout_s=600, stop=StopRequest()))
+"""
+
+
+def test_sigkill_of_the_supervisor_takes_zygote_and_child_along(silent_server: str) -> None:
+    mini = subprocess.Popen(
+        [sys.executable, "-c", MINI, silent_server],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert mini.stdout is not None
+        line = mini.stdout.readline().decode()  # blocks until the child was started
+        assert line.startswith("PIDS "), (line, mini.stderr.read() if mini.stderr else b"")
+        zygote_pid, child_pid = (int(p) for p in line.split()[1:])
+        # The job is running (blocked on the silent server), in its own session.
+        deadline = time.monotonic() + 10
+        while os.getsid(child_pid) != child_pid and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert os.getsid(child_pid) == child_pid
+        mini.send_signal(signal.SIGKILL)
+        mini.wait(timeout=10)
+        assert not wait_gone([zygote_pid, child_pid], timeout=5), "outlived the supervisor"
+    finally:
+        if mini.poll() is None:
+            mini.kill()
+            mini.wait()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"INGEST_WORKER_COMMAND": "python3 job.py"},
+        {"INGEST_WORKER_PATH": "/tmp/job.py"},
+        {"PYTHON_EXECUTABLE": "/usr/bin/python3-other"},
+    ],
+)
+def test_zygote_mode_refuses_custom_worker_commands(extra: dict[str, str]) -> None:
+    with pytest.raises(SettingsError, match="INGEST_SPAWN_MODE"):
+        load_settings([], {"INGEST_SPAWN_MODE": "zygote", **extra})
+
+
+def test_spawn_mode_is_validated_and_defaults_to_exec() -> None:
+    assert load_settings([], {}).spawn_mode == "exec"
+    assert load_settings([], {"INGEST_SPAWN_MODE": "zygote"}).spawn_mode == "zygote"
+    with pytest.raises(SettingsError, match="INGEST_SPAWN_MODE"):
+        load_settings([], {"INGEST_SPAWN_MODE": "vfork"})

@@ -16,6 +16,8 @@ INGEST_CHUNK_STORE=none) it prints, side by side in one run:
              seconds per 1,000 jobs (user+system of the daemon process, children excluded);
            - peak RSS (VmHWM) of the daemon over the whole run.
   popen    bare subprocess.Popen of the very same argv at parallelism N (the ceiling).
+  daemon zygote  (worker kind only) the same daemon with INGEST_SPAWN_MODE=zygote: children
+           forked from one warm, pre-imported interpreter instead of exec'd.
   plain    (worker kind only) Popen of `python -m ingest_worker` with full site processing,
            what an unoptimised interpreter start costs.
 
@@ -186,6 +188,7 @@ class DaemonUnderTest:
         concurrency: int,
         kind: ChildKind,
         cprofile: str | None = None,
+        spawn_mode: str = "exec",
     ) -> None:
         env = {
             k: v
@@ -200,6 +203,7 @@ class DaemonUnderTest:
             INGEST_METRICS_PORT="0",
             INGEST_LOG_LEVEL="WARNING",
             INGEST_CHUNK_STORE="none",
+            INGEST_SPAWN_MODE=spawn_mode,
             PYTHONUNBUFFERED="1",
         )
         if kind.worker_command is not None:
@@ -352,12 +356,14 @@ async def bench_daemon(
     jobs: int,
     profile: str | None = None,
     cprofile: str | None = None,
+    spawn_mode: str = "exec",
 ) -> Row:
     queue = f"bench-daemon-{uuid.uuid4().hex[:8]}"
     client = Redis.from_url(redis_url)
     q = JobQueue(client, queue)
-    row = Row(f"daemon c={concurrency}")
-    daemon = DaemonUnderTest(redis_url, queue, concurrency, kind, cprofile)
+    mode = "" if spawn_mode == "exec" else f" {spawn_mode}"
+    row = Row(f"daemon{mode} c={concurrency}")
+    daemon = DaemonUnderTest(redis_url, queue, concurrency, kind, cprofile, spawn_mode)
     try:
         # Warm-up: the daemon is up, the shim built and the child's files in the page cache.
         warm = [f"warm-{i}" for i in range(concurrency * 4)]
@@ -490,6 +496,9 @@ def main() -> None:
     )
     parser.add_argument("--no-plain", action="store_true", help="skip the plain-python row")
     parser.add_argument(
+        "--no-zygote", action="store_true", help="skip the INGEST_SPAWN_MODE=zygote daemon row"
+    )
+    parser.add_argument(
         "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     )
     args = parser.parse_args()
@@ -519,6 +528,16 @@ def main() -> None:
             rows.append(
                 bench_popen(f"popen p={args.concurrency}", kind.argv, args.jobs, args.concurrency)
             )
+            if kind.name == "worker" and not args.no_zygote:
+                zygote = bench_daemon(
+                    args.redis_url,
+                    kind,
+                    args.concurrency,
+                    args.samples,
+                    args.jobs,
+                    spawn_mode="zygote",
+                )
+                rows.append(asyncio.run(zygote))
             if kind.name == "worker" and not args.no_plain:
                 plain = (sys.executable, "-m", "ingest_worker")
                 rows.append(

@@ -20,6 +20,7 @@ import pytest
 from supervisor.runner import (
     ChildOutcome,
     EndReason,
+    ResourceLimits,
     RunnerConfig,
     StopRequest,
     default_command,
@@ -265,3 +266,52 @@ def test_spawn_mode_is_validated_and_defaults_to_exec() -> None:
     assert load_settings([], {"INGEST_SPAWN_MODE": "zygote"}).spawn_mode == "zygote"
     with pytest.raises(SettingsError, match="INGEST_SPAWN_MODE"):
         load_settings([], {"INGEST_SPAWN_MODE": "vfork"})
+
+
+def _proc_mask(pid: int, field: str) -> set[int]:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            bits = int(line.split()[1], 16)
+            return {n + 1 for n in range(64) if bits >> n & 1}
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def test_children_get_fresh_signal_state_their_limits_and_cwd(
+    spawner: RecordingSpawner, silent_server: str
+) -> None:
+    # An ignored SIGHUP (nohup) is inherited by the zygote; its children must not keep it.
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+
+        async def main() -> tuple[set[int], set[int], set[int], int, str]:
+            stop = StopRequest()
+            cfg = config(spawner, limits=ResourceLimits(open_files=77))
+            task = asyncio.create_task(run(cfg, url_job("z1", silent_server), stop=stop))
+            await spawner.one_started.wait()
+            pid = spawner.started[0].pid
+            # Set-up is over once the job is inside its fetch: connected to the server.
+            for _ in range(500):
+                if psutil.Process(pid).net_connections(kind="tcp"):
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the job never connected")
+            masks = (
+                _proc_mask(pid, "SigIgn"),
+                _proc_mask(pid, "SigBlk"),
+                _proc_mask(spawner.zygote_pid or 0, "SigIgn"),
+                psutil.Process(pid).rlimit(psutil.RLIMIT_NOFILE)[0],
+                os.readlink(f"/proc/{pid}/cwd"),
+            )
+            stop.request(EndReason.CANCELLED)
+            await task
+            return masks
+
+        ignored, blocked, zygote_ignored, nofile, cwd = asyncio.run(main())
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert signal.SIGHUP in zygote_ignored  # the premise: the zygote did inherit it
+    assert ignored == {signal.SIGPIPE, signal.SIGXFSZ}  # what CPython itself ignores
+    assert blocked == set()
+    assert nofile == 77
+    assert os.path.basename(cwd).startswith("ingest-job-")

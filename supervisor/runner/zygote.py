@@ -6,12 +6,13 @@ pays for interpreter start and the ingest_worker imports once and forks from the
 command can run this way: the zygote calls `ingest_worker.cli.execute` in the fork, so
 `SpawnSpec.argv` is not executed.
 
-Isolation is the exec mode's: each child calls setsid() (its own session and process
-group, pgid == pid) before the zygote replies with its pid, gets the allowlisted
-environment of the spec (os.environ replaced), the spec's rlimits and working directory,
-default signal dispositions and an empty mask, and only fds 0/1/2. The parent-death chain
-holds: the zygote has PR_SET_PDEATHSIG(SIGKILL) towards the daemon, every child towards
-the zygote. The runner signals children by pgid and psutil, which needs no parentage.
+Isolation is the exec mode's: each child has called setsid() (its own session and process
+group, pgid == pid) before the zygote replies with its pid (a spare forked ahead of
+time); it gets the allowlisted environment of the spec (os.environ replaced), the spec's
+rlimits and working directory, default signal dispositions and an empty mask, and only
+fds 0/1/2. The parent-death chain holds: the zygote has PR_SET_PDEATHSIG(SIGKILL)
+towards the daemon, every child towards the zygote. The runner signals children by pgid
+and psutil, which needs no parentage.
 
 The zygote reaps its children and sends (pid, wait status, CPU, max RSS) notices that
 resolve each `SpawnedChild.exited` here. If the zygote dies, its pending children resolve

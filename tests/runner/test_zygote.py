@@ -315,3 +315,28 @@ def test_children_get_fresh_signal_state_their_limits_and_cwd(
     assert blocked == set()
     assert nofile == 77
     assert os.path.basename(cwd).startswith("ingest-job-")
+
+
+def test_the_waiting_spare_holds_no_job_pipes_and_leads_its_session(
+    spawner: RecordingSpawner,
+) -> None:
+    async def main() -> ChildOutcome:
+        return await run(config(spawner), text_job("z1"))
+
+    assert asyncio.run(main()).exit_code == 0
+    zygote = psutil.Process(spawner.zygote_pid or 0)
+    spares = [p for p in zygote.children() if p.status() != psutil.STATUS_ZOMBIE]
+    assert len(spares) == 1
+    spare = spares[0].pid
+    assert spare != spawner.started[0].pid
+    assert os.getsid(spare) == spare
+    # stdin/stdout (/dev/null), the zygote's stderr and its socket to the zygote: no pipe
+    # of a finished job (which would keep the runner waiting for EOF).
+    deadline = time.monotonic() + 5  # it closes the zygote's own fds right after fork()
+    while True:
+        fds = os.listdir(f"/proc/{spare}/fd")
+        if len(fds) == 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    targets = {os.readlink(f"/proc/{spare}/fd/{fd}") for fd in fds}
+    assert len(fds) == 4, targets

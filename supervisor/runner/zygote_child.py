@@ -181,7 +181,10 @@ class _Zygote:
             for fd in fds:
                 os.close(fd)
         self.control.send(json.dumps(reply).encode())
-        self.spare = self._fork_spare()
+        try:
+            self.spare = self._fork_spare()
+        except OSError:  # out of processes for now: the next request tries again, or fails
+            self.spare = None
         return True
 
     def _hand_over(self, message: bytes, fds: list[int]) -> int:

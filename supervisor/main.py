@@ -19,8 +19,7 @@ from supervisor.execution import ExecutionContext
 from supervisor.logs import configure_logging
 from supervisor.payload import DEFAULT_SECRET_KEYS
 from supervisor.protocol import Backoff, JobQueue, Retention
-from supervisor.runner import ResourceLimits, RunnerConfig, default_command
-from supervisor.runner.zygote import ZygoteSpawner
+from supervisor.runner import ResourceLimits, RunnerConfig, ZygoteSpawner, default_command
 from supervisor.sdnotify import SystemdNotifier
 from supervisor.settings import Settings, SettingsError, load_settings
 from supervisor.sinks import JobSink, SinkFanout

@@ -4,7 +4,8 @@ Modules, one job each: `config` (settings, default command), `env` (allowlisted
 environment), `spawner` (fork/exec behind a `Spawner` interface), `pipes` (non-blocking
 fds), `protocol` (pure PROGRESS/RESULT parsing), `output` (bounded head/tail), `tree`
 (descendants, RSS/CPU, signalling), `coalesce` (progress callbacks), `stop`, `gate`
-(start-failure backoff), `outcome` (the record) and `run` (the orchestration).
+(start-failure backoff), `outcome` (the record), `run` (the orchestration) and `zygote`
+(the opt-in warm fork server, a second `Spawner`).
 """
 
 from supervisor.runner.config import ResourceLimits, RunnerConfig, default_command
@@ -13,6 +14,7 @@ from supervisor.runner.outcome import ChildOutcome, EndReason
 from supervisor.runner.run import run_child
 from supervisor.runner.spawner import ExecSpawner, Spawner, SpawnSpec
 from supervisor.runner.stop import StopRequest
+from supervisor.runner.zygote import ZygoteSpawner
 
 __all__ = [
     "ChildOutcome",
@@ -24,6 +26,7 @@ __all__ = [
     "Spawner",
     "StartFailureGate",
     "StopRequest",
+    "ZygoteSpawner",
     "default_command",
     "run_child",
 ]

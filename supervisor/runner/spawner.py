@@ -28,11 +28,12 @@ import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from supervisor.runner.config import ResourceLimits
 from supervisor.runner.shim import default_shim, encode_limits
 
+T = TypeVar("T")
 PR_SET_PDEATHSIG = 1
 
 
@@ -81,9 +82,7 @@ def _load_prctl() -> Callable[..., int] | None:
 
 
 _PRCTL = _load_prctl()
-_CATCHABLE = tuple(
-    s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)
-)
+_CATCHABLE = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
 
 
 def _rlimits(limits: ResourceLimits) -> list[tuple[int, int, int]]:
@@ -158,12 +157,8 @@ class ExecSpawner:
             if group is None:
                 group = pwd.getpwnam(user).pw_gid
         # Pipes made here, not by Popen, so the parent ends are plain fds this module owns.
-        stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
-        stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
-        stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
-        parent_ends = (stdin_w, stdout_r, stderr_r)
-        try:
-            proc = subprocess.Popen(  # argv list, never a shell
+        proc, (stdin_w, stdout_r, stderr_r) = with_child_pipes(
+            lambda stdin_r, stdout_w, stderr_w: subprocess.Popen(  # argv list, never a shell
                 argv,
                 stdin=stdin_r,
                 stdout=stdout_w,
@@ -177,15 +172,7 @@ class ExecSpawner:
                 group=group,
                 extra_groups=extra_groups,
             )
-        except BaseException:
-            for fd in parent_ends:
-                os.close(fd)
-            raise
-        finally:
-            for fd in (stdin_r, stdout_w, stderr_w):
-                os.close(fd)
-        for fd in parent_ends:
-            os.set_blocking(fd, False)
+        )
         exited: asyncio.Future[ExitStatus] = loop.create_future()
         pidfd = os.pidfd_open(proc.pid)
 
@@ -213,6 +200,32 @@ class ExecSpawner:
             stderr_fd=stderr_r,
             exited=exited,
         )
+
+
+def with_child_pipes(
+    start: Callable[[int, int, int], T],
+) -> tuple[T, tuple[int, int, int]]:
+    """Make stdin/stdout/stderr pipes and run `start` with the child's ends.
+
+    The child's ends are always closed here. The parent's ends (stdin_w, stdout_r,
+    stderr_r) are closed if `start` fails, else returned non-blocking with its result.
+    """
+    stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+    stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
+    stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+    parent_ends = (stdin_w, stdout_r, stderr_r)
+    try:
+        started = start(stdin_r, stdout_w, stderr_w)
+    except BaseException:
+        for fd in parent_ends:
+            os.close(fd)
+        raise
+    finally:
+        for fd in (stdin_r, stdout_w, stderr_w):
+            os.close(fd)
+    for fd in parent_ends:
+        os.set_blocking(fd, False)
+    return started, parent_ends
 
 
 def _resolve_program(program: str, env: Mapping[str, str], cwd: str) -> str:

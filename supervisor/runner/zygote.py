@@ -44,6 +44,7 @@ from supervisor.runner.spawner import (
     Spawner,
     SpawnSpec,
     _rlimits,
+    with_child_pipes,
 )
 
 log = logging.getLogger(__name__)
@@ -212,21 +213,9 @@ class ZygoteSpawner:
         if spec.user is not None or spec.group is not None:
             return self._fallback.spawn(spec)
         zygote = self._ensure(asyncio.get_running_loop())
-        stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
-        stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
-        stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
-        parent_ends = (stdin_w, stdout_r, stderr_r)
-        try:
-            pid = zygote.request(spec, [stdin_r, stdout_w, stderr_w])
-        except BaseException:
-            for fd in parent_ends:
-                os.close(fd)
-            raise
-        finally:
-            for fd in (stdin_r, stdout_w, stderr_w):
-                os.close(fd)
-        for fd in parent_ends:
-            os.set_blocking(fd, False)
+        pid, (stdin_w, stdout_r, stderr_r) = with_child_pipes(
+            lambda stdin_r, stdout_w, stderr_w: zygote.request(spec, [stdin_r, stdout_w, stderr_w])
+        )
         return SpawnedChild(
             pid=pid,
             pgid=pid,

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from supervisor import __version__
+from supervisor.aio import join_bounded
 from supervisor.execution import ExecutionContext, JobExecution
 from supervisor.protocol import Claim, JobQueue
 from supervisor.redis_retry import TRANSIENT
@@ -133,7 +134,8 @@ class Daemon:
         interval = min(REAP_INTERVAL_MAX_S, self.ctx.lease_s / 4)
         while True:
             try:
-                reaped = await asyncio.wait_for(self.queue.reap(), timeout=5)
+                async with asyncio.timeout(5):
+                    reaped = await self.queue.reap()
                 n = len(reaped.recovered) + len(reaped.dead_lettered) + len(reaped.cancelled)
                 if n:
                     log.warning(
@@ -166,12 +168,10 @@ class Daemon:
     async def _heartbeat(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(
-                    self.registry.beat(
+                async with asyncio.timeout(5):
+                    await self.registry.beat(
                         self.ctx.worker_id, self.heartbeat_info(), self.heartbeat_ttl_s
-                    ),
-                    timeout=5,
-                )
+                    )
             except TRANSIENT as exc:
                 log.debug("heartbeat skipped: %s", exc)
             await asyncio.sleep(self.heartbeat_ttl_s / 3)
@@ -244,7 +244,7 @@ class Daemon:
         await self._drain(slots)
         for task in upkeep:
             task.cancel()
-        await asyncio.gather(*upkeep, return_exceptions=True)
+        await asyncio.gather(*(join_bounded(task, 2.0) for task in upkeep))
         with contextlib.suppress(*TRANSIENT):
             await asyncio.wait_for(self.registry.remove(self.ctx.worker_id), timeout=2)
         await self.ctx.sinks.aclose(FLUSH_DEADLINE_S)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor import events as ev
+from supervisor.aio import join_bounded
 from supervisor.payload import redact, scrub, secret_values
 from supervisor.protocol import Claim, JobQueue
 from supervisor.redis_retry import TRANSIENT, call_until
@@ -198,7 +199,7 @@ class JobExecution:
                 self._progress_pending = None  # complete() records 100 itself
             self._child_done = True
             self._progress_wakeup.set()
-            await _join(forwarder, 6.0)
+            await join_bounded(forwarder, 6.0)
             # The renewer keeps the lease alive while the outcome is written.
             self._settling = True
             finished = await self._settle(outcome, started)
@@ -206,8 +207,8 @@ class JobExecution:
             self._child_done = True
             self._done.set()
             self._progress_wakeup.set()
-            await _join(renewer, 1.0)
-            await _join(forwarder, 1.0)
+            await join_bounded(renewer, 1.0)
+            await join_bounded(forwarder, 1.0)
         self.ctx.sinks.job_finished(finished)
         log.info(
             "%s%s",
@@ -302,17 +303,6 @@ def _scrub_value(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, list):
         return [_scrub_value(v, secrets) for v in value]
     return value
-
-
-async def _join(task: asyncio.Task[None], timeout_s: float) -> None:
-    """Wait for a helper task that was told to stop; cancel it if it is slow, never hang."""
-    if not task.done():
-        await asyncio.wait({task}, timeout=timeout_s)
-    if not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=1.0)
-    if task.done() and not task.cancelled() and task.exception() is not None:
-        log.error("helper task %s failed", task.get_name(), exc_info=task.exception())
 
 
 def _clip(text: str) -> str:

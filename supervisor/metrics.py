@@ -427,9 +427,10 @@ async def run_queue_gauge_refresher(
     """Refresh the queue gauges every `interval_s` until cancelled (an upkeep task)."""
     while True:
         try:
-            await asyncio.wait_for(
-                refresh_queue_gauges(q, gauges, queue=queue), timeout=max(1.0, interval_s)
-            )
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel that
+            # stops this loop (see supervisor/aio.py).
+            async with asyncio.timeout(max(1.0, interval_s)):
+                await refresh_queue_gauges(q, gauges, queue=queue)
         except TimeoutError:
             log.debug("queue gauge refresh timed out")
         await asyncio.sleep(interval_s)

@@ -1,0 +1,29 @@
+"""Stopping asyncio tasks without trusting cancellation to be honoured.
+
+On Python 3.11 a cancel can be lost: `asyncio.wait_for` swallows it when the inner awaitable
+finishes at the same moment (fixed in 3.12), and a library may turn it into its own error.
+A task that lost its cancel keeps running, so `task.cancel(); await task` can hang a slot
+or a shutdown forever. Loops therefore also stop on their own flags, and every join here is
+bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+async def join_bounded(task: asyncio.Task[Any], timeout_s: float) -> None:
+    """Wait up to `timeout_s` for a task told to stop, then cancel it; never hang."""
+    if not task.done():
+        await asyncio.wait({task}, timeout=timeout_s)
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    if not task.done():
+        log.warning("task %s ignored its cancel; leaving it behind", task.get_name())
+    elif not task.cancelled() and task.exception() is not None:
+        log.error("task %s failed", task.get_name(), exc_info=task.exception())

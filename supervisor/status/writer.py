@@ -26,6 +26,7 @@ from tenacity import (
     wait_random,
 )
 
+from supervisor.aio import join_bounded
 from supervisor.status.backend import StatusBackend, StatusStoreError
 from supervisor.status.update import StatusUpdate, merge
 
@@ -265,9 +266,8 @@ class StatusWriter:
         if self._task is not None:
             done, _ = await asyncio.wait({self._task}, timeout=max(0.0, timeout_s))
             if not done:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                # Bounded: a cancel lost inside a store call must not hang the shutdown.
+                await join_bounded(self._task, 0.0)
             elif self._task.exception() is not None:
                 log.error("status writer stopped: %s", self._task.exception())
         self._closed = True

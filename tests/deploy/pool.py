@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import psutil
 from redis.asyncio import Redis
 
 from supervisor.protocol import JobQueue
+from tests import waiting
 
 from .units import REPO_ROOT
 
@@ -31,17 +31,8 @@ T = TypeVar("T")
 
 
 def wait_until(condition: Callable[[], T], timeout_s: float, what: str) -> T:
-    """Poll `condition` until it returns something truthy; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    pause = 0.05
-    while True:
-        got = condition()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(pause)
-        pause = min(pause * 1.5, 0.5)
+    """Conditions here run supervisorctl or scrape ports: poll them less and less often."""
+    return waiting.wait_until(condition, timeout_s, what, backoff=1.5)
 
 
 def wait_for_value(

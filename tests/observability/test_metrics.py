@@ -6,9 +6,8 @@ import asyncio
 import contextlib
 import shutil
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,6 +26,7 @@ from supervisor.metrics import (
     refresh_queue_gauges,
     start_metrics_server,
 )
+from tests.waiting import poll
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 MIB = 1024 * 1024
@@ -342,11 +342,3 @@ async def test_refresher_task_keeps_gauges_current(
         await client.aclose()
 
 
-async def poll(pred: Callable[[], bool], within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while True:
-        if pred():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s}s waiting for {what}")
-        await asyncio.sleep(0.02)

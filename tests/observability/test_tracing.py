@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,6 +29,7 @@ from tests.observability.otlp_receiver import (
     ReceivedSpan,
     closed_port_url,
 )
+from tests.waiting import poll
 
 SECRET_KEY = "sk-lf-never-in-a-span-4f1c"
 TRIAL_TOKEN = "trial-tok-9b8e7d6c5a"
@@ -114,16 +114,6 @@ def finished(job_id: str, outcome: str, attempt: int = 1, **kw: Any) -> ev.JobFi
     )
     base.update(kw)
     return ev.JobFinished(**base)
-
-
-async def poll(pred: Callable[[], bool], within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while True:
-        if pred():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def roots(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:

@@ -12,7 +12,7 @@ import pytest
 from tests.runner.conftest import CHILDREN, child_cmd, wait_gone
 
 
-@pytest.mark.parametrize("mode", ["shim", "preexec"])
+@pytest.mark.parametrize("mode", ["shim", "shim-libc", "preexec"])
 def test_children_die_when_the_supervisor_is_sigkilled(mode: str) -> None:
     mini = subprocess.Popen(
         [sys.executable, str(CHILDREN / "mini_supervisor.py"), *child_cmd("sleep_forever.py")],

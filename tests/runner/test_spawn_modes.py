@@ -1,10 +1,14 @@
-"""Both start modes (compiled exec shim, preexec_fn fallback) set the child up the same way."""
+"""Every start mode sets the child up the same way: the compiled exec shim (libc-free on
+x86-64), the portable libc shim, and the preexec_fn fallback."""
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +16,11 @@ from supervisor.runner import EndReason, ExecSpawner, ResourceLimits
 from supervisor.runner.shim import build_shim
 from tests.runner.conftest import RunFn, child_cmd, fast_config, wait_gone
 
-MODES = {"shim": ExecSpawner(), "preexec": ExecSpawner(shim=None)}
+MODES = {
+    "shim": ExecSpawner(),
+    "shim-libc": ExecSpawner(shim=build_shim(portable=True)),
+    "preexec": ExecSpawner(shim=None),
+}
 
 
 @pytest.fixture(params=sorted(MODES))
@@ -32,7 +40,39 @@ def parent_masks_and_ignores_signals() -> Iterator[None]:
 
 def test_shim_is_built() -> None:
     assert MODES["shim"].shim_path is not None, "a C compiler is installed here"
+    assert MODES["shim-libc"].shim_path is not None
     assert build_shim() == MODES["shim"].shim_path
+
+
+def test_shim_reports_why_it_could_not_exec(tmp_path: Path) -> None:
+    bogus = tmp_path / "not-a-program"
+    bogus.write_bytes(b"\x00\x01\x02 not an executable format")
+    bogus.chmod(0o755)
+    for mode in ("shim", "shim-libc"):
+        shim = MODES[mode].shim_path
+        assert shim is not None
+        done = subprocess.run(
+            [shim, str(os.getpid()), "-", "--", str(bogus), "x"], capture_output=True, check=False
+        )
+        assert done.returncode == 127
+        assert done.stderr == f"ingest-shim: exec {bogus}: Exec format error\n".encode(), mode
+        bad_limit = subprocess.run(
+            [shim, str(os.getpid()), "4=x:0", "--", "/bin/true", "true"],
+            capture_output=True,
+            check=False,
+        )
+        assert bad_limit.returncode == 127
+        assert bad_limit.stderr.startswith(b"ingest-shim: limit 4=x:0"), mode
+
+
+def test_shim_refuses_to_start_a_child_for_a_dead_parent() -> None:
+    """The parent pid on its command line is not its parent: the supervisor already died."""
+    for mode in ("shim", "shim-libc"):
+        shim = MODES[mode].shim_path
+        assert shim is not None
+        done = subprocess.run([shim, "1", "-", "--", "/bin/echo", "echo", "ran"], check=False,
+                              capture_output=True)
+        assert done.returncode == 127 and b"ran" not in done.stdout, mode
 
 
 @pytest.mark.usefixtures("parent_masks_and_ignores_signals")

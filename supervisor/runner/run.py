@@ -6,11 +6,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import pwd
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from typing import Any
 
@@ -31,6 +28,7 @@ from supervisor.runner.shim import EXEC_FAILED_CODE, EXEC_FAILED_MARKER
 from supervisor.runner.spawner import ExecSpawner, ExitStatus, SpawnedChild, SpawnSpec
 from supervisor.runner.stop import StopRequest
 from supervisor.runner.tree import ProcessTree
+from supervisor.runner.workdir import WORKDIRS
 
 log = logging.getLogger(__name__)
 
@@ -53,30 +51,20 @@ async def run_child(
     """Run one child to its end. Whatever the child does, this returns an outcome."""
     run = _ChildRun(config, job_id=job_id, attempt=attempt, stop=stop, on_progress=on_progress)
     try:
-        workdir = _make_workdir(config)
+        workdir = WORKDIRS.take(config.tmp_root, config.user)
     except (OSError, KeyError) as exc:
         return run.start_failed(f"cannot create a working directory: {exc}")
+    outcome: ChildOutcome | None = None
     try:
-        return await run.run(workdir, job_json, timeout_s)
+        outcome = await run.run(workdir, job_json, timeout_s)
+        return outcome
     finally:
-        _remove_workdir(workdir)
-
-
-def _remove_workdir(workdir: str) -> None:
-    # Most children leave their directory empty: one rmdir() instead of rmtree's walk
-    # (lstat, open, scandir, close, rmdir), which runs in the event loop for every job.
-    try:
-        os.rmdir(workdir)
-    except OSError:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _make_workdir(config: RunnerConfig) -> str:
-    workdir = tempfile.mkdtemp(prefix="ingest-job-", dir=config.tmp_root)
-    if config.user is not None:
-        entry = pwd.getpwnam(config.user)
-        os.chown(workdir, entry.pw_uid, entry.pw_gid)
-    return workdir
+        clean = (
+            outcome is not None
+            and outcome.ended in (EndReason.EXITED, EndReason.START_FAILED)
+            and outcome.stray_processes_killed == 0
+        )
+        WORKDIRS.give_back(workdir, clean_exit=clean)
 
 
 class _ChildRun:

@@ -1,0 +1,88 @@
+"""Job working directories: private and empty on arrival, never shared, never left behind.
+
+An untouched directory from a cleanly ended job is kept for a later job (creating and
+removing one per job was the runner's largest cost on ext4); anything else is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from supervisor.runner import EndReason
+from supervisor.runner.workdir import WORKDIRS
+from tests.runner.conftest import RunFn, child_cmd, fast_config
+
+
+@pytest.fixture(autouse=True)
+def no_spares() -> Iterator[None]:
+    WORKDIRS.clear()
+    yield
+    WORKDIRS.clear()
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def _assert_private_and_empty(path: str) -> None:
+    st = os.lstat(path)
+    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
+    assert st.st_uid == os.getuid() and os.listdir(path) == []
+
+
+async def test_untouched_directory_is_kept_and_reused_empty(run: RunFn) -> None:
+    first = await run(fast_config(child_cmd("touch_workdir.py")))
+    assert first.succeeded, first.error
+    kept = first.result["cwd"]
+    assert WORKDIRS.spares() == [kept]
+    _assert_private_and_empty(kept)
+    second = await run(fast_config(child_cmd("touch_workdir.py")))
+    assert second.result == {"cwd": kept, "found": []}
+    WORKDIRS.clear()
+    assert not _exists(kept)
+
+
+@pytest.mark.parametrize("mark", ["file", "chmod", "xattr"])
+async def test_a_directory_the_job_changed_is_removed_not_reused(run: RunFn, mark: str) -> None:
+    outcome = await run(fast_config(child_cmd("touch_workdir.py", mark)))
+    assert outcome.succeeded, outcome.error
+    assert not _exists(outcome.result["cwd"])
+    assert WORKDIRS.spares() == []
+
+
+async def test_a_killed_job_s_directory_is_removed(run: RunFn) -> None:
+    outcome = await run(fast_config(child_cmd("touch_workdir.py", "sleep")), timeout_s=0.5)
+    assert outcome.ended is EndReason.TIMEOUT
+    assert not _exists(outcome.result["cwd"])
+    assert WORKDIRS.spares() == []
+
+
+async def test_concurrent_jobs_never_share_a_directory(run: RunFn) -> None:
+    await run(fast_config(child_cmd("touch_workdir.py")))  # leaves one spare
+    cfg = fast_config(child_cmd("touch_workdir.py"))
+    outcomes = await asyncio.gather(*(run(cfg) for _ in range(4)))
+    dirs = [o.result["cwd"] for o in outcomes]
+    assert len(set(dirs)) == 4
+    assert all(o.result["found"] == [] for o in outcomes)
+
+
+def test_kept_directories_are_removed_when_the_supervisor_exits(tmp_path: object) -> None:
+    code = (
+        "import asyncio, sys\n"
+        "from supervisor.runner import RunnerConfig, StopRequest, run_child\n"
+        "cfg = RunnerConfig(command=(sys.executable, '-S', '-c', 'pass'), tmp_root=sys.argv[1])\n"
+        "out = asyncio.run(run_child(cfg, job_id='j', attempt=1, job_json=b'{}', timeout_s=30,"
+        " stop=StopRequest()))\n"
+        "from supervisor.runner.workdir import WORKDIRS\n"
+        "assert out.succeeded and len(WORKDIRS.spares()) == 1, out\n"
+    )
+    root = str(tmp_path)
+    subprocess.run([sys.executable, "-c", code, root], check=True, timeout=60)
+    assert os.listdir(root) == []

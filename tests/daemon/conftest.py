@@ -37,6 +37,10 @@ class DaemonProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def job_dirs_left(self) -> list[str]:
+        """Job working directories of this daemon that still exist."""
+        return os.listdir(self.extra["TMPDIR"])
+
     def wait_ready(self, timeout: float = 20) -> None:
         def ready() -> bool:
             if self.proc.poll() is not None:
@@ -75,6 +79,8 @@ def start_daemon(
     def start(redis_url: str = REDIS_URL, **env: str) -> DaemonProcess:
         n = len(started)
         log_path = tmp_path / f"daemon-{n}.log"
+        job_dirs = tmp_path / f"job-dirs-{n}"  # where this daemon's children get their cwd
+        job_dirs.mkdir()
         full_env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "REDIS_URL": redis_url,
@@ -90,6 +96,7 @@ def start_daemon(
             "INGEST_BACKOFF_SECONDS": "0.1",
             "INGEST_HEARTBEAT_TTL": "3",
             "INGEST_INSTANCE": str(n + 1),
+            "TMPDIR": str(job_dirs),
             **env,
         }
         with log_path.open("wb") as out:

@@ -34,6 +34,7 @@ def test_two_daemons_complete_200_jobs_exactly_once(start_daemon, q, run_log: Pa
     for d in (a, b):
         d.signal(signal.SIGTERM)
         assert d.wait_exit() == 0
+        assert d.job_dirs_left() == []  # kept ones included: removed at exit
 
 
 def test_retry_then_success_and_permanent_failure(start_daemon, q) -> None:

@@ -73,7 +73,8 @@ def build_child_env(
     explicit = tuple(passthrough)
     patterns = (*BASE_ALLOWLIST, *explicit)
     allowed = _matcher(patterns)
-    env = {k: v for k, v in parent.items() if allowed(k)}
+    # Keys first, values only for the few allowed: os.environ decodes on every access.
+    env = {k: parent[k] for k in parent if allowed(k)}
     # Names the operator listed explicitly also pass when they contain glob characters.
     for name in _globs(explicit):
         env.update({k: v for k, v in parent.items() if fnmatch.fnmatchcase(k, name)})

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 from supervisor.runner.coalesce import ProgressCallback, ProgressCoalescer
@@ -134,7 +135,7 @@ class _ChildRun:
             PipeReader(child.stdout_fd, self._on_stdout, cfg.read_chunk_bytes),
             PipeReader(child.stderr_fd, self.stderr.append, cfg.read_chunk_bytes),
         )
-        sampler = asyncio.create_task(self._sample(tree, child), name=f"sample:{self.job_id}")
+        stop_sampling = self._start_sampling(tree, child)
         try:
             ended = await self._supervise(child, tree, timeout_s)
             status = child.exited.result() if child.exited.done() else ExitStatus(None, None)
@@ -146,7 +147,7 @@ class _ChildRun:
             for line in self.scanner.finish():
                 self._handle(line)
         finally:
-            sampler.cancel()
+            stop_sampling()
             writer.close()
             for reader in readers:
                 reader.stop()
@@ -164,26 +165,50 @@ class _ChildRun:
             return self.start_failed(why.decode("utf-8", errors="replace"))
         return self._outcome(ended, status, wall, timeout_s, tree, child.pid)
 
-    async def _sample(self, tree: ProcessTree, child: SpawnedChild) -> None:
+    def _start_sampling(self, tree: ProcessTree, child: SpawnedChild) -> Callable[[], None]:
+        """Sample the tree every interval while the child runs; returns the stopper.
+
+        A timer chain rather than a task: most children end before the first sample.
+        """
+        loop = asyncio.get_running_loop()
         interval = self.config.rss_sample_interval_s
-        while not child.exited.done():
-            await asyncio.sleep(interval)
+        pending: list[asyncio.TimerHandle] = []
+
+        def tick() -> None:
+            pending.clear()
             if not child.exited.done():
                 tree.sample()
+                pending.append(loop.call_later(interval, tick))
+
+        def stop() -> None:
+            for handle in pending:
+                handle.cancel()
+            pending.clear()
+
+        pending.append(loop.call_later(interval, tick))
+        return stop
 
     async def _supervise(
         self, child: SpawnedChild, tree: ProcessTree, timeout_s: float
     ) -> EndReason:
-        stop_wait = asyncio.ensure_future(self.stop.wait())
-        waiting: set[asyncio.Future[Any]] = {child.exited, stop_wait}
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        # Callbacks rather than asyncio.wait over a task awaiting the stop request: one
+        # future and one timer per child instead of a task, waiter and callbacks.
+        child.exited.add_done_callback(wake)
+        unsubscribe = self.stop.on_request(wake)
+        timer = loop.call_later(max(timeout_s, 0.0), wake)
         try:
-            await asyncio.wait(
-                waiting,
-                timeout=max(timeout_s, 0.0),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            await woken
         finally:
-            stop_wait.cancel()
+            timer.cancel()
+            unsubscribe()
+            child.exited.remove_done_callback(wake)
         if child.exited.done():
             return EndReason.EXITED
         if not self.stop.requested:

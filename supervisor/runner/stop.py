@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from supervisor.runner.outcome import EndReason
 
@@ -13,6 +14,7 @@ class StopRequest:
     def __init__(self) -> None:
         self._reason: EndReason | None = None
         self._event = asyncio.Event()
+        self._callbacks: list[Callable[[], None]] = []
 
     @property
     def reason(self) -> EndReason | None:
@@ -28,7 +30,27 @@ class StopRequest:
             return False
         self._reason = reason
         self._event.set()
+        for callback in self._callbacks:
+            callback()
+        self._callbacks.clear()
         return True
+
+    def on_request(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` when a stop is requested (at once if it already was).
+
+        Returns a function that unsubscribes it. Cheaper than a task awaiting `wait()`,
+        which the runner would otherwise create for every child.
+        """
+        if self._reason is not None:
+            callback()
+            return lambda: None
+        self._callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+        return unsubscribe
 
     async def wait(self) -> EndReason:
         await self._event.wait()

@@ -23,6 +23,7 @@ from supervisor.execution import ExecutionContext, JobExecution
 from supervisor.protocol import Claim, JobQueue
 from supervisor.redis_retry import TRANSIENT
 from supervisor.runner import EndReason, StartFailureGate
+from supervisor.runner.orphans import ORPHANS
 from supervisor.sdnotify import SystemdNotifier
 from supervisor.workers import WorkerRegistry
 
@@ -223,6 +224,9 @@ class Daemon:
             asyncio.create_task(coro(), name=coro.__name__)
             for coro in (self._reaper, self._heartbeat, self._cancel_listener, self._watchdog)
         ]
+        if ORPHANS.become_subreaper():
+            # Jobs' escaped descendants are reparented here rather than to init.
+            upkeep.append(asyncio.create_task(ORPHANS.run_periodically(1.0), name="orphans"))
         if self.ctx.metrics is not None:
             from supervisor.metrics import run_queue_gauge_refresher
 
@@ -245,6 +249,7 @@ class Daemon:
         for task in upkeep:
             task.cancel()
         await asyncio.gather(*(join_bounded(task, 2.0) for task in upkeep))
+        ORPHANS.sweep()  # no job runs any more: whatever any of them left behind
         with contextlib.suppress(*TRANSIENT):
             await asyncio.wait_for(self.registry.remove(self.ctx.worker_id), timeout=2)
         await self.ctx.sinks.aclose(FLUSH_DEADLINE_S)

@@ -15,6 +15,7 @@ from typing import Any
 from supervisor.runner.coalesce import ProgressCallback, ProgressCoalescer
 from supervisor.runner.config import RunnerConfig
 from supervisor.runner.env import build_child_env
+from supervisor.runner.orphans import ORPHANS
 from supervisor.runner.outcome import ChildOutcome, EndReason, describe_end
 from supervisor.runner.output import BoundedOutput
 from supervisor.runner.pipes import PipeReader, PipeWriter
@@ -128,6 +129,8 @@ class _ChildRun:
             child = spawner.spawn(spec)
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
             return self.start_failed(_start_error(exc, cfg.command))
+        ORPHANS.job_started(self.job_id, child.pid)
+        job_running = True
         self.coalescer = ProgressCoalescer(self.on_progress, cfg.progress_interval_s)
         tree = ProcessTree(child.pid)
         writer = PipeWriter(child.stdin_fd, job_json, lambda: os.close(child.stdin_fd))
@@ -143,7 +146,18 @@ class _ChildRun:
             # The group is killed while its id cannot have been reused: right after the reap.
             tree.root_exited()
             self.strays += tree.kill_strays()
-            await _wait_any_timeout([r.eof for r in readers], cfg.drain_timeout_s)
+            eofs = [r.eof for r in readers]
+            await _wait_all_timeout(eofs, cfg.drain_timeout_s)
+            # Still held: likely a descendant that escaped before any sample saw it, now
+            # adopted by the supervisor if it is a subreaper (see orphans). Until here the
+            # job counts as running, so the periodic sweep leaves its orphans to us.
+            held = not all(eof.done() for eof in eofs)
+            swept = ORPHANS.sweep_after_job(self.job_id, child.pid, pipes_held=held)
+            ORPHANS.job_ended(self.job_id, child.pid)
+            job_running = False
+            if swept:
+                self.strays += swept
+                await _wait_all_timeout(eofs, cfg.drain_timeout_s)
             for line in self.scanner.finish():
                 self._handle(line)
         finally:
@@ -157,6 +171,9 @@ class _ChildRun:
             if not child.exited.done():  # we were cancelled: never leave the child behind
                 await self._kill_and_reap(child, tree)
             self.strays += tree.kill_strays()
+            if job_running:
+                self.strays += ORPHANS.sweep_after_job(self.job_id, child.pid, pipes_held=False)
+                ORPHANS.job_ended(self.job_id, child.pid)
         self.coalescer.flush()
         if status.exit_code == EXEC_FAILED_CODE and self.stderr.head().startswith(
             EXEC_FAILED_MARKER
@@ -325,7 +342,7 @@ def _start_error(exc: BaseException, argv: tuple[str, ...]) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
-async def _wait_any_timeout(futures: list[asyncio.Future[None]], limit_s: float) -> None:
+async def _wait_all_timeout(futures: list[asyncio.Future[None]], limit_s: float) -> None:
     pending = [f for f in futures if not f.done()]
     if pending:
         await asyncio.wait(pending, timeout=limit_s)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from supervisor.runner.config import ResourceLimits
+from supervisor.runner.orphans import ORPHANS
 from supervisor.runner.shim import default_shim, encode_limits
 
 T = TypeVar("T")
@@ -174,6 +175,7 @@ class ExecSpawner:
             )
         )
         exited: asyncio.Future[ExitStatus] = loop.create_future()
+        ORPHANS.owned.add(proc.pid)  # reaped below, never by the orphan sweeper
         pidfd = os.pidfd_open(proc.pid)
 
         def on_exit() -> None:
@@ -186,6 +188,7 @@ class ExecSpawner:
                     return  # spurious wake-up; not yet a zombie
             loop.remove_reader(pidfd)
             os.close(pidfd)
+            ORPHANS.owned.discard(proc.pid)
             proc.returncode = status  # so Popen never waits on a reaped pid
             if not exited.done():
                 exited.set_result(_exit_status(status, usage))

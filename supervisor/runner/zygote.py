@@ -37,6 +37,7 @@ from pathlib import Path
 
 from supervisor.runner.config import _pth_added_paths
 from supervisor.runner.env import build_child_env
+from supervisor.runner.orphans import ORPHANS
 from supervisor.runner.spawner import (
     ExecSpawner,
     ExitStatus,
@@ -123,6 +124,7 @@ class _ZygoteProcess:
         finally:
             control_child.close()
             notice_child.close()
+        ORPHANS.owned.add(self.proc.pid)  # waited for in shutdown(), never swept
         control.settimeout(reply_timeout_s)  # covers the zygote's start on first use
         notice.setblocking(False)
         loop.add_reader(notice.fileno(), self._on_notice)
@@ -185,6 +187,8 @@ class _ZygoteProcess:
             self.proc.wait(timeout=5.0)
         except subprocess.TimeoutExpired:
             log.error("zygote %d survived SIGKILL", self.proc.pid)
+        else:
+            ORPHANS.owned.discard(self.proc.pid)
         if why != "closed":
             log.warning("zygote %d %s; %d children lost", self.proc.pid, why, len(self.children))
         for future in self.children.values():

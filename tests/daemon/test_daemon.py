@@ -168,3 +168,23 @@ def test_no_slot_hangs_after_its_child_ends(start_daemon, q) -> None:
             20,
             f"round {rnd} completed",
         )
+
+
+def test_daemon_kills_a_descendant_that_escaped_its_job(start_daemon, q, run_log: Path) -> None:
+    """The child leaves a setsid'd, daemonized grandchild and exits at once: no tree sample
+    sees it, but the daemon is a child subreaper, adopts it, and its sweep kills it."""
+    d = start_daemon()
+    q.enqueue(job("escaper", escape=True))
+    wait_until(lambda: _states(q, ["escaper"])["escaper"] == JobState.COMPLETED.value, 30, "done")
+    escapee = next(r["escapee"] for r in read_runs(run_log) if r["job_id"] == "escaper")
+    wait_until(lambda: not _running(escapee), 10, "escaped grandchild killed")
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit() == 0
+    assert "an orphan of job escaper" in d.log()
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -1,7 +1,8 @@
 """A scriptable child for daemon tests; behaviour comes from the payload's `metadata`.
 
 metadata: sleep (seconds, in steps with PROGRESS), exit (code), fail_until_attempt (exit 75
-while INGEST_ATTEMPT < it), ignore_term (bool). Every start is appended to $TEST_RUN_LOG.
+while INGEST_ATTEMPT < it), ignore_term (bool), escape (bool: leave a daemonized grandchild
+in its own session behind). Every start is appended to $TEST_RUN_LOG.
 """
 
 import json
@@ -14,11 +15,20 @@ job = json.loads(sys.stdin.read())
 meta = job.get("metadata") or {}
 attempt = int(os.environ["INGEST_ATTEMPT"])
 log_path = os.environ.get("TEST_RUN_LOG")
+escapee = None
+if meta.get("escape"):
+    escapee = os.fork()
+    if escapee == 0:
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        time.sleep(3600)
+        os._exit(0)
 if log_path:
     with open(log_path, "a") as fh:
-        fh.write(
-            json.dumps({"job_id": job["job_id"], "attempt": attempt, "pid": os.getpid()}) + "\n"
-        )
+        record = {"job_id": job["job_id"], "attempt": attempt, "pid": os.getpid()}
+        fh.write(json.dumps({**record, "escapee": escapee}) + "\n")
 if meta.get("ignore_term"):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print("PROGRESS: 1 started", flush=True)

@@ -1,28 +1,48 @@
-"""A tiny supervisor: runs one child through run_child and reports its pid on stdout."""
+"""A tiny supervisor: runs one child through run_child and reports on stdout.
+
+Prints `CHILD <progress message>` for each progress update and `DONE <strays killed>` at
+the end. MINI_SPAWN picks the start mode; MINI_SUBREAPER=1 makes it a child subreaper
+with a periodic orphan sweep, as the daemon is; MINI_HOLD=1 keeps it alive after the job
+until its stdin closes.
+"""
 import asyncio
 import os
 import sys
 
 from supervisor.runner import ExecSpawner, RunnerConfig, StopRequest, run_child
+from supervisor.runner.orphans import ORPHANS
 from supervisor.runner.shim import build_shim
 
 
-def main() -> None:
+async def main() -> None:
     child = sys.argv[1:]
 
     def on_progress(pct: float, message: str | None) -> None:
         print(f"CHILD {message}", flush=True)
 
+    if os.environ.get("MINI_SUBREAPER") == "1":
+        assert ORPHANS.become_subreaper()
+        sweeper = asyncio.create_task(ORPHANS.run_periodically(0.2))
     mode = os.environ.get("MINI_SPAWN")
     spawner = {
         "preexec": ExecSpawner(shim=None),
         "shim-libc": ExecSpawner(shim=build_shim(portable=True)),
     }.get(mode or "")
     config = RunnerConfig(command=tuple(child), progress_interval_s=0.0, spawner=spawner)
-    asyncio.run(
-        run_child(config, job_id="mini", attempt=1, job_json=b"{}", timeout_s=600,
-                  stop=StopRequest(), on_progress=on_progress)
+    outcome = await run_child(
+        config,
+        job_id="mini",
+        attempt=1,
+        job_json=b"{}",
+        timeout_s=600,
+        stop=StopRequest(),
+        on_progress=on_progress,
     )
+    print(f"DONE {outcome.stray_processes_killed}", flush=True)
+    if os.environ.get("MINI_HOLD") == "1":
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    if os.environ.get("MINI_SUBREAPER") == "1":
+        sweeper.cancel()
 
 
-main()
+asyncio.run(main())

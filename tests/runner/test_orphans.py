@@ -1,0 +1,116 @@
+"""A supervisor that is a child subreaper adopts jobs' escaped descendants and kills them,
+even those no tree sample ever saw (their parent exited at once).
+
+Each test runs a real supervisor process (children/mini_supervisor.py): the subreaper
+flag is process-wide and must not be set on the test runner itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import psutil
+import pytest
+
+from tests.runner.conftest import CHILDREN, child_cmd, wait_gone
+
+
+class Mini:
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+
+    def line(self, prefix: str) -> str:
+        """The next stdout line starting with prefix (blocks; the test's timeout bounds it)."""
+        assert self.proc.stdout is not None
+        while True:
+            raw = self.proc.stdout.readline()
+            assert raw, f"supervisor ended early: {self.proc.stderr and self.proc.stderr.read()!r}"
+            text = raw.decode().strip()
+            if text.startswith(prefix):
+                return text
+
+
+StartMini = Callable[..., Mini]
+
+
+@pytest.fixture
+def mini() -> Iterator[StartMini]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*child: str, subreaper: bool = True) -> Mini:
+        env = {**os.environ, "MINI_HOLD": "1", "MINI_SUBREAPER": "1" if subreaper else "0"}
+        proc = subprocess.Popen(
+            [sys.executable, str(CHILDREN / "mini_supervisor.py"), *child],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        started.append(proc)
+        return Mini(proc)
+
+    yield start
+    for proc in started:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _pid_of(line: str) -> int:
+    return int(line.split()[-1])
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(pid).kill()
+
+
+def test_escapee_no_sample_saw_is_killed(mini: StartMini) -> None:
+    sup = mini(*child_cmd("grandchild_setsid.py", "exit", "0"))
+    escapee = _pid_of(sup.line("CHILD escaped"))
+    done = sup.line("DONE")
+    assert not wait_gone([escapee], timeout=5), "the escaped grandchild survived its job"
+    assert int(done.split()[1]) >= 1  # counted as a stray of the job
+
+
+def test_without_the_subreaper_that_escapee_survives_the_job(mini: StartMini) -> None:
+    """The control: the same child really does escape a supervisor that is no subreaper."""
+    sup = mini(*child_cmd("grandchild_setsid.py", "exit", "0"), subreaper=False)
+    escapee = _pid_of(sup.line("CHILD escaped"))
+    try:
+        sup.line("DONE")
+        assert psutil.Process(escapee).status() != psutil.STATUS_ZOMBIE
+    finally:
+        _kill(escapee)
+
+
+def test_daemonized_escapee_is_killed_and_reaped_by_the_periodic_sweep(mini: StartMini) -> None:
+    sup = mini(*child_cmd("grandchild_setsid.py", "quiet"))
+    escapee = _pid_of(sup.line("CHILD escaped"))
+    sup.line("DONE")  # the job ended without waiting on any pipe
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(escapee):  # gone entirely: killed, then reaped (no zombie)
+        assert time.monotonic() < deadline, psutil.Process(escapee).status()
+        time.sleep(0.05)
+
+
+def test_orphan_of_a_running_job_lives_until_that_job_ends(mini: StartMini) -> None:
+    sup = mini(*child_cmd("orphan_maker.py", "2.0"))
+    orphan = _pid_of(sup.line("CHILD orphan"))
+    assert psutil.Process(orphan).ppid() == sup.proc.pid  # adopted by the supervisor
+    # Several periodic sweeps (every 0.2 s) pass while its job still runs.
+    watch_until = time.monotonic() + 1.0
+    while time.monotonic() < watch_until:
+        assert psutil.Process(orphan).status() != psutil.STATUS_ZOMBIE
+        time.sleep(0.05)
+    sup.line("DONE")
+    assert not wait_gone([orphan], timeout=5), "the orphan outlived its job"

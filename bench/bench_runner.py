@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from supervisor.runner import ExecSpawner, RunnerConfig, StopRequest, run_child
 
@@ -40,17 +42,33 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def report(name: str, count: int, elapsed: float, firsts: list[float]) -> float:
+def report(name: str, count: int, totals: Totals) -> float:
     """One line per contender; returns children/s."""
-    rate = count / elapsed
+    rate = count / totals.elapsed
     print(
-        f"{name:<14} {rate:8.1f} children/s   first PROGRESS p50 {pct(firsts, 0.5) * 1000:6.1f} ms"
-        f"   p99 {pct(firsts, 0.99) * 1000:6.1f} ms   ({count} in {elapsed:.1f}s)"
+        f"{name:<14} {rate:8.1f} children/s   first PROGRESS p50"
+        f" {pct(totals.firsts, 0.5) * 1000:5.1f} ms p99 {pct(totals.firsts, 0.99) * 1000:5.1f} ms"
+        f"   CPU per child: supervisor {totals.parent_cpu / count * 1000:.2f} ms,"
+        f" child {totals.child_cpu / count * 1000:.2f} ms"
     )
     return rate
 
 
 Timing = tuple[float, list[float]]  # (elapsed seconds, start-to-first-PROGRESS per child)
+
+
+@dataclass
+class Totals:
+    elapsed: float = 0.0
+    firsts: list[float] = field(default_factory=list)
+    parent_cpu: float = 0.0  # this process, every thread
+    child_cpu: float = 0.0  # reaped children
+
+
+def cpu_now() -> tuple[float, float]:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
 
 
 def popen_loop(count: int, parallelism: int, preexec: Callable[[], None] | None) -> Timing:
@@ -142,16 +160,22 @@ def main() -> None:
         "run_child/pre": lambda k: asyncio.run(runner_loop(k, par, preexec_cfg)),
     }
     popen_loop(max(10, n // 50), par, None)  # warm the page cache
-    totals: dict[str, Timing] = {name: (0.0, []) for name in contenders}
+    totals = {name: Totals() for name in contenders}
     per_round = max(1, n // args.rounds)
     done = 0
     while done < n:
         k = min(per_round, n - done)
         for name, fn in contenders.items():
+            parent_before, child_before = cpu_now()
             elapsed, firsts = fn(k)
-            totals[name] = (totals[name][0] + elapsed, totals[name][1] + firsts)
+            parent_after, child_after = cpu_now()
+            t = totals[name]
+            t.elapsed += elapsed
+            t.firsts += firsts
+            t.parent_cpu += parent_after - parent_before
+            t.child_cpu += child_after - child_before
         done += k
-    rates = {name: report(name, n, t[0], t[1]) for name, t in totals.items()}
+    rates = {name: report(name, n, t) for name, t in totals.items()}
     print(f"run_child / popen throughput: {rates['run_child'] / rates['popen'] * 100:.0f}%  "
           f"(preexec fallback: {rates['run_child/pre'] / rates['popen'] * 100:.0f}%)")
     print(f"load at end {os.getloadavg()[0]:.1f}")

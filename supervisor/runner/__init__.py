@@ -4,8 +4,10 @@ Modules, one job each: `config` (settings, default command), `env` (allowlisted
 environment), `spawner` (fork/exec behind a `Spawner` interface), `pipes` (non-blocking
 fds), `protocol` (pure PROGRESS/RESULT parsing), `output` (bounded head/tail), `tree`
 (descendants, RSS/CPU, signalling), `coalesce` (progress callbacks), `stop`, `gate`
-(start-failure backoff), `outcome` (the record), `run` (the orchestration) and `zygote`
-(the opt-in warm fork server, a second `Spawner`).
+(start-failure backoff), `outcome` (the record), `workdir` (job directories, reused when
+untouched), `orphans` (the subreaper's sweep of escaped descendants), `shim` (the compiled
+exec shim), `run` (the orchestration) and `zygote` (the opt-in warm fork server, a second
+`Spawner`).
 """
 
 from supervisor.runner.config import ResourceLimits, RunnerConfig, default_command

@@ -40,7 +40,14 @@ class WorkdirPool:
         """An empty private directory for one job (OSError, or KeyError for an unknown user)."""
         origin = _origin(root, user)
         spares = self._spare.get(origin)
-        path = spares.pop() if spares else _create(origin, user is not None)
+        while spares:
+            path = spares.pop()
+            # Idle in /tmp, it may have been cleaned away meanwhile (systemd-tmpfiles).
+            if _untouched(path, origin):
+                self._handed_out[path] = origin
+                return path
+            _remove(path)
+        path = _create(origin, user is not None)
         self._handed_out[path] = origin
         return path
 
@@ -88,6 +95,10 @@ def _create(origin: _Origin, chown: bool) -> str:
 
 
 def _untouched(path: str, origin: _Origin) -> bool:
+    """Exactly as handed out: an empty 0700 directory of the job's owner, no xattrs.
+
+    Not necessarily the same inode: a job that replaced its directory with an identical
+    one has left nothing behind either."""
     try:
         st = os.lstat(path)
         if (

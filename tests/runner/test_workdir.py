@@ -64,6 +64,15 @@ async def test_a_killed_job_s_directory_is_removed(run: RunFn) -> None:
     assert WORKDIRS.spares() == []
 
 
+async def test_a_kept_directory_that_vanished_is_not_handed_out(run: RunFn) -> None:
+    first = await run(fast_config(child_cmd("touch_workdir.py")))
+    kept = first.result["cwd"]
+    await asyncio.to_thread(os.rmdir, kept)  # as systemd-tmpfiles would after days idle
+    second = await run(fast_config(child_cmd("touch_workdir.py")))
+    assert second.succeeded, second.error
+    assert second.result["cwd"] != kept and second.result["found"] == []
+
+
 async def test_concurrent_jobs_never_share_a_directory(run: RunFn) -> None:
     await run(fast_config(child_cmd("touch_workdir.py")))  # leaves one spare
     cfg = fast_config(child_cmd("touch_workdir.py"))

@@ -329,14 +329,16 @@ def test_the_waiting_spare_holds_no_job_pipes_and_leads_its_session(
     assert len(spares) == 1
     spare = spares[0].pid
     assert spare != spawner.started[0].pid
-    assert os.getsid(spare) == spare
-    # stdin/stdout (/dev/null), the zygote's stderr and its socket to the zygote: no pipe
-    # of a finished job (which would keep the runner waiting for EOF).
-    deadline = time.monotonic() + 5  # it closes the zygote's own fds right after fork()
+    # The spare is forked ahead of its job and sets itself up right after fork(): its own
+    # session, then only its own fds. stdin/stdout (/dev/null), the zygote's stderr and its
+    # socket to the zygote: no pipe of a finished job (which would keep the runner waiting).
+    deadline = time.monotonic() + 5
     while True:
         fds = os.listdir(f"/proc/{spare}/fd")
-        if len(fds) == 4 or time.monotonic() > deadline:
+        leads = os.getsid(spare) == spare
+        if (leads and len(fds) == 4) or time.monotonic() > deadline:
             break
         time.sleep(0.01)
+    assert leads
     targets = {os.readlink(f"/proc/{spare}/fd/{fd}") for fd in fds}
     assert len(fds) == 4, targets

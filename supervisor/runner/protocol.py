@@ -56,7 +56,18 @@ class ProtocolScanner:
                 self._at_line_start = True
                 pos = nl + 1
             elif self._at_line_start:
-                if data.startswith(_PREFIXES, pos) or _is_prefix_start(data, pos):
+                if data.startswith(_PREFIXES, pos):
+                    # The common case, a whole protocol line inside this chunk: one slice.
+                    nl = data.find(b"\n", pos)
+                    is_result = data.startswith(RESULT_PREFIX, pos)
+                    cap = self._result_cap if is_result else self._progress_cap
+                    if 0 <= nl - pos <= cap:
+                        out.append(ProtocolLine(data[pos:nl]))
+                        pos = nl + 1
+                        continue
+                    self._pending = bytearray()
+                    pos = self._collect(data, pos, out)
+                elif _is_prefix_start(data, pos):
                     self._pending = bytearray()
                     pos = self._collect(data, pos, out)
                 else:

@@ -48,6 +48,20 @@ def test_overlong_progress_line_is_cut_without_buffering_it() -> None:
     assert scanner._pending is None
 
 
+@pytest.mark.parametrize("size", [1, 7, 1000])
+def test_a_line_of_exactly_the_cap_is_whole_and_one_more_byte_is_cut(size: int) -> None:
+    fits = b"PROGRESS: 5 " + b"m" * 88  # 100 bytes
+    over = b"PROGRESS: 6 " + b"m" * 89  # 101 bytes
+    data = fits + b"\n" + over + b"\nPROGRESS: 7\n"
+    chunks = [data[i : i + size] for i in range(0, len(data), size)]
+    out = scan(chunks, max_line_bytes=100)
+    assert [(x.data, x.truncated) for x in out] == [
+        (fits, False),
+        (over[:100], True),
+        (b"PROGRESS: 7", False),
+    ]
+
+
 def test_overlong_result_line_is_reported_cut() -> None:
     out = scan([b"RESULT: " + b"1" * 500 + b"\n"], max_result_bytes=100)
     assert out[0].truncated

@@ -111,24 +111,42 @@ void *memset(void *s, int c, u64 n) {  /* the compiler may emit calls to it */
 static u64 len(const char *s) { u64 n = 0; while (s[n]) n++; return n; }
 static void put(const char *s) { sc(SYS_write, 2, (long)s, (long)len(s), 0); }
 
+/* strerror()'s text for what exec, prctl and prlimit can return; glibc's form otherwise. */
 static const char *reason(long err) {
     switch (err) {
     case 1: return "Operation not permitted";
     case 2: return "No such file or directory";
+    case 5: return "Input/output error";
     case 7: return "Argument list too long";
     case 8: return "Exec format error";
+    case 11: return "Resource temporarily unavailable";
     case 12: return "Cannot allocate memory";
     case 13: return "Permission denied";
+    case 14: return "Bad address";
     case 20: return "Not a directory";
+    case 21: return "Is a directory";
     case 22: return "Invalid argument";
+    case 24: return "Too many open files";
     case 26: return "Text file busy";
+    case 36: return "File name too long";
     case 40: return "Too many levels of symbolic links";
-    default: return "system error";
+    case 80: return "Accessing a corrupted shared library";
+    default: return 0;
     }
 }
 
 static void fail(const char *what, const char *arg, long err) {
-    put("ingest-shim: "); put(what); put(" "); put(arg); put(": "); put(reason(err)); put("\n");
+    char digits[24], *d = digits + sizeof digits - 1;
+    const char *text = reason(err);
+    put("ingest-shim: "); put(what); put(" "); put(arg); put(": ");
+    if (text) {
+        put(text);
+    } else {
+        *d = 0;
+        do { *--d = (char)('0' + err % 10); err /= 10; } while (err > 0);
+        put("Unknown error "); put(d);
+    }
+    put("\n");
     sc(SYS_exit_group, 127, 0, 0, 0);
 }
 
@@ -137,8 +155,9 @@ static int number(const char **s, char stop, u64 *out) {
     u64 v = 0; const char *p = *s;
     if (*p < '0' || *p > '9') return 0;
     for (; *p >= '0' && *p <= '9'; p++) {
-        if (v > 1844674407370955160UL) return 0;
-        v = v * 10 + (u64)(*p - '0');
+        u64 digit = (u64)(*p - '0');
+        if (v > (~0UL - digit) / 10) return 0;  /* would not fit in 64 bits */
+        v = v * 10 + digit;
     }
     if (*p != stop) return 0;
     *out = v; *s = p + (stop ? 1 : 0);
@@ -162,14 +181,13 @@ __attribute__((force_align_arg_pointer, noreturn, used)) void shim_main(long *sp
         sc(SYS_exit_group, 127, 0, 0, 0);
     if (!(l[0] == '-' && l[1] == 0)) {
         for (p = l; *p;) {
-            const char *tok = p;
+            char *tok = (char *)p, *end = tok;
             struct k_rlimit rl;
-            if (!number(&p, '=', &res) || !number(&p, ':', &soft)) fail("limit", tok, 22);
-            const char *end = p;
             while (*end && *end != ',') end++;
             char last = *end;
-            *(char *)end = 0;
-            if (!number(&p, 0, &hard)) fail("limit", tok, 22);
+            *end = 0;  /* the token alone, for parsing and for the error message */
+            if (!number(&p, '=', &res) || !number(&p, ':', &soft) || !number(&p, 0, &hard))
+                fail("limit", tok, 22);
             rl.cur = soft; rl.max = hard;
             err = sc(SYS_prlimit64, 0, (long)res, (long)&rl, 0);
             if (err) fail("setrlimit", tok, -err);
@@ -286,6 +304,16 @@ def default_shim() -> str | None:
 
 
 def encode_limits(limits: list[tuple[int, int, int]]) -> str:
-    return ",".join(f"{res}={soft}:{hard}" for res, soft, hard in limits) or "-"
+    """RESOURCE=SOFT:HARD,... for the shim; a negative value (RLIM_INFINITY is -1 in
+    Python) is written as the unsigned infinity both shims parse."""
+
+    def unsigned(value: int) -> int:
+        return value if value >= 0 else _RLIM_INFINITY_UNSIGNED
+
+    parts = [f"{res}={unsigned(soft)}:{unsigned(hard)}" for res, soft, hard in limits]
+    return ",".join(parts) or "-"
+
+
+_RLIM_INFINITY_UNSIGNED = 2**64 - 1
 
 

@@ -4,6 +4,7 @@ x86-64), the portable libc shim, and the preexec_fn fallback."""
 from __future__ import annotations
 
 import os
+import platform
 import resource
 import signal
 import subprocess
@@ -42,6 +43,9 @@ def test_shim_is_built() -> None:
     assert MODES["shim"].shim_path is not None, "a C compiler is installed here"
     assert MODES["shim-libc"].shim_path is not None
     assert build_shim() == MODES["shim"].shim_path
+    if platform.machine() == "x86_64":  # the libc-free build, not a silent fallback
+        assert os.path.getsize(MODES["shim"].shim_path) < 64 * 1024
+        assert os.path.getsize(MODES["shim-libc"].shim_path) > 64 * 1024
 
 
 def test_shim_reports_why_it_could_not_exec(tmp_path: Path) -> None:
@@ -57,12 +61,16 @@ def test_shim_reports_why_it_could_not_exec(tmp_path: Path) -> None:
         assert done.returncode == 127
         assert done.stderr == f"ingest-shim: exec {bogus}: Exec format error\n".encode(), mode
         bad_limit = subprocess.run(
-            [shim, str(os.getpid()), "4=x:0", "--", "/bin/true", "true"],
+            [shim, str(os.getpid()), "4=0:0,7=x:1,8=1:1", "--", "/bin/true", "true"],
             capture_output=True,
             check=False,
         )
         assert bad_limit.returncode == 127
-        assert bad_limit.stderr.startswith(b"ingest-shim: limit 4=x:0"), mode
+        assert bad_limit.stderr == b"ingest-shim: limit 7=x:1: Invalid argument\n", mode
+        too_long = subprocess.run(
+            [shim, str(os.getpid()), "-", "--", "/" + "a" * 5000, "x"], capture_output=True
+        )
+        assert too_long.stderr.endswith(b": File name too long\n"), mode
 
 
 def test_shim_refuses_to_start_a_child_for_a_dead_parent() -> None:
@@ -91,6 +99,16 @@ async def test_child_gets_clean_signals_limits_and_own_session(
     assert got["as"] == [512 * 1024 * 1024] * 2
     assert got["sid_is_pid"] and got["pgid_is_pid"]
     assert resource.getrlimit(resource.RLIMIT_NOFILE) != (123, 123)  # the supervisor's own
+
+
+async def test_unlimited_is_a_limit_every_mode_applies(run: RunFn, spawner: ExecSpawner) -> None:
+    """RLIM_INFINITY (-1 in Python) raises a limit the supervisor itself runs under."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limits = ResourceLimits(memory_bytes=resource.RLIM_INFINITY)
+    outcome = await run(fast_config(child_cmd("report_setup.py"), spawner=spawner, limits=limits))
+    assert outcome.succeeded, outcome.error
+    assert outcome.result["as"] == [resource.RLIM_INFINITY, resource.RLIM_INFINITY]
+    assert (soft, hard) == resource.getrlimit(resource.RLIMIT_AS)
 
 
 async def test_escaped_grandchild_killed_in_both_modes(run: RunFn, spawner: ExecSpawner) -> None:

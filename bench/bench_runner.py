@@ -7,7 +7,8 @@ Prints children/s and start-to-first-PROGRESS p50/p99 for:
   popen         bare Popen (vfork path) with pipes, parallelism N threads
   popen+preexec the same with a no-op preexec_fn (forces fork())
   run_child     the runner at concurrency N (clean env, temp dir, exec shim with
-                pdeathsig/rlimits/signal reset, tree tracking, bounded output)
+                pdeathsig/rlimits/signal reset, tree tracking, bounded output), in a
+                process that is a child subreaper, as the daemon is
   run_child/pre the runner with the preexec_fn fallback instead of the shim
 Contenders alternate in rounds so a busy machine's load falls on all of them alike.
 """
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from supervisor.runner import ExecSpawner, RunnerConfig, StopRequest, run_child
+from supervisor.runner.orphans import ORPHANS
 
 CHILD_CODE = (
     "import sys\n"
@@ -151,6 +153,10 @@ def main() -> None:
     n, par = args.count, args.concurrency
     print(f"{n} no-op children per contender, parallelism {par}, {os.cpu_count()} cpus, "
           f"load {os.getloadavg()[0]:.1f}, child: python -S -c <PROGRESS 0..100 by 10>")
+    # As in the daemon: with the subreaper role the runner can tell that a finished child
+    # left nothing running, which lets it reuse the job directory (see runner/workdir.py).
+    # Only orphans carrying a job id are ever killed; the Popen contenders reap their own.
+    ORPHANS.become_subreaper(kill_unattributed=False)
     shim_cfg = RunnerConfig(command=ARGV)
     preexec_cfg = RunnerConfig(command=ARGV, spawner=ExecSpawner(shim=None))
     contenders: dict[str, Callable[[int], Timing]] = {

@@ -224,7 +224,7 @@ class Daemon:
             asyncio.create_task(coro(), name=coro.__name__)
             for coro in (self._reaper, self._heartbeat, self._cancel_listener, self._watchdog)
         ]
-        if ORPHANS.become_subreaper():
+        if ORPHANS.become_subreaper(kill_unattributed=True):  # it starts no other children
             # Jobs' escaped descendants are reparented here rather than to init.
             upkeep.append(asyncio.create_task(ORPHANS.run_periodically(1.0), name="orphans"))
         if self.ctx.metrics is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import os
 from collections.abc import Callable, Iterable, Mapping
 
 from supervisor.sdnotify import scrub_env
@@ -71,13 +72,7 @@ def build_child_env(
     workdir: str,
 ) -> dict[str, str]:
     explicit = tuple(passthrough)
-    patterns = (*BASE_ALLOWLIST, *explicit)
-    allowed = _matcher(patterns)
-    # Keys first, values only for the few allowed: os.environ decodes on every access.
-    env = {k: parent[k] for k in parent if allowed(k)}
-    # Names the operator listed explicitly also pass when they contain glob characters.
-    for name in _globs(explicit):
-        env.update({k: v for k, v in parent.items() if fnmatch.fnmatchcase(k, name)})
+    env = _allowed_from(parent, explicit)
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     # Progress lines must arrive while the job runs, not when a pipe buffer fills.
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -89,3 +84,34 @@ def build_child_env(
     # Even if an operator lists them, systemd's notify/watchdog variables would let a child
     # speak for the daemon (READY, WATCHDOG); they never pass.
     return scrub_env(env)
+
+
+def _allowed_part(parent: Mapping[str, str], explicit: tuple[str, ...]) -> dict[str, str]:
+    allowed = _matcher((*BASE_ALLOWLIST, *explicit))
+    # Keys first, values only for the few allowed: os.environ decodes on every access.
+    env = {k: parent[k] for k in parent if allowed(k)}
+    # Names the operator listed explicitly also pass when they contain glob characters.
+    for name in _globs(explicit):
+        env.update({k: v for k, v in parent.items() if fnmatch.fnmatchcase(k, name)})
+    return env
+
+
+# passthrough -> (the raw os.environ it was computed from, the allowed part)
+_FROM_ENVIRON: dict[tuple[str, ...], tuple[dict[bytes, bytes], dict[str, str]]] = {}
+
+
+def _allowed_from(parent: Mapping[str, str], explicit: tuple[str, ...]) -> dict[str, str]:
+    """The allowed part of `parent`, a fresh dict.
+
+    For os.environ it is computed again only when the environment changed: filtering it
+    cost ~40 us per job, comparing os.environ's raw bytes dict with a snapshot ~1 us.
+    """
+    raw = getattr(os.environ, "_data", None) if parent is os.environ else None
+    if not isinstance(raw, dict):
+        return _allowed_part(parent, explicit)
+    cached = _FROM_ENVIRON.get(explicit)
+    if cached is None or cached[0] != raw:
+        if len(_FROM_ENVIRON) >= 32:  # passthrough lists keep changing: stay bounded
+            _FROM_ENVIRON.clear()
+        cached = _FROM_ENVIRON[explicit] = (dict(raw), _allowed_part(parent, explicit))
+    return dict(cached[1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -61,10 +62,12 @@ async def run_child(
         outcome = await run.run(workdir, job_json, timeout_s)
         return outcome
     finally:
+        # Reused only when nothing of the job can still be running to write into it.
         clean = (
             outcome is not None
             and outcome.ended in (EndReason.EXITED, EndReason.START_FAILED)
             and outcome.stray_processes_killed == 0
+            and run.left_nothing
         )
         WORKDIRS.give_back(workdir, clean_exit=clean)
 
@@ -93,6 +96,7 @@ class _ChildRun:
         self.result_error: str | None = None
         self.we_killed = False
         self.strays = 0
+        self.left_nothing = False  # a full look after the end found no orphan of it
         self.coalescer: ProgressCoalescer | None = None
 
     # ---- output -------------------------------------------------------------------
@@ -129,8 +133,7 @@ class _ChildRun:
             child = spawner.spawn(spec)
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
             return self.start_failed(_start_error(exc, cfg.command))
-        ORPHANS.job_started(self.job_id, child.pid)
-        job_running = True
+        orphan_token: int | None = ORPHANS.run_started(self.job_id, self.attempt, child.pid)
         self.coalescer = ProgressCoalescer(self.on_progress, cfg.progress_interval_s)
         tree = ProcessTree(child.pid)
         writer = PipeWriter(child.stdin_fd, job_json, lambda: os.close(child.stdin_fd))
@@ -152,11 +155,13 @@ class _ChildRun:
             # adopted by the supervisor if it is a subreaper (see orphans). Until here the
             # job counts as running, so the periodic sweep leaves its orphans to us.
             held = not all(eof.done() for eof in eofs)
-            swept = ORPHANS.sweep_after_job(self.job_id, child.pid, pipes_held=held)
-            ORPHANS.job_ended(self.job_id, child.pid)
-            job_running = False
-            if swept:
-                self.strays += swept
+            assert orphan_token is not None
+            after = ORPHANS.sweep_after_run(orphan_token, pipes_held=held)
+            ORPHANS.run_ended(orphan_token)
+            orphan_token = None
+            self.left_nothing = after.left_nothing
+            if after.killed:
+                self.strays += after.killed
                 await _wait_all_timeout(eofs, cfg.drain_timeout_s)
             for line in self.scanner.finish():
                 self._handle(line)
@@ -168,18 +173,21 @@ class _ChildRun:
             for fd in (child.stdout_fd, child.stderr_fd):
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            if not child.exited.done():  # we were cancelled: never leave the child behind
-                await self._kill_and_reap(child, tree)
-            self.strays += tree.kill_strays()
-            if job_running:
-                self.strays += ORPHANS.sweep_after_job(self.job_id, child.pid, pipes_held=False)
-                ORPHANS.job_ended(self.job_id, child.pid)
+            try:
+                if not child.exited.done():  # we were cancelled: never leave the child behind
+                    await self._kill_and_reap(child, tree)
+            finally:  # even if a second cancel cut the wait short
+                self.strays += tree.kill_strays()
+                if orphan_token is not None:
+                    self.strays += ORPHANS.sweep_after_run(orphan_token, pipes_held=False).killed
+                    ORPHANS.run_ended(orphan_token)
         self.coalescer.flush()
         if status.exit_code == EXEC_FAILED_CODE and self.stderr.head().startswith(
             EXEC_FAILED_MARKER
         ):
             why = self.stderr.head()[len(EXEC_FAILED_MARKER) :].split(b"\n")[0]
-            return self.start_failed(why.decode("utf-8", errors="replace"))
+            failed = self.start_failed(why.decode("utf-8", errors="replace"))
+            return dataclasses.replace(failed, stray_processes_killed=self.strays)
         return self._outcome(ended, status, wall, timeout_s, tree, child.pid)
 
     def _start_sampling(self, tree: ProcessTree, child: SpawnedChild) -> Callable[[], None]:

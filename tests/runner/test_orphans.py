@@ -42,8 +42,10 @@ StartMini = Callable[..., Mini]
 def mini() -> Iterator[StartMini]:
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(*child: str, subreaper: bool = True) -> Mini:
+    def start(*child: str, subreaper: bool = True, cheap: bool = True) -> Mini:
         env = {**os.environ, "MINI_HOLD": "1", "MINI_SUBREAPER": "1" if subreaper else "0"}
+        if not cheap:
+            env["MINI_NO_CHEAP"] = "1"
         proc = subprocess.Popen(
             [sys.executable, str(CHILDREN / "mini_supervisor.py"), *child],
             stdin=subprocess.PIPE,
@@ -93,18 +95,33 @@ def test_without_the_subreaper_that_escapee_survives_the_job(mini: StartMini) ->
         _kill(escapee)
 
 
-def test_daemonized_escapee_is_killed_and_reaped_by_the_periodic_sweep(mini: StartMini) -> None:
+def test_daemonized_escapee_is_killed_at_the_end_of_its_run(mini: StartMini) -> None:
+    """The kernel lists the supervisor's children cheaply: the run's own end sweeps."""
     sup = mini(*child_cmd("grandchild_setsid.py", "quiet"))
     escapee = _pid_of(sup.line("CHILD escaped"))
-    sup.line("DONE")  # the job ended without waiting on any pipe
+    done = sup.line("DONE")
+    assert int(done.split()[1]) == 1
+    assert not wait_gone([escapee], timeout=5)
+
+
+def test_daemonized_escapee_is_killed_and_reaped_by_the_periodic_sweep(mini: StartMini) -> None:
+    """Without a cheap listing of children, the run's end does not look; the sweep does."""
+    sup = mini(*child_cmd("grandchild_setsid.py", "quiet"), cheap=False)
+    escapee = _pid_of(sup.line("CHILD escaped"))
+    done = sup.line("DONE")  # the job ended without waiting on any pipe
+    assert int(done.split()[1]) == 0
     deadline = time.monotonic() + 10
     while psutil.pid_exists(escapee):  # gone entirely: killed, then reaped (no zombie)
         assert time.monotonic() < deadline, psutil.Process(escapee).status()
         time.sleep(0.05)
 
 
-def test_orphan_of_a_running_job_lives_until_that_job_ends(mini: StartMini) -> None:
-    sup = mini(*child_cmd("orphan_maker.py", "2.0"))
+@pytest.mark.parametrize("environment", ["carried", "scrubbed"])
+def test_orphan_of_a_running_job_lives_until_that_job_ends(
+    mini: StartMini, environment: str
+) -> None:
+    """Attributed by INGEST_JOB_ID, or (scrubbed) not at all: spared while its job runs."""
+    sup = mini(*child_cmd("orphan_maker.py", "2.0", environment))
     orphan = _pid_of(sup.line("CHILD orphan"))
     assert psutil.Process(orphan).ppid() == sup.proc.pid  # adopted by the supervisor
     # Several periodic sweeps (every 0.2 s) pass while its job still runs.

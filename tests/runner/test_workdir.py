@@ -2,6 +2,8 @@
 
 An untouched directory from a cleanly ended job is kept for a later job (creating and
 removing one per job was the runner's largest cost on ext4); anything else is removed.
+"Cleanly" includes: nothing of the job can still be running, which only a supervisor that
+is a child subreaper can tell; without that role nothing is reused.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from supervisor.runner import EndReason
+from supervisor.runner.orphans import ORPHANS
 from supervisor.runner.workdir import WORKDIRS
 from tests.runner.conftest import RunFn, child_cmd, fast_config
 
@@ -25,6 +28,15 @@ def no_spares() -> Iterator[None]:
     WORKDIRS.clear()
     yield
     WORKDIRS.clear()
+
+
+@pytest.fixture
+def subreaper() -> Iterator[None]:
+    """This test process adopts orphans for the test's duration, as the daemon does (but
+    kills only orphans whose environment names a run: pytest has children of its own)."""
+    assert ORPHANS.become_subreaper(kill_unattributed=False)
+    yield
+    ORPHANS.stop_being_subreaper()
 
 
 def _exists(path: str) -> bool:
@@ -37,6 +49,7 @@ def _assert_private_and_empty(path: str) -> None:
     assert st.st_uid == os.getuid() and os.listdir(path) == []
 
 
+@pytest.mark.usefixtures("subreaper")
 async def test_untouched_directory_is_kept_and_reused_empty(run: RunFn) -> None:
     first = await run(fast_config(child_cmd("touch_workdir.py")))
     assert first.succeeded, first.error
@@ -49,6 +62,7 @@ async def test_untouched_directory_is_kept_and_reused_empty(run: RunFn) -> None:
     assert not _exists(kept)
 
 
+@pytest.mark.usefixtures("subreaper")
 @pytest.mark.parametrize("mark", ["file", "chmod", "xattr"])
 async def test_a_directory_the_job_changed_is_removed_not_reused(run: RunFn, mark: str) -> None:
     outcome = await run(fast_config(child_cmd("touch_workdir.py", mark)))
@@ -57,6 +71,7 @@ async def test_a_directory_the_job_changed_is_removed_not_reused(run: RunFn, mar
     assert WORKDIRS.spares() == []
 
 
+@pytest.mark.usefixtures("subreaper")
 async def test_a_killed_job_s_directory_is_removed(run: RunFn) -> None:
     outcome = await run(fast_config(child_cmd("touch_workdir.py", "sleep")), timeout_s=0.5)
     assert outcome.ended is EndReason.TIMEOUT
@@ -64,6 +79,7 @@ async def test_a_killed_job_s_directory_is_removed(run: RunFn) -> None:
     assert WORKDIRS.spares() == []
 
 
+@pytest.mark.usefixtures("subreaper")
 async def test_a_kept_directory_that_vanished_is_not_handed_out(run: RunFn) -> None:
     first = await run(fast_config(child_cmd("touch_workdir.py")))
     kept = first.result["cwd"]
@@ -73,6 +89,7 @@ async def test_a_kept_directory_that_vanished_is_not_handed_out(run: RunFn) -> N
     assert second.result["cwd"] != kept and second.result["found"] == []
 
 
+@pytest.mark.usefixtures("subreaper")
 async def test_concurrent_jobs_never_share_a_directory(run: RunFn) -> None:
     await run(fast_config(child_cmd("touch_workdir.py")))  # leaves one spare
     cfg = fast_config(child_cmd("touch_workdir.py"))
@@ -82,10 +99,35 @@ async def test_concurrent_jobs_never_share_a_directory(run: RunFn) -> None:
     assert all(o.result["found"] == [] for o in outcomes)
 
 
+@pytest.mark.usefixtures("subreaper")
+async def test_a_directory_an_escaped_process_may_still_write_into_is_not_reused(
+    run: RunFn,
+) -> None:
+    """The child exits at once, leaving a daemonized process in its own session that
+    writes into the directory a moment later: the directory must not go to the next job."""
+    first = await run(fast_config(child_cmd("touch_workdir.py", "spy")))
+    assert first.succeeded, first.error
+    assert first.stray_processes_killed == 1  # adopted, attributed to the run, killed
+    assert first.result["cwd"] not in WORKDIRS.spares()
+    assert not _exists(first.result["cwd"])
+    cfg = fast_config(child_cmd("touch_workdir.py"))
+    later = await asyncio.gather(*(run(cfg) for _ in range(3)))
+    assert all(o.result["found"] == [] for o in later)
+
+
+async def test_without_the_subreaper_role_nothing_is_reused(run: RunFn) -> None:
+    assert not ORPHANS.enabled
+    first = await run(fast_config(child_cmd("touch_workdir.py")))
+    assert first.succeeded, first.error
+    assert WORKDIRS.spares() == [] and not _exists(first.result["cwd"])
+
+
 def test_kept_directories_are_removed_when_the_supervisor_exits(tmp_path: object) -> None:
     code = (
         "import asyncio, sys\n"
         "from supervisor.runner import RunnerConfig, StopRequest, run_child\n"
+        "from supervisor.runner.orphans import ORPHANS\n"
+        "ORPHANS.become_subreaper(kill_unattributed=True)\n"
         "cfg = RunnerConfig(command=(sys.executable, '-S', '-c', 'pass'), tmp_root=sys.argv[1])\n"
         "out = asyncio.run(run_child(cfg, job_id='j', attempt=1, job_json=b'{}', timeout_s=30,"
         " stop=StopRequest()))\n"

@@ -21,7 +21,9 @@ async def main() -> None:
         print(f"CHILD {message}", flush=True)
 
     if os.environ.get("MINI_SUBREAPER") == "1":
-        assert ORPHANS.become_subreaper()
+        assert ORPHANS.become_subreaper(kill_unattributed=True)
+        if os.environ.get("MINI_NO_CHEAP") == "1":
+            ORPHANS._cheap = False  # as on kernels without /proc/*/children
         sweeper = asyncio.create_task(ORPHANS.run_periodically(0.2))
     mode = os.environ.get("MINI_SPAWN")
     spawner = {

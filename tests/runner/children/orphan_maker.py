@@ -2,6 +2,8 @@
 
 An intermediate process starts a grandchild in its own session and exits, so the
 grandchild is reparented (to the supervisor, when that is a subreaper) while its job runs.
+argv[2] 'scrubbed': the grandchild execs `sleep` with an empty environment, so nothing in
+it says which job it came from.
 """
 import os
 import sys
@@ -15,6 +17,8 @@ if os.fork() == 0:  # the intermediate
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
+        if sys.argv[2:] == ["scrubbed"]:
+            os.execve("/bin/sleep", ["sleep", "3600"], {})
         time.sleep(3600)
         os._exit(0)
     os.write(w, str(pid).encode())

@@ -1,9 +1,12 @@
-"""Leaves a mark in its working directory, as argv[1] says: file, chmod, xattr or nothing;
+"""Leaves a mark in its working directory, as argv[1] says: file, chmod, xattr, spy (a
+daemonized process in its own session writes a file there 0.5 s after the child exited) or
+nothing;
 RESULT is the directory and what it found there on arrival."""
 
 import json
 import os
 import sys
+import time
 
 cwd = os.getcwd()
 found = sorted(os.listdir(cwd))
@@ -15,9 +18,17 @@ elif how == "chmod":
     os.chmod(cwd, 0o755)
 elif how == "xattr":
     os.setxattr(cwd, "user.ingest-test", b"mark")
+elif how == "spy":
+    if os.fork() == 0:
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        time.sleep(0.5)
+        with open("from-previous-job.txt", "w") as fh:
+            fh.write("written after the job ended")
+        os._exit(0)
 elif how == "sleep":
-    import time
-
     print("RESULT: " + json.dumps({"cwd": cwd, "found": found}), flush=True)
     time.sleep(600)
 print("RESULT: " + json.dumps({"cwd": cwd, "found": found}), flush=True)

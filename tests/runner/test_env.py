@@ -1,0 +1,41 @@
+"""The child's environment is rebuilt from the supervisor's whenever that changes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from supervisor.runner.env import build_child_env
+
+
+def child_env(passthrough: tuple[str, ...] = ()) -> dict[str, str]:
+    return build_child_env(
+        os.environ, passthrough=passthrough, extra={}, job_id="j", attempt=2, workdir="/w"
+    )
+
+
+def test_changes_to_the_supervisor_environment_reach_the_next_child(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LC_INGEST_TEST", raising=False)
+    assert "LC_INGEST_TEST" not in child_env()
+    monkeypatch.setenv("LC_INGEST_TEST", "one")
+    assert child_env()["LC_INGEST_TEST"] == "one"
+    monkeypatch.setenv("LC_INGEST_TEST", "two")
+    assert child_env()["LC_INGEST_TEST"] == "two"
+    monkeypatch.delenv("LC_INGEST_TEST")
+    assert "LC_INGEST_TEST" not in child_env()
+
+
+def test_each_child_gets_its_own_dict_and_passthrough_lists_do_not_mix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPERATOR_SETTING", "x")
+    first = child_env(("OPERATOR_SETTING",))
+    first["MUTATED"] = "1"
+    second = child_env(("OPERATOR_SETTING",))
+    assert "MUTATED" not in second and second["OPERATOR_SETTING"] == "x"
+    assert "OPERATOR_SETTING" not in child_env()
+    assert second["INGEST_JOB_ID"] == "j" and second["INGEST_ATTEMPT"] == "2"
+    assert second["HOME"] == second["TMPDIR"] == "/w"

@@ -56,6 +56,7 @@ def build_runner_config(settings: Settings) -> RunnerConfig:
         ),
         user=settings.child_user,
         spawner=ZygoteSpawner() if settings.spawn_mode == "zygote" else None,
+        reuse_workdirs=settings.reuse_job_dirs,
     )
 
 

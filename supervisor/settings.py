@@ -277,6 +277,15 @@ OPTIONS: tuple[Option, ...] = (
         "must be exec or zygote",
     ),
     Option(
+        "reuse_job_dirs",
+        "INGEST_REUSE_JOB_DIRS",
+        _bool,
+        True,
+        "give a job's empty working directory to a later job when the job provably left "
+        "nothing running and the directory exactly as handed out (saves a mkdir+rmdir "
+        "per job); 0: every job gets a brand-new directory, removed when it ends",
+    ),
+    Option(
         "child_env",
         "INGEST_CHILD_ENV",
         _names,
@@ -427,6 +436,7 @@ class Settings:
     worker_path: str | None
     worker_command: str | None
     spawn_mode: str
+    reuse_job_dirs: bool
     child_env: tuple[str, ...]
     child_memory_bytes: int | None
     child_cpu_seconds: int | None

@@ -48,6 +48,7 @@ class RunnerConfig:
     user: str | None = None
     group: str | None = None
     tmp_root: str | None = None
+    reuse_workdirs: bool = True  # see supervisor.runner.workdir
     spawner: Spawner | None = None  # None: fork/exec (supervisor.runner.spawner.ExecSpawner)
     read_chunk_bytes: int = 64 * 1024
 

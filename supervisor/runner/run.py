@@ -64,7 +64,8 @@ async def run_child(
     finally:
         # Reused only when nothing of the job can still be running to write into it.
         clean = (
-            outcome is not None
+            config.reuse_workdirs
+            and outcome is not None
             and outcome.ended in (EndReason.EXITED, EndReason.START_FAILED)
             and outcome.stray_processes_killed == 0
             and run.left_nothing

@@ -115,6 +115,13 @@ async def test_a_directory_an_escaped_process_may_still_write_into_is_not_reused
     assert all(o.result["found"] == [] for o in later)
 
 
+@pytest.mark.usefixtures("subreaper")
+async def test_reuse_can_be_turned_off(run: RunFn) -> None:
+    first = await run(fast_config(child_cmd("touch_workdir.py"), reuse_workdirs=False))
+    assert first.succeeded, first.error
+    assert WORKDIRS.spares() == [] and not _exists(first.result["cwd"])
+
+
 async def test_without_the_subreaper_role_nothing_is_reused(run: RunFn) -> None:
     assert not ORPHANS.enabled
     first = await run(fast_config(child_cmd("touch_workdir.py")))

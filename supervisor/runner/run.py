@@ -16,6 +16,7 @@ from typing import Any
 from supervisor.runner.coalesce import ProgressCallback, ProgressCoalescer
 from supervisor.runner.config import RunnerConfig
 from supervisor.runner.env import build_child_env
+from supervisor.runner.oom import oom_kills
 from supervisor.runner.orphans import ORPHANS
 from supervisor.runner.outcome import ChildOutcome, EndReason, describe_end
 from supervisor.runner.output import BoundedOutput
@@ -98,6 +99,7 @@ class _ChildRun:
         self.we_killed = False
         self.strays = 0
         self.left_nothing = False  # a full look after the end found no orphan of it
+        self.oom_kills_at_start: int | None = None
         self.coalescer: ProgressCoalescer | None = None
 
     # ---- output -------------------------------------------------------------------
@@ -130,6 +132,7 @@ class _ChildRun:
         spec = SpawnSpec(cfg.command, env, workdir, cfg.limits, cfg.user, cfg.group)
         spawner = cfg.spawner or _DEFAULT_SPAWNER
         self.started = time.monotonic()
+        self.oom_kills_at_start = oom_kills()
         try:
             child = spawner.spawn(spec)
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
@@ -336,7 +339,12 @@ class _ChildRun:
         if ended is not EndReason.EXITED or status.exit_code == 0:
             return False
         if status.signal == signal.SIGKILL and not self.we_killed:
-            return True  # nobody here sent it: the kernel's OOM killer, as far as we can tell
+            # Nobody here sent it: the OOM killer, or someone's kill -9. The cgroup's OOM
+            # counter tells which where it can be read; elsewhere assume the OOM killer.
+            now = oom_kills()
+            if self.oom_kills_at_start is None or now is None:
+                return True
+            return now > self.oom_kills_at_start
         if self.config.limits.memory_bytes is None:
             return False
         last = self.stderr.last(8192)

@@ -1,11 +1,13 @@
 """A tiny supervisor: runs one child through run_child and reports on stdout.
 
-Prints `CHILD <progress message>` for each progress update and `DONE <strays killed>` at
-the end. MINI_SPAWN picks the start mode; MINI_SUBREAPER=1 makes it a child subreaper
-with a periodic orphan sweep, as the daemon is; MINI_HOLD=1 keeps it alive after the job
-until its stdin closes.
+Prints `CHILD <progress message>` for each progress update, then `DONE <strays killed>`
+and `OUTCOME <json>` at the end. MINI_SPAWN picks the start mode; MINI_SUBREAPER=1 makes
+it a child subreaper with a periodic orphan sweep, as the daemon is; MINI_HOLD=1 keeps it
+alive after the job until its stdin closes; MINI_CGROUP_PROCS names a cgroup.procs file
+it moves itself into first.
 """
 import asyncio
+import json
 import os
 import sys
 
@@ -41,10 +43,20 @@ async def main() -> None:
         on_progress=on_progress,
     )
     print(f"DONE {outcome.stray_processes_killed}", flush=True)
+    summary = {
+        "ended": outcome.ended.value,
+        "signal": outcome.signal,
+        "oom_killed": outcome.oom_killed,
+        "error": outcome.error,
+    }
+    print("OUTCOME " + json.dumps(summary), flush=True)
     if os.environ.get("MINI_HOLD") == "1":
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     if os.environ.get("MINI_SUBREAPER") == "1":
         sweeper.cancel()
 
 
+if os.environ.get("MINI_CGROUP_PROCS"):
+    with open(os.environ["MINI_CGROUP_PROCS"], "w") as fh:
+        fh.write(str(os.getpid()))
 asyncio.run(main())

@@ -25,17 +25,25 @@ def _counter_file() -> str | None:
 def _find_counter_file() -> str | None:
     try:
         with open("/proc/self/cgroup") as fh:
-            lines = fh.read().splitlines()
+            return counter_file_for(fh.read(), _CGROUP_ROOT)
     except OSError:
         return None
-    candidates = []
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
+
+
+def counter_file_for(proc_self_cgroup: str, root: str) -> str | None:
+    """The readable OOM counter for a /proc/self/cgroup text under cgroupfs `root`:
+    the v1 memory controller's memory.oom_control, else v2's memory.events (at the root
+    of a pure v2 mount or under `unified` on a hybrid host)."""
+    candidates: list[str] = []
+    for line in proc_self_cgroup.splitlines():
+        if line.count(":") < 2:
+            continue
+        _, controllers, path = line.split(":", 2)  # the path itself may hold colons
         path = path.lstrip("/")
-        if "memory" in controllers.split(","):  # cgroup v1 memory controller
-            candidates.append(os.path.join(_CGROUP_ROOT, "memory", path, "memory.oom_control"))
-        elif controllers == "":  # cgroup v2 (pure, or the hybrid "unified" mount)
-            for mount in (_CGROUP_ROOT, os.path.join(_CGROUP_ROOT, "unified")):
+        if "memory" in controllers.split(","):
+            candidates.insert(0, os.path.join(root, "memory", path, "memory.oom_control"))
+        elif controllers == "":
+            for mount in (root, os.path.join(root, "unified")):
                 candidates.append(os.path.join(mount, path, "memory.events"))
     return next((c for c in candidates if _read(c) is not None), None)
 

@@ -13,10 +13,12 @@ that was going on when it was first seen has ended, so a running job's helper is
 cut short and nothing lives for ever.
 
 Every direct child that no spawner registered in `owned` (job roots, the zygote) counts
-as adopted. `kill_unattributed` says whether the process may assume that: the daemon
-starts no other children, so it may; a program that merely uses the runner next to
-children of its own may not, and then only attributed orphans are killed, and only
-zombies of orphans killed here are reaped.
+as adopted, including one the daemon inherited at start (`sh -c 'cron & exec daemon'`
+would hand it cron): start the daemon directly, as the systemd and supervisord configs
+do. `kill_unattributed` says whether the process may assume that: the daemon starts no
+other children, so it may; a program that merely uses the runner next to children of its
+own may not, and then only attributed orphans are killed, and only zombies of processes
+known to be jobs' are reaped.
 
 Sweeps run periodically (the daemon: every second), at a run's end when that is cheap
 (the kernel lists our children) or likely to find something (the job's pipes are still
@@ -51,7 +53,7 @@ class _Run:
 
 @dataclass(frozen=True)
 class AfterRun:
-    killed: int  # orphans of the run (or unattributable ones) killed now
+    killed: int  # orphans of the run killed now
     left_nothing: bool  # a full look found no orphan that could be the run's
 
 
@@ -64,9 +66,11 @@ class OrphanSweeper:
         self._cheap = False
         self._tokens = itertools.count(1)
         self._runs: dict[int, _Run] = {}
-        # Unattributable orphans: (pid, start time) -> runs going on when first seen.
-        self._waiting_on: dict[tuple[int, float], frozenset[int]] = {}
-        self._killed: dict[int, float] = {}  # pid -> start time, to reap them later
+        # Unattributable orphans: (pid, start ticks) -> runs going on when first seen.
+        self._waiting_on: dict[tuple[int, int], frozenset[int]] = {}
+        # Processes known to be jobs' (attributed, or killed here): pid -> start ticks.
+        # Their zombies are ours to reap even where other children are not.
+        self._ours: dict[int, int] = {}
 
     def become_subreaper(self, *, kill_unattributed: bool) -> bool:
         """Adopt orphaned descendants from now on (Linux); False where it is not possible."""
@@ -107,7 +111,7 @@ class OrphanSweeper:
         pipes are still held; else the periodic sweep finds the run's orphans later."""
         if not self.enabled or not (pipes_held or self._cheap):
             return AfterRun(0, left_nothing=False)
-        return self._sweep(ending=token)
+        return self._sweep(ending=token)[0]
 
     # ---- sweeping -----------------------------------------------------------------------
 
@@ -119,52 +123,77 @@ class OrphanSweeper:
 
     def sweep(self) -> int:
         """Reap adopted zombies; kill adopted orphans no running run can own. How many."""
-        return self._sweep(ending=None).killed if self.enabled else 0
+        return self._sweep(ending=None)[1] if self.enabled else 0
 
-    def _sweep(self, ending: int | None) -> AfterRun:
+    def _sweep(self, ending: int | None) -> tuple[AfterRun, int]:
+        """(what the ending run left, how many orphans were killed in all)"""
         running = {t: run for t, run in self._runs.items() if t != ending}
         running_jobs = {run.job for run in running.values()}
         ending_job = self._runs[ending].job if ending in self._runs else None
+        charged = 0  # killed orphans of the ending run
         killed = 0
-        left_nothing = True
-        seen: set[tuple[int, float]] = set()
+        # Only a look that saw every candidate alive, erred on none and reaped none can
+        # say the run left nothing: a reaped orphan's children are reparented to us
+        # after the list was read.
+        certain = True
+        seen: set[tuple[int, int]] = set()
         children = _direct_children()
-        self._killed = {p: t for p, t in self._killed.items() if p in children}
         for pid in children - self.owned:
             try:
                 proc = psutil.Process(pid)
-                started = proc.create_time()
+                started = _start_ticks(pid)
                 if proc.status() == psutil.STATUS_ZOMBIE:
-                    if self.kill_unattributed or self._killed.get(pid) == started:
+                    if self.kill_unattributed or self._ours.get(pid) == started:
                         self._reap(pid)
+                        certain = False
                     continue
                 owner = _run_of(proc)
             except (psutil.Error, OSError):
+                certain = False
                 continue
             if owner is not None:
+                self._ours[pid] = started  # a job's: its zombie is ours to reap
                 if owner == ending_job:
-                    left_nothing = False
+                    certain = False
                 if owner in running_jobs:
                     continue
             elif self.kill_unattributed:
-                left_nothing = False
+                certain = False
                 key = (pid, started)
                 seen.add(key)
                 waiting_on = self._waiting_on.setdefault(key, frozenset(self._runs))
                 if waiting_on & running.keys():
                     continue
             else:
-                left_nothing = False  # not ours to kill, and it might be the run's
+                certain = False  # not ours to kill, and it might be the run's
                 continue
-            _kill_with_descendants(proc)
-            self._killed[pid] = started
+            self._kill_with_descendants(proc, started)
             killed += 1
+            if owner is not None and owner == ending_job:
+                charged += 1
             log.warning("killed pid %d, an orphan of job %s", pid, owner[0] if owner else "?")
+        if _direct_children() - children - self.owned:
+            certain = False  # new orphans arrived while we looked
         self._waiting_on = {k: v for k, v in self._waiting_on.items() if k in seen}
-        return AfterRun(killed, left_nothing=left_nothing and killed == 0)
+        if len(self._ours) > 1024:  # forget processes that are gone for good
+            self._ours = {p: t for p, t in self._ours.items() if os.path.exists(f"/proc/{p}")}
+        return AfterRun(charged, left_nothing=certain and killed == 0), killed
+
+    def _kill_with_descendants(self, proc: psutil.Process, started: int) -> None:
+        """SIGKILL the orphan and its descendants; remember them all, since each becomes
+        our child (and a zombie to reap) once its parent is gone."""
+        with contextlib.suppress(psutil.Error):
+            for descendant in proc.children(recursive=True):
+                with contextlib.suppress(psutil.Error, OSError):
+                    ticks = _start_ticks(descendant.pid)
+                    descendant.send_signal(signal.SIGKILL)
+                    self._ours[descendant.pid] = ticks
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(signal.SIGKILL)
+        self._ours[proc.pid] = started
 
     def _reap(self, pid: int) -> None:
-        self._killed.pop(pid, None)
+        self._ours.pop(pid, None)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
 
@@ -208,13 +237,12 @@ def _run_of(proc: psutil.Process) -> tuple[str, str] | None:
     return (job, attempt) if job is not None and attempt is not None else None
 
 
-def _kill_with_descendants(proc: psutil.Process) -> None:
-    with contextlib.suppress(psutil.Error):
-        for descendant in proc.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                descendant.send_signal(signal.SIGKILL)
-    with contextlib.suppress(psutil.Error):
-        proc.send_signal(signal.SIGKILL)
+def _start_ticks(pid: int) -> int:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat):
+    with the pid, its identity, unmoved by wall-clock steps (psutil's create_time is)."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        stat = fh.read()
+    return int(stat[stat.rindex(b")") + 2 :].split()[19])
 
 
 ORPHANS = OrphanSweeper()

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from supervisor.runner import ChildOutcome, RunnerConfig, StopRequest, run_child
+from supervisor.runner.orphans import ORPHANS
 
 CHILDREN = Path(__file__).resolve().parent / "children"
 
@@ -100,3 +101,12 @@ def run() -> Iterator[RunFn]:
     left = [p.pid for jid in job_ids for p in job_processes(jid)]
     assert not left, f"processes of the job left behind: {left}"
     assert not own_children, f"children of the test process left behind: {own_children}"
+
+
+@pytest.fixture
+def subreaper() -> Iterator[None]:
+    """This test process adopts orphans for the test's duration, as the daemon does (but
+    kills only orphans whose environment names a run: pytest has children of its own)."""
+    assert ORPHANS.become_subreaper(kill_unattributed=False)
+    yield
+    ORPHANS.stop_being_subreaper()

@@ -94,3 +94,34 @@ def test_the_memory_cgroup_s_oom_killer_is_named(memory_cgroup: Path) -> None:
     assert outcome["ended"] == "exited" and outcome["signal"] == signal.SIGKILL
     assert outcome["oom_killed"] is True
     assert outcome["error"].startswith("Worker killed by signal SIGKILL (out of memory)")
+
+
+V1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"
+V2 = "low 0\nhigh 0\nmax 7\noom 2\noom_kill 2\noom_group_kill 0\n"
+
+
+def _tree(root: Path, files: dict[str, str]) -> str:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return str(root)
+
+
+@pytest.mark.parametrize(
+    ("cgroup", "files", "expected"),
+    [
+        ("4:memory:/a/b\n0::/\n", {"memory/a/b/memory.oom_control": V1}, 3),
+        ("0::/sys.slice/ingest@1.service\n", {"sys.slice/ingest@1.service/memory.events": V2}, 2),
+        ("4:memory:/m\n0::/u\n", {"unified/u/memory.events": V2}, 2),  # hybrid, v1 unreadable
+        ("0::/odd:name\n", {"odd:name/memory.events": V2}, 2),
+        ("0::/\n", {}, None),  # the root cgroup has no counter: assume OOM
+        ("12:cpu,cpuacct:/x\n", {"cpu,cpuacct/x/memory.events": V2}, None),
+    ],
+)
+def test_the_counter_is_found_on_v1_v2_and_hybrid_hosts(
+    tmp_path: Path, cgroup: str, files: dict[str, str], expected: int | None
+) -> None:
+    from supervisor.runner.oom import _read, counter_file_for
+
+    path = counter_file_for(cgroup, _tree(tmp_path, files))
+    assert (None if path is None else _read(path)) == expected

@@ -9,7 +9,9 @@ is a child subreaper can tell; without that role nothing is reused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -30,15 +32,6 @@ def no_spares() -> Iterator[None]:
     WORKDIRS.clear()
 
 
-@pytest.fixture
-def subreaper() -> Iterator[None]:
-    """This test process adopts orphans for the test's duration, as the daemon does (but
-    kills only orphans whose environment names a run: pytest has children of its own)."""
-    assert ORPHANS.become_subreaper(kill_unattributed=False)
-    yield
-    ORPHANS.stop_being_subreaper()
-
-
 def _exists(path: str) -> bool:
     return os.path.exists(path)
 
@@ -57,7 +50,7 @@ async def test_untouched_directory_is_kept_and_reused_empty(run: RunFn) -> None:
     assert WORKDIRS.spares() == [kept]
     _assert_private_and_empty(kept)
     second = await run(fast_config(child_cmd("touch_workdir.py")))
-    assert second.result == {"cwd": kept, "found": []}
+    assert second.result == {"cwd": kept, "found": [], "spy": None}
     WORKDIRS.clear()
     assert not _exists(kept)
 
@@ -120,6 +113,23 @@ async def test_reuse_can_be_turned_off(run: RunFn) -> None:
     first = await run(fast_config(child_cmd("touch_workdir.py"), reuse_workdirs=False))
     assert first.succeeded, first.error
     assert WORKDIRS.spares() == [] and not _exists(first.result["cwd"])
+
+
+@pytest.mark.usefixtures("subreaper")
+async def test_a_spared_escapee_still_keeps_its_directory_from_reuse(run: RunFn) -> None:
+    """The escapee scrubbed its environment: this process (not the daemon) may not kill
+    it, but it might be the run's, so the directory is not handed to a later job."""
+    first = await run(fast_config(child_cmd("touch_workdir.py", "spy-scrubbed")))
+    try:
+        assert first.succeeded, first.error
+        assert first.stray_processes_killed == 0
+        assert first.result["cwd"] not in WORKDIRS.spares()
+        assert not _exists(first.result["cwd"])
+    finally:  # the spared escapee is this process's adopted child now: kill and reap it
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(first.result["spy"], signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            await asyncio.to_thread(os.waitpid, first.result["spy"], 0)
 
 
 async def test_without_the_subreaper_role_nothing_is_reused(run: RunFn) -> None:

@@ -1,6 +1,6 @@
 """Leaves a mark in its working directory, as argv[1] says: file, chmod, xattr, spy (a
-daemonized process in its own session writes a file there 0.5 s after the child exited) or
-nothing;
+daemonized process in its own session writes a file there 0.5 s after the child exited),
+spy-scrubbed (the same, exec'd with an empty environment) or nothing;
 RESULT is the directory and what it found there on arrival."""
 
 import json
@@ -18,17 +18,25 @@ elif how == "chmod":
     os.chmod(cwd, 0o755)
 elif how == "xattr":
     os.setxattr(cwd, "user.ingest-test", b"mark")
-elif how == "spy":
-    if os.fork() == 0:
+spy = None
+if how in ("spy", "spy-scrubbed"):
+    spy = os.fork()
+    if spy == 0:
         os.setsid()
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
+        if how == "spy-scrubbed":  # one process, so killing it leaves nothing
+            code = (
+                "import time; time.sleep(0.5); "
+                "open('from-previous-job.txt', 'w').write('written after the job ended')"
+            )
+            os.execve(sys.executable, [sys.executable, "-S", "-I", "-c", code], {})
         time.sleep(0.5)
         with open("from-previous-job.txt", "w") as fh:
             fh.write("written after the job ended")
         os._exit(0)
 elif how == "sleep":
-    print("RESULT: " + json.dumps({"cwd": cwd, "found": found}), flush=True)
+    print("RESULT: " + json.dumps({"cwd": cwd, "found": found, "spy": spy}), flush=True)
     time.sleep(600)
-print("RESULT: " + json.dumps({"cwd": cwd, "found": found}), flush=True)
+print("RESULT: " + json.dumps({"cwd": cwd, "found": found, "spy": spy}), flush=True)

@@ -8,6 +8,7 @@ flag is process-wide and must not be set on the test runner itself.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -42,10 +43,14 @@ StartMini = Callable[..., Mini]
 def mini() -> Iterator[StartMini]:
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(*child: str, subreaper: bool = True, cheap: bool = True) -> Mini:
+    def start(
+        *child: str, subreaper: bool = True, cheap: bool = True, alongside: tuple[str, ...] = ()
+    ) -> Mini:
         env = {**os.environ, "MINI_HOLD": "1", "MINI_SUBREAPER": "1" if subreaper else "0"}
         if not cheap:
             env["MINI_NO_CHEAP"] = "1"
+        if alongside:
+            env["MINI_ALONGSIDE"] = json.dumps(alongside)
         proc = subprocess.Popen(
             [sys.executable, str(CHILDREN / "mini_supervisor.py"), *child],
             stdin=subprocess.PIPE,
@@ -131,3 +136,18 @@ def test_orphan_of_a_running_job_lives_until_that_job_ends(
         time.sleep(0.05)
     sup.line("DONE")
     assert not wait_gone([orphan], timeout=5), "the orphan outlived its job"
+
+
+def test_unattributable_orphan_waits_for_every_run_it_might_belong_to(mini: StartMini) -> None:
+    """A scrubbed orphan appears while two runs go on; its own run ends first. It could be
+    the other run's, so it lives until that one ends too, then dies."""
+    other = child_cmd("orphan_maker.py", "2.5")  # a run of 2.5 s with an orphan of its own
+    sup = mini(*child_cmd("orphan_maker.py", "0.3", "scrubbed"), alongside=other)
+    orphan = _pid_of(sup.line("CHILD orphan"))
+    sup.line("DONE")  # its run is over; the other still runs
+    watch_until = time.monotonic() + 1.0  # several periodic sweeps (every 0.2 s)
+    while time.monotonic() < watch_until:
+        assert psutil.Process(orphan).status() != psutil.STATUS_ZOMBIE
+        time.sleep(0.05)
+    sup.line("DONE2")
+    assert not wait_gone([orphan], timeout=5), "the orphan outlived every run"

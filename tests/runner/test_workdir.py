@@ -15,8 +15,10 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
 from supervisor.runner import EndReason
@@ -154,3 +156,22 @@ def test_kept_directories_are_removed_when_the_supervisor_exits(tmp_path: object
     root = str(tmp_path)
     subprocess.run([sys.executable, "-c", code, root], check=True, timeout=60)
     assert os.listdir(root) == []
+
+
+@pytest.mark.usefixtures("subreaper")
+async def test_killed_orphans_and_their_children_are_reaped_by_a_later_sweep(run: RunFn) -> None:
+    """Library mode reaps only zombies known to be jobs': the orphan killed at its run's end
+    and the child it had (a zombie of ours too, once its parent died) are both gone after
+    the next run's sweep."""
+    first = await run(fast_config(child_cmd("orphan_maker.py", "0.2", "family")))
+    assert first.stray_processes_killed == 1
+    orphan, grandchild = (int(p) for p in (first.progress_message or "").split()[-2:])
+    await run(fast_config(child_cmd("touch_workdir.py")))
+    deadline = time.monotonic() + 5
+    while await asyncio.to_thread(_exists_pid, orphan, grandchild):
+        assert time.monotonic() < deadline, "a killed orphan was left a zombie"
+        await run(fast_config(child_cmd("touch_workdir.py")))
+
+
+def _exists_pid(*pids: int) -> bool:
+    return any(psutil.pid_exists(p) for p in pids)

@@ -4,7 +4,8 @@ Prints `CHILD <progress message>` for each progress update, then `DONE <strays k
 and `OUTCOME <json>` at the end. MINI_SPAWN picks the start mode; MINI_SUBREAPER=1 makes
 it a child subreaper with a periodic orphan sweep, as the daemon is; MINI_HOLD=1 keeps it
 alive after the job until its stdin closes; MINI_CGROUP_PROCS names a cgroup.procs file
-it moves itself into first.
+it moves itself into first; MINI_ALONGSIDE (a JSON argv) runs a second job at the same
+time and prints `DONE2` when that one ends.
 """
 import asyncio
 import json
@@ -14,6 +15,13 @@ import sys
 from supervisor.runner import ExecSpawner, RunnerConfig, StopRequest, run_child
 from supervisor.runner.orphans import ORPHANS
 from supervisor.runner.shim import build_shim
+
+
+async def run_alongside(config: RunnerConfig) -> None:
+    outcome = await run_child(
+        config, job_id="mini-2", attempt=1, job_json=b"{}", timeout_s=600, stop=StopRequest()
+    )
+    print(f"DONE2 {outcome.stray_processes_killed}", flush=True)
 
 
 async def main() -> None:
@@ -33,6 +41,10 @@ async def main() -> None:
         "shim-libc": ExecSpawner(shim=build_shim(portable=True)),
     }.get(mode or "")
     config = RunnerConfig(command=tuple(child), progress_interval_s=0.0, spawner=spawner)
+    alongside = None
+    if os.environ.get("MINI_ALONGSIDE"):
+        second = RunnerConfig(command=tuple(json.loads(os.environ["MINI_ALONGSIDE"])))
+        alongside = asyncio.create_task(run_alongside(second))
     outcome = await run_child(
         config,
         job_id="mini",
@@ -50,6 +62,8 @@ async def main() -> None:
         "error": outcome.error,
     }
     print("OUTCOME " + json.dumps(summary), flush=True)
+    if alongside is not None:
+        await alongside
     if os.environ.get("MINI_HOLD") == "1":
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     if os.environ.get("MINI_SUBREAPER") == "1":

@@ -3,7 +3,8 @@
 An intermediate process starts a grandchild in its own session and exits, so the
 grandchild is reparented (to the supervisor, when that is a subreaper) while its job runs.
 argv[2] 'scrubbed': the grandchild execs `sleep` with an empty environment, so nothing in
-it says which job it came from.
+it says which job it came from; 'family': the grandchild has a child of its own, and the
+progress message ends with both pids.
 """
 import os
 import sys
@@ -19,11 +20,18 @@ if os.fork() == 0:  # the intermediate
             os.dup2(null, fd)
         if sys.argv[2:] == ["scrubbed"]:
             os.execve("/bin/sleep", ["sleep", "3600"], {})
+        if sys.argv[2:] == ["family"]:
+            baby = os.fork()
+            if baby == 0:
+                time.sleep(3600)
+                os._exit(0)
+            os.write(w, f"{os.getpid()} {baby}".encode())
         time.sleep(3600)
         os._exit(0)
-    os.write(w, str(pid).encode())
+    if sys.argv[2:] != ["family"]:
+        os.write(w, str(pid).encode())
     os._exit(0)
-grandchild = int(os.read(r, 32))
+grandchild = os.read(r, 64).decode()
 os.wait()  # the intermediate
 print(f"PROGRESS: 10 orphan {grandchild}", flush=True)
 time.sleep(float(sys.argv[1]))

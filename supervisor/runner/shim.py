@@ -31,11 +31,12 @@ EXEC_FAILED_MARKER = b"ingest-shim: "
 EXEC_FAILED_CODE = 127
 
 SOURCE = r"""
-/* usage: shim PARENT_PID LIMITS -- PATH ARGV0 ARGS...
- * LIMITS is "-" or a comma list of RESOURCE=SOFT:HARD (numbers). The shim sets the parent
- * death signal (and exits if the parent already died), applies the limits, resets every
- * signal disposition and the signal mask, then execs PATH (absolute; execv, never the
- * shell fallback execvp has for files that are not executables). */
+/* usage: shim PARENT_PID LIMITS CWD -- PATH ARGV0 ARGS...
+ * LIMITS is "-" or a comma list of RESOURCE=SOFT:HARD (numbers); CWD is "-" or the
+ * directory to change to. The shim sets the parent death signal (and exits if the parent
+ * already died), applies the limits, changes directory, closes every fd above 2, resets
+ * every signal disposition and the signal mask, then execs PATH (absolute; execv, never
+ * the shell fallback execvp has for files that are not executables). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
@@ -44,7 +45,17 @@ SOURCE = r"""
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+static void close_from_3(void) {
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, 3, ~0U, 0) == 0) return;
+#endif
+    long max = sysconf(_SC_OPEN_MAX);  /* kernels before 5.9 */
+    if (max < 0 || max > 65536) max = 65536;
+    for (long fd = 3; fd < max; fd++) close((int)fd);
+}
 
 static int fail(const char *what, const char *arg) {
     fprintf(stderr, "ingest-shim: %s %s: %s\n", what, arg, strerror(errno));
@@ -52,8 +63,8 @@ static int fail(const char *what, const char *arg) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 6 || strcmp(argv[3], "--") != 0) {
-        fprintf(stderr, "ingest-shim: usage: shim PARENT_PID LIMITS -- PATH ARGV0 ARGS...\n");
+    if (argc < 7 || strcmp(argv[4], "--") != 0) {
+        fprintf(stderr, "ingest-shim: usage: shim PARENT_PID LIMITS CWD -- PATH ARGV0 ARGS...\n");
         return 127;
     }
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) return fail("prctl", "PDEATHSIG");
@@ -77,17 +88,19 @@ int main(int argc, char **argv) {
     sigemptyset(&dfl.sa_mask);
     for (int sig = 1; sig < NSIG; sig++)
         if (sig != SIGKILL && sig != SIGSTOP) sigaction(sig, &dfl, NULL);
+    if (strcmp(argv[3], "-") != 0 && chdir(argv[3]) != 0) return fail("chdir", argv[3]);
+    close_from_3();
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    execv(argv[4], &argv[5]);
-    return fail("exec", argv[4]);
+    execv(argv[5], &argv[6]);
+    return fail("exec", argv[5]);
 }
 """
 
 RAW_X86_64_SOURCE = r"""
 /* The portable shim's contract without the C library, for x86-64 Linux only.
- * usage: shim PARENT_PID LIMITS -- PATH ARGV0 ARGS...  (see the portable source) */
+ * usage: shim PARENT_PID LIMITS CWD -- PATH ARGV0 ARGS...  (see the portable source) */
 #include <sys/syscall.h>
 
 typedef unsigned long u64;
@@ -170,8 +183,8 @@ __attribute__((force_align_arg_pointer, noreturn, used)) void shim_main(long *sp
     char **envp = argv + argc + 1;
     const char *l = argv[2], *p;
     u64 parent, res, soft, hard;
-    if (argc < 6 || argv[3][0] != '-' || argv[3][1] != '-' || argv[3][2] != 0) {
-        put("ingest-shim: usage: shim PARENT_PID LIMITS -- PATH ARGV0 ARGS...\n");
+    if (argc < 7 || argv[4][0] != '-' || argv[4][1] != '-' || argv[4][2] != 0) {
+        put("ingest-shim: usage: shim PARENT_PID LIMITS CWD -- PATH ARGV0 ARGS...\n");
         sc(SYS_exit_group, 127, 0, 0, 0);
     }
     long err = sc(SYS_prctl, 1 /* PR_SET_PDEATHSIG */, 9 /* SIGKILL */, 0, 0);
@@ -194,13 +207,23 @@ __attribute__((force_align_arg_pointer, noreturn, used)) void shim_main(long *sp
             p = last ? end + 1 : end;
         }
     }
+    if (!(argv[3][0] == '-' && argv[3][1] == 0)) {
+        err = sc(SYS_chdir, (long)argv[3], 0, 0, 0);
+        if (err) fail("chdir", argv[3], -err);
+    }
+    if (sc(436 /* close_range */, 3, ~0U, 0, 0) != 0) {  /* kernels before 5.9 */
+        struct k_rlimit nofile = {65536, 65536};
+        sc(SYS_prlimit64, 0, 7 /* RLIMIT_NOFILE */, 0, (long)&nofile);
+        u64 max = nofile.cur < 65536 ? nofile.cur : 65536;
+        for (u64 fd = 3; fd < max; fd++) sc(SYS_close, (long)fd, 0, 0, 0);
+    }
     struct k_sigaction dfl = {0, 0, 0, 0};
     for (long sig = 1; sig <= 64; sig++)
         if (sig != 9 && sig != 19) sc(SYS_rt_sigaction, sig, (long)&dfl, 0, 8);
     u64 none = 0;
     sc(SYS_rt_sigprocmask, 2 /* SIG_SETMASK */, (long)&none, 0, 8);
-    err = sc(SYS_execve, (long)argv[4], (long)&argv[5], (long)envp, 0);
-    fail("exec", argv[4], -err);
+    err = sc(SYS_execve, (long)argv[5], (long)&argv[6], (long)envp, 0);
+    fail("exec", argv[5], -err);
     __builtin_unreachable();
 }
 
@@ -281,7 +304,7 @@ def _works(shim: Path) -> bool:
     true = shutil.which("true") or "/bin/true"
     try:
         done = subprocess.run(
-            [str(shim), str(os.getpid()), "4=0:0", "--", true, "true"],
+            [str(shim), str(os.getpid()), "4=0:0", "/", "--", true, "true"],
             capture_output=True,
             timeout=10,
             check=False,

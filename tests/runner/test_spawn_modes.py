@@ -31,10 +31,14 @@ def spawner(request: pytest.FixtureRequest) -> ExecSpawner:
 
 @pytest.fixture
 def parent_masks_and_ignores_signals() -> Iterator[None]:
-    """The supervisor blocks SIGUSR1 and ignores SIGHUP (as under nohup)."""
+    """The supervisor blocks SIGUSR1 and ignores SIGHUP (as under nohup), and holds an
+    inheritable fd (as a C library or the supervisor's own parent might leave one)."""
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     old_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    leak = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(leak, True)
     yield
+    os.close(leak)
     signal.signal(signal.SIGHUP, old_hup)
     signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
@@ -56,21 +60,28 @@ def test_shim_reports_why_it_could_not_exec(tmp_path: Path) -> None:
         shim = MODES[mode].shim_path
         assert shim is not None
         done = subprocess.run(
-            [shim, str(os.getpid()), "-", "--", str(bogus), "x"], capture_output=True, check=False
+            [shim, str(os.getpid()), "-", "-", "--", str(bogus), "x"],
+            capture_output=True,
+            check=False,
         )
         assert done.returncode == 127
         assert done.stderr == f"ingest-shim: exec {bogus}: Exec format error\n".encode(), mode
         bad_limit = subprocess.run(
-            [shim, str(os.getpid()), "4=0:0,7=x:1,8=1:1", "--", "/bin/true", "true"],
+            [shim, str(os.getpid()), "4=0:0,7=x:1,8=1:1", "-", "--", "/bin/true", "true"],
             capture_output=True,
             check=False,
         )
         assert bad_limit.returncode == 127
         assert bad_limit.stderr == b"ingest-shim: limit 7=x:1: Invalid argument\n", mode
         too_long = subprocess.run(
-            [shim, str(os.getpid()), "-", "--", "/" + "a" * 5000, "x"], capture_output=True
+            [shim, str(os.getpid()), "-", "-", "--", "/" + "a" * 5000, "x"], capture_output=True
         )
         assert too_long.stderr.endswith(b": File name too long\n"), mode
+        no_dir = subprocess.run(
+            [shim, str(os.getpid()), "-", "/no/such/dir", "--", "/bin/true", "true"],
+            capture_output=True,
+        )
+        assert no_dir.stderr == b"ingest-shim: chdir /no/such/dir: No such file or directory\n"
 
 
 def test_shim_refuses_to_start_a_child_for_a_dead_parent() -> None:
@@ -78,7 +89,7 @@ def test_shim_refuses_to_start_a_child_for_a_dead_parent() -> None:
     for mode in ("shim", "shim-libc"):
         shim = MODES[mode].shim_path
         assert shim is not None
-        done = subprocess.run([shim, "1", "-", "--", "/bin/echo", "echo", "ran"], check=False,
+        done = subprocess.run([shim, "1", "-", "-", "--", "/bin/echo", "echo", "ran"], check=False,
                               capture_output=True)
         assert done.returncode == 127 and b"ran" not in done.stdout, mode
 
@@ -98,6 +109,7 @@ async def test_child_gets_clean_signals_limits_and_own_session(
     assert got["nofile"] == [123, 123]
     assert got["as"] == [512 * 1024 * 1024] * 2
     assert got["sid_is_pid"] and got["pgid_is_pid"]
+    assert got["fds"] == [0, 1, 2]  # the supervisor's inheritable fd 'leak' did not reach it
     assert resource.getrlimit(resource.RLIMIT_NOFILE) != (123, 123)  # the supervisor's own
 
 

@@ -145,17 +145,24 @@ class ExecSpawner:
             raise ValueError("empty command")
         program = _resolve_program(argv[0], spec.env, spec.cwd)
         shim = self.shim_path
+        global _posix_spawn_ok
         popen: subprocess.Popen[bytes] | None = None
-        if shim is not None and spec.user is None and spec.group is None:
+        spawned: tuple[int, tuple[int, int, int]] | None = None
+        if shim is not None and spec.user is None and spec.group is None and _posix_spawn_ok:
             # The shim changes directory and closes fds itself, so posix_spawn can start
             # it: what Popen does besides costs ~50 us of the event loop per child.
             limits = encode_limits(_rlimits(spec.limits))
             shim_argv = [shim, str(os.getpid()), limits, spec.cwd, "--", program, *argv]
-            pid, fds = with_child_pipes(
-                lambda stdin_r, stdout_w, stderr_w: _posix_spawn(
-                    shim, shim_argv, spec.env, (stdin_r, stdout_w, stderr_w)
+            try:
+                spawned = with_child_pipes(
+                    lambda stdin_r, stdout_w, stderr_w: _posix_spawn(
+                        shim, shim_argv, spec.env, (stdin_r, stdout_w, stderr_w)
+                    )
                 )
-            )
+            except NotImplementedError:  # a C library without POSIX_SPAWN_SETSID
+                _posix_spawn_ok = False
+        if spawned is not None:
+            pid, fds = spawned
         else:
             popen, fds = self._popen(spec, program, argv, shim)
             pid = popen.pid
@@ -243,6 +250,9 @@ def _posix_spawn(
                 os.close(fd)
     actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(stdio)]
     return os.posix_spawn(shim, argv, env, file_actions=actions, setsid=True, setsigmask=())
+
+
+_posix_spawn_ok = True  # False after a C library without POSIX_SPAWN_SETSID said so
 
 
 def _dup_above_2(fd: int) -> int:

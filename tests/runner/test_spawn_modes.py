@@ -143,3 +143,19 @@ async def test_program_that_cannot_be_executed_is_a_start_failure(
     assert outcome.error is not None and outcome.error.startswith("Worker failed to start: ")
     missing = await run(fast_config(("no-such-program-anywhere",), spawner=spawner))
     assert missing.ended is EndReason.START_FAILED
+
+
+async def test_a_c_library_without_posix_spawn_setsid_falls_back_to_popen(
+    run: RunFn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import supervisor.runner.spawner as spawner_module
+
+    def unsupported(*args: object, **kwargs: object) -> int:
+        raise NotImplementedError("setsid")
+
+    monkeypatch.setattr(spawner_module.os, "posix_spawn", unsupported)
+    monkeypatch.setattr(spawner_module, "_posix_spawn_ok", True)
+    outcome = await run(fast_config(child_cmd("report_setup.py"), spawner=MODES["shim"]))
+    assert outcome.succeeded, outcome.error
+    assert outcome.result["sid_is_pid"] and outcome.result["fds"] == [0, 1, 2]
+    assert spawner_module._posix_spawn_ok is False  # later children go straight to Popen

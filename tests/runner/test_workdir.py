@@ -34,6 +34,11 @@ def no_spares() -> Iterator[None]:
     WORKDIRS.clear()
 
 
+# No tree sample during these short runs: the escapee must be one no sample saw (a sample
+# would make it a known stray, killed and counted by the runner itself).
+UNSAMPLED = {"rss_sample_interval_s": 60.0}
+
+
 def _exists(path: str) -> bool:
     return os.path.exists(path)
 
@@ -100,7 +105,7 @@ async def test_a_directory_an_escaped_process_may_still_write_into_is_not_reused
 ) -> None:
     """The child exits at once, leaving a daemonized process in its own session that
     writes into the directory a moment later: the directory must not go to the next job."""
-    first = await run(fast_config(child_cmd("touch_workdir.py", "spy")))
+    first = await run(fast_config(child_cmd("touch_workdir.py", "spy"), **UNSAMPLED))
     assert first.succeeded, first.error
     assert first.stray_processes_killed == 1  # adopted, attributed to the run, killed
     assert first.result["cwd"] not in WORKDIRS.spares()
@@ -121,7 +126,7 @@ async def test_reuse_can_be_turned_off(run: RunFn) -> None:
 async def test_a_spared_escapee_still_keeps_its_directory_from_reuse(run: RunFn) -> None:
     """The escapee scrubbed its environment: this process (not the daemon) may not kill
     it, but it might be the run's, so the directory is not handed to a later job."""
-    first = await run(fast_config(child_cmd("touch_workdir.py", "spy-scrubbed")))
+    first = await run(fast_config(child_cmd("touch_workdir.py", "spy-scrubbed"), **UNSAMPLED))
     try:
         assert first.succeeded, first.error
         assert first.stray_processes_killed == 0
@@ -163,7 +168,7 @@ async def test_killed_orphans_and_their_children_are_reaped_by_a_later_sweep(run
     """Library mode reaps only zombies known to be jobs': the orphan killed at its run's end
     and the child it had (a zombie of ours too, once its parent died) are both gone after
     the next run's sweep."""
-    first = await run(fast_config(child_cmd("orphan_maker.py", "0.2", "family")))
+    first = await run(fast_config(child_cmd("orphan_maker.py", "0.2", "family"), **UNSAMPLED))
     assert first.stray_processes_killed == 1
     orphan, grandchild = (int(p) for p in (first.progress_message or "").split()[-2:])
     await run(fast_config(child_cmd("touch_workdir.py")))

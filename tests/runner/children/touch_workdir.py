@@ -20,8 +20,10 @@ elif how == "xattr":
     os.setxattr(cwd, "user.ingest-test", b"mark")
 spy = None
 if how in ("spy", "spy-scrubbed"):
+    exec_done, exec_signal = os.pipe()  # both close-on-exec: EOF once the spy has exec'd
     spy = os.fork()
     if spy == 0:
+        os.close(exec_done)
         os.setsid()
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
@@ -32,10 +34,13 @@ if how in ("spy", "spy-scrubbed"):
                 "open('from-previous-job.txt', 'w').write('written after the job ended')"
             )
             os.execve(sys.executable, [sys.executable, "-S", "-I", "-c", code], {})
+        os.close(exec_signal)
         time.sleep(0.5)
         with open("from-previous-job.txt", "w") as fh:
             fh.write("written after the job ended")
         os._exit(0)
+    os.close(exec_signal)
+    os.read(exec_done, 1)  # scrubbed: the job id is gone from its /proc environ by now
 elif how == "sleep":
     print("RESULT: " + json.dumps({"cwd": cwd, "found": found, "spy": spy}), flush=True)
     time.sleep(600)

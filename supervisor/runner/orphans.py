@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import itertools
 import logging
 import os
@@ -40,9 +39,10 @@ from dataclasses import dataclass
 
 import psutil
 
+from supervisor.runner.prctl import PR_SET_CHILD_SUBREAPER, PRCTL
+
 log = logging.getLogger(__name__)
 
-_PR_SET_CHILD_SUBREAPER = 36
 
 
 @dataclass(frozen=True)
@@ -75,12 +75,9 @@ class OrphanSweeper:
     def become_subreaper(self, *, kill_unattributed: bool) -> bool:
         """Adopt orphaned descendants from now on (Linux); False where it is not possible."""
         if not self.enabled:
-            try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-                if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-                    raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
-            except (OSError, AttributeError) as exc:
-                log.warning("cannot become a child subreaper: %s", exc)
+            if PRCTL is None or PRCTL(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+                err = ctypes.get_errno() if PRCTL is not None else 0
+                log.warning("cannot become a child subreaper: %s", os.strerror(err))
                 return False
             self.enabled = True
             # Without /proc/.../children, listing our children reads every process on the
@@ -91,9 +88,8 @@ class OrphanSweeper:
 
     def stop_being_subreaper(self) -> None:
         """Orphans go to init again (a program lending the role for a while: tests)."""
-        if self.enabled:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            libc.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        if self.enabled and PRCTL is not None:
+            PRCTL(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
             self.enabled = False
 
     # ---- runs -------------------------------------------------------------------------

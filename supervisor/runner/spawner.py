@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import grp
@@ -33,10 +31,10 @@ from typing import Protocol, TypeVar
 
 from supervisor.runner.config import ResourceLimits
 from supervisor.runner.orphans import ORPHANS
+from supervisor.runner.prctl import PR_SET_PDEATHSIG, PRCTL
 from supervisor.runner.shim import default_shim, encode_limits
 
 T = TypeVar("T")
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -74,16 +72,6 @@ class Spawner(Protocol):
         ...
 
 
-def _load_prctl() -> Callable[..., int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn: Callable[..., int] = libc.prctl
-        return fn
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl()
 _CATCHABLE = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
 
 
@@ -107,7 +95,7 @@ def _rlimits(limits: ResourceLimits) -> list[tuple[int, int, int]]:
 def _make_child_setup(limits: ResourceLimits) -> Callable[[], None]:
     parent_pid = os.getpid()
     rlimits = _rlimits(limits)
-    prctl = _PRCTL
+    prctl = PRCTL
 
     def setup() -> None:
         if prctl is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 from supervisor.runner.outcome import EndReason
@@ -13,7 +12,6 @@ class StopRequest:
 
     def __init__(self) -> None:
         self._reason: EndReason | None = None
-        self._event = asyncio.Event()
         self._callbacks: list[Callable[[], None]] = []
 
     @property
@@ -29,7 +27,6 @@ class StopRequest:
         if self._reason is not None:
             return False
         self._reason = reason
-        self._event.set()
         for callback in self._callbacks:
             callback()
         self._callbacks.clear()
@@ -38,8 +35,8 @@ class StopRequest:
     def on_request(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call `callback` when a stop is requested (at once if it already was).
 
-        Returns a function that unsubscribes it. Cheaper than a task awaiting `wait()`,
-        which the runner would otherwise create for every child.
+        Returns a function that unsubscribes it. A callback, not an awaitable: awaiting
+        one would cost the runner a task per child.
         """
         if self._reason is not None:
             callback()
@@ -51,8 +48,3 @@ class StopRequest:
                 self._callbacks.remove(callback)
 
         return unsubscribe
-
-    async def wait(self) -> EndReason:
-        await self._event.wait()
-        assert self._reason is not None
-        return self._reason

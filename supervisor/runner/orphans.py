@@ -168,8 +168,10 @@ class OrphanSweeper:
             if owner is not None and owner == ending_job:
                 charged += 1
             log.warning("killed pid %d, an orphan of job %s", pid, owner[0] if owner else "?")
-        if _direct_children() - children - self.owned:
-            certain = False  # new orphans arrived while we looked
+        # New orphans while we looked can only descend from orphans in the first list
+        # (the run's root is gone): with none there, a second listing is not needed.
+        if children - self.owned and _direct_children() - children - self.owned:
+            certain = False
         self._waiting_on = {k: v for k, v in self._waiting_on.items() if k in seen}
         if len(self._ours) > 1024:  # forget processes that are gone for good
             self._ours = {p: t for p, t in self._ours.items() if os.path.exists(f"/proc/{p}")}

@@ -31,7 +31,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         if s.token is None:
             log.warning("INGEST_API_TOKEN is not set: write and admin endpoints are open")
         ctx = build_context(s)
-        await ctx.status_hook.start()
         app.state.ctx = ctx
         app.state.settings = s
         try:

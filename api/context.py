@@ -19,7 +19,6 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 
 from api.metrics import MetricsEndpoint
 from api.settings import ApiSettings
-from api.status_hook import StatusHook
 from supervisor.protocol import JobQueue
 
 T = TypeVar("T")
@@ -37,9 +36,8 @@ class ApiContext:
     queue: JobQueue
     health_queue: JobQueue
     events_queue: JobQueue
-    status_hook: StatusHook
     metrics: MetricsEndpoint
-    # Fire-and-forget tasks (status writes, abandoned health probes) kept referenced until done.
+    # Fire-and-forget tasks (abandoned health probes) kept referenced until done.
     background: set[asyncio.Task[object]] = field(default_factory=set)
 
     def spawn(self, coro: Awaitable[object]) -> asyncio.Task[object]:
@@ -58,7 +56,6 @@ class ApiContext:
             task.cancel()
         for client in (self.client, self.health_client, self.events_client):
             await client.aclose()
-        await self.status_hook.aclose()
 
 
 def build_context(settings: ApiSettings) -> ApiContext:
@@ -97,7 +94,6 @@ def build_context(settings: ApiSettings) -> ApiContext:
         queue=queue(client),
         health_queue=queue(health_client),
         events_queue=queue(events_client),
-        status_hook=StatusHook(settings.status_backend),
         metrics=MetricsEndpoint(),
     )
 

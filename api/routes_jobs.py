@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -81,13 +80,6 @@ def _job_id_or_422(job_id: str) -> str:
         raise payload_error(exc) from None
 
 
-async def _after_enqueue(ctx: ApiContext, payloads: list[dict[str, Any]]) -> None:
-    default = ctx.settings.default_max_attempts
-    await ctx.status_hook.write_queued(
-        [(p, int(p.get("max_attempts", default))) for p in payloads], time.time()
-    )
-
-
 @router.post(
     "/jobs",
     status_code=202,
@@ -111,7 +103,6 @@ async def enqueue_job(request: Request, ctx: Ctx) -> JSONResponse:
     except PayloadError as exc:
         raise payload_error(exc) from None
     if result.created:
-        ctx.spawn(_after_enqueue(ctx, [valid]))
         return JSONResponse(
             Enqueued(job_id=result.job_id).model_dump(),
             status_code=202,
@@ -161,8 +152,6 @@ async def enqueue_batch(request: Request, ctx: Ctx) -> JSONResponse:
     except PayloadError as exc:
         raise payload_error(exc, prefix="jobs[].") from None
     created_ids = {r.job_id for r in results if r.created}
-    if created_ids:
-        ctx.spawn(_after_enqueue(ctx, [p for p in valid if p["job_id"] in created_ids]))
     out = BatchResult(
         created=len(created_ids),
         existing=len(results) - len(created_ids),

@@ -32,7 +32,6 @@ class ApiSettings:
     max_batch_jobs: int = 1000
     secret_keys: tuple[str, ...] = ()
     default_max_attempts: int = 3
-    status_backend: str = "auto"
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -91,5 +90,4 @@ def load_api_settings(env: Mapping[str, str] | None = None) -> ApiSettings:
         default_max_attempts=int(
             _num("INGEST_MAX_ATTEMPTS", env.get("INGEST_MAX_ATTEMPTS", "3"), int, 1)
         ),
-        status_backend=env.get("INGEST_STATUS_BACKEND", "auto") or "auto",
     )

@@ -78,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("counts", help="jobs per state")
     sub.add_parser("workers", help="live supervisors from their heartbeats")
+    ss = sub.add_parser(
+        "status-sync",
+        help="compare every job in Redis with its status row; re-send and write the stale",
+    )
+    ss.add_argument("--json", action="store_true")
     pg = sub.add_parser("purge", help="delete every job in one state")
     pg.add_argument(
         "--state", required=True, choices=[s.value for s in JobState if s is not JobState.ACTIVE]
@@ -167,6 +172,28 @@ async def _watch(q: JobQueue, job_id: str, give_up_s: float | None) -> int:
         job = fresh
 
 
+async def _status_sync(q: JobQueue, as_json: bool) -> int:
+    from supervisor.settings import load_settings
+    from supervisor.status import open_backend
+    from supervisor.status.sync import status_sync
+
+    backend = open_backend(load_settings([]))
+    try:
+        report = await status_sync(q, backend)
+    finally:
+        await backend.aclose()
+    if as_json:
+        print(json.dumps(report.to_json()))
+    else:
+        print(f"checked {report.checked} jobs; re-sent {report.resent} rows")
+        for label, ids in (("missing", report.missing), ("behind", report.behind)):
+            if ids:
+                more = " ..." if len(ids) > 20 else ""
+                print(f"  {label} ({len(ids)}): {', '.join(ids[:20])}{more}")
+        print(f"wrote {report.written} rows; outbox {'empty' if report.drained else 'not empty'}")
+    return EXIT_OK if report.drained else EXIT_NOT_APPLIED
+
+
 async def _run(args: argparse.Namespace) -> int:
     client = redis_client(args.redis_url)
     q = JobQueue(client, args.queue)
@@ -231,6 +258,8 @@ async def _run(args: argparse.Namespace) -> int:
             for w in await q.live_workers():
                 print(json.dumps(w))
             return EXIT_OK
+        if cmd == "status-sync":
+            return await _status_sync(q, args.json)
         if cmd == "purge":
             print(await q.purge(args.state))
             return EXIT_OK

@@ -25,6 +25,7 @@ from supervisor.redis_retry import TRANSIENT
 from supervisor.runner import EndReason, StartFailureGate
 from supervisor.runner.orphans import ORPHANS
 from supervisor.sdnotify import SystemdNotifier
+from supervisor.status.service import StatusService
 from supervisor.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Daemon:
         instance: int | None,
         metrics_port: int,
         notifier: SystemdNotifier,
+        status: StatusService | None = None,
     ) -> None:
         self.ctx = ctx
         self.queue: JobQueue = ctx.queue
@@ -52,6 +54,7 @@ class Daemon:
         self.instance = instance
         self.metrics_port = metrics_port
         self.notifier = notifier
+        self.status = status
         self.registry = WorkerRegistry(ctx.queue.client, ctx.queue.keys)
         self.active: dict[str, JobExecution] = {}
         self.stopping = asyncio.Event()
@@ -224,6 +227,8 @@ class Daemon:
             asyncio.create_task(coro(), name=coro.__name__)
             for coro in (self._reaper, self._heartbeat, self._cancel_listener, self._watchdog)
         ]
+        if self.status is not None:
+            self.status.start()
         if ORPHANS.become_subreaper(kill_unattributed=True):  # it starts no other children
             # Jobs' escaped descendants are reparented here rather than to init.
             upkeep.append(asyncio.create_task(ORPHANS.run_periodically(1.0), name="orphans"))
@@ -253,6 +258,8 @@ class Daemon:
         with contextlib.suppress(*TRANSIENT):
             await asyncio.wait_for(self.registry.remove(self.ctx.worker_id), timeout=2)
         await self.ctx.sinks.aclose(FLUSH_DEADLINE_S)
+        if self.status is not None:
+            await self.status.aclose(FLUSH_DEADLINE_S)
         log.info("stopped")
         return 0
 

@@ -223,6 +223,7 @@ class JobExecution:
         q, token, job_id = self.ctx.queue, self.claim.token, self.job_id
         error = _clip(scrub(outcome.error, self._secrets)) if outcome.error else None
         result = _scrub_value(outcome.result, self._secrets)
+        message = _scrub_value(outcome.progress_message, self._secrets)
         final, table, label = False, TableStatus.QUEUED.value, ev.OUTCOME_LEASE_LOST
 
         async def write(call: Any) -> Any:
@@ -240,13 +241,26 @@ class JobExecution:
                 if await write(lambda: q.ack_cancel(job_id, token)):
                     final, table, label = True, TableStatus.CANCELLED.value, ev.OUTCOME_CANCELLED
             elif outcome.succeeded:
-                if await write(lambda: q.complete(job_id, token, result)):
+                if await write(
+                    lambda: q.complete(
+                        job_id,
+                        token,
+                        result,
+                        message=message,
+                        peak_rss_bytes=outcome.peak_rss_bytes,
+                    )
+                ):
                     final, table, label = True, TableStatus.COMPLETED.value, ev.OUTCOME_COMPLETED
             else:
                 retryable = not outcome.permanent_failure
                 failed = await write(
                     lambda: q.fail(
-                        job_id, token, error or "failed", retryable=retryable, attempt=self.attempt
+                        job_id,
+                        token,
+                        error or "failed",
+                        retryable=retryable,
+                        attempt=self.attempt,
+                        peak_rss_bytes=outcome.peak_rss_bytes,
                     )
                 )
                 timed_out = outcome.ended is EndReason.TIMEOUT
@@ -287,7 +301,7 @@ class JobExecution:
             peak_rss_bytes=outcome.peak_rss_bytes,
             cpu_seconds=outcome.cpu_s,
             progress=outcome.progress,
-            progress_message=_scrub_value(outcome.progress_message, self._secrets),
+            progress_message=message,
             progress_lines=outcome.progress_lines,
             progress_rejected=outcome.progress_rejected,
             dropped_output_bytes=outcome.dropped_bytes,

@@ -83,6 +83,22 @@ class QueueKeys:
         return self._key("events")
 
     @property
+    def status_outbox(self) -> str:
+        """STREAM of status-row snapshots, appended by every script that changes what a
+        job's row shows; read by the projectors' consumer group (never blindly trimmed)."""
+        return self._key("status")
+
+    @property
+    def status_reconcile(self) -> str:
+        """HASH holding the reconciler's scan cursor over the job hash."""
+        return self._key("status:reconcile")
+
+    @property
+    def status_reconcile_lock(self) -> str:
+        """STRING with a TTL: the daemon that holds it runs the next reconcile sweep."""
+        return self._key("status:reconcile:lock")
+
+    @property
     def cancel_channel(self) -> str:
         """Pub/sub channel on which cancel requests for active jobs are announced."""
         return self._key("cancel")

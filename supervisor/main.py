@@ -17,12 +17,16 @@ from supervisor.connection import redis_client
 from supervisor.daemon import Daemon
 from supervisor.execution import ExecutionContext
 from supervisor.logs import configure_logging
+from supervisor.metrics import DaemonMetrics, MetricsSink
 from supervisor.payload import DEFAULT_SECRET_KEYS
 from supervisor.protocol import Backoff, JobQueue, Retention
 from supervisor.runner import ResourceLimits, RunnerConfig, ZygoteSpawner, default_command
 from supervisor.sdnotify import SystemdNotifier
 from supervisor.settings import Settings, SettingsError, load_settings
 from supervisor.sinks import JobSink, SinkFanout
+from supervisor.status import build_status_backend
+from supervisor.status.projector import ProjectorHooks
+from supervisor.status.service import StatusService
 
 log = logging.getLogger("supervisor")
 
@@ -37,6 +41,7 @@ def build_queue(settings: Settings, client: Redis | RedisCluster) -> JobQueue:
             keep_completed_s=settings.keep_completed_s,
             keep_failed_s=settings.keep_failed_s,
             stall_limit=settings.stall_limit,
+            outbox_cap=settings.status_outbox_max,
         ),
     )
 
@@ -60,19 +65,10 @@ def build_runner_config(settings: Settings) -> RunnerConfig:
     )
 
 
-def build_sinks(settings: Settings) -> tuple[list[JobSink], object | None]:
-    """Status writer, metrics and tracing sinks, plus the daemon-level metrics object."""
-    from supervisor.metrics import DaemonMetrics, MetricsSink
-    from supervisor.status import NoneBackend, StatusSink, StatusWriter, build_status_backend
+def build_sinks(settings: Settings) -> tuple[list[JobSink], DaemonMetrics]:
+    """Metrics and tracing sinks, plus the daemon-level metrics object."""
     from supervisor.tracing import build_tracer
 
-    backend = build_status_backend(
-        settings.status_backend,
-        supabase_url=settings.supabase_url,
-        supabase_key=settings.supabase_key,
-        dsn=settings.status_dsn,
-        sqlite_path=settings.status_sqlite_path,
-    )
     sinks: list[JobSink] = [
         MetricsSink(settings.queue),
         build_tracer(
@@ -82,24 +78,35 @@ def build_sinks(settings: Settings) -> tuple[list[JobSink], object | None]:
             extra_secret_keys=settings.secret_keys,
         ),
     ]
-    if isinstance(backend, NoneBackend):
-        # No store: no writer at all (it would cost ~1 ms of CPU per job for nothing).
-        # The writer series stay, at zero, so dashboards and alerts see the same names.
-        return sinks, DaemonMetrics(
-            settings.queue, status_backlog=lambda: 0, status_failures=lambda: 0
-        )
-    # The writer keeps its failure count in `stats`, and reports batch latency only through
-    # `on_batch`: wire both explicitly so /metrics shows failures, backlog and latency.
-    metrics = DaemonMetrics(
-        settings.queue,
-        status_backlog=lambda: writer.backlog,
-        status_failures=lambda: writer.stats.failures,
+    return sinks, DaemonMetrics(settings.queue)
+
+
+def build_status(
+    settings: Settings, queue: JobQueue, metrics: DaemonMetrics, consumer: str
+) -> StatusService:
+    backend = build_status_backend(
+        settings.status_backend,
+        supabase_url=settings.supabase_url,
+        supabase_key=settings.supabase_key,
+        dsn=settings.status_dsn,
+        sqlite_path=settings.status_sqlite_path,
     )
-    writer = StatusWriter(
-        backend, on_batch=lambda _n, seconds, _ok: metrics.status_write_observed(seconds)
+    hooks = ProjectorHooks(
+        on_request=metrics.status_request,
+        on_lag=metrics.status_projected,
+        on_outbox=lambda state: metrics.status_outbox(
+            state.length, state.unprojected, state.age_s()
+        ),
     )
-    sinks.insert(0, StatusSink(writer))
-    return sinks, metrics
+    return StatusService(
+        queue,
+        backend,
+        consumer=consumer,
+        reconcile_interval_s=settings.status_reconcile_s,
+        reconcile_page=settings.status_reconcile_page,
+        claim_idle_s=settings.status_claim_idle_s,
+        hooks=hooks,
+    )
 
 
 async def run(settings: Settings) -> int:
@@ -111,6 +118,8 @@ async def run(settings: Settings) -> int:
     )
     queue = build_queue(settings, client)
     sinks, metrics = build_sinks(settings)
+    worker_id = settings.worker_id()
+    status = build_status(settings, queue, metrics, worker_id)
     for sink in sinks:
         start = getattr(sink, "start", None)
         if start is not None:
@@ -119,7 +128,7 @@ async def run(settings: Settings) -> int:
         queue=queue,
         sinks=SinkFanout(sinks),
         runner=build_runner_config(settings),
-        worker_id=settings.worker_id(),
+        worker_id=worker_id,
         lease_s=settings.lease_s,
         job_timeout_s=settings.job_timeout_s,
         max_job_timeout_s=settings.max_job_timeout_s,
@@ -135,6 +144,7 @@ async def run(settings: Settings) -> int:
         instance=settings.instance,
         metrics_port=settings.effective_metrics_port,
         notifier=SystemdNotifier.from_environ(),
+        status=status,
     )
     stop_metrics = None
     if settings.effective_metrics_port:

@@ -2,8 +2,8 @@
 
 Three writers feed them:
 - `MetricsSink`, a JobSink: outcomes, durations, child peak RSS, progress and output counts;
-- `DaemonMetrics`: what only the daemon knows (slots, leases, stalled recoveries, status
-  writer health, trace export failures);
+- `DaemonMetrics`: what only the daemon knows (slots, leases, stalled recoveries, the
+  status outbox and its projection, trace export failures);
 - `refresh_queue_gauges`: jobs by state, oldest waiting age and live workers, read from Redis
   by whoever serves `/metrics` (each daemon and the API), so they are real gauges.
 
@@ -15,10 +15,8 @@ All metrics of a registry are created once (`metrics_for(registry)`); the module
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import threading
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,8 +30,6 @@ from prometheus_client import (
     Histogram,
     start_http_server,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from supervisor.events import (
     OUTCOME_STALLED,
@@ -56,61 +52,6 @@ WAIT_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600)
 _MIB = 1024 * 1024
 RSS_BUCKETS = tuple(float(m * _MIB) for m in (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192))
 QUEUE_STATES = ("waiting", "delayed", "active", "completed", "failed", "cancelled")
-
-
-class _WriterStats(Collector):
-    """Status-writer health read at scrape time, so the writer never calls into metrics."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._sources: dict[str, tuple[Callable[[], float] | None, Callable[[], float] | None]] = {}
-
-    def set_source(
-        self,
-        queue: str,
-        backlog: Callable[[], float] | None,
-        failures: Callable[[], float] | None,
-    ) -> None:
-        with self._lock:
-            self._sources[queue] = (backlog, failures)
-
-    def describe(self) -> Iterable[Metric]:
-        return self._families()
-
-    def collect(self) -> Iterable[Metric]:
-        with self._lock:
-            sources = dict(self._sources)
-        backlog_f, failures_f = self._families()
-        for queue, (backlog, failures) in sorted(sources.items()):
-            if backlog is not None and (v := _read(backlog)) is not None:
-                backlog_f.add_metric([queue], v)
-            if failures is not None and (v := _read(failures)) is not None:
-                failures_f.add_metric([queue], v)
-        return [backlog_f, failures_f]
-
-    @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, CounterMetricFamily]:
-        return (
-            GaugeMetricFamily(
-                "ingest_status_writer_backlog",
-                "Status rows waiting to be written to the status store",
-                labels=["queue"],
-            ),
-            CounterMetricFamily(
-                "ingest_status_writer_failures",
-                "Failed writes (batches) to the status store",
-                labels=["queue"],
-            ),
-        )
-
-
-def _read(fn: Callable[[], float]) -> float | None:
-    try:
-        return float(fn())
-    except Exception:
-        # A scrape must not fail because one source misbehaves.
-        log.debug("metrics source %r failed", fn, exc_info=True)
-        return None
 
 
 class Metrics:
@@ -200,8 +141,44 @@ class Metrics:
             "Span batches that could not be exported to Langfuse",
             registry=r,
         )
-        self.writer_stats = _WriterStats()
-        r.register(self.writer_stats)
+        # --- status table: the outbox in Redis and its projection ---
+        self.outbox_entries = Gauge(
+            "ingest_status_outbox_entries",
+            "Entries in the status outbox stream (projected or not; trimmed once acknowledged)",
+            ["queue"],
+            registry=r,
+        )
+        self.outbox_unprojected = Gauge(
+            "ingest_status_outbox_unprojected",
+            "Status outbox entries not yet written to the status table",
+            ["queue"],
+            registry=r,
+        )
+        self.outbox_age = Gauge(
+            "ingest_status_outbox_age_seconds",
+            "Age of the oldest status outbox entry not yet written to the status table",
+            ["queue"],
+            registry=r,
+        )
+        self.status_write_failures = Counter(
+            "ingest_status_write_failures",
+            "Failed requests to the status store (every retry counts)",
+            ["queue"],
+            registry=r,
+        )
+        self.status_rows_rejected = Counter(
+            "ingest_status_rows_rejected",
+            "Status rows the store refused as invalid (logged and skipped)",
+            ["queue"],
+            registry=r,
+        )
+        self.projection_lag = Histogram(
+            "ingest_status_projection_lag_seconds",
+            "From a change recorded in Redis to its row accepted by the status store",
+            ["queue"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )
         # --- queue gauges, read from Redis ---
         self.queue_jobs = Gauge(
             "queue_jobs_in_state", "Jobs in the queue by state", ["queue", "state"], registry=r
@@ -286,51 +263,25 @@ class MetricsSink:
         return None
 
 
-def _number_source(obj: object, name: str) -> Callable[[], float] | None:
-    """`obj.name` as a zero-argument reader, whether it is a plain value or a method."""
-    if obj is None:
-        return None
-    try:
-        # Checked without evaluating it: a property may do work or fail right now.
-        inspect.getattr_static(obj, name)
-    except AttributeError:
-        return None
-
-    def read() -> float:
-        value = getattr(obj, name)
-        return float(value() if callable(value) else value)
-
-    return read
-
-
 class DaemonMetrics:
-    """What the daemon reports directly; each method is an in-memory update.
+    """What the daemon reports directly; each method is an in-memory update."""
 
-    The status writer's health is read at scrape time: pass `status_backlog` and
-    `status_failures` callables, or a `status_writer` object with `backlog` and `failures`
-    attributes (values or zero-argument methods).
-    """
-
-    def __init__(
-        self,
-        queue: str,
-        registry: CollectorRegistry | None = None,
-        *,
-        status_writer: object | None = None,
-        status_backlog: Callable[[], float] | None = None,
-        status_failures: Callable[[], float] | None = None,
-    ) -> None:
+    def __init__(self, queue: str, registry: CollectorRegistry | None = None) -> None:
         self.queue = queue
         self.m = metrics_for(registry)
-        self.m.writer_stats.set_source(
-            queue,
-            status_backlog or _number_source(status_writer, "backlog"),
-            status_failures or _number_source(status_writer, "failures"),
-        )
-        self.m.lease_renewals.labels(queue)
-        self.m.lease_losses.labels(queue)
-        self.m.stalled.labels(queue)
-        self.m.jobs.labels(queue, OUTCOME_STALLED)
+        m = self.m
+        for series in (
+            m.lease_renewals,
+            m.lease_losses,
+            m.stalled,
+            m.outbox_entries,
+            m.outbox_unprojected,
+            m.outbox_age,
+            m.status_write_failures,
+            m.status_rows_rejected,
+        ):
+            series.labels(queue)
+        m.jobs.labels(queue, OUTCOME_STALLED)
 
     def set_slots(self, busy: int, idle: int) -> None:
         self.m.slots.labels(self.queue, "busy").set(busy)
@@ -352,8 +303,22 @@ class DaemonMetrics:
             self.m.stalled.labels(self.queue).inc(n)
             self.m.jobs.labels(self.queue, OUTCOME_STALLED).inc(n)
 
-    def status_write_observed(self, seconds: float) -> None:
+    def status_request(self, rows: int, seconds: float, ok: bool) -> None:
+        """One request to the status store (`rows` rows) took `seconds`."""
         self.m.status_write_latency.labels(self.queue).observe(seconds)
+        if not ok:
+            self.m.status_write_failures.labels(self.queue).inc()
+
+    def status_rows_rejected(self, n: int = 1) -> None:
+        self.m.status_rows_rejected.labels(self.queue).inc(n)
+
+    def status_projected(self, lag_s: float) -> None:
+        self.m.projection_lag.labels(self.queue).observe(lag_s)
+
+    def status_outbox(self, entries: int, unprojected: int, age_s: float) -> None:
+        self.m.outbox_entries.labels(self.queue).set(entries)
+        self.m.outbox_unprojected.labels(self.queue).set(unprojected)
+        self.m.outbox_age.labels(self.queue).set(age_s)
 
     def trace_export_failure(self, n: int = 1) -> None:
         record_trace_export_failure(n, self.m.registry)

@@ -53,6 +53,9 @@ class Retention:
     stall_limit: int = 2
     events_maxlen: int = 10_000
     trim_limit: int = 100  # jobs dropped per script call, so no call does unbounded work
+    # Status outbox bound (entries): progress ticks stop being recorded at the cap, other
+    # non-final changes at twice the cap; final states always are. 0: unbounded.
+    outbox_cap: int = 200_000
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ class EnqueueResult:
     job_id: str
     created: bool
     state: JobState
+    tenant_id: str  # the stored job's tenant (differs from the request's on an id clash)
 
 
 @dataclass(frozen=True)
@@ -202,22 +206,29 @@ class JobQueue:
         if not valid:
             return []
         k = self.keys
-        args: list[Any] = [self.retention.events_maxlen, 10_000, len(valid)]
+        r = self.retention
+        args: list[Any] = [r.events_maxlen, 10_000, r.outbox_cap, len(valid)]
         for p in valid:
+            named = p.get("max_attempts")
             args += [
                 p["job_id"],
                 json.dumps(p, separators=(",", ":")),
                 p["tenant_id"],
                 p["priority"],
-                p.get("max_attempts", self.default_max_attempts),
+                named or self.default_max_attempts,
+                "1" if named else "0",
                 int(delay_s * 1000),
             ]
         raw = await self._run(
-            "enqueue", [k.jobs, k.payloads, k.waiting, k.delayed, k.seq, k.wake, k.events], args
+            "enqueue",
+            [k.jobs, k.payloads, k.waiting, k.delayed, k.seq, k.wake, k.events, k.status_outbox],
+            args,
         )
         return [
-            EnqueueResult(_s(raw[i]), bool(int(raw[i + 1])), JobState(_s(raw[i + 2])))
-            for i in range(0, len(raw), 3)
+            EnqueueResult(
+                _s(raw[i]), bool(int(raw[i + 1])), JobState(_s(raw[i + 2])), _s(raw[i + 3])
+            )
+            for i in range(0, len(raw), 4)
         ]
 
     # ---- holders ---------------------------------------------------------------------
@@ -238,8 +249,17 @@ class JobQueue:
                 k.wake,
                 k.events,
                 k.cancelled,
+                k.status_outbox,
             ],
-            [worker_id, token, int(lease_s * 1000), self.retention.events_maxlen, 100],
+            [
+                worker_id,
+                token,
+                int(lease_s * 1000),
+                self.retention.events_maxlen,
+                100,
+                self.retention.outbox_cap,
+                self.default_max_attempts,
+            ],
         )
         if _s(raw[0]) == "":
             wait_ms = int(raw[1])
@@ -292,16 +312,32 @@ class JobQueue:
         pct = min(100.0, max(0.0, float(pct))) if math.isfinite(pct) else 0.0
         ok, _rev = await self._run(
             "progress",
-            [k.jobs, k.events],
-            [job_id, token, repr(pct), message or "", self.retention.events_maxlen],
+            [k.jobs, k.events, k.status_outbox],
+            [
+                job_id,
+                token,
+                repr(pct),
+                message or "",
+                self.retention.events_maxlen,
+                self.retention.outbox_cap,
+            ],
         )
         return bool(int(ok))
 
-    async def complete(self, job_id: str, token: str, result: Any = None) -> bool:
+    async def complete(
+        self,
+        job_id: str,
+        token: str,
+        result: Any = None,
+        *,
+        message: str | None = None,
+        peak_rss_bytes: int | None = None,
+    ) -> bool:
+        """Mark a held job completed; `message` is the child's last progress message."""
         k = self.keys
         ok, _rev = await self._run(
             "complete",
-            [k.jobs, k.payloads, k.active, k.completed, k.events],
+            [k.jobs, k.payloads, k.active, k.completed, k.events, k.status_outbox],
             [
                 job_id,
                 token,
@@ -309,18 +345,37 @@ class JobQueue:
                 int(self.retention.keep_completed_s * 1000),
                 self.retention.events_maxlen,
                 self.retention.trim_limit,
+                self.retention.outbox_cap,
+                message or "",
+                "" if peak_rss_bytes is None else int(peak_rss_bytes),
             ],
         )
         return bool(int(ok))
 
     async def fail(
-        self, job_id: str, token: str, error: str, *, retryable: bool, attempt: int
+        self,
+        job_id: str,
+        token: str,
+        error: str,
+        *,
+        retryable: bool,
+        attempt: int,
+        peak_rss_bytes: int | None = None,
     ) -> FailResult:
         """Record a failed attempt; `attempt` (1-based) picks the backoff delay."""
         k = self.keys
         outcome, rev, due = await self._run(
             "fail",
-            [k.jobs, k.payloads, k.active, k.delayed, k.failed, k.wake, k.events],
+            [
+                k.jobs,
+                k.payloads,
+                k.active,
+                k.delayed,
+                k.failed,
+                k.wake,
+                k.events,
+                k.status_outbox,
+            ],
             [
                 job_id,
                 token,
@@ -330,6 +385,8 @@ class JobQueue:
                 int(self.retention.keep_failed_s * 1000),
                 self.retention.events_maxlen,
                 self.retention.trim_limit,
+                self.retention.outbox_cap,
+                "" if peak_rss_bytes is None else int(peak_rss_bytes),
             ],
         )
         due_s = int(due) / 1000.0
@@ -339,8 +396,8 @@ class JobQueue:
         k = self.keys
         ok, _rev = await self._run(
             "release",
-            [k.jobs, k.active, k.waiting, k.seq, k.wake, k.events],
-            [job_id, token, self.retention.events_maxlen],
+            [k.jobs, k.active, k.waiting, k.seq, k.wake, k.events, k.status_outbox],
+            [job_id, token, self.retention.events_maxlen, self.retention.outbox_cap],
         )
         return bool(int(ok))
 
@@ -348,8 +405,8 @@ class JobQueue:
         k = self.keys
         ok, _rev = await self._run(
             "cancel_ack",
-            [k.jobs, k.active, k.cancelled, k.events],
-            [job_id, token, self.retention.events_maxlen],
+            [k.jobs, k.active, k.cancelled, k.events, k.status_outbox],
+            [job_id, token, self.retention.events_maxlen, self.retention.outbox_cap],
         )
         return bool(int(ok))
 
@@ -374,6 +431,7 @@ class JobQueue:
                     k.wake,
                     k.events,
                     k.stats,
+                    k.status_outbox,
                 ],
                 [
                     r.stall_limit,
@@ -381,6 +439,7 @@ class JobQueue:
                     int(r.keep_failed_s * 1000),
                     r.events_maxlen,
                     200,
+                    r.outbox_cap,
                 ],
             )
         ]
@@ -399,8 +458,8 @@ class JobQueue:
         k = self.keys
         outcome, _rev = await self._run(
             "cancel",
-            [k.jobs, k.waiting, k.delayed, k.active, k.cancelled, k.events],
-            [job_id, k.cancel_channel, self.retention.events_maxlen],
+            [k.jobs, k.waiting, k.delayed, k.active, k.cancelled, k.events, k.status_outbox],
+            [job_id, k.cancel_channel, self.retention.events_maxlen, self.retention.outbox_cap],
         )
         return _s(outcome)
 
@@ -410,8 +469,8 @@ class JobQueue:
         k = self.keys
         outcome, _rev = await self._run(
             "retry",
-            [k.jobs, k.failed, k.cancelled, k.waiting, k.seq, k.wake, k.events],
-            [job_id, self.retention.events_maxlen],
+            [k.jobs, k.failed, k.cancelled, k.waiting, k.seq, k.wake, k.events, k.status_outbox],
+            [job_id, self.retention.events_maxlen, self.retention.outbox_cap],
         )
         return _s(outcome)
 
@@ -419,15 +478,27 @@ class JobQueue:
         state = JobState(state)
         if state is JobState.ACTIVE:
             raise ValueError("active jobs cannot be purged: cancel them instead")
-        zset = self.keys.all_state_sets()[state.value]
+        k = self.keys
+        zset = k.all_state_sets()[state.value]
         total = 0
         while True:
             n = int(
-                await self._run("purge", [self.keys.jobs, self.keys.payloads, zset], [PURGE_BATCH])
+                await self._run(
+                    "purge",
+                    [k.jobs, k.payloads, zset, k.status_outbox],
+                    [PURGE_BATCH, self.retention.outbox_cap],
+                )
             )
             total += n
             if n < PURGE_BATCH:
                 return total
+
+    async def resend_status(self, job_ids: Sequence[str]) -> int:
+        """Append the current status row of each job to the outbox; returns how many."""
+        if not job_ids:
+            return 0
+        k = self.keys
+        return int(await self._run("resend_status", [k.jobs, k.status_outbox], list(job_ids)))
 
     async def get(self, job_id: str, *, with_payload: bool = False) -> JobRecord | None:
         validate_job_id(job_id)

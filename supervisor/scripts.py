@@ -18,6 +18,7 @@ SCRIPT_NAMES = (
     "retry",
     "reap",
     "purge",
+    "resend_status",
 )
 
 

@@ -390,6 +390,43 @@ OPTIONS: tuple[Option, ...] = (
         "file of the sqlite status backend",
     ),
     Option(
+        "status_outbox_max",
+        "INGEST_STATUS_OUTBOX_MAX",
+        int,
+        200_000,
+        "status outbox bound in entries: progress is no longer recorded at it, other "
+        "non-final changes at twice it, final states always (0: unbounded)",
+        _non_negative,
+        "must be >= 0",
+    ),
+    Option(
+        "status_reconcile_s",
+        "INGEST_STATUS_RECONCILE_SECONDS",
+        float,
+        30.0,
+        "how often one daemon of the fleet compares a page of job records with their rows",
+        _positive,
+        "must be > 0",
+    ),
+    Option(
+        "status_reconcile_page",
+        "INGEST_STATUS_RECONCILE_PAGE",
+        int,
+        1000,
+        "job records compared per reconcile sweep",
+        _positive,
+        "must be > 0",
+    ),
+    Option(
+        "status_claim_idle_s",
+        "INGEST_STATUS_CLAIM_IDLE_SECONDS",
+        float,
+        15.0,
+        "status outbox entries another projector held unacknowledged this long are taken over",
+        _positive,
+        "must be > 0",
+    ),
+    Option(
         "langfuse_public_key",
         "LANGFUSE_PUBLIC_KEY",
         _optional_str,
@@ -452,6 +489,10 @@ class Settings:
     supabase_key: str | None
     status_dsn: str | None
     status_sqlite_path: str
+    status_outbox_max: int
+    status_reconcile_s: float
+    status_reconcile_page: int
+    status_claim_idle_s: float
     langfuse_public_key: str | None
     langfuse_secret_key: str | None
     langfuse_host: str | None

@@ -74,3 +74,38 @@ local function trim(set, jobs, payloads, cutoff, limit)
   end
   return #ids
 end
+
+-- Append the job's status row, as it now stands, to the status outbox stream: the
+-- projectors write it to `ingestion_jobs`. `kind` is 'p' (a progress tick), 's' (any other
+-- state change) or 'f' (a final state). The outbox is bounded by `cap` entries: at the cap
+-- progress ticks are no longer recorded, at twice the cap no non-final change either; a
+-- final state is always recorded. What is skipped is still in the job record, and the
+-- reconciler re-sends it. A cap of 0 means no bound.
+local function status_out(outbox, cap, rec, kind)
+  cap = tonumber(cap) or 0
+  if cap > 0 and kind ~= 'f' then
+    local n = redis.call('XLEN', outbox)
+    if n >= cap * 2 or (kind == 'p' and n >= cap) then
+      return
+    end
+  end
+  local fields = {'job', rec.id, 'kind', kind, 'tenant', rec.tenant or '', 'state', rec.state,
+                  'rev', tostring(rec.rev or 0), 'run', fmt(rec.enqueued_at or 0),
+                  'attempt', tostring(rec.attempt or 0),
+                  'max', tostring(rec.max_attempts or 0),
+                  'progress', tostring(rec.progress or 0)}
+  local optional = {msg = rec.message, error = rec.error, result = rec.result,
+                    worker = rec.worker, started = rec.started_at,
+                    finished = rec.finished_at, rss = rec.peak_rss}
+  for k, v in pairs(optional) do
+    if v ~= nil and v ~= cjson.null then
+      table.insert(fields, k)
+      if type(v) == 'number' then
+        table.insert(fields, fmt(v))
+      else
+        table.insert(fields, tostring(v))
+      end
+    end
+  end
+  redis.call('XADD', outbox, '*', unpack(fields))
+end

@@ -1,8 +1,8 @@
 -- cancel: waiting/delayed jobs become cancelled at once; an active job is flagged and its
 -- holder told on the cancel channel (it also learns at its next renewal).
 -- KEYS[1] jobs  KEYS[2] waiting  KEYS[3] delayed  KEYS[4] active  KEYS[5] cancelled
--- KEYS[6] events
--- ARGV[1] id  ARGV[2] cancel channel  ARGV[3] events maxlen
+-- KEYS[6] events  KEYS[7] outbox
+-- ARGV[1] id  ARGV[2] cancel channel  ARGV[3] events maxlen  ARGV[4] outbox cap
 -- Returns {'cancelled'|'requested'|<final state>|'missing', rev}.
 local rec = load(KEYS[1], ARGV[1])
 if not rec then
@@ -17,6 +17,7 @@ if rec.state == 'waiting' or rec.state == 'delayed' then
   redis.call('ZADD', KEYS[5], fmt(rec.finished_at), rec.id)
   save(KEYS[1], rec)
   emit(KEYS[6], ARGV[3], 'cancelled', rec)
+  status_out(KEYS[7], ARGV[4], rec, 'f')
   return {'cancelled', rec.rev}
 end
 if rec.state == 'active' then

@@ -1,8 +1,9 @@
 -- claim: promote due delayed jobs, then take the first waiting job under a new lease.
 -- KEYS[1] jobs  KEYS[2] payloads  KEYS[3] waiting  KEYS[4] delayed  KEYS[5] active
--- KEYS[6] seq   KEYS[7] wake      KEYS[8] events    KEYS[9] cancelled
+-- KEYS[6] seq   KEYS[7] wake      KEYS[8] events    KEYS[9] cancelled  KEYS[10] outbox
 -- ARGV[1] worker id  ARGV[2] lease token  ARGV[3] lease ms  ARGV[4] events maxlen
--- ARGV[5] max delayed jobs promoted per call
+-- ARGV[5] max delayed jobs promoted per call  ARGV[6] outbox cap
+-- ARGV[7] max attempts for jobs that named none (the claiming daemon's setting)
 -- Returns {id, payload JSON, record JSON} or {'', ms until the next delayed job is due | -1}.
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', fmt(now), 'LIMIT', 0, tonumber(ARGV[5]))
@@ -14,6 +15,7 @@ for _, id in ipairs(due) do
     rec.due_at = nil
     push_back(KEYS[3], KEYS[6], rec)
     save(KEYS[1], rec)
+    status_out(KEYS[10], ARGV[6], rec, 's')
   end
 end
 
@@ -38,6 +40,7 @@ while true do
     redis.call('ZADD', KEYS[9], fmt(now), id)
     save(KEYS[1], rec)
     emit(KEYS[8], ARGV[4], 'cancelled', rec)
+    status_out(KEYS[10], ARGV[6], rec, 'f')
   elseif rec and rec.state == 'waiting' then
     rec.state = 'active'
     rec.attempt = (rec.attempt or 0) + 1
@@ -47,9 +50,14 @@ while true do
     rec.lease_until = now + tonumber(ARGV[3])
     rec.progress = 0
     rec.message = nil
+    rec.peak_rss = nil
+    if not rec.max_named then
+      rec.max_attempts = tonumber(ARGV[7])
+    end
     redis.call('ZADD', KEYS[5], fmt(rec.lease_until), id)
     save(KEYS[1], rec)
     emit(KEYS[8], ARGV[4], 'started', rec, {worker = ARGV[1]})
+    status_out(KEYS[10], ARGV[6], rec, 's')
     return {id, redis.call('HGET', KEYS[2], id) or '{}', cjson.encode(rec)}
   end
   -- A waiting entry without a waiting record is debris from a purge: skip it.

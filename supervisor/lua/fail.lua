@@ -1,8 +1,9 @@
 -- fail: a held job's attempt failed; retry after a backoff or dead-letter it.
 -- KEYS[1] jobs  KEYS[2] payloads  KEYS[3] active  KEYS[4] delayed  KEYS[5] failed
--- KEYS[6] wake  KEYS[7] events
+-- KEYS[6] wake  KEYS[7] events  KEYS[8] outbox
 -- ARGV[1] id  ARGV[2] token  ARGV[3] error text  ARGV[4] retryable (1|0)  ARGV[5] backoff ms
 -- ARGV[6] keep failed ms  ARGV[7] events maxlen  ARGV[8] retention trim limit
+-- ARGV[9] outbox cap  ARGV[10] peak RSS bytes ('' if unknown)
 -- Returns {'retry', rev, due ms} | {'failed', rev, 0} | {'lost', 0, 0}.
 local rec = load(KEYS[1], ARGV[1])
 if not held(rec, ARGV[2]) then
@@ -12,6 +13,7 @@ local now = now_ms()
 rec.token = nil
 rec.lease_until = nil
 rec.error = ARGV[3]
+rec.peak_rss = tonumber(ARGV[10])
 redis.call('ZREM', KEYS[3], rec.id)
 if ARGV[4] == '1' and rec.attempt < rec.max_attempts then
   rec.state = 'delayed'
@@ -19,6 +21,7 @@ if ARGV[4] == '1' and rec.attempt < rec.max_attempts then
   redis.call('ZADD', KEYS[4], fmt(rec.due_at), rec.id)
   save(KEYS[1], rec)
   emit(KEYS[7], ARGV[7], 'retried', rec, {due_at = fmt(rec.due_at)})
+  status_out(KEYS[8], ARGV[9], rec, 's')
   -- Wake a claimer so it blocks only until this retry is due.
   redis.call('LPUSH', KEYS[6], '1')
   return {'retry', rec.rev, fmt(rec.due_at)}
@@ -28,5 +31,6 @@ rec.finished_at = now
 redis.call('ZADD', KEYS[5], fmt(now), rec.id)
 save(KEYS[1], rec)
 emit(KEYS[7], ARGV[7], 'failed', rec, {error = string.sub(ARGV[3], 1, 200)})
+status_out(KEYS[8], ARGV[9], rec, 'f')
 trim(KEYS[5], KEYS[1], KEYS[2], now - tonumber(ARGV[6]), tonumber(ARGV[8]))
 return {'failed', rec.rev, 0}

@@ -1,6 +1,7 @@
 -- progress: record a held job's progress; it never goes backwards.
--- KEYS[1] jobs  KEYS[2] events
+-- KEYS[1] jobs  KEYS[2] events  KEYS[3] outbox
 -- ARGV[1] id  ARGV[2] token  ARGV[3] percent  ARGV[4] message ('' for none)  ARGV[5] events maxlen
+-- ARGV[6] outbox cap
 -- Returns {1, rev} or {0, 0} when the lease is lost.
 local rec = load(KEYS[1], ARGV[1])
 if not held(rec, ARGV[2]) then
@@ -15,4 +16,5 @@ if ARGV[4] ~= '' then
 end
 save(KEYS[1], rec)
 emit(KEYS[2], ARGV[5], 'progress', rec, {progress = rec.progress, message = ARGV[4]})
+status_out(KEYS[3], ARGV[6], rec, 'p')
 return {1, rec.rev}

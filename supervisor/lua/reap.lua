@@ -2,9 +2,9 @@
 -- every daemon at once: each expired job is handled by exactly one call.
 -- KEYS[1] jobs  KEYS[2] payloads  KEYS[3] active  KEYS[4] waiting  KEYS[5] failed
 -- KEYS[6] cancelled  KEYS[7] completed  KEYS[8] seq  KEYS[9] wake  KEYS[10] events
--- KEYS[11] stats
+-- KEYS[11] stats  KEYS[12] outbox
 -- ARGV[1] stall limit  ARGV[2] keep completed ms  ARGV[3] keep failed ms
--- ARGV[4] events maxlen  ARGV[5] max jobs handled per call
+-- ARGV[4] events maxlen  ARGV[5] max jobs handled per call  ARGV[6] outbox cap
 -- Returns {recovered ids..., '|', dead-lettered ids..., '|', cancelled ids..., '|', trimmed count}.
 local now = now_ms()
 local limit = tonumber(ARGV[5])
@@ -40,6 +40,11 @@ for _, id in ipairs(expired) do
     end
     save(KEYS[1], rec)
     emit(KEYS[10], ARGV[4], 'stalled', rec)
+    if rec.state == 'waiting' then
+      status_out(KEYS[12], ARGV[6], rec, 's')
+    else
+      status_out(KEYS[12], ARGV[6], rec, 'f')
+    end
   end
 end
 local trimmed = trim(KEYS[7], KEYS[1], KEYS[2], now - tonumber(ARGV[2]), limit)

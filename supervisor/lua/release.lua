@@ -1,6 +1,7 @@
 -- release: give a held job back to the front of its band without spending an attempt.
 -- KEYS[1] jobs  KEYS[2] active  KEYS[3] waiting  KEYS[4] seq  KEYS[5] wake  KEYS[6] events
--- ARGV[1] id  ARGV[2] token  ARGV[3] events maxlen
+-- KEYS[7] outbox
+-- ARGV[1] id  ARGV[2] token  ARGV[3] events maxlen  ARGV[4] outbox cap
 -- Returns {1, rev} or {0, 0} when the lease is lost.
 local rec = load(KEYS[1], ARGV[1])
 if not held(rec, ARGV[2]) then
@@ -15,5 +16,6 @@ redis.call('ZREM', KEYS[2], rec.id)
 push_front(KEYS[3], KEYS[4], rec)
 save(KEYS[1], rec)
 emit(KEYS[6], ARGV[3], 'released', rec)
+status_out(KEYS[7], ARGV[4], rec, 's')
 redis.call('LPUSH', KEYS[5], '1')
 return {1, rec.rev}

@@ -1,7 +1,7 @@
 -- retry: put a failed or cancelled job back in the queue with fresh attempts.
 -- KEYS[1] jobs  KEYS[2] failed  KEYS[3] cancelled  KEYS[4] waiting  KEYS[5] seq
--- KEYS[6] wake  KEYS[7] events
--- ARGV[1] id  ARGV[2] events maxlen
+-- KEYS[6] wake  KEYS[7] events  KEYS[8] outbox
+-- ARGV[1] id  ARGV[2] events maxlen  ARGV[3] outbox cap
 -- Returns {'waiting', rev} or {<current state>|'missing', 0}.
 local rec = load(KEYS[1], ARGV[1])
 if not rec then
@@ -23,8 +23,12 @@ rec.finished_at = nil
 rec.cancel_requested = nil
 rec.progress = 0
 rec.message = nil
+rec.peak_rss = nil
+rec.worker = nil
+rec.started_at = nil
 push_back(KEYS[4], KEYS[5], rec)
 save(KEYS[1], rec)
 emit(KEYS[7], ARGV[2], 'enqueued', rec, {retry = 1})
+status_out(KEYS[8], ARGV[3], rec, 's')
 redis.call('LPUSH', KEYS[6], '1')
 return {'waiting', rec.rev}

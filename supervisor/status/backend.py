@@ -1,18 +1,15 @@
-"""The status store interface, and choosing a store from settings."""
+"""The status store interface every backend implements, and the `none` backend."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from supervisor.status.update import StatusUpdate
 
 log = logging.getLogger(__name__)
 
-BACKEND_KINDS = ("auto", "supabase", "postgres", "sqlite", "none")
-DEFAULT_SQLITE_PATH = "var/ingest-status.sqlite3"
 
 # Row columns `fetch()` returns, the same for every backend; times as unix seconds.
 COLUMNS = (
@@ -33,7 +30,7 @@ COLUMNS = (
     "peak_rss_bytes",
     "updated_at",
     "seq_run",
-    "seq_at",
+    "rev",
 )
 TIME_COLUMNS = frozenset({"queued_at", "started_at", "finished_at", "updated_at"})
 
@@ -58,6 +55,10 @@ class StatusBackend(Protocol):
 
     async def fetch(self, job_id: str) -> dict[str, Any] | None: ...
 
+    async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, tuple[float, int]]:
+        """(seq_run, rev) of the rows of these jobs that exist (the reconciler's check)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -72,55 +73,8 @@ class NoneBackend:
     async def fetch(self, job_id: str) -> dict[str, Any] | None:
         return None
 
+    async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, tuple[float, int]]:
+        return {job_id: (float("inf"), 0) for job_id in job_ids}  # nothing is ever behind
+
     async def aclose(self) -> None:
         return None
-
-
-def build_status_backend(
-    kind: str,
-    *,
-    supabase_url: str | None = None,
-    supabase_key: str | None = None,
-    dsn: str | None = None,
-    sqlite_path: str | None = None,
-    timeout_s: float = 5.0,
-) -> StatusBackend:
-    """A backend of `kind`; `auto` picks supabase when URL and key are set, else postgres
-    when a DSN is set, else a local sqlite file. Nothing connects until the first write."""
-    if kind not in BACKEND_KINDS:
-        raise ValueError(f"status backend must be one of {', '.join(BACKEND_KINDS)}")
-    if kind == "auto":
-        if supabase_url and supabase_key:
-            kind = "supabase"
-        elif dsn:
-            kind = "postgres"
-        else:
-            kind = "sqlite"
-    if kind == "none":
-        return NoneBackend()
-    if kind == "supabase":
-        if not (supabase_url and supabase_key):
-            raise ValueError("the supabase status backend needs SUPABASE_URL and a key")
-        from supervisor.status.supabase_backend import SupabaseBackend
-
-        return SupabaseBackend(supabase_url, supabase_key, timeout_s=timeout_s)
-    if kind == "postgres":
-        if not dsn:
-            raise ValueError("the postgres status backend needs INGEST_STATUS_DSN")
-        from supervisor.status.postgres_backend import PostgresBackend
-
-        return PostgresBackend(dsn, timeout_s=timeout_s)
-    from supervisor.status.sqlite_backend import SqliteBackend
-
-    return SqliteBackend(Path(sqlite_path or DEFAULT_SQLITE_PATH), timeout_s=timeout_s)
-
-
-def open_backend(settings: Any) -> StatusBackend:
-    """The backend a `supervisor.settings.Settings` describes (used by the API and ingestctl)."""
-    return build_status_backend(
-        settings.status_backend,
-        supabase_url=settings.supabase_url,
-        supabase_key=settings.supabase_key,
-        dsn=settings.status_dsn,
-        sqlite_path=settings.status_sqlite_path,
-    )

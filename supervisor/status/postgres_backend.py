@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # SQLSTATE classes that mean the data was rejected: retrying the same batch cannot help.
 _PERMANENT_CLASSES = ("22", "23")
 
+_VERSIONS = "select job_id, seq_run, rev from public.ingestion_jobs where job_id = any(%s)"
 _FETCH = "select {} from public.ingestion_jobs where job_id = %s".format(", ".join(COLUMNS))
 
 
@@ -60,7 +61,7 @@ class PostgresBackend:
             except Exception:
                 log.debug("closing a broken status connection failed", exc_info=True)
 
-    async def _run(self, sql: str, params: Sequence[Any]) -> Any:
+    async def _run(self, sql: str, params: Sequence[Any], *, many: bool = False) -> Any:
         async with self._lock:
             try:
                 async with asyncio.timeout(self._timeout_s):
@@ -72,7 +73,7 @@ class PostgresBackend:
                             [str(int(self._timeout_s * 1000))],
                         )
                         cur = await conn.execute(sql, params)  # type: ignore[arg-type]
-                        return await cur.fetchone()
+                        return await (cur.fetchall() if many else cur.fetchone())
             except TimeoutError:
                 await self._drop_connection()
                 raise StatusStoreError("status store timed out") from None
@@ -98,6 +99,12 @@ class PostgresBackend:
     async def fetch(self, job_id: str) -> dict[str, Any] | None:
         row = await self._run(_FETCH, [job_id])
         return None if row is None else _row(row)
+
+    async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, tuple[float, int]]:
+        if not job_ids:
+            return {}
+        rows = await self._run(_VERSIONS, [list(job_ids)], many=True)
+        return {r[0]: (float(r[1]), int(r[2])) for r in rows}
 
     async def aclose(self) -> None:
         async with self._lock:

@@ -17,11 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.status.backend import COLUMNS, StatusStoreError
-from supervisor.status.update import FINAL_STATUSES, StatusUpdate
+from supervisor.status.update import StatusUpdate
 
-_FINALS = ", ".join(f"'{s}'" for s in sorted(FINAL_STATUSES))
-
-_SCHEMA = f"""
+_SCHEMA = """
 create table if not exists ingestion_jobs (
     job_id text primary key check (length(job_id) between 1 and 128
         and job_id not glob '*[^A-Za-z0-9_.:-]*'),
@@ -44,54 +42,42 @@ create table if not exists ingestion_jobs (
     updated_at real not null,
     seq_run real not null default 0,
     seq_at real not null default 0,
-    seq_rank integer generated always as
-        (case when status in ({_FINALS}) then 1 else 0 end) virtual
+    rev integer not null default 0
 );
 create index if not exists ingestion_jobs_tenant_status_idx
     on ingestion_jobs (tenant_id, status, updated_at desc);
 create index if not exists ingestion_jobs_updated_at_idx on ingestion_jobs (updated_at);
 """
 
-# :reset is "starts an attempt or carries an outcome", :start "starts an attempt";
-# `new_run` is spelled out as (:seq_run > seq_run). Mirrors apply_job_status().
+# The same rule as apply_job_status(): a snapshot replaces the row when its (seq_run, rev)
+# is greater, and never moves a row to another tenant.
 _UPSERT = """
 insert into ingestion_jobs (
     job_id, tenant_id, status, progress, progress_message, attempt, max_attempts, error,
     result, worker_id, queued_at, started_at, finished_at, duration_ms, peak_rss_bytes,
-    seq_run, seq_at, created_at, updated_at)
+    seq_run, rev, created_at, updated_at)
 values (
     :job_id, :tenant_id, :status, coalesce(:progress, 0), :progress_message, :attempt,
     :max_attempts, :error, :result, :worker_id, :queued_at, :started_at, :finished_at,
-    :duration_ms, :peak_rss_bytes, :seq_run, :seq_at, :now, :now)
+    :duration_ms, :peak_rss_bytes, :seq_run, :rev, :now, :now)
 on conflict (job_id) do update set
-    tenant_id = coalesce(:tenant_id, tenant_id),
-    status = :status,
-    progress = coalesce(:progress,
-        case when :start or :seq_run > seq_run then 0 else progress end),
-    progress_message = case
-        when :progress_message is not null then :progress_message
-        when :start or :seq_run > seq_run then null
-        else progress_message end,
-    attempt = :attempt,
-    max_attempts = coalesce(:max_attempts, max_attempts),
-    error = case when :outcome or :seq_run > seq_run then :error
-        else coalesce(:error, error) end,
-    result = case when :reset or :seq_run > seq_run then :result
-        else coalesce(:result, result) end,
-    worker_id = coalesce(:worker_id, worker_id),
-    queued_at = coalesce(:queued_at, queued_at),
-    started_at = case when :seq_run > seq_run then :started_at
-        else coalesce(:started_at, started_at) end,
-    finished_at = case when :reset or :seq_run > seq_run then :finished_at
-        else finished_at end,
-    duration_ms = case when :reset or :seq_run > seq_run then :duration_ms
-        else coalesce(:duration_ms, duration_ms) end,
-    peak_rss_bytes = case when :reset or :seq_run > seq_run then :peak_rss_bytes
-        else coalesce(:peak_rss_bytes, peak_rss_bytes) end,
-    seq_run = :seq_run,
-    seq_at = :seq_at,
-    updated_at = :now
-where (:seq_run, :rank, :attempt, :seq_at) > (seq_run, seq_rank, attempt, seq_at)
+    status = excluded.status,
+    progress = excluded.progress,
+    progress_message = excluded.progress_message,
+    attempt = excluded.attempt,
+    max_attempts = excluded.max_attempts,
+    error = excluded.error,
+    result = excluded.result,
+    worker_id = excluded.worker_id,
+    queued_at = excluded.queued_at,
+    started_at = excluded.started_at,
+    finished_at = excluded.finished_at,
+    duration_ms = excluded.duration_ms,
+    peak_rss_bytes = excluded.peak_rss_bytes,
+    seq_run = excluded.seq_run,
+    rev = excluded.rev,
+    updated_at = excluded.updated_at
+where tenant_id = excluded.tenant_id and (excluded.seq_run, excluded.rev) > (seq_run, rev)
 """
 
 _FETCH = "select {} from ingestion_jobs where job_id = ?".format(", ".join(COLUMNS))
@@ -100,10 +86,6 @@ _FETCH = "select {} from ingestion_jobs where job_id = ?".format(", ".join(COLUM
 def _params(u: StatusUpdate) -> dict[str, Any]:
     p = u.to_json()
     p["result"] = None if u.result is None else json.dumps(u.result)
-    p["start"] = u.starts_attempt
-    p["outcome"] = u.has_outcome
-    p["reset"] = u.starts_attempt or u.has_outcome
-    p["rank"] = 1 if u.final else 0
     p["now"] = time.time()
     return p
 
@@ -140,6 +122,11 @@ class SqliteBackend:
             try:
                 conn.execute("pragma journal_mode=wal")
                 conn.executescript(_SCHEMA)
+                columns = {r[1] for r in conn.execute("pragma table_info(ingestion_jobs)")}
+                if "rev" not in columns:  # a file made by an older version
+                    conn.execute(
+                        "alter table ingestion_jobs add column rev integer not null default 0"
+                    )
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
@@ -171,6 +158,26 @@ class SqliteBackend:
         if out["result"] is not None:
             out["result"] = json.loads(out["result"])
         return out
+
+    def _versions_sync(self, job_ids: list[str]) -> dict[str, tuple[float, int]]:
+        out: dict[str, tuple[float, int]] = {}
+        with self._lock:
+            conn = self._connection()
+            for start in range(0, len(job_ids), 500):
+                chunk = job_ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for job_id, run, rev in conn.execute(
+                    f"select job_id, seq_run, rev from ingestion_jobs where job_id in ({marks})",
+                    chunk,
+                ):
+                    out[job_id] = (float(run), int(rev))
+        return out
+
+    async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, tuple[float, int]]:
+        try:
+            return await asyncio.to_thread(self._versions_sync, list(job_ids))
+        except sqlite3.Error as exc:
+            raise StatusStoreError(f"status store error: {exc}") from exc
 
     async def apply(self, updates: Sequence[StatusUpdate]) -> int:
         if not updates:

@@ -89,6 +89,21 @@ class SupabaseBackend:
         )
         return _row(data[0]) if data else None
 
+    async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, tuple[float, int]]:
+        out: dict[str, tuple[float, int]] = {}
+        ids = list(job_ids)
+        # Bounded URL length: job ids are at most 128 characters.
+        for start in range(0, len(ids), 100):
+            chunk = ids[start : start + 100]
+            data = await self._execute(
+                lambda c, chunk=chunk: (
+                    c.table("ingestion_jobs").select("job_id,seq_run,rev").in_("job_id", chunk)
+                )
+            )
+            for r in data or []:
+                out[r["job_id"]] = (float(r["seq_run"]), int(r["rev"]))
+        return out
+
     async def aclose(self) -> None:
         self._client = None
         http, self._http = self._http, None

@@ -1,15 +1,14 @@
-"""One change to a job's status row, its ordering key, and how two pending changes combine.
+"""One job's status row as Redis last recorded it, and the key that orders such rows.
 
-The rules here mirror `apply_job_status()` in the migration (and the sqlite upsert): a
-change applies only when its key is greater than the stored one; columns a change leaves
-as None keep their stored value, except that a change that starts an attempt clears the
-previous attempt's outcome and a change that carries an outcome replaces it.
+Rows are whole snapshots, never deltas: applying one replaces every column of the stored
+row when its key is greater (see `apply_job_status()` in the migrations and the sqlite
+upsert), so redelivering, replaying or reordering snapshots can never make a row go back.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
 from supervisor.states import TableStatus
@@ -18,25 +17,22 @@ FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 VALID_STATUSES = frozenset(s.value for s in TableStatus)
 ERROR_MAX_CHARS = 1000
 
-# Columns reset by a change that starts an attempt or carries an outcome.
-OUTCOME_FIELDS = ("error", "result", "finished_at", "duration_ms", "peak_rss_bytes")
-
-OrderKey = tuple[float, int, int, float]
+OrderKey = tuple[float, int]
 
 
 @dataclass(frozen=True)
 class StatusUpdate:
-    """A change to one `ingestion_jobs` row. Times are unix seconds.
+    """An `ingestion_jobs` row. Times are unix seconds.
 
-    Ordering: `seq_run` is the job's enqueue time as the queue records it (0 for the row a
-    producer writes at enqueue), `seq_at` the time of the event within the attempt.
+    `seq_run` is the run's enqueue time (a manual retry starts a new run) and `rev` the
+    job record's revision in Redis within the run: together they order snapshots.
     """
 
     job_id: str
     tenant_id: str
     status: str
     attempt: int = 0
-    seq_at: float = 0.0
+    rev: int = 0
     seq_run: float = 0.0
     progress: float | None = None
     progress_message: str | None = None
@@ -65,48 +61,18 @@ class StatusUpdate:
 
     @property
     def key(self) -> OrderKey:
-        return (self.seq_run, 1 if self.final else 0, self.attempt, self.seq_at)
-
-    @property
-    def starts_attempt(self) -> bool:
-        return self.status == "processing" and self.started_at is not None
-
-    @property
-    def has_outcome(self) -> bool:
-        return self.finished_at is not None
-
-    @property
-    def progress_only(self) -> bool:
-        """A progress tick: may be throttled and is the first thing dropped under pressure."""
-        return self.status == "processing" and not self.starts_attempt and not self.has_outcome
+        return (self.seq_run, self.rev)
 
     def to_json(self) -> dict[str, Any]:
         """The object `apply_job_status()` takes: every column, None as JSON null."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def merge(old: StatusUpdate, new: StatusUpdate) -> StatusUpdate:
-    """One change equivalent to applying `old` then `new` to any stored row.
-
-    Returns `old` unchanged when `new` does not outrank it (a late or replayed change).
-    """
-    if new.job_id != old.job_id:
-        raise ValueError("merge of changes to different jobs")
-    if new.key <= old.key:
-        return old
-    if new.seq_run > old.seq_run:
-        return new  # a new run resets the row; nothing of the old run survives
-    changes: dict[str, Any] = {}
-    resets = new.starts_attempt or new.has_outcome
-    for f in fields(new):
-        name = f.name
-        if getattr(new, name) is not None:
-            continue
-        if name in OUTCOME_FIELDS and resets:
-            continue
-        if name in ("progress", "progress_message") and new.starts_attempt:
-            continue
-        old_value = getattr(old, name)
-        if old_value is not None:
-            changes[name] = old_value
-    return replace(new, **changes) if changes else new
+def newest_per_job(updates: list[StatusUpdate]) -> list[StatusUpdate]:
+    """One snapshot per job: the one with the greatest key (the others are superseded)."""
+    best: dict[str, StatusUpdate] = {}
+    for u in updates:
+        old = best.get(u.job_id)
+        if old is None or u.key > old.key:
+            best[u.job_id] = u
+    return list(best.values())

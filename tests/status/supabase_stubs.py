@@ -14,6 +14,8 @@ import psycopg
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = REPO_ROOT / "supabase" / "migrations"
 STATUS_MIGRATION = MIGRATIONS / "20261123000000_ingestion_jobs.sql"
+# Every migration of the status table, in the order the Supabase CLI applies them.
+STATUS_MIGRATIONS = (STATUS_MIGRATION, MIGRATIONS / "20261201000100_status_snapshots.sql")
 
 # Roles are cluster-wide and other tests create them concurrently: tolerate the race.
 _ROLES = """
@@ -80,5 +82,5 @@ def apply_migration(dsn: str, path: Path = STATUS_MIGRATION) -> None:
 
 def prepare_database(dsn: str, *migrations: Path) -> None:
     install_stubs(dsn)
-    for path in migrations or (STATUS_MIGRATION,):
+    for path in migrations or STATUS_MIGRATIONS:
         apply_migration(dsn, path)

@@ -32,7 +32,7 @@ def row(job: str, tenant: str, status: str = "processing") -> StatusUpdate:
         status=status,
         attempt=1,
         seq_run=T0,
-        seq_at=T0 + 1,
+        rev=2,
         started_at=T0 + 1,
         progress=10.0,
     )

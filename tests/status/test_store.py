@@ -1,97 +1,20 @@
-"""The same cases against every backend: a job's life, monotonic writes, batches."""
+"""The same cases against every backend, with rows the real Lua scripts made: a job's
+life, any order of arrival, replays, a new run, tenants, rejected rows, the versions the
+reconciler reads."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from supervisor.status import StatusStoreError, StatusUpdate, merge, write_queued
+from supervisor.status import StatusStoreError, StatusUpdate
+from supervisor.status.update import newest_per_job
 from tests.status.conftest import Store
-
-T0 = 1_700_000_000.0  # the job's enqueue time (its run), as the queue records it
-TENANT = "tenant-a"
-
-
-def start(job: str, attempt: int, at: float, worker: str = "w1") -> StatusUpdate:
-    return StatusUpdate(
-        job_id=job,
-        tenant_id=TENANT,
-        status="processing",
-        attempt=attempt,
-        max_attempts=3,
-        seq_run=T0,
-        seq_at=at,
-        progress=0.0,
-        worker_id=worker,
-        queued_at=T0,
-        started_at=at,
-    )
-
-
-def tick(job: str, attempt: int, at: float, pct: float, msg: str | None = None) -> StatusUpdate:
-    return StatusUpdate(
-        job_id=job,
-        tenant_id=TENANT,
-        status="processing",
-        attempt=attempt,
-        seq_run=T0,
-        seq_at=at,
-        progress=pct,
-        progress_message=msg,
-    )
-
-
-def outcome(
-    job: str,
-    attempt: int,
-    started: float,
-    at: float,
-    status: str,
-    worker: str = "w1",
-    **kw: Any,
-) -> StatusUpdate:
-    return StatusUpdate(
-        job_id=job,
-        tenant_id=TENANT,
-        status=status,
-        attempt=attempt,
-        max_attempts=3,
-        seq_run=T0,
-        seq_at=at,
-        queued_at=T0,
-        started_at=started,
-        finished_at=at,
-        duration_ms=round((at - started) * 1000),
-        worker_id=worker,
-        **kw,
-    )
-
-
-def life(job: str) -> list[StatusUpdate]:
-    """Attempt 1 fails and is retried; attempt 2 completes. As the daemon's sink does, an
-    outcome carries everything known about its attempt, so it stands alone in any order."""
-    return [
-        start(job, 1, T0 + 1),
-        tick(job, 1, T0 + 2, 30, "reading"),
-        outcome(job, 1, T0 + 1, T0 + 3, "queued", error="exit 75", peak_rss_bytes=1000),
-        start(job, 2, T0 + 10, worker="w2"),
-        tick(job, 2, T0 + 11, 50, "embedding"),
-        outcome(
-            job,
-            2,
-            T0 + 10,
-            T0 + 12.5,
-            "completed",
-            "w2",
-            progress=100.0,
-            result={"chunks": 7},
-            peak_rss_bytes=2048,
-            progress_message="embedding",
-        ),
-    ]
+from tests.status.snapshots import TENANT, job_life, lives, make_queue, outbox_entries, payload
 
 
 async def apply_each(store: Store, updates: list[StatusUpdate]) -> None:
@@ -111,182 +34,176 @@ async def fetch(store: Store, job: str) -> dict[str, Any] | None:
         await backend.aclose()
 
 
-def final_of_life(row: dict[str, Any] | None) -> None:
+def final_of_life(row: dict[str, Any] | None, rows: list[StatusUpdate]) -> None:
     assert row is not None
+    last = rows[-1]
     assert row["status"] == "completed"
     assert row["attempt"] == 2
     assert row["progress"] == 100.0
-    assert row["progress_message"] == "embedding"
+    assert row["progress_message"] == "done"  # the child's last message, not a stale one
     assert row["error"] is None  # attempt 1's error does not survive a completion
     assert row["result"] == {"chunks": 7}
     assert row["worker_id"] == "w2"
     assert row["max_attempts"] == 3
-    assert row["queued_at"] == pytest.approx(T0)
-    assert row["started_at"] == pytest.approx(T0 + 10)
-    assert row["finished_at"] == pytest.approx(T0 + 12.5)
-    assert row["duration_ms"] == 2500
+    assert row["queued_at"] == pytest.approx(last.seq_run)
+    assert row["started_at"] == pytest.approx(last.started_at)
+    assert row["finished_at"] == pytest.approx(last.finished_at)
+    assert row["duration_ms"] == last.duration_ms and last.duration_ms is not None
     assert row["peak_rss_bytes"] == 2048
+    assert (row["seq_run"], row["rev"]) == pytest.approx(last.key)
 
 
-async def test_full_life_of_a_job(store: Store) -> None:
+async def test_every_step_of_a_life_shows_what_redis_shows(store: Store, queue_name: str) -> None:
+    rows = (await lives(queue_name, ["job-life"]))["job-life"]
+    statuses = [r.status for r in rows]
+    assert statuses == [
+        "queued",  # enqueued
+        "processing",  # attempt 1
+        "processing",  # 30 % reading
+        "queued",  # failed, retry delayed
+        "queued",  # retry due: waiting again
+        "processing",  # attempt 2
+        "processing",  # 50 %
+        "processing",  # 90 %
+        "completed",
+    ]
     backend = store.backend()
-    job = "job-life"
     try:
-        await write_queued(
-            backend,
-            {"job_id": job, "tenant_id": TENANT, "trial_token": "s3cret"},
-            max_attempts=3,
-            queued_at=T0 - 0.5,
-        )
-        row = await backend.fetch(job)
-        assert row is not None
-        assert (row["status"], row["attempt"], row["progress"]) == ("queued", 0, 0.0)
-        assert row["queued_at"] == pytest.approx(T0 - 0.5)
-        assert row["updated_at"] is not None
-
-        steps = life(job)
-        await backend.apply(steps[:2])
-        row = await backend.fetch(job)
-        assert row is not None
-        assert (row["status"], row["attempt"], row["progress"]) == ("processing", 1, 30.0)
-        assert row["progress_message"] == "reading"
-        assert row["started_at"] == pytest.approx(T0 + 1)
-        assert row["queued_at"] == pytest.approx(T0)  # the queue's time replaces the producer's
-
-        await backend.apply([steps[2]])
-        row = await backend.fetch(job)
-        assert row is not None
-        assert (row["status"], row["attempt"], row["error"]) == ("queued", 1, "exit 75")
-        assert row["finished_at"] == pytest.approx(T0 + 3)
-
-        await backend.apply([steps[3]])
-        row = await backend.fetch(job)
-        assert row is not None
-        assert (row["status"], row["attempt"], row["progress"]) == ("processing", 2, 0.0)
-        assert row["finished_at"] is None and row["peak_rss_bytes"] is None
-        assert row["progress_message"] is None
-        assert row["error"] == "exit 75"  # the last attempt's error stays visible while retrying
-
-        await backend.apply(steps[4:])
-        final_of_life(await backend.fetch(job))
+        seen = []
+        for r in rows:
+            await backend.apply([r])
+            row = await backend.fetch("job-life")
+            assert row is not None
+            seen.append((row["status"], row["attempt"], row["progress"], row["error"]))
+        assert ("processing", 1, 30.0, None) in seen
+        assert ("queued", 1, 30.0, "exit 75") in seen  # the retry shows the last error
+        assert ("processing", 2, 0.0, None) in seen  # a new attempt clears the outcome
+        final_of_life(await backend.fetch("job-life"), rows)
     finally:
         await backend.aclose()
 
 
-async def test_every_order_of_arrival_ends_in_the_same_row(store: Store) -> None:
+async def test_every_order_of_arrival_ends_in_the_same_row(store: Store, queue_name: str) -> None:
+    rows = (await lives(queue_name, ["x"]))["x"]
     rng = random.Random(5)
-    steps = life("x")
-    orders = [list(reversed(steps)), steps[3:] + steps[:3]] + [
-        rng.sample(steps, len(steps)) for _ in range(3)
+    orders = [list(reversed(rows)), rows[3:] + rows[:3]] + [
+        rng.sample(rows, len(rows)) for _ in range(3)
     ]
     for i, order in enumerate(orders):
         job = f"job-order-{i}"
-        await apply_each(store, [StatusUpdate(**{**u.to_json(), "job_id": job}) for u in order])
-        final_of_life(await fetch(store, job))
+        await apply_each(store, [replace(u, job_id=job) for u in order])
+        final_of_life(await fetch(store, job), rows)
 
 
-async def test_stale_changes_are_ignored(store: Store) -> None:
-    job = "job-stale"
+async def test_replays_and_duplicates_in_one_batch(store: Store, queue_name: str) -> None:
+    rows = (await lives(queue_name, ["dup"]))["dup"]
     backend = store.backend()
     try:
-        await backend.apply(life(job))
-        late = [
-            tick(job, 2, T0 + 11.5, 60),  # a late progress after the final
-            start(job, 1, T0 + 20),  # an older attempt, even with a later clock
-            outcome(job, 1, T0 + 1, T0 + 30, "failed", error="old attempt"),
-            life(job)[-1],  # a replay of the final itself
-        ]
-        await backend.apply(late)
-        await write_queued(
-            backend, {"job_id": job, "tenant_id": TENANT}, max_attempts=3, queued_at=T0 + 99
-        )
-        final_of_life(await backend.fetch(job))
+        assert await backend.apply(list(reversed(rows)) + rows) >= 1
+        final_of_life(await backend.fetch("dup"), rows)
+        assert await backend.apply(rows) == 0  # nothing newer: nothing changes
+        final_of_life(await backend.fetch("dup"), rows)
     finally:
         await backend.aclose()
 
 
-async def test_a_new_run_supersedes_the_final_state(store: Store) -> None:
-    job = "job-rerun"
+async def test_a_manual_retry_is_a_new_run_that_replaces_the_final_row(
+    store: Store, queue_name: str
+) -> None:
+    queue = make_queue(queue_name)
+    try:
+        await job_life(queue, "rerun")
+        # A completed job cannot be retried; fail a second job and retry it instead.
+        await queue.enqueue(payload("rerun2", max_attempts=1))
+        c = await queue.claim("w9", lease_s=30, timeout_s=10)
+        assert c is not None
+        await queue.fail("rerun2", c.token, "bad input", retryable=False, attempt=1)
+        assert await queue.retry("rerun2") == "waiting"
+        rows = [e.row for e in await outbox_entries(queue) if e.row.job_id == "rerun2"]
+    finally:
+        await queue.client.aclose()
+    failed = next(r for r in rows if r.status == "failed")
+    requeued = rows[-1]
+    assert requeued.seq_run > failed.seq_run and requeued.status == "queued"
     backend = store.backend()
     try:
-        await backend.apply(life(job))
-        run2 = T0 + 3600
-        rerun = StatusUpdate(
-            job_id=job,
-            tenant_id=TENANT,
-            status="processing",
-            attempt=1,
-            seq_run=run2,
-            seq_at=run2 + 1,
-            progress=0.0,
-            worker_id="w3",
-            queued_at=run2,
-            started_at=run2 + 1,
-        )
-        await backend.apply([rerun])
-        row = await backend.fetch(job)
+        await backend.apply([failed])
+        await backend.apply([requeued])
+        row = await backend.fetch("rerun2")
         assert row is not None
-        assert (row["status"], row["attempt"], row["worker_id"]) == ("processing", 1, "w3")
-        assert row["result"] is None and row["error"] is None and row["finished_at"] is None
-        assert row["queued_at"] == pytest.approx(run2)
+        assert (row["status"], row["attempt"], row["error"]) == ("queued", 0, None)
+        assert row["finished_at"] is None
+        await backend.apply([failed])  # the old run's final state arrives late: ignored
+        row = await backend.fetch("rerun2")
+        assert row is not None and row["status"] == "queued"
     finally:
         await backend.aclose()
 
 
-async def test_duplicates_of_one_job_in_a_batch(store: Store) -> None:
-    job = "job-dup"
+async def test_a_row_never_changes_tenant(store: Store, queue_name: str) -> None:
+    rows = (await lives(queue_name, ["owned"]))["owned"]
     backend = store.backend()
     try:
-        changed = await backend.apply(list(reversed(life(job))) + life(job))
-        final_of_life(await backend.fetch(job))
-        if store.kind != "none":
-            assert changed >= 1
+        await backend.apply([rows[-1]])
+        intruder = replace(rows[-1], tenant_id="tenant-b", seq_run=rows[-1].seq_run + 60, rev=1)
+        await backend.apply([intruder])
+        row = await backend.fetch("owned")
+        assert row is not None and row["tenant_id"] == TENANT
+        final_of_life(row, rows)
     finally:
         await backend.aclose()
 
 
-async def test_concurrent_writers_converge_on_the_newest_state(store: Store) -> None:
-    """Two daemons' backends racing on the same jobs, each sending its half out of order."""
-    jobs = [f"job-race-{i}" for i in range(20)]
+async def test_concurrent_projectors_converge_on_the_newest_row(
+    store: Store, queue_name: str
+) -> None:
+    jobs = [f"job-race-{i}" for i in range(10)]
+    all_rows = await lives(queue_name, jobs)
     rng = random.Random(9)
 
-    async def daemon(parity: int) -> None:
+    async def projector(parity: int) -> None:
         backend = store.backend()
         try:
-            for _round in range(3):
-                batch = [u for j in jobs for k, u in enumerate(life(j)) if k % 2 == parity]
-                rng.shuffle(batch)
-                for i in range(0, len(batch), 15):
-                    await backend.apply(batch[i : i + 15])
+            batch = [u for j in jobs for k, u in enumerate(all_rows[j]) if k % 2 == parity]
+            batch += [all_rows[j][-1] for j in jobs]
+            rng.shuffle(batch)
+            for i in range(0, len(batch), 15):
+                await backend.apply(newest_per_job(batch[i : i + 15]))
         finally:
             await backend.aclose()
 
-    await asyncio.gather(daemon(0), daemon(1))
+    await asyncio.gather(projector(0), projector(1))
     backend = store.backend()
     try:
         for j in jobs:
-            final_of_life(await backend.fetch(j))
+            final_of_life(await backend.fetch(j), all_rows[j])
+        versions = await backend.fetch_versions([*jobs, "no-such-job"])
+        assert set(versions) == set(jobs)
+        for j in jobs:
+            assert versions[j] == pytest.approx(all_rows[j][-1].key)
     finally:
         await backend.aclose()
 
 
-async def test_invalid_changes_are_rejected_permanently(store: Store) -> None:
+async def test_invalid_rows_are_rejected_permanently(store: Store) -> None:
+    bad = StatusUpdate(job_id="bad id with spaces", tenant_id=TENANT, status="queued", rev=1)
     backend = store.backend()
     try:
         with pytest.raises(StatusStoreError) as err:
-            await backend.apply([start("bad id with spaces", 1, T0 + 1)])
+            await backend.apply([bad])
         assert err.value.permanent
         assert await backend.fetch("bad id with spaces") is None
     finally:
         await backend.aclose()
 
 
-def test_merge_equals_applying_both() -> None:
-    steps = life("m")
-    merged = steps[0]
-    for u in steps[1:]:
-        merged = merge(merged, u)
-    assert merged == merge(merged, steps[1])  # stale: unchanged
-    assert merged.status == "completed" and merged.progress_message == "embedding"
-    assert merged.error is None and merged.worker_id == "w2"
-    assert merge(steps[0], steps[1]).started_at == T0 + 1  # progress keeps the start
+async def test_an_unreachable_store_is_a_transient_error(store: Store) -> None:
+    backend = store.backend()
+    store.cut()
+    try:
+        with pytest.raises(StatusStoreError) as err:
+            await backend.apply([StatusUpdate(job_id="j", tenant_id=TENANT, status="queued")])
+        assert not err.value.permanent
+    finally:
+        store.restore()
+        await backend.aclose()

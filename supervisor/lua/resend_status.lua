@@ -1,0 +1,18 @@
+-- resend_status: append the current status row of each named job to the status outbox
+-- (the reconciler's repair for rows that lag behind Redis). Unknown ids are skipped.
+-- KEYS[1] jobs  KEYS[2] outbox
+-- ARGV[1..N] job ids
+-- Returns the number of rows appended.
+local n = 0
+for _, id in ipairs(ARGV) do
+  local rec = load(KEYS[1], id)
+  if rec then
+    local kind = 's'
+    if rec.state == 'completed' or rec.state == 'failed' or rec.state == 'cancelled' then
+      kind = 'f'
+    end
+    status_out(KEYS[2], 0, rec, kind)
+    n = n + 1
+  end
+end
+return n

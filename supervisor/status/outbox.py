@@ -1,0 +1,91 @@
+"""Entries of a queue's status outbox stream: what the Lua scripts append, as rows.
+
+Each entry is a whole snapshot of one job's row (see `status_out` in `lua/_lib.lua`):
+string fields, times in milliseconds of the Redis server's clock. Entries are parsed
+defensively: the stream is Redis data that an operator (or a bug) may have written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from supervisor.states import JobState, table_status
+from supervisor.status.update import StatusUpdate
+
+KIND_PROGRESS = "p"
+KIND_STATE = "s"
+KIND_FINAL = "f"
+
+
+class BadEntry(ValueError):
+    """An outbox entry that does not describe a row (acknowledged and logged, not retried)."""
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    entry_id: str
+    kind: str
+    row: StatusUpdate
+
+    @property
+    def appended_ms(self) -> int:
+        """When Redis appended the entry: the millisecond part of its stream id."""
+        return int(self.entry_id.split("-", 1)[0])
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _seconds(fields: dict[str, str], name: str) -> float | None:
+    raw = fields.get(name)
+    return None if raw in (None, "") else float(raw) / 1000.0
+
+
+def _int(fields: dict[str, str], name: str) -> int | None:
+    raw = fields.get(name)
+    return None if raw in (None, "") else int(float(raw))
+
+
+def row_from_fields(fields: dict[str, str]) -> StatusUpdate:
+    state = JobState(fields["state"])
+    status = table_status(state).value
+    active = state is JobState.ACTIVE
+    final = status in ("completed", "failed", "cancelled")
+    started = _seconds(fields, "started")
+    finished = _seconds(fields, "finished") if final else None
+    result_raw = fields.get("result")
+    max_attempts = _int(fields, "max")
+    return StatusUpdate(
+        job_id=fields["job"],
+        tenant_id=fields["tenant"],
+        status=status,
+        attempt=_int(fields, "attempt") or 0,
+        rev=_int(fields, "rev") or 0,
+        seq_run=float(fields["run"]) / 1000.0,
+        progress=float(fields.get("progress") or 0),
+        progress_message=fields.get("msg"),
+        max_attempts=max_attempts if max_attempts and max_attempts > 0 else None,
+        # A running attempt shows nothing of the previous attempt's outcome.
+        error=None if active else fields.get("error"),
+        result=json.loads(result_raw) if result_raw and status == "completed" else None,
+        worker_id=fields.get("worker"),
+        queued_at=float(fields["run"]) / 1000.0,
+        started_at=started if active or final else None,
+        finished_at=finished,
+        duration_ms=round((finished - started) * 1000) if finished and started else None,
+        peak_rss_bytes=_int(fields, "rss") if final else None,
+    )
+
+
+def parse_entry(entry_id: Any, raw_fields: dict[Any, Any]) -> OutboxEntry:
+    fields = {_text(k): _text(v) for k, v in raw_fields.items()}
+    eid = _text(entry_id)
+    try:
+        return OutboxEntry(eid, fields.get("kind", KIND_STATE), row_from_fields(fields))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BadEntry(f"outbox entry {eid} is not a status row: {exc!r}") from None

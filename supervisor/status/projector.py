@@ -1,0 +1,318 @@
+"""The status projector: a consumer group that writes the status outbox to `ingestion_jobs`.
+
+Every daemon runs one. It reads entries in batches (`XREADGROUP`), keeps the newest
+snapshot per job, applies them in one store request, and acknowledges the batch only after
+the store accepted it. Entries a dead or stopped consumer held longer than `claim_idle_s`
+are taken over (`XAUTOCLAIM`). A redelivered snapshot is harmless: the store applies a
+snapshot only when it is newer than the row.
+
+While the store is down the projector keeps retrying its batch with backoff and the outbox
+grows in Redis, where nothing is lost when a daemon dies. A batch the store rejects as
+invalid is split so that one bad row cannot hold back the others; a single row it rejects
+is logged, counted and acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from supervisor.keys import QueueKeys
+from supervisor.protocol import AnyRedis
+from supervisor.redis_retry import TRANSIENT
+from supervisor.status.backend import StatusBackend, StatusStoreError
+from supervisor.status.outbox import BadEntry, OutboxEntry, parse_entry
+from supervisor.status.trim import OutboxState, outbox_state, trim_outbox
+from supervisor.status.update import StatusUpdate, newest_per_job
+
+log = logging.getLogger(__name__)
+
+GROUP = "status-projector"
+
+
+@dataclass
+class ProjectorStats:
+    rows: int = 0  # snapshots the store accepted (applied or found stale)
+    batches: int = 0  # store requests that succeeded
+    failures: int = 0  # store requests that failed (every retry counts)
+    rejected: int = 0  # rows the store refused as invalid (acknowledged, logged)
+    bad_entries: int = 0  # outbox entries that were not rows (acknowledged, logged)
+    claimed: int = 0  # entries taken over from other consumers
+
+
+@dataclass(frozen=True)
+class ProjectorHooks:
+    """Where the projector reports to (metrics); every hook must return at once."""
+
+    on_request: Callable[[int, float, bool], None] = lambda _n, _s, _ok: None
+    on_lag: Callable[[float], None] = lambda _s: None
+    on_outbox: Callable[[OutboxState], None] = lambda _state: None
+
+
+def _transient_store_error(exc: BaseException) -> bool:
+    return isinstance(exc, Exception) and not (isinstance(exc, StatusStoreError) and exc.permanent)
+
+
+class StatusProjector:
+    def __init__(
+        self,
+        client: AnyRedis,
+        keys: QueueKeys,
+        backend: StatusBackend,
+        *,
+        consumer: str,
+        batch_size: int = 500,
+        block_ms: int = 500,
+        claim_idle_s: float = 30.0,
+        upkeep_interval_s: float = 5.0,
+        request_timeout_s: float = 15.0,
+        retry_initial_s: float = 0.2,
+        retry_max_s: float = 10.0,
+        hooks: ProjectorHooks | None = None,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.backend = backend
+        self.consumer = consumer
+        self.batch_size = max(1, batch_size)
+        self.block_ms = max(1, block_ms)
+        self.claim_idle_ms = max(1, int(claim_idle_s * 1000))
+        self.upkeep_interval_s = upkeep_interval_s
+        self.request_timeout_s = request_timeout_s
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.hooks = hooks or ProjectorHooks()
+        self.stats = ProjectorStats()
+        self._group_ready = False
+        self._stopping = asyncio.Event()
+        self._give_up_at: float | None = None  # monotonic; set while draining at shutdown
+
+    # ---- Redis side ---------------------------------------------------------------------
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            # From id 0: rows appended before any projector ran are projected too.
+            await self.client.xgroup_create(self.keys.status_outbox, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        """A Redis call; a group lost with its stream (a Redis restarted without
+        persistence) is created again and the call retried once."""
+        await self._ensure_group()
+        try:
+            return await fn()
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._group_ready = False
+            await self._ensure_group()
+            return await fn()
+
+    async def _read(self, last_id: str, block_ms: int | None) -> list[tuple[Any, Any]]:
+        reply: Any = await self._call(
+            lambda: self.client.xreadgroup(
+                GROUP,
+                self.consumer,
+                {self.keys.status_outbox: last_id},
+                count=self.batch_size,
+                block=block_ms,
+            )
+        )
+        out: list[tuple[Any, Any]] = []
+        for _stream, entries in reply or []:
+            out.extend((eid, fields) for eid, fields in entries if fields)
+        return out
+
+    async def _claim_stale(self) -> list[tuple[Any, Any]]:
+        """Entries another consumer was given and has not acknowledged for too long."""
+        reply: Any = await self._call(
+            lambda: self.client.xautoclaim(
+                self.keys.status_outbox,
+                GROUP,
+                self.consumer,
+                min_idle_time=self.claim_idle_ms,
+                start_id="0-0",
+                count=self.batch_size,
+            )
+        )
+        entries = [(eid, fields) for eid, fields in reply[1] if fields]
+        # Ids whose entries were trimmed away meanwhile: nothing to write, just forget them.
+        deleted = list(reply[2]) if len(reply) > 2 else []
+        if deleted:
+            await self.client.xack(self.keys.status_outbox, GROUP, *deleted)
+        self.stats.claimed += len(entries)
+        return entries
+
+    async def _ack(self, ids: Sequence[str]) -> None:
+        if ids:
+            await self.client.xack(self.keys.status_outbox, GROUP, *ids)
+
+    # ---- store side ---------------------------------------------------------------------
+
+    async def _apply_once(self, rows: list[StatusUpdate]) -> None:
+        started = time.monotonic()
+        ok = False
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                await self.backend.apply(rows)
+            ok = True
+        except TimeoutError:
+            raise StatusStoreError("status write timed out") from None
+        finally:
+            if ok:
+                self.stats.batches += 1
+                self.stats.rows += len(rows)
+            else:
+                self.stats.failures += 1
+            with contextlib.suppress(Exception):
+                self.hooks.on_request(len(rows), time.monotonic() - started, ok)
+
+    async def _apply_retrying(self, rows: list[StatusUpdate]) -> bool:
+        """True once the store took the rows; False when giving up at the shutdown
+        deadline (the entries stay pending for another projector). Raises a permanent
+        StatusStoreError."""
+        delay = self.retry_initial_s
+        attempt = 0
+        while True:
+            try:
+                await self._apply_once(rows)
+                return True
+            except Exception as exc:
+                if not _transient_store_error(exc):
+                    raise
+                attempt += 1
+                if attempt == 1 or attempt % 10 == 0:
+                    log.warning(
+                        "status write of %d rows failed (%s); retrying (attempt %d)",
+                        len(rows),
+                        exc,
+                        attempt,
+                    )
+            pause = delay + random.uniform(0, self.retry_initial_s)
+            delay = min(delay * 2, self.retry_max_s)
+            if self._give_up_at is not None:
+                left = self._give_up_at - time.monotonic()
+                if left <= 0:
+                    return False
+                pause = min(pause, left, 0.2)
+            await asyncio.sleep(pause)
+
+    async def _apply(self, rows: list[StatusUpdate]) -> bool:
+        try:
+            return await self._apply_retrying(rows)
+        except StatusStoreError as exc:
+            if len(rows) == 1:
+                self.stats.rejected += 1
+                log.error(
+                    "status store rejected the row of job %s (%s); skipped",
+                    rows[0].job_id,
+                    exc,
+                )
+                return True
+        # One bad row must not hold back the rest: send them one at a time.
+        for row in rows:
+            if not await self._apply([row]):
+                return False
+        return True
+
+    # ---- one batch ----------------------------------------------------------------------
+
+    async def project(self, raw: list[tuple[Any, Any]]) -> bool:
+        """Write one batch of raw entries and acknowledge it; False if the store could not
+        take it before the shutdown deadline (then nothing is acknowledged)."""
+        if not raw:
+            return True
+        entries: list[OutboxEntry] = []
+        ids: list[str] = []
+        for eid, fields in raw:
+            try:
+                entry = parse_entry(eid, fields)
+            except BadEntry as exc:
+                self.stats.bad_entries += 1
+                log.error("%s; acknowledged and skipped", exc)
+                ids.append(eid.decode() if isinstance(eid, bytes) else str(eid))
+                continue
+            entries.append(entry)
+            ids.append(entry.entry_id)
+        if entries and not await self._apply(newest_per_job([e.row for e in entries])):
+            return False
+        await self._ack(ids)
+        now_ms = time.time() * 1000
+        for entry in entries:
+            with contextlib.suppress(Exception):
+                self.hooks.on_lag(max(0.0, (now_ms - entry.appended_ms) / 1000.0))
+        return True
+
+    # ---- loops --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Project until `stop()`; Redis outages are waited out with backoff."""
+        pause = 0.2
+        next_upkeep = 0.0
+        first = True
+        while not self._stopping.is_set():
+            try:
+                if first:
+                    # What this consumer name was given before and never acknowledged.
+                    await self.project(await self._read("0", None))
+                    first = False
+                if time.monotonic() >= next_upkeep:
+                    await self.project(await self._claim_stale())
+                    await self._upkeep()
+                    next_upkeep = time.monotonic() + self.upkeep_interval_s
+                await self.project(await self._read(">", self.block_ms))
+                pause = 0.2
+            except TRANSIENT as exc:
+                log.warning("status projector: Redis unavailable (%s); retrying", exc)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(pause):
+                        await self._stopping.wait()
+                pause = min(pause * 2, 5.0)
+            except Exception:
+                log.exception("status projector step failed; continuing")
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._stopping.wait()
+
+    async def _upkeep(self) -> None:
+        state = await outbox_state(self.client, self.keys.status_outbox)
+        with contextlib.suppress(Exception):
+            self.hooks.on_outbox(state)
+        await trim_outbox(self.client, self.keys.status_outbox, state)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def drain(self, deadline_s: float) -> bool:
+        """At shutdown: project what is left (this consumer's pending entries, then new
+        ones) until the outbox is empty or the deadline passes. True when nothing was left
+        behind; whatever is left stays in the outbox for the other projectors."""
+        self._give_up_at = time.monotonic() + deadline_s
+        try:
+            async with asyncio.timeout(deadline_s):
+                if not await self.project(await self._read("0", None)):
+                    return False
+                while True:
+                    batch = await self._read(">", None)
+                    if not batch:
+                        return True
+                    if not await self.project(batch):
+                        return False
+        except TimeoutError:
+            return False
+        except TRANSIENT as exc:
+            log.warning("status projector: Redis unavailable at shutdown (%s)", exc)
+            return False

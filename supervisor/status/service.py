@@ -1,0 +1,111 @@
+"""The daemon's status duties: project the outbox, reconcile now and then, and keep the
+outbox trimmed. With the `none` backend only the trimming runs, so an outbox nobody reads
+does not grow."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from supervisor.aio import join_bounded
+from supervisor.protocol import JobQueue
+from supervisor.redis_retry import TRANSIENT
+from supervisor.status.backend import NoneBackend, StatusBackend
+from supervisor.status.projector import ProjectorHooks, StatusProjector
+from supervisor.status.reconcile import sweep_page, take_lock
+from supervisor.status.trim import OutboxState, outbox_state, trim_outbox
+
+log = logging.getLogger(__name__)
+
+
+class StatusService:
+    def __init__(
+        self,
+        queue: JobQueue,
+        backend: StatusBackend,
+        *,
+        consumer: str,
+        reconcile_interval_s: float = 30.0,
+        reconcile_page: int = 1000,
+        claim_idle_s: float = 15.0,
+        hooks: ProjectorHooks | None = None,
+    ) -> None:
+        self.queue = queue
+        self.backend = backend
+        self.consumer = consumer
+        self.reconcile_interval_s = reconcile_interval_s
+        self.reconcile_page = reconcile_page
+        self.hooks = hooks or ProjectorHooks()
+        self.projector: StatusProjector | None = None
+        if not isinstance(backend, NoneBackend):
+            self.projector = StatusProjector(
+                queue.client,
+                queue.keys,
+                backend,
+                consumer=consumer,
+                claim_idle_s=claim_idle_s,
+                hooks=self.hooks,
+            )
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        if self.projector is not None:
+            self._tasks.append(asyncio.create_task(self.projector.run(), name="status-projector"))
+            self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="status-reconcile"))
+        else:
+            self._tasks.append(asyncio.create_task(self._trim_loop(), name="status-outbox-trim"))
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+
+    async def _reconcile_loop(self) -> None:
+        while not self._stopping.is_set():
+            await self._pause(self.reconcile_interval_s)
+            if self._stopping.is_set():
+                return
+            try:
+                if await take_lock(self.queue, self.consumer, self.reconcile_interval_s * 0.9):
+                    async with asyncio.timeout(max(30.0, self.reconcile_interval_s)):
+                        await sweep_page(self.queue, self.backend, limit=self.reconcile_page)
+            except TRANSIENT as exc:
+                log.debug("reconcile sweep skipped: %s", exc)
+            except Exception:
+                log.exception(
+                    "reconcile sweep failed; next one in %.0fs", self.reconcile_interval_s
+                )
+
+    async def _trim_loop(self) -> None:
+        stream = self.queue.keys.status_outbox
+        while not self._stopping.is_set():
+            try:
+                state: OutboxState = await outbox_state(self.queue.client, stream)
+                await trim_outbox(self.queue.client, stream, state)
+                with contextlib.suppress(Exception):
+                    self.hooks.on_outbox(state)
+            except TRANSIENT as exc:
+                log.debug("outbox trim skipped: %s", exc)
+            except Exception:
+                log.exception("outbox trim failed")
+            await self._pause(5.0)
+
+    async def aclose(self, deadline_s: float) -> None:
+        """Stop; a projector first writes what is left within `deadline_s`. What it could
+        not write stays in the outbox for the other daemons."""
+        self._stopping.set()
+        if self.projector is not None:
+            self.projector.stop()
+        for task in self._tasks:
+            await join_bounded(task, 2.0)
+        if self.projector is not None and not await self.projector.drain(deadline_s):
+            log.warning(
+                "status rows not all written before shutdown; they stay in the outbox "
+                "and another daemon writes them"
+            )
+        try:
+            await asyncio.wait_for(self.backend.aclose(), 5.0)
+        except Exception:
+            log.exception("status backend did not close cleanly")

@@ -1,0 +1,98 @@
+"""How far the status outbox may be trimmed, and how far behind its projection is.
+
+Nothing a consumer group has not acknowledged is ever trimmed: the trim point is the
+oldest entry that is pending (delivered, not acknowledged) or not yet delivered, over
+every group of the stream. A stream with no group at all (status writing turned off in
+every daemon, backend `none`) has no reader, so it is emptied.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from supervisor.protocol import AnyRedis
+
+
+@dataclass(frozen=True)
+class OutboxState:
+    length: int  # entries in the stream
+    unprojected: int  # entries pending or not yet delivered (upper bound: length)
+    oldest_unprojected_ms: int | None  # stream-id time of the oldest such entry
+    safe_trim_id: str | None  # entries older than this id may go; None: trim nothing
+    has_group: bool
+
+    def age_s(self, now_ms: float | None = None) -> float:
+        if self.oldest_unprojected_ms is None:
+            return 0.0
+        now = time.time() * 1000 if now_ms is None else now_ms
+        return max(0.0, (now - self.oldest_unprojected_ms) / 1000.0)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def outbox_state(client: AnyRedis, stream: str) -> OutboxState:
+    length = int(await client.xlen(stream))
+    try:
+        groups: list[dict[str, Any]] = await client.xinfo_groups(stream)
+    except Exception as exc:  # no such key: redis answers an error for XINFO on it
+        if "no such key" in str(exc).lower():
+            return OutboxState(0, 0, None, None, has_group=False)
+        raise
+    if not groups:
+        last = await client.xrevrange(stream, count=1)
+        newest = _text(last[0][0]) if last else None
+        return OutboxState(length, 0, None, newest, has_group=False)
+    oldest: str | None = None
+    unprojected = 0
+    for group in groups:
+        name = _text(group["name"])
+        pending = int(group.get("pending", 0))
+        candidates: list[str] = []
+        if pending:
+            summary: Any = await client.xpending(stream, name)
+            if summary and summary.get("min"):
+                candidates.append(_text(summary["min"]))
+        last_delivered = _text(group.get("last-delivered-id", "0-0"))
+        after = await client.xrange(stream, min=f"({last_delivered}", count=1)
+        if after:
+            candidates.append(_text(after[0][0]))
+        lag = group.get("lag")
+        undelivered = int(lag) if isinstance(lag, int) else (1 if after else 0)
+        unprojected = max(unprojected, pending + undelivered)
+        if not candidates:
+            # Everything delivered and acknowledged: keep only what comes after.
+            candidates.append(last_delivered)
+        group_oldest = min(candidates, key=_id_key)
+        if oldest is None or _id_key(group_oldest) < _id_key(oldest):
+            oldest = group_oldest
+    assert oldest is not None
+    behind = unprojected > 0
+    return OutboxState(
+        length,
+        min(unprojected, length),
+        _id_key(oldest)[0] if behind else None,
+        oldest,
+        has_group=True,
+    )
+
+
+async def trim_outbox(client: AnyRedis, stream: str, state: OutboxState) -> int:
+    """Drop entries older than the state's safe trim point; returns how many went.
+
+    With no group, every entry up to and including the newest seen one goes.
+    """
+    if state.safe_trim_id is None or state.safe_trim_id == "0-0":
+        return 0
+    if not state.has_group:
+        ms, seq = _id_key(state.safe_trim_id)
+        return int(await client.xtrim(stream, minid=f"{ms}-{seq + 1}", approximate=False))
+    return int(await client.xtrim(stream, minid=state.safe_trim_id, approximate=True))

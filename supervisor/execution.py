@@ -238,7 +238,9 @@ class JobExecution:
                 if await write(lambda: q.release(job_id, token)):
                     label = ev.OUTCOME_RELEASED
             elif outcome.ended is EndReason.CANCELLED:
-                if await write(lambda: q.ack_cancel(job_id, token)):
+                if await write(
+                    lambda: q.ack_cancel(job_id, token, peak_rss_bytes=outcome.peak_rss_bytes)
+                ):
                     final, table, label = True, TableStatus.CANCELLED.value, ev.OUTCOME_CANCELLED
             elif outcome.succeeded:
                 if await write(

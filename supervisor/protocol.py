@@ -401,12 +401,20 @@ class JobQueue:
         )
         return bool(int(ok))
 
-    async def ack_cancel(self, job_id: str, token: str) -> bool:
+    async def ack_cancel(
+        self, job_id: str, token: str, *, peak_rss_bytes: int | None = None
+    ) -> bool:
         k = self.keys
         ok, _rev = await self._run(
             "cancel_ack",
             [k.jobs, k.active, k.cancelled, k.events, k.status_outbox],
-            [job_id, token, self.retention.events_maxlen, self.retention.outbox_cap],
+            [
+                job_id,
+                token,
+                self.retention.events_maxlen,
+                self.retention.outbox_cap,
+                "" if peak_rss_bytes is None else int(peak_rss_bytes),
+            ],
         )
         return bool(int(ok))
 

@@ -30,7 +30,7 @@ from supervisor.protocol import AnyRedis
 from supervisor.redis_retry import TRANSIENT
 from supervisor.status.backend import StatusBackend, StatusStoreError
 from supervisor.status.outbox import BadEntry, OutboxEntry, parse_entry
-from supervisor.status.trim import OutboxState, outbox_state, trim_outbox
+from supervisor.status.trim import OutboxState
 from supervisor.status.update import StatusUpdate, newest_per_job
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class StatusProjector:
         batch_size: int = 500,
         block_ms: int = 500,
         claim_idle_s: float = 30.0,
-        upkeep_interval_s: float = 5.0,
+        claim_interval_s: float = 5.0,
         request_timeout_s: float = 15.0,
         retry_initial_s: float = 0.2,
         retry_max_s: float = 10.0,
@@ -85,7 +85,7 @@ class StatusProjector:
         self.batch_size = max(1, batch_size)
         self.block_ms = max(1, block_ms)
         self.claim_idle_ms = max(1, int(claim_idle_s * 1000))
-        self.upkeep_interval_s = upkeep_interval_s
+        self.claim_interval_s = claim_interval_s
         self.request_timeout_s = request_timeout_s
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
@@ -97,7 +97,7 @@ class StatusProjector:
 
     # ---- Redis side ---------------------------------------------------------------------
 
-    async def _ensure_group(self) -> None:
+    async def ensure_group(self) -> None:
         if self._group_ready:
             return
         try:
@@ -111,14 +111,14 @@ class StatusProjector:
     async def _call(self, fn: Callable[[], Any]) -> Any:
         """A Redis call; a group lost with its stream (a Redis restarted without
         persistence) is created again and the call retried once."""
-        await self._ensure_group()
+        await self.ensure_group()
         try:
             return await fn()
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             self._group_ready = False
-            await self._ensure_group()
+            await self.ensure_group()
             return await fn()
 
     async def _read(self, last_id: str, block_ms: int | None) -> list[tuple[Any, Any]]:
@@ -261,7 +261,7 @@ class StatusProjector:
     async def run(self) -> None:
         """Project until `stop()`; Redis outages are waited out with backoff."""
         pause = 0.2
-        next_upkeep = 0.0
+        next_claim = 0.0
         first = True
         while not self._stopping.is_set():
             try:
@@ -269,10 +269,9 @@ class StatusProjector:
                     # What this consumer name was given before and never acknowledged.
                     await self.project(await self._read("0", None))
                     first = False
-                if time.monotonic() >= next_upkeep:
+                if time.monotonic() >= next_claim:
                     await self.project(await self._claim_stale())
-                    await self._upkeep()
-                    next_upkeep = time.monotonic() + self.upkeep_interval_s
+                    next_claim = time.monotonic() + self.claim_interval_s
                 await self.project(await self._read(">", self.block_ms))
                 pause = 0.2
             except TRANSIENT as exc:
@@ -286,12 +285,6 @@ class StatusProjector:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await self._stopping.wait()
-
-    async def _upkeep(self) -> None:
-        state = await outbox_state(self.client, self.keys.status_outbox)
-        with contextlib.suppress(Exception):
-            self.hooks.on_outbox(state)
-        await trim_outbox(self.client, self.keys.status_outbox, state)
 
     def stop(self) -> None:
         self._stopping.set()

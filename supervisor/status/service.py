@@ -1,6 +1,6 @@
-"""The daemon's status duties: project the outbox, reconcile now and then, and keep the
-outbox trimmed. With the `none` backend only the trimming runs, so an outbox nobody reads
-does not grow."""
+"""The daemon's status duties: project the outbox, reconcile now and then, keep the outbox
+trimmed and report its length and age. With the `none` backend only the trimming runs: an
+outbox no projector reads is emptied, so it does not grow."""
 
 from __future__ import annotations
 
@@ -54,8 +54,7 @@ class StatusService:
         if self.projector is not None:
             self._tasks.append(asyncio.create_task(self.projector.run(), name="status-projector"))
             self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="status-reconcile"))
-        else:
-            self._tasks.append(asyncio.create_task(self._trim_loop(), name="status-outbox-trim"))
+        self._tasks.append(asyncio.create_task(self._trim_loop(), name="status-outbox-trim"))
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -82,10 +81,13 @@ class StatusService:
         stream = self.queue.keys.status_outbox
         while not self._stopping.is_set():
             try:
+                if self.projector is not None:
+                    # Never judge the stream reader-less while our group is still to come.
+                    await self.projector.ensure_group()
                 state: OutboxState = await outbox_state(self.queue.client, stream)
-                await trim_outbox(self.queue.client, stream, state)
                 with contextlib.suppress(Exception):
                     self.hooks.on_outbox(state)
+                await trim_outbox(self.queue.client, stream, state)
             except TRANSIENT as exc:
                 log.debug("outbox trim skipped: %s", exc)
             except Exception:

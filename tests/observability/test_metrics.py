@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import shutil
 import subprocess
 import urllib.request
@@ -11,22 +9,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
 from supervisor import events as ev
 from supervisor.metrics import (
-    REGISTRY,
     DaemonMetrics,
     MetricsSink,
-    metrics_for,
-    metrics_port,
-    refresh_queue_gauges,
     start_metrics_server,
 )
-from tests.waiting import poll
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 MIB = 1024 * 1024
@@ -97,9 +89,7 @@ def server(registry: CollectorRegistry) -> Iterator[int]:
 
 def test_known_mix_of_outcomes_is_scraped_exactly(registry: CollectorRegistry, server: int) -> None:
     sink = MetricsSink("q1", registry=registry)
-    daemon = DaemonMetrics(
-        "q1", registry=registry, status_backlog=lambda: 7, status_failures=lambda: 2
-    )
+    daemon = DaemonMetrics("q1", registry=registry)
     sink.job_started(
         ev.JobStarted(
             queue="q1",
@@ -145,7 +135,11 @@ def test_known_mix_of_outcomes_is_scraped_exactly(registry: CollectorRegistry, s
     daemon.stalled_recovered(2)
     daemon.stalled_recovered(0)
     daemon.trace_export_failure()
-    daemon.status_write_observed(0.02)
+    daemon.status_request(10, 0.02, True)
+    daemon.status_request(10, 0.5, False)
+    daemon.status_rows_rejected(1)
+    daemon.status_projected(0.03)
+    daemon.status_outbox(entries=7, unprojected=3, age_s=2.5)
 
     text = scrape(server)
     s = samples(text)
@@ -203,9 +197,13 @@ def test_known_mix_of_outcomes_is_scraped_exactly(registry: CollectorRegistry, s
     assert value(s, "ingest_lease_losses_total", queue="q1") == 1
     assert value(s, "ingest_stalled_recoveries_total", queue="q1") == 2
     assert value(s, "ingest_trace_export_failures_total") == 1
-    assert value(s, "ingest_status_writer_backlog", queue="q1") == 7
-    assert value(s, "ingest_status_writer_failures_total", queue="q1") == 2
-    assert value(s, "ingest_status_write_seconds_count", queue="q1") == 1
+    assert value(s, "ingest_status_outbox_entries", queue="q1") == 7
+    assert value(s, "ingest_status_outbox_unprojected", queue="q1") == 3
+    assert value(s, "ingest_status_outbox_age_seconds", queue="q1") == 2.5
+    assert value(s, "ingest_status_write_failures_total", queue="q1") == 1
+    assert value(s, "ingest_status_rows_rejected_total", queue="q1") == 1
+    assert value(s, "ingest_status_write_seconds_count", queue="q1") == 2
+    assert value(s, "ingest_status_projection_lag_seconds_count", queue="q1") == 1
     promtool_check(text)
 
 
@@ -216,129 +214,5 @@ def test_series_exist_at_zero_before_any_job(registry: CollectorRegistry, server
     for status in ("completed", "failed", "retried", "timeout", "cancelled", "stalled"):
         assert value(s, "queue_jobs_total", queue="q0", status=status) == 0
     assert value(s, "ingest_lease_losses_total", queue="q0") == 0
-
-
-class BrokenWriter:
-    @property
-    def backlog(self) -> int:
-        raise RuntimeError("store exploded")
-
-    def failures(self) -> int:
-        return 4
-
-
-def test_status_writer_object_is_read_at_scrape_and_a_broken_source_does_not_break_it(
-    registry: CollectorRegistry, server: int
-) -> None:
-    DaemonMetrics("qw", registry=registry, status_writer=BrokenWriter())
-    text = scrape(server)
-    s = samples(text)
-    assert value(s, "ingest_status_writer_failures_total", queue="qw") == 4
-    assert ("ingest_status_writer_backlog", frozenset({("queue", "qw")})) not in s
-    promtool_check(text)
-
-
-async def test_queue_gauges_read_from_redis(
-    redis_url: str, queue_name: str, registry: CollectorRegistry, server: int
-) -> None:
-    from supervisor.protocol import JobQueue
-
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        q = JobQueue(client, queue_name)
-        for i in range(3):
-            await q.enqueue(
-                {"job_id": f"j{i}", "tenant_id": "t", "data_source": {"type": "text", "text": "x"}}
-            )
-        gauges = metrics_for(registry)
-        assert await refresh_queue_gauges(q, gauges) is True
-        s = samples(scrape(server))
-        assert value(s, "queue_jobs_in_state", queue=queue_name, state="waiting") == 3
-        for state in ("delayed", "active", "failed", "completed", "cancelled"):
-            assert value(s, "queue_jobs_in_state", queue=queue_name, state=state) == 0
-        assert value(s, "queue_oldest_waiting_job_age_seconds", queue=queue_name) >= 0
-        assert value(s, "queue_live_workers", queue=queue_name) == 0
-        assert value(s, "queue_metrics_redis_up", queue=queue_name) == 1
-    finally:
-        await client.aclose()
-
-
-async def test_queue_gauges_keep_last_values_when_redis_is_down(
-    private_redis: Any, registry: CollectorRegistry, server: int
-) -> None:
-    from supervisor.protocol import JobQueue
-
-    client = aioredis.Redis.from_url(private_redis.url, socket_timeout=1, socket_connect_timeout=1)
-    try:
-        q = JobQueue(client, "qdown")
-        await q.enqueue({"job_id": "j", "tenant_id": "t", "data_source": {"type": "text"}})
-        gauges = metrics_for(registry)
-        assert await refresh_queue_gauges(q, gauges) is True
-        private_redis.stop()
-        assert await refresh_queue_gauges(q, gauges) is False
-        s = samples(scrape(server))
-        assert value(s, "queue_metrics_redis_up", queue="qdown") == 0
-        assert value(s, "queue_jobs_in_state", queue="qdown", state="waiting") == 1
-    finally:
-        await client.aclose()
-
-
-def test_default_registry_serves_process_metrics_and_lints_clean() -> None:
-    MetricsSink("qdefault")
-    srv = start_metrics_server(0, "127.0.0.1")
-    try:
-        text = scrape(srv.port)
-    finally:
-        srv.stop()
-    s = samples(text)
-    assert value(s, "queue_jobs_total", queue="qdefault", status="completed") >= 0
-    assert any(name == "process_cpu_seconds_total" for name, _ in s)
-    assert metrics_for() is metrics_for(REGISTRY)
-    promtool_check(text)
-
-
-def test_stopped_server_frees_its_port(registry: CollectorRegistry) -> None:
-    srv = start_metrics_server(0, "127.0.0.1", registry=registry)
-    port = srv.port
-    srv.stop()
-    again = start_metrics_server(port, "127.0.0.1", registry=registry)
-    again.stop()
-
-
-@pytest.mark.parametrize(
-    ("base", "instance", "expected"),
-    [(9400, None, 9400), (9400, 0, 9400), (9400, 3, 9403), (0, 3, 0)],
-)
-def test_metrics_port_per_pool_instance(base: int, instance: int | None, expected: int) -> None:
-    assert metrics_port(base, instance) == expected
-
-
-async def test_refresher_task_keeps_gauges_current(
-    redis_url: str, queue_name: str, registry: CollectorRegistry
-) -> None:
-    from supervisor.metrics import run_queue_gauge_refresher
-    from supervisor.protocol import JobQueue
-
-    client = aioredis.Redis.from_url(redis_url)
-    gauges = metrics_for(registry)
-
-    def waiting() -> float | None:
-        return registry.get_sample_value(
-            "queue_jobs_in_state", {"queue": queue_name, "state": "waiting"}
-        )
-
-    task = None
-    try:
-        q = JobQueue(client, queue_name)
-        task = asyncio.create_task(run_queue_gauge_refresher(q, 0.05, gauges))
-        await poll(lambda: waiting() == 0, 10, "first refresh")
-        await q.enqueue({"job_id": "late", "tenant_id": "t", "data_source": {"type": "text"}})
-        await poll(lambda: waiting() == 1, 10, "the new job in the gauge")
-    finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await client.aclose()
-
-
+    assert value(s, "ingest_status_outbox_age_seconds", queue="q0") == 0
+    assert value(s, "ingest_status_write_failures_total", queue="q0") == 0

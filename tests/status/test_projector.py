@@ -1,0 +1,282 @@
+"""The projector, reconciler and outbox bounds against the real Redis and real stores."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from supervisor.protocol import Backoff, JobQueue, Retention
+from supervisor.status import NoneBackend, StatusBackend, build_status_backend
+from supervisor.status.projector import GROUP, StatusProjector
+from supervisor.status.reconcile import sweep_all
+from supervisor.status.service import StatusService
+from supervisor.status.sync import status_sync
+from supervisor.status.trim import outbox_state, trim_outbox
+from tests.conftest import REDIS_URL
+from tests.status.conftest import Store
+from tests.status.snapshots import payload
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def queue(queue_name: str) -> AsyncIterator[JobQueue]:
+    client = Redis.from_url(REDIS_URL)
+    yield JobQueue(client, queue_name, backoff=Backoff(base_s=0.01, jitter=0))
+    await client.aclose()
+
+
+@pytest.fixture
+async def sqlite_backend(tmp_path: Path) -> AsyncIterator[StatusBackend]:
+    backend = build_status_backend("sqlite", sqlite_path=str(tmp_path / "s.sqlite3"))
+    yield backend
+    await backend.aclose()
+
+
+def projector(queue: JobQueue, backend: StatusBackend, name: str, **kw: Any) -> StatusProjector:
+    return StatusProjector(queue.client, queue.keys, backend, consumer=name, **kw)
+
+
+async def status_of(backend: StatusBackend, job_id: str) -> str | None:
+    row = await backend.fetch(job_id)
+    return None if row is None else str(row["status"])
+
+
+async def run_to_completion(queue: JobQueue, job_id: str, message: str = "done") -> None:
+    claim = await queue.claim("w", lease_s=30, timeout_s=5)
+    assert claim is not None and claim.job.job_id == job_id
+    await queue.progress(job_id, claim.token, 40, "reading")
+    assert await queue.complete(job_id, claim.token, {"n": 1}, message=message)
+
+
+async def test_rows_appear_for_any_producer_and_follow_the_job(
+    store: Store, queue: JobQueue
+) -> None:
+    backend = store.backend()
+    service = StatusService(queue, backend, consumer="d1", reconcile_interval_s=3600)
+    service.start()
+    try:
+        await queue.enqueue(payload("p-1"))  # a producer with no status settings at all
+        await until(lambda: _is(backend, "p-1", "queued"))
+        await run_to_completion(queue, "p-1")
+        await until(lambda: _is(backend, "p-1", "completed"))
+        row = await backend.fetch("p-1")
+        assert row is not None and row["progress_message"] == "done"
+        record = await queue.get("p-1")
+        assert record is not None and record.progress_message == "done"
+    finally:
+        await service.aclose(5.0)
+
+
+async def _took_over(heir: StatusProjector) -> bool:
+    """Entries idle long enough are taken over and written (polled: idleness takes time)."""
+    return bool(await heir.project(await heir._claim_stale())) and heir.stats.claimed > 0
+
+
+async def _is(backend: StatusBackend, job_id: str, status: str) -> bool:
+    return await status_of(backend, job_id) == status
+
+
+async def test_entries_of_a_consumer_that_died_mid_batch_are_redelivered(
+    queue: JobQueue, sqlite_backend: StatusBackend
+) -> None:
+    for i in range(5):
+        await queue.enqueue(payload(f"r-{i}"))
+    dead = projector(queue, sqlite_backend, "dead")
+    taken = await dead._read(">", None)  # delivered to `dead`, which never acknowledges
+    assert len(taken) == 5
+    assert all([await status_of(sqlite_backend, f"r-{i}") is None for i in range(5)])
+    heir = projector(queue, sqlite_backend, "heir", claim_idle_s=0.2)
+    await until(lambda: _took_over(heir))
+    assert heir.stats.claimed == 5
+    for i in range(5):
+        assert await status_of(sqlite_backend, f"r-{i}") == "queued"
+    state = await outbox_state(queue.client, queue.keys.status_outbox)
+    assert state.unprojected == 0
+
+
+async def test_a_row_the_store_rejects_does_not_hold_back_the_rest(
+    store: Store, queue: JobQueue
+) -> None:
+    backend = store.backend()
+    try:
+        await queue.enqueue(payload("good-1"))
+        # A row no store accepts (an id the table's check refuses) and an entry that is
+        # not a row at all, between good ones.
+        await queue.client.xadd(
+            queue.keys.status_outbox,
+            {
+                "job": "bad id",
+                "kind": "s",
+                "tenant": "t",
+                "state": "waiting",
+                "rev": "1",
+                "run": "1000",
+                "attempt": "0",
+                "max": "3",
+                "progress": "0",
+            },
+        )
+        await queue.client.xadd(queue.keys.status_outbox, {"garbage": "1"})
+        await queue.enqueue(payload("good-2"))
+        p = projector(queue, backend, "p")
+        assert await p.project(await p._read(">", None))
+        assert p.stats.rejected == 1 and p.stats.bad_entries == 1
+        assert await status_of(backend, "good-1") == "queued"
+        assert await status_of(backend, "good-2") == "queued"
+        state = await outbox_state(queue.client, queue.keys.status_outbox)
+        assert state.unprojected == 0  # everything acknowledged
+    finally:
+        await backend.aclose()
+
+
+async def test_trimming_never_drops_unacknowledged_entries(
+    queue: JobQueue, sqlite_backend: StatusBackend
+) -> None:
+    for i in range(10):
+        await queue.enqueue(payload(f"t-{i}"))
+    holder = projector(queue, sqlite_backend, "holder")
+    held = await holder._read(">", None)  # 10 pending, unacknowledged
+    for i in range(10, 15):
+        await queue.enqueue(payload(f"t-{i}"))  # 5 not yet delivered
+    stream = queue.keys.status_outbox
+    state = await outbox_state(queue.client, stream)
+    assert state.unprojected == 15 and state.has_group
+    await trim_outbox(queue.client, stream, state)
+    assert await queue.client.xlen(stream) == 15
+    await holder.project(held)  # the first 10 written and acknowledged
+    other = projector(queue, sqlite_backend, "other")
+    await other.project(await other._read(">", None))
+    state = await outbox_state(queue.client, stream)
+    assert state.unprojected == 0
+    await trim_outbox(queue.client, stream, state)
+    # Only acknowledged entries went (an exact trim keeps at most the last delivered one).
+    assert await queue.client.xlen(stream) <= 15
+    pending: Any = await queue.client.xpending(stream, GROUP)
+    assert pending["pending"] == 0
+
+
+async def test_without_a_status_store_the_outbox_does_not_grow(queue: JobQueue) -> None:
+    service = StatusService(queue, NoneBackend(), consumer="none-1")
+    for i in range(20):
+        await queue.enqueue(payload(f"n-{i}"))
+    assert await queue.client.xlen(queue.keys.status_outbox) == 20
+    service.start()
+    try:
+        await until(lambda: _xlen_is(queue, 0))
+    finally:
+        await service.aclose(2.0)
+
+
+async def _xlen_is(queue: JobQueue, n: int) -> bool:
+    return int(await queue.client.xlen(queue.keys.status_outbox)) == n
+
+
+async def test_the_outbox_bound_drops_progress_first_and_never_a_final_state(
+    queue_name: str, sqlite_backend: StatusBackend
+) -> None:
+    client = Redis.from_url(REDIS_URL)
+    q = JobQueue(client, queue_name, retention=Retention(outbox_cap=3))
+    try:
+        await q.enqueue(payload("cap-1"))  # 1 entry
+        claim = await q.claim("w", lease_s=30, timeout_s=5)  # 2
+        assert claim is not None
+        await q.progress("cap-1", claim.token, 10, "a")  # 3: at the cap now
+        await q.progress("cap-1", claim.token, 20, "b")  # dropped: progress at the cap
+        await q.enqueue_many([payload(f"cap-{i}") for i in range(2, 6)])  # 4..6, then dropped
+        assert await client.xlen(q.keys.status_outbox) == 6
+        assert await q.complete("cap-1", claim.token, None, message="done")  # final: kept
+        assert await client.xlen(q.keys.status_outbox) == 7
+        # What was dropped is still in Redis: the reconciler restores it.
+        report = await sweep_all(q, sqlite_backend)
+        assert report.checked == 5 and sorted(report.missing) == [f"cap-{i}" for i in range(1, 6)]
+        p = projector(q, sqlite_backend, "p")
+        assert await p.drain(10.0)
+        assert await status_of(sqlite_backend, "cap-1") == "completed"
+        assert await status_of(sqlite_backend, "cap-5") == "queued"
+    finally:
+        await client.aclose()
+
+
+async def test_reconciliation_fixes_a_missing_row_and_a_stuck_processing_row(
+    store: Store, queue: JobQueue
+) -> None:
+    backend = store.backend()
+    try:
+        for job_id in ("rc-missing", "rc-stuck", "rc-fine"):
+            await queue.enqueue(payload(job_id))
+        p = projector(queue, backend, "p")
+        await p.drain(10.0)
+        claim = await queue.claim("w", lease_s=30, timeout_s=5)
+        assert claim is not None and claim.job.job_id == "rc-missing"
+        await p.drain(10.0)  # rc-missing shows processing
+        claim2 = await queue.claim("w", lease_s=30, timeout_s=5)
+        assert claim2 is not None and claim2.job.job_id == "rc-stuck"
+        await p.drain(10.0)
+        # Changes lost on their way (a failover, an operator's XTRIM): the rows lag.
+        stream = queue.keys.status_outbox
+        assert await queue.complete("rc-missing", claim.token, None)
+        assert await queue.complete("rc-stuck", claim2.token, None)
+        await queue.client.xtrim(stream, maxlen=0, approximate=False)
+        if store.dsn is not None:
+            import psycopg
+
+            with psycopg.connect(store.dsn, autocommit=True) as conn:
+                conn.execute("delete from public.ingestion_jobs where job_id = 'rc-missing'")
+        else:
+            import sqlite3
+
+            path = getattr(backend, "path")  # noqa: B009
+            with sqlite3.connect(path) as conn:
+                conn.execute("delete from ingestion_jobs where job_id = 'rc-missing'")
+        assert await status_of(backend, "rc-stuck") == "processing"
+        report = await status_sync(queue, backend, deadline_s=10.0)
+        assert "rc-stuck" in report.behind
+        assert report.drained and report.written >= 2
+        assert await status_of(backend, "rc-stuck") == "completed"
+        assert await status_of(backend, "rc-missing") == "completed"
+        assert await status_of(backend, "rc-fine") == "queued"
+        again = await status_sync(queue, backend, deadline_s=10.0)
+        assert again.resent == 0 and again.checked == 3
+    finally:
+        await backend.aclose()
+
+
+async def test_a_stopping_projector_leaves_what_it_cannot_write_for_the_others(
+    store: Store, queue: JobQueue
+) -> None:
+    backend = store.backend()
+    try:
+        service = StatusService(queue, backend, consumer="leaving", reconcile_interval_s=3600)
+        service.start()
+        await queue.enqueue(payload("s-0"))
+        await until(lambda: _is(backend, "s-0", "queued"))
+        store.cut()
+        for i in range(1, 4):
+            await queue.enqueue(payload(f"s-{i}"))
+        started = time.monotonic()
+        await service.aclose(1.0)
+        assert time.monotonic() - started < 10
+    finally:
+        store.restore()
+    other = store.backend()
+    try:
+        heir = projector(queue, other, "heir", claim_idle_s=0.1)
+        await until(lambda: _took_over(heir))
+        assert await heir.drain(10.0)
+        for i in range(4):
+            assert await status_of(other, f"s-{i}") == "queued"
+    finally:
+        await other.aclose()
+        await backend.aclose()

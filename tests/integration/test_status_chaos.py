@@ -67,7 +67,7 @@ def payloads(prefix: str) -> list[dict[str, Any]]:
             "job_id": f"{prefix}-{i:03d}",
             "tenant_id": f"tenant-{i % 7}",
             "data_source": {"type": "text", "text": f"chaos {i}"},
-            "metadata": {"sleep": 0.02},  # eleven PROGRESS lines over ~20 ms, then exit 0
+            "metadata": {"sleep": 0.1},  # eleven PROGRESS lines over 0.1 s, then exit 0
         }
         for i in range(JOBS)
     ]
@@ -183,11 +183,11 @@ def test_status_rows_converge_after_kills_redis_restart_and_store_outage(
     env = {**DAEMON_ENV, "INGEST_STATUS_DSN": with_port(status_db, store_proxy.port)}
 
     def launch() -> DaemonProcess:
-        daemon = start_daemon(redis_url=private_redis.url, **env)
-        daemon.wait_ready()
-        return daemon
+        return start_daemon(redis_url=private_redis.url, **env)
 
     daemons = [launch() for _ in range(DAEMONS)]
+    for d in daemons:
+        d.wait_ready()
     began = time.monotonic()
     for step in schedule(rng, jobs):
         ahead = step.at - (time.monotonic() - began)
@@ -196,8 +196,14 @@ def test_status_rows_converge_after_kills_redis_restart_and_store_outage(
         print(f"{time.monotonic() - began:6.2f}s {step.kind}")
         if step.kind == "enqueue":
             sq.enqueue_many(step.wave)
+            if step.at == 0:  # the orphan check below can see a child of ours at all
+                wait_until(lambda: processes_of_jobs(prefix), 20, "a child of our jobs")
         elif step.kind == "kill":
-            victim = daemons.pop(rng.randrange(len(daemons)))
+            # A replacement starts without a wait (it waits for Redis itself), so the
+            # schedule keeps its pace; a victim is one that runs jobs when there is one.
+            running = [d for d in daemons if " ready: worker " in d.log()] or daemons
+            victim = running[rng.randrange(len(running))]
+            daemons.remove(victim)
             victim.signal(signal.SIGKILL)
             victim.wait_exit(10)
             daemons.append(launch())
@@ -244,6 +250,7 @@ def test_status_rows_converge_after_kills_redis_restart_and_store_outage(
 
     wait_until(lambda: not processes_of_jobs(prefix), NO_CHILDREN_S, "no child of our jobs left")
     for d in daemons:
+        d.wait_ready()  # SIGTERM before its handlers exist would not be a graceful stop
         d.signal(signal.SIGTERM)
     codes = {d.pid: d.wait_exit(EXIT_BOUND_S) for d in daemons}
     assert codes == dict.fromkeys(codes, 0), codes

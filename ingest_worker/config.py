@@ -221,11 +221,11 @@ class EmbeddingSettings:
         self.credentials_dir = _opt(env, "CREDENTIALS_DIRECTORY")
         self.batch_size = _int(env, "INGEST_EMBEDDING_BATCH_SIZE", 64, 1, 4096)
         self.batch_tokens = _int(env, "INGEST_EMBEDDING_BATCH_TOKENS", 300_000, 16, 10_000_000)
-        self.max_input_tokens = _int(env, "INGEST_EMBEDDING_MAX_INPUT_TOKENS", 8191, 16, 1_000_000)
-        if self.max_input_tokens > self.batch_tokens:
-            raise ConfigError(
-                "INGEST_EMBEDDING_MAX_INPUT_TOKENS: must not exceed INGEST_EMBEDDING_BATCH_TOKENS"
-            )
+        # One input must fit in one request's budget.
+        self.max_input_tokens = min(
+            self.batch_tokens,
+            _int(env, "INGEST_EMBEDDING_MAX_INPUT_TOKENS", 8191, 16, 1_000_000),
+        )
         self.long_input = _choice(
             env, "INGEST_EMBEDDING_LONG_INPUT", "split", ("split", "truncate")
         )

@@ -161,7 +161,9 @@ class EmbeddingsAPI:
     def _answer(
         self, h: BaseHTTPRequestHandler, body: Any, fault: Fault | None
     ) -> tuple[int, dict[str, Any]]:
-        def err(status: int, message: str, code: str | None, param: str | None = None) -> Any:
+        def err(
+            status: int, message: str, code: str | None, param: str | None = None
+        ) -> tuple[int, dict[str, Any]]:
             return status, {"error": {"message": message, "type": "invalid_request_error",
                                       "param": param, "code": code}}  # fmt: skip
 
@@ -215,7 +217,7 @@ class EmbeddingsAPI:
             if c > max_tokens:
                 return err(400, f"This model's maximum context length is {max_tokens} tokens, "
                                 f"however you requested {c} tokens.", None)  # fmt: skip
-        data = [
+        data: list[dict[str, Any]] = [
             {"object": "embedding", "index": i, "embedding": vector_for(t, dims)}
             for i, t in enumerate(inputs)
         ]

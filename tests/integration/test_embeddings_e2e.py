@@ -44,8 +44,9 @@ def test_embedding_cost_reaches_the_status_row_and_the_trace(
             INGEST_CHUNK_OVERLAP="0",
             **langfuse_env(receiver.url, "pk-lf-e2e-embed"),
         )
+        final = (JobState.COMPLETED, JobState.FAILED)
         wait_until(
-            lambda: (r := q.get("emb-1")) is not None and r.state in (JobState.COMPLETED, JobState.FAILED),
+            lambda: (r := q.get("emb-1")) is not None and r.state in final,
             45, "job finished", interval=0.1,
         )  # fmt: skip
         rec = q.get("emb-1")

@@ -46,12 +46,13 @@ def vector_for(text: str, dims: int) -> list[float]:
 @dataclass
 class Fault:
     """One scripted answer: a status with headers and body, `hang` (read the request, never
-    answer), or `wrong_count` / `wrong_size` (a 200 that breaks the protocol)."""
+    answer), `trickle_s`, or `wrong_count` / `wrong_size` (a 200 that breaks the protocol)."""
 
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
     hang: bool = False
+    trickle_s: float = 0.0  # a normal answer, its body sent one byte per this many seconds
     wrong_count: bool = False
     wrong_size: bool = False
 
@@ -156,7 +157,21 @@ class EmbeddingsAPI:
             return
         status, payload = self._answer(h, body, fault)
         self._record(h, body, status)
+        if fault is not None and fault.trickle_s:
+            self._trickle(h, status, json.dumps(payload).encode(), fault.trickle_s)
+            return
         self._send(h, status, payload)
+
+    def _trickle(self, h: BaseHTTPRequestHandler, status: int, body: bytes, every: float) -> None:
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        for i in range(len(body)):
+            if self.release.wait(every):
+                return
+            h.wfile.write(body[i : i + 1])
+            h.wfile.flush()
 
     def _answer(
         self, h: BaseHTTPRequestHandler, body: Any, fault: Fault | None

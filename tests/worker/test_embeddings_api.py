@@ -197,31 +197,13 @@ def test_a_hung_connection_is_bounded_by_the_deadline(api: EmbeddingsAPI, workdi
 
 
 def test_a_trickling_response_is_cut_at_the_deadline(api: EmbeddingsAPI, workdir: Path) -> None:
-    """Headers, then one byte of body every 0.2 s: per-read timeouts alone would wait for ever."""
-    original = api._send
-
-    def slow_send(h, status, payload, headers=None, raw=None):  # type: ignore[no-untyped-def]
-        body = json.dumps(payload).encode()
-        h.send_response(status)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(body)))
-        h.end_headers()
-        for i in range(len(body)):
-            if api.release.wait(0.2):
-                return
-            h.wfile.write(body[i : i + 1])
-            h.wfile.flush()
-
-    api._send = slow_send  # type: ignore[method-assign]
-    try:
-        env = openai_env(api, INGEST_EMBEDDING_TIMEOUT="1", INGEST_EMBEDDING_RETRY_SECONDS="0")
-        started = time.monotonic()
-        out = run_worker(make_job({"type": "text", "text": "a few words"}), workdir, **env)
-        elapsed = time.monotonic() - started
-    finally:
-        api._send = original  # type: ignore[method-assign]
+    """Headers, then a byte of body every 0.2 s: per-read timeouts alone would wait for ever."""
+    api.script = [Fault(trickle_s=0.2)]
+    env = openai_env(api, INGEST_EMBEDDING_TIMEOUT="1", INGEST_EMBEDDING_RETRY_SECONDS="0")
+    started = time.monotonic()
+    out = run_worker(make_job({"type": "text", "text": "a few words"}), workdir, **env)
     assert out.code == 75 and "no complete response within 1s" in out.stderr, out.stderr
-    assert elapsed < 5
+    assert time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 STORES = ("auto", "none", "sqlite", "postgres", "supabase")
-EMBEDDERS = ("hash", "sentence-transformers")
+EMBEDDERS = ("hash", "sentence-transformers", "openai")
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MODELS = {"sentence-transformers": "all-MiniLM-L6-v2", "openai": "text-embedding-3-small"}
 MiB = 1024 * 1024
 
 # Every variable the worker reads, for the supervisor's allowlist and the docs.
@@ -25,6 +27,18 @@ ENV_VARS = (
     "INGEST_EMBEDDER",
     "INGEST_EMBEDDING_MODEL",
     "INGEST_EMBEDDING_DIM",
+    "INGEST_EMBEDDING_BASE_URL",
+    "INGEST_EMBEDDING_API_KEY",
+    "INGEST_EMBEDDING_API_KEY_FILE",
+    "CREDENTIALS_DIRECTORY",
+    "INGEST_EMBEDDING_BATCH_SIZE",
+    "INGEST_EMBEDDING_BATCH_TOKENS",
+    "INGEST_EMBEDDING_MAX_INPUT_TOKENS",
+    "INGEST_EMBEDDING_LONG_INPUT",
+    "INGEST_EMBEDDING_TIMEOUT",
+    "INGEST_EMBEDDING_RETRY_SECONDS",
+    "INGEST_EMBEDDING_CACHE_DIR",
+    "INGEST_EMBEDDING_ALLOW_DOWNLOAD",
     "INGEST_CHUNK_STORE",
     "INGEST_CHUNK_SQLITE_PATH",
     "INGEST_CHUNK_DSN",
@@ -99,6 +113,7 @@ class WorkerConfig:
         "crawl_max_depth",
         "crawl_max_pages",
         "embedder",
+        "embedding",
         "embedding_dim",
         "embedding_model",
         "fetch_timeout",
@@ -121,8 +136,13 @@ class WorkerConfig:
         if self.chunk_overlap >= self.chunk_size:
             raise ConfigError("INGEST_CHUNK_OVERLAP: must be smaller than INGEST_CHUNK_SIZE")
         self.embedder = _choice(env, "INGEST_EMBEDDER", "hash", EMBEDDERS)
-        self.embedding_model = _opt(env, "INGEST_EMBEDDING_MODEL") or "all-MiniLM-L6-v2"
+        self.embedding_model = _opt(env, "INGEST_EMBEDDING_MODEL") or DEFAULT_MODELS.get(
+            self.embedder, "hash"
+        )
         self.embedding_dim = _int(env, "INGEST_EMBEDDING_DIM", 384, 8, 16384)
+        # Settings only the API and sentence-transformers embedders read; checked here so a
+        # typo fails every job alike (78), read into one small object so the hash path stays lean.
+        self.embedding = EmbeddingSettings(env, self) if self.embedder != "hash" else None
         self.store_dsn = _opt(env, "INGEST_CHUNK_DSN")
         self.supabase_url = _opt(env, "INGEST_CHUNK_SUPABASE_URL")
         self.supabase_key = _opt(env, "INGEST_CHUNK_SUPABASE_KEY")
@@ -160,3 +180,56 @@ class WorkerConfig:
         if store == "sqlite" and not self.sqlite_path:
             raise ConfigError("INGEST_CHUNK_STORE=sqlite: needs INGEST_CHUNK_SQLITE_PATH")
         return store
+
+
+class EmbeddingSettings:
+    """Settings of the sentence-transformers and OpenAI-protocol embedders.
+
+    The API key itself is not read here: only its sources are recorded, and the embedder
+    reads the key when it starts (a file or credential may be rotated between jobs).
+    """
+
+    __slots__ = (
+        "allow_download",
+        "api_key_env",
+        "api_key_file",
+        "base_url",
+        "batch_size",
+        "batch_tokens",
+        "cache_dir",
+        "credentials_dir",
+        "dimensions",
+        "long_input",
+        "max_input_tokens",
+        "retry_seconds",
+        "timeout",
+    )
+
+    def __init__(self, env: Mapping[str, str], config: WorkerConfig) -> None:
+        # Unset: the model's own size, and no `dimensions` field in the request.
+        explicit = bool(env.get("INGEST_EMBEDDING_DIM", "").strip())
+        self.dimensions = config.embedding_dim if explicit else None
+        base = _opt(env, "INGEST_EMBEDDING_BASE_URL") or OPENAI_DEFAULT_BASE_URL
+        if not base.startswith(("http://", "https://")) or "?" in base or "#" in base:
+            raise ConfigError(
+                "INGEST_EMBEDDING_BASE_URL: must be an http(s) URL without query, "
+                "such as https://api.openai.com/v1"
+            )
+        self.base_url = base.rstrip("/")
+        self.api_key_env = env.get("INGEST_EMBEDDING_API_KEY", "").strip() or None
+        self.api_key_file = _opt(env, "INGEST_EMBEDDING_API_KEY_FILE")
+        self.credentials_dir = _opt(env, "CREDENTIALS_DIRECTORY")
+        self.batch_size = _int(env, "INGEST_EMBEDDING_BATCH_SIZE", 64, 1, 4096)
+        self.batch_tokens = _int(env, "INGEST_EMBEDDING_BATCH_TOKENS", 300_000, 16, 10_000_000)
+        # One input must fit in one request's budget.
+        self.max_input_tokens = min(
+            self.batch_tokens,
+            _int(env, "INGEST_EMBEDDING_MAX_INPUT_TOKENS", 8191, 16, 1_000_000),
+        )
+        self.long_input = _choice(
+            env, "INGEST_EMBEDDING_LONG_INPUT", "split", ("split", "truncate")
+        )
+        self.timeout = _float(env, "INGEST_EMBEDDING_TIMEOUT", 60.0, 0.05, 3600.0)
+        self.retry_seconds = _float(env, "INGEST_EMBEDDING_RETRY_SECONDS", 60.0, 0.0, 86_400.0)
+        self.cache_dir = _opt(env, "INGEST_EMBEDDING_CACHE_DIR")
+        self.allow_download = _flag(env, "INGEST_EMBEDDING_ALLOW_DOWNLOAD")

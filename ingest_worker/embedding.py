@@ -1,20 +1,43 @@
-"""Embedders: a deterministic, dependency-free hashing embedder by default, and
-sentence-transformers when configured (imported only then)."""
+"""Embedders: a deterministic, dependency-free hashing embedder by default; sentence-transformers
+or an OpenAI-protocol HTTP API when configured (their modules are imported only then)."""
 
 from __future__ import annotations
 
 import itertools
 import zlib
 
-from ingest_worker.errors import ConfigError, TempFail
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Protocol
+
     from ingest_worker.config import WorkerConfig
+
+    class Embedder(Protocol):
+        name: str
+
+        @property
+        def max_input_tokens(self) -> int | None:
+            """Longest input in tokens (estimated as UTF-8 bytes); None: any length."""
+
+        def batches(self, texts: list[str]) -> list[tuple[int, int]]:
+            """Consecutive [start, end) slices of `texts`, one request each."""
+
+        def embed(self, texts: list[str]) -> list[list[float]]:
+            """One vector per text, all of one size, in order."""
+
+        def report(self) -> dict[str, Any]:
+            """What the RESULT line records: embedder, model, dimensions, requests, tokens."""
+
 
 # Stripped from both ends of whitespace-separated words (str methods, not `re`, to keep
 # start-up cheap); inner punctuation stays, so "don't" and "e.g" are single features.
 _PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~\u00ab\u00bb\u2018\u2019\u201c\u201d\u2013\u2014\u2026"
+LOCAL_BATCH = 64
+
+
+def fixed_batches(count: int, size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + size, count)) for start in range(0, count, size)]
 
 
 class HashEmbedder:
@@ -25,13 +48,20 @@ class HashEmbedder:
     """
 
     __slots__ = ("dim", "name")
+    max_input_tokens = None
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
         self.name = f"hash-{dim}"
 
+    def batches(self, texts: list[str]) -> list[tuple[int, int]]:
+        return fixed_batches(len(texts), LOCAL_BATCH)
+
     def embed(self, texts: list[str]) -> list[list[float]]:
         return [self._one(t) for t in texts]
+
+    def report(self) -> dict[str, Any]:
+        return {"embedder": "hash", "model": self.name, "dimensions": self.dim, "requests": 0}
 
     def _one(self, text: str) -> list[float]:
         vec = [0.0] * self.dim
@@ -46,33 +76,15 @@ class HashEmbedder:
         return [round(v / norm, 6) for v in vec]
 
 
-class SentenceTransformerEmbedder:
-    __slots__ = ("_model", "dim", "name")
-
-    def __init__(self, model_name: str) -> None:
-        try:
-            from sentence_transformers import (  # type: ignore[import-not-found,unused-ignore]
-                SentenceTransformer,
-            )
-        except ImportError:
-            raise ConfigError(
-                "INGEST_EMBEDDER=sentence-transformers: the sentence-transformers package "
-                "is not installed"
-            ) from None
-        try:
-            self._model = SentenceTransformer(model_name)
-        except OSError as exc:
-            # Weights not cached and not downloadable right now: may pass.
-            raise TempFail(f"embedding model {model_name!r} could not be loaded: {exc}") from None
-        self.dim = int(self._model.get_sentence_embedding_dimension() or 0)
-        self.name = f"st-{model_name}"
-
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        vectors = self._model.encode(texts, normalize_embeddings=True)
-        return [[float(x) for x in row] for row in vectors]
-
-
-def make_embedder(config: WorkerConfig) -> HashEmbedder | SentenceTransformerEmbedder:
+def make_embedder(config: WorkerConfig, notify: Callable[[str], None] | None = None) -> Embedder:
+    """The configured embedder; `notify` receives waits worth showing (rate limits)."""
+    if config.embedder == "hash":
+        return HashEmbedder(config.embedding_dim)
+    assert config.embedding is not None
     if config.embedder == "sentence-transformers":
-        return SentenceTransformerEmbedder(config.embedding_model)
-    return HashEmbedder(config.embedding_dim)
+        from ingest_worker.embedders.sentence import SentenceTransformerEmbedder
+
+        return SentenceTransformerEmbedder(config.embedding_model, config.embedding)
+    from ingest_worker.embedders.openai_api import OpenAIEmbedder
+
+    return OpenAIEmbedder(config.embedding_model, config.embedding, notify)

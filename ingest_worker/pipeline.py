@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from ingest_worker.job import Job
     from ingest_worker.progress import Reporter
 
-EMBED_BATCH = 64
 _MAX_SKIPPED_LISTED = 50
 
 
@@ -48,13 +47,26 @@ def run_job(job: Job, config: WorkerConfig, reporter: Reporter) -> dict[str, Any
         raise BadInput("no text to ingest" + (f" ({reasons})" if reasons else ""))
     reporter.progress(50, f"split into {len(chunks)} chunk(s)")
 
-    embedder = make_embedder(config)
-    for start in range(0, len(chunks), EMBED_BATCH):
-        batch = chunks[start : start + EMBED_BATCH]
-        for chunk, vector in zip(batch, embedder.embed([c["content"] for c in batch]), strict=True):
+    embedder = make_embedder(config, reporter.note)
+    adjusted: list[dict[str, Any]] = []
+    if embedder.max_input_tokens is not None:
+        from ingest_worker.embedders.inputs import fit_chunks
+
+        assert config.embedding is not None
+        chunks, inputs, adjusted = fit_chunks(
+            chunks, embedder.max_input_tokens, config.embedding.long_input
+        )
+    else:
+        inputs = [c["content"] for c in chunks]
+    for start, end in embedder.batches(inputs):
+        vectors = embedder.embed(inputs[start:end])
+        for chunk, vector in zip(chunks[start:end], vectors, strict=True):
             chunk["embedding"] = vector
-        done = start + len(batch)
-        reporter.stage(50, 85, done, len(chunks), f"embedded {done}/{len(chunks)} chunks")
+        reporter.stage(50, 85, end, len(chunks), f"embedded {end}/{len(chunks)} chunks")
+    embedding = embedder.report()
+    if adjusted:
+        embedding["adjusted"] = len(adjusted)
+        embedding["adjusted_items"] = adjusted[:_MAX_SKIPPED_LISTED]
 
     store = open_store(config)
     reporter.progress(88, f"storing {len(chunks)} chunk(s) ({store.name})")
@@ -69,5 +81,6 @@ def run_job(job: Job, config: WorkerConfig, reporter: Reporter) -> dict[str, Any
         "skipped": len(loaded.skipped),
         "skipped_items": loaded.skipped[:_MAX_SKIPPED_LISTED],
         "embedder": embedder.name,
+        "embedding": embedding,
         "store": store.name,
     }

@@ -34,6 +34,10 @@ class Reporter:
         self._out.write(f"PROGRESS: {pct} {text}\n" if text else f"PROGRESS: {pct}\n")
         self._out.flush()
 
+    def note(self, message: str) -> None:
+        """A message at the current percentage (a wait, a retry)."""
+        self.progress(max(self._last, 0), message)
+
     def stage(self, start: float, end: float, done: int, total: int, message: str) -> None:
         """Progress `done/total` of the way through the band [start, end]."""
         frac = done / total if total > 0 else 1.0

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from ingest_worker.errors import ConfigError, TempFail
+from ingest_worker.stores import dimension_error, is_pgvector_size_error
 
 
 class PostgresStore:
@@ -31,6 +32,11 @@ class PostgresStore:
                 "chunk store: replace_document_chunks() is missing; apply "
                 "supabase/migrations/20261123000100_document_chunks.sql"
             ) from None
+        except (errors.CheckViolation, errors.DataException) as exc:
+            mismatch = dimension_mismatch(exc, chunks)
+            if mismatch is None:
+                raise TempFail(f"postgres chunk store failed: {_first_line(exc)}") from None
+            raise mismatch from None
         except psycopg.OperationalError as exc:
             raise TempFail(f"postgres chunk store unavailable: {_first_line(exc)}") from None
         except psycopg.Error as exc:
@@ -41,3 +47,14 @@ class PostgresStore:
 def _first_line(exc: BaseException) -> str:
     # psycopg errors can quote the DSN's parameters on later lines; keep the reason only.
     return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+
+
+def dimension_mismatch(exc: BaseException, chunks: list[dict[str, Any]]) -> ConfigError | None:
+    """A ConfigError when `exc` is the column refusing the vectors' size, else None."""
+    diag = getattr(exc, "diag", None)
+    constraint = getattr(diag, "constraint_name", None)
+    reason = _first_line(exc)
+    # pgvector: "expected 1536 dimensions, not 384"; real[]: the migration's check.
+    if constraint == "document_chunks_embedding_dimension" or is_pgvector_size_error(reason):
+        return dimension_error(chunks, reason)
+    return None

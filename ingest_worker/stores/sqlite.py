@@ -8,6 +8,7 @@ import sqlite3
 from typing import Any
 
 from ingest_worker.errors import TempFail
+from ingest_worker.stores import dimension_error
 
 _SCHEMA = """
 create table if not exists document_chunks (
@@ -56,6 +57,7 @@ class SqliteStore:
             # BEGIN IMMEDIATE takes the write lock up front: no upgrade deadlock between
             # two retries of the same job racing each other.
             conn.execute("begin immediate")
+            _check_dimension(conn, job_id, tenant_id, chunks)
             conn.execute("delete from document_chunks where job_id = ?", (job_id,))
             conn.executemany(
                 "insert into document_chunks (job_id, tenant_id, chunk_index, source, content,"
@@ -70,3 +72,21 @@ class SqliteStore:
         finally:
             conn.close()
         return len(rows)
+
+
+def _check_dimension(
+    conn: sqlite3.Connection, job_id: str, tenant_id: str, chunks: list[dict[str, Any]]
+) -> None:
+    """The file's vectors all have one size, set by the first job stored: a search over
+    mixed sizes is meaningless, so another size is refused as configuration (the caller's
+    close discards the open transaction)."""
+    if not chunks:
+        return
+    row = conn.execute(
+        "select json_array_length(embedding) from document_chunks"
+        " where not (job_id = ? and tenant_id = ?) limit 1",
+        (job_id, tenant_id),
+    ).fetchone()
+    size = len(chunks[0]["embedding"])
+    if row is not None and row[0] != size:
+        raise dimension_error(chunks, f"the file holds {row[0]}-dimension vectors")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ingest_worker.errors import ConfigError, TempFail
+from ingest_worker.stores import dimension_error, is_pgvector_size_error
 
 
 class SupabaseStore:
@@ -38,6 +39,10 @@ class SupabaseStore:
                     "INGEST_CHUNK_SUPABASE_KEY must be a service-role key"
                 ) from None
             reason = getattr(exc, "message", None) or code
+            if code == "23514" and "document_chunks_embedding_dimension" in str(reason):
+                raise dimension_error(chunks, str(reason)) from None
+            if code == "22000" and is_pgvector_size_error(str(reason)):
+                raise dimension_error(chunks, str(reason)) from None
             raise TempFail(f"supabase chunk store failed: {reason}") from None
         except (httpx.HTTPError, OSError) as exc:
             raise TempFail(f"supabase chunk store unavailable: {exc.__class__.__name__}") from None

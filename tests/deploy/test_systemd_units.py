@@ -179,7 +179,7 @@ def test_env_example_is_valid_shell_with_every_line_uncommented(tmp_path: Path) 
         assert env["INGEST_QUEUE"] == "ingest"
         if variant == "uncommented":
             assert env["INGEST_WORKER_COMMAND"].endswith("-I -m ingest_worker")
-            assert env["INGEST_CHILD_ENV"] == "OPENAI_API_KEY,HTTPS_PROXY"
+            assert env["INGEST_CHILD_ENV"] == "HF_HOME"
 
 
 def test_env_example_leaves_the_instance_to_the_service_manager() -> None:

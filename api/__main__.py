@@ -10,6 +10,9 @@ from collections.abc import Mapping, Sequence
 import uvicorn
 
 from api.settings import ApiSettingsError, load_api_settings
+from supervisor.extras import MissingExtraError
+from supervisor.settings import SettingsError, load_settings
+from supervisor.status.backend import check_settings_extras
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -57,10 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ingest-api: --port must be 0-65535 and --workers >= 1", file=sys.stderr)
         return 2
     try:
-        load_api_settings(env)  # fail fast with the variable's name, before binding
-    except ApiSettingsError as exc:
+        settings = load_api_settings(env)  # fail fast with the variable's name, before binding
+        if settings.status_backend != "none":
+            check_settings_extras(load_settings([], env))
+    except (ApiSettingsError, MissingExtraError) as exc:
         print(f"ingest-api: {exc}", file=sys.stderr)
         return 2
+    except SettingsError:
+        pass  # the status hook logs it and writes no queued rows; the API serves on
     uvicorn.run(
         "api.app:app",
         host=args.host,

@@ -56,8 +56,9 @@ class SentenceTransformerEmbedder:
             )
         except ImportError:
             raise ConfigError(
-                "INGEST_EMBEDDER=sentence-transformers: the sentence-transformers package "
-                "is not installed"
+                "INGEST_EMBEDDER=sentence-transformers needs the sentence-transformers "
+                "package, which is not installed here: run "
+                "pip install 'ingest-supervisor[embeddings]'"
             ) from None
         try:
             self._model = SentenceTransformer(model_name)

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -285,7 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ingestctl: invalid job: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (ConnectionError, TimeoutError) as exc:
-        print(f"ingestctl: Redis unreachable at {args.redis_url}: {exc}", file=sys.stderr)
+        url = re.sub(r"//[^@/]*@", "//***@", args.redis_url)  # no password on screen
+        print(f"ingestctl: Redis unreachable at {url}: {exc}", file=sys.stderr)
         return EXIT_REDIS
     except (ValueError, OSError) as exc:  # SettingsError and MissingExtraError too: one line
         print(f"ingestctl: {exc}", file=sys.stderr)

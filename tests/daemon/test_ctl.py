@@ -228,6 +228,8 @@ def test_every_subcommand_takes_json(queue_name: str, q: SyncQueue) -> None:
 
 @pytest.mark.parametrize("args", [("counts",), ("status", "x")])
 def test_redis_unreachable_exit_3(queue_name: str, args: tuple[str, ...]) -> None:
-    r = ctl(queue_name, *args, redis_url="redis://127.0.0.1:1/0")
+    r = ctl(queue_name, *args, redis_url="redis://:hunter2@127.0.0.1:1/0")
     assert r.returncode == 3
+    assert "Redis unreachable at redis://***@127.0.0.1:1/0" in r.stderr
+    assert "hunter2" not in r.stderr
     assert "Redis unreachable" in r.stderr

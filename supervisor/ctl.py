@@ -1,5 +1,8 @@
 """`ingestctl`: operate a queue from the shell through the same protocol the daemon uses.
 
+Output is for people by default; every subcommand takes --json for scripts, with the field
+names of the HTTP API's responses. A new subcommand is a handler plus one `command(...)` line.
+
 Exit codes: 0 success; 1 the job ended failed/cancelled (watch) or the action did not apply;
 2 bad usage or invalid payload; 3 Redis unreachable; 4 no such job.
 """
@@ -10,20 +13,25 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from redis.exceptions import ConnectionError, TimeoutError
 
+from supervisor import ctl_format as fmt
 from supervisor.connection import redis_client
-from supervisor.payload import PayloadError, redact
+from supervisor.payload import DEFAULT_SECRET_KEYS, PayloadError
 from supervisor.protocol import JobQueue, JobRecord
 from supervisor.states import FINAL_STATES, JobState, table_status
 
 EXIT_OK, EXIT_NOT_APPLIED, EXIT_USAGE, EXIT_REDIS, EXIT_MISSING = 0, 1, 2, 3, 4
+
+# One subcommand: runs against the queue, prints (JSON with --json), returns the exit code.
+Handler = Callable[[JobQueue, argparse.Namespace], Awaitable[int]]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    e = sub.add_parser("enqueue", help="enqueue a job (JSON, @file, or flags)")
+    def command(name: str, handler: Handler, summary: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=summary, description=summary)
+        c.add_argument(
+            "--json", action="store_true", help="print JSON shaped like the API's response"
+        )
+        c.set_defaults(handler=handler)
+        return c
+
+    e = command("enqueue", _enqueue, "enqueue a job (JSON, @file, or flags)")
     e.add_argument("payload", nargs="?", help="job JSON, or @path to a JSON file, or - for stdin")
     e.add_argument("--job-id")
     e.add_argument("--tenant")
@@ -59,31 +75,26 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--max-attempts", type=int)
     e.add_argument("--delay", type=float, default=0.0, help="seconds before the job is ready")
 
-    s = sub.add_parser("status", help="show one job")
-    s.add_argument("job_id")
-    s.add_argument("--json", action="store_true")
+    command("status", _status, "show one job").add_argument("job_id")
 
-    w = sub.add_parser("watch", help="live progress until the job ends")
+    w = command("watch", _watch, "live progress until the job ends (--json: a line per change)")
     w.add_argument("job_id")
     w.add_argument("--timeout", type=float, default=None, help="give up after N seconds")
 
-    ls = sub.add_parser("list", help="list jobs in one state")
+    ls = command("list", _list, "list jobs in one state")
     ls.add_argument("--state", required=True, choices=[s.value for s in JobState])
     ls.add_argument("--limit", type=int, default=50)
-    ls.add_argument("--json", action="store_true")
 
-    for name in ("cancel", "retry"):
-        c = sub.add_parser(name, help=f"{name} a job")
-        c.add_argument("job_id")
-
-    sub.add_parser("counts", help="jobs per state")
-    sub.add_parser("workers", help="live supervisors from their heartbeats")
-    ss = sub.add_parser(
+    command("cancel", _cancel, "cancel a job").add_argument("job_id")
+    command("retry", _retry, "run a failed or cancelled job again").add_argument("job_id")
+    command("counts", _counts, "jobs per state")
+    command("workers", _workers, "live supervisors from their heartbeats")
+    command(
         "status-sync",
-        help="compare every job in Redis with its status row; re-send and write the stale",
+        _status_sync,
+        "compare every job in Redis with its status row; re-send and write the stale ones",
     )
-    ss.add_argument("--json", action="store_true")
-    pg = sub.add_parser("purge", help="delete every job in one state")
+    pg = command("purge", _purge, "delete every job in one state")
     pg.add_argument(
         "--state", required=True, choices=[s.value for s in JobState if s is not JobState.ACTIVE]
     )
@@ -128,12 +139,41 @@ def _payload_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return payload
 
 
-def _show(job: JobRecord) -> dict[str, Any]:
-    out = job.to_dict()
-    out["status"] = table_status(job.state).value
-    if out.get("payload") is not None:
-        out["payload"] = redact(out["payload"])
-    return out
+def _secret_keys() -> frozenset[str]:
+    extra = os.environ.get("INGEST_SECRET_KEYS", "").replace(",", " ").split()
+    return DEFAULT_SECRET_KEYS | frozenset(k.lower() for k in extra)
+
+
+def _emit(args: argparse.Namespace, doc: Any, human: str) -> None:
+    print(fmt.dumps(doc) if args.json else human, flush=True)
+
+
+async def _enqueue(q: JobQueue, args: argparse.Namespace) -> int:
+    res = await q.enqueue(_payload_from_args(args), delay_s=args.delay)
+    status = table_status(res.state).value
+    doc = {"job_id": res.job_id, "created": res.created, "state": res.state.value, "status": status}
+    if res.created:
+        human = f"enqueued {res.job_id} ({res.state.value})"
+    else:
+        human = f"{res.job_id} is already known ({res.state.value}); nothing enqueued"
+    _emit(args, doc, human)
+    return EXIT_OK
+
+
+async def _get(q: JobQueue, job_id: str, *, with_payload: bool = False) -> JobRecord | None:
+    job = await q.get(job_id, with_payload=with_payload)
+    if job is None:
+        print(f"ingestctl: no job {job_id}", file=sys.stderr)
+    return job
+
+
+async def _status(q: JobQueue, args: argparse.Namespace) -> int:
+    job = await _get(q, args.job_id, with_payload=True)
+    if job is None:
+        return EXIT_MISSING
+    doc = fmt.job_doc(job, q.queue, _secret_keys())
+    _emit(args, doc, fmt.job_text(job, doc, time.time()))
+    return EXIT_OK
 
 
 def _bar(pct: float, width: int = 30) -> str:
@@ -141,38 +181,100 @@ def _bar(pct: float, width: int = 30) -> str:
     return "[" + "#" * filled + "-" * (width - filled) + f"] {pct:5.1f}%"
 
 
-async def _watch(q: JobQueue, job_id: str, give_up_s: float | None) -> int:
-    deadline = None if give_up_s is None else time.monotonic() + give_up_s
-    last = "$"
-    job = await q.get(job_id)
+async def _watch(q: JobQueue, args: argparse.Namespace) -> int:
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    last_event = "$"
+    job = await _get(q, args.job_id)
     if job is None:
-        print(f"no job {job_id}", file=sys.stderr)
         return EXIT_MISSING
-    tty = sys.stdout.isatty()
+    tty = sys.stdout.isatty() and not args.json
+    secret_keys = _secret_keys()
+    shown: str | None = None
     while True:
-        line = f"{job_id} {job.state.value:<9} {_bar(job.progress)} {job.progress_message or ''}"
-        print(("\r" + line[:120]) if tty else line, end="" if tty else "\n", flush=True)
+        doc = fmt.job_doc(job, q.queue, secret_keys)
+        if args.json:
+            line = fmt.dumps(doc)
+        else:
+            message = fmt.text(doc["message"]) if doc["message"] else ""
+            line = f"{job.job_id} {job.state.value:<9} {_bar(job.progress)} {message}".rstrip()
+        if line != shown:
+            print(("\r" + line[:120]) if tty else line, end="" if tty else "\n", flush=True)
+            shown = line
         if job.state in FINAL_STATES:
             if tty:
                 print()
-            if job.error:
-                print(f"error: {job.error}")
+            if doc["error"] and not args.json:
+                print(f"error: {fmt.text(doc['error'], one_line=False)}")
             return EXIT_OK if job.state is JobState.COMPLETED else EXIT_NOT_APPLIED
         if deadline is not None and time.monotonic() > deadline:
             if tty:
                 print()
             return EXIT_NOT_APPLIED
-        entries = await q.read_events(last, block_ms=1000, count=200)
+        entries = await q.read_events(last_event, block_ms=1000, count=200)
         if entries:
-            last = entries[-1][0]
-        fresh = await q.get(job_id)
+            last_event = entries[-1][0]
+        fresh = await q.get(args.job_id)
         if fresh is None:
-            print(f"\njob {job_id} expired", file=sys.stderr)
+            print(f"\ningestctl: job {args.job_id} expired", file=sys.stderr)
             return EXIT_MISSING
         job = fresh
 
 
-async def _status_sync(q: JobQueue, as_json: bool) -> int:
+async def _list(q: JobQueue, args: argparse.Namespace) -> int:
+    jobs, cursor = await q.list_jobs(args.state, limit=args.limit)
+    secret_keys = _secret_keys()
+    docs = [fmt.job_doc(j, q.queue, secret_keys) for j in jobs]
+    doc = {"jobs": docs, "next_cursor": None if cursor is None else f"{args.state}:{cursor}"}
+    human = fmt.jobs_text(jobs, docs, time.time()) if jobs else f"no {args.state} jobs"
+    if cursor is not None:
+        human += f"\n(first {len(jobs)} shown; raise --limit for more)"
+    _emit(args, doc, human)
+    return EXIT_OK
+
+
+async def _cancel(q: JobQueue, args: argparse.Namespace) -> int:
+    outcome = await q.cancel(args.job_id)
+    human = {
+        "cancelled": f"cancelled {args.job_id}",
+        "requested": f"asked the supervisor running {args.job_id} to stop it",
+        "missing": f"no job {args.job_id}",
+    }.get(outcome, f"{args.job_id} is {outcome}; it cannot be cancelled")
+    _emit(args, {"job_id": args.job_id, "outcome": outcome}, human)
+    return {"cancelled": EXIT_OK, "requested": EXIT_OK, "missing": EXIT_MISSING}.get(
+        outcome, EXIT_NOT_APPLIED
+    )
+
+
+async def _retry(q: JobQueue, args: argparse.Namespace) -> int:
+    outcome = await q.retry(args.job_id)
+    human = {
+        "waiting": f"{args.job_id} is waiting to run again",
+        "missing": f"no job {args.job_id}",
+    }.get(outcome, f"{args.job_id} is {outcome}; only failed or cancelled jobs can retry")
+    _emit(args, {"job_id": args.job_id, "state": outcome}, human)
+    return {"waiting": EXIT_OK, "missing": EXIT_MISSING}.get(outcome, EXIT_NOT_APPLIED)
+
+
+async def _counts(q: JobQueue, args: argparse.Namespace) -> int:
+    counts = await q.counts()
+    _emit(args, counts, fmt.counts_text(counts))
+    return EXIT_OK
+
+
+async def _workers(q: JobQueue, args: argparse.Namespace) -> int:
+    doc = fmt.workers_doc(await q.live_workers())
+    _emit(args, doc, fmt.workers_text(doc, time.time()))
+    return EXIT_OK
+
+
+async def _purge(q: JobQueue, args: argparse.Namespace) -> int:
+    removed = await q.purge(args.state)
+    doc = {"queue": q.queue, "state": args.state, "removed": removed}
+    _emit(args, doc, f"removed {removed} {args.state} job(s) from queue {q.queue}")
+    return EXIT_OK
+
+
+async def _status_sync(q: JobQueue, args: argparse.Namespace) -> int:
     from supervisor.settings import load_settings
     from supervisor.status import open_backend
     from supervisor.status.sync import status_sync
@@ -182,88 +284,23 @@ async def _status_sync(q: JobQueue, as_json: bool) -> int:
         report = await status_sync(q, backend)
     finally:
         await backend.aclose()
-    if as_json:
-        print(json.dumps(report.to_json()))
-    else:
-        print(f"checked {report.checked} jobs; re-sent {report.resent} rows")
-        for label, ids in (("missing", report.missing), ("behind", report.behind)):
-            if ids:
-                more = " ..." if len(ids) > 20 else ""
-                print(f"  {label} ({len(ids)}): {', '.join(ids[:20])}{more}")
-        print(f"wrote {report.written} rows; outbox {'empty' if report.drained else 'not empty'}")
+    lines = [f"checked {report.checked} job(s); re-sent {report.resent} row(s)"]
+    for label, ids in (("missing", report.missing), ("behind", report.behind)):
+        if ids:
+            more = " ..." if len(ids) > 20 else ""
+            lines.append(f"  {label} ({len(ids)}): {', '.join(ids[:20])}{more}")
+    lines.append(
+        f"wrote {report.written} row(s); outbox {'empty' if report.drained else 'not empty'}"
+    )
+    _emit(args, report.to_json(), "\n".join(lines))
     return EXIT_OK if report.drained else EXIT_NOT_APPLIED
 
 
 async def _run(args: argparse.Namespace) -> int:
     client = redis_client(args.redis_url)
-    q = JobQueue(client, args.queue)
     try:
-        cmd = args.command
-        if cmd == "enqueue":
-            res = await q.enqueue(_payload_from_args(args), delay_s=args.delay)
-            print(
-                json.dumps({"job_id": res.job_id, "created": res.created, "state": res.state.value})
-            )
-            return EXIT_OK
-        if cmd == "status":
-            job = await q.get(args.job_id, with_payload=True)
-            if job is None:
-                print(f"no job {args.job_id}", file=sys.stderr)
-                return EXIT_MISSING
-            shown = _show(job)
-            if args.json:
-                print(json.dumps(shown, default=str))
-            else:
-                for key in (
-                    "job_id",
-                    "state",
-                    "status",
-                    "progress",
-                    "progress_message",
-                    "attempt",
-                    "max_attempts",
-                    "stalls",
-                    "worker_id",
-                    "error",
-                    "result",
-                ):
-                    print(f"{key:>16}: {shown.get(key)}")
-            return EXIT_OK
-        if cmd == "watch":
-            return await _watch(q, args.job_id, args.timeout)
-        if cmd == "list":
-            jobs, _cursor = await q.list_jobs(args.state, limit=args.limit)
-            for job in jobs:
-                print(
-                    json.dumps(_show(job), default=str)
-                    if args.json
-                    else f"{job.job_id}\t{job.state.value}\t{job.attempt}/{job.max_attempts}\t"
-                    f"{job.progress:.0f}%\t{job.error or ''}"
-                )
-            return EXIT_OK
-        if cmd == "cancel":
-            outcome = await q.cancel(args.job_id)
-            print(outcome)
-            return {"cancelled": EXIT_OK, "requested": EXIT_OK, "missing": EXIT_MISSING}.get(
-                outcome, EXIT_NOT_APPLIED
-            )
-        if cmd == "retry":
-            outcome = await q.retry(args.job_id)
-            print(outcome)
-            return {"waiting": EXIT_OK, "missing": EXIT_MISSING}.get(outcome, EXIT_NOT_APPLIED)
-        if cmd == "counts":
-            print(json.dumps(await q.counts()))
-            return EXIT_OK
-        if cmd == "workers":
-            for w in await q.live_workers():
-                print(json.dumps(w))
-            return EXIT_OK
-        if cmd == "status-sync":
-            return await _status_sync(q, args.json)
-        if cmd == "purge":
-            print(await q.purge(args.state))
-            return EXIT_OK
-        raise AssertionError(cmd)
+        handler: Handler = args.handler
+        return await handler(JobQueue(client, args.queue), args)
     finally:
         await client.aclose()
 
@@ -276,9 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ingestctl: invalid job: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (ConnectionError, TimeoutError) as exc:
-        print(f"ingestctl: Redis unreachable at {args.redis_url}: {exc}", file=sys.stderr)
+        url = re.sub(r"//[^@/]*@", "//***@", args.redis_url)  # no password on screen
+        print(f"ingestctl: Redis unreachable at {url}: {exc}", file=sys.stderr)
         return EXIT_REDIS
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # SettingsError and MissingExtraError too: one line
         print(f"ingestctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

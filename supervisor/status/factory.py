@@ -6,10 +6,47 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from supervisor.extras import PSYCOPG, require
 from supervisor.status.backend import NoneBackend, StatusBackend
 
 BACKEND_KINDS = ("auto", "supabase", "postgres", "sqlite", "none")
 DEFAULT_SQLITE_PATH = "var/ingest-status.sqlite3"
+
+
+def resolve_kind(
+    kind: str,
+    *,
+    supabase_url: str | None = None,
+    supabase_key: str | None = None,
+    dsn: str | None = None,
+) -> str:
+    """The store `kind` means: `auto` picks supabase when URL and key are set, else postgres
+    when a DSN is set, else a local sqlite file."""
+    if kind not in BACKEND_KINDS:
+        raise ValueError(f"status backend must be one of {', '.join(BACKEND_KINDS)}")
+    if kind != "auto":
+        return kind
+    if supabase_url and supabase_key:
+        return "supabase"
+    return "postgres" if dsn else "sqlite"
+
+
+def check_extras(
+    kind: str,
+    *,
+    supabase_url: str | None = None,
+    supabase_key: str | None = None,
+    dsn: str | None = None,
+) -> None:
+    """Raise MissingExtraError when the store `kind` picks needs a package not installed."""
+    resolved = resolve_kind(kind, supabase_url=supabase_url, supabase_key=supabase_key, dsn=dsn)
+    if resolved == "postgres":
+        setting = (
+            "INGEST_STATUS_BACKEND=postgres"
+            if kind == "postgres"
+            else "INGEST_STATUS_DSN (INGEST_STATUS_BACKEND=auto picks postgres)"
+        )
+        require(setting, PSYCOPG)
 
 
 def build_status_backend(
@@ -21,17 +58,9 @@ def build_status_backend(
     sqlite_path: str | None = None,
     timeout_s: float = 5.0,
 ) -> StatusBackend:
-    """A backend of `kind`; `auto` picks supabase when URL and key are set, else postgres
-    when a DSN is set, else a local sqlite file. Nothing connects until the first write."""
-    if kind not in BACKEND_KINDS:
-        raise ValueError(f"status backend must be one of {', '.join(BACKEND_KINDS)}")
-    if kind == "auto":
-        if supabase_url and supabase_key:
-            kind = "supabase"
-        elif dsn:
-            kind = "postgres"
-        else:
-            kind = "sqlite"
+    """A backend of `kind` (see `resolve_kind`). Nothing connects until the first write."""
+    check_extras(kind, supabase_url=supabase_url, supabase_key=supabase_key, dsn=dsn)
+    kind = resolve_kind(kind, supabase_url=supabase_url, supabase_key=supabase_key, dsn=dsn)
     if kind == "none":
         return NoneBackend()
     if kind == "supabase":
@@ -49,6 +78,16 @@ def build_status_backend(
     from supervisor.status.sqlite_backend import SqliteBackend
 
     return SqliteBackend(Path(sqlite_path or DEFAULT_SQLITE_PATH), timeout_s=timeout_s)
+
+
+def check_settings_extras(settings: Any) -> None:
+    """`check_extras` for the store a `supervisor.settings.Settings` describes."""
+    check_extras(
+        settings.status_backend,
+        supabase_url=settings.supabase_url,
+        supabase_key=settings.supabase_key,
+        dsn=settings.status_dsn,
+    )
 
 
 def open_backend(settings: Any) -> StatusBackend:

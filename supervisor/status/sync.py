@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from supervisor.protocol import JobQueue
-from supervisor.status.backend import StatusBackend
+from supervisor.status.backend import NoneBackend, StatusBackend
 from supervisor.status.projector import StatusProjector
 from supervisor.status.reconcile import sweep_all
 
@@ -30,6 +30,8 @@ class SyncReport:
 async def status_sync(
     queue: JobQueue, backend: StatusBackend, *, deadline_s: float = 60.0
 ) -> SyncReport:
+    if isinstance(backend, NoneBackend):
+        raise ValueError("status-sync needs a status store; INGEST_STATUS_BACKEND is none")
     report = await sweep_all(queue, backend)
     projector = StatusProjector(
         queue.client,

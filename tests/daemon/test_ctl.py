@@ -1,17 +1,26 @@
-"""ingestctl as scripts use it: real process, real Redis, meaningful exit codes."""
+"""ingestctl as people and scripts use it: the real console script against real Redis (and a
+real daemon where one is needed), human output by default, --json with the API's field names,
+meaningful exit codes."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from api.models import Job, Workers
 from supervisor.states import JobState
 from tests.conftest import REDIS_URL
 from tests.daemon.conftest import SyncQueue, job, wait_until
+
+AGE = r"(\d+(\.\d)?m?s|\d+m( \d+s)?) ago"
+INGESTCTL = str(Path(sys.executable).parent / "ingestctl")
 
 
 def ctl(
@@ -20,13 +29,15 @@ def ctl(
     redis_url: str = REDIS_URL,
     stdin: str | None = None,
     timeout: float = 30,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "supervisor.ctl", "--redis-url", redis_url, "--queue", queue, *args],
+        [INGESTCTL, "--redis-url", redis_url, "--queue", queue, *args],
         capture_output=True,
         text=True,
         input=stdin,
         timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -44,11 +55,17 @@ def test_enqueue_from_flags_json_file_and_stdin(
         "hi",
         "--priority",
         "high",
+        "--json",
     )
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == {"job_id": "c1", "created": True, "state": "waiting"}
+    assert json.loads(r.stdout) == {
+        "job_id": "c1",
+        "created": True,
+        "state": "waiting",
+        "status": "queued",
+    }
     again = ctl(queue_name, "enqueue", "--job-id", "c1", "--tenant", "acme", "--text", "hi")
-    assert json.loads(again.stdout)["created"] is False
+    assert again.stdout.strip() == "c1 is already known (waiting); nothing enqueued"
     path = tmp_path / "job.json"
     path.write_text(json.dumps(job("c2")))
     assert ctl(queue_name, "enqueue", f"@{path}").returncode == 0
@@ -75,20 +92,23 @@ def test_status_list_counts_cancel_retry_purge(queue_name: str, q: SyncQueue) ->
     assert "tok-secret-1" not in r.stdout
     assert ctl(queue_name, "status", "nope").returncode == 4
     assert "s1" in ctl(queue_name, "list", "--state", "waiting").stdout
-    assert json.loads(ctl(queue_name, "counts").stdout)["waiting"] == 1
-    r = ctl(queue_name, "cancel", "s1")
-    assert (r.returncode, r.stdout.strip()) == (0, "cancelled")
+    assert json.loads(ctl(queue_name, "counts", "--json").stdout)["waiting"] == 1
+    r = ctl(queue_name, "cancel", "s1", "--json")
+    assert (r.returncode, json.loads(r.stdout)) == (0, {"job_id": "s1", "outcome": "cancelled"})
     assert ctl(queue_name, "cancel", "s1").returncode == 0  # idempotent
     q.enqueue(job("done"))
     claim = q.claim("w", lease_s=5, timeout_s=5)
     assert q.complete(claim.job.job_id, claim.token, None)
     r = ctl(queue_name, "cancel", "done")
-    assert (r.returncode, r.stdout.strip()) == (1, "completed")  # cannot cancel a finished job
-    assert ctl(queue_name, "retry", "s1").stdout.strip() == "waiting"
+    # cannot cancel a finished job
+    assert (r.returncode, r.stdout.strip()) == (1, "done is completed; it cannot be cancelled")
+    r = ctl(queue_name, "retry", "s1", "--json")
+    assert json.loads(r.stdout) == {"job_id": "s1", "state": "waiting"}
     assert q.get("s1").state is JobState.WAITING
     assert ctl(queue_name, "retry", "ghost").returncode == 4
     q.cancel("s1")
-    assert ctl(queue_name, "purge", "--state", "cancelled").stdout.strip() == "1"
+    r = ctl(queue_name, "purge", "--state", "cancelled", "--json")
+    assert json.loads(r.stdout) == {"queue": queue_name, "state": "cancelled", "removed": 1}
     assert q.get("s1") is None
 
 
@@ -106,16 +126,118 @@ def test_watch_follows_a_running_job_to_its_end(
     assert ctl(queue_name, "watch", "w2").returncode == 1
 
 
-def test_workers_lists_live_daemons(start_daemon, queue_name: str) -> None:
-    d = start_daemon()
-    d.wait_ready()
-    out = wait_until(lambda: ctl(queue_name, "workers").stdout.strip(), 10, "a heartbeat")
-    info = json.loads(out.splitlines()[0])
-    assert info["pid"] == d.pid and info["slots"] == 2
+def test_workers_table_and_json(start_daemon, queue_name: str) -> None:
+    pool = start_daemon()  # instance 1 of a pool
+    alone = start_daemon(INGEST_INSTANCE="")  # no instance: the id is host:pid
+    pool.wait_ready()
+    alone.wait_ready()
+    host = socket.gethostname()
+
+    def both() -> dict | None:
+        doc = json.loads(ctl(queue_name, "workers", "--json").stdout)
+        return doc if len(doc["workers"]) == 2 else None
+
+    doc = wait_until(both, 10, "two heartbeats")
+    Workers.model_validate(doc)  # the API's /workers shape
+    ids = {w["pid"]: w["worker_id"] for w in doc["workers"]}
+    assert ids == {pool.pid: f"{host}:i1:{pool.pid}", alone.pid: f"{host}:{alone.pid}"}
+    assert (doc["total_slots"], doc["busy_slots"]) == (4, 0)
+
+    r = ctl(queue_name, "workers")
+    assert r.returncode == 0, r.stderr
+    head, *rows, summary = r.stdout.splitlines()
+    assert head.split() == ["WORKER_ID", "HOST", "PID", "SLOTS", "STARTED", "HEARTBEAT", "STATE"]
+    assert summary == "2 live, 0/4 slots busy"
+    for row in rows:
+        cells = re.split(r"\s{2,}", row)
+        assert cells[0] in ids.values() and cells[1] == host
+        assert int(cells[2]) in ids and cells[3] == "0/2"
+        assert re.fullmatch(AGE, cells[4]), cells  # started, as an age
+        assert re.fullmatch(AGE, cells[5]), cells  # last heartbeat
+        assert cells[6] == "serving"
+    # Columns line up: each header starts where its column's cells start.
+    starts = [head.index(h) for h in ("HOST", "PID", "SLOTS", "STARTED", "HEARTBEAT", "STATE")]
+    for row in rows:
+        assert all(row[i - 2 : i] == "  " and row[i] != " " for i in starts), row
+    assert ":i-:" not in r.stdout
+    assert not re.search(r"\b\d{10}\.\d+\b", r.stdout), r.stdout  # no epoch floats
+
+
+def test_status_speaks_people_and_json_speaks_the_api(queue_name: str, q: SyncQueue) -> None:
+    q.enqueue({**job("p1"), "metadata": {"trial_token": "tok-secret-2"}})
+    claim = q.claim("host-a:4242", lease_s=30, timeout_s=5)
+    assert q.progress("p1", claim.token, 100, "done")
+    assert q.complete("p1", claim.token, {"pages": 20, "ok": True, "skipped": None})
+    r = ctl(queue_name, "status", "p1")
+    assert r.returncode == 0, r.stderr
+    shown = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in r.stdout.splitlines())
+    assert shown["result"] == '{"pages": 20, "ok": true, "skipped": null}'  # JSON, not repr
+    assert shown["error"] == "-" and shown["due_at"] == "-"  # nothing is "-", never None
+    assert shown["status"] == "completed" and shown["message"] == "done"
+    assert shown["progress"] == "100%" and shown["attempt"] == "1 of 3"
+    assert shown["worker_id"] == "host-a:4242" and shown["cancel_requested"] == "no"
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"
+    assert re.fullmatch(rf"{stamp} \({AGE}\)", shown["finished_at"]), shown["finished_at"]
+    assert re.fullmatch(r"[\d.]+m?s", shown["duration"]), shown["duration"]
+    assert "None" not in r.stdout and "{'" not in r.stdout and "tok-secret-2" not in r.stdout
+
+    doc = json.loads(ctl(queue_name, "status", "p1", "--json").stdout)
+    assert set(doc) - {"stalls"} == set(Job.model_fields)  # the API's field names
+    api = Job.model_validate(doc)
+    assert api.result == {"pages": 20, "ok": True, "skipped": None} and api.message == "done"
+    assert doc["finished_at"].endswith("Z") and "tok-secret-2" not in json.dumps(doc)
+
+
+def test_hostile_job_text_cannot_drive_the_terminal(queue_name: str, q: SyncQueue) -> None:
+    q.enqueue(job("h1", max_attempts=1))
+    claim = q.claim("w", lease_s=30, timeout_s=5)
+    q.fail("h1", claim.token, "boom\x1b[2J\x1b]0;owned\x07\rgone", retryable=False, attempt=1)
+    for args in (("status", "h1"), ("list", "--state", "failed"), ("watch", "h1")):
+        r = ctl(queue_name, *args)
+        assert "\x1b" not in r.stdout and "\x07" not in r.stdout and "\r" not in r.stdout, args
+        assert "boom" in r.stdout, args
+
+
+def test_every_subcommand_takes_json(queue_name: str, q: SyncQueue, tmp_path: Path) -> None:
+    q.enqueue(job("j1"))
+    status_env = {
+        "INGEST_STATUS_BACKEND": "sqlite",
+        "INGEST_STATUS_SQLITE_PATH": str(tmp_path / "status.sqlite3"),
+    }
+    runs = {
+        "enqueue": ("enqueue", "--job-id", "j2", "--tenant", "t", "--text", "x"),
+        "status": ("status", "j1"),
+        "watch": ("watch", "j1", "--timeout", "0"),
+        "list": ("list", "--state", "waiting"),
+        "cancel": ("cancel", "j2"),
+        "retry": ("retry", "j2"),
+        "counts": ("counts",),
+        "workers": ("workers",),
+        "purge": ("purge", "--state", "completed"),
+        "status-sync": ("status-sync",),
+    }
+    helptext = ctl(queue_name, "--help").stdout
+    listed = set(re.search(r"\{([a-z,-]+)\}", helptext).group(1).split(","))
+    assert listed == set(runs), "a subcommand without a --json check here"
+    for name, args in runs.items():
+        r = ctl(queue_name, *args, "--json", env=status_env)
+        assert r.returncode in (0, 1), (name, r.stderr)
+        for line in r.stdout.splitlines():
+            json.loads(line)
+    page = json.loads(ctl(queue_name, "list", "--state", "waiting", "--json").stdout)
+    assert [j["job_id"] for j in page["jobs"]] == ["j1", "j2"] and page["next_cursor"] is None
+    assert (
+        json.loads(ctl(queue_name, "list", "--state", "waiting", "--limit", "1", "--json").stdout)[
+            "next_cursor"
+        ]
+        == "waiting:1"
+    )
 
 
 @pytest.mark.parametrize("args", [("counts",), ("status", "x")])
 def test_redis_unreachable_exit_3(queue_name: str, args: tuple[str, ...]) -> None:
-    r = ctl(queue_name, *args, redis_url="redis://127.0.0.1:1/0")
+    r = ctl(queue_name, *args, redis_url="redis://:hunter2@127.0.0.1:1/0")
     assert r.returncode == 3
+    assert "Redis unreachable at redis://***@127.0.0.1:1/0" in r.stderr
+    assert "hunter2" not in r.stderr
     assert "Redis unreachable" in r.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import socket
 import subprocess
 import sys
 
@@ -78,3 +80,10 @@ def test_check_config_validates_and_exits_without_secrets() -> None:
     assert proc.returncode == 0, proc.stderr
     assert '"concurrency": 2' in proc.stdout
     assert "sekrit-key-123" not in proc.stdout + proc.stderr
+
+
+def test_worker_id_is_host_pid_without_an_instance() -> None:
+    settings = load_settings([], {})
+    host = socket.gethostname()
+    assert dataclasses.replace(settings, instance=None).worker_id(11476) == f"{host}:11476"
+    assert dataclasses.replace(settings, instance=3).worker_id(11476) == f"{host}:i3:11476"

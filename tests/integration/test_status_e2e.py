@@ -4,12 +4,17 @@ store that is down while jobs run (jobs keep their speed; shutdown says what was
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from api.views import job_view
 from supervisor.states import JobState
 from supervisor.status import build_status_backend
 from tests.daemon.conftest import DaemonProcess, SyncQueue, job, wait_until
@@ -137,3 +142,52 @@ def test_rows_after_completed_failed_cancelled_and_retried_jobs(
     daemon.signal(15)
     assert daemon.wait_exit(EXIT_BOUND_S) == 0
     assert "unwritten" not in daemon.log()
+
+
+def test_the_childs_last_progress_message_is_what_every_view_shows(
+    start_daemon: Callable[..., DaemonProcess], q: SyncQueue, tmp_path: Path
+) -> None:
+    """The built-in worker ends with `PROGRESS: 100 done`: the job record (what ingestctl,
+    the API and the demo read) and the status row both end on that message."""
+    path = str(tmp_path / "status.sqlite3")
+    env = {"INGEST_STATUS_BACKEND": "sqlite", "INGEST_STATUS_SQLITE_PATH": path}
+    kwargs = {"sqlite_path": path}
+    payload = {
+        "job_id": "last-msg",
+        "tenant_id": "tenant-a",
+        "data_source": {"type": "text", "text": "A short document. Two sentences."},
+    }
+    q.enqueue(payload)
+    daemon = start_daemon(INGEST_WORKER_COMMAND="", INGEST_CHUNK_STORE="none", **env)
+    wait_until(lambda: q.get("last-msg").state is JobState.COMPLETED, 30, "job completed")
+    record = q.get("last-msg")
+    assert record.progress_message == "done"
+    assert job_view(record, q.queue, ()).message == "done"
+    shown = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ingestctl"),
+            "--queue",
+            q.queue,
+            "status",
+            "last-msg",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    assert json.loads(shown.stdout)["message"] == "done"
+    wait_until(
+        lambda: (
+            (r := fetch_rows("sqlite", kwargs, ["last-msg"])["last-msg"]) is not None
+            and r["status"] == "completed"
+        ),
+        20,
+        "completed row",
+        interval=0.1,
+    )
+    row = fetch_rows("sqlite", kwargs, ["last-msg"])["last-msg"]
+    assert row["progress_message"] == "done"
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(EXIT_BOUND_S) == 0

@@ -140,6 +140,20 @@ def test_failed_attempt_keeps_its_last_progress(start_daemon, q) -> None:
     assert rec.progress_message == "step 10"
 
 
+def test_the_daemons_max_attempts_governs_jobs_that_name_none(start_daemon, q, run_log) -> None:
+    """The producer (here with its default of 3) stores no limit of its own: a daemon set to
+    1 attempt fails the job after one run; a job that names its limit keeps it."""
+    q.enqueue(job("no-limit", exit=1))
+    q.enqueue(job("own-limit", exit=1, max_attempts=2))
+    start_daemon(INGEST_MAX_ATTEMPTS="1")
+    for job_id in ("no-limit", "own-limit"):
+        wait_until(lambda j=job_id: q.get(j).state is JobState.FAILED, 30, f"{job_id} failed")
+    assert (q.get("no-limit").attempt, q.get("no-limit").max_attempts) == (1, 1)
+    assert (q.get("own-limit").attempt, q.get("own-limit").max_attempts) == (2, 2)
+    runs = [r["job_id"] for r in read_runs(run_log)]
+    assert runs.count("no-limit") == 1 and runs.count("own-limit") == 2
+
+
 def test_json_logs_one_event_per_line_with_job_and_attempt(start_daemon, q) -> None:
     import json
 

@@ -82,7 +82,8 @@ def load_ui_path(env: Mapping[str, str] | None = None) -> str | None:
     if raw.lower() in ("off", "none", "0", "false"):
         return None
     path = raw.rstrip("/") or "/"
-    if not UI_PATH_RE.match(path) or path.split("/")[1] in API_ROOTS:
+    segments = path.split("/")[1:]
+    if not UI_PATH_RE.match(path) or segments[0] in API_ROOTS or {".", ".."} & set(segments):
         raise ApiSettingsError(
             f"INGEST_UI_PATH={raw!r}: must be 1-4 segments like /ui of letters, digits, '_.-' "
             "not used by the API (or off)"

@@ -495,7 +495,7 @@ class JobQueue:
         state = JobState(state)
         zset = self.keys.all_state_sets()[state.value]
         limit = max(1, min(limit, 1000))
-        budget = max(limit, min(budget, 10_000))
+        budget = max(1, min(budget, 10_000))
         if newest_first is None:
             newest_first = state in FINAL_STATES
         read = self.client.zrevrange if newest_first else self.client.zrange

@@ -119,8 +119,10 @@ def test_overview_follows_jobs_live(
     )
     wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#throughput .c"), "the throughput chart")
     wait(
-        lambda d: "completed" in text(d, "#throughput-summary")
-        and not text(d, "#throughput-summary").startswith("Last hour: 0 completed"),
+        lambda d: (
+            "completed" in text(d, "#throughput-summary")
+            and not text(d, "#throughput-summary").startswith("Last hour: 0 completed")
+        ),
         "completions counted in the chart's summary",
     )
     assert not_reloaded(browser)
@@ -260,8 +262,10 @@ def test_hostile_error_renders_as_text_on_job_and_dead_letter_pages(
     group.find_element(By.CSS_SELECTOR, "button.primary").click()
     wait(lambda d: "Queued again: 1 of 1" in text(d, "#notice"), "the group's retry")
     wait_until(
-        lambda: api_client.get(f"/jobs/{job_id}/events").json()["events"][-1]["type"] == "failed"
-        and state_of(api_client, job_id) == "failed",
+        lambda: (
+            api_client.get(f"/jobs/{job_id}/events").json()["events"][-1]["type"] == "failed"
+            and state_of(api_client, job_id) == "failed"
+        ),
         30,
         "the retried job to fail again",
     )

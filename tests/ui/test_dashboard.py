@@ -156,8 +156,8 @@ def test_job_progress_bar_reaches_100_without_reload(
     wait(lambda d: "completed" in text(d, "#job-fields"), "the completed state")
     assert text(browser, "#job-percent") == "100%"
     assert "of 20" in text(browser, "#job-message")
-    timeline = text(browser, "#timeline")
-    assert "attempt 1 started" in timeline and "attempt 1 completed" in timeline
+    wait(lambda d: "attempt 1 completed" in text(d, "#timeline"), "the completion in the timeline")
+    assert "attempt 1 started" in text(browser, "#timeline")
     assert '"chunks": 20' in text(browser, "#job-result")
     # The payload's secret is redacted as the API redacts it.
     payload = text(browser, "#job-payload")
@@ -246,7 +246,7 @@ def test_hostile_error_renders_as_text_on_job_and_dead_letter_pages(
 
     open_page(browser, ui_api, f"/job/{job_id}")
     wait(lambda d: HOSTILE in text(d, "#job-error"), "the error shown as text")
-    assert HOSTILE in text(browser, "#timeline")
+    wait(lambda d: HOSTILE in text(d, "#timeline"), "the error in the timeline as text")
     assert browser.find_elements(By.CSS_SELECTOR, "main img") == []
     assert no_alert(browser)
 

@@ -14,9 +14,11 @@ from api.context import build_context
 from api.errors import install_error_handlers
 from api.limits import BodyLimit
 from api.models import JobBatch, JobPayload
+from api.routes_dashboard import router as dashboard_router
 from api.routes_jobs import router as jobs_router
 from api.routes_ops import router as ops_router
-from api.settings import ApiSettings, load_api_settings
+from api.routes_ui import ui_router
+from api.settings import ApiSettings, load_api_settings, load_ui_path
 from supervisor import __version__
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(jobs_router)
     app.include_router(ops_router)
+    app.include_router(dashboard_router)
+    # Routes exist from creation, before lifespan reads the other settings.
+    ui_path = settings.ui_path if settings is not None else load_ui_path()
+    if ui_path is not None:
+        app.include_router(ui_router(ui_path))
 
     def body_limit(path: str) -> int:
         s: ApiSettings = getattr(app.state, "settings", None) or ApiSettings()

@@ -74,16 +74,33 @@ async def queue_health(ctx: ApiContext) -> QueueHealth:
     serving = [w for w in workers if not w.get("stopping")]
     concurrency = sum(int(w.get("slots") or 0) for w in serving)
 
+    reasons: list[str] = []
+    if redis_status != "ready":
+        reasons.append(f"redis: {redis_status}")
     queue_ok = _ok(got["counts"])
-    if queue_ok and s.max_backlog > 0 and counts.get("waiting", 0) > s.max_backlog:
+    if not queue_ok:
+        reasons.append("queue: counts unavailable")
+    waiting = int(counts.get("waiting", 0))
+    if queue_ok and s.max_backlog > 0 and waiting > s.max_backlog:
         queue_ok = False
+        reasons.append(f"queue: {waiting} jobs waiting, more than {s.max_backlog}")
     if "age" in got:
         age = got["age"]
-        if not _ok(age) or (age is not None and age > s.max_wait_s):
+        if not _ok(age):
             queue_ok = False
+            reasons.append("queue: oldest waiting age unavailable")
+        elif age is not None and age > s.max_wait_s:
+            queue_ok = False
+            reasons.append(
+                f"queue: oldest job has waited {age:.0f} s, longer than {s.max_wait_s:g} s"
+            )
 
     redis_ok = redis_status == "ready"
     worker_ok = _ok(got["workers"]) and concurrency > 0
+    if not _ok(got["workers"]):
+        reasons.append("worker: heartbeats unavailable")
+    elif concurrency == 0:
+        reasons.append("worker: no live supervisor with free or busy slots")
     return QueueHealth(
         healthy=redis_ok and queue_ok and worker_ok,
         redis=redis_ok,
@@ -96,6 +113,7 @@ async def queue_health(ctx: ApiContext) -> QueueHealth:
             ),
             worker_concurrency=concurrency,
         ),
+        reasons=reasons,
     )
 
 

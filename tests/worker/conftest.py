@@ -57,7 +57,7 @@ def run_worker(job: dict[str, Any] | bytes, cwd: Path, **env: str) -> Outcome:
         capture_output=True,
         cwd=cwd,
         env=child_env(INGEST_JOB_ID=str(job_id), **env),
-        timeout=60,
+        timeout=30,
         check=False,
     )
     return Outcome(proc.returncode, proc.stdout.decode(), proc.stderr.decode())

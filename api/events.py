@@ -108,8 +108,14 @@ async def event_stream(
             last_id = entry_id
             if job_ids and fields.get("job") not in job_ids:
                 continue
-            data = event_data(entry_id, fields, secret_keys)
-            yield _sse(str(data.get("type") or "message"), data, entry_id)
+            try:
+                data = event_data(entry_id, fields, secret_keys)
+                chunk = _sse(str(data.get("type") or "message"), data, entry_id)
+            except (ValueError, TypeError) as exc:
+                # One malformed entry is skipped; the stream and every later entry go on.
+                log.warning("events: skipped entry %s (%s)", entry_id, type(exc).__name__)
+                continue
+            yield chunk
             quiet_since = loop.time()
         if loop.time() - quiet_since >= KEEPALIVE_S:
             yield b": keep-alive\n\n"

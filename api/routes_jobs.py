@@ -17,6 +17,7 @@ from api.models import (
     BatchResult,
     CancelResult,
     Enqueued,
+    ErrorBody,
     Job,
     JobPage,
     RetryResult,
@@ -96,6 +97,10 @@ async def _after_enqueue(ctx: ApiContext, payloads: list[dict[str, Any]]) -> Non
     dependencies=[Depends(require_write)],
     responses={
         200: {"model": Job, "description": "a job with this id exists; nothing was created"},
+        409: {
+            "model": ErrorBody,
+            "description": "a job with this id exists for another tenant; nothing was created",
+        },
         **E401,
         **E413,
         **E422,
@@ -133,6 +138,10 @@ async def enqueue_job(request: Request, ctx: Ctx) -> JSONResponse:
     dependencies=[Depends(require_write)],
     responses={
         200: {"model": BatchResult, "description": "every job already existed"},
+        409: {
+            "model": ErrorBody,
+            "description": "an id exists for another tenant; no job of the batch was created",
+        },
         **E401,
         **E413,
         **E422,

@@ -19,7 +19,16 @@ from typing import Any
 from redis.exceptions import ConnectionError, TimeoutError
 
 from supervisor.connection import redis_client
-from supervisor.payload import PayloadError, redact
+from supervisor.payload import (
+    DEFAULT_SECRET_KEYS,
+    PayloadError,
+    SecretKeys,
+    redact,
+    replace_surrogates,
+    scrub,
+    scrub_value,
+    secret_values,
+)
 from supervisor.protocol import JobQueue, JobRecord
 from supervisor.states import FINAL_STATES, JobState, table_status
 
@@ -123,12 +132,25 @@ def _payload_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return payload
 
 
+def _secret_keys() -> SecretKeys:
+    extra = os.environ.get("INGEST_SECRET_KEYS", "").replace(",", " ").split()
+    return SecretKeys((*DEFAULT_SECRET_KEYS, *extra))
+
+
 def _show(job: JobRecord) -> dict[str, Any]:
+    """A job as printed: secrets redacted and scrubbed, every string printable as UTF-8."""
     out = job.to_dict()
     out["status"] = table_status(job.state).value
+    keys = _secret_keys()
+    found = secret_values(job.payload, keys) if job.payload is not None else []
     if out.get("payload") is not None:
-        out["payload"] = redact(out["payload"])
-    return out
+        out["payload"] = redact(out["payload"], keys)
+    for key in ("error", "progress_message"):
+        if out.get(key):
+            out[key] = scrub(out[key], found)
+    out["result"] = scrub_value(redact(out.get("result"), keys), found)
+    shown: dict[str, Any] = replace_surrogates(out)
+    return shown
 
 
 def _bar(pct: float, width: int = 30) -> str:

@@ -10,10 +10,15 @@
 -- ARGV[2] wake list cap
 -- ARGV[3] number of jobs N, then N groups of 6:
 --         id, payload JSON, tenant, priority, max_attempts, delay ms
--- Returns a flat array: id, created (1|0), state, ... per job.
+-- Returns a flat array: id, created (1|0), state, ... per job; or
+-- {'tenant_conflict', id} when an id exists for another tenant (then nothing is stored).
 local now = now_ms()
 local out = {}
 local n = tonumber(ARGV[3])
+local other = conflicting_tenant(KEYS[1], ARGV, 4, 6, n)
+if other then
+  return {'tenant_conflict', other}
+end
 local woke = false
 for i = 0, n - 1 do
   local base = 4 + i * 6

@@ -27,6 +27,6 @@ rec.state = 'failed'
 rec.finished_at = now
 redis.call('ZADD', KEYS[5], fmt(now), rec.id)
 save(KEYS[1], rec)
-emit(KEYS[7], ARGV[7], 'failed', rec, {error = string.sub(ARGV[3], 1, 200)})
+emit(KEYS[7], ARGV[7], 'failed', rec, {error = utf8_prefix(ARGV[3], 200)})
 trim(KEYS[5], KEYS[1], KEYS[2], now - tonumber(ARGV[6]), tonumber(ARGV[8]))
 return {'failed', rec.rev, 0}

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from supervisor.keys import QueueKeys
 from supervisor.protocol import JobQueue
-from tests.api.conftest import TOKEN, ApiServer, job
+from tests.api.conftest import TOKEN, ApiServer, ServerFactory, job
 from tests.api.test_events import SseReader
 from tests.conftest import REDIS_URL
 
@@ -136,9 +136,12 @@ def test_another_tenants_job_id_is_refused_with_409_and_no_data(http: httpx.Clie
 
 
 async def test_non_ascii_error_cut_on_a_character_and_stream_goes_on(
-    api: ApiServer, aqueue: JobQueue, store: tuple[redis.Redis, QueueKeys]
+    api_server: ServerFactory,
 ) -> None:
-    client, keys = store
+    api = api_server()
+    client, keys = redis.Redis.from_url(REDIS_URL), QueueKeys(api.queue)
+    aclient = Redis.from_url(REDIS_URL)
+    aqueue = JobQueue(aclient, api.queue)
     headers = {"Authorization": f"Bearer {TOKEN}"}
     bad, after = job(), job()
     error = "fetch failed: http://127.0.0.1:1/a " + "é" * 100
@@ -157,6 +160,8 @@ async def test_non_ascii_error_cut_on_a_character_and_stream_goes_on(
             while not any(k == "enqueued" and d["job_id"] == after["job_id"] for k, d in seen):
                 _, kind, data = await sse.next()
                 seen.append((kind, data))
+    await aclient.aclose()
+    client.close()
     failed = [d for k, d in seen if k == "failed"]
     assert len(failed) == 1
     assert failed[0]["error"].startswith("fetch failed") and "\ufffd" not in failed[0]["error"]
@@ -164,13 +169,15 @@ async def test_non_ascii_error_cut_on_a_character_and_stream_goes_on(
 
 
 async def test_ingestctl_watch_survives_a_bad_entry(
-    api: ApiServer, aqueue: JobQueue, store: tuple[redis.Redis, QueueKeys]
+    queue_name: str, store: tuple[redis.Redis, QueueKeys]
 ) -> None:
-    client, keys = store
+    client, keys = store[0], QueueKeys(queue_name)
+    aclient = Redis.from_url(REDIS_URL)
+    aqueue = JobQueue(aclient, queue_name)
     payload = job()
     await aqueue.enqueue(payload)
     proc = await asyncio.create_subprocess_exec(
-        *_ctl(api.queue, "watch", payload["job_id"], "--timeout", "30"),
+        *_ctl(queue_name, "watch", payload["job_id"], "--timeout", "30"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -180,7 +187,8 @@ async def test_ingestctl_watch_survives_a_bad_entry(
     claim = await aqueue.claim("w-watch", lease_s=30, timeout_s=5)
     assert claim is not None
     await aqueue.fail(claim.job.job_id, claim.token, "é" * 150, retryable=False, attempt=1)
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    out, err = await asyncio.wait_for(proc.communicate(), 40)
+    await aclient.aclose()
     assert proc.returncode == 1, err.decode()
     assert b"Traceback" not in err
     assert b"failed" in out

@@ -19,9 +19,18 @@ create table if not exists document_chunks (
     embedding   text    not null,
     metadata    text    not null,
     created_at  text    not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    primary key (job_id, chunk_index)
+    primary key (tenant_id, job_id, chunk_index)
 );
 create index if not exists document_chunks_tenant on document_chunks (tenant_id);
+"""
+# Files made before chunks were keyed by tenant have (job_id, chunk_index) as their key:
+# rebuilt once, in the transaction of the first write that finds them.
+_REKEY = """
+alter table document_chunks rename to document_chunks_old;
+drop index if exists document_chunks_tenant;
+""" + _SCHEMA + """
+insert into document_chunks select * from document_chunks_old;
+drop table document_chunks_old;
 """
 
 
@@ -56,7 +65,14 @@ class SqliteStore:
             # BEGIN IMMEDIATE takes the write lock up front: no upgrade deadlock between
             # two retries of the same job racing each other.
             conn.execute("begin immediate")
-            conn.execute("delete from document_chunks where job_id = ?", (job_id,))
+            if not _keyed_by_tenant(conn):
+                for statement in _REKEY.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute(
+                "delete from document_chunks where tenant_id = ? and job_id = ?",
+                (tenant_id, job_id),
+            )
             conn.executemany(
                 "insert into document_chunks (job_id, tenant_id, chunk_index, source, content,"
                 " embedding, metadata) values (?, ?, ?, ?, ?, ?, ?)",
@@ -70,3 +86,8 @@ class SqliteStore:
         finally:
             conn.close()
         return len(rows)
+
+
+def _keyed_by_tenant(conn: sqlite3.Connection) -> bool:
+    columns = conn.execute("pragma table_info(document_chunks)").fetchall()
+    return any(row[1] == "tenant_id" and row[5] > 0 for row in columns)

@@ -30,9 +30,14 @@ def test_lone_surrogate_in_the_job_is_bad_input(workdir: Path) -> None:
 
 def test_deep_metadata_is_bad_input_not_a_crash(workdir: Path) -> None:
     meta: dict[str, object] = {"leaf": 1}
-    for _ in range(2000):
+    for _ in range(600):
         meta = {"n": meta}
     out = run_worker(make_job({"type": "text", "text": "x"}, metadata=meta), workdir)
+    assert out.code == 65, (out.code, out.stderr[-500:])
+    assert "nested" in out.stderr
+    head = json.dumps(make_job({"type": "text", "text": "x"}))[:-1]
+    deeper = head + ', "metadata": ' + '{"n": ' * 5000 + "1" + "}" * 5001
+    out = run_worker(deeper.encode(), workdir)
     assert out.code == 65, (out.code, out.stderr[-500:])
 
 

@@ -17,24 +17,21 @@ if TYPE_CHECKING:
 SOURCE_TYPES = ("text", "file", "url", "crawl")
 # The same rules as supervisor.payload.SecretKeys (a test holds them equal): a key is secret
 # when its normalised name (lower case, letters and digits only) is one of SECRET_KEYS or
-# INGEST_SECRET_KEYS, or ends with one of SECRET_KEY_SUFFIXES. Secret values never reach
-# stderr, the RESULT line or stored chunk metadata.
+# INGEST_SECRET_KEYS, ends with one of SECRET_KEY_SUFFIXES or contains one of
+# SECRET_KEY_SUBSTRINGS. Secret values never reach stderr, the RESULT line or stored chunk
+# metadata.
 SECRET_KEYS = frozenset(
     {"trial_token", "token", "api_key", "apikey", "password", "secret", "authorization"}
 )
 SECRET_KEY_SUFFIXES = (
     "token",
-    "secret",
-    "password",
-    "passwd",
-    "apikey",
     "authorization",
     "credential",
     "credentials",
-    "privatekey",
     "sessionid",
     "cookie",
 )
+SECRET_KEY_SUBSTRINGS = ("secret", "password", "passwd", "apikey", "privatekey", "accesstoken")
 MAX_DEPTH = 32  # supervisor.payload.MAX_DEPTH
 
 
@@ -51,7 +48,11 @@ class SecretKeys:
 
     def __call__(self, key: object) -> bool:
         k = normalise_key(key)
-        return k in self.names or k.endswith(SECRET_KEY_SUFFIXES)
+        return (
+            k in self.names
+            or k.endswith(SECRET_KEY_SUFFIXES)
+            or any(part in k for part in SECRET_KEY_SUBSTRINGS)
+        )
 
 
 def check_structure(raw: Any) -> None:

@@ -26,21 +26,18 @@ MAX_TRIAL_TOKEN_CHARS = 4096
 DEFAULT_SECRET_KEYS: frozenset[str] = frozenset(
     {"trial_token", "token", "api_key", "apikey", "password", "secret", "authorization"}
 )
-# A key whose normalised name (lower case, letters and digits only) ends with one of these
-# is secret: access_token, client_secret, api-key, X-Auth-Token, db_password, ...
-SECRET_KEY_SUFFIXES: tuple[str, ...] = (
+# A key whose normalised name (lower case, letters and digits only) ends with one of the
+# suffixes or contains one of the substrings is secret, whatever the configuration:
+# access_token, client_secret, api-key, X-Auth-Token, db_password, aws_secret_access_key.
+SECRET_KEY_SUFFIXES = (
     "token",
-    "secret",
-    "password",
-    "passwd",
-    "apikey",
     "authorization",
     "credential",
     "credentials",
-    "privatekey",
     "sessionid",
     "cookie",
 )
+SECRET_KEY_SUBSTRINGS = ("secret", "password", "passwd", "apikey", "privatekey", "accesstoken")
 REDACTED = "[redacted]"
 TOO_DEEP = "[nested too deep]"
 _KNOWN_FIELDS = frozenset(
@@ -186,8 +183,8 @@ def normalise_key(key: object) -> str:
 
 
 class SecretKeys:
-    """Which keys name secrets: any of `names` once normalised, or any key ending with one
-    of SECRET_KEY_SUFFIXES (those always apply)."""
+    """Which keys name secrets: any of `names` once normalised, and any key that ends with
+    one of SECRET_KEY_SUFFIXES or contains one of SECRET_KEY_SUBSTRINGS (those always apply)."""
 
     __slots__ = ("names",)
 
@@ -196,7 +193,11 @@ class SecretKeys:
 
     def __call__(self, key: object) -> bool:
         k = normalise_key(key)
-        return k in self.names or k.endswith(SECRET_KEY_SUFFIXES)
+        return (
+            k in self.names
+            or k.endswith(SECRET_KEY_SUFFIXES)
+            or any(part in k for part in SECRET_KEY_SUBSTRINGS)
+        )
 
 
 def _matcher(secret_keys: Iterable[str] | SecretKeys) -> SecretKeys:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -195,9 +196,8 @@ async def test_ingestctl_watch_survives_a_bad_entry(
 
 
 def _ctl(queue: str, *args: str) -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "supervisor.ctl", "--redis-url", REDIS_URL, "--queue", queue, *args]
+    base = [sys.executable, "-m", "supervisor.ctl", "--redis-url", REDIS_URL, "--queue", queue]
+    return [*base, *args]
 
 
 # ---- issue 16 item 1: the old producer's payload ---------------------------------------

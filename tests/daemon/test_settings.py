@@ -130,7 +130,10 @@ def test_start_up_line_masks_passwords(tmp_path) -> None:  # type: ignore[no-unt
     [
         ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
         ("redis://user:pw@h/0?password=pw2&db=1", "redis://user:***@h/0?password=***&db=1"),
-        ("postgresql://u@h/d?sslmode=require&password=x", "postgresql://u@h/d?sslmode=require&password=***"),
+        (
+            "postgresql://u@h/d?sslmode=require&password=x",
+            "postgresql://u@h/d?sslmode=require&password=***",
+        ),
         ("host=h password=secret user=u", "host=h password=*** user=u"),
         ("host=h password = 'a b\\' c' user=u", "host=h password = *** user=u"),
         ("redis://h:6379/0", "redis://h:6379/0"),

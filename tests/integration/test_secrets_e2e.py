@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from urllib.parse import quote, quote_plus
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 
@@ -21,28 +21,28 @@ from tests.observability.otlp_receiver import OtlpReceiver
 from tests.observability.test_tracing import roots
 
 LEAKY = Path(__file__).resolve().parent / "children" / "leaky.py"
-TOKEN = "trial-tok-leaky-0f9e8d7c"
+DS_TOKEN = "trial-tok-leaky-0f9e8d7c"
 # The old producer's top-level token, with characters URL- and JSON-encoding change.
 TOP_TOKEN = 'tr_leaky/0f9e+8d7c "é"'
 
 
-@pytest.mark.parametrize(("where", "TOKEN"), [("data_source", TOKEN), ("top", TOP_TOKEN)])
+@pytest.mark.parametrize(("where", "token"), [("data_source", DS_TOKEN), ("top", TOP_TOKEN)])
 def test_a_child_quoting_its_secret_never_gets_it_past_the_daemon(
     start_daemon: Callable[..., DaemonProcess],
     q: SyncQueue,
     receiver: OtlpReceiver,
     tmp_path: Path,
     where: str,
-    TOKEN: str,  # noqa: N803
+    token: str,
 ) -> None:
     status_db = tmp_path / "status.sqlite3"
     payloads = [job("leak-fail", max_attempts=1), job("leak-ok", succeed=True)]
     for p in payloads:
         if where == "top":
-            p["trial_token"] = TOKEN
+            p["trial_token"] = token
         else:
-            p["data_source"]["trial_token"] = TOKEN
-    forms = {TOKEN, quote(TOKEN), quote_plus(TOKEN), json.dumps(TOKEN)[1:-1], TOKEN[-12:]}
+            p["data_source"]["trial_token"] = token
+    forms = {token, quote(token), quote_plus(token), json.dumps(token)[1:-1], token[-12:]}
     q.enqueue_many(payloads)
     daemon = start_daemon(
         INGEST_WORKER_COMMAND=f"{sys.executable} {LEAKY}",
@@ -83,5 +83,5 @@ def test_a_child_quoting_its_secret_never_gets_it_past_the_daemon(
     assert not [f for f in forms if f in repr(stored)]
 
     receiver.wait_for_spans(lambda s: len(roots(s)) >= 2)
-    assert receiver.bodies and not [b for b in receiver.bodies if TOKEN[-12:].encode() in b]
+    assert receiver.bodies and not [b for b in receiver.bodies if token[-12:].encode() in b]
     assert not [f for f in forms if f in daemon.log()]

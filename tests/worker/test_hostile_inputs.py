@@ -9,7 +9,6 @@ import sqlite3
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from tests.worker.conftest import Site, apply_migration, make_job, run_worker
 

@@ -119,3 +119,23 @@ def test_redis_unreachable_exit_3(queue_name: str, args: tuple[str, ...]) -> Non
     r = ctl(queue_name, *args, redis_url="redis://127.0.0.1:1/0")
     assert r.returncode == 3
     assert "Redis unreachable" in r.stderr
+
+
+def test_another_tenants_job_id_is_a_clear_error(queue_name: str, q: SyncQueue) -> None:
+    from supervisor.client import enqueue_ingestion_job
+    from supervisor.payload import TenantConflict
+
+    q.enqueue({**job("shared"), "data_source": {"type": "text", "text": "A's private text"}})
+    r = ctl(queue_name, "enqueue", "--job-id", "shared", "--tenant", "tenant-b", "--text", "x")
+    assert r.returncode == 2, r.stderr
+    assert "another tenant" in r.stderr and "Traceback" not in r.stderr
+    assert "A's private text" not in r.stdout + r.stderr
+    with pytest.raises(TenantConflict, match="another tenant"):
+        enqueue_ingestion_job(
+            "shared",
+            "tenant-b",
+            {"type": "text", "text": "x"},
+            queue=queue_name,
+            redis_url=REDIS_URL,
+        )
+    assert q.get("shared").tenant_id == "tenant-a"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
+import pytest
 import redis
 
 from supervisor.keys import QueueKeys
@@ -68,3 +70,61 @@ def test_deep_payload_in_redis_fails_its_job_and_both_slots_live_on(
     r = ctl(queue_name, "status", "poison-1", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["state"] == "failed"
     assert d.proc.poll() is None
+
+
+async def test_a_slot_task_that_ends_is_logged_and_restarted(
+    queue_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The daemon's own slot keeper, on a real queue: a slot task that ends while the daemon
+    is not stopping (here: cancelled from outside) is logged and started again, and the
+    heartbeat counts only live slots."""
+    from redis.asyncio import Redis
+
+    from supervisor.daemon import Daemon
+    from supervisor.execution import ExecutionContext
+    from supervisor.main import build_runner_config
+    from supervisor.protocol import JobQueue
+    from supervisor.sdnotify import SystemdNotifier
+    from supervisor.settings import load_settings
+    from supervisor.sinks import SinkFanout
+    from tests.conftest import REDIS_URL
+    from tests.waiting import poll
+
+    client = Redis.from_url(REDIS_URL)
+    settings = load_settings([], env={})
+    ctx = ExecutionContext(
+        queue=JobQueue(client, queue_name),
+        sinks=SinkFanout([]),
+        runner=build_runner_config(settings),
+        worker_id="w-keeper",
+        lease_s=5,
+        job_timeout_s=5,
+        max_job_timeout_s=5,
+        kill_grace_s=0.5,
+        secret_keys=frozenset(),
+    )
+    daemon = Daemon(
+        ctx,
+        concurrency=2,
+        shutdown_grace_s=1,
+        heartbeat_ttl_s=3,
+        instance=None,
+        metrics_port=0,
+        notifier=SystemdNotifier.from_environ({}),
+    )
+    daemon._start_slot(0)
+    daemon._start_slot(1)
+    first = daemon.slots[0]
+    assert first is not None
+    try:
+        await poll(lambda: daemon.heartbeat_info()["slots"] == 2, 5, "two live slots")
+        first.cancel()
+        await poll(lambda: daemon.slots[0] is not first, 5, "slot 0 restarted")
+        await poll(lambda: daemon.live_slots == 2, 5, "two live slots again")
+        assert "slot 0 ended unexpectedly" in caplog.text
+    finally:
+        # Stopping ends every slot at its next wait, as at a daemon's shutdown.
+        daemon.stopping.set()
+        live = [t for t in daemon.slots if t is not None]
+        await asyncio.wait_for(asyncio.gather(*live, return_exceptions=True), 10)
+        await client.aclose()

@@ -59,7 +59,7 @@ def _sse(event: str, data: dict[str, Any], entry_id: str | None = None) -> bytes
 
 
 async def _start_id(ctx: ApiContext, last_event_id: str | None) -> str:
-    if last_event_id and STREAM_ID_RE.match(last_event_id):
+    if last_event_id and STREAM_ID_RE.fullmatch(last_event_id):
         return last_event_id
     # Resolve "now" to a concrete id once: re-reading from "$" would drop what arrives
     # between two reads.

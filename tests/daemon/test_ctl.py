@@ -139,3 +139,9 @@ def test_another_tenants_job_id_is_a_clear_error(queue_name: str, q: SyncQueue) 
             redis_url=REDIS_URL,
         )
     assert q.get("shared").tenant_id == "tenant-a"
+
+
+def test_queue_name_with_a_trailing_newline_is_refused(queue_name: str) -> None:
+    r = ctl(queue_name + "\n", "counts")
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "queue name" in r.stderr

@@ -145,3 +145,22 @@ def test_queue_name_with_a_trailing_newline_is_refused(queue_name: str) -> None:
     r = ctl(queue_name + "\n", "counts")
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert "queue name" in r.stderr
+
+
+def test_client_sends_the_old_producers_trial_token(queue_name: str, q: SyncQueue) -> None:
+    from supervisor.client import enqueue_ingestion_job
+
+    res = enqueue_ingestion_job(
+        "old-1",
+        "tn_xyz",
+        {"type": "crawl", "urls": ["https://example.com"], "crawl_depth": 2},
+        priority="high",
+        trial_token="tr_client_secret_9",
+        queue=queue_name,
+        redis_url=REDIS_URL,
+    )
+    assert res.created
+    claim = q.claim("w", lease_s=5, timeout_s=5)
+    assert claim.payload["trial_token"] == "tr_client_secret_9"
+    r = ctl(queue_name, "status", "old-1", "--json")
+    assert r.returncode == 0 and "tr_client_secret_9" not in r.stdout

@@ -6,6 +6,7 @@ rejected payload is ever stored.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -242,12 +243,19 @@ def secret_values(
     return found
 
 
-def _forms(secret: str) -> set[str]:
-    """The ways a secret shows up in text: as is, URL-encoded, inside a JSON string."""
-    forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}
+@functools.lru_cache(maxsize=1024)
+def _forms(secret: str) -> frozenset[str]:
+    """The ways a secret shows up in text: as is, URL-encoded, inside a JSON string.
+    Cached: a job's secrets are scrubbed from each of its progress lines."""
+    forms = {
+        secret,
+        quote(secret, safe="", errors="replace"),
+        quote(secret, errors="replace"),
+        quote_plus(secret, errors="replace"),
+    }
     forms.add(json.dumps(secret)[1:-1])
     forms.add(json.dumps(secret, ensure_ascii=False)[1:-1])
-    return {f for f in forms if len(f) >= 4}
+    return frozenset(f for f in forms if len(f) >= 4)
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:

@@ -124,3 +124,32 @@ def test_postgres_chunks_of_one_job_id_are_kept_per_tenant(pg_dsn: str, workdir:
             "select tenant_id, content from document_chunks order by tenant_id"
         ).fetchall()
     assert rows == [("tenant-a", "alpha text"), ("tenant-b", "beta text")]
+
+
+def test_sqlite_file_from_before_tenant_keys_is_rebuilt_keeping_its_rows(
+    tmp_path: Path, workdir: Path
+) -> None:
+    db = tmp_path / "chunks.sqlite3"
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "create table document_chunks (job_id text not null, tenant_id text not null,"
+            " chunk_index integer not null, source text not null, content text not null,"
+            " embedding text not null, metadata text not null, created_at text not null"
+            " default 'then', primary key (job_id, chunk_index))"
+        )
+        conn.execute(
+            "insert into document_chunks values"
+            " ('shared-id', 'tenant-a', 0, 's', 'old alpha', '[]', '{}', 'then')"
+        )
+    out = run_worker(
+        make_job({"type": "text", "text": "beta text"}, job_id="shared-id", tenant_id="tenant-b"),
+        workdir,
+        INGEST_CHUNK_STORE="sqlite",
+        INGEST_CHUNK_SQLITE_PATH=str(db),
+    )
+    assert out.code == 0, out.stderr
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "select tenant_id, content from document_chunks order by tenant_id"
+        ).fetchall()
+    assert rows == [("tenant-a", "old alpha"), ("tenant-b", "beta text")]

@@ -120,7 +120,12 @@ class Daemon:
             pause = 0.1
             if claim is None:
                 continue
-            await self._run_claim(index, claim)
+            try:
+                await self._run_claim(index, claim)
+            except Exception:
+                # _run_claim fails the job itself; this only guards the slot against a bug
+                # there (the job's lease then runs out and the reaper recovers it).
+                log.exception("slot %d: job %s was not settled", index, claim.job.job_id)
 
     async def _run_claim(self, index: int, claim: Claim) -> None:
         """Run one claimed job. Whatever goes wrong fails that job with a logged reason (not

@@ -153,3 +153,24 @@ def test_sqlite_file_from_before_tenant_keys_is_rebuilt_keeping_its_rows(
             "select tenant_id, content from document_chunks order by tenant_id"
         ).fetchall()
     assert rows == [("tenant-a", "old alpha"), ("tenant-b", "beta text")]
+
+
+def test_a_secret_in_a_page_url_is_not_stored(site: Site, workdir: Path, tmp_path: Path) -> None:
+    site.html("/doc?access_token=tok-in-url-77", "<title>Docs</title><p>page about canals</p>")
+    db = tmp_path / "chunks.sqlite3"
+    job = make_job(
+        {"type": "url", "url": site.base + "/doc?access_token=tok-in-url-77"},
+        metadata={"source_token": "tok-in-url-77"},
+    )
+    out = run_worker(
+        job,
+        workdir,
+        INGEST_CRAWL_ALLOW_HOSTS=site.hostport,
+        INGEST_CHUNK_STORE="sqlite",
+        INGEST_CHUNK_SQLITE_PATH=str(db),
+    )
+    assert out.code == 0, out.stderr
+    with sqlite3.connect(db) as conn:
+        (meta,) = conn.execute("select metadata from document_chunks").fetchone()
+    assert "tok-in-url-77" not in meta
+    assert "tok-in-url-77" not in out.stdout + out.stderr

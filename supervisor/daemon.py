@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -147,7 +148,12 @@ class Daemon:
         try:
             await execution.run()
             if execution.outcome is not None:
-                self.gate.record(execution.outcome)
+                # The gate logs the error: only ever the text scrubbed of the job's secrets.
+                self.gate.record(
+                    dataclasses.replace(
+                        execution.outcome, error=execution.error, stderr_tail="", stdout_tail=""
+                    )
+                )
         except Exception as exc:
             log.exception("slot %d: job %s crashed its execution", index, job_id)
             execution.stop.request(EndReason.SHUTDOWN)

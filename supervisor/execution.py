@@ -67,6 +67,7 @@ class JobExecution:
         self._settling = False
         self._done = asyncio.Event()
         self.outcome: ChildOutcome | None = None
+        self.error: str | None = None  # the outcome's error, scrubbed of the job's secrets
 
     # ---- lease --------------------------------------------------------------------
 
@@ -223,7 +224,7 @@ class JobExecution:
     async def _settle(self, outcome: ChildOutcome, started: float) -> ev.JobFinished:
         """Write the outcome through the fenced protocol; decide what the status row shows."""
         q, token, job_id = self.ctx.queue, self.claim.token, self.job_id
-        error = self._error_text(outcome)
+        error = self.error = self._error_text(outcome)
         result = scrub_value(outcome.result, self._secrets)
         final, table, label = False, TableStatus.QUEUED.value, ev.OUTCOME_LEASE_LOST
 

@@ -36,7 +36,12 @@ def test_a_child_quoting_its_secret_never_gets_it_past_the_daemon(
     token: str,
 ) -> None:
     status_db = tmp_path / "status.sqlite3"
-    payloads = [job("leak-fail", max_attempts=1), job("leak-ok", succeed=True)]
+    payloads = [
+        job("leak-fail", max_attempts=1),
+        job("leak-ok", succeed=True),
+        # Exits 1 at once: a start failure, which the daemon's start gate logs.
+        job("leak-crash", max_attempts=1, exit=1),
+    ]
     for p in payloads:
         if where == "top":
             p["trial_token"] = token
@@ -54,9 +59,10 @@ def test_a_child_quoting_its_secret_never_gets_it_past_the_daemon(
         lambda: (
             q.get("leak-fail").state is JobState.FAILED
             and q.get("leak-ok").state is JobState.COMPLETED
+            and q.get("leak-crash").state is JobState.FAILED
         ),
         30,
-        "both jobs final",
+        "all jobs final",
     )
     stop_daemon(daemon, EXIT_BOUND_S)  # flushes the status writer and the traces
 
@@ -82,6 +88,6 @@ def test_a_child_quoting_its_secret_never_gets_it_past_the_daemon(
     assert all(r is not None for r in stored)
     assert not [f for f in forms if f in repr(stored)]
 
-    receiver.wait_for_spans(lambda s: len(roots(s)) >= 2)
+    receiver.wait_for_spans(lambda s: len(roots(s)) >= 3)
     assert receiver.bodies and not [b for b in receiver.bodies if token[-12:].encode() in b]
     assert not [f for f in forms if f in daemon.log()]

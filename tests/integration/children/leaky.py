@@ -1,6 +1,7 @@
 """A careless child: quotes its job's secrets in a PROGRESS message and on stderr (plain,
 URL-encoded and JSON-encoded, and at the very start of a long stderr tail), then exits 65
-(or 0 with metadata succeed=true, quoting them in RESULT too, once as a key)."""
+or metadata's `exit` (or 0 with metadata succeed=true, quoting them in RESULT too, once as
+a key)."""
 
 import json
 import sys
@@ -21,4 +22,4 @@ last = f"request refused for token {token}"
 pad = 972 - len(last) - 1 - (len(token) - len(token) // 2)
 print(token + "x" * pad, file=sys.stderr)
 print(last, file=sys.stderr)
-sys.exit(65)
+sys.exit(int((job.get("metadata") or {}).get("exit", 65)))

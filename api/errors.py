@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
 from api.models import ErrorBody
-from supervisor.payload import PayloadError
+from supervisor.payload import PayloadError, TenantConflict
 
 log = logging.getLogger(__name__)
 Responses = dict[int | str, dict[str, Any]]
@@ -41,7 +41,9 @@ class ApiError(HTTPException):
 
 def payload_error(exc: PayloadError, prefix: str = "") -> ApiError:
     field = f"{prefix}{exc.field}" if prefix else exc.field
-    return ApiError(422, f"{field}: {exc.rule}", field=field, rule=exc.rule)
+    # Another tenant's id: a conflict with existing state, not a malformed payload.
+    status = 409 if isinstance(exc, TenantConflict) else 422
+    return ApiError(status, f"{field}: {exc.rule}", field=field, rule=exc.rule)
 
 
 def _body(detail: str, field: str | None = None, rule: str | None = None) -> dict[str, Any]:

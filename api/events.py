@@ -59,7 +59,7 @@ def _sse(event: str, data: dict[str, Any], entry_id: str | None = None) -> bytes
 
 
 async def _start_id(ctx: ApiContext, last_event_id: str | None) -> str:
-    if last_event_id and STREAM_ID_RE.match(last_event_id):
+    if last_event_id and STREAM_ID_RE.fullmatch(last_event_id):
         return last_event_id
     # Resolve "now" to a concrete id once: re-reading from "$" would drop what arrives
     # between two reads.
@@ -108,8 +108,14 @@ async def event_stream(
             last_id = entry_id
             if job_ids and fields.get("job") not in job_ids:
                 continue
-            data = event_data(entry_id, fields, secret_keys)
-            yield _sse(str(data.get("type") or "message"), data, entry_id)
+            try:
+                data = event_data(entry_id, fields, secret_keys)
+                chunk = _sse(str(data.get("type") or "message"), data, entry_id)
+            except (ValueError, TypeError) as exc:
+                # One malformed entry is skipped; the stream and every later entry go on.
+                log.warning("events: skipped entry %s (%s)", entry_id, type(exc).__name__)
+                continue
+            yield chunk
             quiet_since = loop.time()
         if loop.time() - quiet_since >= KEEPALIVE_S:
             yield b": keep-alive\n\n"

@@ -32,6 +32,12 @@ class JobPayload(BaseModel):
     metadata: dict[str, Any] | None = None
     timeout_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
     max_attempts: int | None = Field(default=None, ge=1, le=100)
+    trial_token: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="the old producer's secret: handed to the child, redacted everywhere else",
+    )
 
 
 class JobBatch(BaseModel):

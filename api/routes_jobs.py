@@ -16,6 +16,7 @@ from api.models import (
     BatchResult,
     CancelResult,
     Enqueued,
+    ErrorBody,
     Job,
     JobPage,
     RetryResult,
@@ -88,6 +89,10 @@ def _job_id_or_422(job_id: str) -> str:
     dependencies=[Depends(require_write)],
     responses={
         200: {"model": Job, "description": "a job with this id exists; nothing was created"},
+        409: {
+            "model": ErrorBody,
+            "description": "a job with this id exists for another tenant; nothing was created",
+        },
         **E401,
         **E413,
         **E422,
@@ -124,6 +129,10 @@ async def enqueue_job(request: Request, ctx: Ctx) -> JSONResponse:
     dependencies=[Depends(require_write)],
     responses={
         200: {"model": BatchResult, "description": "every job already existed"},
+        409: {
+            "model": ErrorBody,
+            "description": "an id exists for another tenant; no job of the batch was created",
+        },
         **E401,
         **E413,
         **E422,

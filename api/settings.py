@@ -96,7 +96,7 @@ def load_api_settings(env: Mapping[str, str] | None = None) -> ApiSettings:
     if not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ApiSettingsError("REDIS_URL: must start with redis://, rediss:// or unix://")
     queue = env.get("INGEST_QUEUE") or ApiSettings.queue
-    if not QUEUE_NAME_RE.match(queue):
+    if not QUEUE_NAME_RE.fullmatch(queue):
         raise ApiSettingsError(f"INGEST_QUEUE={queue!r}: must be 1-64 of letters, digits, '_.:-'")
     return ApiSettings(
         redis_url=redis_url,

@@ -7,7 +7,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from api.models import Job
-from supervisor.payload import DEFAULT_SECRET_KEYS, redact, scrub, secret_values
+from supervisor.payload import (
+    DEFAULT_SECRET_KEYS,
+    SecretKeys,
+    redact,
+    replace_surrogates,
+    scrub,
+    scrub_value,
+    secret_values,
+)
 from supervisor.protocol import JobRecord
 from supervisor.states import table_status
 
@@ -17,13 +25,13 @@ def _ts(value: float | None) -> datetime | None:
 
 
 def job_view(rec: JobRecord, queue: str, extra_secret_keys: Iterable[str] = ()) -> Job:
-    keys = DEFAULT_SECRET_KEYS | frozenset(extra_secret_keys)
+    keys = SecretKeys(DEFAULT_SECRET_KEYS | frozenset(extra_secret_keys))
     secrets = secret_values(rec.payload, keys) if rec.payload is not None else []
 
     def clean(text: str | None) -> str | None:
-        return None if text is None else scrub(text, secrets)
+        return None if text is None else replace_surrogates(scrub(text, secrets))
 
-    result: Any = redact(rec.result, keys)
+    result: Any = replace_surrogates(scrub_value(redact(rec.result, keys), secrets))
     return Job(
         job_id=rec.job_id,
         queue=queue,
@@ -43,5 +51,5 @@ def job_view(rec: JobRecord, queue: str, extra_secret_keys: Iterable[str] = ()) 
         started_at=_ts(rec.started_at),
         finished_at=_ts(rec.finished_at),
         due_at=_ts(rec.due_at),
-        payload=None if rec.payload is None else redact(rec.payload, keys),
+        payload=None if rec.payload is None else replace_surrogates(redact(rec.payload, keys)),
     )

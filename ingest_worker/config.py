@@ -53,6 +53,7 @@ ENV_VARS = (
     "INGEST_MAX_TOTAL_BYTES",
     "INGEST_MAX_FILE_BYTES",
     "INGEST_USER_AGENT",
+    "INGEST_SECRET_KEYS",  # read by ingest_worker.job: more payload keys that name secrets
 )
 
 

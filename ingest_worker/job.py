@@ -15,11 +15,65 @@ if TYPE_CHECKING:
     from typing import Any
 
 SOURCE_TYPES = ("text", "file", "url", "crawl")
-# Same names as supervisor.payload.DEFAULT_SECRET_KEYS: their values never reach
-# stderr, the RESULT line or stored chunk metadata.
+# The same rules as supervisor.payload.SecretKeys (a test holds them equal): a key is secret
+# when its normalised name (lower case, letters and digits only) is one of SECRET_KEYS or
+# INGEST_SECRET_KEYS, ends with one of SECRET_KEY_SUFFIXES or contains one of
+# SECRET_KEY_SUBSTRINGS. Secret values never reach stderr, the RESULT line or stored chunk
+# metadata.
 SECRET_KEYS = frozenset(
     {"trial_token", "token", "api_key", "apikey", "password", "secret", "authorization"}
 )
+SECRET_KEY_SUFFIXES = (
+    "token",
+    "authorization",
+    "credential",
+    "credentials",
+    "sessionid",
+    "cookie",
+)
+SECRET_KEY_SUBSTRINGS = ("secret", "password", "passwd", "apikey", "privatekey", "accesstoken")
+MAX_DEPTH = 32  # supervisor.payload.MAX_DEPTH
+
+
+def normalise_key(key: object) -> str:
+    return "".join(c for c in str(key).lower() if c.isascii() and c.isalnum())
+
+
+class SecretKeys:
+    __slots__ = ("names",)
+
+    def __init__(self, extra: str = "") -> None:
+        names = (*SECRET_KEYS, *extra.replace(",", " ").split())
+        self.names = frozenset(n for n in map(normalise_key, names) if n)
+
+    def __call__(self, key: object) -> bool:
+        k = normalise_key(key)
+        return (
+            k in self.names
+            or k.endswith(SECRET_KEY_SUFFIXES)
+            or any(part in k for part in SECRET_KEY_SUBSTRINGS)
+        )
+
+
+def check_structure(raw: Any) -> None:
+    """Refuse what the producer's validation refuses and a record stored before it could
+    still hold: nesting deeper than MAX_DEPTH, lone surrogates in strings."""
+    stack: list[tuple[str, Any, int]] = [("job", raw, 0)]
+    while stack:
+        where, node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise BadInput(f"{where}: nested more than {MAX_DEPTH} levels deep")
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadInput(f"{where}: not valid Unicode (a lone surrogate)") from None
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                stack.append((f"{where}.{k}" if where != "job" else str(k), v, depth + 1))
+                stack.append((where, str(k), depth))
+        elif isinstance(node, list):
+            stack.extend((f"{where}[{i}]", v, depth + 1) for i, v in enumerate(node))
 
 
 class Job:
@@ -45,15 +99,16 @@ class Job:
         self.tenant_id: str = tenant
         self.source: dict[str, Any] = source
         self.source_type: str = source_type
-        self.secrets: list[str] = secret_values(raw)
-        self.metadata: dict[str, Any] = strip_secrets(metadata)
+        is_secret = SecretKeys(env.get("INGEST_SECRET_KEYS", ""))
+        self.secrets: list[str] = secret_values(raw, is_secret)
+        self.metadata: dict[str, Any] = strip_secrets(metadata, is_secret)
         try:
             self.attempt = int(env.get("INGEST_ATTEMPT", "1"))
         except ValueError:
             self.attempt = 1
 
     def scrub(self, text: str) -> str:
-        for value in self.secrets:
+        for value in sorted(self.secrets, key=len, reverse=True):
             if len(value) >= 4:
                 text = text.replace(value, "[redacted]")
         return text
@@ -68,25 +123,27 @@ def parse_job(data: bytes, env: Mapping[str, str]) -> Job:
         raise BadInput(f"job on stdin is not valid JSON ({exc.__class__.__name__})") from None
     if not isinstance(raw, dict):
         raise BadInput("job on stdin must be a JSON object")
+    check_structure(raw)
     return Job(raw, env)
 
 
-def strip_secrets(node: Any) -> Any:
+def strip_secrets(node: Any, is_secret: SecretKeys) -> Any:
+    """`node` without secret-named keys (depth is bounded by check_structure)."""
     if isinstance(node, dict):
-        return {k: strip_secrets(v) for k, v in node.items() if str(k).lower() not in SECRET_KEYS}
+        return {k: strip_secrets(v, is_secret) for k, v in node.items() if not is_secret(k)}
     if isinstance(node, list):
-        return [strip_secrets(v) for v in node]
+        return [strip_secrets(v, is_secret) for v in node]
     return node
 
 
-def secret_values(node: Any) -> list[str]:
+def secret_values(node: Any, is_secret: SecretKeys) -> list[str]:
     found: list[str] = []
     stack = [node]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             for k, v in item.items():
-                if str(k).lower() in SECRET_KEYS and isinstance(v, str):
+                if is_secret(k) and isinstance(v, str):
                     found.append(v)
                 else:
                     stack.append(v)

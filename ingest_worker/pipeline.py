@@ -32,7 +32,10 @@ def run_job(job: Job, config: WorkerConfig, reporter: Reporter) -> dict[str, Any
     for doc, text in zip(docs, texts, strict=True):
         for piece in chunk_text(text, config.chunk_size, config.chunk_overlap):
             meta = dict(job.metadata)
-            meta.update(doc.meta)
+            # A page's URL or title can quote a secret of the job (a token in a query).
+            meta.update(
+                {k: job.scrub(v) if isinstance(v, str) else v for k, v in doc.meta.items()}
+            )
             meta["source_type"] = job.source_type
             chunks.append(
                 {

@@ -28,6 +28,7 @@ def _payload(
     metadata: Mapping[str, Any] | None,
     timeout_s: float | None,
     max_attempts: int | None,
+    trial_token: str | None = None,
 ) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "job_id": job_id,
@@ -41,6 +42,8 @@ def _payload(
         payload["timeout_s"] = timeout_s
     if max_attempts is not None:
         payload["max_attempts"] = max_attempts
+    if trial_token is not None:
+        payload["trial_token"] = trial_token
     return payload
 
 
@@ -62,6 +65,7 @@ async def enqueue_ingestion_job_async(
     metadata: Mapping[str, Any] | None = None,
     timeout_s: float | None = None,
     max_attempts: int | None = None,
+    trial_token: str | None = None,
     delay_s: float = 0,
     queue: str | None = None,
     client: Redis | None = None,
@@ -70,10 +74,14 @@ async def enqueue_ingestion_job_async(
     """Validate and enqueue one job; `created` is False when `job_id` already exists.
 
     Raises `supervisor.payload.PayloadError` (naming the field and rule) for an invalid
-    payload, in which case nothing is stored. Pass `client` to reuse a connection pool;
+    payload, and its subclass `TenantConflict` when `job_id` exists for another tenant; in
+    both cases nothing is stored. `trial_token` (the old producer's secret) reaches the
+    child in its job JSON and is redacted everywhere else. Pass `client` to reuse a connection pool;
     otherwise one is opened from `redis_url` (else REDIS_URL / RAG_REDIS_URL) and closed.
     """
-    payload = _payload(job_id, tenant_id, data_source, priority, metadata, timeout_s, max_attempts)
+    payload = _payload(
+        job_id, tenant_id, data_source, priority, metadata, timeout_s, max_attempts, trial_token
+    )
     name = queue or os.environ.get("INGEST_QUEUE") or DEFAULT_QUEUE
     own = client is None
     conn = client if client is not None else Redis.from_url(_redis_url(redis_url))
@@ -93,6 +101,7 @@ def enqueue_ingestion_job(
     metadata: Mapping[str, Any] | None = None,
     timeout_s: float | None = None,
     max_attempts: int | None = None,
+    trial_token: str | None = None,
     delay_s: float = 0,
     queue: str | None = None,
     redis_url: str | None = None,
@@ -116,6 +125,7 @@ def enqueue_ingestion_job(
             metadata=metadata,
             timeout_s=timeout_s,
             max_attempts=max_attempts,
+            trial_token=trial_token,
             delay_s=delay_s,
             queue=queue,
             redis_url=redis_url,

@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError, TimeoutError
 
 from supervisor import ctl_format as fmt
 from supervisor.connection import redis_client
-from supervisor.payload import DEFAULT_SECRET_KEYS, PayloadError
+from supervisor.payload import DEFAULT_SECRET_KEYS, PayloadError, SecretKeys
 from supervisor.protocol import JobQueue, JobRecord
 from supervisor.states import FINAL_STATES, JobState, table_status
 
@@ -139,9 +139,9 @@ def _payload_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return payload
 
 
-def _secret_keys() -> frozenset[str]:
+def _secret_keys() -> SecretKeys:
     extra = os.environ.get("INGEST_SECRET_KEYS", "").replace(",", " ").split()
-    return DEFAULT_SECRET_KEYS | frozenset(k.lower() for k in extra)
+    return SecretKeys((*DEFAULT_SECRET_KEYS, *extra))
 
 
 def _emit(args: argparse.Namespace, doc: Any, human: str) -> None:

@@ -13,7 +13,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from supervisor.payload import redact, scrub, secret_values
+from supervisor.payload import (
+    SecretKeys,
+    redact,
+    replace_surrogates,
+    scrub,
+    scrub_value,
+    secret_values,
+)
 from supervisor.protocol import JobRecord
 from supervisor.states import table_status
 
@@ -32,35 +39,38 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-def job_doc(rec: JobRecord, queue: str, secret_keys: frozenset[str]) -> dict[str, Any]:
+def job_doc(rec: JobRecord, queue: str, secret_keys: SecretKeys) -> dict[str, Any]:
     """A job as `GET /jobs/{id}` shows it (api.models.Job), secrets removed, plus `stalls`."""
     secrets = secret_values(rec.payload, secret_keys) if rec.payload is not None else []
 
     def clean(text: str | None) -> str | None:
         return None if text is None else scrub(text, secrets)
 
-    return {
-        "job_id": rec.job_id,
-        "queue": queue,
-        "tenant_id": rec.tenant_id,
-        "priority": rec.priority,
-        "state": rec.state.value,
-        "status": table_status(rec.state).value,
-        "progress": min(100.0, max(0.0, rec.progress)),
-        "message": clean(rec.progress_message),
-        "attempt": rec.attempt,
-        "max_attempts": rec.max_attempts,
-        "stalls": rec.stalls,
-        "error": clean(rec.error),
-        "result": redact(rec.result, secret_keys),
-        "worker_id": rec.worker_id,
-        "cancel_requested": rec.cancel_requested,
-        "enqueued_at": iso(rec.enqueued_at),
-        "started_at": iso(rec.started_at),
-        "finished_at": iso(rec.finished_at),
-        "due_at": iso(rec.due_at),
-        "payload": None if rec.payload is None else redact(rec.payload, secret_keys),
-    }
+    doc: dict[str, Any] = replace_surrogates(
+        {
+            "job_id": rec.job_id,
+            "queue": queue,
+            "tenant_id": rec.tenant_id,
+            "priority": rec.priority,
+            "state": rec.state.value,
+            "status": table_status(rec.state).value,
+            "progress": min(100.0, max(0.0, rec.progress)),
+            "message": clean(rec.progress_message),
+            "attempt": rec.attempt,
+            "max_attempts": rec.max_attempts,
+            "stalls": rec.stalls,
+            "error": clean(rec.error),
+            "result": scrub_value(redact(rec.result, secret_keys), secrets),
+            "worker_id": rec.worker_id,
+            "cancel_requested": rec.cancel_requested,
+            "enqueued_at": iso(rec.enqueued_at),
+            "started_at": iso(rec.started_at),
+            "finished_at": iso(rec.finished_at),
+            "due_at": iso(rec.due_at),
+            "payload": None if rec.payload is None else redact(rec.payload, secret_keys),
+        }
+    )
+    return doc
 
 
 def workers_doc(live: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -18,13 +19,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from supervisor import __version__
+from supervisor import events as ev
 from supervisor.aio import join_bounded
 from supervisor.execution import ExecutionContext, JobExecution
+from supervisor.payload import PayloadError, check_structure
 from supervisor.protocol import Claim, JobQueue
-from supervisor.redis_retry import TRANSIENT
+from supervisor.redis_retry import TRANSIENT, call_until
 from supervisor.runner import EndReason, StartFailureGate
 from supervisor.runner.orphans import ORPHANS
 from supervisor.sdnotify import SystemdNotifier
+from supervisor.states import TableStatus
 from supervisor.status.service import StatusService
 from supervisor.workers import WorkerRegistry
 
@@ -57,6 +61,7 @@ class Daemon:
         self.status = status
         self.registry = WorkerRegistry(ctx.queue.client, ctx.queue.keys)
         self.active: dict[str, JobExecution] = {}
+        self.slots: list[asyncio.Task[None] | None] = [None] * concurrency
         self.stopping = asyncio.Event()
         self.forced = asyncio.Event()
         self.gate = StartFailureGate()
@@ -110,27 +115,136 @@ class Daemon:
                 await _first_of(asyncio.sleep(pause), self.stopping.wait())
                 pause = min(pause * 2, 5.0)
                 continue
+            except Exception:
+                # A claim reply this code cannot read must not end the slot.
+                log.exception("slot %d: claim failed; retrying in %.1fs", index, pause)
+                await _first_of(asyncio.sleep(pause), self.stopping.wait())
+                pause = min(pause * 2, 5.0)
+                continue
             pause = 0.1
             if claim is None:
                 continue
-            execution = JobExecution(self.ctx, claim)
-            self.active[claim.job.job_id] = execution
-            self._slots_changed()
             try:
-                await execution.run()
-                if execution.outcome is not None:
-                    self.gate.record(execution.outcome)
+                await self._run_claim(index, claim)
             except Exception:
-                log.exception("slot %d: job %s crashed its execution", index, claim.job.job_id)
-            finally:
-                del self.active[claim.job.job_id]
-                self._slots_changed()
+                # _run_claim fails the job itself; this only guards the slot against a bug
+                # there (the job's lease then runs out and the reaper recovers it).
+                log.exception("slot %d: job %s was not settled", index, claim.job.job_id)
+
+    async def _run_claim(self, index: int, claim: Claim) -> None:
+        """Run one claimed job. Whatever goes wrong fails that job with a logged reason (not
+        retryable when the payload is the cause); it never ends the slot."""
+        job_id = claim.job.job_id
+        reason = unrunnable_reason(claim)
+        if reason is not None:
+            await self._fail_unrun(index, claim, reason, retryable=False)
+            return
+        try:
+            execution = JobExecution(self.ctx, claim)
+        except Exception as exc:
+            log.exception("slot %d: job %s could not be prepared", index, job_id)
+            reason = f"Supervisor could not prepare the job: {type(exc).__name__}"
+            await self._fail_unrun(index, claim, reason, retryable=False)
+            return
+        self.active[job_id] = execution
+        self._slots_changed()
+        try:
+            await execution.run()
+            if execution.outcome is not None:
+                # The gate logs the error: only ever the text scrubbed of the job's secrets.
+                self.gate.record(
+                    dataclasses.replace(
+                        execution.outcome, error=execution.error, stderr_tail="", stdout_tail=""
+                    )
+                )
+        except Exception as exc:
+            log.exception("slot %d: job %s crashed its execution", index, job_id)
+            execution.stop.request(EndReason.SHUTDOWN)
+            reason = f"Supervisor error while running the job: {type(exc).__name__}"
+            await self._fail_unrun(index, claim, reason, retryable=True)
+        finally:
+            self.active.pop(job_id, None)
+            self._slots_changed()
+
+    async def _fail_unrun(self, index: int, claim: Claim, reason: str, *, retryable: bool) -> None:
+        """Fail a claimed job the normal path could not settle (fenced by its token, so a
+        job already settled is left alone) and tell the side channels."""
+        job = claim.job
+        log.error(
+            "slot %d: job %s failed: %s",
+            index,
+            job.job_id,
+            reason,
+            extra={"job_id": job.job_id, "attempt": job.attempt},
+        )
+        started = time.time()
+        try:
+            failed = await call_until(
+                time.monotonic() + self.ctx.lease_s / 2,
+                lambda: self.queue.fail(
+                    job.job_id, claim.token, reason, retryable=retryable, attempt=job.attempt
+                ),
+                what=f"failing {job.job_id}",
+                attempt_timeout_s=5.0,
+            )
+        except Exception as exc:
+            log.error(
+                "slot %d: could not record the failure of %s (%s); its lease will run out "
+                "and the reaper recovers it",
+                index,
+                job.job_id,
+                exc,
+            )
+            return
+        if failed.outcome == "lost":
+            return
+        final = failed.outcome == "failed"
+        try:
+            self.ctx.sinks.job_finished(
+                ev.JobFinished(
+                    queue=self.queue.queue,
+                    job_id=job.job_id,
+                    tenant_id=job.tenant_id,
+                    attempt=job.attempt,
+                    max_attempts=job.max_attempts,
+                    worker_id=self.ctx.worker_id,
+                    outcome=ev.OUTCOME_FAILED if final else ev.OUTCOME_RETRIED,
+                    table_status=(TableStatus.FAILED if final else TableStatus.QUEUED).value,
+                    final=final,
+                    enqueued_at=job.enqueued_at,
+                    started_at=started,
+                    finished_at=time.time(),
+                    error=reason,
+                    ended="not_started",
+                )
+            )
+        except Exception:
+            log.exception("slot %d: side channels not told of %s", index, job.job_id)
+
+    def _start_slot(self, index: int) -> None:
+        task = asyncio.create_task(self._slot(index), name=f"slot-{index}")
+        task.add_done_callback(lambda t: self._slot_ended(index, t))
+        self.slots[index] = task
+
+    def _slot_ended(self, index: int, task: asyncio.Task[None]) -> None:
+        """A slot task only ends when the daemon stops; one that ends otherwise is logged
+        with its cause and started again, so the daemon keeps every slot it reports."""
+        if self.stopping.is_set() or self.slots[index] is not task:
+            return
+        cause = None if task.cancelled() else task.exception()
+        log.error("slot %d ended unexpectedly (%r); restarting it", index, cause, exc_info=cause)
+        self._start_slot(index)
+
+    @property
+    def live_slots(self) -> int:
+        return sum(1 for t in self.slots if t is not None and not t.done())
 
     def _slots_changed(self) -> None:
         busy = len(self.active)
+        live = self.live_slots
         if self.ctx.metrics is not None:
-            self.ctx.metrics.set_slots(busy=busy, idle=self.concurrency - busy)
-        self.notifier.status(f"{busy}/{self.concurrency} slots busy")
+            self.ctx.metrics.set_slots(busy=busy, idle=max(0, live - busy))
+        self.notifier.status(f"{busy}/{live} slots busy")
 
     # ---- upkeep -------------------------------------------------------------------
 
@@ -159,7 +273,7 @@ class Daemon:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "instance": self.instance,
-            "slots": self.concurrency,
+            "slots": self.live_slots,
             "busy": len(self.active),
             "active": sorted(self.active),
             "version": __version__,
@@ -236,9 +350,8 @@ class Daemon:
             from supervisor.metrics import run_queue_gauge_refresher
 
             upkeep.append(asyncio.create_task(run_queue_gauge_refresher(self.queue, 10.0)))
-        slots = [
-            asyncio.create_task(self._slot(i), name=f"slot-{i}") for i in range(self.concurrency)
-        ]
+        for i in range(self.concurrency):
+            self._start_slot(i)
         self._slots_changed()
         if on_ready is not None:
             on_ready()
@@ -250,7 +363,7 @@ class Daemon:
             self.concurrency,
         )
         await self.stopping.wait()
-        await self._drain(slots)
+        await self._drain(self.slots)
         for task in upkeep:
             task.cancel()
         await asyncio.gather(*(join_bounded(task, 2.0) for task in upkeep))
@@ -263,14 +376,14 @@ class Daemon:
         log.info("stopped")
         return 0
 
-    async def _drain(self, slots: list[asyncio.Task[None]]) -> None:
+    async def _drain(self, slots: list[asyncio.Task[None] | None]) -> None:
         self.notifier.stopping()
         kill_budget = self.ctx.kill_grace_s + 10.0
         self.notifier.extend_timeout(self.shutdown_grace_s + kill_budget + FLUSH_DEADLINE_S)
         deadline = time.monotonic() + self.shutdown_grace_s
         forced = asyncio.create_task(self.forced.wait())
         while not self.forced.is_set():
-            pending = {t for t in slots if not t.done()}
+            pending = {t for t in slots if t is not None and not t.done()}
             left = deadline - time.monotonic()
             if not pending or left <= 0:
                 break
@@ -285,7 +398,18 @@ class Daemon:
             )
             for execution in list(self.active.values()):
                 execution.stop.request(EndReason.SHUTDOWN)
-        await asyncio.gather(*slots, return_exceptions=True)
+        await asyncio.gather(*(t for t in slots if t is not None), return_exceptions=True)
+
+
+def unrunnable_reason(claim: Claim) -> str | None:
+    """Why a claimed payload must not run (stored before validation bounded it), or None."""
+    if claim.payload_error is not None:
+        return f"Job payload refused: {claim.payload_error}"
+    try:
+        check_structure(claim.payload)
+    except PayloadError as exc:
+        return f"Job payload refused: {exc}"
+    return None
 
 
 async def _first_of(*aws: Awaitable[Any]) -> None:

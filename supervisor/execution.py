@@ -16,10 +16,11 @@ from typing import Any
 
 from supervisor import events as ev
 from supervisor.aio import join_bounded
-from supervisor.payload import redact, scrub, secret_values
+from supervisor.payload import SecretKeys, redact, scrub, scrub_value, secret_values
 from supervisor.protocol import Claim, JobQueue
 from supervisor.redis_retry import TRANSIENT, call_until
 from supervisor.runner import ChildOutcome, EndReason, RunnerConfig, StopRequest, run_child
+from supervisor.runner.outcome import describe_end
 from supervisor.sinks import SinkFanout
 from supervisor.states import TableStatus
 
@@ -51,8 +52,9 @@ class JobExecution:
         self.attempt = claim.job.attempt
         self.stop = StopRequest()
         self._log_extra = {"job_id": self.job_id, "attempt": self.attempt}
-        self._secrets = secret_values(claim.payload, ctx.secret_keys)
-        self._redacted = redact(claim.payload, ctx.secret_keys)
+        is_secret = SecretKeys(ctx.secret_keys)
+        self._secrets = secret_values(claim.payload, is_secret)
+        self._redacted = redact(claim.payload, is_secret)
         self._lease_deadline = time.monotonic() + ctx.lease_s
         self._progress_pending: tuple[float, str | None] | None = None
         self._progress_wakeup = asyncio.Event()
@@ -65,6 +67,7 @@ class JobExecution:
         self._settling = False
         self._done = asyncio.Event()
         self.outcome: ChildOutcome | None = None
+        self.error: str | None = None  # the outcome's error, scrubbed of the job's secrets
 
     # ---- lease --------------------------------------------------------------------
 
@@ -221,9 +224,9 @@ class JobExecution:
     async def _settle(self, outcome: ChildOutcome, started: float) -> ev.JobFinished:
         """Write the outcome through the fenced protocol; decide what the status row shows."""
         q, token, job_id = self.ctx.queue, self.claim.token, self.job_id
-        error = _clip(scrub(outcome.error, self._secrets)) if outcome.error else None
-        result = _scrub_value(outcome.result, self._secrets)
-        message = _scrub_value(outcome.progress_message, self._secrets)
+        error = self.error = self._error_text(outcome)
+        result = scrub_value(outcome.result, self._secrets)
+        message = scrub_value(outcome.progress_message, self._secrets)
         final, table, label = False, TableStatus.QUEUED.value, ev.OUTCOME_LEASE_LOST
 
         async def write(call: Any) -> Any:
@@ -310,15 +313,23 @@ class JobExecution:
         )
 
 
-def _scrub_value(value: Any, secrets: list[str]) -> Any:
-    """`value` (child-made JSON or text) with every secret in its strings redacted."""
-    if isinstance(value, str):
-        return scrub(value, secrets)
-    if isinstance(value, dict):
-        return {k: _scrub_value(v, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrub_value(v, secrets) for v in value]
-    return value
+    def _error_text(self, outcome: ChildOutcome) -> str | None:
+        """The outcome's error with secrets scrubbed from the stderr tail before it is cut
+        to ERROR_LIMIT, so a cut never leaves a secret's tail behind."""
+        if not outcome.error:
+            return None
+        if outcome.ended is EndReason.START_FAILED or not outcome.stderr_tail:
+            return _clip(scrub(outcome.error, self._secrets))
+        room = 4 * ERROR_LIMIT + max((len(s) for s in self._secrets), default=0) * 4
+        text = describe_end(
+            outcome.ended,
+            exit_code=outcome.exit_code,
+            signum=outcome.signal,
+            timeout_s=self.timeout_s(),
+            stderr_tail=scrub(outcome.stderr_tail[-room:], self._secrets),
+            oom_killed=outcome.oom_killed,
+        )
+        return _clip(scrub(text, self._secrets)) if text else None
 
 
 def _clip(text: str) -> str:

@@ -19,7 +19,7 @@ class QueueKeys:
     queue: str
 
     def __post_init__(self) -> None:
-        if not QUEUE_NAME_RE.match(self.queue):
+        if not QUEUE_NAME_RE.fullmatch(self.queue):
             raise ValueError(
                 f"queue name {self.queue!r}: must be 1-64 characters of letters, digits, '_.:-'"
             )

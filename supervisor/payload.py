@@ -6,10 +6,12 @@ rejected payload is ever stored.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 TENANT_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
@@ -18,13 +20,41 @@ PRIORITIES = ("high", "normal")
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_TIMEOUT_S = 7 * 24 * 3600
 MAX_ATTEMPTS_LIMIT = 100
+# Deepest nesting of objects and lists a payload may have. Everything that walks a payload
+# (redaction, JSON encoders, the child) stays far from Python's recursion limit.
+MAX_DEPTH = 32
+MAX_TRIAL_TOKEN_CHARS = 4096
 DEFAULT_SECRET_KEYS: frozenset[str] = frozenset(
     {"trial_token", "token", "api_key", "apikey", "password", "secret", "authorization"}
 )
-REDACTED = "[redacted]"
-_KNOWN_FIELDS = frozenset(
-    {"job_id", "tenant_id", "data_source", "priority", "metadata", "timeout_s", "max_attempts"}
+# A key whose normalised name (lower case, letters and digits only) ends with one of the
+# suffixes or contains one of the substrings is secret, whatever the configuration:
+# access_token, client_secret, api-key, X-Auth-Token, db_password, aws_secret_access_key.
+SECRET_KEY_SUFFIXES = (
+    "token",
+    "authorization",
+    "credential",
+    "credentials",
+    "sessionid",
+    "cookie",
 )
+SECRET_KEY_SUBSTRINGS = ("secret", "password", "passwd", "apikey", "privatekey", "accesstoken")
+REDACTED = "[redacted]"
+TOO_DEEP = "[nested too deep]"
+_KNOWN_FIELDS = frozenset(
+    {
+        "job_id",
+        "tenant_id",
+        "data_source",
+        "priority",
+        "metadata",
+        "timeout_s",
+        "max_attempts",
+        "trial_token",
+    }
+)
+_NOT_KEY_CHARS = re.compile(r"[^a-z0-9]")
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class PayloadError(ValueError):
@@ -36,10 +66,18 @@ class PayloadError(ValueError):
         self.rule = rule
 
 
+class TenantConflict(PayloadError):
+    """A job with this id exists and belongs to another tenant; nothing was stored."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__("job_id", f"{job_id!r} is taken by another tenant's job")
+        self.job_id = job_id
+
+
 def validate_job_id(job_id: object) -> str:
     if not isinstance(job_id, str) or not job_id:
         raise PayloadError("job_id", "must be a non-empty string")
-    if not JOB_ID_RE.match(job_id):
+    if not JOB_ID_RE.fullmatch(job_id):
         raise PayloadError(
             "job_id", "must be 1-128 characters of letters, digits, '_', '.', ':' or '-'"
         )
@@ -57,7 +95,7 @@ def validate_payload(raw: object) -> dict[str, Any]:
     tenant = raw.get("tenant_id")
     if not isinstance(tenant, str) or not tenant:
         raise PayloadError("tenant_id", "is required and must be a non-empty string")
-    if not TENANT_ID_RE.match(tenant):
+    if not TENANT_ID_RE.fullmatch(tenant):
         raise PayloadError("tenant_id", "must be 1-128 characters of letters, digits, '_.:@-'")
     source = raw.get("data_source")
     if not isinstance(source, Mapping):
@@ -73,6 +111,7 @@ def validate_payload(raw: object) -> dict[str, Any]:
     metadata = raw.get("metadata")
     if metadata is not None and not isinstance(metadata, Mapping):
         raise PayloadError("metadata", "must be an object")
+    check_structure(raw)
     out: dict[str, Any] = {
         "job_id": job_id,
         "tenant_id": tenant,
@@ -95,6 +134,13 @@ def validate_payload(raw: object) -> dict[str, Any]:
         if not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
             raise PayloadError("max_attempts", f"must be between 1 and {MAX_ATTEMPTS_LIMIT}")
         out["max_attempts"] = max_attempts
+    trial_token = raw.get("trial_token")
+    if trial_token is not None:
+        if not isinstance(trial_token, str) or not 1 <= len(trial_token) <= MAX_TRIAL_TOKEN_CHARS:
+            raise PayloadError(
+                "trial_token", f"must be a string of 1-{MAX_TRIAL_TOKEN_CHARS} characters"
+            )
+        out["trial_token"] = trial_token
     try:
         encoded = json.dumps(out, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -104,44 +150,161 @@ def validate_payload(raw: object) -> dict[str, Any]:
     return out
 
 
-def redact(value: Any, secret_keys: Iterable[str] = DEFAULT_SECRET_KEYS) -> Any:
-    """A deep copy of `value` with every secret-named key's value replaced."""
-    keys = frozenset(k.lower() for k in secret_keys)
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, Mapping):
-            return {
-                k: (REDACTED if str(k).lower() in keys else walk(v)) for k, v in node.items()
-            }
-        if isinstance(node, list | tuple):
-            return [walk(v) for v in node]
-        return node
-
-    return walk(value)
-
-
-def secret_values(value: Any, secret_keys: Iterable[str] = DEFAULT_SECRET_KEYS) -> list[str]:
-    """Every string stored under a secret-named key, so error text can be scrubbed of them."""
-    keys = frozenset(k.lower() for k in secret_keys)
-    found: list[str] = []
-
-    def walk(node: Any) -> None:
+def _walk(value: Any, path: str = "") -> Iterator[tuple[str, Any, int]]:
+    """(dotted path, node, depth) for every node of a JSON-like value, without recursion."""
+    stack: list[tuple[str, Any, int]] = [(path, value, 0)]
+    while stack:
+        where, node, depth = stack.pop()
+        yield where, node, depth
         if isinstance(node, Mapping):
             for k, v in node.items():
-                if str(k).lower() in keys and isinstance(v, str) and v:
-                    found.append(v)
-                else:
-                    walk(v)
+                stack.append((f"{where}.{k}" if where else str(k), v, depth + 1))
         elif isinstance(node, list | tuple):
-            for v in node:
-                walk(v)
+            for i, v in enumerate(node):
+                stack.append((f"{where}[{i}]", v, depth + 1))
 
-    walk(value)
+
+def check_structure(value: Any) -> None:
+    """Refuse nesting deeper than MAX_DEPTH and strings that are not valid Unicode (lone
+    surrogates, which no UTF-8 encoder accepts), naming the first offending field."""
+    for where, node, depth in _walk(value):
+        if depth > MAX_DEPTH:
+            top = where.split(".", 1)[0].split("[", 1)[0]
+            raise PayloadError(top or "payload", f"must be nested at most {MAX_DEPTH} levels deep")
+        if isinstance(node, str) and _SURROGATES.search(node):
+            raise PayloadError(where or "payload", "must be valid Unicode (a lone surrogate)")
+        if isinstance(node, Mapping):
+            for k in node:
+                if isinstance(k, str) and _SURROGATES.search(k):
+                    raise PayloadError(where or "payload", "keys must be valid Unicode")
+
+
+def normalise_key(key: object) -> str:
+    return _NOT_KEY_CHARS.sub("", str(key).lower())
+
+
+class SecretKeys:
+    """Which keys name secrets: any of `names` once normalised, and any key that ends with
+    one of SECRET_KEY_SUFFIXES or contains one of SECRET_KEY_SUBSTRINGS (those always apply)."""
+
+    __slots__ = ("names",)
+
+    def __init__(self, names: Iterable[str] = DEFAULT_SECRET_KEYS) -> None:
+        self.names = frozenset(n for n in (normalise_key(k) for k in names) if n)
+
+    def __call__(self, key: object) -> bool:
+        k = normalise_key(key)
+        return (
+            k in self.names
+            or k.endswith(SECRET_KEY_SUFFIXES)
+            or any(part in k for part in SECRET_KEY_SUBSTRINGS)
+        )
+
+
+def _matcher(secret_keys: Iterable[str] | SecretKeys) -> SecretKeys:
+    return secret_keys if isinstance(secret_keys, SecretKeys) else SecretKeys(secret_keys)
+
+
+def redact(
+    value: Any,
+    secret_keys: Iterable[str] | SecretKeys = DEFAULT_SECRET_KEYS,
+    max_depth: int = MAX_DEPTH,
+) -> Any:
+    """A copy of `value` with every secret-named key's value replaced, and anything nested
+    deeper than `max_depth` replaced by a marker (so no later encoder meets a deep value)."""
+    is_secret = _matcher(secret_keys)
+
+    def walk(node: Any, depth: int) -> Any:
+        if isinstance(node, Mapping | list | tuple) and depth >= max_depth:
+            return TOO_DEEP
+        if isinstance(node, Mapping):
+            return {
+                k: (REDACTED if is_secret(k) else walk(v, depth + 1)) for k, v in node.items()
+            }
+        if isinstance(node, list | tuple):
+            return [walk(v, depth + 1) for v in node]
+        return node
+
+    return walk(value, 0)
+
+
+def secret_values(
+    value: Any, secret_keys: Iterable[str] | SecretKeys = DEFAULT_SECRET_KEYS
+) -> list[str]:
+    """Every string stored under a secret-named key (at any depth), so error text can be
+    scrubbed of them."""
+    is_secret = _matcher(secret_keys)
+    found: list[str] = []
+    for _where, node, _depth in _walk(value):
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                if is_secret(k) and isinstance(v, str) and v:
+                    found.append(v)
     return found
 
 
+@functools.lru_cache(maxsize=1024)
+def _forms(secret: str) -> frozenset[str]:
+    """The ways a secret shows up in text: as is, URL-encoded, inside a JSON string.
+    Cached: a job's secrets are scrubbed from each of its progress lines."""
+    forms = {
+        secret,
+        quote(secret, safe="", errors="replace"),
+        quote(secret, errors="replace"),
+        quote_plus(secret, errors="replace"),
+    }
+    forms.add(json.dumps(secret)[1:-1])
+    forms.add(json.dumps(secret, ensure_ascii=False)[1:-1])
+    return frozenset(f for f in forms if len(f) >= 4)
+
+
 def scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret replaced, in any of the forms `_forms` knows; longest
+    first, so a form that contains another is replaced whole."""
+    forms: set[str] = set()
     for s in secrets:
         if len(s) >= 4:
-            text = text.replace(s, REDACTED)
+            forms |= _forms(s)
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, REDACTED)
     return text
+
+
+def scrub_value(value: Any, secrets: Iterable[str], max_depth: int = MAX_DEPTH) -> Any:
+    """`value` (child-made JSON or text) with every secret in its strings and keys redacted;
+    anything nested deeper than `max_depth` becomes a marker."""
+    found = list(secrets)
+
+    def walk(node: Any, depth: int) -> Any:
+        if isinstance(node, str):
+            return scrub(node, found)
+        if isinstance(node, dict | list) and depth >= max_depth:
+            return TOO_DEEP
+        if isinstance(node, dict):
+            return {scrub(str(k), found): walk(v, depth + 1) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, depth + 1) for v in node]
+        return node
+
+    return walk(value, 0)
+
+
+def replace_surrogates(value: Any, max_depth: int = MAX_DEPTH) -> Any:
+    """`value` with every lone surrogate in its strings and keys replaced by U+FFFD, so a
+    record stored before validation refused them can still be encoded as UTF-8."""
+
+    def fix(text: str) -> str:
+        return _SURROGATES.sub("\ufffd", text)
+
+    def walk(node: Any, depth: int) -> Any:
+        if isinstance(node, str):
+            return fix(node)
+        if isinstance(node, Mapping | list | tuple) and depth >= max_depth:
+            return TOO_DEEP
+        if isinstance(node, Mapping):
+            return {fix(str(k)): walk(v, depth + 1) for k, v in node.items()}
+        if isinstance(node, list | tuple):
+            return [walk(v, depth + 1) for v in node]
+        return node
+
+    return walk(value, 0)

@@ -21,7 +21,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from supervisor.keys import QueueKeys
-from supervisor.payload import PayloadError, validate_job_id, validate_payload
+from supervisor.payload import PayloadError, TenantConflict, validate_job_id, validate_payload
 from supervisor.scripts import SCRIPT_NAMES, script_source
 from supervisor.states import FINAL_STATES, JobState
 
@@ -112,13 +112,29 @@ class JobRecord:
             error=rec.get("error"),
             result=None if result_raw is None else json.loads(result_raw),
             cancel_requested=bool(rec.get("cancel_requested", False)),
-            payload=None if payload is None else json.loads(payload),
+            payload=None if payload is None else decode_payload(payload)[0],
         )
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
         out["state"] = self.state.value
         return out
+
+
+def decode_payload(raw: str | bytes) -> tuple[dict[str, Any], str | None]:
+    """A stored payload and None, or a stand-in and the reason it cannot be read (a record
+    written before validation bounded nesting can be too deep for the decoder)."""
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        reason = "payload: nested too deep to decode"
+    except ValueError:
+        reason = "payload: not valid JSON"
+    else:
+        if isinstance(value, dict):
+            return value, None
+        reason = "payload: not a JSON object"
+    return {"unreadable": reason}, reason
 
 
 @dataclass(frozen=True)
@@ -137,6 +153,7 @@ class Claim:
     payload: dict[str, Any]
     payload_json: str
     token: str
+    payload_error: str | None = None  # why the stored payload could not be decoded
 
 
 @dataclass(frozen=True)
@@ -233,6 +250,8 @@ class JobQueue:
             [k.jobs, k.payloads, k.waiting, k.delayed, k.seq, k.wake, k.events, k.status_outbox],
             args,
         )
+        if _s(raw[0]) == "tenant_conflict":
+            raise TenantConflict(_s(raw[1]))
         return [
             EnqueueResult(
                 _s(raw[i]), bool(int(raw[i + 1])), JobState(_s(raw[i + 2])), _s(raw[i + 3])
@@ -273,12 +292,14 @@ class JobQueue:
         if _s(raw[0]) == "":
             wait_ms = int(raw[1])
             return None if wait_ms < 0 else wait_ms / 1000.0
-        payload_json = _s(raw[1])
+        payload_json = _s(raw[1], errors="replace")
+        payload, error = decode_payload(payload_json)
         return Claim(
             job=JobRecord.from_raw(raw[2]),
-            payload=json.loads(payload_json),
+            payload=payload,
             payload_json=payload_json,
             token=token,
+            payload_error=error,
         )
 
     async def claim(
@@ -651,7 +672,14 @@ class JobQueue:
         out: list[tuple[str, dict[str, str]]] = []
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
-                out.append((_s(entry_id), {_s(a): _s(b) for a, b in fields.items()}))
+                # Stream fields are whatever a script or a client wrote: never let one
+                # entry's bytes end a reader.
+                out.append(
+                    (
+                        _s(entry_id),
+                        {_s(a, "replace"): _s(b, "replace") for a, b in fields.items()},
+                    )
+                )
         return out
 
     async def cancel_requests(self) -> AsyncIterator[str]:
@@ -682,7 +710,7 @@ def _socket_timeout(client: AnyRedis) -> float | None:
     return None if value is None else float(value)
 
 
-def _s(value: Any) -> str:
+def _s(value: Any, errors: str = "strict") -> str:
     if isinstance(value, bytes):
-        return value.decode()
+        return value.decode(errors=errors)
     return str(value)

@@ -512,15 +512,32 @@ class Settings:
         return f"{host}:{pid}" if self.instance is None else f"{host}:i{self.instance}:{pid}"
 
     def redacted(self) -> dict[str, Any]:
-        """For logs: every setting, with secrets masked."""
+        """For logs: every setting, with secrets masked (keys, and passwords in every
+        connection string form: URL user info, `?password=`, libpq `password=...`)."""
         out = dataclasses.asdict(self)
         for name in ("supabase_key", "langfuse_secret_key"):
             if out.get(name):
                 out[name] = "***"
-        out["redis_url"] = re.sub(r"//[^@/]*@", "//***@", self.redis_url)
-        if self.status_dsn:
-            out["status_dsn"] = re.sub(r"//[^@/]*@", "//***@", self.status_dsn)
+        for name, value in out.items():
+            if isinstance(value, str):
+                out[name] = mask_secrets(value)
+            elif isinstance(value, list | tuple):
+                out[name] = [mask_secrets(v) if isinstance(v, str) else v for v in value]
         return out
+
+
+# user:password@ in a URL's authority (the user part is kept).
+_URL_USERINFO = re.compile(r"(//[^/@:?#\s]*):[^@/?#\s]*@")
+# password=... as a URL query parameter or a libpq keyword (value quoted or bare).
+_PASSWORD_PARAM = re.compile(
+    r"(?i)(\b(?:password|passwd|pwd)\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)"
+)
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with the password of any connection string in it replaced by ***."""
+    text = _URL_USERINFO.sub(r"\1:***@", text)
+    return _PASSWORD_PARAM.sub(r"\1***", text)
 
 
 def detect_instance(env: Mapping[str, str]) -> int | None:

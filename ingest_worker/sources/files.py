@@ -71,7 +71,10 @@ def _read(full: str, rel: str, max_bytes: int) -> bytes:
         raise BadInput(f"{rel}: unsupported file type (supported: {', '.join(EXTENSIONS)})")
     try:
         # O_NOFOLLOW: the path was resolved above; a symlink swapped in since is refused.
-        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer; it is refused below
+        # as not a regular file (regular files ignore the flag).
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(full, flags)
     except FileNotFoundError:
         raise BadInput(f"{rel}: no such file") from None
     except OSError as exc:

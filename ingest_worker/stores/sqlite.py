@@ -20,9 +20,18 @@ create table if not exists document_chunks (
     embedding   text    not null,
     metadata    text    not null,
     created_at  text    not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    primary key (job_id, chunk_index)
+    primary key (tenant_id, job_id, chunk_index)
 );
 create index if not exists document_chunks_tenant on document_chunks (tenant_id);
+"""
+# Files made before chunks were keyed by tenant have (job_id, chunk_index) as their key:
+# rebuilt once, in the transaction of the first write that finds them.
+_REKEY = """
+alter table document_chunks rename to document_chunks_old;
+drop index if exists document_chunks_tenant;
+""" + _SCHEMA + """
+insert into document_chunks select * from document_chunks_old;
+drop table document_chunks_old;
 """
 
 
@@ -57,8 +66,15 @@ class SqliteStore:
             # BEGIN IMMEDIATE takes the write lock up front: no upgrade deadlock between
             # two retries of the same job racing each other.
             conn.execute("begin immediate")
+            if not _keyed_by_tenant(conn):
+                for statement in _REKEY.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
             _check_dimension(conn, job_id, tenant_id, chunks)
-            conn.execute("delete from document_chunks where job_id = ?", (job_id,))
+            conn.execute(
+                "delete from document_chunks where tenant_id = ? and job_id = ?",
+                (tenant_id, job_id),
+            )
             conn.executemany(
                 "insert into document_chunks (job_id, tenant_id, chunk_index, source, content,"
                 " embedding, metadata) values (?, ?, ?, ?, ?, ?, ?)",
@@ -90,3 +106,8 @@ def _check_dimension(
     size = len(chunks[0]["embedding"])
     if row is not None and row[0] != size:
         raise dimension_error(chunks, f"the file holds {row[0]}-dimension vectors")
+
+
+def _keyed_by_tenant(conn: sqlite3.Connection) -> bool:
+    columns = conn.execute("pragma table_info(document_chunks)").fetchall()
+    return any(row[1] == "tenant_id" and row[5] > 0 for row in columns)

@@ -29,7 +29,11 @@ def _seeds(source: dict[str, Any]) -> list[str]:
     for url in urls:
         if not isinstance(url, str) or not url:
             raise BadInput("data_source.urls: every URL must be a non-empty string")
-        scheme = urlsplit(url).scheme.lower()
+        try:
+            scheme = urlsplit(url).scheme.lower()
+            origin_of(url)
+        except ValueError as exc:
+            raise BadInput(f"data_source.urls: malformed URL ({exc})") from None
         if scheme not in ("http", "https"):
             raise BadInput(f"data_source.urls: only http and https URLs, not {display(url)!r}")
         out.append(_normal(url))
@@ -90,8 +94,14 @@ def load_crawl(source: dict[str, Any], config: WorkerConfig, reporter: Reporter)
         loaded.documents.append(Document(resp.url, page.text, meta))
         if depth < max_depth:
             for link in page.links:
-                nxt = _normal(urljoin(resp.url, link))
-                if nxt not in seen and origin_of(nxt) in origins:
+                try:
+                    nxt = _normal(urljoin(resp.url, link))
+                    origin = origin_of(nxt)
+                except ValueError as exc:
+                    # One bad link on a page is skipped with its reason, not the crawl.
+                    loaded.skip(display(link), f"invalid link ({exc})")
+                    continue
+                if nxt not in seen and origin in origins:
                     seen.add(nxt)
                     queue.append((nxt, depth + 1))
         done = len(loaded.documents)

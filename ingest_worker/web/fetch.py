@@ -177,6 +177,7 @@ def _content_type(header: str) -> tuple[str, str]:
 
 
 def origin_of(url: str) -> str:
+    """scheme://host:port of a URL; raises ValueError for a malformed one."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     try:
@@ -189,10 +190,15 @@ def origin_of(url: str) -> str:
 def display(url: str) -> str:
     """A URL for messages: no query string or credentials, which may carry secrets."""
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(malformed URL)"
     host = parts.hostname or ""
     try:
         port = f":{parts.port}" if parts.port else ""
     except ValueError:
         port = ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    shown = f"{parts.scheme}://{host}{port}{parts.path}"
+    # Messages go to stderr as UTF-8: a lone surrogate would make the write itself fail.
+    return shown.encode("utf-8", "replace").decode("utf-8")

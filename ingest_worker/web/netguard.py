@@ -40,8 +40,11 @@ class AddressPolicy:
     def target(self, url: str) -> Target:
         """Check a URL and resolve its host to an address it is allowed to reach."""
         try:
+            url.encode("utf-8")
             parts = urlsplit(url)
             port = parts.port
+        except UnicodeError:
+            raise FetchRefused("malformed URL (not valid Unicode)") from None
         except ValueError as exc:
             raise FetchRefused(f"malformed URL ({exc})") from None
         scheme = parts.scheme.lower()
@@ -50,6 +53,10 @@ class AddressPolicy:
         host = (parts.hostname or "").lower()
         if not host:
             raise FetchRefused("URL has no host")
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            raise FetchRefused("malformed URL (host is not a valid domain name)") from None
         port = port or SCHEMES[scheme]
         exempt = self.allow_private or f"{host}:{port}" in self.allow_hosts
         try:

@@ -109,3 +109,30 @@ local function status_out(outbox, cap, rec, kind)
   end
   redis.call('XADD', outbox, '*', unpack(fields))
 end
+
+-- The first job id of an enqueue batch that exists for another tenant, else nil. The batch
+-- is ARGV groups of `width` from `base`: id first, tenant third.
+local function conflicting_tenant(jobs, argv, base, width, n)
+  for i = 0, n - 1 do
+    local at = base + i * width
+    local existing = load(jobs, argv[at])
+    if existing and existing.tenant ~= argv[at + 2] then
+      return argv[at]
+    end
+  end
+  return nil
+end
+
+-- The longest prefix of `s` of at most `n` bytes that does not end inside a UTF-8
+-- character, so a cut text stays valid UTF-8.
+local function utf8_prefix(s, n)
+  if #s <= n then
+    return s
+  end
+  local cut = n
+  -- Step back over continuation bytes (10xxxxxx) to the lead byte of the last character.
+  while cut > 0 and bit.band(string.byte(s, cut + 1), 0xC0) == 0x80 do
+    cut = cut - 1
+  end
+  return string.sub(s, 1, cut)
+end

@@ -12,10 +12,15 @@
 -- ARGV[3] outbox cap
 -- ARGV[4] number of jobs N, then N groups of 7:
 --         id, payload JSON, tenant, priority, max_attempts, max_attempts named (1|0), delay ms
--- Returns a flat array: id, created (1|0), state, tenant ... per job.
+-- Returns a flat array: id, created (1|0), state, tenant ... per job; or
+-- {'tenant_conflict', id} when an id exists for another tenant (then nothing is stored).
 local now = now_ms()
 local out = {}
 local n = tonumber(ARGV[4])
+local other = conflicting_tenant(KEYS[1], ARGV, 5, 7, n)
+if other then
+  return {'tenant_conflict', other}
+end
 local woke = false
 for i = 0, n - 1 do
   local base = 5 + i * 7

@@ -20,7 +20,7 @@ if ARGV[4] == '1' and rec.attempt < rec.max_attempts then
   rec.due_at = now + tonumber(ARGV[5])
   redis.call('ZADD', KEYS[4], fmt(rec.due_at), rec.id)
   save(KEYS[1], rec)
-  emit(KEYS[7], ARGV[7], 'retried', rec, {due_at = fmt(rec.due_at)})
+  emit(KEYS[7], ARGV[7], 'retried', rec, {due_at = fmt(rec.due_at), error = utf8_prefix(ARGV[3], 200)})
   status_out(KEYS[8], ARGV[9], rec, 's')
   -- Wake a claimer so it blocks only until this retry is due.
   redis.call('LPUSH', KEYS[6], '1')
@@ -30,7 +30,7 @@ rec.state = 'failed'
 rec.finished_at = now
 redis.call('ZADD', KEYS[5], fmt(now), rec.id)
 save(KEYS[1], rec)
-emit(KEYS[7], ARGV[7], 'failed', rec, {error = string.sub(ARGV[3], 1, 200)})
+emit(KEYS[7], ARGV[7], 'failed', rec, {error = utf8_prefix(ARGV[3], 200)})
 status_out(KEYS[8], ARGV[9], rec, 'f')
 trim(KEYS[5], KEYS[1], KEYS[2], now - tonumber(ARGV[6]), tonumber(ARGV[8]))
 return {'failed', rec.rev, 0}

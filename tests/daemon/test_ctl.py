@@ -241,3 +241,48 @@ def test_redis_unreachable_exit_3(queue_name: str, args: tuple[str, ...]) -> Non
     assert "Redis unreachable at redis://***@127.0.0.1:1/0" in r.stderr
     assert "hunter2" not in r.stderr
     assert "Redis unreachable" in r.stderr
+
+
+def test_another_tenants_job_id_is_a_clear_error(queue_name: str, q: SyncQueue) -> None:
+    from supervisor.client import enqueue_ingestion_job
+    from supervisor.payload import TenantConflict
+
+    q.enqueue({**job("shared"), "data_source": {"type": "text", "text": "A's private text"}})
+    r = ctl(queue_name, "enqueue", "--job-id", "shared", "--tenant", "tenant-b", "--text", "x")
+    assert r.returncode == 2, r.stderr
+    assert "another tenant" in r.stderr and "Traceback" not in r.stderr
+    assert "A's private text" not in r.stdout + r.stderr
+    with pytest.raises(TenantConflict, match="another tenant"):
+        enqueue_ingestion_job(
+            "shared",
+            "tenant-b",
+            {"type": "text", "text": "x"},
+            queue=queue_name,
+            redis_url=REDIS_URL,
+        )
+    assert q.get("shared").tenant_id == "tenant-a"
+
+
+def test_queue_name_with_a_trailing_newline_is_refused(queue_name: str) -> None:
+    r = ctl(queue_name + "\n", "counts")
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "queue name" in r.stderr
+
+
+def test_client_sends_the_old_producers_trial_token(queue_name: str, q: SyncQueue) -> None:
+    from supervisor.client import enqueue_ingestion_job
+
+    res = enqueue_ingestion_job(
+        "old-1",
+        "tn_xyz",
+        {"type": "crawl", "urls": ["https://example.com"], "crawl_depth": 2},
+        priority="high",
+        trial_token="tr_client_secret_9",
+        queue=queue_name,
+        redis_url=REDIS_URL,
+    )
+    assert res.created
+    claim = q.claim("w", lease_s=5, timeout_s=5)
+    assert claim.payload["trial_token"] == "tr_client_secret_9"
+    r = ctl(queue_name, "status", "old-1", "--json")
+    assert r.returncode == 0 and "tr_client_secret_9" not in r.stdout

@@ -87,3 +87,68 @@ def test_worker_id_is_host_pid_without_an_instance() -> None:
     host = socket.gethostname()
     assert dataclasses.replace(settings, instance=None).worker_id(11476) == f"{host}:11476"
     assert dataclasses.replace(settings, instance=3).worker_id(11476) == f"{host}:i3:11476"
+
+
+PASSWORDS = ("pw-userinfo-1", "pw-query-2", "pw-keyword-3", "pw quoted 4", "pw-sentinel-5")
+LEAKY_ENV = {
+    "REDIS_URL": "redis://:pw-userinfo-1@127.0.0.1:1/0?password=pw-query-2",
+    "INGEST_STATUS_BACKEND": "postgres",
+    "INGEST_STATUS_DSN": "host=127.0.0.1 port=1 password=pw-keyword-3 user=u dbname=d",
+    "INGEST_REDIS_SENTINELS": "",
+    "PATH": "/usr/bin:/bin",
+}
+
+
+def test_check_config_masks_every_form_of_password() -> None:
+    env = {**LEAKY_ENV, "INGEST_STATUS_DSN": "password='pw quoted 4' host=h dbname=d"}
+    for dsn_env in (LEAKY_ENV, env):
+        proc = subprocess.run(
+            [sys.executable, "-m", "supervisor", "--check-config"],
+            env=dsn_env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert not [p for p in PASSWORDS if p in proc.stdout + proc.stderr], proc.stdout
+        assert "host=127.0.0.1" in proc.stdout or "host=h" in proc.stdout
+
+
+def test_start_up_line_masks_passwords(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.waiting import wait_until
+
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor"],
+            env={**LEAKY_ENV, "INGEST_METRICS_PORT": "0"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: "starting with" in log.read_text(), 20, "the start-up line")
+    finally:
+        proc.kill()
+        proc.wait(10)
+    text = log.read_text()
+    assert not [p for p in PASSWORDS if p in text], text
+
+
+@pytest.mark.parametrize(
+    ("raw", "masked"),
+    [
+        ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+        ("redis://user:pw@h/0?password=pw2&db=1", "redis://user:***@h/0?password=***&db=1"),
+        (
+            "postgresql://u@h/d?sslmode=require&password=x",
+            "postgresql://u@h/d?sslmode=require&password=***",
+        ),
+        ("host=h password=secret user=u", "host=h password=*** user=u"),
+        ("host=h password = 'a b\\' c' user=u", "host=h password = *** user=u"),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+    ],
+)
+def test_mask_secrets_in_connection_strings(raw: str, masked: str) -> None:
+    from supervisor.settings import mask_secrets
+
+    assert mask_secrets(raw) == masked

@@ -4,10 +4,14 @@ Redis record or event stream, the status table, the Langfuse export, or the daem
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
+
+import pytest
 
 from supervisor.states import JobState
 from supervisor.status import build_status_backend
@@ -17,19 +21,33 @@ from tests.observability.otlp_receiver import OtlpReceiver
 from tests.observability.test_tracing import roots
 
 LEAKY = Path(__file__).resolve().parent / "children" / "leaky.py"
-TOKEN = "trial-tok-leaky-0f9e8d7c"
+DS_TOKEN = "trial-tok-leaky-0f9e8d7c"
+# The old producer's top-level token, with characters URL- and JSON-encoding change.
+TOP_TOKEN = 'tr_leaky/0f9e+8d7c "é"'
 
 
+@pytest.mark.parametrize(("where", "token"), [("data_source", DS_TOKEN), ("top", TOP_TOKEN)])
 def test_a_child_quoting_its_secret_never_gets_it_past_the_daemon(
     start_daemon: Callable[..., DaemonProcess],
     q: SyncQueue,
     receiver: OtlpReceiver,
     tmp_path: Path,
+    where: str,
+    token: str,
 ) -> None:
     status_db = tmp_path / "status.sqlite3"
-    payloads = [job("leak-fail", max_attempts=1), job("leak-ok", succeed=True)]
+    payloads = [
+        job("leak-fail", max_attempts=1),
+        job("leak-ok", succeed=True),
+        # Exits 1 at once: a start failure, which the daemon's start gate logs.
+        job("leak-crash", max_attempts=1, exit=1),
+    ]
     for p in payloads:
-        p["data_source"]["trial_token"] = TOKEN
+        if where == "top":
+            p["trial_token"] = token
+        else:
+            p["data_source"]["trial_token"] = token
+    forms = {token, quote(token), quote_plus(token), json.dumps(token)[1:-1], token[-12:]}
     q.enqueue_many(payloads)
     daemon = start_daemon(
         INGEST_WORKER_COMMAND=f"{sys.executable} {LEAKY}",
@@ -41,9 +59,10 @@ def test_a_child_quoting_its_secret_never_gets_it_past_the_daemon(
         lambda: (
             q.get("leak-fail").state is JobState.FAILED
             and q.get("leak-ok").state is JobState.COMPLETED
+            and q.get("leak-crash").state is JobState.FAILED
         ),
         30,
-        "both jobs final",
+        "all jobs final",
     )
     stop_daemon(daemon, EXIT_BOUND_S)  # flushes the status writer and the traces
 
@@ -56,7 +75,7 @@ def test_a_child_quoting_its_secret_never_gets_it_past_the_daemon(
         return texts
 
     redis_texts = with_queue(q, everything)
-    assert not [t for t in redis_texts if TOKEN in t]
+    assert not [t for t in redis_texts if any(f in t for f in forms)]
 
     async def rows() -> list[Any]:
         backend = build_status_backend("sqlite", sqlite_path=str(status_db))
@@ -67,8 +86,8 @@ def test_a_child_quoting_its_secret_never_gets_it_past_the_daemon(
 
     stored = asyncio.run(rows())
     assert all(r is not None for r in stored)
-    assert TOKEN not in repr(stored)
+    assert not [f for f in forms if f in repr(stored)]
 
-    receiver.wait_for_spans(lambda s: len(roots(s)) >= 2)
-    assert receiver.bodies and not [b for b in receiver.bodies if TOKEN.encode() in b]
-    assert TOKEN not in daemon.log()
+    receiver.wait_for_spans(lambda s: len(roots(s)) >= 3)
+    assert receiver.bodies and not [b for b in receiver.bodies if token[-12:].encode() in b]
+    assert not [f for f in forms if f in daemon.log()]

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from supervisor.payload import MAX_PAYLOAD_BYTES, PayloadError
+from supervisor.payload import MAX_PAYLOAD_BYTES, PayloadError, TenantConflict
 from supervisor.protocol import Claim, JobQueue
 from supervisor.states import JobState
 
@@ -47,12 +47,17 @@ async def test_second_enqueue_of_waiting_or_active_job_creates_nothing(
     before_records = await client.hgetall(q.keys.jobs)
 
     again = await q.enqueue_many(
-        [job("dup-w", tenant_id="other"), job("dup-a", priority="high", metadata={"x": 1})]
+        [job("dup-w", priority="high"), job("dup-a", priority="high", metadata={"x": 1})]
     )
     assert [(r.job_id, r.created, r.state) for r in again] == [
         ("dup-w", False, JobState.ACTIVE),
         ("dup-a", False, JobState.WAITING),
     ]
+    # Another tenant's id refuses the whole batch, and changes nothing either.
+    with pytest.raises(TenantConflict) as refused:
+        await q.enqueue_many([job("fresh"), job("dup-a", tenant_id="other")])
+    assert refused.value.field == "job_id" and "another tenant" in str(refused.value)
+    assert await q.get("fresh") is None
     assert await q.counts() == before_counts
     assert await client.xlen(q.keys.events) == before_events
     assert await client.hgetall(q.keys.payloads) == before_payloads

@@ -18,6 +18,11 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 MIGRATION = REPO_ROOT / "supabase" / "migrations" / "20261123000100_document_chunks.sql"
+# Later migrations of document_chunks, applied after MIGRATION in order.
+CHUNK_MIGRATIONS = (
+    MIGRATION,
+    REPO_ROOT / "supabase" / "migrations" / "20261201000200_document_chunks_tenant_scope.sql",
+)
 
 
 @dataclass
@@ -57,7 +62,7 @@ def run_worker(job: dict[str, Any] | bytes, cwd: Path, **env: str) -> Outcome:
         capture_output=True,
         cwd=cwd,
         env=child_env(INGEST_JOB_ID=str(job_id), **env),
-        timeout=60,
+        timeout=30,
         check=False,
     )
     return Outcome(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
@@ -166,7 +171,8 @@ def apply_migration(dsn: str) -> None:
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(MIGRATION.read_text())  # type: ignore[arg-type]
+        for path in CHUNK_MIGRATIONS:
+            conn.execute(path.read_text())  # type: ignore[arg-type]
 
 
 def minimal_pdf(text: str) -> bytes:

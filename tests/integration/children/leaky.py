@@ -1,15 +1,25 @@
-"""A careless child: quotes its job's secrets in a PROGRESS message and on stderr, then
-exits 65 (or 0 with metadata succeed=true, quoting them in RESULT too)."""
+"""A careless child: quotes its job's secrets in a PROGRESS message and on stderr (plain,
+URL-encoded and JSON-encoded, and at the very start of a long stderr tail), then exits 65
+or metadata's `exit` (or 0 with metadata succeed=true, quoting them in RESULT too, once as
+a key)."""
 
 import json
 import sys
+from urllib.parse import quote, quote_plus
 
 job = json.loads(sys.stdin.read())
-token = job["data_source"]["trial_token"]
+token = job.get("trial_token") or job["data_source"]["trial_token"]
 print(f"PROGRESS: 10 fetching with token {token}", flush=True)
 print(f"PROGRESS: 60 still using {token}", flush=True)
 if (job.get("metadata") or {}).get("succeed"):
-    print("RESULT: " + json.dumps({"note": f"done with {token}"}), flush=True)
+    result = {"note": f"done with {token}", token: "as a key", "q": quote(token)}
+    print("RESULT: " + json.dumps(result), flush=True)
     sys.exit(0)
-print(f"request refused for token {token}", file=sys.stderr)
-sys.exit(65)
+print(f"GET /feed?t={quote_plus(token)} body={json.dumps({'t': token})}", file=sys.stderr)
+last = f"request refused for token {token}"
+# The error keeps the last 972 characters of stderr after "Worker exited with code 65: ":
+# pad so that window begins in the middle of this token.
+pad = 972 - len(last) - 1 - (len(token) - len(token) // 2)
+print(token + "x" * pad, file=sys.stderr)
+print(last, file=sys.stderr)
+sys.exit(int((job.get("metadata") or {}).get("exit", 65)))

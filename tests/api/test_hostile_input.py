@@ -1,0 +1,235 @@
+"""Hostile input through the real API process: deep or malformed payloads, another tenant's
+job id, an error text that a byte cut would break, and the old producer's `trial_token`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from redis.asyncio import Redis
+
+from supervisor.keys import QueueKeys
+from supervisor.protocol import JobQueue
+from tests.api.conftest import TOKEN, ApiServer, ServerFactory, job
+from tests.api.test_events import SseReader
+from tests.conftest import REDIS_URL
+
+TRIAL = "tr_4f9c2e7d1b8a6f3e"
+
+
+@pytest.fixture(scope="module")
+def http(api: ApiServer) -> Iterator[httpx.Client]:
+    with api.client() as c:
+        yield c
+
+
+@pytest.fixture
+def store(api: ApiServer) -> Iterator[tuple[redis.Redis, QueueKeys]]:
+    client = redis.Redis.from_url(REDIS_URL)
+    yield client, QueueKeys(api.queue)
+    client.close()
+
+
+@pytest.fixture
+async def aqueue(api: ApiServer) -> AsyncIterator[JobQueue]:
+    client = Redis.from_url(REDIS_URL)
+    yield JobQueue(client, api.queue)
+    await client.aclose()
+
+
+def deep(depth: int) -> dict[str, Any]:
+    node: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth):
+        node = {"n": node}
+    return node
+
+
+def post_raw(http: httpx.Client, body: str) -> httpx.Response:
+    return http.post("/jobs", content=body, headers={"Content-Type": "application/json"})
+
+
+# ---- item 1: nesting depth -----------------------------------------------------------
+
+
+def test_deep_metadata_is_refused_with_422_naming_the_field(http: httpx.Client) -> None:
+    payload = job(metadata=deep(600))
+    r = http.post("/jobs", json=payload)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"].startswith("metadata")
+    assert "nested" in r.json()["rule"]
+    assert http.get(f"/jobs/{payload['job_id']}").status_code == 404
+
+
+def test_job_with_a_deep_payload_already_in_redis_still_reads(
+    http: httpx.Client, store: tuple[redis.Redis, QueueKeys]
+) -> None:
+    client, keys = store
+    payload = job()
+    assert http.post("/jobs", json=payload).status_code == 202
+    client.hset(keys.payloads, payload["job_id"], json.dumps({**payload, "metadata": deep(600)}))
+    r = http.get(f"/jobs/{payload['job_id']}")
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "waiting"
+    assert http.get("/jobs", params={"state": "waiting"}).status_code == 200
+
+
+# ---- item 11: lone surrogates, trailing newlines ----------------------------------------
+
+
+def test_lone_surrogate_in_a_payload_is_refused(http: httpx.Client) -> None:
+    payload = job()
+    body = json.dumps(payload)[:-1] + ', "metadata": {"title": "bad \\ud800 text"}}'
+    r = post_raw(http, body)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "metadata.title"
+
+
+def test_lone_surrogate_already_in_redis_does_not_make_get_answer_500(
+    http: httpx.Client, store: tuple[redis.Redis, QueueKeys]
+) -> None:
+    client, keys = store
+    payload = job()
+    assert http.post("/jobs", json=payload).status_code == 202
+    stored = json.dumps({**payload, "metadata": {"title": "bad \ud800 text"}})
+    client.hset(keys.payloads, payload["job_id"], stored)
+    r = http.get(f"/jobs/{payload['job_id']}")
+    assert r.status_code == 200, r.text
+    assert r.json()["payload"]["metadata"]["title"] == "bad \ufffd text"
+
+
+def test_ids_with_a_trailing_newline_are_refused(http: httpx.Client) -> None:
+    r = http.post("/jobs", json=job(job_id="abc\n"))
+    assert r.status_code == 422 and r.json()["field"] == "job_id"
+    r = http.post("/jobs", json=job(tenant_id="acme\n"))
+    assert r.status_code == 422 and r.json()["field"] == "tenant_id"
+
+
+# ---- item 2: job ids across tenants -----------------------------------------------------
+
+
+def test_another_tenants_job_id_is_refused_with_409_and_no_data(http: httpx.Client) -> None:
+    secret_text = "tenant A's private document text"
+    mine = job(tenant_id="tenant-a", data_source={"type": "text", "text": secret_text})
+    assert http.post("/jobs", json=mine).status_code == 202
+    theirs = {**mine, "tenant_id": "tenant-b", "data_source": {"type": "text", "text": "x"}}
+    r = http.post("/jobs", json=theirs)
+    assert r.status_code == 409, r.text
+    assert secret_text not in r.text and "tenant-a" not in r.text
+    assert r.json()["field"] == "job_id"
+    # The same tenant repeating its enqueue still gets its job back.
+    again = http.post("/jobs", json=mine)
+    assert again.status_code == 200 and again.json()["tenant_id"] == "tenant-a"
+    # A batch that holds one such id stores nothing at all.
+    fresh = job(tenant_id="tenant-b")
+    r = http.post("/jobs:batch", json={"jobs": [fresh, theirs]})
+    assert r.status_code == 409, r.text
+    assert secret_text not in r.text
+    assert http.get(f"/jobs/{fresh['job_id']}").status_code == 404
+
+
+# ---- item 5: a non-ASCII error never breaks a stream -------------------------------------
+
+
+async def test_non_ascii_error_cut_on_a_character_and_stream_goes_on(
+    api_server: ServerFactory,
+) -> None:
+    api = api_server()
+    client, keys = redis.Redis.from_url(REDIS_URL), QueueKeys(api.queue)
+    aclient = Redis.from_url(REDIS_URL)
+    aqueue = JobQueue(aclient, api.queue)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    bad, after = job(), job()
+    error = "fetch failed: http://127.0.0.1:1/a " + "é" * 100
+    async with httpx.AsyncClient(base_url=api.url, headers=headers, timeout=30) as http:
+        assert (await http.post("/jobs", json=bad)).status_code == 202
+        claim = await aqueue.claim("w-utf8", lease_s=30, timeout_s=5)
+        assert claim is not None
+        start = client.xrevrange(keys.events, count=1)[0][0].decode()
+        async with http.stream("GET", "/events", headers={"Last-Event-ID": start}) as response:
+            sse = SseReader(response)
+            await aqueue.fail(claim.job.job_id, claim.token, error, retryable=False, attempt=1)
+            # An entry no script writes: bytes that are not UTF-8 at all.
+            client.xadd(keys.events, {b"type": b"progress", b"job": b"x", b"message": b"\xff\xfe"})
+            assert (await http.post("/jobs", json=after)).status_code == 202
+            seen: list[tuple[str, dict[str, Any]]] = []
+            while not any(k == "enqueued" and d["job_id"] == after["job_id"] for k, d in seen):
+                _, kind, data = await sse.next()
+                seen.append((kind, data))
+    await aclient.aclose()
+    client.close()
+    failed = [d for k, d in seen if k == "failed"]
+    assert len(failed) == 1
+    assert failed[0]["error"].startswith("fetch failed") and "\ufffd" not in failed[0]["error"]
+    assert len(failed[0]["error"].encode()) <= 200
+
+
+async def test_ingestctl_watch_survives_a_bad_entry(
+    queue_name: str, store: tuple[redis.Redis, QueueKeys]
+) -> None:
+    client, keys = store[0], QueueKeys(queue_name)
+    aclient = Redis.from_url(REDIS_URL)
+    aqueue = JobQueue(aclient, queue_name)
+    payload = job()
+    await aqueue.enqueue(payload)
+    proc = await asyncio.create_subprocess_exec(
+        *_ctl(queue_name, "watch", payload["job_id"], "--timeout", "30"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    await asyncio.wait_for(proc.stdout.readline(), 10)  # watching
+    client.xadd(keys.events, {b"type": b"failed", b"job": b"y", b"error": b"caf\xc3"})
+    claim = await aqueue.claim("w-watch", lease_s=30, timeout_s=5)
+    assert claim is not None
+    await aqueue.fail(claim.job.job_id, claim.token, "é" * 150, retryable=False, attempt=1)
+    out, err = await asyncio.wait_for(proc.communicate(), 40)
+    await aclient.aclose()
+    assert proc.returncode == 1, err.decode()
+    assert b"Traceback" not in err
+    assert b"failed" in out
+
+
+def _ctl(queue: str, *args: str) -> list[str]:
+    base = [sys.executable, "-m", "supervisor.ctl", "--redis-url", REDIS_URL, "--queue", queue]
+    return [*base, *args]
+
+
+# ---- issue 16 item 1: the old producer's payload ---------------------------------------
+
+
+async def test_old_producer_payload_with_trial_token_is_accepted_and_redacted(
+    api: ApiServer, aqueue: JobQueue
+) -> None:
+    payload = {
+        "job_id": "job_abc123",
+        "tenant_id": "tn_xyz",
+        "trial_token": TRIAL,
+        "data_source": {"type": "crawl", "urls": ["https://example.com"], "crawl_depth": 2},
+        "priority": "high",
+    }
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=api.url, headers=headers, timeout=30) as http:
+        r = await http.post("/jobs", json=payload)
+        assert r.status_code == 202, r.text
+        again = await http.post("/jobs", json=payload)
+        assert again.status_code == 200 and TRIAL not in again.text
+        shown = (await http.get("/jobs/job_abc123")).json()
+        assert shown["payload"]["trial_token"] == "[redacted]"
+        listed = await http.get("/jobs", params={"state": "waiting"})
+        assert TRIAL not in listed.text
+        # The child gets it: the job JSON a claim hands over carries the token.
+        claim = await aqueue.claim("w-trial", lease_s=30, timeout_s=5)
+        assert claim is not None and claim.payload["trial_token"] == TRIAL
+        await aqueue.fail(
+            "job_abc123", claim.token, f"401 for token {TRIAL}", retryable=False, attempt=1
+        )
+        shown = (await http.get("/jobs/job_abc123")).json()
+        assert TRIAL not in json.dumps(shown)
+        r = await http.post("/jobs", json={**payload, "job_id": "job_bad", "trial_token": 5})
+        assert r.status_code == 422 and r.json()["field"] == "trial_token"

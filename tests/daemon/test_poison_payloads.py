@@ -1,0 +1,130 @@
+"""A poison payload fails its own job and nothing else: no slot dies, no view breaks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+import redis
+
+from supervisor.keys import QueueKeys
+from supervisor.states import JobState
+from tests.daemon.conftest import SyncQueue, job, wait_until
+from tests.daemon.test_ctl import ctl
+
+DEPTH = 600
+
+
+def deep(depth: int = DEPTH) -> dict[str, Any]:
+    node: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth):
+        node = {"n": node}
+    return node
+
+
+def plant_old_record(q: SyncQueue, raw_redis: redis.Redis, job_id: str) -> None:
+    """A job stored by an older version that let any depth through: the record is real
+    (enqueued through the protocol), only its payload is swapped for a deep one."""
+    q.enqueue(job(job_id))
+    payload = {**job(job_id), "metadata": deep()}
+    raw_redis.hset(QueueKeys(q.queue).payloads, job_id, json.dumps(payload))
+
+
+def test_deep_payload_refused_at_enqueue_naming_the_field(queue_name: str, q: SyncQueue) -> None:
+    r = ctl(queue_name, "enqueue", "-", stdin=json.dumps({**job("deep"), "metadata": deep()}))
+    assert r.returncode == 2, r.stderr
+    assert "metadata" in r.stderr and "deep" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert q.get("deep") is None
+
+
+def test_deep_payload_in_redis_fails_its_job_and_both_slots_live_on(
+    start_daemon, q: SyncQueue, raw_redis: redis.Redis, queue_name: str
+) -> None:
+    plant_old_record(q, raw_redis, "poison-1")
+    plant_old_record(q, raw_redis, "poison-2")
+    d = start_daemon()
+    d.wait_ready()
+    for job_id in ("poison-1", "poison-2"):
+        wait_until(lambda j=job_id: q.get(j).state is JobState.FAILED, 20, f"{job_id} failed")
+        rec = q.get(job_id)
+        assert rec.attempt == 1  # the payload is the cause: not retried
+        assert "nested" in (rec.error or "")
+    assert "poison-1" in d.log() and "nested" in d.log()
+
+    # Both slots still claim: two sleeping jobs run at the same time.
+    q.enqueue(job("after-1", sleep=3))
+    q.enqueue(job("after-2", sleep=3))
+    wait_until(lambda: q.counts()["active"] == 2, 20, "two jobs running at once")
+    workers = q.live_workers()
+    assert [w["slots"] for w in workers] == [2]
+    wait_until(lambda: q.get("after-2").state is JobState.COMPLETED, 30, "after-2 completed")
+    assert q.get("after-1").state is JobState.COMPLETED
+
+    # Every view of the poisoned job still answers.
+    r = ctl(queue_name, "status", "poison-1")
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    r = ctl(queue_name, "status", "poison-1", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["state"] == "failed"
+    assert d.proc.poll() is None
+
+
+async def test_a_slot_task_that_ends_is_logged_and_restarted(
+    queue_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The daemon's own slot keeper, on a real queue: a slot task that ends while the daemon
+    is not stopping (here: cancelled from outside) is logged and started again, and the
+    heartbeat counts only live slots."""
+    from redis.asyncio import Redis
+
+    from supervisor.daemon import Daemon
+    from supervisor.execution import ExecutionContext
+    from supervisor.main import build_runner_config
+    from supervisor.protocol import JobQueue
+    from supervisor.sdnotify import SystemdNotifier
+    from supervisor.settings import load_settings
+    from supervisor.sinks import SinkFanout
+    from tests.conftest import REDIS_URL
+    from tests.waiting import poll
+
+    client = Redis.from_url(REDIS_URL)
+    settings = load_settings([], env={})
+    ctx = ExecutionContext(
+        queue=JobQueue(client, queue_name),
+        sinks=SinkFanout([]),
+        runner=build_runner_config(settings),
+        worker_id="w-keeper",
+        lease_s=5,
+        job_timeout_s=5,
+        max_job_timeout_s=5,
+        kill_grace_s=0.5,
+        secret_keys=frozenset(),
+    )
+    daemon = Daemon(
+        ctx,
+        concurrency=2,
+        shutdown_grace_s=1,
+        heartbeat_ttl_s=3,
+        instance=None,
+        metrics_port=0,
+        notifier=SystemdNotifier.from_environ({}),
+    )
+    daemon._start_slot(0)
+    daemon._start_slot(1)
+    first = daemon.slots[0]
+    assert first is not None
+    try:
+        await poll(lambda: daemon.heartbeat_info()["slots"] == 2, 5, "two live slots")
+        first.cancel()
+        await poll(lambda: daemon.slots[0] is not first, 5, "slot 0 restarted")
+        await poll(lambda: daemon.live_slots == 2, 5, "two live slots again")
+        assert "slot 0 ended unexpectedly" in caplog.text
+    finally:
+        # Stopping ends every slot at its next wait, as at a daemon's shutdown.
+        daemon.stopping.set()
+        live = [t for t in daemon.slots if t is not None]
+        await asyncio.wait_for(asyncio.gather(*live, return_exceptions=True), 10)
+        await client.aclose()

@@ -1,0 +1,70 @@
+"""Which keys name secrets, and every form of a secret scrubbed from text; the worker's
+copy of the rules (it must start without importing the daemon) agrees with the daemon's."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote, quote_plus
+
+import pytest
+
+from ingest_worker import job as worker_job
+from supervisor import payload
+
+SECRET_NAMES = [
+    "access_token",
+    "Client-Secret",
+    "api-key",
+    "X-Api-Key",
+    "refresh_token",
+    "db_password",
+    "trial_token",
+    "Authorization",
+    "aws_secret_access_key",
+    "private_key",
+]
+PLAIN_NAMES = ["title", "lang", "max_tokens", "job_id", "tenant_id", "url", "tokenizer"]
+
+
+@pytest.mark.parametrize("name", SECRET_NAMES)
+def test_secret_key_names_are_matched_normalised(name: str) -> None:
+    assert payload.SecretKeys()(name)
+    assert worker_job.SecretKeys()(name)
+    assert payload.redact({name: "v"}) == {name: payload.REDACTED}
+
+
+@pytest.mark.parametrize("name", PLAIN_NAMES)
+def test_ordinary_names_are_kept(name: str) -> None:
+    assert not payload.SecretKeys()(name)
+    assert not worker_job.SecretKeys()(name)
+
+
+def test_configured_names_are_normalised_and_exact() -> None:
+    assert payload.SecretKeys(["house-pin"])("HOUSE_PIN")
+    assert worker_job.SecretKeys("house-pin")("HOUSE_PIN")
+    assert not payload.SecretKeys(["pin"])("spinach")
+
+
+def test_worker_and_daemon_share_the_rules() -> None:
+    assert worker_job.SECRET_KEYS == payload.DEFAULT_SECRET_KEYS
+    assert worker_job.SECRET_KEY_SUFFIXES == payload.SECRET_KEY_SUFFIXES
+    assert worker_job.SECRET_KEY_SUBSTRINGS == payload.SECRET_KEY_SUBSTRINGS
+    assert worker_job.MAX_DEPTH == payload.MAX_DEPTH
+
+
+def test_every_encoded_form_and_dict_keys_are_scrubbed() -> None:
+    secret = 'tr_a/b+c "é"'
+    text = " ".join([secret, quote(secret), quote_plus(secret), json.dumps(secret)])
+    assert payload.scrub(text, [secret]).count(payload.REDACTED) == 4
+    assert "tr_a" not in payload.scrub(text, [secret])
+    value = {secret: [f"x {secret} y"], "k": {"deeper": quote_plus(secret)}}
+    assert "tr_a" not in json.dumps(payload.scrub_value(value, [secret]))
+
+
+def test_redaction_of_a_deep_value_is_bounded_not_a_crash() -> None:
+    node: dict[str, object] = {"token": "t"}
+    for _ in range(5000):
+        node = {"n": node}
+    out = payload.redact(node)
+    assert json.dumps(out).count(payload.TOO_DEEP) == 1
+    assert payload.secret_values(node) == ["t"]

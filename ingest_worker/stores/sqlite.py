@@ -100,7 +100,8 @@ def _check_dimension(
         return
     row = conn.execute(
         "select json_array_length(embedding) from document_chunks"
-        " where not (job_id = ? and tenant_id = ?) limit 1",
+        " where not (job_id = ? and tenant_id = ?) and json_array_length(embedding) > 0"
+        " limit 1",
         (job_id, tenant_id),
     ).fetchone()
     size = len(chunks[0]["embedding"])

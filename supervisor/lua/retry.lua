@@ -14,7 +14,8 @@ redis.call('ZREM', KEYS[2], rec.id)
 redis.call('ZREM', KEYS[3], rec.id)
 rec.state = 'waiting'
 -- A retry is a new run: the status table orders runs by their enqueue time.
-rec.enqueued_at = now_ms()
+-- Never at or before the previous run, even if the server clock stepped back.
+rec.enqueued_at = math.max(now_ms(), (rec.enqueued_at or 0) + 1)
 rec.attempt = 0
 rec.stalls = 0
 rec.error = nil

@@ -4,6 +4,7 @@ as sent and as decoded (gzip)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import threading
@@ -175,10 +176,8 @@ class _Deadline:
 
 
 def _shut(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 def _connection(target: Target, timeout: float, watch: _Deadline) -> http.client.HTTPConnection:

@@ -8,11 +8,11 @@ import pytest
 from tests.status.supabase_stubs import MIGRATIONS, apply_migration, install_stubs
 
 # What Supabase's database setup does for every table the migrations create.
-SUPABASE_DEFAULT_PRIVILEGES = """
-alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
-alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
-alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
-"""
+SUPABASE_DEFAULT_PRIVILEGES = "\n".join(
+    f"alter default privileges in schema public grant all on {kind}"
+    " to anon, authenticated, service_role;"
+    for kind in ("tables", "sequences", "functions")
+)
 
 
 @pytest.fixture

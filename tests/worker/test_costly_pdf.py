@@ -41,16 +41,14 @@ def one_stream_many_pages(pages: int, operators: int) -> bytes:
     )
 
 
-def declared_huge_stream() -> bytes:
-    """A content stream declaring a length past pypdf's limit: LimitReachedError."""
-    return pdf_file(
-        [
-            b"<< /Type /Catalog /Pages 2 0 R >>",
-            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",
-            b"<< /Length 900000000 >>\nstream\nBT (x) Tj ET\nendstream",
-        ]
-    )
+def deep_page_tree(depth: int = 120) -> bytes:
+    """Pages nested deeper than pypdf allows: LimitReachedError while reading the tree."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>"]
+    for i in range(depth):
+        parent = b" /Parent %d 0 R" % (i + 1) if i else b""
+        objects.append(b"<< /Type /Pages /Kids [%d 0 R] /Count 1%s >>" % (i + 3, parent))
+    objects.append(b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] >>" % (depth + 1))
+    return pdf_file(objects)
 
 
 def _run(tmp_path: Path, name: str, data: bytes, **env: str) -> tuple[int, str]:
@@ -59,7 +57,9 @@ def _run(tmp_path: Path, name: str, data: bytes, **env: str) -> tuple[int, str]:
     (root / name).write_bytes(data)
     cwd = tmp_path / "cwd"
     cwd.mkdir(exist_ok=True)
-    out = run_worker(make_job({"type": "file", "path": name}), cwd, INGEST_FILE_ROOT=str(root), **env)
+    out = run_worker(
+        make_job({"type": "file", "path": name}), cwd, INGEST_FILE_ROOT=str(root), **env
+    )
     return out.code, out.stderr
 
 
@@ -81,6 +81,6 @@ def test_too_many_pages_is_bad_input(tmp_path: Path) -> None:
 
 
 def test_pypdf_limit_reached_is_bad_input_not_a_crash(tmp_path: Path) -> None:
-    code, err = _run(tmp_path, "limit.pdf", declared_huge_stream())
+    code, err = _run(tmp_path, "limit.pdf", deep_page_tree())
     assert code == 65, err
     assert "limit.pdf: unreadable PDF (LimitReachedError)" in err

@@ -16,6 +16,7 @@ from ingest_worker.config import ENV_VARS as WORKER_ENV_VARS
 from supervisor.connection import redis_client
 from supervisor.daemon import Daemon
 from supervisor.execution import ExecutionContext
+from supervisor.hardening import harden_process
 from supervisor.logs import configure_logging
 from supervisor.payload import DEFAULT_SECRET_KEYS
 from supervisor.protocol import Backoff, JobQueue, Retention
@@ -153,6 +154,8 @@ async def run(settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before any secret is read: children must not be able to read this process's memory.
+    harden_process()
     try:
         settings = load_settings(argv)
     except SettingsError as exc:

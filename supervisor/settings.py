@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from supervisor.secretfiles import SecretFileError, with_secret_files
+
 
 class SettingsError(ValueError):
     """A setting has an invalid value; the message names the variable."""
@@ -523,7 +525,10 @@ def load_settings(
     argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
     """Parse flags over environment variables; raise SettingsError naming the bad variable."""
-    env = os.environ if env is None else env
+    try:
+        env = with_secret_files(os.environ if env is None else env)
+    except SecretFileError as exc:
+        raise SettingsError(str(exc)) from None
     args = build_parser().parse_args(argv)
     values: dict[str, Any] = {}
     for opt in OPTIONS:

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from api.auth import require_read, require_write
 from api.context import ApiContext, bounded, get_context
-from api.errors import E401, E404, E409, E413, E422, E503, ApiError, payload_error
+from api.errors import E401, E404, E409, E413, E415, E422, E503, ApiError, payload_error
 from api.models import (
     BatchItem,
     BatchResult,
@@ -98,6 +98,7 @@ async def _after_enqueue(ctx: ApiContext, payloads: list[dict[str, Any]]) -> Non
         200: {"model": Job, "description": "a job with this id exists; nothing was created"},
         **E401,
         **E413,
+        **E415,
         **E422,
         **E503,
     },
@@ -135,6 +136,7 @@ async def enqueue_job(request: Request, ctx: Ctx) -> JSONResponse:
         200: {"model": BatchResult, "description": "every job already existed"},
         **E401,
         **E413,
+        **E415,
         **E422,
         **E503,
     },
@@ -247,6 +249,7 @@ async def list_jobs(
         **E401,
         **E404,
         **E409,
+        **E415,
         **E422,
         **E503,
     },
@@ -266,7 +269,7 @@ async def cancel_job(job_id: JobId, ctx: Ctx) -> JSONResponse:
     response_model=RetryResult,
     summary="Queue a failed or cancelled job again (already waiting: nothing to do, 200)",
     dependencies=[Depends(require_write)],
-    responses={**E401, **E404, **E409, **E422, **E503},
+    responses={**E401, **E404, **E409, **E415, **E422, **E503},
 )
 async def retry_job(job_id: JobId, ctx: Ctx) -> RetryResult:
     outcome = await bounded(ctx.queue.retry(_job_id_or_422(job_id)))

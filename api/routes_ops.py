@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.auth import require_read, require_write
 from api.context import ApiContext, bounded, get_context
-from api.errors import E401, E409, E422, E503, ApiError, payload_error
+from api.errors import E401, E404, E409, E422, E503, ApiError, payload_error
 from api.events import event_stream
 from api.health import queue_health, readiness
 from api.metrics import CONTENT_TYPE
@@ -19,6 +19,9 @@ from supervisor.payload import PayloadError, validate_job_id
 from supervisor.states import JobState
 
 router = APIRouter()
+# Finished jobs only: their status rows are already final, and a purge deletes just the
+# Redis records (job, payload, state-set entry), never a row.
+PURGEABLE = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
 Ctx = Annotated[ApiContext, Depends(get_context)]
 
 
@@ -121,9 +124,11 @@ async def events(
     "/queues/{queue}/jobs",
     response_model=PurgeResult,
     tags=["ops"],
-    summary="Delete every job of a queue in one finished or waiting state",
+    summary="Delete from Redis every job of this API's queue in one finished state",
+    description="Only the queue this API serves (INGEST_QUEUE), only completed, failed or "
+    "cancelled jobs. Their status rows in `ingestion_jobs` are left as they are (final).",
     dependencies=[Depends(require_write)],
-    responses={**E401, **E409, **E422, **E503},
+    responses={**E401, **E404, **E409, **E422, **E503},
 )
 async def purge(
     ctx: Ctx,
@@ -137,7 +142,13 @@ async def purge(
     except ValueError:
         rule = "must be 1-64 characters of letters, digits, '_.:-'"
         raise ApiError(422, f"queue: {rule}", field="queue", rule=rule) from None
-    if state is JobState.ACTIVE:
-        raise ApiError(409, "active jobs cannot be purged: cancel them instead")
-    removed = await bounded(ctx.queue_named(queue).purge(state), timeout_s=30.0)
+    if queue != ctx.queue.queue:
+        raise ApiError(404, f"queue {queue} is not this API's queue (INGEST_QUEUE)")
+    if state not in PURGEABLE:
+        raise ApiError(
+            409,
+            f"{state.value} jobs cannot be purged: cancel them instead "
+            "(a purge would leave their status rows unfinished)",
+        )
+    removed = await bounded(ctx.queue.purge(state), timeout_s=30.0)
     return PurgeResult(queue=queue, state=state, removed=removed)

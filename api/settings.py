@@ -8,6 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from supervisor.keys import QUEUE_NAME_RE
+from supervisor.secretfiles import SecretFileError, with_secret_files
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 class ApiSettingsError(ValueError):
@@ -19,7 +22,14 @@ class ApiSettings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     queue: str = "ingest"
     token: str | None = None
-    auth_reads: bool = False
+    # Reads of job data (GET /jobs*, /events, /workers) need the token whenever one is set;
+    # INGEST_API_AUTH_READS=0 opens them again for deployments that want that.
+    auth_reads: bool = True
+    # Host header values served (DNS rebinding); `*` serves any. Health is always served.
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    # INGEST_API_INSECURE=1: serve without a token on a non-loopback address (ingest-api
+    # refuses to otherwise).
+    insecure: bool = False
     # /health/queue: unhealthy above this many waiting jobs, or when the oldest waiting job
     # has waited longer than this; 0 disables either check.
     max_backlog: int = 1000
@@ -54,8 +64,21 @@ def _num(name: str, raw: str, kind: type[int] | type[float], minimum: float) -> 
     return value
 
 
+def _hosts(raw: str) -> tuple[str, ...]:
+    names = tuple(n.strip().lower() for n in re.split(r"[,\s]+", raw) if n.strip())
+    for name in names:
+        if name != "*" and not re.fullmatch(r"(\*\.)?[a-z0-9._:\[\]-]{1,253}", name):
+            raise ApiSettingsError(
+                f"INGEST_API_ALLOWED_HOSTS: {name!r} is not a host name, address, '*' or '*.domain'"
+            )
+    return tuple(n.strip("[]") for n in names) or LOOPBACK_HOSTS
+
+
 def load_api_settings(env: Mapping[str, str] | None = None) -> ApiSettings:
-    env = os.environ if env is None else env
+    try:
+        env = with_secret_files(os.environ if env is None else env)
+    except SecretFileError as exc:
+        raise ApiSettingsError(str(exc)) from None
     redis_url = env.get("REDIS_URL") or env.get("RAG_REDIS_URL") or ApiSettings.redis_url
     if not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ApiSettingsError("REDIS_URL: must start with redis://, rediss:// or unix://")
@@ -66,7 +89,9 @@ def load_api_settings(env: Mapping[str, str] | None = None) -> ApiSettings:
         redis_url=redis_url,
         queue=queue,
         token=env.get("INGEST_API_TOKEN") or None,
-        auth_reads=_bool("INGEST_API_AUTH_READS", env.get("INGEST_API_AUTH_READS", "0")),
+        auth_reads=_bool("INGEST_API_AUTH_READS", env.get("INGEST_API_AUTH_READS", "1")),
+        allowed_hosts=_hosts(env.get("INGEST_API_ALLOWED_HOSTS", "")),
+        insecure=_bool("INGEST_API_INSECURE", env.get("INGEST_API_INSECURE", "0")),
         max_backlog=int(
             _num("INGEST_HEALTH_MAX_BACKLOG", env.get("INGEST_HEALTH_MAX_BACKLOG", "1000"), int, 0)
         ),

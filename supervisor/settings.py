@@ -332,7 +332,13 @@ OPTIONS: tuple[Option, ...] = (
         lambda v: 0 <= v <= 65535,
         "must be between 0 and 65535",
     ),
-    Option("metrics_host", "INGEST_METRICS_HOST", str, "0.0.0.0", "address /metrics binds"),
+    Option(
+        "metrics_host",
+        "INGEST_METRICS_HOST",
+        str,
+        "127.0.0.1",
+        "address /metrics binds (0.0.0.0 for a Prometheus on another host)",
+    ),
     Option(
         "heartbeat_ttl_s",
         "INGEST_HEARTBEAT_TTL",

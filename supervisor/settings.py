@@ -19,6 +19,11 @@ from typing import Any
 
 from supervisor.secretfiles import SecretFileError, with_secret_files
 
+# A hostile input (a PDF, a page) must not take the host down with it: by default a child
+# may map 2 GiB and burn 10 CPU-minutes (twice the default job timeout of wall time).
+DEFAULT_CHILD_MEMORY_BYTES = 2 * 1024**3
+DEFAULT_CHILD_CPU_SECONDS = 600
+
 
 class SettingsError(ValueError):
     """A setting has an invalid value; the message names the variable."""
@@ -298,14 +303,14 @@ OPTIONS: tuple[Option, ...] = (
         "child_memory_bytes",
         "INGEST_CHILD_MEMORY_BYTES",
         _optional_int,
-        None,
+        DEFAULT_CHILD_MEMORY_BYTES,
         "address-space limit per child (RLIMIT_AS); empty for none",
     ),
     Option(
         "child_cpu_seconds",
         "INGEST_CHILD_CPU_SECONDS",
         _optional_int,
-        None,
+        DEFAULT_CHILD_CPU_SECONDS,
         "CPU-seconds limit per child (RLIMIT_CPU); empty for none",
     ),
     Option(

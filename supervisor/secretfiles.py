@@ -5,9 +5,9 @@ A variable's value in a process environment is readable by anything that can rea
 secret variable NAME, in this order:
 
 1. `NAME_FILE=/path`: the file's content (one trailing newline dropped);
-2. a systemd credential (`LoadCredential=`): `$CREDENTIALS_DIRECTORY/NAME`, or
-   `$CREDENTIALS_DIRECTORY/ingest_NAME` as the shipped units load a whole directory with
-   `LoadCredential=ingest:/etc/ingest-supervisor/credentials`;
+2. a systemd credential (`LoadCredential=`): `$CREDENTIALS_DIRECTORY/ingest.NAME` (the
+   shipped units load `LoadCredential=ingest.NAME`, found in /etc/credstore/ingest.NAME and
+   skipped when absent) or `$CREDENTIALS_DIRECTORY/NAME`;
 3. `NAME` itself.
 
 Setting both NAME and NAME_FILE is an error: one of them would be silently ignored.
@@ -27,7 +27,7 @@ SECRET_VARIABLES = (
     "INGEST_API_TOKEN",
     "INGEST_API_TOKENS",
 )
-CREDENTIAL_PREFIX = "ingest_"
+CREDENTIAL_PREFIX = "ingest."
 MAX_SECRET_BYTES = 64 * 1024
 
 
@@ -49,7 +49,7 @@ def with_secret_files(env: Mapping[str, str]) -> dict[str, str]:
             continue
         if env.get(name) or not cred_dir:
             continue
-        for candidate in (name, CREDENTIAL_PREFIX + name):
+        for candidate in (CREDENTIAL_PREFIX + name, name):
             cred = os.path.join(cred_dir, candidate)
             if os.path.isfile(cred):
                 out[name] = _read(f"credential {candidate}", cred)

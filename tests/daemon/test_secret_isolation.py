@@ -74,8 +74,8 @@ def test_the_daemon_is_not_dumpable_and_a_child_user_reads_none_of_its_secrets(
     (shared / "shim").mkdir(mode=0o711)
     creds = shared / "credentials"
     creds.mkdir()
-    (creds / "ingest_REDIS_URL").write_text(private_redis.url + "\n")
-    (creds / "ingest_REDIS_URL").chmod(0o400)
+    (creds / "ingest.REDIS_URL").write_text(private_redis.url + "\n")
+    (creds / "ingest.REDIS_URL").chmod(0o400)
     creds.chmod(0o500)
     queue = SyncQueue(q.queue, private_redis.url)
     daemon = start_daemon(
@@ -115,7 +115,7 @@ def test_secret_files_and_their_errors(tmp_path: Path) -> None:
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "SUPABASE_SERVICE_ROLE_KEY").write_text("srk")
-    (creds / "ingest_LANGFUSE_SECRET_KEY").write_text("lfk")
+    (creds / "ingest.LANGFUSE_SECRET_KEY").write_text("lfk")
     env = with_secret_files({"CREDENTIALS_DIRECTORY": str(creds), "INGEST_STATUS_DSN": "d"})
     assert env["SUPABASE_SERVICE_ROLE_KEY"] == "srk" and env["LANGFUSE_SECRET_KEY"] == "lfk"
     assert env["INGEST_STATUS_DSN"] == "d"

@@ -61,7 +61,7 @@ def exposure_refusal(host: str, settings: ApiSettings, hosts_set: bool) -> str |
     """Why serving on `host` with these settings would expose the API, if it would."""
     if is_loopback(host):
         return None
-    if settings.token is None and not settings.insecure:
+    if not settings.auth_enabled and not settings.insecure:
         return (
             f"refusing to serve on {host} without INGEST_API_TOKEN: anyone who reaches it "
             "could enqueue, cancel and read every tenant's jobs. Set INGEST_API_TOKEN (or "

@@ -29,7 +29,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         s = settings if settings is not None else load_api_settings()
-        if s.token is None:
+        if not s.auth_enabled:
             log.warning("INGEST_API_TOKEN is not set: every endpoint is open")
         elif not s.auth_reads:
             log.warning("INGEST_API_AUTH_READS=0: job data is readable without the token")

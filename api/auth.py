@@ -10,13 +10,16 @@
 - Health and metrics stay open: they carry no job data and load balancers cannot send
   tokens.
 
-`require_read` and `require_write` are FastAPI dependencies; a new router protects its
-routes with `dependencies=[Depends(require_read)]`.
+`require_read` and `require_write` are FastAPI dependencies returning an `Access`: every
+tenant, or the one tenant a scoped token (INGEST_API_TENANT_TOKENS) belongs to. A route
+takes `access: ReadAccess` (or `WriteAccess`) and shows or changes only jobs that
+`access.sees(job.tenant_id)`; `access.require_admin()` refuses scoped tokens outright.
 """
 
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -34,18 +37,43 @@ bearer = HTTPBearer(
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="ingest"'}
 
 
-def _check(ctx: ApiContext, creds: HTTPAuthorizationCredentials | None) -> None:
-    expected = ctx.settings.token
-    if expected is None:
-        return
-    given = creds.credentials if creds is not None else ""
-    # Compare bytes of equal-time cost whatever the input; never short-circuit on length.
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+@dataclass(frozen=True)
+class Access:
+    """Who is calling: every tenant (`tenant` None) or one tenant's scoped token."""
+
+    tenant: str | None = None
+
+    def sees(self, tenant_id: str) -> bool:
+        return self.tenant is None or self.tenant == tenant_id
+
+    def require_admin(self) -> None:
+        if self.tenant is not None:
+            raise ApiError(403, "a tenant-scoped token cannot do this")
+
+
+EVERYONE = Access()
+
+
+def _check(ctx: ApiContext, creds: HTTPAuthorizationCredentials | None) -> Access:
+    settings = ctx.settings
+    if not settings.auth_enabled:
+        return EVERYONE
+    given = (creds.credentials if creds is not None else "").encode()
+    # Compare against every token, each at equal-time cost whatever the input; never
+    # short-circuit on length or on the first match.
+    found: Access | None = None
+    if settings.token is not None and hmac.compare_digest(given, settings.token.encode()):
+        found = EVERYONE
+    for tenant, token in settings.tenant_tokens:
+        if hmac.compare_digest(given, token.encode()):
+            found = Access(tenant)
+    if found is None:
         raise HTTPException(
             status_code=401,
             detail="missing or invalid bearer token",
             headers=UNAUTHORIZED_HEADERS,
         )
+    return found
 
 
 def is_json_content_type(value: str) -> bool:
@@ -72,15 +100,21 @@ def refuse_cross_site_post(request: Request) -> None:
 async def require_write(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> None:
-    _check(get_context(request), creds)
+) -> Access:
+    access = _check(get_context(request), creds)
     refuse_cross_site_post(request)
+    return access
 
 
 async def require_read(
     request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> None:
+) -> Access:
     ctx = get_context(request)
-    if ctx.settings.auth_reads:
-        _check(ctx, creds)
+    if ctx.settings.auth_reads or creds is not None:
+        return _check(ctx, creds)
+    return EVERYONE
+
+
+ReadAccess = Annotated[Access, Depends(require_read)]
+WriteAccess = Annotated[Access, Depends(require_write)]

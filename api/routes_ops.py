@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from api.auth import require_read, require_write
+from api.auth import ReadAccess, WriteAccess, require_read, require_write
 from api.context import ApiContext, bounded, get_context
-from api.errors import E401, E404, E409, E422, E503, ApiError, payload_error
+from api.errors import E401, E403, E404, E409, E422, E503, ApiError, payload_error
 from api.events import event_stream
 from api.health import queue_health, readiness
 from api.metrics import CONTENT_TYPE
@@ -60,9 +60,10 @@ async def health_ready(ctx: Ctx) -> JSONResponse:
     tags=["ops"],
     summary="Live supervisors, from their heartbeats",
     dependencies=[Depends(require_read)],
-    responses={**E401, **E503},
+    responses={**E401, **E403, **E503},
 )
-async def workers(ctx: Ctx) -> Workers:
+async def workers(ctx: Ctx, access: ReadAccess) -> Workers:
+    access.require_admin()
     live = await bounded(ctx.queue.live_workers())
     items = [Worker.model_validate({"worker_id": "?", **w}) for w in live]
     return Workers(
@@ -98,12 +99,14 @@ async def metrics(ctx: Ctx) -> Response:
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
         **E401,
+        **E404,
         **E422,
         **E503,
     },
 )
 async def events(
     ctx: Ctx,
+    access: ReadAccess,
     job_id: Annotated[list[str] | None, Query(description="only these jobs")] = None,
     last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> StreamingResponse:
@@ -113,6 +116,16 @@ async def events(
             ids.add(validate_job_id(j))
         except PayloadError as exc:
             raise payload_error(exc) from None
+    if access.tenant is not None:
+        # Stream entries do not name their tenant: a scoped token follows its own jobs only,
+        # each checked once here (a job's tenant never changes).
+        if not ids:
+            rule = "is required with a tenant-scoped token"
+            raise ApiError(422, f"job_id: {rule}", field="job_id", rule=rule)
+        for j in ids:
+            rec = await bounded(ctx.queue.get(j))
+            if rec is None or not access.sees(rec.tenant_id):
+                raise ApiError(404, f"job {j} not found")
     return StreamingResponse(
         event_stream(ctx, frozenset(ids), last_event_id),
         media_type="text/event-stream",
@@ -128,10 +141,11 @@ async def events(
     description="Only the queue this API serves (INGEST_QUEUE), only completed, failed or "
     "cancelled jobs. Their status rows in `ingestion_jobs` are left as they are (final).",
     dependencies=[Depends(require_write)],
-    responses={**E401, **E404, **E409, **E422, **E503},
+    responses={**E401, **E403, **E404, **E409, **E422, **E503},
 )
 async def purge(
     ctx: Ctx,
+    access: WriteAccess,
     queue: Annotated[
         str, Path(min_length=1, max_length=64, json_schema_extra={"pattern": QUEUE_NAME_RE.pattern})
     ],
@@ -142,6 +156,7 @@ async def purge(
     except ValueError:
         rule = "must be 1-64 characters of letters, digits, '_.:-'"
         raise ApiError(422, f"queue: {rule}", field="queue", rule=rule) from None
+    access.require_admin()
     if queue != ctx.queue.queue:
         raise ApiError(404, f"queue {queue} is not this API's queue (INGEST_QUEUE)")
     if state not in PURGEABLE:

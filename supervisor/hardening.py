@@ -18,7 +18,6 @@ import logging
 log = logging.getLogger(__name__)
 
 PR_SET_DUMPABLE = 4
-PR_GET_DUMPABLE = 3
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
@@ -40,7 +39,3 @@ def harden_process() -> None:
         _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     except (OSError, AttributeError):
         log.warning("prctl unavailable: the daemon stays dumpable")
-
-
-def is_dumpable() -> bool:
-    return _prctl(PR_GET_DUMPABLE) == 1

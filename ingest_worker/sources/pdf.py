@@ -43,9 +43,7 @@ def extract_pdf(name: str, data: bytes, limits: PdfLimits | None = None) -> str:
             if reader.is_encrypted:
                 raise BadInput(f"{name}: encrypted PDF")
             if len(reader.pages) > limits.max_pages:
-                raise BadInput(
-                    f"{name}: more than INGEST_PDF_MAX_PAGES ({limits.max_pages}) pages"
-                )
+                raise BadInput(f"{name}: more than INGEST_PDF_MAX_PAGES ({limits.max_pages}) pages")
             parts: list[str] = []
             size = 0
             for page in reader.pages:

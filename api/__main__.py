@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 from collections.abc import Mapping, Sequence
 
 import uvicorn
 
-from api.settings import ApiSettingsError, load_api_settings
+from api.settings import ApiSettings, ApiSettingsError, load_api_settings
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -17,7 +18,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         prog="ingest-api",
         description="HTTP API of the ingest supervisor: enqueue jobs, job status, "
         "/health/queue. Other settings (REDIS_URL, INGEST_QUEUE, INGEST_API_TOKEN, "
-        "INGEST_API_AUTH_READS, INGEST_HEALTH_MAX_BACKLOG, INGEST_HEALTH_MAX_WAIT_SECONDS, "
+        "INGEST_API_AUTH_READS, INGEST_API_ALLOWED_HOSTS, INGEST_API_INSECURE, "
+        "INGEST_HEALTH_MAX_BACKLOG, INGEST_HEALTH_MAX_WAIT_SECONDS, "
         "INGEST_HEALTH_TIMEOUT_SECONDS) come from the environment.",
     )
     p.add_argument(
@@ -46,6 +48,33 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return p
 
 
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_refusal(host: str, settings: ApiSettings, hosts_set: bool) -> str | None:
+    """Why serving on `host` with these settings would expose the API, if it would."""
+    if is_loopback(host):
+        return None
+    if not settings.auth_enabled and not settings.insecure:
+        return (
+            f"refusing to serve on {host} without INGEST_API_TOKEN: anyone who reaches it "
+            "could enqueue, cancel and read every tenant's jobs. Set INGEST_API_TOKEN (or "
+            "INGEST_API_TOKEN_FILE), or INGEST_API_INSECURE=1 on a network you trust."
+        )
+    if not hosts_set:
+        return (
+            f"serving on {host} needs INGEST_API_ALLOWED_HOSTS: the Host names clients use "
+            "(or * behind a proxy that checks Host); only loopback names are served otherwise"
+        )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     env = os.environ
     try:
@@ -57,9 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ingest-api: --port must be 0-65535 and --workers >= 1", file=sys.stderr)
         return 2
     try:
-        load_api_settings(env)  # fail fast with the variable's name, before binding
+        settings = load_api_settings(env)  # fail fast with the variable's name, before binding
     except ApiSettingsError as exc:
         print(f"ingest-api: {exc}", file=sys.stderr)
+        return 2
+    refusal = exposure_refusal(args.host, settings, "INGEST_API_ALLOWED_HOSTS" in env)
+    if refusal:
+        print(f"ingest-api: {refusal}", file=sys.stderr)
         return 2
     uvicorn.run(
         "api.app:app",

@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 
 from api.context import build_context
 from api.errors import install_error_handlers
+from api.hosts import TrustedHosts
 from api.limits import BodyLimit
 from api.models import JobBatch, JobPayload
 from api.routes_dashboard import router as dashboard_router
@@ -30,8 +31,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         s = settings if settings is not None else load_api_settings()
-        if s.token is None:
-            log.warning("INGEST_API_TOKEN is not set: write and admin endpoints are open")
+        if not s.auth_enabled:
+            log.warning("INGEST_API_TOKEN is not set: every endpoint is open")
+        elif not s.auth_reads:
+            log.warning("INGEST_API_AUTH_READS=0: job data is readable without the token")
         ctx = build_context(s)
         app.state.ctx = ctx
         app.state.settings = s
@@ -44,8 +47,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         title="ingest-supervisor API",
         version=__version__,
         description="Enqueue ingestion jobs, follow their status and progress, and check the "
-        "queue's health. Writes need `Authorization: Bearer $INGEST_API_TOKEN` when the "
-        "token is set.",
+        "queue's health. When INGEST_API_TOKEN is set, writes and reads of job data need "
+        "`Authorization: Bearer $INGEST_API_TOKEN`; a POST must send "
+        "`Content-Type: application/json`.",
         lifespan=lifespan,
     )
     install_error_handlers(app)
@@ -62,6 +66,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         return s.max_batch_bytes if path == "/jobs:batch" else s.max_body_bytes
 
     app.add_middleware(BodyLimit, limit_for=body_limit)
+
+    def allowed_hosts() -> tuple[str, ...]:
+        s: ApiSettings = getattr(app.state, "settings", None) or ApiSettings()
+        return s.allowed_hosts
+
+    app.add_middleware(TrustedHosts, allowed=allowed_hosts)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:

@@ -46,11 +46,6 @@ class ApiContext:
         task.add_done_callback(self.background.discard)
         return task
 
-    def queue_named(self, name: str) -> JobQueue:
-        if name == self.queue.queue:
-            return self.queue
-        return JobQueue(self.client, name, default_max_attempts=self.settings.default_max_attempts)
-
     async def aclose(self) -> None:
         for task in list(self.background):
             task.cancel()

@@ -56,9 +56,11 @@ def _describe(name: str) -> dict[str, Any]:
 
 # Declared per route so the OpenAPI document lists every error a route can answer with.
 E401: Responses = {401: _describe("missing or invalid bearer token")}
+E403: Responses = {403: _describe("a tenant-scoped token may not do this")}
 E404: Responses = {404: _describe("no such job")}
 E409: Responses = {409: _describe("the job's state does not allow this")}
 E413: Responses = {413: _describe("request body too large")}
+E415: Responses = {415: _describe("a POST without Content-Type: application/json")}
 E422: Responses = {422: _describe("invalid input; names the field and the rule")}
 E503: Responses = {503: _describe("Redis unavailable or too slow")}
 

@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from api.auth import require_read, require_write
+from api.auth import Access, ReadAccess, WriteAccess, require_read, require_write
 from api.context import ApiContext, bounded, get_context
-from api.errors import E401, E404, E409, E413, E422, E503, ApiError, payload_error
+from api.errors import E401, E403, E404, E409, E413, E415, E422, E503, ApiError, payload_error
 from api.models import (
     BatchItem,
     BatchResult,
@@ -74,6 +74,22 @@ def _request_body(schema: str) -> dict[str, Any]:
     }
 
 
+def _own_tenant(access: Access, payload: dict[str, Any], field: str) -> None:
+    if not access.sees(payload["tenant_id"]):
+        raise ApiError(
+            403, f"{field}: this token enqueues only tenant {access.tenant}", field=field
+        )
+
+
+async def _visible(ctx: ApiContext, access: Access, job_id: str) -> None:
+    """404 for a job a tenant-scoped token may not see, exactly as for a missing one."""
+    if access.tenant is None:
+        return
+    rec = await bounded(ctx.queue.get(job_id))
+    if rec is None or not access.sees(rec.tenant_id):
+        raise ApiError(404, f"job {job_id} not found")
+
+
 def _job_id_or_422(job_id: str) -> str:
     try:
         return validate_job_id(job_id)
@@ -94,16 +110,20 @@ def _job_id_or_422(job_id: str) -> str:
             "description": "a job with this id exists for another tenant; nothing was created",
         },
         **E401,
+        **E403,
+        **E409,
         **E413,
+        **E415,
         **E422,
         **E503,
     },
     openapi_extra=_request_body("JobPayload"),
 )
-async def enqueue_job(request: Request, ctx: Ctx) -> JSONResponse:
+async def enqueue_job(request: Request, ctx: Ctx, access: WriteAccess) -> JSONResponse:
     payload = _json_body(await request.body())
     try:
         valid = validate_payload(payload)
+        _own_tenant(access, valid, "tenant_id")
         result = await bounded(ctx.queue.enqueue(valid))
     except PayloadError as exc:
         raise payload_error(exc) from None
@@ -117,6 +137,8 @@ async def enqueue_job(request: Request, ctx: Ctx) -> JSONResponse:
     if rec is None:
         # Dropped by retention between the two calls: the caller may simply repeat.
         raise ApiError(503, "job changed while being read; try again")
+    if not access.sees(rec.tenant_id):
+        raise ApiError(409, f"job id {result.job_id} is taken; choose another")
     view = job_view(rec, ctx.queue.queue, ctx.settings.secret_keys)
     return JSONResponse(view.model_dump(mode="json"), status_code=200)
 
@@ -134,13 +156,15 @@ async def enqueue_job(request: Request, ctx: Ctx) -> JSONResponse:
             "description": "an id exists for another tenant; no job of the batch was created",
         },
         **E401,
+        **E403,
         **E413,
+        **E415,
         **E422,
         **E503,
     },
     openapi_extra=_request_body("JobBatch"),
 )
-async def enqueue_batch(request: Request, ctx: Ctx) -> JSONResponse:
+async def enqueue_batch(request: Request, ctx: Ctx, access: WriteAccess) -> JSONResponse:
     body = _json_body(await request.body())
     jobs = body.get("jobs") if isinstance(body, dict) else None
     if not isinstance(jobs, list) or not jobs:
@@ -154,6 +178,7 @@ async def enqueue_batch(request: Request, ctx: Ctx) -> JSONResponse:
     for i, raw in enumerate(jobs):
         try:
             valid.append(validate_payload(raw))
+            _own_tenant(access, valid[-1], f"jobs[{i}].tenant_id")
         except PayloadError as exc:
             raise payload_error(exc, prefix=f"jobs[{i}].") from None
     try:
@@ -181,9 +206,9 @@ async def enqueue_batch(request: Request, ctx: Ctx) -> JSONResponse:
     dependencies=[Depends(require_read)],
     responses={**E401, **E404, **E422, **E503},
 )
-async def get_job(job_id: JobId, ctx: Ctx) -> Job:
+async def get_job(job_id: JobId, ctx: Ctx, access: ReadAccess) -> Job:
     rec = await bounded(ctx.queue.get(_job_id_or_422(job_id), with_payload=True))
-    if rec is None:
+    if rec is None or not access.sees(rec.tenant_id):
         raise ApiError(404, f"job {job_id} not found")
     return job_view(rec, ctx.queue.queue, ctx.settings.secret_keys)
 
@@ -215,6 +240,7 @@ def _parse_cursor(cursor: str | None, states: tuple[JobState, ...]) -> tuple[int
 )
 async def list_jobs(
     ctx: Ctx,
+    access: ReadAccess,
     state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
@@ -251,7 +277,12 @@ async def list_jobs(
             )
         )
         budget -= page.examined
-        jobs.extend(job_view(r, ctx.queue.queue, ctx.settings.secret_keys) for r in page.jobs)
+        # A tenant-scoped token sees its own jobs only: its pages may hold fewer than `limit`.
+        jobs.extend(
+            job_view(r, ctx.queue.queue, ctx.settings.secret_keys)
+            for r in page.jobs
+            if access.sees(r.tenant_id)
+        )
         if page.next_cursor is not None:
             next_cursor = f"{states[idx].value}:{page.next_cursor}"
             break
@@ -272,12 +303,14 @@ async def list_jobs(
         **E401,
         **E404,
         **E409,
+        **E415,
         **E422,
         **E503,
     },
 )
-async def cancel_job(job_id: JobId, ctx: Ctx) -> JSONResponse:
-    outcome = await bounded(ctx.queue.cancel(_job_id_or_422(job_id)))
+async def cancel_job(job_id: JobId, ctx: Ctx, access: WriteAccess) -> JSONResponse:
+    await _visible(ctx, access, _job_id_or_422(job_id))
+    outcome = await bounded(ctx.queue.cancel(job_id))
     if outcome == "missing":
         raise ApiError(404, f"job {job_id} not found")
     if outcome not in ("cancelled", "requested"):
@@ -291,10 +324,11 @@ async def cancel_job(job_id: JobId, ctx: Ctx) -> JSONResponse:
     response_model=RetryResult,
     summary="Queue a failed or cancelled job again (already waiting: nothing to do, 200)",
     dependencies=[Depends(require_write)],
-    responses={**E401, **E404, **E409, **E422, **E503},
+    responses={**E401, **E404, **E409, **E415, **E422, **E503},
 )
-async def retry_job(job_id: JobId, ctx: Ctx) -> RetryResult:
-    outcome = await bounded(ctx.queue.retry(_job_id_or_422(job_id)))
+async def retry_job(job_id: JobId, ctx: Ctx, access: WriteAccess) -> RetryResult:
+    await _visible(ctx, access, _job_id_or_422(job_id))
+    outcome = await bounded(ctx.queue.retry(job_id))
     if outcome == "missing":
         raise ApiError(404, f"job {job_id} not found")
     if outcome != "waiting":

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from api.auth import require_read, require_write
+from api.auth import ReadAccess, WriteAccess, require_read, require_write
 from api.context import ApiContext, bounded, get_context
-from api.errors import E401, E409, E422, E503, ApiError, payload_error
+from api.errors import E401, E403, E404, E409, E422, E503, ApiError, payload_error
 from api.events import event_stream
 from api.health import queue_health, readiness
 from api.metrics import CONTENT_TYPE
@@ -19,6 +19,9 @@ from supervisor.payload import PayloadError, validate_job_id
 from supervisor.states import JobState
 
 router = APIRouter()
+# Finished jobs only: their status rows are already final, and a purge deletes just the
+# Redis records (job, payload, state-set entry), never a row.
+PURGEABLE = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
 Ctx = Annotated[ApiContext, Depends(get_context)]
 
 
@@ -57,9 +60,10 @@ async def health_ready(ctx: Ctx) -> JSONResponse:
     tags=["ops"],
     summary="Live supervisors, from their heartbeats",
     dependencies=[Depends(require_read)],
-    responses={**E401, **E503},
+    responses={**E401, **E403, **E503},
 )
-async def workers(ctx: Ctx) -> Workers:
+async def workers(ctx: Ctx, access: ReadAccess) -> Workers:
+    access.require_admin()
     live = await bounded(ctx.queue.live_workers())
     items = [Worker.model_validate({"worker_id": "?", **w}) for w in live]
     return Workers(
@@ -95,12 +99,14 @@ async def metrics(ctx: Ctx) -> Response:
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
         **E401,
+        **E404,
         **E422,
         **E503,
     },
 )
 async def events(
     ctx: Ctx,
+    access: ReadAccess,
     job_id: Annotated[list[str] | None, Query(description="only these jobs")] = None,
     last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> StreamingResponse:
@@ -110,6 +116,16 @@ async def events(
             ids.add(validate_job_id(j))
         except PayloadError as exc:
             raise payload_error(exc) from None
+    if access.tenant is not None:
+        # Stream entries do not name their tenant: a scoped token follows its own jobs only,
+        # each checked once here (a job's tenant never changes).
+        if not ids:
+            rule = "is required with a tenant-scoped token"
+            raise ApiError(422, f"job_id: {rule}", field="job_id", rule=rule)
+        for j in ids:
+            rec = await bounded(ctx.queue.get(j))
+            if rec is None or not access.sees(rec.tenant_id):
+                raise ApiError(404, f"job {j} not found")
     return StreamingResponse(
         event_stream(ctx, frozenset(ids), last_event_id),
         media_type="text/event-stream",
@@ -121,12 +137,15 @@ async def events(
     "/queues/{queue}/jobs",
     response_model=PurgeResult,
     tags=["ops"],
-    summary="Delete every job of a queue in one finished or waiting state",
+    summary="Delete from Redis every job of this API's queue in one finished state",
+    description="Only the queue this API serves (INGEST_QUEUE), only completed, failed or "
+    "cancelled jobs. Their status rows in `ingestion_jobs` are left as they are (final).",
     dependencies=[Depends(require_write)],
-    responses={**E401, **E409, **E422, **E503},
+    responses={**E401, **E403, **E404, **E409, **E422, **E503},
 )
 async def purge(
     ctx: Ctx,
+    access: WriteAccess,
     queue: Annotated[
         str, Path(min_length=1, max_length=64, json_schema_extra={"pattern": QUEUE_NAME_RE.pattern})
     ],
@@ -137,7 +156,14 @@ async def purge(
     except ValueError:
         rule = "must be 1-64 characters of letters, digits, '_.:-'"
         raise ApiError(422, f"queue: {rule}", field="queue", rule=rule) from None
-    if state is JobState.ACTIVE:
-        raise ApiError(409, "active jobs cannot be purged: cancel them instead")
-    removed = await bounded(ctx.queue_named(queue).purge(state), timeout_s=30.0)
+    access.require_admin()
+    if queue != ctx.queue.queue:
+        raise ApiError(404, f"queue {queue} is not this API's queue (INGEST_QUEUE)")
+    if state not in PURGEABLE:
+        raise ApiError(
+            409,
+            f"{state.value} jobs cannot be purged: cancel them instead "
+            "(a purge would leave their status rows unfinished)",
+        )
+    removed = await bounded(ctx.queue.purge(state), timeout_s=30.0)
     return PurgeResult(queue=queue, state=state, removed=removed)

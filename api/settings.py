@@ -8,6 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from supervisor.keys import QUEUE_NAME_RE
+from supervisor.payload import TENANT_ID_RE
+from supervisor.secretfiles import SecretFileError, with_secret_files
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 class ApiSettingsError(ValueError):
@@ -16,10 +20,24 @@ class ApiSettingsError(ValueError):
 
 @dataclass(frozen=True)
 class ApiSettings:
+    @property
+    def auth_enabled(self) -> bool:
+        return self.token is not None or bool(self.tenant_tokens)
+
     redis_url: str = "redis://127.0.0.1:6379/0"
     queue: str = "ingest"
     token: str | None = None
-    auth_reads: bool = False
+    # Tenant-scoped tokens: (tenant_id, token) pairs. Such a token sees and changes only its
+    # tenant's jobs; `token` above sees everything.
+    tenant_tokens: tuple[tuple[str, str], ...] = ()
+    # Reads of job data (GET /jobs*, /events, /workers) need the token whenever one is set;
+    # INGEST_API_AUTH_READS=0 opens them again for deployments that want that.
+    auth_reads: bool = True
+    # Host header values served (DNS rebinding); `*` serves any. Health is always served.
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    # INGEST_API_INSECURE=1: serve without a token on a non-loopback address (ingest-api
+    # refuses to otherwise).
+    insecure: bool = False
     # /health/queue: unhealthy above this many waiting jobs, or when the oldest waiting job
     # has waited longer than this; 0 disables either check.
     max_backlog: int = 1000
@@ -90,8 +108,41 @@ def load_ui_path(env: Mapping[str, str] | None = None) -> str | None:
     return path
 
 
+def _tenant_tokens(raw: str, admin: str | None) -> tuple[tuple[str, str], ...]:
+    """`tenant:token` pairs separated by commas or whitespace."""
+    name = "INGEST_API_TENANT_TOKENS"
+    pairs: list[tuple[str, str]] = []
+    for item in re.split(r"[,\s]+", raw.strip()):
+        if not item:
+            continue
+        tenant, sep, token = item.rpartition(":")
+        # Never quote the item: it holds a token.
+        if not sep or not TENANT_ID_RE.fullmatch(tenant):
+            raise ApiSettingsError(f"{name}: each entry must be tenant_id:token")
+        if len(token) < 16:
+            raise ApiSettingsError(f"{name}: tenant {tenant}'s token is shorter than 16 characters")
+        pairs.append((tenant, token))
+    tokens = [t for _, t in pairs]
+    if len(set(tokens)) != len(tokens) or (admin is not None and admin in tokens):
+        raise ApiSettingsError(f"{name}: every token must be distinct (and not INGEST_API_TOKEN)")
+    return tuple(pairs)
+
+
+def _hosts(raw: str) -> tuple[str, ...]:
+    names = tuple(n.strip().lower() for n in re.split(r"[,\s]+", raw) if n.strip())
+    for name in names:
+        if name != "*" and not re.fullmatch(r"(\*\.)?[a-z0-9._:\[\]-]{1,253}", name):
+            raise ApiSettingsError(
+                f"INGEST_API_ALLOWED_HOSTS: {name!r} is not a host name, address, '*' or '*.domain'"
+            )
+    return tuple(n.strip("[]") for n in names) or LOOPBACK_HOSTS
+
+
 def load_api_settings(env: Mapping[str, str] | None = None) -> ApiSettings:
-    env = os.environ if env is None else env
+    try:
+        env = with_secret_files(os.environ if env is None else env)
+    except SecretFileError as exc:
+        raise ApiSettingsError(str(exc)) from None
     redis_url = env.get("REDIS_URL") or env.get("RAG_REDIS_URL") or ApiSettings.redis_url
     if not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ApiSettingsError("REDIS_URL: must start with redis://, rediss:// or unix://")
@@ -102,7 +153,12 @@ def load_api_settings(env: Mapping[str, str] | None = None) -> ApiSettings:
         redis_url=redis_url,
         queue=queue,
         token=env.get("INGEST_API_TOKEN") or None,
-        auth_reads=_bool("INGEST_API_AUTH_READS", env.get("INGEST_API_AUTH_READS", "0")),
+        tenant_tokens=_tenant_tokens(
+            env.get("INGEST_API_TENANT_TOKENS", ""), env.get("INGEST_API_TOKEN") or None
+        ),
+        auth_reads=_bool("INGEST_API_AUTH_READS", env.get("INGEST_API_AUTH_READS", "1")),
+        allowed_hosts=_hosts(env.get("INGEST_API_ALLOWED_HOSTS", "")),
+        insecure=_bool("INGEST_API_INSECURE", env.get("INGEST_API_INSECURE", "0")),
         max_backlog=int(
             _num("INGEST_HEALTH_MAX_BACKLOG", env.get("INGEST_HEALTH_MAX_BACKLOG", "1000"), int, 0)
         ),

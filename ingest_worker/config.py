@@ -54,6 +54,8 @@ ENV_VARS = (
     "INGEST_MAX_FILE_BYTES",
     "INGEST_USER_AGENT",
     "INGEST_SECRET_KEYS",  # read by ingest_worker.job: more payload keys that name secrets
+    "INGEST_PDF_MAX_PAGES",
+    "INGEST_PDF_CPU_SECONDS",
 )
 
 
@@ -122,6 +124,8 @@ class WorkerConfig:
         "max_file_bytes",
         "max_page_bytes",
         "max_total_bytes",
+        "pdf_cpu_seconds",
+        "pdf_max_pages",
         "sqlite_path",
         "store",
         "store_dsn",
@@ -162,6 +166,8 @@ class WorkerConfig:
         self.max_total_bytes = _int(env, "INGEST_MAX_TOTAL_BYTES", 50 * MiB, 1, 1 << 40)
         self.max_file_bytes = _int(env, "INGEST_MAX_FILE_BYTES", 50 * MiB, 1, 1 << 40)
         self.user_agent = _opt(env, "INGEST_USER_AGENT") or "ingest-worker/0.1"
+        self.pdf_max_pages = _int(env, "INGEST_PDF_MAX_PAGES", 2000, 1, 1_000_000)
+        self.pdf_cpu_seconds = _float(env, "INGEST_PDF_CPU_SECONDS", 30.0, 0.1, 86_400.0)
 
     def _pick_store(self, store: str) -> str:
         """`auto` picks the first configured store: postgres, supabase, sqlite, else none."""

@@ -20,6 +20,7 @@ from supervisor.connection import redis_client
 from supervisor.daemon import Daemon
 from supervisor.execution import ExecutionContext
 from supervisor.extras import PSYCOPG, SENTENCE_TRANSFORMERS, require
+from supervisor.hardening import harden_process
 from supervisor.logs import configure_logging
 from supervisor.metrics import DaemonMetrics, MetricsSink
 from supervisor.payload import DEFAULT_SECRET_KEYS
@@ -196,6 +197,8 @@ async def run(settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before any secret is read: children must not be able to read this process's memory.
+    harden_process()
     try:
         settings = load_settings(argv)
         check_extras(settings, os.environ)

@@ -430,7 +430,7 @@ class MetricsServer:
 
 
 def start_metrics_server(
-    port: int, host: str = "0.0.0.0", registry: CollectorRegistry | None = None
+    port: int, host: str = "127.0.0.1", registry: CollectorRegistry | None = None
 ) -> MetricsServer:
     """Serve `registry` (default `REGISTRY`) on http://host:port/metrics in a daemon thread.
 

@@ -17,6 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from supervisor.secretfiles import SecretFileError, with_secret_files
+
+# A hostile input (a PDF, a page) must not take the host down with it: by default a child
+# may map 2 GiB and burn 10 CPU-minutes (twice the default job timeout of wall time).
+DEFAULT_CHILD_MEMORY_BYTES = 2 * 1024**3
+DEFAULT_CHILD_CPU_SECONDS = 600
+
 
 class SettingsError(ValueError):
     """A setting has an invalid value; the message names the variable."""
@@ -296,14 +303,14 @@ OPTIONS: tuple[Option, ...] = (
         "child_memory_bytes",
         "INGEST_CHILD_MEMORY_BYTES",
         _optional_int,
-        None,
+        DEFAULT_CHILD_MEMORY_BYTES,
         "address-space limit per child (RLIMIT_AS); empty for none",
     ),
     Option(
         "child_cpu_seconds",
         "INGEST_CHILD_CPU_SECONDS",
         _optional_int,
-        None,
+        DEFAULT_CHILD_CPU_SECONDS,
         "CPU-seconds limit per child (RLIMIT_CPU); empty for none",
     ),
     Option(
@@ -330,7 +337,13 @@ OPTIONS: tuple[Option, ...] = (
         lambda v: 0 <= v <= 65535,
         "must be between 0 and 65535",
     ),
-    Option("metrics_host", "INGEST_METRICS_HOST", str, "0.0.0.0", "address /metrics binds"),
+    Option(
+        "metrics_host",
+        "INGEST_METRICS_HOST",
+        str,
+        "127.0.0.1",
+        "address /metrics binds (0.0.0.0 for a Prometheus on another host)",
+    ),
     Option(
         "heartbeat_ttl_s",
         "INGEST_HEARTBEAT_TTL",
@@ -582,7 +595,10 @@ def load_settings(
     argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
     """Parse flags over environment variables; raise SettingsError naming the bad variable."""
-    env = os.environ if env is None else env
+    try:
+        env = with_secret_files(os.environ if env is None else env)
+    except SecretFileError as exc:
+        raise SettingsError(str(exc)) from None
     args = build_parser().parse_args(argv)
     values: dict[str, Any] = {}
     for opt in OPTIONS:

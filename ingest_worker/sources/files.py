@@ -32,7 +32,7 @@ def load_files(source: dict[str, Any], config: WorkerConfig, reporter: Reporter)
         if loaded.bytes_read + len(data) > config.max_total_bytes:
             raise BadInput(f"files exceed INGEST_MAX_TOTAL_BYTES ({config.max_total_bytes})")
         loaded.bytes_read += len(data)
-        text, title = extract_file(rel, data)
+        text, title = extract_file(rel, data, config)
         meta: dict[str, object] = {"path": rel}
         if title:
             meta["title"] = title
@@ -100,13 +100,20 @@ def _is_regular(mode: int) -> bool:
     return stat.S_ISREG(mode)
 
 
-def extract_file(name: str, data: bytes) -> tuple[str, str]:
+def extract_file(name: str, data: bytes, config: WorkerConfig | None = None) -> tuple[str, str]:
     """(text, title) of a file's bytes, by extension."""
     lower = name.lower()
     if lower.endswith(".pdf"):
-        from ingest_worker.sources.pdf import extract_pdf
+        from ingest_worker.sources.pdf import PdfLimits, extract_pdf
 
-        return extract_pdf(name, data), ""
+        limits = PdfLimits()
+        if config is not None:
+            limits = PdfLimits(
+                max_pages=config.pdf_max_pages,
+                cpu_seconds=config.pdf_cpu_seconds,
+                max_text_chars=config.max_total_bytes,
+            )
+        return extract_pdf(name, data, limits), ""
     text = _decode(name, data)
     if lower.endswith((".html", ".htm")):
         from ingest_worker.web.htmltext import extract_html

@@ -1,22 +1,91 @@
-"""Text of PDF files through pypdf (pure Python), imported only for PDFs."""
+"""Text of PDF files through pypdf (pure Python), imported only for PDFs.
+
+A PDF is a program of sorts: a few kilobytes can ask for minutes of CPU (one content stream
+drawn by thousands of pages) or hundreds of megabytes (streams that inflate). Reading one is
+bounded by a page count, a CPU-time budget and the extracted text's size; pypdf's own limits
+(LimitReachedError) and a malformed file are the job's fault too: all end as bad input.
+"""
 
 from __future__ import annotations
 
 import io
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
 
 from ingest_worker.errors import BadInput, ConfigError
 
 
-def extract_pdf(name: str, data: bytes) -> str:
+@dataclass(frozen=True)
+class PdfLimits:
+    max_pages: int = 2000
+    cpu_seconds: float = 30.0
+    max_text_chars: int = 50 * 1024 * 1024
+
+
+class _OverBudget(BaseException):
+    """Raised by the CPU timer inside pypdf; a BaseException so no `except Exception` in the
+    parser swallows it."""
+
+
+def extract_pdf(name: str, data: bytes, limits: PdfLimits | None = None) -> str:
+    limits = limits or PdfLimits()
     try:
         from pypdf import PdfReader
-        from pypdf.errors import PdfReadError
+        from pypdf.errors import PyPdfError
     except ImportError:
         raise ConfigError("PDF files need the pypdf package, which is not installed") from None
     try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            raise BadInput(f"{name}: encrypted PDF")
-        return "\n\n".join(page.extract_text() or "" for page in reader.pages)
-    except (PdfReadError, ValueError, KeyError, TypeError) as exc:
+        with _cpu_budget(limits.cpu_seconds):
+            reader = PdfReader(io.BytesIO(data))
+            if reader.is_encrypted:
+                raise BadInput(f"{name}: encrypted PDF")
+            if len(reader.pages) > limits.max_pages:
+                raise BadInput(f"{name}: more than INGEST_PDF_MAX_PAGES ({limits.max_pages}) pages")
+            parts: list[str] = []
+            size = 0
+            for page in reader.pages:
+                text = page.extract_text() or ""
+                size += len(text)
+                if size > limits.max_text_chars:
+                    raise BadInput(f"{name}: more than {limits.max_text_chars} characters of text")
+                parts.append(text)
+            return "\n\n".join(parts)
+    except _OverBudget:
+        raise BadInput(
+            f"{name}: reading it took more than INGEST_PDF_CPU_SECONDS "
+            f"({limits.cpu_seconds:g}) of CPU time"
+        ) from None
+    except MemoryError:
+        raise BadInput(f"{name}: reading it needs more memory than the job may use") from None
+    except PyPdfError as exc:  # LimitReachedError, PdfReadError, PdfStreamError, ...
         raise BadInput(f"{name}: unreadable PDF ({exc.__class__.__name__})") from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
+        # pypdf reports many malformed structures with plain exceptions.
+        raise BadInput(f"{name}: unreadable PDF ({exc.__class__.__name__})") from None
+
+
+@contextmanager
+def _cpu_budget(seconds: float) -> Iterator[None]:
+    """Raise _OverBudget once this process has used `seconds` more CPU time (user + system).
+
+    Only the main thread can take signals; elsewhere the child's RLIMIT_CPU is the bound.
+    """
+
+    def over(_signum: int, _frame: FrameType | None) -> None:
+        raise _OverBudget
+
+    try:
+        previous = signal.signal(signal.SIGPROF, over)
+    except ValueError:  # not the main thread
+        yield
+        return
+    # Fires again every 50 ms of CPU should the first raise land somewhere that ignores it.
+    signal.setitimer(signal.ITIMER_PROF, seconds, 0.05)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)

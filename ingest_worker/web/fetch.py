@@ -1,11 +1,15 @@
 """One bounded HTTP GET: checked address, manual redirects (each target checked again),
-a deadline on the whole response, and a byte cap."""
+one deadline on the whole exchange (connect, headers and body), and a byte cap on the body
+as sent and as decoded (gzip)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
+import threading
 import time
+import zlib
 from urllib.parse import urldefrag, urljoin, urlsplit
 
 from ingest_worker.web.netguard import AddressPolicy, FetchRefused, Target
@@ -16,6 +20,8 @@ if TYPE_CHECKING:
 
 MAX_REDIRECTS = 5
 _READ = 64 * 1024
+# zlib's window bits that accept a gzip or a zlib header alike.
+_GZIP_OR_ZLIB = 32 + zlib.MAX_WBITS
 _ACCEPT = "text/html,application/xhtml+xml,text/plain;q=0.9,application/json;q=0.8,*/*;q=0.1"
 
 
@@ -77,7 +83,8 @@ class Fetcher:
         self, url: str, target: Target, limit: int
     ) -> tuple[int, str | None, Response | None]:
         deadline = time.monotonic() + self.timeout
-        conn = _connection(target, self.timeout)
+        watch = _Deadline(self.timeout)
+        conn = _connection(target, self.timeout, watch)
         try:
             path = target.parts.path or "/"
             if target.parts.query:
@@ -88,7 +95,7 @@ class Fetcher:
                 headers={
                     "User-Agent": self.user_agent,
                     "Accept": _ACCEPT,
-                    "Accept-Encoding": "identity",
+                    "Accept-Encoding": "gzip, identity;q=0.5",
                     "Connection": "close",
                 },
             )
@@ -108,26 +115,72 @@ class Fetcher:
             length = resp.getheader("Content-Length")
             if length and length.isdigit() and int(length) > limit:
                 raise PageTooLarge(f"larger than the {limit}-byte page cap ({length} bytes)")
-            body = _read_capped(resp, limit, deadline, self.timeout)
+            decoder = _decoder(resp.getheader("Content-Encoding") or "", status)
+            body = _read_capped(resp, limit, deadline, self.timeout, decoder)
+            if watch.expired:  # the socket was shut: what arrived may be cut short
+                raise TimeoutError
             ctype, charset = _content_type(resp.getheader("Content-Type") or "")
             return status, None, Response(url, status, ctype, charset, body)
-        except FetchRefused:
+        except (FetchRefused, FetchFailed, FetchTemporary):
             raise
-        except TimeoutError:
-            raise FetchTemporary(f"timed out after {self.timeout:g}s") from None
-        except ConnectionRefusedError:
-            raise FetchTemporary("connection refused") from None
-        except http.client.HTTPException as exc:
-            raise FetchTemporary(f"bad HTTP response ({exc.__class__.__name__})") from None
-        except OSError as exc:
-            if exc.__class__.__name__.startswith("SSLCertVerification"):
-                raise FetchFailed("TLS certificate verification failed") from None
-            raise FetchTemporary(f"network error ({exc.__class__.__name__})") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._transport_error(exc, watch.expired) from None
         finally:
+            watch.cancel()
             conn.close()
 
+    def _transport_error(self, exc: Exception, expired: bool) -> Exception:
+        """The fetch error a transport failure stands for."""
+        if expired or isinstance(exc, TimeoutError):
+            return FetchTemporary(f"timed out after {self.timeout:g}s")
+        if isinstance(exc, ConnectionRefusedError):
+            return FetchTemporary("connection refused")
+        if isinstance(exc, http.client.HTTPException):
+            return FetchTemporary(f"bad HTTP response ({exc.__class__.__name__})")
+        if exc.__class__.__name__.startswith("SSLCertVerification"):
+            return FetchFailed("TLS certificate verification failed")
+        return FetchTemporary(f"network error ({exc.__class__.__name__})")
 
-def _connection(target: Target, timeout: float) -> http.client.HTTPConnection:
+
+class _Deadline:
+    """Shuts the connection's socket down when the whole exchange's time is up.
+
+    A socket timeout bounds each read alone, so a server that sends a byte now and then
+    could hold the header phase for ever; this bounds connect, headers and body together.
+    """
+
+    __slots__ = ("_lock", "_sock", "_timer", "expired")
+
+    def __init__(self, timeout: float) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.expired = False
+        self._timer = threading.Timer(timeout, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.expired:
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            if self._sock is not None:
+                _shut(self._sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _connection(target: Target, timeout: float, watch: _Deadline) -> http.client.HTTPConnection:
     conn: http.client.HTTPConnection
     if target.scheme == "https":
         import ssl
@@ -143,27 +196,60 @@ def _connection(target: Target, timeout: float) -> http.client.HTTPConnection:
         address: tuple[str, int], timeout: float | None = None, source: object = None
     ) -> socket.socket:
         # Connect to the address the policy approved, not whatever the name resolves to now.
-        return socket.create_connection((ip, port), timeout)
+        sock = socket.create_connection((ip, port), timeout)
+        watch.watch(sock)
+        return sock
 
     conn._create_connection = connect_checked  # type: ignore[attr-defined,method-assign,assignment,unused-ignore]
     return conn
 
 
+def _decoder(encoding: str, status: int) -> zlib._Decompress | None:
+    coding = encoding.strip().lower()
+    if coding in ("", "identity"):
+        return None
+    if coding in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(_GZIP_OR_ZLIB)
+    raise FetchFailed(f"unsupported Content-Encoding {coding[:40]!r}", status)
+
+
 def _read_capped(
-    resp: http.client.HTTPResponse, limit: int, deadline: float, timeout: float
+    resp: http.client.HTTPResponse,
+    limit: int,
+    deadline: float,
+    timeout: float,
+    decoder: zlib._Decompress | None = None,
 ) -> bytes:
+    """The body, at most `limit` bytes as sent and, when compressed, as decoded too."""
     parts: list[bytes] = []
+    sent = 0
     total = 0
     while True:
         if time.monotonic() > deadline:
             raise FetchTemporary(f"timed out after {timeout:g}s")
         piece = resp.read1(_READ)
         if not piece:
+            if decoder is not None and not decoder.eof:
+                raise FetchTemporary("compressed body ended early")
             return b"".join(parts)
-        total += len(piece)
-        if total > limit:
+        sent += len(piece)
+        if sent > limit:
             raise PageTooLarge(f"larger than the {limit}-byte page cap")
+        if decoder is not None:
+            piece = _inflate(decoder, piece, limit - total, limit)
+        total += len(piece)
         parts.append(piece)
+
+
+def _inflate(decoder: zlib._Decompress, data: bytes, room: int, limit: int) -> bytes:
+    """Decode `data` into at most `room` bytes; a bomb stops at the cap, never inflated."""
+    try:
+        out = decoder.decompress(data, room + 1)
+    except zlib.error:
+        raise FetchFailed("compressed body is corrupt") from None
+    if len(out) > room:
+        raise PageTooLarge(f"larger than the {limit}-byte page cap once decompressed")
+    return out
 
 
 def _content_type(header: str) -> tuple[str, str]:

@@ -77,8 +77,39 @@ class AddressPolicy:
         return Target(parts, scheme, host, port, addresses[0])
 
 
+# IPv6 forms that carry an IPv4 address in their low 32 bits: NAT64's well-known prefix
+# (RFC 6052), SIIT's IPv4-translated form and the deprecated IPv4-compatible form. A gateway
+# or the kernel may deliver them to the embedded IPv4 address, so that address decides.
+_EMBEDS_IPV4_LOW32 = (
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),
+    ipaddress.IPv6Network("::/96"),
+)
+# Never global whatever they embed: NAT64's local-use prefix (RFC 8215), and the IETF
+# protocol assignments block, of which Python counts only some addresses as private.
+_NEVER_PUBLIC = (
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
+    ipaddress.IPv4Network("192.0.0.0/24"),
+)
+
+
 def is_public(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(
+        address.split("%", 1)[0]
+    )
+    if isinstance(ip, ipaddress.IPv6Address):
+        ip = _embedded_ipv4(ip) or ip
+    if any(ip.version == net.version and ip in net for net in _NEVER_PUBLIC):
+        return False
     return ip.is_global and not ip.is_multicast
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, 6to4, NAT64, ...), if any."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if any(ip in net for net in _EMBEDS_IPV4_LOW32):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None

@@ -76,7 +76,10 @@ def start_daemon(
 ) -> Iterator[Callable[..., DaemonProcess]]:
     started: list[DaemonProcess] = []
 
-    def start(redis_url: str = REDIS_URL, **env: str) -> DaemonProcess:
+    def start(
+        redis_url: str = REDIS_URL, prefix: tuple[str, ...] = (), **env: str
+    ) -> DaemonProcess:
+        """`prefix`: a command the daemon is started under (such as setpriv and its flags)."""
         n = len(started)
         log_path = tmp_path / f"daemon-{n}.log"
         job_dirs = tmp_path / f"job-dirs-{n}"  # where this daemon's children get their cwd
@@ -101,7 +104,7 @@ def start_daemon(
         }
         with log_path.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "supervisor"],
+                [*prefix, sys.executable, "-m", "supervisor"],
                 env=full_env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -184,3 +184,53 @@ def test_env_example_is_valid_shell_with_every_line_uncommented(tmp_path: Path) 
 
 def test_env_example_leaves_the_instance_to_the_service_manager() -> None:
     assert not re.search(r"^INGEST_INSTANCE=", ENV_EXAMPLE.read_text(), re.M)
+
+
+def _exposure(unit: Path) -> float:
+    assert SYSTEMD_ANALYZE is not None
+    result = subprocess.run(
+        [SYSTEMD_ANALYZE, "security", "--offline=yes", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert m, result.stdout[-2000:] + result.stderr[-2000:]
+    return float(m.group(1))
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize(
+    ("name", "ceiling"),
+    [("ingest-api.service", 2.5), ("ingest-supervisor@.service", 3.5)],
+)
+def test_security_exposure_is_low(unit_dir: Path, name: str, ceiling: float) -> None:
+    exposure = _exposure(unit_dir / name)
+    assert exposure <= ceiling, f"{name}: exposure {exposure} > {ceiling}"
+
+
+@pytest.mark.parametrize("unit", [TEMPLATE, API], ids=lambda p: p.name)
+def test_no_capabilities_filtered_syscalls_and_private_umask(unit: Path) -> None:
+    for key, expected in {
+        "CapabilityBoundingSet": "",
+        "AmbientCapabilities": "",
+        "SystemCallArchitectures": "native",
+        "ProtectProc": "invisible",
+        "UMask": "0077",
+        "RemoveIPC": "yes",
+        "PrivateMounts": "yes",
+    }.items():
+        assert one(unit, "Service", key) == expected, key
+    assert values(unit, "Service", "SystemCallFilter")[0] == "@system-service"
+    assert "~@privileged" in values(unit, "Service", "SystemCallFilter")[1]
+    credentials = values(unit, "Service", "LoadCredential")
+    assert "ingest.REDIS_URL" in credentials
+    # Relative names only: systemd skips a missing credential-store file, but fails the
+    # start when an absolute path is missing.
+    assert all(not c.startswith("/") and ":" not in c for c in credentials)
+
+
+def test_api_forbids_writable_code_and_sees_only_its_processes() -> None:
+    assert one(API, "Service", "MemoryDenyWriteExecute") == "yes"
+    assert one(API, "Service", "ProcSubset") == "pid"
+    assert "@resources" in values(API, "Service", "SystemCallFilter")[1]

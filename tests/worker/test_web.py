@@ -7,12 +7,17 @@ any other loopback port is still a private target and must be refused before con
 
 from __future__ import annotations
 
+import gzip
 import sqlite3
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from tests.worker.conftest import Site, make_job, run_worker
+import pytest
+
+from ingest_worker.web.netguard import is_public
+from tests.worker.conftest import Route, Site, make_job, run_worker
 
 # Long enough that a loaded machine still serves the normal pages in time; the stalled page
 # costs this much once per crawl.
@@ -213,3 +218,99 @@ def test_crawl_that_fetches_nothing_reports_why(site: Site, workdir: Path) -> No
     assert out.code == 75 and "HTTP 500" in out.stderr
     refused = run_worker(make_job({"type": "crawl", "urls": [site.base + "/"]}), workdir)
     assert refused.code == 65 and "private" in refused.stderr
+
+
+EMBEDDED_PRIVATE = [
+    "64:ff9b::7f00:1",  # NAT64 well-known prefix around 127.0.0.1
+    "64:ff9b::a9fe:a9fe",  # NAT64 around 169.254.169.254 (cloud metadata)
+    "64:ff9b:1::a00:1",  # NAT64 local-use prefix
+    "2002:7f00:1::1",  # 6to4 around 127.0.0.1
+    "2002:a00:1::1",  # 6to4 around 10.0.0.1
+    "::127.0.0.1",  # IPv4-compatible (deprecated)
+    "::ffff:0:a00:1",  # IPv4-translated (SIIT) around 10.0.0.1
+    "192.0.0.9",  # IETF protocol assignments: never a public host
+]
+
+
+@pytest.mark.parametrize("address", EMBEDDED_PRIVATE)
+def test_ipv6_forms_embedding_a_private_ipv4_are_refused(address: str, workdir: Path) -> None:
+    host = f"[{address}]" if ":" in address else address
+    out = run_worker(
+        make_job({"type": "url", "url": f"http://{host}:8080/x"}),
+        workdir,
+        INGEST_FETCH_TIMEOUT="1",
+    )
+    assert out.code == 65, out.stderr
+    assert "private or reserved address" in out.stderr
+
+
+def test_embedded_public_ipv4_stays_public() -> None:
+    for address in ("64:ff9b::808:808", "2002:808:808::1", "8.8.8.8", "2606:4700::1111"):
+        assert is_public(address), address
+    for address in EMBEDDED_PRIVATE:
+        assert not is_public(address), address
+
+
+def _dribble_headers(sent: list[int]) -> Callable[[BaseHTTPRequestHandler], None]:
+    """A status line at once, then one header byte every 0.1 s for about 6 s."""
+
+    def handler(req: BaseHTTPRequestHandler) -> None:
+        req.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nX-Slow: ")
+        try:
+            for _ in range(60):
+                req.wfile.write(b"a")
+                req.wfile.flush()
+                sent.append(1)
+                time.sleep(0.1)
+            req.wfile.write(b"\r\nContent-Length: 12\r\n\r\n<p>late</p>\n")
+        except OSError:
+            pass
+        req.close_connection = True
+
+    return handler
+
+
+def test_slow_headers_count_against_the_fetch_deadline(site: Site, workdir: Path) -> None:
+    sent: list[int] = []
+    site.routes["/dribble"] = _dribble_headers(sent)
+    out = run_worker(
+        make_job({"type": "url", "url": site.base + "/dribble"}),
+        workdir,
+        **allow(site, INGEST_FETCH_TIMEOUT="1"),
+    )
+    assert out.code == 75, out.stderr
+    assert "timed out after 1s" in out.stderr
+    assert len(sent) < 60, "the worker waited for the whole header dribble"
+
+
+def _gzip_route(body: bytes, status: int = 200) -> Route:
+    return (
+        status,
+        {"Content-Type": "text/html; charset=utf-8", "Content-Encoding": "gzip"},
+        gzip.compress(body),
+    )
+
+
+def test_gzip_bodies_are_decoded(site: Site, workdir: Path) -> None:
+    site.routes["/z"] = _gzip_route(b"<p>compressed words about lighthouses</p>")
+    out = run_worker(make_job({"type": "url", "url": site.base + "/z"}), workdir, **allow(site))
+    assert out.code == 0, out.stderr
+    assert out.result["chunks"] == 1
+
+
+def test_gzip_bomb_stops_at_the_page_cap(site: Site, workdir: Path) -> None:
+    # 50 MB of zeros compress to about 50 KB: under the cap as sent, far over it decoded.
+    site.routes["/bomb"] = _gzip_route(b"<p>" + b"0" * 50_000_000 + b"</p>")
+    out = run_worker(
+        make_job({"type": "url", "url": site.base + "/bomb"}),
+        workdir,
+        **allow(site, INGEST_MAX_PAGE_BYTES="100000"),
+    )
+    assert out.code == 65, out.stderr
+    assert "page cap once decompressed" in out.stderr
+
+
+def test_unknown_content_encoding_is_bad_input(site: Site, workdir: Path) -> None:
+    site.routes["/br"] = (200, {"Content-Type": "text/html", "Content-Encoding": "br"}, b"\x1b")
+    out = run_worker(make_job({"type": "url", "url": site.base + "/br"}), workdir, **allow(site))
+    assert out.code == 65 and "Content-Encoding" in out.stderr, out.stderr

@@ -1,0 +1,89 @@
+"""Tenant-scoped tokens: a token that sees and changes one tenant's jobs and nothing else."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from api.settings import ApiSettingsError, load_api_settings
+from tests.api.conftest import TOKEN, ServerFactory, job
+
+TOKEN_A = "tenant-a-token-0123456789"
+TOKEN_B = "tenant-b-token-0123456789"
+SCOPED = f"tenant-a:{TOKEN_A}, tenant-b:{TOKEN_B}"
+
+
+def test_a_scoped_token_sees_and_changes_only_its_tenant(api_server: ServerFactory) -> None:
+    server = api_server(INGEST_API_TENANT_TOKENS=SCOPED)
+    with (
+        server.client() as admin,
+        server.client(token=TOKEN_A) as a,
+        server.client(token=TOKEN_B) as b,
+    ):
+        assert a.post("/jobs", json=job("a-1", tenant_id="tenant-a")).status_code == 202
+        assert b.post("/jobs", json=job("b-1", tenant_id="tenant-b")).status_code == 202
+
+        r = a.post("/jobs", json=job("a-2", tenant_id="tenant-b"))
+        assert r.status_code == 403 and r.json()["field"] == "tenant_id"
+        r = a.post(
+            "/jobs:batch", json={"jobs": [job(tenant_id="tenant-a"), job("x", tenant_id="t")]}
+        )
+        assert r.status_code == 403 and r.json()["field"] == "jobs[1].tenant_id"
+
+        # Another tenant's job is indistinguishable from a missing one.
+        for path in ("/jobs/b-1",):
+            missing = a.get("/jobs/no-such-job")
+            other = a.get(path)
+            assert (other.status_code, other.json()["detail"].replace("b-1", "X")) == (
+                missing.status_code,
+                missing.json()["detail"].replace("no-such-job", "X"),
+            )
+        assert a.get("/jobs/a-1").json()["tenant_id"] == "tenant-a"
+        assert [j["job_id"] for j in a.get("/jobs").json()["jobs"]] == ["a-1"]
+        assert sorted(j["job_id"] for j in admin.get("/jobs").json()["jobs"]) == ["a-1", "b-1"]
+
+        assert a.post("/jobs/b-1/cancel").status_code == 404
+        assert a.post("/jobs/b-1/retry").status_code == 404
+        assert admin.get("/jobs/b-1").json()["state"] == "waiting"
+        # Re-posting another tenant's id answers 409 with none of its data.
+        r = a.post("/jobs", json=job("b-1", tenant_id="tenant-a"))
+        assert r.status_code == 409 and "tenant-b" not in r.text and "example.com" not in r.text
+
+        assert a.get("/workers").status_code == 403
+        r = a.delete(f"/queues/{server.queue}/jobs", params={"state": "failed"})
+        assert r.status_code == 403
+        assert a.get("/events").status_code == 422
+        assert a.get("/events", params={"job_id": "b-1"}).status_code == 404
+        assert b.post("/jobs/b-1/cancel").status_code == 200
+
+    with httpx.Client(base_url=server.url, timeout=10) as anon:
+        assert anon.get("/jobs").status_code == 401
+    with server.client(token="tenant-a-token-wrong") as wrong:
+        assert wrong.get("/jobs").status_code == 401
+
+
+def test_scoped_tokens_alone_close_the_api(api_server: ServerFactory) -> None:
+    server = api_server(INGEST_API_TOKEN="", INGEST_API_TENANT_TOKENS=SCOPED)
+    with httpx.Client(base_url=server.url, timeout=10) as anon:
+        assert anon.post("/jobs", json=job()).status_code == 401
+        assert anon.get("/jobs").status_code == 401
+    with server.client(token=TOKEN_A) as a:
+        assert a.post("/jobs", json=job(tenant_id="tenant-a")).status_code == 202
+    assert TOKEN not in server.output()
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("tenant-a", "tenant_id:token"),
+        ("bad tenant!:" + TOKEN_A, "tenant_id:token"),
+        ("tenant-a:short", "shorter than 16"),
+        (f"tenant-a:{TOKEN_A},tenant-b:{TOKEN_A}", "distinct"),
+        (f"tenant-a:{TOKEN}", "distinct"),
+    ],
+)
+def test_bad_tenant_tokens_fail_fast_without_quoting_a_token(raw: str, message: str) -> None:
+    env = {"INGEST_API_TOKEN": TOKEN, "INGEST_API_TENANT_TOKENS": raw}
+    with pytest.raises(ApiSettingsError, match=message) as err:
+        load_api_settings(env)
+    assert TOKEN_A not in str(err.value) and TOKEN not in str(err.value)

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from api.auth import require_read, require_write
+from api.auth import ReadAccess, WriteAccess, require_read, require_write
 from api.context import ApiContext, bounded, get_context
 from api.dashboard import dead_letters, job_history, throughput
 from api.errors import E401, E404, E422, E503, ApiError, payload_error
@@ -93,7 +93,8 @@ def _dt(ms: float) -> datetime:
     dependencies=[Depends(require_read)],
     responses={**E401, **E503},
 )
-async def stats(ctx: Ctx) -> Stats:
+async def stats(ctx: Ctx, access: ReadAccess) -> Stats:
+    access.require_admin()  # queue-wide figures: not for a tenant-scoped token
     q = ctx.queue
     counts = await bounded(q.counts())
     age = await bounded(q.oldest_waiting_age_s())
@@ -113,7 +114,8 @@ async def stats(ctx: Ctx) -> Stats:
     dependencies=[Depends(require_read)],
     responses={**E401, **E503},
 )
-async def stats_throughput(ctx: Ctx) -> ThroughputOut:
+async def stats_throughput(ctx: Ctx, access: ReadAccess) -> ThroughputOut:
+    access.require_admin()
     t = await bounded(throughput(ctx.queue))
     return ThroughputOut(
         minute_starts=[_dt(m) for m in t.minute_starts],
@@ -132,9 +134,9 @@ async def stats_throughput(ctx: Ctx) -> ThroughputOut:
     dependencies=[Depends(require_read)],
     responses={**E401, **E404, **E422, **E503},
 )
-async def job_events(job_id: JobId, ctx: Ctx) -> JobEvents:
+async def job_events(job_id: JobId, ctx: Ctx, access: ReadAccess) -> JobEvents:
     rec = await bounded(ctx.queue.get(_job_id_or_422(job_id), with_payload=True))
-    if rec is None:
+    if rec is None or not access.sees(rec.tenant_id):  # another tenant: as if missing
         raise ApiError(404, f"job {job_id} not found")
     history = await bounded(job_history(ctx.queue, rec, ctx.settings.secret_keys))
     return JobEvents(job_id=job_id, events=history.events, complete=history.complete)
@@ -149,8 +151,10 @@ async def job_events(job_id: JobId, ctx: Ctx) -> JobEvents:
 )
 async def list_dead_letters(
     ctx: Ctx,
+    access: ReadAccess,
     scan: Annotated[int, Query(ge=1, le=5000, description="newest failed jobs to group")] = 500,
 ) -> DeadLetters:
+    access.require_admin()  # every tenant's errors
     total, examined, groups = await bounded(
         dead_letters(ctx.queue, ctx.settings.secret_keys, scan), timeout_s=15.0
     )
@@ -198,7 +202,8 @@ async def list_dead_letters(
         }
     },
 )
-async def retry_many(request: Request, ctx: Ctx) -> RetryMany:
+async def retry_many(request: Request, ctx: Ctx, access: WriteAccess) -> RetryMany:
+    access.require_admin()
     try:
         body = json.loads(await request.body())
     except (ValueError, RecursionError):

@@ -54,6 +54,14 @@ def test_a_scoped_token_sees_and_changes_only_its_tenant(api_server: ServerFacto
         assert r.status_code == 403
         assert a.get("/events").status_code == 422
         assert a.get("/events", params={"job_id": "b-1"}).status_code == 404
+        # The dashboard's queue-wide views are not for a scoped token; a job's history is,
+        # for its own jobs only.
+        for path in ("/stats", "/stats/throughput", "/dead-letters"):
+            assert a.get(path).status_code == 403, path
+            assert admin.get(path).status_code == 200, path
+        assert a.get("/jobs/b-1/events").status_code == 404
+        assert a.get("/jobs/a-1/events").status_code == 200
+        assert a.post("/jobs:retry", json={"job_ids": ["b-1"]}).status_code == 403
         assert b.post("/jobs/b-1/cancel").status_code == 200
 
     with httpx.Client(base_url=server.url, timeout=10) as anon:

@@ -277,23 +277,43 @@ async def _purge(q: JobQueue, args: argparse.Namespace) -> int:
 async def _status_sync(q: JobQueue, args: argparse.Namespace) -> int:
     from supervisor.settings import load_settings
     from supervisor.status import open_backend
+    from supervisor.status.factory import resolve_kind
     from supervisor.status.sync import status_sync
 
-    backend = open_backend(load_settings([]))
+    settings = load_settings([])
+    kind = resolve_kind(
+        settings.status_backend,
+        supabase_url=settings.supabase_url,
+        supabase_key=settings.supabase_key,
+        dsn=settings.status_dsn,
+    )
+    if settings.status_backend == "auto" and kind == "sqlite":
+        # A shell without the daemons' settings would otherwise fill a stray local file.
+        raise ValueError(
+            "status-sync: no status store configured (set SUPABASE_URL and "
+            "SUPABASE_SERVICE_ROLE_KEY, or INGEST_STATUS_DSN, or INGEST_STATUS_BACKEND=sqlite "
+            "with INGEST_STATUS_SQLITE_PATH)"
+        )
+    backend = open_backend(settings)
     try:
         report = await status_sync(q, backend)
     finally:
         await backend.aclose()
-    lines = [f"checked {report.checked} job(s); re-sent {report.resent} row(s)"]
-    for label, ids in (("missing", report.missing), ("behind", report.behind)):
+    lines = [
+        f"store {report.store}: checked {report.checked} job(s); "
+        f"{len(report.missing) + len(report.behind)} row(s) missing or behind"
+    ]
+    for label, ids in (
+        ("missing", report.missing),
+        ("behind", report.behind),
+        ("another tenant's row, left alone", report.foreign),
+    ):
         if ids:
             more = " ..." if len(ids) > 20 else ""
             lines.append(f"  {label} ({len(ids)}): {', '.join(ids[:20])}{more}")
-    lines.append(
-        f"wrote {report.written} row(s); outbox {'empty' if report.drained else 'not empty'}"
-    )
+    lines.append(f"wrote {report.written} row(s)")
     _emit(args, report.to_json(), "\n".join(lines))
-    return EXIT_OK if report.drained else EXIT_NOT_APPLIED
+    return EXIT_OK
 
 
 async def _run(args: argparse.Namespace) -> int:

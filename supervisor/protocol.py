@@ -538,6 +538,29 @@ class JobQueue:
         k = self.keys
         return int(await self._run("resend_status", [k.jobs, k.status_outbox], list(job_ids)))
 
+    async def status_rows(self, job_ids: Sequence[str]) -> list[dict[str, str]]:
+        """The current status row of each known job, as outbox fields (nothing appended)."""
+        if not job_ids:
+            return []
+        raw = await self._run("status_rows", [self.keys.jobs], list(job_ids))
+        return [
+            {_s(row[i], "replace"): _s(row[i + 1], "replace") for i in range(0, len(row), 2)}
+            for row in raw or []
+        ]
+
+    async def status_versions(
+        self, cursor: int, count: int
+    ) -> tuple[int, list[tuple[str, str, float, int]]]:
+        """One page of the job hash as (job id, tenant, run in unix seconds, rev), and the
+        next HSCAN cursor (0 when the scan is complete)."""
+        raw = await self._run("status_versions", [self.keys.jobs], [cursor, count])
+        items = [_s(x, "replace") for x in raw[1:]]
+        out = [
+            (items[i], items[i + 1], float(items[i + 2]) / 1000.0, int(items[i + 3]))
+            for i in range(0, len(items), 4)
+        ]
+        return int(_s(raw[0])), out
+
     async def get(self, job_id: str, *, with_payload: bool = False) -> JobRecord | None:
         validate_job_id(job_id)
         async with self.client.pipeline(transaction=False) as pipe:

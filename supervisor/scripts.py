@@ -19,6 +19,8 @@ SCRIPT_NAMES = (
     "reap",
     "purge",
     "resend_status",
+    "status_rows",
+    "status_versions",
 )
 
 

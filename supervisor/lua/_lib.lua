@@ -75,26 +75,23 @@ local function trim(set, jobs, payloads, cutoff, limit)
   return #ids
 end
 
--- Append the job's status row, as it now stands, to the status outbox stream: the
--- projectors write it to `ingestion_jobs`. `kind` is 'p' (a progress tick), 's' (any other
--- state change) or 'f' (a final state). The outbox is bounded by `cap` entries: at the cap
--- progress ticks are no longer recorded, at twice the cap no non-final change either; a
--- final state is always recorded. What is skipped is still in the job record, and the
--- reconciler re-sends it. A cap of 0 means no bound.
-local function status_out(outbox, cap, rec, kind)
-  cap = tonumber(cap) or 0
-  if cap > 0 and kind ~= 'f' then
-    local n = redis.call('XLEN', outbox)
-    if n >= cap * 2 or (kind == 'p' and n >= cap) then
-      return
-    end
-  end
+-- A result larger than this is not carried in status rows (the job record keeps it): rows
+-- stay small enough to batch, and a store never chokes on one job's output.
+local STATUS_RESULT_MAX = 65536
+
+-- The job's status row as it now stands, as stream fields (see supervisor/status/outbox.py).
+-- `kind` is 'p' (a progress tick), 's' (any other state change) or 'f' (a final state).
+local function status_fields(rec, kind)
   local fields = {'job', rec.id, 'kind', kind, 'tenant', rec.tenant or '', 'state', rec.state,
                   'rev', tostring(rec.rev or 0), 'run', fmt(rec.enqueued_at or 0),
                   'attempt', tostring(rec.attempt or 0),
                   'max', tostring(rec.max_attempts or 0),
                   'progress', tostring(rec.progress or 0)}
-  local optional = {msg = rec.message, error = rec.error, result = rec.result,
+  local result = rec.result
+  if type(result) == 'string' and #result > STATUS_RESULT_MAX then
+    result = cjson.encode({result_omitted = 'larger than 64 KiB', bytes = #result})
+  end
+  local optional = {msg = rec.message, error = rec.error, result = result,
                     worker = rec.worker, started = rec.started_at,
                     finished = rec.finished_at, rss = rec.peak_rss}
   for k, v in pairs(optional) do
@@ -107,7 +104,30 @@ local function status_out(outbox, cap, rec, kind)
       end
     end
   end
-  redis.call('XADD', outbox, '*', unpack(fields))
+  return fields
+end
+
+local function final_kind(rec)
+  if rec.state == 'completed' or rec.state == 'failed' or rec.state == 'cancelled' then
+    return 'f'
+  end
+  return 's'
+end
+
+-- Append the job's status row to the status outbox stream, which the projectors write to
+-- `ingestion_jobs`. The outbox is bounded by `cap` entries: at the cap progress ticks are
+-- no longer recorded, at twice the cap no non-final change either; a final state is
+-- always recorded. What is skipped is still in the job record, and the reconciler re-sends
+-- it. A cap of 0 means no bound.
+local function status_out(outbox, cap, rec, kind)
+  cap = tonumber(cap) or 0
+  if cap > 0 and kind ~= 'f' then
+    local n = redis.call('XLEN', outbox)
+    if n >= cap * 2 or (kind == 'p' and n >= cap) then
+      return
+    end
+  end
+  redis.call('XADD', outbox, '*', unpack(status_fields(rec, kind)))
 end
 
 -- The first job id of an enqueue batch that exists for another tenant, else nil. The batch

@@ -24,6 +24,8 @@ if rec.state == 'active' then
   rec.cancel_requested = true
   save(KEYS[1], rec)
   emit(KEYS[6], ARGV[3], 'cancel_requested', rec)
+  -- The row does not show the request, but the record's revision moved: keep them equal.
+  status_out(KEYS[7], ARGV[4], rec, 's')
   redis.call('PUBLISH', ARGV[2], rec.id)
   return {'requested', rec.rev}
 end

@@ -7,11 +7,7 @@ local n = 0
 for _, id in ipairs(ARGV) do
   local rec = load(KEYS[1], id)
   if rec then
-    local kind = 's'
-    if rec.state == 'completed' or rec.state == 'failed' or rec.state == 'cancelled' then
-      kind = 'f'
-    end
-    status_out(KEYS[2], 0, rec, kind)
+    status_out(KEYS[2], 0, rec, final_kind(rec))
     n = n + 1
   end
 end

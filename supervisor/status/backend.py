@@ -10,6 +10,8 @@ from supervisor.status.update import StatusUpdate
 
 log = logging.getLogger(__name__)
 
+RowVersion = tuple[float, int, str]  # seq_run, rev, tenant_id
+
 
 # Row columns `fetch()` returns, the same for every backend; times as unix seconds.
 COLUMNS = (
@@ -55,8 +57,9 @@ class StatusBackend(Protocol):
 
     async def fetch(self, job_id: str) -> dict[str, Any] | None: ...
 
-    async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, tuple[float, int]]:
-        """(seq_run, rev) of the rows of these jobs that exist (the reconciler's check)."""
+    async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, RowVersion]:
+        """(seq_run, rev, tenant_id) of the rows of these jobs that exist (the reconciler's
+        check)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -73,8 +76,8 @@ class NoneBackend:
     async def fetch(self, job_id: str) -> dict[str, Any] | None:
         return None
 
-    async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, tuple[float, int]]:
-        return {job_id: (float("inf"), 0) for job_id in job_ids}  # nothing is ever behind
+    async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, RowVersion]:
+        return {}
 
     async def aclose(self) -> None:
         return None

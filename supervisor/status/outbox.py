@@ -8,11 +8,14 @@ defensively: the stream is Redis data that an operator (or a bug) may have writt
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from supervisor.states import JobState, table_status
 from supervisor.status.update import StatusUpdate
+
+# The consumer group of the projectors; trimming follows this group only.
+GROUP = "status-projector"
 
 KIND_PROGRESS = "p"
 KIND_STATE = "s"
@@ -41,6 +44,18 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+# PostgreSQL text and jsonb cannot hold NUL, and a child may print one: rows carry none.
+def _without_nul(value: Any) -> Any:
+    """Child-made JSON without NUL characters, in keys and strings alike."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    return value
+
+
 def _seconds(fields: dict[str, str], name: str) -> float | None:
     raw = fields.get(name)
     return None if raw in (None, "") else float(raw) / 1000.0
@@ -52,6 +67,7 @@ def _int(fields: dict[str, str], name: str) -> int | None:
 
 
 def row_from_fields(fields: dict[str, str]) -> StatusUpdate:
+    fields = {k: v.replace("\x00", "") for k, v in fields.items()}
     state = JobState(fields["state"])
     status = table_status(state).value
     active = state is JobState.ACTIVE
@@ -72,12 +88,15 @@ def row_from_fields(fields: dict[str, str]) -> StatusUpdate:
         max_attempts=max_attempts if max_attempts and max_attempts > 0 else None,
         # A running attempt shows nothing of the previous attempt's outcome.
         error=None if active else fields.get("error"),
-        result=json.loads(result_raw) if result_raw and status == "completed" else None,
+        result=_without_nul(json.loads(result_raw))
+        if result_raw and status == "completed"
+        else None,
         worker_id=fields.get("worker"),
         queued_at=float(fields["run"]) / 1000.0,
         started_at=started if active or final else None,
         finished_at=finished,
-        duration_ms=round((finished - started) * 1000) if finished and started else None,
+        # Clocks of two servers (a failover) can disagree: never a negative duration.
+        duration_ms=max(0, round((finished - started) * 1000)) if finished and started else None,
         peak_rss_bytes=_int(fields, "rss") if final else None,
     )
 
@@ -87,5 +106,11 @@ def parse_entry(entry_id: Any, raw_fields: dict[Any, Any]) -> OutboxEntry:
     eid = _text(entry_id)
     try:
         return OutboxEntry(eid, fields.get("kind", KIND_STATE), row_from_fields(fields))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise BadEntry(f"outbox entry {eid} is not a status row: {exc!r}") from None
+    except Exception as exc:  # anything in the stream that is not a row, however broken
+        raise BadEntry(f"outbox entry {eid} is not a status row: {exc!r}"[:500]) from None
+
+
+def bare_final(row: StatusUpdate) -> StatusUpdate:
+    """A final row without the child's text (message, error, result): what is written when
+    the store refuses the whole row, so the row at least shows the job finished."""
+    return replace(row, progress_message=None, error=None, result=None)

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from supervisor.status.backend import COLUMNS, StatusStoreError
+from supervisor.status.backend import COLUMNS, RowVersion, StatusStoreError
 from supervisor.status.update import StatusUpdate
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 # SQLSTATE classes that mean the data was rejected: retrying the same batch cannot help.
 _PERMANENT_CLASSES = ("22", "23")
 
-_VERSIONS = "select job_id, seq_run, rev from public.ingestion_jobs where job_id = any(%s)"
+_VERSIONS = (
+    "select job_id, seq_run, rev, tenant_id from public.ingestion_jobs where job_id = any(%s)"
+)
 _FETCH = "select {} from public.ingestion_jobs where job_id = %s".format(", ".join(COLUMNS))
 
 
@@ -100,11 +102,11 @@ class PostgresBackend:
         row = await self._run(_FETCH, [job_id])
         return None if row is None else _row(row)
 
-    async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, tuple[float, int]]:
+    async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, RowVersion]:
         if not job_ids:
             return {}
         rows = await self._run(_VERSIONS, [list(job_ids)], many=True)
-        return {r[0]: (float(r[1]), int(r[2])) for r in rows}
+        return {r[0]: (float(r[1]), int(r[2]), str(r[3])) for r in rows}
 
     async def aclose(self) -> None:
         async with self._lock:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -29,13 +30,17 @@ from supervisor.keys import QueueKeys
 from supervisor.protocol import AnyRedis
 from supervisor.redis_retry import TRANSIENT
 from supervisor.status.backend import StatusBackend, StatusStoreError
-from supervisor.status.outbox import BadEntry, OutboxEntry, parse_entry
+from supervisor.status.outbox import GROUP, BadEntry, OutboxEntry, bare_final, parse_entry
 from supervisor.status.trim import OutboxState
 from supervisor.status.update import StatusUpdate, newest_per_job
 
 log = logging.getLogger(__name__)
 
-GROUP = "status-projector"
+# A store request carries at most this much row data (estimated); bigger batches are split.
+REQUEST_BYTES = 4 * 1024 * 1024
+# A batch that failed this many times in a row is split in halves: a batch too large for
+# the store (a timeout, a size limit) must not be retried whole for ever.
+SPLIT_AFTER_FAILURES = 3
 
 
 @dataclass
@@ -55,6 +60,13 @@ class ProjectorHooks:
     on_request: Callable[[int, float, bool], None] = lambda _n, _s, _ok: None
     on_lag: Callable[[float], None] = lambda _s: None
     on_outbox: Callable[[OutboxState], None] = lambda _state: None
+    on_rejected: Callable[[int], None] = lambda _n: None
+
+
+def _weight(row: StatusUpdate) -> int:
+    """Rough size of a row in a request: its texts and result, plus the fixed columns."""
+    result = 0 if row.result is None else len(json.dumps(row.result))
+    return 300 + result + len(row.error or "") + len(row.progress_message or "")
 
 
 def _transient_store_error(exc: BaseException) -> bool:
@@ -107,6 +119,10 @@ class StatusProjector:
             if "BUSYGROUP" not in str(exc):
                 raise
         self._group_ready = True
+
+    def forget_group(self) -> None:
+        """The group is to be created again before the next read (it was found missing)."""
+        self._group_ready = False
 
     async def _call(self, fn: Callable[[], Any]) -> Any:
         """A Redis call; a group lost with its stream (a Redis restarted without
@@ -180,19 +196,19 @@ class StatusProjector:
             with contextlib.suppress(Exception):
                 self.hooks.on_request(len(rows), time.monotonic() - started, ok)
 
-    async def _apply_retrying(self, rows: list[StatusUpdate]) -> bool:
-        """True once the store took the rows; False when giving up at the shutdown
-        deadline (the entries stay pending for another projector). Raises a permanent
-        StatusStoreError."""
+    async def _apply_retrying(self, rows: list[StatusUpdate]) -> str:
+        """'ok' once the store took the rows; 'rejected' when it refused them as invalid;
+        'split' when a batch of several rows kept failing; 'gave_up' at the shutdown
+        deadline (the entries then stay pending for another projector)."""
         delay = self.retry_initial_s
         attempt = 0
         while True:
             try:
                 await self._apply_once(rows)
-                return True
+                return "ok"
             except Exception as exc:
                 if not _transient_store_error(exc):
-                    raise
+                    return "rejected"
                 attempt += 1
                 if attempt == 1 or attempt % 10 == 0:
                     log.warning(
@@ -201,32 +217,56 @@ class StatusProjector:
                         exc,
                         attempt,
                     )
+                if len(rows) > 1 and attempt >= SPLIT_AFTER_FAILURES:
+                    return "split"
             pause = delay + random.uniform(0, self.retry_initial_s)
             delay = min(delay * 2, self.retry_max_s)
             if self._give_up_at is not None:
                 left = self._give_up_at - time.monotonic()
                 if left <= 0:
-                    return False
+                    return "gave_up"
                 pause = min(pause, left, 0.2)
             await asyncio.sleep(pause)
 
     async def _apply(self, rows: list[StatusUpdate]) -> bool:
-        try:
-            return await self._apply_retrying(rows)
-        except StatusStoreError as exc:
-            if len(rows) == 1:
-                self.stats.rejected += 1
+        """Write rows; False only when giving up at the shutdown deadline."""
+        outcome = await self._apply_retrying(rows)
+        if outcome == "ok":
+            return True
+        if outcome == "gave_up":
+            return False
+        if outcome == "rejected" and len(rows) == 1:
+            row = rows[0]
+            bare = bare_final(row)
+            if row.final and bare != row:
                 log.error(
-                    "status store rejected the row of job %s (%s); skipped",
-                    rows[0].job_id,
-                    exc,
+                    "status store refused the final row of job %s; writing it without the "
+                    "child's message, error and result",
+                    row.job_id,
                 )
-                return True
-        # One bad row must not hold back the rest: send them one at a time.
+                return await self._apply([bare])
+            self.stats.rejected += 1
+            with contextlib.suppress(Exception):
+                self.hooks.on_rejected(1)
+            log.error("status store refused the row of job %s; skipped", row.job_id)
+            return True
+        # A refused or oversized batch: halves, so one bad row costs a few requests.
+        mid = len(rows) // 2
+        return await self._apply(rows[:mid]) and await self._apply(rows[mid:])
+
+    async def _apply_all(self, rows: list[StatusUpdate]) -> bool:
+        """Rows in requests of bounded size."""
+        request: list[StatusUpdate] = []
+        size = 0
         for row in rows:
-            if not await self._apply([row]):
-                return False
-        return True
+            weight = _weight(row)
+            if request and size + weight > REQUEST_BYTES:
+                if not await self._apply(request):
+                    return False
+                request, size = [], 0
+            request.append(row)
+            size += weight
+        return not request or await self._apply(request)
 
     # ---- one batch ----------------------------------------------------------------------
 
@@ -247,7 +287,7 @@ class StatusProjector:
                 continue
             entries.append(entry)
             ids.append(entry.entry_id)
-        if entries and not await self._apply(newest_per_job([e.row for e in entries])):
+        if entries and not await self._apply_all(newest_per_job([e.row for e in entries])):
             return False
         await self._ack(ids)
         now_ms = time.time() * 1000
@@ -266,12 +306,12 @@ class StatusProjector:
         while not self._stopping.is_set():
             try:
                 if first:
-                    # What this consumer name was given before and never acknowledged.
-                    await self.project(await self._read("0", None))
+                    await self._project_own_pending()
                     first = False
                 if time.monotonic() >= next_claim:
-                    await self.project(await self._claim_stale())
+                    # Set first: a failing take-over must not be retried in a tight loop.
                     next_claim = time.monotonic() + self.claim_interval_s
+                    await self.project(await self._claim_stale())
                 await self.project(await self._read(">", self.block_ms))
                 pause = 0.2
             except TRANSIENT as exc:
@@ -289,6 +329,26 @@ class StatusProjector:
     def stop(self) -> None:
         self._stopping.set()
 
+    async def _project_own_pending(self) -> bool:
+        """What this consumer name was given and never acknowledged (a restart under the
+        same name, or a stopped drain): all of it, batch by batch."""
+        while True:
+            batch = await self._read("0", None)
+            if not batch:
+                return True
+            if not await self.project(batch):
+                return False
+
+    async def _forget_consumer(self) -> None:
+        """Remove this consumer from the group once it holds nothing: the group's consumer
+        list would otherwise grow with every restart. Never with entries pending: deleting
+        a consumer drops its pending entries for good."""
+        mine: Any = await self.client.xpending_range(
+            self.keys.status_outbox, GROUP, min="-", max="+", count=1, consumername=self.consumer
+        )
+        if not mine:
+            await self.client.xgroup_delconsumer(self.keys.status_outbox, GROUP, self.consumer)
+
     async def drain(self, deadline_s: float) -> bool:
         """At shutdown: project what is left (this consumer's pending entries, then new
         ones) until the outbox is empty or the deadline passes. True when nothing was left
@@ -296,11 +356,12 @@ class StatusProjector:
         self._give_up_at = time.monotonic() + deadline_s
         try:
             async with asyncio.timeout(deadline_s):
-                if not await self.project(await self._read("0", None)):
+                if not await self._project_own_pending():
                     return False
                 while True:
                     batch = await self._read(">", None)
                     if not batch:
+                        await self._forget_consumer()
                         return True
                     if not await self.project(batch):
                         return False

@@ -1,20 +1,19 @@
-"""The reconciler: re-send Redis's truth for status rows that are missing or behind.
+"""The reconciler: find status rows that are missing or behind Redis.
 
 The outbox makes every change durable, but entries can still be lost outside our control:
 a Redis failover that drops the last writes, an operator's `XTRIM`, rows refused while a
-store's migration was missing. A periodic sweep compares a bounded page of job records
-with their rows and appends a fresh snapshot of each job whose row is missing or older
-than the record; the projectors then write it. One daemon sweeps at a time (a short lock
-in Redis); the scan cursor is kept in Redis, so successive sweeps by any daemon walk the
-whole job hash.
+store's migration was missing. A sweep compares a bounded page of job records (only their
+run, revision and tenant leave Redis) with their rows and names the jobs whose row is
+missing or older than the record. The periodic sweep (one daemon at a time, a short lock in
+Redis) re-sends those through the outbox; its scan cursor is kept in Redis, so successive
+sweeps by any daemon walk the whole job hash. `ingestctl status-sync` walks it from the
+start with a cursor of its own.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from supervisor.protocol import JobQueue
 from supervisor.status.backend import StatusBackend
@@ -29,27 +28,19 @@ class ReconcileReport:
     checked: int = 0
     missing: list[str] = field(default_factory=list)  # no row at all
     behind: list[str] = field(default_factory=list)  # a row older than the record
-    resent: int = 0
-    wrapped: bool = False  # the sweep reached the end of the job hash
+    foreign: list[str] = field(default_factory=list)  # the row belongs to another tenant
+    cursor: int = 0  # where the next page starts; 0 once the scan went round
+
+    @property
+    def stale(self) -> list[str]:
+        return self.missing + self.behind
 
     def merge(self, other: ReconcileReport) -> None:
         self.checked += other.checked
         self.missing += other.missing
         self.behind += other.behind
-        self.resent += other.resent
-        self.wrapped = other.wrapped
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _record_key(raw: Any) -> tuple[float, int] | None:
-    try:
-        rec = json.loads(raw)
-        return float(rec["enqueued_at"]) / 1000.0, int(rec.get("rev", 0))
-    except (ValueError, KeyError, TypeError):
-        return None
+        self.foreign += other.foreign
+        self.cursor = other.cursor
 
 
 async def take_lock(queue: JobQueue, owner: str, ttl_s: float) -> bool:
@@ -60,58 +51,55 @@ async def take_lock(queue: JobQueue, owner: str, ttl_s: float) -> bool:
     return bool(got)
 
 
-async def sweep_page(queue: JobQueue, backend: StatusBackend, *, limit: int) -> ReconcileReport:
-    """Check up to about `limit` job records from the stored cursor on; re-send the stale."""
-    keys = queue.keys
-    client = queue.client
-    raw_cursor = await client.hget(keys.status_reconcile, CURSOR_FIELD)
-    cursor = int(raw_cursor or 0)
-    records: dict[str, tuple[float, int]] = {}
+async def compare_page(
+    queue: JobQueue, backend: StatusBackend, cursor: int, *, limit: int
+) -> ReconcileReport:
+    """Compare about `limit` job records from `cursor` on with their rows."""
     report = ReconcileReport()
+    records: dict[str, tuple[str, float, int]] = {}
     while True:
-        cursor, page = await client.hscan(keys.jobs, cursor, count=min(limit, 1000))
-        assert isinstance(page, dict)
-        for job_id, raw in page.items():
-            key = _record_key(raw)
-            if key is not None:
-                records[_text(job_id)] = key
-        if cursor == 0:
-            report.wrapped = True
+        cursor, page = await queue.status_versions(cursor, min(limit, 500))
+        for job_id, tenant, run, rev in page:
+            records[job_id] = (tenant, run, rev)
+        if cursor == 0 or len(records) >= limit:
             break
-        if len(records) >= limit:
-            break
-    await client.hset(keys.status_reconcile, CURSOR_FIELD, str(cursor))
+    report.cursor = cursor
     report.checked = len(records)
     if not records:
         return report
     rows = await backend.fetch_versions(list(records))
-    for job_id, key in records.items():
+    for job_id, (tenant, run, rev) in records.items():
         row = rows.get(job_id)
         if row is None:
             report.missing.append(job_id)
-        elif row < key:
+        elif row[2] != tenant:
+            report.foreign.append(job_id)
+        elif (row[0], row[1]) < (run, rev):
             report.behind.append(job_id)
-    stale = report.missing + report.behind
-    if stale:
-        report.resent = await queue.resend_status(stale)
+    if report.foreign:
         log.warning(
-            "status reconciler re-sent %d rows (missing: %d, behind: %d), e.g. %s",
-            report.resent,
-            len(report.missing),
-            len(report.behind),
-            ", ".join(stale[:5]),
+            "status rows of %d job(s) belong to another tenant and are left as they are "
+            "(a job id reused across tenants), e.g. %s",
+            len(report.foreign),
+            ", ".join(report.foreign[:5]),
         )
     return report
 
 
-async def sweep_all(
-    queue: JobQueue, backend: StatusBackend, *, page: int = 1000
-) -> ReconcileReport:
-    """A whole pass over the job hash from the start (`ingestctl status-sync`)."""
-    await queue.client.hset(queue.keys.status_reconcile, CURSOR_FIELD, "0")
-    total = ReconcileReport()
-    while True:
-        part = await sweep_page(queue, backend, limit=page)
-        total.merge(part)
-        if part.wrapped:
-            return total
+async def sweep_page(queue: JobQueue, backend: StatusBackend, *, limit: int) -> ReconcileReport:
+    """The periodic sweep: one page from the fleet's shared cursor; re-sends the stale
+    rows through the outbox."""
+    keys = queue.keys
+    raw = await queue.client.hget(keys.status_reconcile, CURSOR_FIELD)
+    report = await compare_page(queue, backend, int(raw or 0), limit=limit)
+    await queue.client.hset(keys.status_reconcile, CURSOR_FIELD, str(report.cursor))
+    if report.stale:
+        resent = await queue.resend_status(report.stale)
+        log.warning(
+            "status reconciler re-sent %d rows (missing: %d, behind: %d), e.g. %s",
+            resent,
+            len(report.missing),
+            len(report.behind),
+            ", ".join(report.stale[:5]),
+        )
+    return report

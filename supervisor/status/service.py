@@ -67,6 +67,11 @@ class StatusService:
             if self._stopping.is_set():
                 return
             try:
+                state = await outbox_state(self.queue.client, self.queue.keys.status_outbox)
+                if state.unprojected > self.reconcile_page:
+                    # Rows lag because the outbox is still being written: not lost.
+                    log.debug("reconcile sweep skipped: %d rows to project", state.unprojected)
+                    continue
                 if await take_lock(self.queue, self.consumer, self.reconcile_interval_s * 0.9):
                     async with asyncio.timeout(max(30.0, self.reconcile_interval_s)):
                         await sweep_page(self.queue, self.backend, limit=self.reconcile_page)
@@ -85,9 +90,14 @@ class StatusService:
                     # Never judge the stream reader-less while our group is still to come.
                     await self.projector.ensure_group()
                 state: OutboxState = await outbox_state(self.queue.client, stream)
-                with contextlib.suppress(Exception):
-                    self.hooks.on_outbox(state)
-                await trim_outbox(self.queue.client, stream, state)
+                if self.projector is not None and not state.has_group:
+                    # The group vanished (Redis restarted empty): make it again, never trim
+                    # what it has not read.
+                    self.projector.forget_group()
+                else:
+                    with contextlib.suppress(Exception):
+                        self.hooks.on_outbox(state)
+                    await trim_outbox(self.queue.client, stream, state)
             except TRANSIENT as exc:
                 log.debug("outbox trim skipped: %s", exc)
             except Exception:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from supervisor.status.backend import COLUMNS, StatusStoreError
+from supervisor.status.backend import COLUMNS, RowVersion, StatusStoreError
 from supervisor.status.update import StatusUpdate
 
 _SCHEMA = """
@@ -159,21 +159,22 @@ class SqliteBackend:
             out["result"] = json.loads(out["result"])
         return out
 
-    def _versions_sync(self, job_ids: list[str]) -> dict[str, tuple[float, int]]:
-        out: dict[str, tuple[float, int]] = {}
+    def _versions_sync(self, job_ids: list[str]) -> dict[str, RowVersion]:
+        out: dict[str, RowVersion] = {}
         with self._lock:
             conn = self._connection()
             for start in range(0, len(job_ids), 500):
                 chunk = job_ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                for job_id, run, rev in conn.execute(
-                    f"select job_id, seq_run, rev from ingestion_jobs where job_id in ({marks})",
+                for job_id, run, rev, tenant in conn.execute(
+                    "select job_id, seq_run, rev, tenant_id from ingestion_jobs"
+                    f" where job_id in ({marks})",
                     chunk,
                 ):
-                    out[job_id] = (float(run), int(rev))
+                    out[job_id] = (float(run), int(rev), str(tenant))
         return out
 
-    async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, tuple[float, int]]:
+    async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, RowVersion]:
         try:
             return await asyncio.to_thread(self._versions_sync, list(job_ids))
         except sqlite3.Error as exc:

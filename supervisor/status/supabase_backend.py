@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from supervisor.status.backend import COLUMNS, TIME_COLUMNS, StatusStoreError
+from supervisor.status.backend import COLUMNS, TIME_COLUMNS, RowVersion, StatusStoreError
 from supervisor.status.update import StatusUpdate
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class SupabaseBackend:
                 self._http = httpx.AsyncClient(timeout=httpx.Timeout(self._timeout_s))
                 options = AsyncClientOptions(
                     httpx_client=self._http,
-                    postgrest_client_retry=False,  # our writer retries, with backoff
+                    postgrest_client_retry=False,  # the projector retries, with backoff
                     auto_refresh_token=False,
                     persist_session=False,
                 )
@@ -89,19 +89,19 @@ class SupabaseBackend:
         )
         return _row(data[0]) if data else None
 
-    async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, tuple[float, int]]:
-        out: dict[str, tuple[float, int]] = {}
+    async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, RowVersion]:
+        out: dict[str, RowVersion] = {}
         ids = list(job_ids)
         # Bounded URL length: job ids are at most 128 characters.
         for start in range(0, len(ids), 100):
             chunk = ids[start : start + 100]
             data = await self._execute(
                 lambda c, chunk=chunk: (
-                    c.table("ingestion_jobs").select("job_id,seq_run,rev").in_("job_id", chunk)
+                    c.table("ingestion_jobs").select("job_id,seq_run,rev,tenant_id").in_("job_id", chunk)
                 )
             )
             for r in data or []:
-                out[r["job_id"]] = (float(r["seq_run"]), int(r["rev"]))
+                out[r["job_id"]] = (float(r["seq_run"]), int(r["rev"]), str(r["tenant_id"]))
         return out
 
     async def aclose(self) -> None:

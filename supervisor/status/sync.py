@@ -1,50 +1,55 @@
 """A whole reconcile pass by hand (`ingestctl status-sync`): compare every job record in
-Redis with its row, re-send the stale, and write them at once as a projector would."""
+Redis with its row and write the current row of each missing or stale one straight to the
+store. It never reads the outbox, so it takes nothing from the daemons' projectors."""
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from supervisor.protocol import JobQueue
 from supervisor.status.backend import NoneBackend, StatusBackend
-from supervisor.status.projector import StatusProjector
-from supervisor.status.reconcile import sweep_all
+from supervisor.status.outbox import row_from_fields
+from supervisor.status.reconcile import ReconcileReport, compare_page
+
+WRITE_BATCH = 200
 
 
 @dataclass(frozen=True)
 class SyncReport:
+    store: str
     checked: int
     missing: list[str]
     behind: list[str]
-    resent: int
-    written: int  # outbox rows this command wrote to the store (others may write some too)
-    drained: bool  # the outbox was empty when the command finished
+    foreign: list[str]
+    written: int  # rows the store changed
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-async def status_sync(
-    queue: JobQueue, backend: StatusBackend, *, deadline_s: float = 60.0
-) -> SyncReport:
+async def status_sync(queue: JobQueue, backend: StatusBackend, *, page: int = 1000) -> SyncReport:
     if isinstance(backend, NoneBackend):
         raise ValueError("status-sync needs a status store; INGEST_STATUS_BACKEND is none")
-    report = await sweep_all(queue, backend)
-    projector = StatusProjector(
-        queue.client,
-        queue.keys,
-        backend,
-        consumer=f"ingestctl:{socket.gethostname()}:{os.getpid()}",
-    )
-    drained = await projector.drain(deadline_s)
+    total = ReconcileReport()
+    written = 0
+    cursor = 0
+    while True:
+        part = await compare_page(queue, backend, cursor, limit=page)
+        total.merge(part)
+        stale = part.stale
+        for start in range(0, len(stale), WRITE_BATCH):
+            fields = await queue.status_rows(stale[start : start + WRITE_BATCH])
+            rows = [row_from_fields(f) for f in fields]
+            written += await backend.apply(rows)
+        cursor = part.cursor
+        if cursor == 0:
+            break
     return SyncReport(
-        checked=report.checked,
-        missing=report.missing,
-        behind=report.behind,
-        resent=report.resent,
-        written=projector.stats.rows,
-        drained=drained,
+        store=backend.name,
+        checked=total.checked,
+        missing=total.missing,
+        behind=total.behind,
+        foreign=total.foreign,
+        written=written,
     )

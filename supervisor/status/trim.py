@@ -1,9 +1,10 @@
 """How far the status outbox may be trimmed, and how far behind its projection is.
 
-Nothing a consumer group has not acknowledged is ever trimmed: the trim point is the
-oldest entry that is pending (delivered, not acknowledged) or not yet delivered, over
-every group of the stream. A stream with no group at all (status writing turned off in
-every daemon, backend `none`) has no reader, so it is emptied.
+Nothing the projectors' consumer group has not acknowledged is ever trimmed: the trim
+point is the oldest entry that is pending (delivered, not acknowledged) or not yet
+delivered in that group. Other groups on the stream are not readers we serve and do not
+hold it back. A stream without the group (status writing turned off in every daemon,
+backend `none`) has no reader, so it is emptied.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor.protocol import AnyRedis
+from supervisor.status.outbox import GROUP
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ async def outbox_state(client: AnyRedis, stream: str) -> OutboxState:
         if "no such key" in str(exc).lower():
             return OutboxState(0, 0, None, None, has_group=False)
         raise
+    groups = [g for g in groups if _text(g["name"]) == GROUP]
     if not groups:
         last = await client.xrevrange(stream, count=1)
         newest = _text(last[0][0]) if last else None
@@ -95,4 +98,4 @@ async def trim_outbox(client: AnyRedis, stream: str, state: OutboxState) -> int:
     if not state.has_group:
         ms, seq = _id_key(state.safe_trim_id)
         return int(await client.xtrim(stream, minid=f"{ms}-{seq + 1}", approximate=False))
-    return int(await client.xtrim(stream, minid=state.safe_trim_id, approximate=True))
+    return int(await client.xtrim(stream, minid=state.safe_trim_id, approximate=False))

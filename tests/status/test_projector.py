@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from supervisor.protocol import Backoff, JobQueue, Retention
 from supervisor.status import NoneBackend, StatusBackend, build_status_backend
 from supervisor.status.projector import GROUP, StatusProjector
-from supervisor.status.reconcile import sweep_all
+from supervisor.status.reconcile import sweep_page
 from supervisor.status.service import StatusService
 from supervisor.status.sync import status_sync
 from supervisor.status.trim import outbox_state, trim_outbox
@@ -199,8 +199,9 @@ async def test_the_outbox_bound_drops_progress_first_and_never_a_final_state(
         assert await q.complete("cap-1", claim.token, None, message="done")  # final: kept
         assert await client.xlen(q.keys.status_outbox) == 7
         # What was dropped is still in Redis: the reconciler restores it.
-        report = await sweep_all(q, sqlite_backend)
+        report = await sweep_page(q, sqlite_backend, limit=100)
         assert report.checked == 5 and sorted(report.missing) == [f"cap-{i}" for i in range(1, 6)]
+        assert report.cursor == 0  # the whole (small) job hash in one page
         p = projector(q, sqlite_backend, "p")
         assert await p.drain(10.0)
         assert await status_of(sqlite_backend, "cap-1") == "completed"
@@ -241,14 +242,14 @@ async def test_reconciliation_fixes_a_missing_row_and_a_stuck_processing_row(
             with sqlite3.connect(path) as conn:
                 conn.execute("delete from ingestion_jobs where job_id = 'rc-missing'")
         assert await status_of(backend, "rc-stuck") == "processing"
-        report = await status_sync(queue, backend, deadline_s=10.0)
-        assert "rc-stuck" in report.behind
-        assert report.drained and report.written >= 2
+        report = await status_sync(queue, backend)
+        assert report.behind == ["rc-stuck"] and report.missing == ["rc-missing"]
+        assert report.written == 2 and report.store == store.kind
         assert await status_of(backend, "rc-stuck") == "completed"
         assert await status_of(backend, "rc-missing") == "completed"
         assert await status_of(backend, "rc-fine") == "queued"
-        again = await status_sync(queue, backend, deadline_s=10.0)
-        assert again.resent == 0 and again.checked == 3
+        again = await status_sync(queue, backend)
+        assert (again.missing, again.behind, again.written, again.checked) == ([], [], 0, 3)
     finally:
         await backend.aclose()
 

@@ -1,0 +1,18 @@
+-- status_versions: one HSCAN page of the job hash, reduced to what the reconciler compares
+-- (so whole records, results included, never leave Redis for it).
+-- KEYS[1] jobs
+-- ARGV[1] HSCAN cursor  ARGV[2] COUNT hint
+-- Returns {next cursor, id, tenant, run ms, rev, id, tenant, run ms, rev, ...}.
+local page = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', tonumber(ARGV[2]))
+local out = {page[1]}
+local items = page[2]
+for i = 1, #items, 2 do
+  local ok, rec = pcall(cjson.decode, items[i + 1])
+  if ok and type(rec) == 'table' then
+    table.insert(out, items[i])
+    table.insert(out, tostring(rec.tenant or ''))
+    table.insert(out, fmt(rec.enqueued_at or 0))
+    table.insert(out, tostring(rec.rev or 0))
+  end
+end
+return out

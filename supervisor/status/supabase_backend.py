@@ -97,7 +97,9 @@ class SupabaseBackend:
             chunk = ids[start : start + 100]
             data = await self._execute(
                 lambda c, chunk=chunk: (
-                    c.table("ingestion_jobs").select("job_id,seq_run,rev,tenant_id").in_("job_id", chunk)
+                    c.table("ingestion_jobs")
+                    .select("job_id,seq_run,rev,tenant_id")
+                    .in_("job_id", chunk)
                 )
             )
             for r in data or []:

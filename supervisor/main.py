@@ -152,6 +152,7 @@ async def run(settings: Settings) -> int:
     )
     queue = build_queue(settings, client)
     sinks, metrics = build_sinks(settings)
+    metrics.status_outbox_bound(settings.status_outbox_max)
     worker_id = settings.worker_id()
     status = build_status(settings, queue, metrics, worker_id)
     for sink in sinks:

@@ -160,6 +160,12 @@ class Metrics:
             ["queue"],
             registry=r,
         )
+        self.outbox_bound = Gauge(
+            "ingest_status_outbox_bound",
+            "INGEST_STATUS_OUTBOX_MAX: at this many entries progress is no longer recorded",
+            ["queue"],
+            registry=r,
+        )
         self.status_write_failures = Counter(
             "ingest_status_write_failures",
             "Failed requests to the status store (every retry counts)",
@@ -314,6 +320,9 @@ class DaemonMetrics:
 
     def status_projected(self, lag_s: float) -> None:
         self.m.projection_lag.labels(self.queue).observe(lag_s)
+
+    def status_outbox_bound(self, entries: int) -> None:
+        self.m.outbox_bound.labels(self.queue).set(entries)
 
     def status_outbox(self, entries: int, unprojected: int, age_s: float) -> None:
         self.m.outbox_entries.labels(self.queue).set(entries)

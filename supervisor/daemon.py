@@ -23,7 +23,7 @@ from supervisor.execution import ExecutionContext, JobExecution
 from supervisor.protocol import Claim, JobQueue
 from supervisor.redis_retry import TRANSIENT
 from supervisor.runner import EndReason, StartFailureGate
-from supervisor.runner.orphans import ORPHANS
+from supervisor.runner.containment import ORPHANS
 from supervisor.sdnotify import SystemdNotifier
 from supervisor.workers import WorkerRegistry
 

@@ -1,19 +1,22 @@
-"""The zygote process itself: a pre-imported interpreter that forks one child per job.
+"""The fork server process: every job's child is forked from here, then runs or execs.
 
-Started by `supervisor.runner.zygote.ZygoteSpawner` as `python -S -c <boot>` which runs this
-file by path (never `import supervisor...`): the zygote holds only the standard library
-and ingest_worker, so forked children carry nothing of the daemon.
+Started by `supervisor.runner.forkserver.ForkServer` as `python -P <this file> ...`, run by
+path (never `import supervisor...`): it holds the standard library and, once a job asks
+for the built-in worker, `ingest_worker`; nothing of the daemon, and an allowlisted
+environment without the daemon's secrets. It is single-threaded, so forking it is safe,
+and it is not dumpable (PR_SET_DUMPABLE 0): a child cannot read its memory or environment
+through /proc or ptrace it. Forked children inherit that; an exec resets it.
 
-argv: <daemon pid> <control fd> <notice fd>. Control messages are SOCK_SEQPACKET datagrams
-of JSON; a spawn request carries the child's stdin/stdout/stderr ends via SCM_RIGHTS.
-Replies ({"pid": n} or {"error": text}) go back on the control socket; exit notices
-({"pid", "status", "cpu", "rss"}) on the notice socket, as wait4() reaps children (spares
-that never got a job included: the daemon ignores pids it was never given).
+argv: <daemon pid> <control fd> <notice fd> <preload 0|1> [<import path>...]. Control messages are
+SOCK_SEQPACKET datagrams of JSON; a spawn request carries the child's stdin/stdout/stderr
+ends via SCM_RIGHTS. Replies ({"pid": n} or {"error": text}) go back on the control
+socket; exit notices ({"pid", "status", "cpu", "rss"}) on the notice socket, as wait4()
+reaps children (spares that never got a job included: the daemon ignores unknown pids).
 
-A request is served by a spare child forked ahead of time: it has already called setsid()
-and set its parent-death signal, so the reply is immediate and its pid is a process group
-the daemon can signal at once. Waiting for a fresh fork to reach setsid() instead cost
-~2 ms per job of the daemon's event loop (blocked in the synchronous `Spawner.spawn`).
+A request is served by a spare forked ahead of time that has already called setsid() and
+set its parent-death signal, so the reply is immediate and its pid is a process group the
+daemon can signal at once. The spare then sets the child up the same way for every
+command (see `_set_up`) and either execs the command or runs the built-in worker.
 """
 
 from __future__ import annotations
@@ -33,49 +36,67 @@ import sys
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_NAME = 15
+EXEC_FAILED_CODE = 127
+EXEC_FAILED_MARKER = b"ingest-forkserver: "
 _MAX_MESSAGE = 1 << 20
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _CATCHABLE = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
 
 
+def _prctl(option: int, value: int | bytes) -> None:
+    if _LIBC.prctl(option, value, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def _die_with(parent_pid: int) -> None:
     """SIGKILL when the parent dies; exit now if it already has."""
-    _LIBC.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    _prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
     if os.getppid() != parent_pid:
-        os._exit(127)
+        os._exit(EXEC_FAILED_CODE)
+
+
+def _name(name: bytes) -> None:
+    """The name `ps` shows (comm), so the server and its waiting spare are recognisable."""
+    with contextlib.suppress(OSError):
+        _prctl(PR_SET_NAME, name)
 
 
 def _reset_signals() -> None:
-    """The dispositions a freshly exec'd interpreter would have, and an empty mask."""
+    """Default dispositions for every signal and an empty mask (ignored ones survive exec)."""
     with contextlib.suppress(ValueError, OSError):
         signal.set_wakeup_fd(-1)
     for sig in _CATCHABLE:
-        # getsignal() knows every disposition (inherited ones are read at start-up) and
-        # costs no syscall: skipping the default ones saves ~0.6 ms per child.
-        if signal.getsignal(sig) is signal.SIG_DFL:
+        if signal.getsignal(sig) is signal.SIG_DFL:  # no syscall needed for these
             continue
         with contextlib.suppress(OSError, ValueError, RuntimeError):
             signal.signal(sig, signal.SIG_DFL)
-    # What CPython itself installs at start-up.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
-def _spare_main(sock: socket.socket, zygote_pid: int) -> None:
+def _fail(what: str, exc: OSError) -> None:
+    """Tell the daemon, on the child's stderr, why the command never started."""
+    with contextlib.suppress(OSError):
+        os.write(2, EXEC_FAILED_MARKER + f"{what}: {exc.strerror or exc}\n".encode())
+    os._exit(EXEC_FAILED_CODE)
+
+
+def _spare_main(sock: socket.socket, server_pid: int) -> None:
     """In a forked spare: isolate, say ready, wait for one job, run it, never return."""
     code = 70
     try:
         os.setsid()
-        _die_with(zygote_pid)
+        _die_with(server_pid)
+        _name(b"ingest-spare")
         sock.send(b"ready")
         message, fds, _flags, _addr = socket.recv_fds(sock, _MAX_MESSAGE, 3)
         if not message:
-            os._exit(0)  # the zygote retired this spare
+            os._exit(0)  # the server retired this spare
         sock.close()
-        code = _run_job(json.loads(message), fds)
-    except BaseException:  # never fall back into the zygote's loop
+        code = _run_job(json.loads(message), fds, server_pid)
+    except BaseException:  # never fall back into the server's loop
         with contextlib.suppress(BaseException):
             import traceback
 
@@ -83,20 +104,57 @@ def _spare_main(sock: socket.socket, zygote_pid: int) -> None:
     os._exit(code)
 
 
-def _run_job(request: dict[str, Any], fds: list[int]) -> int:
+def _set_up(request: dict[str, Any], fds: list[int], server_pid: int) -> None:
+    """The child's state, the same for every command: stdio on the job's pipes and no
+    other fd, default signals, the limits, the user, the job's directory."""
     if len(fds) != 3:
         raise ValueError(f"expected 3 fds, got {len(fds)}")
-    _reset_signals()
-    for res, soft, hard in request["rlimits"]:
-        resource.setrlimit(res, (soft, hard))
-    os.chdir(request["cwd"])
     for target, fd in enumerate(fds):
         os.dup2(fd, target)  # dup2 makes 0/1/2 inheritable again
     os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    _reset_signals()
+    try:
+        for res, soft, hard in request["rlimits"]:
+            resource.setrlimit(res, (soft, hard))
+    except (OSError, ValueError) as exc:
+        _fail("resource limit", exc if isinstance(exc, OSError) else OSError(0, str(exc)))
+    uid, gid = request["uid"], request["gid"]
+    try:
+        if gid is not None:
+            os.setgroups([])
+            os.setgid(gid)
+        if uid is not None:
+            os.setuid(uid)
+    except OSError as exc:
+        _fail("switch user", exc)
+    if uid is not None or gid is not None:
+        _die_with(server_pid)  # a change of credentials clears the parent-death signal
+    try:
+        os.chdir(request["cwd"])
+    except OSError as exc:
+        _fail(f"chdir {request['cwd']}", exc)
+
+
+def _run_job(request: dict[str, Any], fds: list[int], server_pid: int) -> int:
+    _set_up(request, fds, server_pid)
+    argv = request["argv"]
+    if argv is not None:
+        try:
+            os.execve(request["program"], argv, request["env"])
+        except OSError as exc:
+            _fail(f"exec {request['program']}", exc)
+    _name(b"ingest-job")
+    return _run_builtin(request["env"])
+
+
+def _run_builtin(env: dict[str, str]) -> int:
+    """ingest_worker in this process, set up as a fresh `python -u -m ingest_worker`."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # what CPython installs
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     os.environ.clear()
-    os.environ.update(request["env"])
+    os.environ.update(env)
     stdin = io.FileIO(0, "r", closefd=False)
-    # Unbuffered text like `python -u`: PROGRESS lines reach the supervisor as printed.
     out = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", write_through=True)
     err = io.TextIOWrapper(
         io.FileIO(2, "w", closefd=False),
@@ -120,6 +178,17 @@ def _run_job(request: dict[str, Any], fds: list[int]) -> int:
     return code
 
 
+def _preload_worker() -> None:
+    """Pay for the worker's imports once, here; every later child inherits them."""
+    import ingest_worker.cli
+    import ingest_worker.config
+    import ingest_worker.job
+    import ingest_worker.pipeline  # noqa: F401
+
+    gc.collect()
+    gc.freeze()  # keep the shared heap out of the children's collections (fewer COW copies)
+
+
 class _Spare:
     """A forked child that already leads its own session, waiting for a job."""
 
@@ -137,16 +206,11 @@ class _Spare:
         self.sock.close()
 
 
-class _Zygote:
-    """Serves spawn requests from a spare forked ahead of time.
-
-    The spare calls setsid() and sets its parent-death signal while the zygote waits for
-    the next request, so the reply (its pid) is both immediate and safe to killpg.
-    """
-
+class _Server:
     def __init__(self, control: socket.socket, notice: socket.socket) -> None:
         self.control = control
         self.notice = notice
+        self.preloaded = False
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
         os.set_blocking(self.wake_r, False)
@@ -181,11 +245,22 @@ class _Zygote:
             for fd in fds:
                 os.close(fd)
         self.control.send(json.dumps(reply).encode())
+        if not self.preloaded and json.loads(message)["argv"] is None:
+            self._preload()  # the built-in worker is in use: import it once, here
         try:
             self.spare = self._fork_spare()
         except OSError:  # out of processes for now: the next request tries again, or fails
             self.spare = None
         return True
+
+    def _preload(self) -> None:
+        self.preloaded = True
+        try:
+            _preload_worker()
+        except Exception:  # each child imports it again and reports the error itself
+            import traceback
+
+            traceback.print_exc()
 
     def _hand_over(self, message: bytes, fds: list[int]) -> int:
         for _attempt in range(2):  # a spare that died meanwhile is replaced once
@@ -203,15 +278,15 @@ class _Zygote:
 
     def _fork_spare(self) -> _Spare:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        zygote_pid = os.getpid()
+        server_pid = os.getpid()
         pid = os.fork()
         if pid == 0:
-            # Only the spare's own socket stays open; the zygote's would hide its death.
+            # Only the spare's own socket stays open; the server's would hide its death.
             for sock in (self.control, self.notice, mine):
                 os.close(sock.detach())
             os.close(self.wake_r)
             os.close(self.wake_w)
-            _spare_main(theirs, zygote_pid)
+            _spare_main(theirs, server_pid)
         theirs.close()
         return _Spare(pid, mine)
 
@@ -233,20 +308,17 @@ class _Zygote:
 
 
 def main(argv: list[str]) -> None:
-    daemon_pid, control_fd, notice_fd = (int(a) for a in argv[1:4])
+    daemon_pid, control_fd, notice_fd, preload = (int(a) for a in argv[1:5])
     _die_with(daemon_pid)
+    _prctl(PR_SET_DUMPABLE, 0)
+    _name(b"ingest-forksrv")
+    sys.path[:0] = argv[5:]
     control = socket.socket(fileno=control_fd)
     notice = socket.socket(fileno=notice_fd)
-    # Pay for the worker's imports once, here; every child inherits them.
-    import ingest_worker.cli
-    import ingest_worker.config
-    import ingest_worker.job
-    import ingest_worker.pipeline  # noqa: F401
-
-    zygote = _Zygote(control, notice)
-    gc.collect()
-    gc.freeze()  # keep the shared heap out of the children's collections (fewer COW copies)
-    zygote.serve()
+    server = _Server(control, notice)
+    if preload:
+        server._preload()
+    server.serve()
 
 
 if __name__ == "__main__":

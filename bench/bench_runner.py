@@ -26,8 +26,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from supervisor.runner import ExecSpawner, RunnerConfig, StopRequest, run_child
 from supervisor.runner.orphans import ORPHANS
+
+from supervisor.runner import ExecSpawner, RunnerConfig, StopRequest, run_child
 
 CHILD_CODE = (
     "import sys\n"

@@ -9,7 +9,7 @@ shape how an interpreter finds and runs code, not any `PYTHON*` a host happens t
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from supervisor.sdnotify import scrub_env
 
@@ -33,18 +33,27 @@ BASE_ALLOWLIST: tuple[str, ...] = (
 )
 
 
-def _allowed(name: str, patterns: Iterable[str]) -> bool:
-    """An exact name, a `PREFIX*`, or (named by the operator) any fnmatch glob."""
+def _matcher(patterns: Iterable[str]) -> Callable[[str], bool]:
+    """A test for names: exact names, `PREFIX*` prefixes, or (named by the operator) any
+    fnmatch glob. Exact names and prefixes are checked in C (a set, str.startswith)."""
+    exact: set[str] = set()
+    prefixes: list[str] = []
+    globs: list[str] = []
     for pattern in patterns:
         if pattern.endswith("*") and not any(c in pattern[:-1] for c in "*?["):
-            if name.startswith(pattern[:-1]):
-                return True
+            prefixes.append(pattern[:-1])
         elif any(c in pattern for c in "*?["):
-            if fnmatch.fnmatchcase(name, pattern):
-                return True
-        elif name == pattern:
+            globs.append(pattern)
+        else:
+            exact.add(pattern)
+    starts = tuple(prefixes)
+
+    def allowed(name: str) -> bool:
+        if name in exact or name.startswith(starts):
             return True
-    return False
+        return any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+    return allowed
 
 
 def build_child_env(
@@ -56,8 +65,8 @@ def build_child_env(
     attempt: int,
     workdir: str,
 ) -> dict[str, str]:
-    patterns = (*BASE_ALLOWLIST, *passthrough)
-    env = {name: value for name, value in parent.items() if _allowed(name, patterns)}
+    allowed = _matcher((*BASE_ALLOWLIST, *passthrough))
+    env = {name: value for name, value in parent.items() if allowed(name)}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     # Progress lines must arrive while the job runs, not when a pipe buffer fills.
     env.setdefault("PYTHONUNBUFFERED", "1")

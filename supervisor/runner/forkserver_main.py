@@ -85,15 +85,18 @@ def _fail(what: str, exc: OSError) -> None:
 
 def _spare_main(sock: socket.socket, server_pid: int) -> None:
     """In a forked spare: isolate, say ready, wait for one job, run it, never return."""
-    code = 70
     try:
         os.setsid()
         _die_with(server_pid)
         _name(b"ingest-spare")
         sock.send(b"ready")
         message, fds, _flags, _addr = socket.recv_fds(sock, _MAX_MESSAGE, 3)
-        if not message:
-            os._exit(0)  # the server retired this spare
+    except BaseException:  # the server went away before a job came: nothing to say
+        os._exit(0)
+    if not message:
+        os._exit(0)  # the server retired this spare
+    code = 70
+    try:
         sock.close()
         code = _run_job(json.loads(message), fds, server_pid)
     except BaseException:  # never fall back into the server's loop

@@ -1,4 +1,5 @@
-"""The daemon end to end with INGEST_SPAWN_MODE=zygote and the real ingest_worker."""
+"""The daemon end to end with its default child, the built-in ingest_worker, every job
+forked from the one fork server the daemon starts."""
 
 from __future__ import annotations
 
@@ -11,19 +12,14 @@ from supervisor.states import JobState
 from tests.daemon.conftest import DaemonProcess, SyncQueue, job, wait_until
 
 
-def zygotes_of(daemon: DaemonProcess) -> list[psutil.Process]:
-    return [
-        p
-        for p in psutil.Process(daemon.pid).children()
-        if any("zygote_child" in part for part in p.cmdline())
-    ]
+def servers_of(daemon: DaemonProcess) -> list[psutil.Process]:
+    return [p for p in psutil.Process(daemon.pid).children() if p.name() == "ingest-forksrv"]
 
 
-def test_zygote_mode_runs_50_jobs_and_stops_cleanly(
+def test_one_fork_server_runs_50_jobs_and_stops_cleanly(
     start_daemon: Callable[..., DaemonProcess], q: SyncQueue
 ) -> None:
     daemon = start_daemon(
-        INGEST_SPAWN_MODE="zygote",
         INGEST_WORKER_COMMAND="",  # empty is unset: the built-in ingest_worker
         INGEST_CHILD_ENV="",
         INGEST_CHUNK_STORE="none",
@@ -36,9 +32,9 @@ def test_zygote_mode_runs_50_jobs_and_stops_cleanly(
     rec = q.get("z7")
     assert rec.state is JobState.COMPLETED
     assert rec.result["store"] == "none" and rec.result["chunks"] >= 1
-    zygotes = zygotes_of(daemon)
-    assert len(zygotes) == 1, "one zygote serves every job"
+    servers = servers_of(daemon)
+    assert len(servers) == 1, "one fork server serves every job"
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit() == 0
-    wait_until(lambda: not zygotes[0].is_running(), 5, "zygote gone")
+    wait_until(lambda: not servers[0].is_running(), 5, "fork server gone")
     assert "children lost" not in daemon.log()

@@ -403,7 +403,7 @@ async def bench_daemon(
     row = Row(name)
     daemon = DaemonUnderTest(redis_url, queue, concurrency, kind, cprofile, tree, extra_env)
     try:
-        # Warm-up: the daemon is up, the shim built and the child's files in the page cache.
+        # Warm-up: the daemon and its fork server are up, the child's files in the page cache.
         warm = [f"warm-{i}" for i in range(concurrency * 4)]
         await q.enqueue_many([job_payload(j, kind) for j in warm])
         await wait_finished(q, warm, 60, daemon)

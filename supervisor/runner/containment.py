@@ -60,6 +60,8 @@ PRCTL = _load_prctl()
 
 
 class ProcessTree:
+    """One job's child and every descendant a sample saw, even after it left the group."""
+
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.pgid = pid
@@ -159,10 +161,12 @@ class _Run:
 
 
 class OrphanSweeper:
+    """Adopts, attributes, kills and reaps jobs' orphans (the daemon's one `ORPHANS`)."""
+
     def __init__(self) -> None:
         self.enabled = False
         self.kill_unattributed = False
-        # Direct children that some spawner waits for itself: never reaped or killed here.
+        # Direct children waited for elsewhere (the fork server): never reaped or killed here.
         self.owned: set[int] = set()
         self._cheap = False
         self._tokens = itertools.count(1)

@@ -60,7 +60,14 @@ async def run_child(
     try:
         return await run.run(workdir, job_json, timeout_s)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        _remove_workdir(workdir)
+
+
+def _remove_workdir(path: str) -> None:
+    try:
+        os.rmdir(path)  # most children leave it empty: one call instead of a tree walk
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _new_workdir(root: str | None, user: str | None) -> str:

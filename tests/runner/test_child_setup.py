@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import resource
 import shutil
 import signal
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from supervisor.runner import EndReason, ResourceLimits
@@ -120,3 +122,49 @@ def test_a_child_cannot_read_the_fork_server_s_environment_or_memory() -> None:
     outcome = json.loads(lines[0][len("OUTCOME ") :])
     assert outcome["ended"] == "exited", outcome
     assert outcome["result"] == {"environ": "PermissionError", "mem": "PermissionError"}
+
+
+AS_NOBODY = """
+ids="$(id -u) $(id -g) $(id -G)"
+touch mine && printf 'RESULT: ["%s", "%s"]\n' "$ids" "$(stat -c %U .)"
+"""
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+
+
+@needs_root
+async def test_a_child_user_gets_its_ids_no_extra_groups_and_its_own_directory(
+    run: RunFn,
+) -> None:
+    outcome = await run(fast_config(("/bin/sh", "-c", AS_NOBODY), user="nobody"))
+    assert outcome.succeeded, outcome.error
+    nobody = pwd.getpwnam("nobody")
+    ids = f"{nobody.pw_uid} {nobody.pw_gid} {nobody.pw_gid}"
+    assert outcome.result == [ids, "nobody"]
+
+
+@needs_root
+def test_a_child_under_another_user_still_dies_with_the_supervisor() -> None:
+    """A change of credentials clears the parent-death signal; the server sets it again."""
+    mini = subprocess.Popen(
+        [sys.executable, str(CHILDREN / "mini_supervisor.py"), "/bin/sh", "-c", SLEEPER],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "MINI_USER": "nobody"},
+    )
+    try:
+        assert mini.stdout is not None
+        line = mini.stdout.readline().decode()
+        assert line.startswith("CHILD "), (line, mini.stderr.read() if mini.stderr else b"")
+        child_pid = int(line.split()[1])
+        assert psutil.Process(child_pid).uids().real == pwd.getpwnam("nobody").pw_uid
+        mini.send_signal(signal.SIGKILL)
+        mini.wait(timeout=10)
+        assert not wait_gone([child_pid], timeout=5), "child outlived its supervisor"
+    finally:
+        if mini.poll() is None:
+            mini.kill()
+            mini.wait()
+
+
+SLEEPER = 'echo "PROGRESS: 1 $$"; exec sleep 600'

@@ -4,8 +4,8 @@ Prints `CHILD <progress message>` for each progress update, then `DONE <strays k
 and `OUTCOME <json>` at the end. MINI_SUBREAPER=1 makes
 it a child subreaper with a periodic orphan sweep, as the daemon is; MINI_HOLD=1 keeps it
 alive after the job until its stdin closes; MINI_CGROUP_PROCS names a cgroup.procs file
-it moves itself into first; MINI_ALONGSIDE (a JSON argv) runs a second job at the same
-time and prints `DONE2` when that one ends.
+it moves itself into first; MINI_USER runs the child as that user; MINI_ALONGSIDE (a JSON
+argv) runs a second job at the same time and prints `DONE2` when that one ends.
 """
 import asyncio
 import json
@@ -34,7 +34,8 @@ async def main() -> None:
         if os.environ.get("MINI_NO_CHEAP") == "1":
             ORPHANS._cheap = False  # as on kernels without /proc/*/children
         sweeper = asyncio.create_task(ORPHANS.run_periodically(0.2))
-    config = RunnerConfig(command=tuple(child), progress_interval_s=0.0)
+    user = os.environ.get("MINI_USER") or None
+    config = RunnerConfig(command=tuple(child), progress_interval_s=0.0, user=user)
     alongside = None
     if os.environ.get("MINI_ALONGSIDE"):
         second = RunnerConfig(command=tuple(json.loads(os.environ["MINI_ALONGSIDE"])))

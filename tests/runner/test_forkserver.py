@@ -60,7 +60,7 @@ def config(spawner: ForkServer, **overrides: Any) -> RunnerConfig:
     return fast_config(None, fork_server=spawner, **overrides)
 
 
-def text_job(job_id: str, text: str = "hello zygote " * 40, **extra: Any) -> bytes:
+def text_job(job_id: str, text: str = "hello fork server " * 40, **extra: Any) -> bytes:
     source = {"type": "text", "text": text}
     return json.dumps({"job_id": job_id, "tenant_id": "t", "data_source": source, **extra}).encode()
 
@@ -130,7 +130,7 @@ def test_children_get_the_allowlisted_env_not_the_daemons(
 ) -> None:
     # Not passed through: a child reading it would embed with 16 dimensions, not 384.
     monkeypatch.setenv("INGEST_EMBEDDING_DIM", "16")
-    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", "zygote-secret-value")
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", "server-secret-value")
 
     async def main() -> ChildOutcome:
         return await run(config(spawner), text_job("z1"))

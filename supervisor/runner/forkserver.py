@@ -17,6 +17,7 @@ resolve with an unknown status (they die with it) and the next spawn starts a ne
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import grp
@@ -33,7 +34,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from supervisor.runner.config import ResourceLimits
 from supervisor.runner.containment import ORPHANS
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _PROGRAM = str(Path(__file__).with_name("forkserver_main.py"))
-_MAX_REPLY = 64 * 1024
+_MAX_MESSAGE = 64 * 1024
 _NOTICE_BATCH = 256
 
 
@@ -157,23 +158,24 @@ def _exit_status(status: int, cpu: float, rss: int) -> ExitStatus:
 
 
 class _Server:
-    """One running fork server process; its exit notices are read on one event loop."""
+    """One running fork server process; its messages are read on one event loop."""
 
-    def __init__(self, reply_timeout_s: float, preload_worker: bool) -> None:
+    def __init__(self, spares: int, preload_worker: bool) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.children: dict[int, asyncio.Future[ExitStatus]] = {}
+        self.spares: collections.deque[tuple[int, socket.socket]] = collections.deque()
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.alive = True
-        control, control_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        notice, notice_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.control, self.notice = control, notice
+        self.preload = preload_worker
+        sock, sock_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock = sock
         # Whatever the daemon holds (Redis URL, service keys) stays out of the server.
         env = build_child_env(
             os.environ, passthrough=(), extra={}, job_id="", attempt=0, workdir="/"
         )
         for name in ("INGEST_JOB_ID", "INGEST_ATTEMPT", "HOME", "TMPDIR"):
             env.pop(name, None)
-        argv = [sys.executable, "-P", _PROGRAM, str(os.getpid())]
-        argv += [str(control_child.fileno()), str(notice_child.fileno())]
+        argv = [sys.executable, "-P", _PROGRAM, str(os.getpid()), str(sock_child.fileno())]
         argv += ["1" if preload_worker else "0", *_import_paths()]
         try:
             self.proc = subprocess.Popen(  # argv list, never a shell
@@ -184,79 +186,96 @@ class _Server:
                 cwd="/",
                 start_new_session=True,
                 close_fds=True,
-                pass_fds=(control_child.fileno(), notice_child.fileno()),
+                pass_fds=(sock_child.fileno(),),
             )
         except BaseException:
-            control.close()
-            notice.close()
+            sock.close()
             raise
         finally:
-            control_child.close()
-            notice_child.close()
+            sock_child.close()
         ORPHANS.owned.add(self.proc.pid)  # waited for in shutdown(), never swept
-        control.settimeout(reply_timeout_s)  # covers the server's start on first use
-        notice.setblocking(False)
+        sock.setblocking(False)
+        self._want(spares)
         log.info("fork server %d started", self.proc.pid)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Read exit notices on `loop` (children started on another loop are forgotten)."""
+        """Read the server's messages on `loop` (children of another loop are forgotten)."""
         if self.loop is loop:
             return
         if self.loop is not None and not self.loop.is_closed():
-            self.loop.remove_reader(self.notice.fileno())
+            self.loop.remove_reader(self.sock.fileno())
         self.children.clear()
+        self.waiters.clear()
         self.loop = loop
-        loop.add_reader(self.notice.fileno(), self._on_notice)
+        loop.add_reader(self.sock.fileno(), self._on_message)
 
-    def request(self, spec: SpawnSpec, fds: list[int]) -> int:
-        assert self.loop is not None
-        argv = None if spec.argv is None else list(spec.argv)
-        program = None if argv is None else resolve_program(argv[0], spec.env, spec.cwd)
-        uid, gid = credentials(spec.user, spec.group)
-        message = json.dumps(
-            {
-                "argv": argv,
-                "program": program,
-                "env": dict(spec.env),
-                "cwd": spec.cwd,
-                "rlimits": rlimits(spec.limits),
-                "uid": uid,
-                "gid": gid,
-            }
-        ).encode()
+    def _want(self, n: int, preload: bool = False) -> None:
+        if preload and not self.preload:
+            self.preload = True
+        else:
+            preload = False
         try:
-            socket.send_fds(self.control, [message], fds)
-            reply = self.control.recv(_MAX_REPLY)
-        except OSError as exc:
-            self.shutdown("no reply")
-            raise ForkServerError(f"fork server did not answer: {exc}") from None
-        if not reply:
-            self.shutdown("closed its control socket")
-            raise ForkServerError("fork server exited")
-        answer = json.loads(reply)
-        if "error" in answer:
-            raise ForkServerError(f"fork server could not fork: {answer['error']}")
-        pid = int(answer["pid"])
-        self.children[pid] = self.loop.create_future()
-        return pid
+            self.sock.send(json.dumps({"want": n, "preload": preload}).encode())
+        except OSError:
+            self.shutdown("no longer listens")
 
-    def _on_notice(self) -> None:
+    async def take_spare(self, builtin: bool) -> tuple[int, socket.socket]:
+        """A ready spare (its pid, and its socket, the caller's to close); one more is
+        asked for in its place."""
+        assert self.loop is not None
+        while not self.spares:
+            if not self.alive:
+                raise ForkServerError("fork server exited")
+            waiter = self.loop.create_future()
+            self.waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self.waiters:
+                    self.waiters.remove(waiter)
+        self._want(1, preload=builtin)
+        return self.spares.popleft()
+
+    def _on_message(self) -> None:
         for _ in range(_NOTICE_BATCH):
             try:
-                message = self.notice.recv(_MAX_REPLY)
+                message, fds, _flags, _addr = socket.recv_fds(
+                    self.sock, _MAX_MESSAGE, 1, socket.MSG_CMSG_CLOEXEC
+                )
             except BlockingIOError:
                 return
             except OSError:
-                message = b""
+                message, fds = b"", []
             if not message:
+                for fd in fds:
+                    os.close(fd)
                 self.shutdown("exited")
                 return
             notice = json.loads(message)
-            future = self.children.pop(int(notice["pid"]), None)
-            if future is not None and not future.done():
-                future.set_result(
-                    _exit_status(int(notice["status"]), float(notice["cpu"]), int(notice["rss"]))
-                )
+            if "spare" in notice and len(fds) == 1:
+                self.spares.append((int(notice["spare"]), socket.socket(fileno=fds[0])))
+                while self.waiters:
+                    waiter = self.waiters.popleft()
+                    if not waiter.done():
+                        waiter.set_result(None)
+                        break
+                continue
+            for fd in fds:
+                os.close(fd)
+            self._exited(int(notice["pid"]), notice)
+
+    def _exited(self, pid: int, notice: dict[str, Any]) -> None:
+        future = self.children.pop(pid, None)
+        if future is not None and not future.done():
+            status = _exit_status(int(notice["status"]), float(notice["cpu"]), int(notice["rss"]))
+            future.set_result(status)
+            return
+        for spare in self.spares:  # a waiting spare died: forget it, ask for another
+            if spare[0] == pid:
+                self.spares.remove(spare)
+                spare[1].close()
+                self._want(1)
+                return
 
     def shutdown(self, why: str) -> None:
         """Stop the server (its children die with it); pending children end unknown."""
@@ -264,9 +283,11 @@ class _Server:
             return
         self.alive = False
         if self.loop is not None and not self.loop.is_closed():
-            self.loop.remove_reader(self.notice.fileno())
-        self.control.close()
-        self.notice.close()
+            self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        for _pid, sock in self.spares:
+            sock.close()
+        self.spares.clear()
         with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
         try:
@@ -282,17 +303,51 @@ class _Server:
             if not future.done():
                 future.set_result(ExitStatus(None, None))
         self.children.clear()
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(None)  # take_spare() sees the server gone
+        self.waiters.clear()
+
+
+def _request(spec: SpawnSpec) -> bytes:
+    """The job's set-up for the spare (raises before any spare is taken)."""
+    argv = None if spec.argv is None else list(spec.argv)
+    program = None if argv is None else resolve_program(argv[0], spec.env, spec.cwd)
+    uid, gid = credentials(spec.user, spec.group)
+    return json.dumps(
+        {
+            "argv": argv,
+            "program": program,
+            "env": dict(spec.env),
+            "cwd": spec.cwd,
+            "rlimits": rlimits(spec.limits),
+            "uid": uid,
+            "gid": gid,
+        }
+    ).encode()
+
+
+def _sender(sock: socket.socket, message: bytes) -> Callable[[int, int, int], None]:
+    def send(stdin_r: int, stdout_w: int, stderr_w: int) -> None:
+        socket.send_fds(sock, [message], [stdin_r, stdout_w, stderr_w])
+
+    return send
 
 
 class ForkServer:
     """Starts children through one fork server process, started on first use or `start()`.
 
-    `preload_worker` imports ingest_worker in the server at its start (else at the first
-    built-in job). Call `close()` when no child runs any more: its children die with it.
+    `spares` children wait ready at any time, so a job's start is one message to one of
+    them. `preload_worker` imports ingest_worker in the server at its start (else when the
+    built-in worker is first used). Call `close()` when no child runs any more: its
+    children die with it.
     """
 
-    def __init__(self, *, reply_timeout_s: float = 10.0, preload_worker: bool = False) -> None:
-        self._reply_timeout_s = reply_timeout_s
+    def __init__(
+        self, *, spare_timeout_s: float = 10.0, spares: int = 2, preload_worker: bool = False
+    ) -> None:
+        self._spare_timeout_s = spare_timeout_s
+        self._spares = spares
         self._preload = preload_worker
         self._server: _Server | None = None
 
@@ -308,23 +363,37 @@ class ForkServer:
         if self._server is not None and self._server.alive:
             return
         try:
-            self._server = _Server(self._reply_timeout_s, self._preload)
+            self._server = _Server(self._spares, self._preload)
         except (OSError, subprocess.SubprocessError) as exc:
             self._server = None
             raise ForkServerError(f"cannot start the fork server: {exc}") from None
 
-    def spawn(self, spec: SpawnSpec) -> SpawnedChild:
+    async def spawn(self, spec: SpawnSpec) -> SpawnedChild:
         """Start one child (OSError, KeyError for an unknown user, ForkServerError)."""
         if spec.argv is not None and not spec.argv:
             raise ValueError("empty command")
-        self.start()
-        server = self._server
-        assert server is not None
-        server.attach(asyncio.get_running_loop())
-        pid, (stdin_w, stdout_r, stderr_r) = with_child_pipes(
-            lambda stdin_r, stdout_w, stderr_w: server.request(spec, [stdin_r, stdout_w, stderr_w])
-        )
-        return SpawnedChild(pid, stdin_w, stdout_r, stderr_r, exited=server.children[pid])
+        message = _request(spec)
+        for _attempt in range(3):  # a spare that died just now is replaced
+            self.start()
+            server = self._server
+            assert server is not None
+            server.attach(asyncio.get_running_loop())
+            try:
+                async with asyncio.timeout(self._spare_timeout_s):
+                    pid, sock = await server.take_spare(builtin=spec.argv is None)
+            except TimeoutError:
+                server.shutdown("gave no spare child in time")
+                raise ForkServerError("the fork server gave no spare child in time") from None
+
+            try:
+                with sock:
+                    _, (stdin_w, stdout_r, stderr_r) = with_child_pipes(_sender(sock, message))
+            except OSError:
+                continue
+            exited = asyncio.get_running_loop().create_future()
+            server.children[pid] = exited
+            return SpawnedChild(pid, stdin_w, stdout_r, stderr_r, exited=exited)
+        raise ForkServerError("spare children keep dying before their job")
 
     def close(self) -> None:
         if self._server is not None:

@@ -1,22 +1,23 @@
 """The fork server process: every job's child is forked from here, then runs or execs.
 
 Started by `supervisor.runner.forkserver.ForkServer` as `python -P <this file> ...`, run by
-path (never `import supervisor...`): it holds the standard library and, once a job asks
-for the built-in worker, `ingest_worker`; nothing of the daemon, and an allowlisted
-environment without the daemon's secrets. It is single-threaded, so forking it is safe,
-and it is not dumpable (PR_SET_DUMPABLE 0): a child cannot read its memory or environment
-through /proc or ptrace it. Forked children inherit that; an exec resets it.
+path (never `import supervisor...`): it holds the standard library and, once the built-in
+worker is in use, `ingest_worker`; nothing of the daemon, and an allowlisted environment
+without the daemon's secrets. It is single-threaded, so forking it is safe, and it is not
+dumpable (PR_SET_DUMPABLE 0): a child cannot read its memory or environment through /proc
+or ptrace it. Forked children inherit that; an exec resets it.
 
-argv: <daemon pid> <control fd> <notice fd> <preload 0|1> [<import path>...]. Control messages are
-SOCK_SEQPACKET datagrams of JSON; a spawn request carries the child's stdin/stdout/stderr
-ends via SCM_RIGHTS. Replies ({"pid": n} or {"error": text}) go back on the control
-socket; exit notices ({"pid", "status", "cpu", "rss"}) on the notice socket, as wait4()
-reaps children (spares that never got a job included: the daemon ignores unknown pids).
+argv: <daemon pid> <socket fd> <preload 0|1> [<import path>...]. The socket carries
+SOCK_SEQPACKET datagrams of JSON. From the daemon: {"want": n, "preload": bool}, fork n
+more spares. To the daemon: {"spare": pid} with the spare's socket (SCM_RIGHTS) once the
+spare is ready, and exit notices {"pid", "status", "cpu", "rss"} as wait4() reaps
+children (spares included).
 
-A request is served by a spare forked ahead of time that has already called setsid() and
-set its parent-death signal, so the reply is immediate and its pid is a process group the
-daemon can signal at once. The spare then sets the child up the same way for every
-command (see `_set_up`) and either execs the command or runs the built-in worker.
+A spare has called setsid() and set its parent-death signal before it is passed on, so
+its pid is a process group the daemon can signal at once. The daemon sends a job straight
+to a spare (the job's request and its stdin/stdout/stderr ends); the spare sets itself up
+the same way for every command (see `_set_up`) and either execs the command or runs the
+built-in worker. The server is on no job's critical path but its exit notice.
 """
 
 from __future__ import annotations
@@ -192,69 +193,69 @@ def _preload_worker() -> None:
     gc.freeze()  # keep the shared heap out of the children's collections (fewer COW copies)
 
 
-class _Spare:
-    """A forked child that already leads its own session, waiting for a job."""
-
-    def __init__(self, pid: int, sock: socket.socket) -> None:
-        self.pid = pid
-        self.sock = sock
-        self.ready = False
-
-    def wait_ready(self) -> bool:
-        if not self.ready:
-            self.ready = self.sock.recv(16) == b"ready"  # b"" when it died first
-        return self.ready
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 class _Server:
-    def __init__(self, control: socket.socket, notice: socket.socket) -> None:
-        self.control = control
-        self.notice = notice
+    """Forks spares as the daemon asks for them and passes each one on once it is ready."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock  # to the daemon: requests in; spares and exit notices out
         self.preloaded = False
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
         os.set_blocking(self.wake_r, False)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda _s, _f: None)  # the wakeup fd is the point
-        self.spare: _Spare | None = None
+        self.starting: dict[int, tuple[int, socket.socket]] = {}  # fd -> (pid, socket)
+        self.owed = 0  # spares asked for and not yet forked
 
     def serve(self) -> None:
-        self.spare = self._fork_spare()
         while True:
-            control = self.control.fileno()
-            ready, _, _ = select.select([control, self.wake_r], [], [])
+            fds = [self.sock.fileno(), self.wake_r, *self.starting]
+            ready, _, _ = select.select(fds, [], [])
             if self.wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(self.wake_r, 4096):
                         pass
-            if control in ready and not self._handle_request():
+            if self.sock.fileno() in ready and not self._handle_request():
                 return
+            for fd in ready:
+                if fd in self.starting:
+                    self._pass_on(fd)
+            self._fork_owed()
             self._reap()
 
     def _handle_request(self) -> bool:
-        message, fds, _flags, _addr = socket.recv_fds(self.control, _MAX_MESSAGE, 3)
+        """{"want": n, "preload": bool}: fork n more spares (importing the worker first)."""
+        message = self.sock.recv(_MAX_MESSAGE)
         if not message:
             return False  # the daemon closed the socket: children die with us
-        reply: dict[str, object]
-        try:
-            reply = {"pid": self._hand_over(message, fds)}
-        except OSError as exc:
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
-        finally:
-            # Before the next fork: a spare holding these would keep the job's pipes open.
-            for fd in fds:
-                os.close(fd)
-        self.control.send(json.dumps(reply).encode())
-        if not self.preloaded and json.loads(message)["argv"] is None:
-            self._preload()  # the built-in worker is in use: import it once, here
-        try:
-            self.spare = self._fork_spare()
-        except OSError:  # out of processes for now: the next request tries again, or fails
-            self.spare = None
+        request = json.loads(message)
+        if request.get("preload") and not self.preloaded:
+            self._preload()
+        self.owed += int(request.get("want", 0))
         return True
+
+    def _fork_owed(self) -> None:
+        while self.owed > 0:
+            try:
+                pid, sock = self._fork_spare()
+            except OSError:  # out of processes for now: try again on the next wake-up
+                return
+            self.owed -= 1
+            self.starting[sock.fileno()] = (pid, sock)
+
+    def _pass_on(self, fd: int) -> None:
+        """The spare said it is ready (or died): hand its socket to the daemon."""
+        pid, sock = self.starting.pop(fd)
+        try:
+            if sock.recv(16) == b"ready":
+                notice = json.dumps({"spare": pid}).encode()
+                socket.send_fds(self.sock, [notice], [sock.fileno()])
+            else:
+                self.owed += 1  # it died before it was ready: fork another
+        except OSError:
+            self.owed += 1
+        finally:
+            sock.close()
 
     def _preload(self) -> None:
         self.preloaded = True
@@ -265,33 +266,19 @@ class _Server:
 
             traceback.print_exc()
 
-    def _hand_over(self, message: bytes, fds: list[int]) -> int:
-        for _attempt in range(2):  # a spare that died meanwhile is replaced once
-            spare = self.spare or self._fork_spare()
-            self.spare = None
-            try:
-                if spare.wait_ready():
-                    socket.send_fds(spare.sock, [message], fds)
-                    return spare.pid
-            except OSError:
-                pass
-            finally:
-                spare.close()
-        raise OSError("spare children keep dying before their job")
-
-    def _fork_spare(self) -> _Spare:
+    def _fork_spare(self) -> tuple[int, socket.socket]:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         server_pid = os.getpid()
         pid = os.fork()
         if pid == 0:
             # Only the spare's own socket stays open; the server's would hide its death.
-            for sock in (self.control, self.notice, mine):
+            for sock in (self.sock, mine, *(s for _p, s in self.starting.values())):
                 os.close(sock.detach())
             os.close(self.wake_r)
             os.close(self.wake_w)
             _spare_main(theirs, server_pid)
         theirs.close()
-        return _Spare(pid, mine)
+        return pid, mine
 
     def _reap(self) -> None:
         while True:
@@ -307,18 +294,16 @@ class _Server:
                 "cpu": usage.ru_utime + usage.ru_stime,
                 "rss": usage.ru_maxrss * 1024,
             }
-            self.notice.send(json.dumps(notice).encode())
+            self.sock.send(json.dumps(notice).encode())
 
 
 def main(argv: list[str]) -> None:
-    daemon_pid, control_fd, notice_fd, preload = (int(a) for a in argv[1:5])
+    daemon_pid, sock_fd, preload = (int(a) for a in argv[1:4])
     _die_with(daemon_pid)
     _prctl(PR_SET_DUMPABLE, 0)
     _name(b"ingest-forksrv")
-    sys.path[:0] = argv[5:]
-    control = socket.socket(fileno=control_fd)
-    notice = socket.socket(fileno=notice_fd)
-    server = _Server(control, notice)
+    sys.path[:0] = argv[4:]
+    server = _Server(socket.socket(fileno=sock_fd))
     if preload:
         server._preload()
     server.serve()

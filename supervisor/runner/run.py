@@ -141,7 +141,7 @@ class _ChildRun:
         self.started = time.monotonic()
         self.oom_kills_at_start = oom_kills()
         try:
-            child = server.spawn(spec)
+            child = await server.spawn(spec)
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
             return self.start_failed(_start_error(exc, cfg.command))
         orphan_token: int | None = ORPHANS.run_started(self.job_id, self.attempt, child.pid)

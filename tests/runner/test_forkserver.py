@@ -41,8 +41,8 @@ class RecordingSpawner(ForkServer):
         self.started: list[SpawnedChild] = []
         self.one_started = asyncio.Event()
 
-    def spawn(self, spec: SpawnSpec) -> SpawnedChild:
-        child = super().spawn(spec)
+    async def spawn(self, spec: SpawnSpec) -> SpawnedChild:
+        child = await super().spawn(spec)
         self.started.append(child)
         self.one_started.set()
         return child
@@ -205,8 +205,8 @@ import asyncio, json, sys
 from supervisor.runner import ForkServer, RunnerConfig, StopRequest, run_child
 
 class Spawner(ForkServer):
-    def spawn(self, spec):
-        child = super().spawn(spec)
+    async def spawn(self, spec):
+        child = await super().spawn(spec)
         print("PIDS", self.pid, child.pid, flush=True)
         return child
 
@@ -304,13 +304,18 @@ def test_the_waiting_spare_holds_no_job_pipes_and_leads_its_session(
 
     assert asyncio.run(main()).exit_code == 0
     server = psutil.Process(spawner.pid or 0)
-    spares = [p for p in server.children() if p.status() != psutil.STATUS_ZOMBIE]
-    assert len(spares) == 1
+    deadline = time.monotonic() + 5
+    while True:  # the one taken is replaced: two wait again
+        spares = [p for p in server.children() if p.status() != psutil.STATUS_ZOMBIE]
+        if len(spares) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert len(spares) == 2
     spare = spares[0].pid
     assert spare != spawner.started[0].pid
     # The spare is forked ahead of its job and sets itself up right after fork(): its own
     # session, then only its own fds. stdin/stdout (/dev/null), the server's stderr and its
-    # socket to the server: no pipe of a finished job (which would keep the runner waiting).
+    # socket (its other end now the daemon's): no pipe of a finished job (which would keep the runner waiting).
     deadline = time.monotonic() + 5
     while True:
         fds = os.listdir(f"/proc/{spare}/fd")

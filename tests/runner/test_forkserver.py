@@ -315,7 +315,8 @@ def test_the_waiting_spare_holds_no_job_pipes_and_leads_its_session(
     assert spare != spawner.started[0].pid
     # The spare is forked ahead of its job and sets itself up right after fork(): its own
     # session, then only its own fds. stdin/stdout (/dev/null), the server's stderr and its
-    # socket (its other end now the daemon's): no pipe of a finished job (which would keep the runner waiting).
+    # socket (its other end now the daemon's): no pipe of a finished job (which would keep
+    # the runner waiting).
     deadline = time.monotonic() + 5
     while True:
         fds = os.listdir(f"/proc/{spare}/fd")

@@ -19,7 +19,7 @@ from supervisor.runner.coalesce import ProgressCallback, ProgressCoalescer
 from supervisor.runner.config import RunnerConfig
 from supervisor.runner.containment import ORPHANS, ProcessTree
 from supervisor.runner.env import build_child_env
-from supervisor.runner.forkserver import FORK_SERVER, ExitStatus, SpawnedChild, SpawnSpec
+from supervisor.runner.forkserver import FORK_SERVER
 from supervisor.runner.forkserver_main import EXEC_FAILED_CODE, EXEC_FAILED_MARKER
 from supervisor.runner.oom import oom_kills
 from supervisor.runner.outcome import ChildOutcome, EndReason, describe_end
@@ -32,6 +32,7 @@ from supervisor.runner.protocol import (
     Result,
     parse_line,
 )
+from supervisor.runner.spawn import ExitStatus, SpawnedChild, SpawnSpec
 from supervisor.runner.stop import StopRequest
 
 log = logging.getLogger(__name__)

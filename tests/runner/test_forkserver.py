@@ -27,7 +27,7 @@ from supervisor.runner import (
     StopRequest,
     run_child,
 )
-from supervisor.runner.forkserver import SpawnedChild
+from supervisor.runner.spawn import SpawnedChild
 from tests.runner.conftest import fast_config, wait_gone
 
 WORKER_ENV = {"INGEST_CHUNK_STORE": "none", "INGEST_CRAWL_ALLOW_PRIVATE": "1"}

@@ -24,7 +24,7 @@ MiB = 1024 * 1024
 
 
 async def test_a_kill_9_from_elsewhere_is_not_called_out_of_memory(run: RunFn) -> None:
-    started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    started: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 
     def on_progress(pct: float, msg: str | None) -> None:
         if not started.done():

@@ -8,21 +8,23 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Awaitable
 
 import psutil
+import pytest
 
-from supervisor.runner import EndReason, ResourceLimits, StopRequest
+from supervisor.runner import ChildOutcome, EndReason, ResourceLimits, StopRequest
 from tests.runner.conftest import RunFn, child_cmd, fast_config, wait_gone
 
 MiB = 1024 * 1024
 
 
-async def _measure_rss_growth(coro: asyncio.Future[object] | object) -> tuple[object, int]:
+async def _measure_rss_growth(coro: Awaitable[ChildOutcome]) -> tuple[ChildOutcome, int]:
     """Run `coro` while sampling this process's RSS; return its value and the growth."""
     me = psutil.Process()
     base = me.memory_info().rss
     peak = base
-    task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    task = asyncio.ensure_future(coro)
     while not task.done():
         peak = max(peak, me.memory_info().rss)
         await asyncio.wait({task}, timeout=0.02)
@@ -33,17 +35,17 @@ async def test_flood_with_newlines_keeps_supervisor_memory_bounded(run: RunFn) -
     cfg = fast_config(child_cmd("flood.py", str(200 * MiB), "lines"))
     outcome, growth = await _measure_rss_growth(run(cfg))
     assert growth < 10 * MiB, growth
-    assert outcome.succeeded  # type: ignore[attr-defined]
-    assert outcome.progress == 100 and outcome.progress_message == "flooded"  # type: ignore[attr-defined]
+    assert outcome.succeeded
+    assert outcome.progress == 100 and outcome.progress_message == "flooded"
 
 
 async def test_flood_without_newlines_keeps_supervisor_memory_bounded(run: RunFn) -> None:
     cfg = fast_config(child_cmd("flood.py", str(200 * MiB), "raw"))
     outcome, growth = await _measure_rss_growth(run(cfg))
     assert growth < 10 * MiB, growth
-    assert outcome.succeeded  # type: ignore[attr-defined]
+    assert outcome.succeeded
     # The PROGRESS line after the flood starts mid-line, so it is log text, not protocol.
-    assert outcome.progress == 100  # type: ignore[attr-defined]
+    assert outcome.progress == 100
 
 
 async def test_invalid_utf8_is_tolerated(run: RunFn) -> None:
@@ -211,15 +213,15 @@ async def test_peak_rss_and_cpu_of_the_tree_are_recorded(run: RunFn) -> None:
     assert outcome.wall_s > 0
 
 
-async def test_environment_is_an_allowlist(run: RunFn, monkeypatch: object) -> None:
+async def test_environment_is_an_allowlist(run: RunFn, monkeypatch: pytest.MonkeyPatch) -> None:
     mp = monkeypatch
-    mp.setenv("SUPABASE_SERVICE_KEY", "sb-secret")  # type: ignore[attr-defined]
-    mp.setenv("LANGFUSE_SECRET_KEY", "lf-secret")  # type: ignore[attr-defined]
-    mp.setenv("REDIS_URL", "redis://:pw@host/0")  # type: ignore[attr-defined]
-    mp.setenv("NOTIFY_SOCKET", "/run/systemd/notify")  # type: ignore[attr-defined]
-    mp.setenv("WATCHDOG_USEC", "1000")  # type: ignore[attr-defined]
-    mp.setenv("OPERATOR_ALLOWED", "yes")  # type: ignore[attr-defined]
-    mp.setenv("LC_ALL", "C.UTF-8")  # type: ignore[attr-defined]
+    mp.setenv("SUPABASE_SERVICE_KEY", "sb-secret")
+    mp.setenv("LANGFUSE_SECRET_KEY", "lf-secret")
+    mp.setenv("REDIS_URL", "redis://:pw@host/0")
+    mp.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    mp.setenv("WATCHDOG_USEC", "1000")
+    mp.setenv("OPERATOR_ALLOWED", "yes")
+    mp.setenv("LC_ALL", "C.UTF-8")
     cfg = fast_config(
         child_cmd("print_env.py"),
         env_passthrough=("OPERATOR_ALLOWED",),

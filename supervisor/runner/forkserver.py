@@ -1,10 +1,11 @@
 """Starting a child: the one way, through a fork server (`forkserver_main` is its program).
 
 The daemon starts the fork server once (its own session, the children's allowlisted
-environment, parent-death signal towards the daemon) and asks it for every child. The
-server forks a spare ahead of time; the spare leads its own session and process group,
-dies with the server, and on request takes the job's pipes as 0/1/2, closes every other
-fd, resets signal dispositions and mask, applies the resource limits, switches user if
+environment, parent-death signal towards the daemon). The server forks spares ahead of
+time and hands each one's socket to the daemon once it leads its own session and process
+group and dies with the server. A job's start is one message from the daemon to a
+waiting spare, with the job's pipes: the spare makes them 0/1/2, closes every other fd,
+resets signal dispositions and mask, applies the resource limits, switches user if
 asked, changes into the job's directory and then execs the command, or, for the built-in
 worker, runs `ingest_worker` in place (imported once by the server).
 

@@ -164,7 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("starting with %s", json.dumps(settings.redacted(), default=str))
     # Before any thread exists; the built-in worker is imported into it once, here.
     try:
-        FORK_SERVER.start(preload_worker=build_runner_config(settings).command is None)
+        FORK_SERVER.start(
+            preload_worker=build_runner_config(settings).command is None,
+            spares=settings.concurrency,  # every slot finds a child waiting
+        )
     except OSError as exc:  # each job tries again, and fails to start with the reason
         log.error("%s", exc)
     return asyncio.run(run(settings))

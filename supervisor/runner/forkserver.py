@@ -242,10 +242,12 @@ class ForkServer:
         s = self._server
         return s.proc.pid if s is not None and s.alive else None
 
-    def start(self, *, preload_worker: bool | None = None) -> None:
+    def start(self, *, preload_worker: bool | None = None, spares: int | None = None) -> None:
         """Start the server now if it is not running (raises ForkServerError)."""
         if preload_worker is not None:
             self._preload = preload_worker
+        if spares is not None:
+            self._spares = max(1, spares)
         if self._server is not None and self._server.alive:
             return
         try:

@@ -1,11 +1,13 @@
 """End-to-end benchmark of the supervisor daemon against bare Popen of the same child.
 
-    .venv/bin/python bench/bench_daemon.py                      # the issue's run, ~1-2 min
+    .venv/bin/python bench/bench_daemon.py                      # ~5-10 min
     .venv/bin/python bench/bench_daemon.py --jobs 300 --samples 50   # a quick look
+    .venv/bin/python bench/bench_daemon.py --baseline /tmp/old-tree  # before vs after
 
-For each child kind (`trivial`: a `python -S -I` script printing PROGRESS 0..100 by 10;
-`worker`: the default command running ingest_worker on a tiny text job with
-INGEST_CHUNK_STORE=none) it prints, side by side in one run:
+Child kinds: `custom` (INGEST_WORKER_COMMAND running a Python script on the default
+interpreter that prints PROGRESS 0..100 by 10), `text` (the built-in ingest_worker on a
+tiny text job, INGEST_CHUNK_STORE=none) and `markdown` (the built-in worker on a ~50 KB
+markdown file with the sqlite chunk store). For each kind it prints, side by side:
 
   daemon   a real `python -m supervisor` subprocess at concurrency N on its own queue
            (status backend none, metrics off, tracing off, log level WARNING):
@@ -15,11 +17,13 @@ INGEST_CHUNK_STORE=none) it prints, side by side in one run:
              finish), enqueue-to-start/done p50/p99 (queueing included), supervisor CPU
              seconds per 1,000 jobs (user+system of the daemon process, children excluded);
            - peak RSS (VmHWM) of the daemon over the whole run.
-  popen    bare subprocess.Popen of the very same argv at parallelism N (the ceiling).
-  daemon zygote  (worker kind only) the same daemon with INGEST_SPAWN_MODE=zygote: children
-           forked from one warm, pre-imported interpreter instead of exec'd.
-  plain    (worker kind only) Popen of `python -m ingest_worker` with full site processing,
-           what an unoptimised interpreter start costs.
+  before   (with --baseline DIR) the same daemon run from another source tree (an older
+           commit, unpacked with `git archive`), with each of its INGEST_SPAWN_MODE values.
+  popen    bare subprocess.Popen of the same child at parallelism N (the ceiling); for the
+           built-in worker, `python -m ingest_worker`.
+
+`--rounds R` runs every contender R times, interleaved (A B C A B C ...), so that load
+from elsewhere on a shared machine falls on all of them; every round is printed.
 
 Latencies come from the job records' enqueued_at/started_at/finished_at, stamped by the
 Redis server's clock in whole milliseconds: a p50 of "1 ms" means 0.5-1.5 ms; the mean is
@@ -52,16 +56,32 @@ import psutil
 from redis.asyncio import Redis
 
 from supervisor.protocol import JobQueue
-from supervisor.runner import default_command
 
 ROOT = Path(__file__).resolve().parent.parent
-TRIVIAL_CHILD = (
+CUSTOM_CHILD = (
     "import sys\n"
     "sys.stdin.buffer.read()\n"
     "for p in range(0, 101, 10):\n"
-    "    print(f'PROGRESS: {p} step')\n"
+    "    print(f'PROGRESS: {p} step', flush=True)\n"
 )
 TEXT = "A tiny text document for the benchmark. It has two sentences."
+MARKDOWN_FILE = "doc.md"
+
+
+def markdown_document(size: int = 50 * 1024) -> str:
+    """About `size` bytes of markdown: headings, paragraphs, lists, code."""
+    parts: list[str] = []
+    i = 0
+    while sum(len(p) for p in parts) < size:
+        i += 1
+        parts.append(
+            f"## Section {i}\n\nIngestion pipelines read documents, split them into chunks "
+            f"and store each chunk with its embedding. Section {i} says so again, in other "
+            "words, so that the chunker has real sentences to cut at whitespace.\n\n"
+            f"- point {i}.1 about retrieval\n- point {i}.2 about **ranking**\n\n"
+            f"```python\nprint({i})\n```\n\n"
+        )
+    return "# Benchmark document\n\n" + "".join(parts)
 
 
 # ---- figures ---------------------------------------------------------------------------
@@ -141,34 +161,47 @@ def print_table(title: str, rows: list[Row]) -> None:
 class ChildKind:
     name: str
     worker_command: str | None  # INGEST_WORKER_COMMAND for the daemon; None: the default
-    argv: tuple[str, ...]  # what the daemon ends up running, for the Popen ceiling
+    argv: tuple[str, ...]  # the same child for the Popen ceiling
+    source: dict[str, Any]
+    env: dict[str, str]  # worker settings, for the daemon and the Popen rows alike
 
 
 def child_kinds(workdir: Path) -> dict[str, ChildKind]:
-    script = workdir / "trivial_child.py"
-    script.write_text(TRIVIAL_CHILD)
-    trivial = (sys.executable, "-S", "-I", str(script))
+    script = workdir / "custom_child.py"
+    script.write_text(CUSTOM_CHILD)
+    custom = (sys.executable, str(script))
+    (workdir / MARKDOWN_FILE).write_text(markdown_document())
+    worker = (sys.executable, "-m", "ingest_worker")
+    text = {"type": "text", "text": TEXT}
+    markdown = {"type": "file", "path": MARKDOWN_FILE}
+    sqlite_env = {
+        "INGEST_CHUNK_STORE": "sqlite",
+        "INGEST_CHUNK_SQLITE_PATH": str(workdir / "chunks.sqlite3"),
+        "INGEST_FILE_ROOT": str(workdir),
+    }
     return {
-        "trivial": ChildKind("trivial", shlex.join(trivial), trivial),
-        "worker": ChildKind("worker", None, default_command(sys.executable, None, None)),
+        "custom": ChildKind("custom", shlex.join(custom), custom, text, {}),
+        "text": ChildKind("text", None, worker, text, {"INGEST_CHUNK_STORE": "none"}),
+        "markdown": ChildKind("markdown", None, worker, markdown, sqlite_env),
     }
 
 
-def job_payload(job_id: str) -> dict[str, Any]:
+def job_payload(job_id: str, kind: ChildKind) -> dict[str, Any]:
     return {
         "job_id": job_id,
         "tenant_id": "bench",
-        "data_source": {"type": "text", "text": TEXT},
+        "data_source": kind.source,
         "max_attempts": 1,  # a failure shows at once instead of waiting out a backoff
     }
 
 
-def child_env(job_id: str) -> dict[str, str]:
+def child_env(job_id: str, kind: ChildKind) -> dict[str, str]:
     """The environment the daemon gives a child (allowlist), for the Popen rows."""
     return {
         "PATH": os.environ.get("PATH", os.defpath),
         "LANG": "C.UTF-8",
-        "INGEST_CHUNK_STORE": "none",
+        "PYTHONUNBUFFERED": "1",
+        **kind.env,
         "INGEST_JOB_ID": job_id,
         "INGEST_ATTEMPT": "1",
     }
@@ -188,7 +221,8 @@ class DaemonUnderTest:
         concurrency: int,
         kind: ChildKind,
         cprofile: str | None = None,
-        spawn_mode: str = "exec",
+        tree: Path = ROOT,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         env = {
             k: v
@@ -202,10 +236,13 @@ class DaemonUnderTest:
             INGEST_STATUS_BACKEND="none",
             INGEST_METRICS_PORT="0",
             INGEST_LOG_LEVEL="WARNING",
-            INGEST_CHUNK_STORE="none",
-            INGEST_SPAWN_MODE=spawn_mode,
+            INGEST_CHILD_ENV=",".join(kind.env),
             PYTHONUNBUFFERED="1",
+            **kind.env,
+            **(extra_env or {}),
         )
+        if tree != ROOT:  # run the other tree's packages, not the installed ones
+            env["PYTHONPATH"] = str(tree)
         if kind.worker_command is not None:
             env["INGEST_WORKER_COMMAND"] = kind.worker_command
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
@@ -214,7 +251,7 @@ class DaemonUnderTest:
         self.proc = subprocess.Popen(
             [program, *profiled, *rest],
             env=env,
-            cwd=ROOT,
+            cwd=tree,
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
@@ -356,18 +393,19 @@ async def bench_daemon(
     jobs: int,
     profile: str | None = None,
     cprofile: str | None = None,
-    spawn_mode: str = "exec",
+    name: str = "daemon",
+    tree: Path = ROOT,
+    extra_env: dict[str, str] | None = None,
 ) -> Row:
     queue = f"bench-daemon-{uuid.uuid4().hex[:8]}"
     client = Redis.from_url(redis_url)
     q = JobQueue(client, queue)
-    mode = "" if spawn_mode == "exec" else f" {spawn_mode}"
-    row = Row(f"daemon{mode} c={concurrency}")
-    daemon = DaemonUnderTest(redis_url, queue, concurrency, kind, cprofile, spawn_mode)
+    row = Row(name)
+    daemon = DaemonUnderTest(redis_url, queue, concurrency, kind, cprofile, tree, extra_env)
     try:
-        # Warm-up: the daemon is up, the shim built and the child's files in the page cache.
+        # Warm-up: the daemon and its fork server are up, the child's files in the page cache.
         warm = [f"warm-{i}" for i in range(concurrency * 4)]
-        await q.enqueue_many([job_payload(j) for j in warm])
+        await q.enqueue_many([job_payload(j, kind) for j in warm])
         await wait_finished(q, warm, 60, daemon)
         _, _, failed = latencies(await fetch(q, warm))
         if failed:
@@ -380,7 +418,7 @@ async def bench_daemon(
                 not_idle += 1
             job_id = f"idle-{i:05d}"
             ids.append(job_id)
-            await q.enqueue(job_payload(job_id))
+            await q.enqueue(job_payload(job_id, kind))
             await wait_finished(q, [*warm, *ids], 30, daemon)
         row.idle_start, row.idle_done, row.failures = latencies(await fetch(q, ids))
         if not_idle:
@@ -393,7 +431,7 @@ async def bench_daemon(
         before = daemon.cpu_s()
         row.load = load()
         for i in range(0, jobs, 500):
-            await q.enqueue_many([job_payload(j) for j in ids[i : i + 500]])
+            await q.enqueue_many([job_payload(j, kind) for j in ids[i : i + 500]])
         idle_ids = [f"idle-{i:05d}" for i in range(samples)]
         await wait_finished(q, [*warm, *idle_ids, *ids], 600, daemon)
         after = daemon.cpu_s()
@@ -418,7 +456,7 @@ async def bench_daemon(
 # ---- the Popen ceiling -----------------------------------------------------------------
 
 
-def bench_popen(name: str, argv: Sequence[str], count: int, parallelism: int) -> Row:
+def bench_popen(name: str, kind: ChildKind, count: int, parallelism: int) -> Row:
     row = Row(name)
     todo = iter(range(count))
     lock = threading.Lock()
@@ -436,15 +474,15 @@ def bench_popen(name: str, argv: Sequence[str], count: int, parallelism: int) ->
             job_id = f"popen-{i}"
             t0 = time.perf_counter()
             proc = subprocess.Popen(
-                argv,
+                kind.argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env=child_env(job_id),
+                env=child_env(job_id, kind),
                 cwd=cwd,
                 start_new_session=True,
             )
-            out, _err = proc.communicate(json.dumps(job_payload(job_id)).encode())
+            out, _err = proc.communicate(json.dumps(job_payload(job_id, kind)).encode())
             ok = proc.returncode == 0 and b"PROGRESS: 100" in out
             with lock:
                 walls.append(time.perf_counter() - t0)
@@ -479,10 +517,20 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1000, help="bulk-phase jobs (and Popen runs)")
     parser.add_argument("--samples", type=int, default=200, help="idle-phase jobs, one by one")
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved runs of each row")
     parser.add_argument(
-        "--children",
-        default="trivial,worker",
-        help="comma list of child kinds: trivial, worker",
+        "--children", default="custom,text,markdown", help="comma list: custom, text, markdown"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also run the daemon from this source tree, in each of --baseline-modes",
+    )
+    parser.add_argument(
+        "--baseline-modes",
+        default="exec,zygote",
+        help="INGEST_SPAWN_MODE values for the baseline tree (empty: leave it unset)",
     )
     parser.add_argument(
         "--profile",
@@ -494,63 +542,61 @@ def main() -> None:
         metavar="PREFIX",
         help="run each daemon under cProfile into PREFIX-<child>.prof (slows it down)",
     )
-    parser.add_argument("--no-plain", action="store_true", help="skip the plain-python row")
-    parser.add_argument(
-        "--no-zygote", action="store_true", help="skip the INGEST_SPAWN_MODE=zygote daemon row"
-    )
     parser.add_argument(
         "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     )
     args = parser.parse_args()
+    c = args.concurrency
     with tempfile.TemporaryDirectory(prefix="bench-daemon-") as tmp:
         kinds = child_kinds(Path(tmp))
         print(
             f"bench_daemon: {args.samples} idle + {args.jobs} bulk jobs per daemon, "
-            f"concurrency {args.concurrency}, {os.cpu_count()} cpus, load {load()}"
+            f"concurrency {c}, {args.rounds} round(s), {os.cpu_count()} cpus, load {load()}"
         )
         for name in args.children.split(","):
             kind = kinds[name.strip()]
             print(f"\n-- child '{kind.name}': {shlex.join(kind.argv)[:160]}")
-            bench_popen("warm-up", kind.argv, 20, args.concurrency)
-            rows = [
-                asyncio.run(
-                    bench_daemon(
+            bench_popen("warm-up", kind, 20, c)
+
+            # (label, source tree, extra daemon env); no tree: the Popen ceiling
+            contenders: list[tuple[str, Path | None, dict[str, str] | None]] = [
+                (f"daemon c={c}", ROOT, None)
+            ]
+            if args.baseline is not None:
+                for mode in [m for m in args.baseline_modes.split(",") if m]:
+                    if mode == "zygote" and kind.worker_command is not None:
+                        continue  # the baseline's zygote runs only the built-in worker
+                    spawn = {"INGEST_SPAWN_MODE": mode}
+                    contenders.append((f"before {mode} c={c}", args.baseline, spawn))
+            contenders.append((f"popen p={c}", None, None))
+            rows: list[Row] = []
+            for _round in range(args.rounds):
+                for label, tree, daemon_env in contenders:
+                    if tree is None:
+                        rows.append(bench_popen(label, kind, args.jobs, c))
+                        continue
+                    daemon = bench_daemon(
                         args.redis_url,
                         kind,
-                        args.concurrency,
+                        c,
                         args.samples,
                         args.jobs,
                         None if args.profile is None else f"{args.profile}-{kind.name}.txt",
                         None if args.cprofile is None else f"{args.cprofile}-{kind.name}.prof",
+                        name=label,
+                        tree=tree,
+                        extra_env=daemon_env,
                     )
-                )
-            ]
-            rows.append(
-                bench_popen(f"popen p={args.concurrency}", kind.argv, args.jobs, args.concurrency)
-            )
-            if kind.name == "worker" and not args.no_zygote:
-                zygote = bench_daemon(
-                    args.redis_url,
-                    kind,
-                    args.concurrency,
-                    args.samples,
-                    args.jobs,
-                    spawn_mode="zygote",
-                )
-                rows.append(asyncio.run(zygote))
-            if kind.name == "worker" and not args.no_plain:
-                plain = (sys.executable, "-m", "ingest_worker")
-                rows.append(
-                    bench_popen("plain python -m", plain, max(50, args.jobs // 4), args.concurrency)
-                )
-            daemon, ceiling = rows[0], rows[1]
-            if daemon.rate and ceiling.rate:
-                daemon.note = (
-                    f"{daemon.note + '; ' if daemon.note else ''}"
-                    f"daemon / popen throughput {daemon.rate / ceiling.rate * 100:.0f}%"
-                )
+                    rows.append(asyncio.run(daemon))
+            for row in rows:
+                if row.name.startswith(("daemon", "before")):
+                    ceilings = [r.rate for r in rows if r.name.startswith("popen") and r.rate]
+                    if row.rate and ceilings:
+                        share = row.rate / statistics.fmean(ceilings) * 100
+                        row.note = (row.note + "; " if row.note else "") + (
+                            f"{share:.0f}% of popen's mean throughput"
+                        )
             print_table(f"child '{kind.name}'", rows)
-        print("\ntargets: >= 150 jobs/s end to end, idle enqueue-to-start p50 <= 2 ms")
 
 
 if __name__ == "__main__":

@@ -5,12 +5,12 @@
 Each child reads its job from stdin, prints PROGRESS 0..100 in steps of 10 and exits 0.
 Prints children/s and start-to-first-PROGRESS p50/p99 for:
   popen         bare Popen (vfork path) with pipes, parallelism N threads
-  popen+preexec the same with a no-op preexec_fn (forces fork())
-  run_child     the runner at concurrency N (clean env, temp dir, exec shim with
-                pdeathsig/rlimits/signal reset, tree tracking, bounded output), in a
-                process that is a child subreaper, as the daemon is
-  run_child/pre the runner with the preexec_fn fallback instead of the shim
-Contenders alternate in rounds so a busy machine's load falls on all of them alike.
+  run_child     the runner at concurrency N (clean env, a new job directory, the child
+                forked by the fork server and set up there before its exec, tree
+                tracking, bounded output), in a process that is a child subreaper, as the
+                daemon is
+Contenders alternate in rounds so a busy machine's load falls on all of them alike. The
+child CPU column counts children this process reaps: the fork server reaps run_child's.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from supervisor.runner import ExecSpawner, RunnerConfig, StopRequest, run_child
-from supervisor.runner.orphans import ORPHANS
+from supervisor.runner import FORK_SERVER, RunnerConfig, StopRequest, run_child
+from supervisor.runner.containment import ORPHANS
 
 CHILD_CODE = (
     "import sys\n"
@@ -73,7 +73,7 @@ def cpu_now() -> tuple[float, float]:
     return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
 
 
-def popen_loop(count: int, parallelism: int, preexec: Callable[[], None] | None) -> Timing:
+def popen_loop(count: int, parallelism: int) -> Timing:
     firsts: list[float] = []
     lock = threading.Lock()
     todo = iter(range(count))
@@ -86,7 +86,7 @@ def popen_loop(count: int, parallelism: int, preexec: Callable[[], None] | None)
             t0 = time.perf_counter()
             proc = subprocess.Popen(
                 ARGV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                start_new_session=True, preexec_fn=preexec,
+                start_new_session=True,
             )
             assert proc.stdin is not None and proc.stdout is not None
             proc.stdin.write(JOB)
@@ -153,19 +153,16 @@ def main() -> None:
     n, par = args.count, args.concurrency
     print(f"{n} no-op children per contender, parallelism {par}, {os.cpu_count()} cpus, "
           f"load {os.getloadavg()[0]:.1f}, child: python -S -c <PROGRESS 0..100 by 10>")
-    # As in the daemon: with the subreaper role the runner can tell that a finished child
-    # left nothing running, which lets it reuse the job directory (see runner/workdir.py).
-    # Only orphans carrying a job id are ever killed; the Popen contenders reap their own.
+    # As in the daemon, which sweeps escaped descendants as a subreaper. Only orphans
+    # carrying a job id are ever killed; the Popen contenders reap their own.
     ORPHANS.become_subreaper(kill_unattributed=False)
-    shim_cfg = RunnerConfig(command=ARGV)
-    preexec_cfg = RunnerConfig(command=ARGV, spawner=ExecSpawner(shim=None))
+    FORK_SERVER.start()  # as the daemon does before its first job
+    config = RunnerConfig(command=ARGV)
     contenders: dict[str, Callable[[int], Timing]] = {
-        "popen": lambda k: popen_loop(k, par, None),
-        "popen+preexec": lambda k: popen_loop(k, par, lambda: None),
-        "run_child": lambda k: asyncio.run(runner_loop(k, par, shim_cfg)),
-        "run_child/pre": lambda k: asyncio.run(runner_loop(k, par, preexec_cfg)),
+        "popen": lambda k: popen_loop(k, par),
+        "run_child": lambda k: asyncio.run(runner_loop(k, par, config)),
     }
-    popen_loop(max(10, n // 50), par, None)  # warm the page cache
+    popen_loop(max(10, n // 50), par)  # warm the page cache
     totals = {name: Totals() for name in contenders}
     per_round = max(1, n // args.rounds)
     done = 0
@@ -182,8 +179,7 @@ def main() -> None:
             t.child_cpu += child_after - child_before
         done += k
     rates = {name: report(name, n, t) for name, t in totals.items()}
-    print(f"run_child / popen throughput: {rates['run_child'] / rates['popen'] * 100:.0f}%  "
-          f"(preexec fallback: {rates['run_child/pre'] / rates['popen'] * 100:.0f}%)")
+    print(f"run_child / popen throughput: {rates['run_child'] / rates['popen'] * 100:.0f}%")
     print(f"load at end {os.getloadavg()[0]:.1f}")
 
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 def execute(data: bytes, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
     """Run one job given as JSON bytes; return the protocol's exit code.
 
-    Separate from `main` so a pre-forked (zygote) launcher can call it in a forked child
+    Separate from `main` so the fork server (supervisor.runner) can call it in a forked child
     without paying for a new interpreter.
     """
     from ingest_worker.config import WorkerConfig

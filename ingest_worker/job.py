@@ -6,8 +6,9 @@ loading the daemon's package.
 
 from __future__ import annotations
 
+import json
+
 from ingest_worker.errors import BadInput
-from ingest_worker.fastjson import loads
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ def parse_job(data: bytes, env: Mapping[str, str]) -> Job:
     if not data.strip():
         raise BadInput("no job on stdin: expected one JSON object")
     try:
-        raw = loads(data)
+        raw = json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise BadInput(f"job on stdin is not valid JSON ({exc.__class__.__name__})") from None
     if not isinstance(raw, dict):

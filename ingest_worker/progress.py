@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingest_worker.fastjson import dumps
+import json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -44,6 +44,6 @@ class Reporter:
         self.progress(start + (end - start) * min(1.0, frac), message)
 
     def result(self, payload: dict[str, Any]) -> None:
-        line = self._scrub(dumps(payload))
+        line = self._scrub(json.dumps(payload, separators=(",", ":")))
         self._out.write(f"RESULT: {line}\n")
         self._out.flush()

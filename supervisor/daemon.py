@@ -26,7 +26,7 @@ from supervisor.payload import PayloadError, check_structure
 from supervisor.protocol import Claim, JobQueue
 from supervisor.redis_retry import TRANSIENT, call_until
 from supervisor.runner import EndReason, StartFailureGate
-from supervisor.runner.orphans import ORPHANS
+from supervisor.runner.containment import ORPHANS
 from supervisor.sdnotify import SystemdNotifier
 from supervisor.states import TableStatus
 from supervisor.status.service import StatusService

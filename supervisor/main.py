@@ -25,7 +25,7 @@ from supervisor.logs import configure_logging
 from supervisor.metrics import DaemonMetrics, MetricsSink
 from supervisor.payload import DEFAULT_SECRET_KEYS
 from supervisor.protocol import Backoff, JobQueue, Retention
-from supervisor.runner import ResourceLimits, RunnerConfig, ZygoteSpawner, default_command
+from supervisor.runner import FORK_SERVER, ResourceLimits, RunnerConfig, default_command
 from supervisor.sdnotify import SystemdNotifier
 from supervisor.settings import Settings, SettingsError, load_settings
 from supervisor.sinks import JobSink, SinkFanout
@@ -94,8 +94,6 @@ def build_runner_config(settings: Settings) -> RunnerConfig:
             memory_bytes=settings.child_memory_bytes, cpu_seconds=settings.child_cpu_seconds
         ),
         user=settings.child_user,
-        spawner=ZygoteSpawner() if settings.spawn_mode == "zygote" else None,
-        reuse_workdirs=settings.reuse_job_dirs,
     )
 
 
@@ -190,8 +188,7 @@ async def run(settings: Settings) -> int:
     try:
         return await daemon.run()
     finally:
-        if isinstance(ctx.runner.spawner, ZygoteSpawner):
-            ctx.runner.spawner.close()  # the daemon has reaped every job by now
+        FORK_SERVER.close()  # the daemon has reaped every job by now
         if stop_metrics is not None:
             stop_metrics()
         await client.aclose()
@@ -213,4 +210,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("warning: ingest_worker is not importable here", file=sys.stderr)
         return 0
     log.info("starting with %s", json.dumps(settings.redacted(), default=str))
+    # Before any thread exists; the built-in worker is imported into it once, here.
+    try:
+        FORK_SERVER.start(
+            preload_worker=build_runner_config(settings).command is None,
+            spares=settings.concurrency,  # every slot finds a child waiting
+        )
+    except OSError as exc:  # each job tries again, and fails to start with the reason
+        log.error("%s", exc)
     return asyncio.run(run(settings))

@@ -236,7 +236,7 @@ OPTIONS: tuple[Option, ...] = (
         "INGEST_MAX_OUTPUT_BYTES",
         int,
         1048576,
-        "bytes of stdout and of stderr tail kept per child",
+        "bytes of stderr tail kept per child (stdout is read for protocol lines only)",
         lambda v: v >= 1024,
         "must be >= 1024",
     ),
@@ -269,28 +269,6 @@ OPTIONS: tuple[Option, ...] = (
         _optional_str,
         None,
         "full child command line (shell-style, split with shlex); replaces the above",
-    ),
-    Option(
-        "spawn_mode",
-        "INGEST_SPAWN_MODE",
-        str,
-        "exec",
-        "how children start: exec (a fresh interpreter per job) or zygote (fork from one "
-        "warm, pre-imported interpreter; faster starts, same isolation). zygote runs only "
-        "the built-in ingest_worker on the supervisor's own interpreter: with "
-        "INGEST_WORKER_COMMAND, INGEST_WORKER_PATH or another PYTHON_EXECUTABLE it is a "
-        "configuration error; with INGEST_CHILD_USER jobs start by exec",
-        lambda v: v in ("exec", "zygote"),
-        "must be exec or zygote",
-    ),
-    Option(
-        "reuse_job_dirs",
-        "INGEST_REUSE_JOB_DIRS",
-        _bool,
-        True,
-        "give a job's empty working directory to a later job when the job provably left "
-        "nothing running and the directory exactly as handed out (saves a mkdir+rmdir "
-        "per job); 0: every job gets a brand-new directory, removed when it ends",
     ),
     Option(
         "child_env",
@@ -485,8 +463,6 @@ class Settings:
     python_executable: str
     worker_path: str | None
     worker_command: str | None
-    spawn_mode: str
-    reuse_job_dirs: bool
     child_env: tuple[str, ...]
     child_memory_bytes: int | None
     child_cpu_seconds: int | None
@@ -631,16 +607,6 @@ def load_settings(
         raise SettingsError("INGEST_REDIS_SENTINELS: needs INGEST_REDIS_SENTINEL_MASTER")
     if values["status_backend"] == "postgres" and not values["status_dsn"]:
         raise SettingsError("INGEST_STATUS_BACKEND=postgres: needs INGEST_STATUS_DSN")
-    if values["spawn_mode"] == "zygote" and (
-        values["worker_command"]
-        or values["worker_path"]
-        or os.path.abspath(values["python_executable"]) != os.path.abspath(sys.executable)
-    ):
-        raise SettingsError(
-            "INGEST_SPAWN_MODE=zygote: runs only the built-in ingest_worker on the "
-            "supervisor's interpreter (unset INGEST_WORKER_COMMAND, INGEST_WORKER_PATH "
-            "and PYTHON_EXECUTABLE)"
-        )
     values["log_level"] = values["log_level"].upper()
     return Settings(**values, check_config=bool(args.check_config))
 

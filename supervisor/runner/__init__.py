@@ -1,34 +1,33 @@
 """The child runner: spawn one job's child, watch its output, stop it, report how it ended.
 
 Modules, one job each: `config` (settings, default command), `env` (allowlisted
-environment), `spawner` (fork/exec behind a `Spawner` interface), `pipes` (non-blocking
-fds), `protocol` (pure PROGRESS/RESULT parsing), `output` (bounded head/tail), `tree`
-(descendants, RSS/CPU, signalling), `coalesce` (progress callbacks), `stop`, `gate`
-(start-failure backoff), `outcome` (the record), `workdir` (job directories, reused when
-untouched), `orphans` (the subreaper's sweep of escaped descendants), `shim` (the compiled
-exec shim), `run` (the orchestration) and `zygote` (the opt-in warm fork server, a second
-`Spawner`).
+environment), `spawn` (what starting one child takes), `forkserver` (the one way children
+start, through the `forkserver_main` process), `containment` (process tree, orphan sweep:
+no descendant outlives its job), `pipes` (non-blocking fds), `protocol` (pure
+PROGRESS/RESULT parsing), `output` (bounded head/tail), `coalesce` (progress callbacks),
+`stop`, `gate` (start-failure backoff), `oom` (the cgroup's OOM counter), `outcome` (the
+record) and `run` (the orchestration).
+The child's side of all this is described in docs/child-protocol.md.
 """
 
 from supervisor.runner.config import ResourceLimits, RunnerConfig, default_command
+from supervisor.runner.forkserver import FORK_SERVER, ForkServer
 from supervisor.runner.gate import StartFailureGate
 from supervisor.runner.outcome import ChildOutcome, EndReason
 from supervisor.runner.run import run_child
-from supervisor.runner.spawner import ExecSpawner, Spawner, SpawnSpec
+from supervisor.runner.spawn import SpawnSpec
 from supervisor.runner.stop import StopRequest
-from supervisor.runner.zygote import ZygoteSpawner
 
 __all__ = [
+    "FORK_SERVER",
     "ChildOutcome",
     "EndReason",
-    "ExecSpawner",
+    "ForkServer",
     "ResourceLimits",
     "RunnerConfig",
     "SpawnSpec",
-    "Spawner",
     "StartFailureGate",
     "StopRequest",
-    "ZygoteSpawner",
     "default_command",
     "run_child",
 ]

@@ -13,6 +13,7 @@ EX_DATAERR = 65
 
 class EndReason(StrEnum):
     EXITED = "exited"
+    BAD_RESULT = "bad_result"  # exited 0, but its RESULT line was not a usable result
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     LEASE_LOST = "lease_lost"
@@ -20,30 +21,22 @@ class EndReason(StrEnum):
     START_FAILED = "start_failed"
 
 
-Milestone = tuple[float, float, str | None]  # (unix time, percent, message)
-
-
 @dataclass(frozen=True)
 class ChildOutcome:
     ended: EndReason
     exit_code: int | None
     signal: int | None
-    wall_s: float
+    wall_s: float  # spawn to reaped (the start-failure gate tells fast failures by it)
     cpu_s: float
     peak_rss_bytes: int
     progress: float
     progress_message: str | None
-    milestones: tuple[Milestone, ...]
     result: Any
-    result_error: str | None
-    stdout_tail: str
-    stderr_tail: str
     error: str | None
     oom_killed: bool = False
-    dropped_bytes: int = 0
+    dropped_bytes: int = 0  # stderr beyond its kept head and tail
     progress_lines: int = 0
     progress_rejected: int = 0
-    pid: int | None = None
     stray_processes_killed: int = 0
 
     @property
@@ -52,7 +45,10 @@ class ChildOutcome:
 
     @property
     def permanent_failure(self) -> bool:
-        """Exit 65 (EX_DATAERR): the input is bad, another attempt cannot help."""
+        """Another attempt cannot help: exit 65 (EX_DATAERR, the input is bad), or a child
+        that promised a result and broke it (a bug in the child, not bad luck)."""
+        if self.ended is EndReason.BAD_RESULT:
+            return True
         return self.ended is EndReason.EXITED and self.exit_code == EX_DATAERR
 
 
@@ -72,10 +68,13 @@ def describe_end(
     stderr_tail: str,
     oom_killed: bool,
     start_error: str | None = None,
+    result_error: str | None = None,
 ) -> str | None:
     """The error text for a job, at most ERROR_LIMIT characters; None for a success."""
     if ended is EndReason.START_FAILED:
         head = f"Worker failed to start: {start_error or 'unknown error'}"
+    elif ended is EndReason.BAD_RESULT:
+        head = f"Worker exited 0 with an unusable RESULT line: {result_error or 'unknown'}"
     elif ended is EndReason.TIMEOUT:
         head = f"Worker timed out after {timeout_s:g}s"
     elif ended is EndReason.CANCELLED:

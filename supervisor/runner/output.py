@@ -69,11 +69,3 @@ class BoundedOutput:
         if len(tail) >= n or self.dropped_bytes:
             return tail[-n:] if n else b""
         return (bytes(self._head) + tail)[-n:] if n else b""
-
-    def text(self) -> str:
-        """Head, a marker where bytes were dropped, then tail; invalid UTF-8 replaced."""
-        head = bytes(self._head).decode("utf-8", errors="replace")
-        tail = self.tail().decode("utf-8", errors="replace")
-        if not self.dropped_bytes:
-            return head + tail
-        return f"{head}\n[... {self.dropped_bytes} bytes dropped ...]\n{tail}"

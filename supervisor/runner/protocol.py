@@ -195,19 +195,15 @@ def parse_result(rest: bytes) -> Result:
 
 
 class ProgressState:
-    """Monotonic progress plus a bounded list of milestones (first value, each 10% step)."""
-
-    MAX_MILESTONES = 12
+    """Monotonic progress: a lower value than the last one is rejected."""
 
     def __init__(self) -> None:
         self.percent = 0.0
         self.message: str | None = None
         self.lines = 0
         self.rejected = 0
-        self.milestones: list[tuple[float, float, str | None]] = []
-        self._bucket = -1
 
-    def apply(self, update: Progress | Rejected, now: float) -> bool:
+    def apply(self, update: Progress | Rejected) -> bool:
         """Record one PROGRESS line; True when it changed what callers should see."""
         self.lines += 1
         if isinstance(update, Rejected) or update.percent < self.percent:
@@ -215,8 +211,4 @@ class ProgressState:
             return False
         changed = update.percent != self.percent or update.message != self.message
         self.percent, self.message = update.percent, update.message
-        bucket = int(update.percent // 10)
-        if bucket > self._bucket and len(self.milestones) < self.MAX_MILESTONES:
-            self._bucket = bucket
-            self.milestones.append((now, update.percent, update.message))
         return changed or self.lines == 1

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
+import pwd
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
 from supervisor.runner.coalesce import ProgressCallback, ProgressCoalescer
 from supervisor.runner.config import RunnerConfig
+from supervisor.runner.containment import ORPHANS, ProcessTree
 from supervisor.runner.env import build_child_env
+from supervisor.runner.forkserver import FORK_SERVER
+from supervisor.runner.forkserver_main import EXEC_FAILED_CODE, EXEC_FAILED_MARKER
 from supervisor.runner.oom import oom_kills
-from supervisor.runner.orphans import ORPHANS
 from supervisor.runner.outcome import ChildOutcome, EndReason, describe_end
 from supervisor.runner.output import BoundedOutput
 from supervisor.runner.pipes import PipeReader, PipeWriter
@@ -28,15 +32,11 @@ from supervisor.runner.protocol import (
     Result,
     parse_line,
 )
-from supervisor.runner.shim import EXEC_FAILED_CODE, EXEC_FAILED_MARKER
-from supervisor.runner.spawner import ExecSpawner, ExitStatus, SpawnedChild, SpawnSpec
+from supervisor.runner.spawn import ExitStatus, SpawnedChild, SpawnSpec
 from supervisor.runner.stop import StopRequest
-from supervisor.runner.tree import ProcessTree
-from supervisor.runner.workdir import WORKDIRS
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_SPAWNER = ExecSpawner()
 # A child that ignores SIGKILL this long is stuck in the kernel; give up waiting for it.
 _KILL_WAIT_S = 30.0
 _OOM_MARKERS = (b"MemoryError", b"Cannot allocate memory", b"std::bad_alloc", b"out of memory")
@@ -55,23 +55,33 @@ async def run_child(
     """Run one child to its end. Whatever the child does, this returns an outcome."""
     run = _ChildRun(config, job_id=job_id, attempt=attempt, stop=stop, on_progress=on_progress)
     try:
-        workdir = WORKDIRS.take(config.tmp_root, config.user)
+        workdir = _new_workdir(config.tmp_root, config.user)
     except (OSError, KeyError) as exc:
         return run.start_failed(f"cannot create a working directory: {exc}")
-    outcome: ChildOutcome | None = None
     try:
-        outcome = await run.run(workdir, job_json, timeout_s)
-        return outcome
+        return await run.run(workdir, job_json, timeout_s)
     finally:
-        # Reused only when nothing of the job can still be running to write into it.
-        clean = (
-            config.reuse_workdirs
-            and outcome is not None
-            and outcome.ended in (EndReason.EXITED, EndReason.START_FAILED)
-            and outcome.stray_processes_killed == 0
-            and run.left_nothing
-        )
-        WORKDIRS.give_back(workdir, clean_exit=clean)
+        _remove_workdir(workdir)
+
+
+def _remove_workdir(path: str) -> None:
+    try:
+        os.rmdir(path)  # most children leave it empty: one call instead of a tree walk
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _new_workdir(root: str | None, user: str | None) -> str:
+    """A brand-new empty 0700 directory for one job: its cwd, HOME and TMPDIR."""
+    path = tempfile.mkdtemp(prefix="ingest-job-", dir=root)
+    if user is not None:
+        try:
+            entry = pwd.getpwnam(user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        except (OSError, KeyError):
+            os.rmdir(path)
+            raise
+    return path
 
 
 class _ChildRun:
@@ -90,7 +100,6 @@ class _ChildRun:
         self.stop = stop
         self.on_progress = on_progress
         self.started = time.monotonic()
-        self.stdout = BoundedOutput(config.max_output_bytes, config.head_bytes)
         self.stderr = BoundedOutput(config.max_output_bytes, config.head_bytes)
         self.scanner = ProtocolScanner(config.max_line_bytes, config.max_result_bytes)
         self.progress = ProgressState()
@@ -98,14 +107,13 @@ class _ChildRun:
         self.result_error: str | None = None
         self.we_killed = False
         self.strays = 0
-        self.left_nothing = False  # a full look after the end found no orphan of it
         self.oom_kills_at_start: int | None = None
         self.coalescer: ProgressCoalescer | None = None
 
     # ---- output -------------------------------------------------------------------
 
     def _on_stdout(self, data: bytes) -> None:
-        self.stdout.append(data)
+        # Only protocol lines matter on stdout; other text there is not kept.
         for line in self.scanner.feed(data):
             self._handle(line)
 
@@ -114,7 +122,7 @@ class _ChildRun:
         if isinstance(parsed, Result):
             self.result, self.result_error = parsed.value, parsed.error
             return
-        if self.progress.apply(parsed, time.time()) and self.coalescer is not None:
+        if self.progress.apply(parsed) and self.coalescer is not None:
             self.coalescer.update(self.progress.percent, self.progress.message)
 
     # ---- lifecycle ----------------------------------------------------------------
@@ -130,11 +138,11 @@ class _ChildRun:
             workdir=workdir,
         )
         spec = SpawnSpec(cfg.command, env, workdir, cfg.limits, cfg.user, cfg.group)
-        spawner = cfg.spawner or _DEFAULT_SPAWNER
+        server = cfg.fork_server or FORK_SERVER
         self.started = time.monotonic()
         self.oom_kills_at_start = oom_kills()
         try:
-            child = spawner.spawn(spec)
+            child = await server.spawn(spec)
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
             return self.start_failed(_start_error(exc, cfg.command))
         orphan_token: int | None = ORPHANS.run_started(self.job_id, self.attempt, child.pid)
@@ -160,12 +168,11 @@ class _ChildRun:
             # job counts as running, so the periodic sweep leaves its orphans to us.
             held = not all(eof.done() for eof in eofs)
             assert orphan_token is not None
-            after = ORPHANS.sweep_after_run(orphan_token, pipes_held=held)
+            killed = ORPHANS.sweep_after_run(orphan_token, pipes_held=held)
             ORPHANS.run_ended(orphan_token)
             orphan_token = None
-            self.left_nothing = after.left_nothing
-            if after.killed:
-                self.strays += after.killed
+            if killed:
+                self.strays += killed
                 await _wait_all_timeout(eofs, cfg.drain_timeout_s)
             for line in self.scanner.finish():
                 self._handle(line)
@@ -183,16 +190,15 @@ class _ChildRun:
             finally:  # even if a second cancel cut the wait short
                 self.strays += tree.kill_strays()
                 if orphan_token is not None:
-                    self.strays += ORPHANS.sweep_after_run(orphan_token, pipes_held=False).killed
+                    self.strays += ORPHANS.sweep_after_run(orphan_token, pipes_held=False)
                     ORPHANS.run_ended(orphan_token)
         self.coalescer.flush()
         if status.exit_code == EXEC_FAILED_CODE and self.stderr.head().startswith(
             EXEC_FAILED_MARKER
         ):
             why = self.stderr.head()[len(EXEC_FAILED_MARKER) :].split(b"\n")[0]
-            failed = self.start_failed(why.decode("utf-8", errors="replace"))
-            return dataclasses.replace(failed, stray_processes_killed=self.strays)
-        return self._outcome(ended, status, wall, timeout_s, tree, child.pid)
+            return self.start_failed(why.decode("utf-8", errors="replace"))
+        return self._outcome(ended, status, wall, timeout_s, tree)
 
     def _start_sampling(self, tree: ProcessTree, child: SpawnedChild) -> Callable[[], None]:
         """Sample the tree every interval while the child runs; returns the stopper.
@@ -278,11 +284,7 @@ class _ChildRun:
             peak_rss_bytes=0,
             progress=0.0,
             progress_message=None,
-            milestones=(),
             result=None,
-            result_error=None,
-            stdout_tail="",
-            stderr_tail="",
             error=describe_end(
                 EndReason.START_FAILED,
                 exit_code=None,
@@ -301,8 +303,9 @@ class _ChildRun:
         wall: float,
         timeout_s: float,
         tree: ProcessTree,
-        pid: int,
     ) -> ChildOutcome:
+        if ended is EndReason.EXITED and status.exit_code == 0 and self.result_error:
+            ended = EndReason.BAD_RESULT
         oom = self._looks_out_of_memory(status, ended)
         stderr_tail = self.stderr.last(4096).decode("utf-8", errors="replace")
         return ChildOutcome(
@@ -314,11 +317,7 @@ class _ChildRun:
             peak_rss_bytes=max(tree.peak_rss_bytes, status.max_rss_bytes),
             progress=self.progress.percent,
             progress_message=self.progress.message,
-            milestones=tuple(self.progress.milestones),
-            result=self.result,
-            result_error=self.result_error,
-            stdout_tail=self.stdout.text(),
-            stderr_tail=self.stderr.text(),
+            result=None if ended is EndReason.BAD_RESULT else self.result,
             error=describe_end(
                 ended,
                 exit_code=status.exit_code,
@@ -326,12 +325,12 @@ class _ChildRun:
                 timeout_s=timeout_s,
                 stderr_tail=stderr_tail,
                 oom_killed=oom,
+                result_error=self.result_error,
             ),
             oom_killed=oom,
-            dropped_bytes=self.stdout.dropped_bytes + self.stderr.dropped_bytes,
+            dropped_bytes=self.stderr.dropped_bytes,
             progress_lines=self.progress.lines,
             progress_rejected=self.progress.rejected,
-            pid=pid,
             stray_processes_killed=self.strays,
         )
 
@@ -351,11 +350,12 @@ class _ChildRun:
         return any(marker in last for marker in _OOM_MARKERS)
 
 
-def _start_error(exc: BaseException, argv: tuple[str, ...]) -> str:
+def _start_error(exc: BaseException, argv: tuple[str, ...] | None) -> str:
+    program = "ingest_worker" if argv is None else argv[0] if argv else "?"
     if isinstance(exc, FileNotFoundError):
-        return f"{argv[0] if argv else '?'}: not found"
+        return f"{program}: not found"
     if isinstance(exc, PermissionError):
-        return f"{argv[0] if argv else '?'}: permission denied"
+        return f"{program}: permission denied"
     return f"{type(exc).__name__}: {exc}"[:300]
 
 

@@ -1,8 +1,7 @@
-"""default_command: the operator's overrides, and a fast default that still imports the worker."""
+"""default_command: the operator's overrides, else the built-in worker."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 from supervisor.runner import default_command
@@ -28,17 +27,6 @@ def test_other_interpreter_gets_plain_module_invocation() -> None:
     )
 
 
-def test_own_interpreter_default_skips_site_but_still_finds_the_package() -> None:
-    cmd = default_command(sys.executable, None, None)
-    assert cmd[:2] == (sys.executable, "-S")
-    # Same bootstrap, but import the package instead of running it as a job.
-    probe = cmd[3].replace(
-        "import ingest_worker.__main__",
-        "import ingest_worker, psutil;print(ingest_worker.__path__[0])",
-    )
-    assert probe != cmd[3]
-    out = subprocess.run(
-        [sys.executable, "-S", "-c", probe], capture_output=True, text=True, check=True,
-        env={"PATH": "/usr/bin:/bin"}, cwd="/",
-    )
-    assert out.stdout.strip().endswith("ingest_worker")
+def test_own_interpreter_default_is_the_built_in_worker() -> None:
+    """None: the fork server's child runs ingest_worker in place (no new interpreter)."""
+    assert default_command(sys.executable, None, None) is None

@@ -1,4 +1,4 @@
-"""The child's environment is rebuilt from the supervisor's whenever that changes."""
+"""The child's environment: an allowlist, rebuilt from the supervisor's for every child."""
 
 from __future__ import annotations
 
@@ -39,3 +39,18 @@ def test_each_child_gets_its_own_dict_and_passthrough_lists_do_not_mix(
     assert "OPERATOR_SETTING" not in child_env()
     assert second["INGEST_JOB_ID"] == "j" and second["INGEST_ATTEMPT"] == "2"
     assert second["HOME"] == second["TMPDIR"] == "/w"
+
+
+def test_python_variables_pass_by_name_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host's PYTHON* variables are not all the interpreter's: only named ones pass."""
+    monkeypatch.setenv("PYTHONPATH", "/srv/lib")
+    monkeypatch.setenv("PYTHONIOENCODING", "utf-8")
+    monkeypatch.setenv("PYTHON_EXECUTABLE", "/usr/bin/python3")
+    monkeypatch.setenv("PYTHONSTARTUP", "/etc/evil.py")
+    monkeypatch.setenv("PYTHONBREAKPOINT", "os.system")
+    monkeypatch.setenv("PYTHON_DB_PASSWORD", "hunter2")
+    env = child_env()
+    assert env["PYTHONPATH"] == "/srv/lib" and env["PYTHONIOENCODING"] == "utf-8"
+    for name in ("PYTHON_EXECUTABLE", "PYTHONSTARTUP", "PYTHONBREAKPOINT", "PYTHON_DB_PASSWORD"):
+        assert name not in env
+    assert child_env(("PYTHON_DB_*",))["PYTHON_DB_PASSWORD"] == "hunter2"  # when named

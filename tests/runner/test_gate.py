@@ -53,8 +53,8 @@ async def test_wait_blocks_for_the_backoff() -> None:
     gate = StartFailureGate(base_s=0.2)
     failed = ChildOutcome(
         ended=EndReason.START_FAILED, exit_code=None, signal=None, wall_s=0.0, cpu_s=0.0,
-        peak_rss_bytes=0, progress=0.0, progress_message=None, milestones=(), result=None,
-        result_error=None, stdout_tail="", stderr_tail="", error="Worker failed to start: x",
+        peak_rss_bytes=0, progress=0.0, progress_message=None, result=None,
+        error="Worker failed to start: x",
     )
     await asyncio.wait_for(gate.wait(), 1)  # open while nothing failed
     gate.record(failed)

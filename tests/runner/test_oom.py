@@ -24,7 +24,7 @@ MiB = 1024 * 1024
 
 
 async def test_a_kill_9_from_elsewhere_is_not_called_out_of_memory(run: RunFn) -> None:
-    started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    started: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 
     def on_progress(pct: float, msg: str | None) -> None:
         if not started.done():
@@ -48,7 +48,7 @@ async def test_a_kill_9_from_elsewhere_is_not_called_out_of_memory(run: RunFn) -
 def _pid_of_job_child() -> int:
     import psutil
 
-    for proc in psutil.Process().children():
+    for proc in psutil.Process().children(recursive=True):  # the fork server's child
         try:
             if "sleep_forever.py" in " ".join(proc.cmdline()):
                 return proc.pid

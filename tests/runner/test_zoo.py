@@ -8,22 +8,23 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Awaitable
 
 import psutil
+import pytest
 
-from supervisor.runner import EndReason, ResourceLimits, StopRequest
-from supervisor.runner.workdir import WORKDIRS
+from supervisor.runner import ChildOutcome, EndReason, ResourceLimits, StopRequest
 from tests.runner.conftest import RunFn, child_cmd, fast_config, wait_gone
 
 MiB = 1024 * 1024
 
 
-async def _measure_rss_growth(coro: asyncio.Future[object] | object) -> tuple[object, int]:
+async def _measure_rss_growth(coro: Awaitable[ChildOutcome]) -> tuple[ChildOutcome, int]:
     """Run `coro` while sampling this process's RSS; return its value and the growth."""
     me = psutil.Process()
     base = me.memory_info().rss
     peak = base
-    task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    task = asyncio.ensure_future(coro)
     while not task.done():
         peak = max(peak, me.memory_info().rss)
         await asyncio.wait({task}, timeout=0.02)
@@ -34,20 +35,17 @@ async def test_flood_with_newlines_keeps_supervisor_memory_bounded(run: RunFn) -
     cfg = fast_config(child_cmd("flood.py", str(200 * MiB), "lines"))
     outcome, growth = await _measure_rss_growth(run(cfg))
     assert growth < 10 * MiB, growth
-    assert outcome.succeeded  # type: ignore[attr-defined]
-    assert outcome.progress == 100 and outcome.progress_message == "flooded"  # type: ignore[attr-defined]
-    assert outcome.dropped_bytes > 190 * MiB  # type: ignore[attr-defined]
-    assert len(outcome.stdout_tail) <= MiB + 4096 + 100  # type: ignore[attr-defined]
+    assert outcome.succeeded
+    assert outcome.progress == 100 and outcome.progress_message == "flooded"
 
 
 async def test_flood_without_newlines_keeps_supervisor_memory_bounded(run: RunFn) -> None:
     cfg = fast_config(child_cmd("flood.py", str(200 * MiB), "raw"))
     outcome, growth = await _measure_rss_growth(run(cfg))
     assert growth < 10 * MiB, growth
-    assert outcome.succeeded  # type: ignore[attr-defined]
+    assert outcome.succeeded
     # The PROGRESS line after the flood starts mid-line, so it is log text, not protocol.
-    assert outcome.progress == 100  # type: ignore[attr-defined]
-    assert outcome.dropped_bytes > 190 * MiB  # type: ignore[attr-defined]
+    assert outcome.progress == 100
 
 
 async def test_invalid_utf8_is_tolerated(run: RunFn) -> None:
@@ -55,7 +53,6 @@ async def test_invalid_utf8_is_tolerated(run: RunFn) -> None:
     assert outcome.ended is EndReason.EXITED and outcome.exit_code == 1
     assert outcome.progress == 40
     assert outcome.progress_message is not None and "caf\u00e9" in outcome.progress_message
-    assert "\ufffd" in outcome.stdout_tail
     assert outcome.error is not None and outcome.error.startswith("Worker exited with code 1: ")
     assert "broken stderr" in outcome.error
 
@@ -64,9 +61,7 @@ async def test_ten_megabyte_single_line(run: RunFn) -> None:
     outcome = await run(fast_config(child_cmd("long_line.py"), max_output_bytes=64 * 1024))
     assert outcome.succeeded
     assert outcome.progress == 60 and outcome.progress_message == "after"
-    assert outcome.milestones[0][1] == 30
-    assert outcome.milestones[0][2] is not None and len(outcome.milestones[0][2]) <= 1000
-    assert outcome.dropped_bytes > 19_000_000
+    assert outcome.progress_lines == 2  # the cut 10 MB line counted once, then "after"
 
 
 async def test_ignores_sigterm_is_killed_after_grace(run: RunFn) -> None:
@@ -145,7 +140,6 @@ async def test_progress_garbage_is_ignored_and_counted(run: RunFn) -> None:
     assert outcome.progress == 50
     assert outcome.progress_lines == 10  # lines that start with 'PROGRESS:'
     assert outcome.progress_rejected == 8
-    assert [m[1] for m in outcome.milestones] == [12.5, 50]
 
 
 async def test_progress_never_goes_backwards_and_callbacks_are_coalesced(run: RunFn) -> None:
@@ -174,11 +168,22 @@ async def test_memory_hog_over_the_limit(run: RunFn) -> None:
     assert outcome.peak_rss_bytes < 300 * MiB
 
 
-async def test_result_that_is_not_json(run: RunFn) -> None:
+async def test_exit_0_with_a_result_that_is_not_json_fails_for_good(run: RunFn) -> None:
+    """A child that promised a result and broke it: a bug, not bad luck; not retried."""
     outcome = await run(fast_config(child_cmd("bad_result.py")))
-    assert outcome.succeeded
+    assert outcome.ended is EndReason.BAD_RESULT and outcome.exit_code == 0
+    assert not outcome.succeeded and outcome.permanent_failure
     assert outcome.result is None
-    assert outcome.result_error is not None and "not valid JSON" in outcome.result_error
+    assert outcome.error is not None
+    assert outcome.error.startswith("Worker exited 0 with an unusable RESULT line: ")
+    assert "not valid JSON" in outcome.error
+
+
+async def test_a_cut_result_line_fails_for_good(run: RunFn) -> None:
+    cmd = (sys.executable, "-S", "-c", "print('RESULT: [' + '1,' * 5000 + '1]')")
+    outcome = await run(fast_config(cmd, max_result_bytes=1024))
+    assert outcome.ended is EndReason.BAD_RESULT and outcome.permanent_failure
+    assert outcome.error is not None and "was cut" in outcome.error
 
 
 async def test_child_that_reads_no_stdin_with_a_large_payload(run: RunFn) -> None:
@@ -208,15 +213,15 @@ async def test_peak_rss_and_cpu_of_the_tree_are_recorded(run: RunFn) -> None:
     assert outcome.wall_s > 0
 
 
-async def test_environment_is_an_allowlist(run: RunFn, monkeypatch: object) -> None:
+async def test_environment_is_an_allowlist(run: RunFn, monkeypatch: pytest.MonkeyPatch) -> None:
     mp = monkeypatch
-    mp.setenv("SUPABASE_SERVICE_KEY", "sb-secret")  # type: ignore[attr-defined]
-    mp.setenv("LANGFUSE_SECRET_KEY", "lf-secret")  # type: ignore[attr-defined]
-    mp.setenv("REDIS_URL", "redis://:pw@host/0")  # type: ignore[attr-defined]
-    mp.setenv("NOTIFY_SOCKET", "/run/systemd/notify")  # type: ignore[attr-defined]
-    mp.setenv("WATCHDOG_USEC", "1000")  # type: ignore[attr-defined]
-    mp.setenv("OPERATOR_ALLOWED", "yes")  # type: ignore[attr-defined]
-    mp.setenv("LC_ALL", "C.UTF-8")  # type: ignore[attr-defined]
+    mp.setenv("SUPABASE_SERVICE_KEY", "sb-secret")
+    mp.setenv("LANGFUSE_SECRET_KEY", "lf-secret")
+    mp.setenv("REDIS_URL", "redis://:pw@host/0")
+    mp.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    mp.setenv("WATCHDOG_USEC", "1000")
+    mp.setenv("OPERATOR_ALLOWED", "yes")
+    mp.setenv("LC_ALL", "C.UTF-8")
     cfg = fast_config(
         child_cmd("print_env.py"),
         env_passthrough=("OPERATOR_ALLOWED",),
@@ -233,8 +238,7 @@ async def test_environment_is_an_allowlist(run: RunFn, monkeypatch: object) -> N
     assert env["INGEST_JOB_ID"] == "envjob-1" and env["INGEST_ATTEMPT"] == "1"
     cwd = outcome.result["cwd"]
     assert env["HOME"] == cwd and os.path.basename(cwd).startswith("ingest-job-")
-    # Afterwards the directory is gone, or kept empty for a later job (see test_workdir.py).
-    assert cwd in WORKDIRS.spares() or not await asyncio.to_thread(os.path.exists, cwd)
+    assert not await asyncio.to_thread(os.path.exists, cwd)  # removed with the job
     assert outcome.result["stdin"] == '{"job_id": "envjob"}'
 
 

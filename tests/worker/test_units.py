@@ -3,44 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import json
-import math
 
 import pytest
 
-from ingest_worker import fastjson
 from ingest_worker.chunking import chunk_text, normalise
 from ingest_worker.embedding import HashEmbedder
-
-SAMPLES = [
-    {"a": [1, 2.5, -3e-7, True, False, None], "b": {"c": 'd\u00e9\n"q"', "e": []}},
-    [],
-    "plain",
-    12345678901234567890,
-    {"emoji": "\U0001f600", "nested": [[[{"x": 1}]]]},
-]
-
-
-@pytest.mark.parametrize("value", SAMPLES)
-def test_fastjson_matches_json(value: object) -> None:
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=True)
-    assert fastjson.dumps(value) == text
-    assert fastjson.loads(text.encode()) == value
-    assert fastjson.loads(f" \n{text}\t ") == value
-
-
-@pytest.mark.parametrize("bad", ["", "  ", "{", "[1,]", "{} {}", "nul", "'x'", '{"a" 1}'])
-def test_fastjson_rejects_what_json_rejects(bad: str) -> None:
-    with pytest.raises(ValueError):
-        json.loads(bad)
-    with pytest.raises(ValueError):
-        fastjson.loads(bad)
-
-
-def test_fastjson_constants_and_unserialisable() -> None:
-    assert math.isnan(fastjson.loads("NaN")) and fastjson.loads("-Infinity") == -math.inf
-    with pytest.raises(TypeError):
-        fastjson.dumps({"x": object()})
 
 
 def test_normalise_collapses_spaces_and_blank_lines() -> None:

@@ -2,7 +2,8 @@
 
 metadata: sleep (seconds, in steps with PROGRESS), exit (code), fail_until_attempt (exit 75
 while INGEST_ATTEMPT < it), ignore_term (bool), escape (bool: leave a daemonized grandchild
-in its own session behind). Every start is appended to $TEST_RUN_LOG.
+in its own session behind), bad_result (bool: exit 0 after a RESULT line that is not JSON).
+Every start is appended to $TEST_RUN_LOG.
 """
 
 import json
@@ -45,4 +46,7 @@ code = int(meta.get("exit", 0))
 if code:
     print(f"failing with {code}", file=sys.stderr)
     sys.exit(code)
+if meta.get("bad_result"):
+    print("RESULT: {not json", flush=True)
+    sys.exit(0)
 print("RESULT: " + json.dumps({"job_id": job["job_id"], "attempt": attempt}), flush=True)

@@ -1,20 +1,19 @@
 """A tiny supervisor: runs one child through run_child and reports on stdout.
 
 Prints `CHILD <progress message>` for each progress update, then `DONE <strays killed>`
-and `OUTCOME <json>` at the end. MINI_SPAWN picks the start mode; MINI_SUBREAPER=1 makes
+and `OUTCOME <json>` at the end. MINI_SUBREAPER=1 makes
 it a child subreaper with a periodic orphan sweep, as the daemon is; MINI_HOLD=1 keeps it
 alive after the job until its stdin closes; MINI_CGROUP_PROCS names a cgroup.procs file
-it moves itself into first; MINI_ALONGSIDE (a JSON argv) runs a second job at the same
-time and prints `DONE2` when that one ends.
+it moves itself into first; MINI_USER runs the child as that user; MINI_ALONGSIDE (a JSON
+argv) runs a second job at the same time and prints `DONE2` when that one ends.
 """
 import asyncio
 import json
 import os
 import sys
 
-from supervisor.runner import ExecSpawner, RunnerConfig, StopRequest, run_child
-from supervisor.runner.orphans import ORPHANS
-from supervisor.runner.shim import build_shim
+from supervisor.runner import RunnerConfig, StopRequest, run_child
+from supervisor.runner.containment import ORPHANS
 
 
 async def run_alongside(config: RunnerConfig) -> None:
@@ -35,12 +34,8 @@ async def main() -> None:
         if os.environ.get("MINI_NO_CHEAP") == "1":
             ORPHANS._cheap = False  # as on kernels without /proc/*/children
         sweeper = asyncio.create_task(ORPHANS.run_periodically(0.2))
-    mode = os.environ.get("MINI_SPAWN")
-    spawner = {
-        "preexec": ExecSpawner(shim=None),
-        "shim-libc": ExecSpawner(shim=build_shim(portable=True)),
-    }.get(mode or "")
-    config = RunnerConfig(command=tuple(child), progress_interval_s=0.0, spawner=spawner)
+    user = os.environ.get("MINI_USER") or None
+    config = RunnerConfig(command=tuple(child), progress_interval_s=0.0, user=user)
     alongside = None
     if os.environ.get("MINI_ALONGSIDE"):
         second = RunnerConfig(command=tuple(json.loads(os.environ["MINI_ALONGSIDE"])))
@@ -60,6 +55,7 @@ async def main() -> None:
         "signal": outcome.signal,
         "oom_killed": outcome.oom_killed,
         "error": outcome.error,
+        "result": outcome.result,
     }
     print("OUTCOME " + json.dumps(summary), flush=True)
     if alongside is not None:

@@ -1,29 +1,30 @@
-"""Orphans of jobs: adopted by the supervisor (a child subreaper), then killed and reaped.
+"""Containment of a job's processes: every descendant dies when the job ends.
 
-A job's grandchild that calls setsid() leaves the job's process group, and once its parent
-exits the kernel reparents it. Without a subreaper it goes to init and the runner only
-knows it if a tree sample happened to see it; with PR_SET_CHILD_SUBREAPER on the
-supervisor it becomes the supervisor's own child instead, where a sweep finds it.
+Three layers, described together in docs/child-protocol.md:
+
+- Process group and tree sampling (`ProcessTree`): a child leads its own session and
+  process group, which is signalled as a whole; descendants seen by a periodic sample are
+  remembered, so one that left the group (setsid) is still signalled when the job stops.
+- Subreaper sweep (`OrphanSweeper`, the daemon's `ORPHANS`): with PR_SET_CHILD_SUBREAPER
+  the daemon adopts a job's escaped descendants once their parent exits, even those no
+  sample saw; sweeps kill them when their run has ended.
+- Parent death: the fork server and every child carry PR_SET_PDEATHSIG(SIGKILL) (set in
+  `forkserver_main`), so a killed daemon takes the server and its children along.
 
 Which run an adopted orphan belongs to: INGEST_JOB_ID and INGEST_ATTEMPT in its
 environment (as of its last exec). It is killed, with its descendants, once that run has
-ended. An orphan without them (a zygote child's descendant: forked, never exec'd; or one
-started with a scrubbed environment) cannot be told apart: it is killed once every run
-that was going on when it was first seen has ended, so a running job's helper is never
-cut short and nothing lives for ever.
+ended. An orphan without them (a built-in worker's descendant: forked, never exec'd; or
+one started with a scrubbed environment) cannot be told apart: it is killed once every
+run that was going on when it was first seen has ended, so a running job's helper is
+never cut short and nothing lives for ever.
 
-Every direct child that no spawner registered in `owned` (job roots, the zygote) counts
-as adopted, including one the daemon inherited at start (`sh -c 'cron & exec daemon'`
-would hand it cron): start the daemon directly, as the systemd and supervisord configs
-do. `kill_unattributed` says whether the process may assume that: the daemon starts no
-other children, so it may; a program that merely uses the runner next to children of its
-own may not, and then only attributed orphans are killed, and only zombies of processes
-known to be jobs' are reaped.
-
-Sweeps run periodically (the daemon: every second), at a run's end when that is cheap
-(the kernel lists our children) or likely to find something (the job's pipes are still
-held after its exit), and at shutdown. The end-of-run sweep also says whether the run
-left nothing behind, which is what lets its working directory be reused.
+Every direct child that was not registered in `owned` (the fork server) counts as
+adopted, including one the daemon inherited at start (`sh -c 'cron & exec daemon'` would
+hand it cron): start the daemon directly, as the systemd and supervisord configs do.
+`kill_unattributed` says whether the process may assume that: the daemon starts no other
+children, so it may; a program that merely uses the runner next to children of its own
+may not, and then only attributed orphans are killed, and only zombies of processes known
+to be jobs' are reaped.
 """
 
 from __future__ import annotations
@@ -31,18 +32,126 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import ctypes.util
 import itertools
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
 
-from supervisor.runner.prctl import PR_SET_CHILD_SUBREAPER, PRCTL
-
 log = logging.getLogger(__name__)
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn: Callable[..., int] = libc.prctl
+        return fn
+    except (OSError, AttributeError):
+        return None
+
+
+PRCTL = _load_prctl()
+
+
+class ProcessTree:
+    """One job's child and every descendant a sample saw, even after it left the group."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.pgid = pid
+        # Made on first sample, not at spawn: most short children are never sampled at all.
+        self._root: psutil.Process | None = None
+        self._exited = False
+        self.known: dict[int, psutil.Process] = {}
+        self.peak_rss_bytes = 0
+        self.cpu_s = 0.0
+        self.samples = 0
+
+    def sample(self) -> None:
+        """Refresh the descendant set; add up RSS and CPU of every live process in it.
+
+        Only call while the root has not been reaped (its pid cannot be reused yet).
+        """
+        if self._exited:
+            return
+        if self._root is None:
+            try:
+                self._root = psutil.Process(self.pid)
+            except psutil.Error:
+                return
+        self.samples += 1
+        procs: list[psutil.Process] = []
+        try:
+            procs.append(self._root)
+            for child in self._root.children(recursive=True):
+                self.known.setdefault(child.pid, child)
+        except psutil.Error:
+            pass
+        procs.extend(p for pid, p in self.known.items() if pid != self.pid)
+        rss = 0
+        cpu = 0.0
+        for proc in procs:
+            try:
+                with proc.oneshot():
+                    rss += proc.memory_info().rss
+                    t = proc.cpu_times()
+                    cpu += t.user + t.system + t.children_user + t.children_system
+            except psutil.Error:
+                continue
+        self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
+        self.cpu_s = max(self.cpu_s, cpu)
+
+    def root_exited(self) -> None:
+        """The root was reaped: its pid may be reused, never touch it again."""
+        self._root = None
+        self._exited = True
+
+    def signal_all(self, sig: int) -> int:
+        """Signal the process group and every known descendant still alive (escaped ones)."""
+        sent = 0
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pgid, sig)
+            sent += 1
+        for proc in list(self.known.values()):
+            try:
+                if proc.is_running():  # checks the start time: a reused pid is not ours
+                    proc.send_signal(sig)
+                    sent += 1
+            except psutil.Error:
+                continue
+        return sent
+
+    def survivors(self) -> list[psutil.Process]:
+        """Known descendants still running (zombies waiting for their parent excluded)."""
+        alive: list[psutil.Process] = []
+        for proc in self.known.values():
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(proc)
+            except psutil.Error:
+                continue
+        return alive
+
+    def group_alive(self) -> bool:
+        try:
+            os.killpg(self.pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def kill_strays(self) -> int:
+        """After the root exited: SIGKILL whatever of the job is left; how many were found."""
+        strays = len(self.survivors())
+        group = self.group_alive()
+        if strays or group:
+            self.signal_all(signal.SIGKILL)
+        return strays
 
 
 @dataclass(frozen=True)
@@ -51,17 +160,13 @@ class _Run:
     root_pid: int
 
 
-@dataclass(frozen=True)
-class AfterRun:
-    killed: int  # orphans of the run killed now
-    left_nothing: bool  # a full look found no orphan that could be the run's
-
-
 class OrphanSweeper:
+    """Adopts, attributes, kills and reaps jobs' orphans (the daemon's one `ORPHANS`)."""
+
     def __init__(self) -> None:
         self.enabled = False
         self.kill_unattributed = False
-        # Direct children that some spawner waits for itself: never reaped or killed here.
+        # Direct children waited for elsewhere (the fork server): never reaped or killed here.
         self.owned: set[int] = set()
         self._cheap = False
         self._tokens = itertools.count(1)
@@ -102,11 +207,12 @@ class OrphanSweeper:
     def run_ended(self, token: int) -> None:
         self._runs.pop(token, None)
 
-    def sweep_after_run(self, token: int, *, pipes_held: bool) -> AfterRun:
-        """The sweep at a run's end (call before `run_ended`): done when cheap or when the
-        pipes are still held; else the periodic sweep finds the run's orphans later."""
+    def sweep_after_run(self, token: int, *, pipes_held: bool) -> int:
+        """The sweep at a run's end (call before `run_ended`), done when cheap or when the
+        pipes are still held, else left to the periodic sweep; how many of the run's
+        orphans it killed."""
         if not self.enabled or not (pipes_held or self._cheap):
-            return AfterRun(0, left_nothing=False)
+            return 0
         return self._sweep(ending=token)[0]
 
     # ---- sweeping -----------------------------------------------------------------------
@@ -121,17 +227,13 @@ class OrphanSweeper:
         """Reap adopted zombies; kill adopted orphans no running run can own. How many."""
         return self._sweep(ending=None)[1] if self.enabled else 0
 
-    def _sweep(self, ending: int | None) -> tuple[AfterRun, int]:
-        """(what the ending run left, how many orphans were killed in all)"""
+    def _sweep(self, ending: int | None) -> tuple[int, int]:
+        """(orphans of the ending run killed, orphans killed in all)"""
         running = {t: run for t, run in self._runs.items() if t != ending}
         running_jobs = {run.job for run in running.values()}
         ending_job = self._runs[ending].job if ending in self._runs else None
         charged = 0  # killed orphans of the ending run
         killed = 0
-        # Only a look that saw every candidate alive, erred on none and reaped none can
-        # say the run left nothing: a reaped orphan's children are reparented to us
-        # after the list was read.
-        certain = True
         seen: set[tuple[int, int]] = set()
         children = _direct_children()
         for pid in children - self.owned:
@@ -141,41 +243,31 @@ class OrphanSweeper:
                 if proc.status() == psutil.STATUS_ZOMBIE:
                     if self.kill_unattributed or self._ours.get(pid) == started:
                         self._reap(pid)
-                        certain = False
                     continue
                 owner = _run_of(proc)
             except (psutil.Error, OSError):
-                certain = False
                 continue
             if owner is not None:
                 self._ours[pid] = started  # a job's: its zombie is ours to reap
-                if owner == ending_job:
-                    certain = False
                 if owner in running_jobs:
                     continue
             elif self.kill_unattributed:
-                certain = False
                 key = (pid, started)
                 seen.add(key)
                 waiting_on = self._waiting_on.setdefault(key, frozenset(self._runs))
                 if waiting_on & running.keys():
                     continue
             else:
-                certain = False  # not ours to kill, and it might be the run's
-                continue
+                continue  # not ours to kill
             self._kill_with_descendants(proc, started)
             killed += 1
             if owner is not None and owner == ending_job:
                 charged += 1
             log.warning("killed pid %d, an orphan of job %s", pid, owner[0] if owner else "?")
-        # New orphans while we looked can only descend from orphans in the first list
-        # (the run's root is gone): with none there, a second listing is not needed.
-        if children - self.owned and _direct_children() - children - self.owned:
-            certain = False
         self._waiting_on = {k: v for k, v in self._waiting_on.items() if k in seen}
         if len(self._ours) > 1024:  # forget processes that are gone for good
             self._ours = {p: t for p, t in self._ours.items() if os.path.exists(f"/proc/{p}")}
-        return AfterRun(charged, left_nothing=certain and killed == 0), killed
+        return charged, killed
 
     def _kill_with_descendants(self, proc: psutil.Process, started: int) -> None:
         """SIGKILL the orphan and its descendants; remember them all, since each becomes

@@ -1,0 +1,313 @@
+"""The fork server process: every job's child is forked from here, then runs or execs.
+
+Started by `supervisor.runner.forkserver.ForkServer` as `python -P <this file> ...`, run by
+path (never `import supervisor...`): it holds the standard library and, once the built-in
+worker is in use, `ingest_worker`; nothing of the daemon, and an allowlisted environment
+without the daemon's secrets. It is single-threaded, so forking it is safe, and it is not
+dumpable (PR_SET_DUMPABLE 0): a child cannot read its memory or environment through /proc
+or ptrace it. Forked children inherit that; an exec resets it.
+
+argv: <daemon pid> <socket fd> <preload 0|1> [<import path>...]. The socket carries
+SOCK_SEQPACKET datagrams of JSON. From the daemon: {"want": n, "preload": bool}, fork n
+more spares. To the daemon: {"spare": pid} with the spare's socket (SCM_RIGHTS) once the
+spare is ready, and exit notices {"pid", "status", "cpu", "rss"} as wait4() reaps
+children (spares included).
+
+A spare has called setsid() and set its parent-death signal before it is passed on, so
+its pid is a process group the daemon can signal at once. The daemon sends a job straight
+to a spare (the job's request and its stdin/stdout/stderr ends); the spare sets itself up
+the same way for every command (see `_set_up`) and either execs the command or runs the
+built-in worker. The server is on no job's critical path but its exit notice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+import io
+import json
+import os
+import resource
+import select
+import signal
+import socket
+import sys
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_NAME = 15
+EXEC_FAILED_CODE = 127
+EXEC_FAILED_MARKER = b"ingest-forkserver: "
+_MAX_MESSAGE = 1 << 20
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_CATCHABLE = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
+
+
+def _prctl(option: int, value: int | bytes) -> None:
+    if _LIBC.prctl(option, value, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _die_with(parent_pid: int) -> None:
+    """SIGKILL when the parent dies; exit now if it already has."""
+    _prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    if os.getppid() != parent_pid:
+        os._exit(EXEC_FAILED_CODE)
+
+
+def _name(name: bytes) -> None:
+    """The name `ps` shows (comm), so the server and its waiting spare are recognisable."""
+    with contextlib.suppress(OSError):
+        _prctl(PR_SET_NAME, name)
+
+
+def _reset_signals() -> None:
+    """Default dispositions for every signal and an empty mask (ignored ones survive exec)."""
+    with contextlib.suppress(ValueError, OSError):
+        signal.set_wakeup_fd(-1)
+    for sig in _CATCHABLE:
+        if signal.getsignal(sig) is signal.SIG_DFL:  # no syscall needed for these
+            continue
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
+            signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+def _fail(what: str, exc: OSError) -> None:
+    """Tell the daemon, on the child's stderr, why the command never started."""
+    with contextlib.suppress(OSError):
+        os.write(2, EXEC_FAILED_MARKER + f"{what}: {exc.strerror or exc}\n".encode())
+    os._exit(EXEC_FAILED_CODE)
+
+
+def _spare_main(sock: socket.socket, server_pid: int) -> None:
+    """In a forked spare: isolate, say ready, wait for one job, run it, never return."""
+    try:
+        os.setsid()
+        _die_with(server_pid)
+        _name(b"ingest-spare")
+        sock.send(b"ready")
+        message, fds, _flags, _addr = socket.recv_fds(sock, _MAX_MESSAGE, 3)
+    except BaseException:  # the server went away before a job came: nothing to say
+        os._exit(0)
+    if not message:
+        os._exit(0)  # the server retired this spare
+    code = 70
+    try:
+        sock.close()
+        code = _run_job(json.loads(message), fds, server_pid)
+    except BaseException:  # never fall back into the server's loop
+        with contextlib.suppress(BaseException):
+            import traceback
+
+            traceback.print_exc()
+    os._exit(code)
+
+
+def _set_up(request: dict[str, Any], fds: list[int], server_pid: int) -> None:
+    """The child's state, the same for every command: stdio on the job's pipes and no
+    other fd, default signals, the limits, the user, the job's directory."""
+    if len(fds) != 3:
+        raise ValueError(f"expected 3 fds, got {len(fds)}")
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)  # dup2 makes 0/1/2 inheritable again
+    os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    _reset_signals()
+    try:
+        for res, soft, hard in request["rlimits"]:
+            resource.setrlimit(res, (soft, hard))
+    except (OSError, ValueError) as exc:
+        _fail("resource limit", exc if isinstance(exc, OSError) else OSError(0, str(exc)))
+    uid, gid = request["uid"], request["gid"]
+    try:
+        if gid is not None:
+            os.setgroups([])
+            os.setgid(gid)
+        if uid is not None:
+            os.setuid(uid)
+    except OSError as exc:
+        _fail("switch user", exc)
+    if uid is not None or gid is not None:
+        _die_with(server_pid)  # a change of credentials clears the parent-death signal
+    try:
+        os.chdir(request["cwd"])
+    except OSError as exc:
+        _fail(f"chdir {request['cwd']}", exc)
+
+
+def _run_job(request: dict[str, Any], fds: list[int], server_pid: int) -> int:
+    _set_up(request, fds, server_pid)
+    argv = request["argv"]
+    if argv is not None:
+        try:
+            os.execve(request["program"], argv, request["env"])
+        except OSError as exc:
+            _fail(f"exec {request['program']}", exc)
+    _name(b"ingest-job")
+    return _run_builtin(request["env"])
+
+
+def _run_builtin(env: dict[str, str]) -> int:
+    """ingest_worker in this process, set up as a fresh `python -u -m ingest_worker`."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # what CPython installs
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    os.environ.clear()
+    os.environ.update(env)
+    stdin = io.FileIO(0, "r", closefd=False)
+    out = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", write_through=True)
+    err = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False),
+        encoding="utf-8",
+        errors="backslashreplace",
+        write_through=True,
+    )
+    sys.stdin = io.TextIOWrapper(io.BufferedReader(stdin), encoding="utf-8")
+    sys.stdout, sys.stderr = out, err
+    from ingest_worker.cli import execute
+
+    try:
+        code = execute(stdin.read(), os.environ, out, err)
+    except KeyboardInterrupt:
+        code = 130
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    with contextlib.suppress(Exception):
+        out.flush()
+        err.flush()
+    return code
+
+
+def _preload_worker() -> None:
+    """Pay for the worker's imports once, here; every later child inherits them."""
+    import ingest_worker.cli
+    import ingest_worker.config
+    import ingest_worker.job
+    import ingest_worker.pipeline  # noqa: F401
+
+    gc.collect()
+    gc.freeze()  # keep the shared heap out of the children's collections (fewer COW copies)
+
+
+class _Server:
+    """Forks spares as the daemon asks for them and passes each one on once it is ready."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock  # to the daemon: requests in; spares and exit notices out
+        self.preloaded = False
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        os.set_blocking(self.wake_r, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda _s, _f: None)  # the wakeup fd is the point
+        self.starting: dict[int, tuple[int, socket.socket]] = {}  # fd -> (pid, socket)
+        self.owed = 0  # spares asked for and not yet forked
+
+    def serve(self) -> None:
+        while True:
+            fds = [self.sock.fileno(), self.wake_r, *self.starting]
+            ready, _, _ = select.select(fds, [], [])
+            if self.wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self.wake_r, 4096):
+                        pass
+            if self.sock.fileno() in ready and not self._handle_request():
+                return
+            for fd in ready:
+                if fd in self.starting:
+                    self._pass_on(fd)
+            self._fork_owed()
+            self._reap()
+
+    def _handle_request(self) -> bool:
+        """{"want": n, "preload": bool}: fork n more spares (importing the worker first)."""
+        message = self.sock.recv(_MAX_MESSAGE)
+        if not message:
+            return False  # the daemon closed the socket: children die with us
+        request = json.loads(message)
+        if request.get("preload") and not self.preloaded:
+            self._preload()
+        self.owed += int(request.get("want", 0))
+        return True
+
+    def _fork_owed(self) -> None:
+        while self.owed > 0:
+            try:
+                pid, sock = self._fork_spare()
+            except OSError:  # out of processes for now: try again on the next wake-up
+                return
+            self.owed -= 1
+            self.starting[sock.fileno()] = (pid, sock)
+
+    def _pass_on(self, fd: int) -> None:
+        """The spare said it is ready (or died): hand its socket to the daemon."""
+        pid, sock = self.starting.pop(fd)
+        try:
+            if sock.recv(16) == b"ready":
+                notice = json.dumps({"spare": pid}).encode()
+                socket.send_fds(self.sock, [notice], [sock.fileno()])
+            else:
+                self.owed += 1  # it died before it was ready: fork another
+        except OSError:
+            self.owed += 1
+        finally:
+            sock.close()
+
+    def _preload(self) -> None:
+        self.preloaded = True
+        try:
+            _preload_worker()
+        except Exception:  # each child imports it again and reports the error itself
+            import traceback
+
+            traceback.print_exc()
+
+    def _fork_spare(self) -> tuple[int, socket.socket]:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        server_pid = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            # Only the spare's own socket stays open; the server's would hide its death.
+            for sock in (self.sock, mine, *(s for _p, s in self.starting.values())):
+                os.close(sock.detach())
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            _spare_main(theirs, server_pid)
+        theirs.close()
+        return pid, mine
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            notice = {
+                "pid": pid,
+                "status": status,
+                "cpu": usage.ru_utime + usage.ru_stime,
+                "rss": usage.ru_maxrss * 1024,
+            }
+            self.sock.send(json.dumps(notice).encode())
+
+
+def main(argv: list[str]) -> None:
+    daemon_pid, sock_fd, preload = (int(a) for a in argv[1:4])
+    _die_with(daemon_pid)
+    _prctl(PR_SET_DUMPABLE, 0)
+    _name(b"ingest-forksrv")
+    sys.path[:0] = argv[4:]
+    server = _Server(socket.socket(fileno=sock_fd))
+    if preload:
+        server._preload()
+    server.serve()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,135 @@
+"""What starting one child takes: its spec, its pipes, its limits, user and program, and
+the record of how it exited. Used by `forkserver`, which does the starting."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import grp
+import json
+import os
+import pwd
+import resource
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from supervisor.runner.config import ResourceLimits
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SpawnSpec:
+    argv: Sequence[str] | None  # None: the built-in ingest_worker, run in the forked child
+    env: Mapping[str, str]
+    cwd: str
+    limits: ResourceLimits = field(default_factory=ResourceLimits)
+    user: str | None = None
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    exit_code: int | None
+    signal: int | None
+    cpu_s: float = 0.0  # the child and every descendant it waited for
+    max_rss_bytes: int = 0  # largest single process among them
+
+
+@dataclass
+class SpawnedChild:
+    pid: int  # also its process group and session id
+    # Parent ends of the pipes, non-blocking, owned (and closed) by the caller.
+    stdin_fd: int
+    stdout_fd: int
+    stderr_fd: int
+    exited: asyncio.Future[ExitStatus]  # resolved once the child is reaped
+
+
+def rlimits(limits: ResourceLimits) -> list[tuple[int, int, int]]:
+    """(resource, soft, hard) to set in the child."""
+    out: list[tuple[int, int, int]] = []
+    if limits.memory_bytes is not None:
+        out.append((resource.RLIMIT_AS, limits.memory_bytes, limits.memory_bytes))
+    if limits.cpu_seconds is not None:
+        # A catchable SIGXCPU at the soft limit, SIGKILL a second later.
+        out.append((resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 1))
+    if limits.open_files is not None:
+        out.append((resource.RLIMIT_NOFILE, limits.open_files, limits.open_files))
+    if limits.processes is not None:
+        out.append((resource.RLIMIT_NPROC, limits.processes, limits.processes))
+    if not limits.core_dumps:
+        out.append((resource.RLIMIT_CORE, 0, 0))
+    return out
+
+
+def credentials(user: str | None, group: str | None) -> tuple[int | None, int | None]:
+    """(uid, gid) to switch to; KeyError for an unknown name."""
+    gid = None if group is None else grp.getgrnam(group).gr_gid
+    if user is None:
+        return None, gid
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid if gid is None else gid
+
+
+def resolve_program(program: str, env: Mapping[str, str], cwd: str) -> str:
+    """The absolute path that will be executed; FileNotFoundError when there is none."""
+    if os.sep in program:
+        path = os.path.join(cwd, program)  # relative paths resolve against the child's cwd
+        if not os.access(path, os.X_OK) or os.path.isdir(path):
+            raise FileNotFoundError(errno.ENOENT, "not found or not executable", program)
+        return path
+    found = shutil.which(program, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, "not found on PATH", program)
+    return os.path.abspath(found)
+
+
+def with_child_pipes(start: Callable[[int, int, int], T]) -> tuple[T, tuple[int, int, int]]:
+    """Make stdin/stdout/stderr pipes and run `start` with the child's ends.
+
+    The child's ends are always closed here. The parent's ends (stdin_w, stdout_r,
+    stderr_r) are closed if `start` fails, else returned non-blocking with its result.
+    """
+    stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+    stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
+    stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+    parent_ends = (stdin_w, stdout_r, stderr_r)
+    try:
+        started = start(stdin_r, stdout_w, stderr_w)
+    except BaseException:
+        for fd in parent_ends:
+            os.close(fd)
+        raise
+    finally:
+        for fd in (stdin_r, stdout_w, stderr_w):
+            os.close(fd)
+    for fd in parent_ends:
+        os.set_blocking(fd, False)
+    return started, parent_ends
+
+
+def exit_status(status: int, cpu: float, rss: int) -> ExitStatus:
+    if os.WIFSIGNALED(status):
+        return ExitStatus(None, os.WTERMSIG(status), cpu, rss)
+    return ExitStatus(os.waitstatus_to_exitcode(status), None, cpu, rss)
+
+
+def encode_request(spec: SpawnSpec) -> bytes:
+    """The job's set-up for the spare (raises before any spare is taken)."""
+    argv = None if spec.argv is None else list(spec.argv)
+    program = None if argv is None else resolve_program(argv[0], spec.env, spec.cwd)
+    uid, gid = credentials(spec.user, spec.group)
+    return json.dumps(
+        {
+            "argv": argv,
+            "program": program,
+            "env": dict(spec.env),
+            "cwd": spec.cwd,
+            "rlimits": rlimits(spec.limits),
+            "uid": uid,
+            "gid": gid,
+        }
+    ).encode()

@@ -153,9 +153,7 @@ class Daemon:
             if execution.outcome is not None:
                 # The gate logs the error: only ever the text scrubbed of the job's secrets.
                 self.gate.record(
-                    dataclasses.replace(
-                        execution.outcome, error=execution.error, stderr_tail="", stdout_tail=""
-                    )
+                    dataclasses.replace(execution.outcome, error=execution.error, stderr_tail="")
                 )
         except Exception as exc:
             log.exception("slot %d: job %s crashed its execution", index, job_id)

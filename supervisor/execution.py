@@ -312,13 +312,15 @@ class JobExecution:
             dropped_output_bytes=outcome.dropped_bytes,
         )
 
-
     def _error_text(self, outcome: ChildOutcome) -> str | None:
         """The outcome's error with secrets scrubbed from the stderr tail before it is cut
         to ERROR_LIMIT, so a cut never leaves a secret's tail behind."""
         if not outcome.error:
             return None
-        if outcome.ended is EndReason.START_FAILED or not outcome.stderr_tail:
+        if (
+            outcome.ended in (EndReason.START_FAILED, EndReason.BAD_RESULT)
+            or not outcome.stderr_tail
+        ):
             return _clip(scrub(outcome.error, self._secrets))
         room = 4 * ERROR_LIMIT + max((len(s) for s in self._secrets), default=0) * 4
         text = describe_end(

@@ -34,6 +34,9 @@ class ChildOutcome:
     result: Any
     error: str | None
     oom_killed: bool = False
+    # The last stderr bytes as text: the daemon scrubs the job's secrets from it before the
+    # error is cut to its limit, so a cut never leaves the tail of a secret behind.
+    stderr_tail: str = ""
     dropped_bytes: int = 0  # stderr beyond its kept head and tail
     progress_lines: int = 0
     progress_rejected: int = 0

@@ -328,6 +328,7 @@ class _ChildRun:
                 result_error=self.result_error,
             ),
             oom_killed=oom,
+            stderr_tail=stderr_tail,
             dropped_bytes=self.stderr.dropped_bytes,
             progress_lines=self.progress.lines,
             progress_rejected=self.progress.rejected,

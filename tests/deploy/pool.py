@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import signal
+import random
 import socket
 import subprocess
 import sys
@@ -54,13 +55,13 @@ def wait_for_value(
 
 
 def free_port_block(size: int) -> int:
-    """A base port such that base+1 .. base+size are all free right now."""
+    """A base port such that base+1 .. base+size are all free right now.
+
+    Chosen above the kernel's ephemeral range (ip_local_port_range, 32768-60999 by default):
+    a port in it can be taken by any outgoing connection of another test between this
+    probe and the daemon's bind."""
     for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + size > 65535:
-            continue
+        base = random.randint(61000, 65535 - size - 1)
         try:
             for port in range(base + 1, base + size + 1):
                 with socket.socket() as probe:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 import shlex
 import signal
-import random
 import socket
 import subprocess
 import sys

@@ -83,6 +83,7 @@ class StatusProjector:
         consumer: str,
         batch_size: int = 500,
         block_ms: int = 500,
+        linger_s: float = 0.05,
         claim_idle_s: float = 30.0,
         claim_interval_s: float = 5.0,
         request_timeout_s: float = 15.0,
@@ -96,6 +97,7 @@ class StatusProjector:
         self.consumer = consumer
         self.batch_size = max(1, batch_size)
         self.block_ms = max(1, block_ms)
+        self.linger_s = linger_s
         self.claim_idle_ms = max(1, int(claim_idle_s * 1000))
         self.claim_interval_s = claim_interval_s
         self.request_timeout_s = request_timeout_s
@@ -119,6 +121,11 @@ class StatusProjector:
             if "BUSYGROUP" not in str(exc):
                 raise
         self._group_ready = True
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
 
     def forget_group(self) -> None:
         """The group is to be created again before the next read (it was found missing)."""
@@ -312,19 +319,20 @@ class StatusProjector:
                     # Set first: a failing take-over must not be retried in a tight loop.
                     next_claim = time.monotonic() + self.claim_interval_s
                     await self.project(await self._claim_stale())
-                await self.project(await self._read(">", self.block_ms))
+                batch = await self._read(">", self.block_ms)
+                await self.project(batch)
+                if 0 < len(batch) < self.batch_size:
+                    # Under a steady trickle, let a few more changes gather: fewer, larger
+                    # store requests, and a job's quick changes collapse into one row.
+                    await self._pause(self.linger_s)
                 pause = 0.2
             except TRANSIENT as exc:
                 log.warning("status projector: Redis unavailable (%s); retrying", exc)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(pause):
-                        await self._stopping.wait()
+                await self._pause(pause)
                 pause = min(pause * 2, 5.0)
             except Exception:
                 log.exception("status projector step failed; continuing")
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        await self._stopping.wait()
+                await self._pause(1.0)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -19,7 +19,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 
 from api.metrics import MetricsEndpoint
 from api.settings import ApiSettings
-from supervisor.protocol import JobQueue
+from supervisor.queue.jobqueue import JobQueue
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from supervisor.keys import QUEUE_NAME_RE
+from supervisor.queue.keys import QUEUE_NAME_RE
 
 
 class ApiSettingsError(ValueError):

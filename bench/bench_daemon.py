@@ -51,7 +51,7 @@ from typing import Any
 import psutil
 from redis.asyncio import Redis
 
-from supervisor.protocol import JobQueue
+from supervisor.queue.jobqueue import JobQueue
 from supervisor.runner import default_command
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""Benchmark of the Redis job protocol (supervisor/protocol.py) on a real Redis.
+"""Benchmark of the Redis job protocol (supervisor/queue/jobqueue.py) on a real Redis.
 
     .venv/bin/python bench/bench_protocol.py                  # 100,000 jobs, the issue's run
     .venv/bin/python bench/bench_protocol.py --jobs 20000     # a quicker run
@@ -29,8 +29,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from supervisor.keys import QueueKeys
-from supervisor.protocol import JobQueue
+from supervisor.queue.jobqueue import JobQueue
+from supervisor.queue.keys import QueueKeys
 
 
 def payload(i: int, tag: str) -> dict[str, Any]:

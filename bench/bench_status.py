@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 from redis.asyncio import Redis
 
-from supervisor.protocol import JobQueue
+from supervisor.queue.jobqueue import JobQueue
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

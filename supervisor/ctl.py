@@ -23,10 +23,10 @@ from typing import Any
 from redis.exceptions import ConnectionError, TimeoutError
 
 from supervisor import ctl_format as fmt
-from supervisor.connection import redis_client
-from supervisor.payload import DEFAULT_SECRET_KEYS, PayloadError, SecretKeys
-from supervisor.protocol import JobQueue, JobRecord
-from supervisor.states import FINAL_STATES, JobState, table_status
+from supervisor.queue.connection import redis_client
+from supervisor.queue.jobqueue import JobQueue, JobRecord
+from supervisor.queue.payload import DEFAULT_SECRET_KEYS, PayloadError, SecretKeys
+from supervisor.queue.states import FINAL_STATES, JobState, table_status
 
 EXIT_OK, EXIT_NOT_APPLIED, EXIT_USAGE, EXIT_REDIS, EXIT_MISSING = 0, 1, 2, 3, 4
 

@@ -22,15 +22,15 @@ from supervisor import __version__
 from supervisor import events as ev
 from supervisor.aio import join_bounded
 from supervisor.execution import ExecutionContext, JobExecution
-from supervisor.payload import PayloadError, check_structure
-from supervisor.protocol import Claim, JobQueue
+from supervisor.queue.jobqueue import Claim, JobQueue
+from supervisor.queue.payload import PayloadError, check_structure
+from supervisor.queue.states import TableStatus
+from supervisor.queue.workers import WorkerRegistry
 from supervisor.redis_retry import TRANSIENT, call_until
 from supervisor.runner import EndReason, StartFailureGate
 from supervisor.runner.orphans import ORPHANS
 from supervisor.sdnotify import SystemdNotifier
-from supervisor.states import TableStatus
 from supervisor.status.service import StatusService
-from supervisor.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 REAP_INTERVAL_MAX_S = 5.0

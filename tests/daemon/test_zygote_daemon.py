@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import psutil
 
-from supervisor.states import JobState
+from supervisor.queue.states import JobState
 from tests.daemon.conftest import DaemonProcess, SyncQueue, job, wait_until
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from supervisor.protocol import EnqueueResult, JobQueue
+from supervisor.queue.jobqueue import EnqueueResult, JobQueue
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_QUEUE = "ingest"
@@ -73,7 +73,7 @@ async def enqueue_ingestion_job_async(
 ) -> EnqueueResult:
     """Validate and enqueue one job; `created` is False when `job_id` already exists.
 
-    Raises `supervisor.payload.PayloadError` (naming the field and rule) for an invalid
+    Raises `supervisor.queue.payload.PayloadError` (naming the field and rule) for an invalid
     payload, and its subclass `TenantConflict` when `job_id` exists for another tenant; in
     both cases nothing is stored. `trial_token` (the old producer's secret) reaches the
     child in its job JSON and is redacted everywhere else. Pass `client` to reuse a connection pool;

@@ -20,10 +20,10 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
-from supervisor.keys import QueueKeys
-from supervisor.payload import PayloadError, TenantConflict, validate_job_id, validate_payload
-from supervisor.scripts import SCRIPT_NAMES, script_source
-from supervisor.states import FINAL_STATES, JobState
+from supervisor.queue.keys import QueueKeys
+from supervisor.queue.payload import PayloadError, TenantConflict, validate_job_id, validate_payload
+from supervisor.queue.scripts import SCRIPT_NAMES, script_source
+from supervisor.queue.states import FINAL_STATES, JobState
 
 AnyRedis = Redis | RedisCluster
 # Longest single block on the wake list; a lost wake token costs at most this much latency.
@@ -658,7 +658,7 @@ class JobQueue:
         return int(secs) * 1000 + int(micros) // 1000
 
     async def live_workers(self) -> list[dict[str, Any]]:
-        from supervisor.workers import WorkerRegistry
+        from supervisor.queue.workers import WorkerRegistry
 
         return await WorkerRegistry(self.client, self.keys).live()
 

@@ -8,6 +8,8 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
+AnyRedis = Redis | RedisCluster
+
 # Blocking claims wait at most a few seconds, so a 10 s socket timeout fires only on a hung
 # server; the daemon's own deadlines (lease trust, settle) bound every call anyway.
 SOCKET_TIMEOUT_S = 10.0

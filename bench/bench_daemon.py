@@ -51,6 +51,7 @@ from typing import Any
 import psutil
 from redis.asyncio import Redis
 
+from supervisor.config import DEFAULT_REDIS_URL
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.runner import default_command
 
@@ -499,7 +500,7 @@ def main() -> None:
         "--no-zygote", action="store_true", help="skip the INGEST_SPAWN_MODE=zygote daemon row"
     )
     parser.add_argument(
-        "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        "--redis-url", default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-daemon-") as tmp:

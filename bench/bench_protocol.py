@@ -29,6 +29,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from supervisor.config import DEFAULT_REDIS_URL
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.queue.keys import QueueKeys
 
@@ -271,7 +272,7 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--claimers", type=int, default=2)

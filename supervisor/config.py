@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor.queue.connection import AnyRedis, redis_client
+from supervisor.queue.keys import DEFAULT_QUEUE as DEFAULT_QUEUE
+from supervisor.queue.keys import QUEUE_NAME_RE
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_QUEUE = "ingest"
 DEFAULT_MAX_ATTEMPTS = 3
-QUEUE_NAME_RULE = "must be 1-64 characters of letters, digits, '_.:-'"
+QUEUE_NAME_RULE = "a queue name must be 1-64 characters of letters, digits, '_.:-'"
 
 
 class ConfigError(ValueError):
@@ -169,7 +170,7 @@ def read_fields(
 
 
 def _queue_name(v: str) -> bool:
-    return re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", v) is not None
+    return QUEUE_NAME_RE.fullmatch(v) is not None
 
 
 STATUS_BACKENDS = ("auto", "supabase", "postgres", "sqlite", "none")

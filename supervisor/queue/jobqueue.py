@@ -18,7 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from supervisor.queue.connection import AnyRedis
-from supervisor.queue.keys import QueueKeys
+from supervisor.queue.keys import DEFAULT_QUEUE, QueueKeys
 from supervisor.queue.payload import PayloadError, TenantConflict, validate_job_id, validate_payload
 from supervisor.queue.reads import QueueReads
 from supervisor.queue.records import (
@@ -63,7 +63,7 @@ class JobQueue(QueueReads):
     def __init__(
         self,
         client: AnyRedis,
-        queue: str = "ingest",
+        queue: str = DEFAULT_QUEUE,
         *,
         default_max_attempts: int = 3,
         backoff: Backoff = Backoff(),

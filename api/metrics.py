@@ -8,7 +8,7 @@ import logging
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from supervisor.metrics import REGISTRY, refresh_queue_gauges
+from supervisor.metricdefs import REGISTRY, refresh_queue_gauges
 from supervisor.queue.jobqueue import JobQueue
 
 log = logging.getLogger(__name__)

@@ -347,7 +347,7 @@ class Daemon:
             # Jobs' escaped descendants are reparented here rather than to init.
             upkeep.append(asyncio.create_task(ORPHANS.run_periodically(1.0), name="orphans"))
         if self.ctx.metrics is not None:
-            from supervisor.metrics import run_queue_gauge_refresher
+            from supervisor.metricdefs import run_queue_gauge_refresher
 
             upkeep.append(asyncio.create_task(run_queue_gauge_refresher(self.queue, 10.0)))
         for i in range(self.concurrency):

@@ -386,7 +386,7 @@ def build_tracer(
             log.info("Langfuse tracing off: no LANGFUSE_PUBLIC_KEY/LANGFUSE_SECRET_KEY")
         return NoopTracingSink()
     if on_export_failure is None:
-        from supervisor.metrics import record_trace_export_failure
+        from supervisor.metricdefs import record_trace_export_failure
 
         on_export_failure = record_trace_export_failure
     base_url = (host or "https://cloud.langfuse.com").rstrip("/")

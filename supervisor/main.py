@@ -153,10 +153,6 @@ async def run(settings: Settings) -> int:
     sinks, metrics = build_sinks(settings)
     worker_id = settings.worker_id()
     status = build_status(settings, queue, metrics, worker_id)
-    for sink in sinks:
-        start = getattr(sink, "start", None)
-        if start is not None:
-            await start()
     ctx = ExecutionContext(
         queue=queue,
         sinks=SinkFanout(sinks),

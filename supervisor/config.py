@@ -174,6 +174,7 @@ def _queue_name(v: str) -> bool:
 
 
 STATUS_BACKENDS = ("auto", "supabase", "postgres", "sqlite", "none")
+DEFAULT_STATUS_SQLITE_PATH = "var/ingest-status.sqlite3"
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,7 @@ class SharedConfig:
     )
     status_sqlite_path: str = setting(
         "INGEST_STATUS_SQLITE_PATH",
-        "var/ingest-status.sqlite3",
+        DEFAULT_STATUS_SQLITE_PATH,
         "file of the sqlite status backend",
     )
 

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from fastapi import Request
-from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 
 from api.metrics import MetricsEndpoint
 from api.settings import ApiSettings
-from supervisor.protocol import JobQueue
+from supervisor.queue.connection import AnyRedis
+from supervisor.queue.jobqueue import JobQueue
 
 T = TypeVar("T")
 
@@ -30,9 +30,9 @@ EVENTS_BLOCK_MS = 1000
 @dataclass
 class ApiContext:
     settings: ApiSettings
-    client: Redis
-    health_client: Redis
-    events_client: Redis
+    client: AnyRedis
+    health_client: AnyRedis
+    events_client: AnyRedis
     queue: JobQueue
     health_queue: JobQueue
     events_queue: JobQueue
@@ -54,32 +54,30 @@ class ApiContext:
 
 
 def build_context(settings: ApiSettings) -> ApiContext:
-    client = Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=2.0,
+    # The clients reach the queue's Redis whatever its topology (server, Cluster, Sentinel).
+    client = settings.redis(
+        connect_timeout=2.0,
         socket_timeout=REQUEST_TIMEOUT_S,
         # One quick retry survives a connection dropped by a Redis restart.
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
         max_connections=256,
     )
     t = settings.health_timeout_s
-    health_client = Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=t,
+    health_client = settings.redis(
+        connect_timeout=t,
         socket_timeout=t,
         retry=Retry(NoBackoff(), 0),
         max_connections=32,
     )
-    events_client = Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=2.0,
+    events_client = settings.redis(
+        connect_timeout=2.0,
         socket_timeout=EVENTS_BLOCK_MS / 1000 + REQUEST_TIMEOUT_S,
         retry=Retry(NoBackoff(), 0),
         max_connections=1024,
     )
 
-    def queue(c: Redis) -> JobQueue:
-        return JobQueue(c, settings.queue, default_max_attempts=settings.default_max_attempts)
+    def queue(c: AnyRedis) -> JobQueue:
+        return JobQueue(c, settings.queue, default_max_attempts=settings.max_attempts)
 
     return ApiContext(
         settings=settings,

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
 from api.models import ErrorBody
-from supervisor.payload import PayloadError, TenantConflict
+from supervisor.queue.payload import PayloadError, TenantConflict
 
 log = logging.getLogger(__name__)
 Responses = dict[int | str, dict[str, Any]]

@@ -17,8 +17,8 @@ from redis.exceptions import RedisError
 
 from api.context import EVENTS_BLOCK_MS, ApiContext, bounded
 from api.views import job_view
-from supervisor.payload import DEFAULT_SECRET_KEYS, redact
-from supervisor.states import JobState, table_status
+from supervisor.queue.payload import DEFAULT_SECRET_KEYS, redact
+from supervisor.queue.states import JobState, table_status
 
 log = logging.getLogger(__name__)
 STREAM_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}$")

@@ -8,8 +8,8 @@ import logging
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from supervisor.metrics import REGISTRY, refresh_queue_gauges
-from supervisor.protocol import JobQueue
+from supervisor.metricdefs import REGISTRY, refresh_queue_gauges
+from supervisor.queue.jobqueue import JobQueue
 
 log = logging.getLogger(__name__)
 CONTENT_TYPE = CONTENT_TYPE_LATEST

@@ -1,6 +1,6 @@
 """Request and response models: what the OpenAPI document shows and what responses carry.
 
-Request bodies are validated by `supervisor.payload.validate_payload`, not by these models, so
+Request bodies are validated by `supervisor.queue.payload.validate_payload`, not by these models, so
 a rejected payload's message is exactly the protocol's; `JobPayload` documents the shape.
 """
 
@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from supervisor.states import JobState, TableStatus
+from supervisor.queue.states import JobState, TableStatus
 
 
 class DataSource(BaseModel):

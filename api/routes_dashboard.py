@@ -18,7 +18,7 @@ from api.context import ApiContext, bounded, get_context
 from api.dashboard import dead_letters, job_history, throughput
 from api.errors import E401, E404, E422, E503, ApiError, payload_error
 from api.routes_jobs import JobId, _job_id_or_422
-from supervisor.payload import PayloadError, validate_job_id
+from supervisor.queue.payload import PayloadError, validate_job_id
 
 router = APIRouter(tags=["dashboard"])
 Ctx = Annotated[ApiContext, Depends(get_context)]

@@ -22,13 +22,13 @@ from api.models import (
     RetryResult,
 )
 from api.views import job_view
-from supervisor.payload import (
+from supervisor.queue.payload import (
     JOB_ID_RE,
     PayloadError,
     validate_job_id,
     validate_payload,
 )
-from supervisor.states import JobState, table_status
+from supervisor.queue.states import JobState, table_status
 
 router = APIRouter(tags=["jobs"])
 Ctx = Annotated[ApiContext, Depends(get_context)]

@@ -14,9 +14,9 @@ from api.events import event_stream
 from api.health import queue_health, readiness
 from api.metrics import CONTENT_TYPE
 from api.models import Liveness, PurgeResult, QueueHealth, Readiness, Worker, Workers
-from supervisor.keys import QUEUE_NAME_RE, QueueKeys
-from supervisor.payload import PayloadError, validate_job_id
-from supervisor.states import JobState
+from supervisor.queue.keys import QUEUE_NAME_RE, QueueKeys
+from supervisor.queue.payload import PayloadError, validate_job_id
+from supervisor.queue.states import JobState
 
 router = APIRouter()
 # Finished jobs only: their status rows are already final, and a purge deletes just the

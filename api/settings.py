@@ -1,31 +1,29 @@
-"""The API's settings, read once from the environment into one frozen object."""
+"""The API's settings, read once from the environment into one frozen object: the shared
+ones (`supervisor.config`: Redis, queue, secret keys, attempts, status store) and its own."""
 
 from __future__ import annotations
 
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from supervisor.keys import QUEUE_NAME_RE
-from supervisor.payload import TENANT_ID_RE
+from supervisor.config import ConfigError, SharedConfig, load_shared_config, parse_bool
+from supervisor.queue.payload import TENANT_ID_RE
 from supervisor.secretfiles import SecretFileError, with_secret_files
+
+# Raised for an invalid API setting; the same class as the shared settings' error.
+ApiSettingsError = ConfigError
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
-class ApiSettingsError(ValueError):
-    """An API setting has an invalid value; the message names the variable."""
-
-
 @dataclass(frozen=True)
-class ApiSettings:
+class ApiSettings(SharedConfig):
     @property
     def auth_enabled(self) -> bool:
         return self.token is not None or bool(self.tenant_tokens)
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    queue: str = "ingest"
     token: str | None = None
     # Tenant-scoped tokens: (tenant_id, token) pairs. Such a token sees and changes only its
     # tenant's jobs; `token` above sees everything.
@@ -48,19 +46,15 @@ class ApiSettings:
     max_body_bytes: int = 256 * 1024
     max_batch_bytes: int = 8 * 1024 * 1024
     max_batch_jobs: int = 1000
-    secret_keys: tuple[str, ...] = ()
-    default_max_attempts: int = 3
     # Where the dashboard is served; None turns it off.
     ui_path: str | None = "/ui"
 
 
 def _bool(name: str, raw: str) -> bool:
-    low = raw.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off", ""):
-        return False
-    raise ApiSettingsError(f"{name}={raw!r}: must be a boolean (1/0, true/false)")
+    try:
+        return parse_bool(raw)
+    except ValueError:
+        raise ApiSettingsError(f"{name}={raw!r}: must be a boolean (1/0, true/false)") from None
 
 
 def _num(name: str, raw: str, kind: type[int] | type[float], minimum: float) -> float:
@@ -143,15 +137,9 @@ def load_api_settings(env: Mapping[str, str] | None = None) -> ApiSettings:
         env = with_secret_files(os.environ if env is None else env)
     except SecretFileError as exc:
         raise ApiSettingsError(str(exc)) from None
-    redis_url = env.get("REDIS_URL") or env.get("RAG_REDIS_URL") or ApiSettings.redis_url
-    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ApiSettingsError("REDIS_URL: must start with redis://, rediss:// or unix://")
-    queue = env.get("INGEST_QUEUE") or ApiSettings.queue
-    if not QUEUE_NAME_RE.fullmatch(queue):
-        raise ApiSettingsError(f"INGEST_QUEUE={queue!r}: must be 1-64 of letters, digits, '_.:-'")
+    shared = load_shared_config(env)
     return ApiSettings(
-        redis_url=redis_url,
-        queue=queue,
+        **asdict(shared),
         token=env.get("INGEST_API_TOKEN") or None,
         tenant_tokens=_tenant_tokens(
             env.get("INGEST_API_TENANT_TOKENS", ""), env.get("INGEST_API_TOKEN") or None
@@ -176,12 +164,6 @@ def load_api_settings(env: Mapping[str, str] | None = None) -> ApiSettings:
         ),
         max_batch_jobs=int(
             _num("INGEST_API_MAX_BATCH_JOBS", env.get("INGEST_API_MAX_BATCH_JOBS", "1000"), int, 1)
-        ),
-        secret_keys=tuple(
-            n for n in re.split(r"[,\s]+", env.get("INGEST_SECRET_KEYS", "").strip()) if n
-        ),
-        default_max_attempts=int(
-            _num("INGEST_MAX_ATTEMPTS", env.get("INGEST_MAX_ATTEMPTS", "3"), int, 1)
         ),
         ui_path=load_ui_path(env),
     )

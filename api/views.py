@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from api.models import Job
-from supervisor.payload import (
+from supervisor.queue.jobqueue import JobRecord
+from supervisor.queue.payload import (
     DEFAULT_SECRET_KEYS,
     SecretKeys,
     redact,
@@ -16,8 +17,7 @@ from supervisor.payload import (
     scrub_value,
     secret_values,
 )
-from supervisor.protocol import JobRecord
-from supervisor.states import table_status
+from supervisor.queue.states import table_status
 
 
 def _ts(value: float | None) -> datetime | None:

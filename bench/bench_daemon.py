@@ -55,7 +55,8 @@ from typing import Any
 import psutil
 from redis.asyncio import Redis
 
-from supervisor.protocol import JobQueue
+from supervisor.config import DEFAULT_REDIS_URL
+from supervisor.queue.jobqueue import JobQueue
 
 ROOT = Path(__file__).resolve().parent.parent
 CUSTOM_CHILD = (
@@ -543,7 +544,7 @@ def main() -> None:
         help="run each daemon under cProfile into PREFIX-<child>.prof (slows it down)",
     )
     parser.add_argument(
-        "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        "--redis-url", default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
     )
     args = parser.parse_args()
     c = args.concurrency

@@ -1,4 +1,4 @@
-"""Benchmark of the Redis job protocol (supervisor/protocol.py) on a real Redis.
+"""Benchmark of the Redis job protocol (supervisor/queue/jobqueue.py) on a real Redis.
 
     .venv/bin/python bench/bench_protocol.py                  # 100,000 jobs, the issue's run
     .venv/bin/python bench/bench_protocol.py --jobs 20000     # a quicker run
@@ -29,8 +29,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from supervisor.keys import QueueKeys
-from supervisor.protocol import JobQueue
+from supervisor.config import DEFAULT_REDIS_URL
+from supervisor.queue.jobqueue import JobQueue
+from supervisor.queue.keys import QueueKeys
 
 
 def payload(i: int, tag: str) -> dict[str, Any]:
@@ -271,7 +272,7 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--claimers", type=int, default=2)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import zlib
 
+from ingest_worker.embedders.batches import LOCAL_BATCH, fixed_batches
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -33,11 +35,6 @@ if TYPE_CHECKING:
 # Stripped from both ends of whitespace-separated words (str methods, not `re`, to keep
 # start-up cheap); inner punctuation stays, so "don't" and "e.g" are single features.
 _PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~\u00ab\u00bb\u2018\u2019\u201c\u201d\u2013\u2014\u2026"
-LOCAL_BATCH = 64
-
-
-def fixed_batches(count: int, size: int) -> list[tuple[int, int]]:
-    return [(start, min(start + size, count)) for start in range(0, count, size)]
 
 
 class HashEmbedder:

@@ -1,6 +1,6 @@
 """The job read from stdin: checked just enough to run it (the producer validated it fully).
 
-Mirrors the shape of `supervisor.payload` without importing it: the child must start without
+Mirrors the shape of `supervisor.queue.payload` without importing it: the child must start without
 loading the daemon's package.
 """
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 SOURCE_TYPES = ("text", "file", "url", "crawl")
-# The same rules as supervisor.payload.SecretKeys (a test holds them equal): a key is secret
+# The same rules as supervisor.queue.payload.SecretKeys (a test holds them equal): a key is secret
 # when its normalised name (lower case, letters and digits only) is one of SECRET_KEYS or
 # INGEST_SECRET_KEYS, ends with one of SECRET_KEY_SUFFIXES or contains one of
 # SECRET_KEY_SUBSTRINGS. Secret values never reach stderr, the RESULT line or stored chunk
@@ -33,7 +33,7 @@ SECRET_KEY_SUFFIXES = (
     "cookie",
 )
 SECRET_KEY_SUBSTRINGS = ("secret", "password", "passwd", "apikey", "privatekey", "accesstoken")
-MAX_DEPTH = 32  # supervisor.payload.MAX_DEPTH
+MAX_DEPTH = 32  # supervisor.queue.payload.MAX_DEPTH
 
 
 def normalise_key(key: object) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from ingest_worker.chunking import chunk_text, normalise
 from ingest_worker.embedding import make_embedder
 from ingest_worker.errors import BadInput
-from ingest_worker.sources import FETCH_END, load_source
+from ingest_worker.sources import load_source
+from ingest_worker.stages import FETCH_END
 from ingest_worker.stores import open_store
 
 TYPE_CHECKING = False

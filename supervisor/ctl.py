@@ -23,10 +23,12 @@ from typing import Any
 from redis.exceptions import ConnectionError, TimeoutError
 
 from supervisor import ctl_format as fmt
-from supervisor.connection import redis_client
-from supervisor.payload import DEFAULT_SECRET_KEYS, PayloadError, SecretKeys
-from supervisor.protocol import JobQueue, JobRecord
-from supervisor.states import FINAL_STATES, JobState, table_status
+from supervisor.config import DEFAULT_QUEUE, DEFAULT_REDIS_URL, SharedConfig, load_shared_config
+from supervisor.queue.jobqueue import JobQueue, JobRecord
+from supervisor.queue.payload import DEFAULT_SECRET_KEYS, PayloadError, SecretKeys
+from supervisor.queue.states import FINAL_STATES, JobState, table_status
+from supervisor.status import open_backend
+from supervisor.status.sync import status_sync
 
 EXIT_OK, EXIT_NOT_APPLIED, EXIT_USAGE, EXIT_REDIS, EXIT_MISSING = 0, 1, 2, 3, 4
 
@@ -38,18 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ingestctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument(
-        "--redis-url",
-        default=os.environ.get("REDIS_URL")
-        or os.environ.get("RAG_REDIS_URL")
-        or "redis://127.0.0.1:6379/0",
-        help="[env REDIS_URL]",
-    )
-    p.add_argument(
-        "--queue",
-        default=os.environ.get("INGEST_QUEUE", "ingest"),
-        help="[env INGEST_QUEUE, default ingest]",
-    )
+    # Everything else shared (Cluster, Sentinel, secret keys, status store) comes from the
+    # same environment variables the daemon and the API read (`supervisor.config`).
+    p.add_argument("--redis-url", help=f"[env REDIS_URL, default {DEFAULT_REDIS_URL}]")
+    p.add_argument("--queue", help=f"[env INGEST_QUEUE, default {DEFAULT_QUEUE}]")
     sub = p.add_subparsers(dest="command", required=True)
 
     def command(name: str, handler: Handler, summary: str) -> argparse.ArgumentParser:
@@ -139,9 +133,9 @@ def _payload_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return payload
 
 
-def _secret_keys() -> SecretKeys:
-    extra = os.environ.get("INGEST_SECRET_KEYS", "").replace(",", " ").split()
-    return SecretKeys((*DEFAULT_SECRET_KEYS, *extra))
+def _secret_keys(args: argparse.Namespace) -> SecretKeys:
+    config: SharedConfig = args.config
+    return SecretKeys((*DEFAULT_SECRET_KEYS, *config.secret_keys))
 
 
 def _emit(args: argparse.Namespace, doc: Any, human: str) -> None:
@@ -171,7 +165,7 @@ async def _status(q: JobQueue, args: argparse.Namespace) -> int:
     job = await _get(q, args.job_id, with_payload=True)
     if job is None:
         return EXIT_MISSING
-    doc = fmt.job_doc(job, q.queue, _secret_keys())
+    doc = fmt.job_doc(job, q.queue, _secret_keys(args))
     _emit(args, doc, fmt.job_text(job, doc, time.time()))
     return EXIT_OK
 
@@ -188,7 +182,7 @@ async def _watch(q: JobQueue, args: argparse.Namespace) -> int:
     if job is None:
         return EXIT_MISSING
     tty = sys.stdout.isatty() and not args.json
-    secret_keys = _secret_keys()
+    secret_keys = _secret_keys(args)
     shown: str | None = None
     while True:
         doc = fmt.job_doc(job, q.queue, secret_keys)
@@ -222,7 +216,7 @@ async def _watch(q: JobQueue, args: argparse.Namespace) -> int:
 
 async def _list(q: JobQueue, args: argparse.Namespace) -> int:
     jobs, cursor = await q.list_jobs(args.state, limit=args.limit)
-    secret_keys = _secret_keys()
+    secret_keys = _secret_keys(args)
     docs = [fmt.job_doc(j, q.queue, secret_keys) for j in jobs]
     doc = {"jobs": docs, "next_cursor": None if cursor is None else f"{args.state}:{cursor}"}
     human = fmt.jobs_text(jobs, docs, time.time()) if jobs else f"no {args.state} jobs"
@@ -275,26 +269,23 @@ async def _purge(q: JobQueue, args: argparse.Namespace) -> int:
 
 
 async def _status_sync(q: JobQueue, args: argparse.Namespace) -> int:
-    from supervisor.settings import load_settings
-    from supervisor.status import open_backend
     from supervisor.status.factory import resolve_kind
-    from supervisor.status.sync import status_sync
 
-    settings = load_settings([])
+    config = args.config
     kind = resolve_kind(
-        settings.status_backend,
-        supabase_url=settings.supabase_url,
-        supabase_key=settings.supabase_key,
-        dsn=settings.status_dsn,
+        config.status_backend,
+        supabase_url=config.supabase_url,
+        supabase_key=config.supabase_key,
+        dsn=config.status_dsn,
     )
-    if settings.status_backend == "auto" and kind == "sqlite":
+    if config.status_backend == "auto" and kind == "sqlite":
         # A shell without the daemons' settings would otherwise fill a stray local file.
         raise ValueError(
             "status-sync: no status store configured (set SUPABASE_URL and "
             "SUPABASE_SERVICE_ROLE_KEY, or INGEST_STATUS_DSN, or INGEST_STATUS_BACKEND=sqlite "
             "with INGEST_STATUS_SQLITE_PATH)"
         )
-    backend = open_backend(settings)
+    backend = open_backend(config)
     try:
         report = await status_sync(q, backend)
     finally:
@@ -317,23 +308,29 @@ async def _status_sync(q: JobQueue, args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    client = redis_client(args.redis_url)
+    config: SharedConfig = args.config
+    client = config.redis()
     try:
         handler: Handler = args.handler
-        return await handler(JobQueue(client, args.queue), args)
+        queue = JobQueue(client, config.queue, default_max_attempts=config.max_attempts)
+        return await handler(queue, args)
     finally:
         await client.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    flags = {"redis_url": args.redis_url, "queue": args.queue}
     try:
+        args.config = load_shared_config(
+            os.environ, {k: v for k, v in flags.items() if v is not None}
+        )
         return asyncio.run(_run(args))
     except PayloadError as exc:
         print(f"ingestctl: invalid job: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (ConnectionError, TimeoutError) as exc:
-        url = re.sub(r"//[^@/]*@", "//***@", args.redis_url)  # no password on screen
+        url = re.sub(r"//[^@/]*@", "//***@", args.config.redis_url)  # no password on screen
         print(f"ingestctl: Redis unreachable at {url}: {exc}", file=sys.stderr)
         return EXIT_REDIS
     except (ValueError, OSError) as exc:  # SettingsError and MissingExtraError too: one line

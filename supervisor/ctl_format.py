@@ -13,7 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from supervisor.payload import (
+from supervisor.queue.jobqueue import JobRecord
+from supervisor.queue.payload import (
     SecretKeys,
     redact,
     replace_surrogates,
@@ -21,8 +22,7 @@ from supervisor.payload import (
     scrub_value,
     secret_values,
 )
-from supervisor.protocol import JobRecord
-from supervisor.states import table_status
+from supervisor.queue.states import table_status
 
 NOTHING = "-"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")

@@ -19,18 +19,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from supervisor import __version__
-from supervisor import events as ev
 from supervisor.aio import join_bounded
 from supervisor.execution import ExecutionContext, JobExecution
-from supervisor.payload import PayloadError, check_structure
-from supervisor.protocol import Claim, JobQueue
-from supervisor.redis_retry import TRANSIENT, call_until
+from supervisor.metricdefs import run_queue_gauge_refresher
+from supervisor.queue.jobqueue import Claim, JobQueue
+from supervisor.queue.workers import WorkerRegistry
+from supervisor.redis_retry import TRANSIENT
 from supervisor.runner import EndReason, StartFailureGate
 from supervisor.runner.containment import ORPHANS
 from supervisor.sdnotify import SystemdNotifier
-from supervisor.states import TableStatus
 from supervisor.status.service import StatusService
-from supervisor.workers import WorkerRegistry
+from supervisor.unrun import fail_unrun, unrunnable_reason
 
 log = logging.getLogger(__name__)
 REAP_INTERVAL_MAX_S = 5.0
@@ -137,14 +136,14 @@ class Daemon:
         job_id = claim.job.job_id
         reason = unrunnable_reason(claim)
         if reason is not None:
-            await self._fail_unrun(index, claim, reason, retryable=False)
+            await fail_unrun(self.ctx, self.queue, index, claim, reason, retryable=False)
             return
         try:
             execution = JobExecution(self.ctx, claim)
         except Exception as exc:
             log.exception("slot %d: job %s could not be prepared", index, job_id)
             reason = f"Supervisor could not prepare the job: {type(exc).__name__}"
-            await self._fail_unrun(index, claim, reason, retryable=False)
+            await fail_unrun(self.ctx, self.queue, index, claim, reason, retryable=False)
             return
         self.active[job_id] = execution
         self._slots_changed()
@@ -159,65 +158,10 @@ class Daemon:
             log.exception("slot %d: job %s crashed its execution", index, job_id)
             execution.stop.request(EndReason.SHUTDOWN)
             reason = f"Supervisor error while running the job: {type(exc).__name__}"
-            await self._fail_unrun(index, claim, reason, retryable=True)
+            await fail_unrun(self.ctx, self.queue, index, claim, reason, retryable=True)
         finally:
             self.active.pop(job_id, None)
             self._slots_changed()
-
-    async def _fail_unrun(self, index: int, claim: Claim, reason: str, *, retryable: bool) -> None:
-        """Fail a claimed job the normal path could not settle (fenced by its token, so a
-        job already settled is left alone) and tell the side channels."""
-        job = claim.job
-        log.error(
-            "slot %d: job %s failed: %s",
-            index,
-            job.job_id,
-            reason,
-            extra={"job_id": job.job_id, "attempt": job.attempt},
-        )
-        started = time.time()
-        try:
-            failed = await call_until(
-                time.monotonic() + self.ctx.lease_s / 2,
-                lambda: self.queue.fail(
-                    job.job_id, claim.token, reason, retryable=retryable, attempt=job.attempt
-                ),
-                what=f"failing {job.job_id}",
-                attempt_timeout_s=5.0,
-            )
-        except Exception as exc:
-            log.error(
-                "slot %d: could not record the failure of %s (%s); its lease will run out "
-                "and the reaper recovers it",
-                index,
-                job.job_id,
-                exc,
-            )
-            return
-        if failed.outcome == "lost":
-            return
-        final = failed.outcome == "failed"
-        try:
-            self.ctx.sinks.job_finished(
-                ev.JobFinished(
-                    queue=self.queue.queue,
-                    job_id=job.job_id,
-                    tenant_id=job.tenant_id,
-                    attempt=job.attempt,
-                    max_attempts=job.max_attempts,
-                    worker_id=self.ctx.worker_id,
-                    outcome=ev.OUTCOME_FAILED if final else ev.OUTCOME_RETRIED,
-                    table_status=(TableStatus.FAILED if final else TableStatus.QUEUED).value,
-                    final=final,
-                    enqueued_at=job.enqueued_at,
-                    started_at=started,
-                    finished_at=time.time(),
-                    error=reason,
-                    ended="not_started",
-                )
-            )
-        except Exception:
-            log.exception("slot %d: side channels not told of %s", index, job.job_id)
 
     def _start_slot(self, index: int) -> None:
         task = asyncio.create_task(self._slot(index), name=f"slot-{index}")
@@ -345,8 +289,6 @@ class Daemon:
             # Jobs' escaped descendants are reparented here rather than to init.
             upkeep.append(asyncio.create_task(ORPHANS.run_periodically(1.0), name="orphans"))
         if self.ctx.metrics is not None:
-            from supervisor.metrics import run_queue_gauge_refresher
-
             upkeep.append(asyncio.create_task(run_queue_gauge_refresher(self.queue, 10.0)))
         for i in range(self.concurrency):
             self._start_slot(i)
@@ -397,17 +339,6 @@ class Daemon:
             for execution in list(self.active.values()):
                 execution.stop.request(EndReason.SHUTDOWN)
         await asyncio.gather(*(t for t in slots if t is not None), return_exceptions=True)
-
-
-def unrunnable_reason(claim: Claim) -> str | None:
-    """Why a claimed payload must not run (stored before validation bounded it), or None."""
-    if claim.payload_error is not None:
-        return f"Job payload refused: {claim.payload_error}"
-    try:
-        check_structure(claim.payload)
-    except PayloadError as exc:
-        return f"Job payload refused: {exc}"
-    return None
 
 
 async def _first_of(*aws: Awaitable[Any]) -> None:

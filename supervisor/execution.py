@@ -16,13 +16,13 @@ from typing import Any
 
 from supervisor import events as ev
 from supervisor.aio import join_bounded
-from supervisor.payload import SecretKeys, redact, scrub, scrub_value, secret_values
-from supervisor.protocol import Claim, JobQueue
+from supervisor.queue.jobqueue import Claim, JobQueue
+from supervisor.queue.payload import SecretKeys, redact, scrub, scrub_value, secret_values
+from supervisor.queue.states import TableStatus
 from supervisor.redis_retry import TRANSIENT, call_until
 from supervisor.runner import ChildOutcome, EndReason, RunnerConfig, StopRequest, run_child
 from supervisor.runner.outcome import describe_end
 from supervisor.sinks import SinkFanout
-from supervisor.states import TableStatus
 
 log = logging.getLogger(__name__)
 ERROR_LIMIT = 1000

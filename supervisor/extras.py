@@ -11,12 +11,12 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 
-from supervisor.settings import SettingsError
+from supervisor.config import ConfigError
 
 DISTRIBUTION = "ingest-supervisor"
 
 
-class MissingExtraError(SettingsError):
+class MissingExtraError(ConfigError):
     """A setting needs a package that is not installed; the message is one line."""
 
 

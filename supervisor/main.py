@@ -16,15 +16,15 @@ from redis.asyncio.cluster import RedisCluster
 from ingest_worker.config import ENV_VARS as WORKER_ENV_VARS
 from ingest_worker.config import WorkerConfig
 from ingest_worker.errors import ConfigError
-from supervisor.connection import redis_client
 from supervisor.daemon import Daemon
 from supervisor.execution import ExecutionContext
 from supervisor.extras import PSYCOPG, SENTENCE_TRANSFORMERS, require
 from supervisor.hardening import harden_process
 from supervisor.logs import configure_logging
 from supervisor.metrics import DaemonMetrics, MetricsSink
-from supervisor.payload import DEFAULT_SECRET_KEYS
-from supervisor.protocol import Backoff, JobQueue, Retention
+from supervisor.queue.connection import redis_client
+from supervisor.queue.jobqueue import Backoff, JobQueue, Retention
+from supervisor.queue.payload import DEFAULT_SECRET_KEYS
 from supervisor.runner import FORK_SERVER, ResourceLimits, RunnerConfig, default_command
 from supervisor.sdnotify import SystemdNotifier
 from supervisor.settings import Settings, SettingsError, load_settings
@@ -153,10 +153,6 @@ async def run(settings: Settings) -> int:
     metrics.status_outbox_bound(settings.status_outbox_max)
     worker_id = settings.worker_id()
     status = build_status(settings, queue, metrics, worker_id)
-    for sink in sinks:
-        start = getattr(sink, "start", None)
-        if start is not None:
-            await start()
     ctx = ExecutionContext(
         queue=queue,
         sinks=SinkFanout(sinks),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from supervisor.events import JobFinished, JobProgress, JobStarted
@@ -30,24 +30,26 @@ class JobSink(Protocol):
 
 
 class SinkFanout:
+    """Calls every sink in turn; sinks need no start: they are ready when built."""
+
     def __init__(self, sinks: Sequence[JobSink]) -> None:
         self._sinks = list(sinks)
 
-    def _each(self, method: str, event: object) -> None:
+    def _each(self, method: str, call: Callable[[JobSink], None]) -> None:
         for sink in self._sinks:
             try:
-                getattr(sink, method)(event)
+                call(sink)
             except Exception:
                 log.exception("sink %s failed in %s; continuing", type(sink).__name__, method)
 
     def job_started(self, event: JobStarted) -> None:
-        self._each("job_started", event)
+        self._each("job_started", lambda sink: sink.job_started(event))
 
     def job_progress(self, event: JobProgress) -> None:
-        self._each("job_progress", event)
+        self._each("job_progress", lambda sink: sink.job_progress(event))
 
     def job_finished(self, event: JobFinished) -> None:
-        self._each("job_finished", event)
+        self._each("job_finished", lambda sink: sink.job_finished(event))
 
     async def aclose(self, timeout_s: float) -> None:
         async def close_one(sink: JobSink) -> None:

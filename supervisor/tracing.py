@@ -16,32 +16,29 @@ TracerProvider, never the process-global one.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from langfuse import Langfuse, LangfuseSpan, propagate_attributes
-from opentelemetry.exporter.otlp.proto.http import Compression
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import TracerProvider
 
 from supervisor import events as ev
-from supervisor.payload import DEFAULT_SECRET_KEYS, redact
+from supervisor.metricdefs import record_trace_export_failure
+from supervisor.queue.payload import DEFAULT_SECRET_KEYS, redact
 from supervisor.sinks import JobSink
+from supervisor.tracing_export import CountingExporter, langfuse_exporter
 
 log = logging.getLogger(__name__)
 
 ROOT_SPAN_NAME = "ingest-job"
 PROGRESS_EVENT_NAME = "progress"
-OTLP_TRACES_PATH = "/api/public/otel/v1/traces"  # Langfuse's OTLP/HTTP endpoint
 MILESTONE_STEP = 10.0  # percent between two progress events
 MAX_PROGRESS_EVENTS = 15  # per attempt, whatever the child prints
 MAX_OPEN_ATTEMPTS = 10_000  # started attempts not yet finished (a slot count in practice)
@@ -78,39 +75,6 @@ class NoopTracingSink:
 
     async def aclose(self, timeout_s: float) -> None:
         return None
-
-
-class CountingExporter(SpanExporter):
-    """Wraps the OTLP exporter to count what was sent and report failed batches."""
-
-    def __init__(self, inner: SpanExporter, on_failure: Callable[[int], None] | None) -> None:
-        self.inner = inner
-        self.on_failure = on_failure
-        self.exported = 0
-        self.failed = 0
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self.inner.export(spans)
-        except Exception:
-            log.warning("trace export raised; %d spans dropped", len(spans), exc_info=True)
-            result = SpanExportResult.FAILURE
-        if result is SpanExportResult.SUCCESS:
-            self.exported += len(spans)
-        else:
-            self.failed += len(spans)
-            if self.on_failure is not None:
-                try:
-                    self.on_failure(1)
-                except Exception:
-                    log.debug("trace export failure hook failed", exc_info=True)
-        return result
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self.inner.force_flush(timeout_millis)
 
 
 @dataclass
@@ -386,18 +350,10 @@ def build_tracer(
             log.info("Langfuse tracing off: no LANGFUSE_PUBLIC_KEY/LANGFUSE_SECRET_KEY")
         return NoopTracingSink()
     if on_export_failure is None:
-        from supervisor.metrics import record_trace_export_failure
-
         on_export_failure = record_trace_export_failure
     base_url = (host or "https://cloud.langfuse.com").rstrip("/")
-    exporter = CountingExporter(
-        OTLPSpanExporter(
-            endpoint=base_url + OTLP_TRACES_PATH,
-            headers=_auth_headers(public_key, secret_key),
-            timeout=export_timeout_s,
-            compression=Compression.Gzip,
-        ),
-        on_export_failure,
+    exporter = langfuse_exporter(
+        base_url, public_key, secret_key, export_timeout_s, on_export_failure
     )
     # Our own provider: the process-global one may belong to someone else, and the SDK
     # would otherwise install itself there. No atexit shutdown: `aclose` bounds it.
@@ -424,17 +380,3 @@ def build_tracer(
         secret_keys=extra_secret_keys,
         flush_timeout_s=flush_timeout_s,
     )
-
-
-def _auth_headers(public_key: str, secret_key: str) -> dict[str, str]:
-    """What the SDK's own exporter sends (langfuse/_client/span_processor.py)."""
-    from langfuse._version import __version__ as langfuse_version
-
-    token = base64.b64encode(f"{public_key}:{secret_key}".encode()).decode("ascii")
-    return {
-        "Authorization": f"Basic {token}",
-        "x-langfuse-sdk-name": "python",
-        "x-langfuse-sdk-version": langfuse_version,
-        "x-langfuse-public-key": public_key,
-        "x-langfuse-ingestion-version": "4",
-    }

@@ -9,7 +9,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from ingest_worker import job as worker_job
-from supervisor import payload
+from supervisor.queue import payload
 
 SECRET_NAMES = [
     "access_token",

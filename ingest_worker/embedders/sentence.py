@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ingest_worker.embedding import LOCAL_BATCH, fixed_batches
+from ingest_worker.embedders.batches import LOCAL_BATCH, fixed_batches
 from ingest_worker.errors import ConfigError, TempFail
 
 TYPE_CHECKING = False

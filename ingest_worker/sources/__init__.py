@@ -12,10 +12,6 @@ if TYPE_CHECKING:
     from ingest_worker.job import Job
     from ingest_worker.progress import Reporter
 
-# The share of the progress bar that reading and fetching take.
-FETCH_START = 2
-FETCH_END = 40
-
 
 def load_source(job: Job, config: WorkerConfig, reporter: Reporter) -> Loaded:
     kind = job.source_type

@@ -7,7 +7,7 @@ from typing import Any
 
 from ingest_worker.documents import Document, Loaded
 from ingest_worker.errors import BadInput, ConfigError, TempFail
-from ingest_worker.sources import FETCH_END, FETCH_START
+from ingest_worker.stages import FETCH_END, FETCH_START
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -8,7 +8,6 @@ if TYPE_CHECKING:
     from typing import Any, Protocol
 
     from ingest_worker.config import WorkerConfig
-    from ingest_worker.errors import ConfigError
 
     class ChunkStore(Protocol):
         name: str
@@ -24,25 +23,6 @@ class NoStore:
 
     def replace(self, job_id: str, tenant_id: str, chunks: list[dict[str, Any]]) -> int:
         return len(chunks)
-
-
-def dimension_error(chunks: list[dict[str, Any]], reason: str) -> ConfigError:
-    """The store's embedding column does not take this job's vectors: every job of this
-    embedder would fail the same way, so it is configuration (78)."""
-    from ingest_worker.errors import ConfigError
-
-    size = len(chunks[0]["embedding"]) if chunks else 0
-    return ConfigError(
-        f"chunk store: document_chunks.embedding does not take this embedder's {size}-dimension "
-        f"vectors ({reason}); make INGEST_EMBEDDER / INGEST_EMBEDDING_MODEL / "
-        "INGEST_EMBEDDING_DIM match the column, or change the column with "
-        "set_document_chunks_dimension() (docs/embeddings.md)"
-    )
-
-
-def is_pgvector_size_error(message: str) -> bool:
-    """pgvector's refusal of a vector for a fixed-size column: "expected N dimensions, not M"."""
-    return "expected" in message and "dimensions" in message
 
 
 def open_store(config: WorkerConfig) -> ChunkStore:

@@ -8,7 +8,7 @@ import sqlite3
 from typing import Any
 
 from ingest_worker.errors import TempFail
-from ingest_worker.stores import dimension_error
+from ingest_worker.stores.errors import dimension_error
 
 _SCHEMA = """
 create table if not exists document_chunks (

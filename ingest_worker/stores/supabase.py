@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ingest_worker.errors import ConfigError, TempFail
-from ingest_worker.stores import dimension_error, is_pgvector_size_error
+from ingest_worker.stores.errors import dimension_error, is_pgvector_size_error
 
 
 class SupabaseStore:

@@ -8,7 +8,7 @@ from urllib.parse import urldefrag, urljoin, urlsplit
 
 from ingest_worker.documents import Document, Loaded
 from ingest_worker.errors import BadInput, TempFail
-from ingest_worker.sources import FETCH_END, FETCH_START
+from ingest_worker.stages import FETCH_END, FETCH_START
 from ingest_worker.web.fetch import FetchFailed, FetchTemporary, display, origin_of
 from ingest_worker.web.netguard import FetchRefused
 from ingest_worker.web.pages import Unsupported, make_fetcher, page_of

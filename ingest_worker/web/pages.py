@@ -6,7 +6,7 @@ from typing import Any
 
 from ingest_worker.documents import Document, Loaded
 from ingest_worker.errors import BadInput, TempFail
-from ingest_worker.sources import FETCH_END
+from ingest_worker.stages import FETCH_END
 from ingest_worker.web.fetch import (
     Fetcher,
     FetchFailed,

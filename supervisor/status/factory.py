@@ -4,13 +4,12 @@ chosen, so a store's client library (psycopg, supabase) is needed only where it 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from supervisor.config import DEFAULT_STATUS_SQLITE_PATH, STATUS_BACKENDS, SharedConfig
 from supervisor.extras import PSYCOPG, require
 from supervisor.status.backend import NoneBackend, StatusBackend
 
-BACKEND_KINDS = ("auto", "supabase", "postgres", "sqlite", "none")
-DEFAULT_SQLITE_PATH = "var/ingest-status.sqlite3"
+BACKEND_KINDS = STATUS_BACKENDS
 
 
 def resolve_kind(
@@ -77,11 +76,11 @@ def build_status_backend(
         return PostgresBackend(dsn, timeout_s=timeout_s)
     from supervisor.status.sqlite_backend import SqliteBackend
 
-    return SqliteBackend(Path(sqlite_path or DEFAULT_SQLITE_PATH), timeout_s=timeout_s)
+    return SqliteBackend(Path(sqlite_path or DEFAULT_STATUS_SQLITE_PATH), timeout_s=timeout_s)
 
 
-def check_settings_extras(settings: Any) -> None:
-    """`check_extras` for the store a `supervisor.settings.Settings` describes."""
+def check_settings_extras(settings: SharedConfig) -> None:
+    """`check_extras` for the store the shared settings describe."""
     check_extras(
         settings.status_backend,
         supabase_url=settings.supabase_url,
@@ -90,8 +89,8 @@ def check_settings_extras(settings: Any) -> None:
     )
 
 
-def open_backend(settings: Any) -> StatusBackend:
-    """The backend a `supervisor.settings.Settings` describes (used by the API and ingestctl)."""
+def open_backend(settings: SharedConfig) -> StatusBackend:
+    """The backend the shared settings describe (used by ingestctl)."""
     return build_status_backend(
         settings.status_backend,
         supabase_url=settings.supabase_url,

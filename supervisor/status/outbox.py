@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
-from supervisor.states import JobState, table_status
+from supervisor.queue.states import JobState, table_status
 from supervisor.status.update import StatusUpdate
 
 # The consumer group of the projectors; trimming follows this group only.

@@ -26,8 +26,8 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from supervisor.keys import QueueKeys
-from supervisor.protocol import AnyRedis
+from supervisor.queue.jobqueue import AnyRedis
+from supervisor.queue.keys import QueueKeys
 from supervisor.redis_retry import TRANSIENT
 from supervisor.status.backend import StatusBackend, StatusStoreError
 from supervisor.status.outbox import GROUP, BadEntry, OutboxEntry, bare_final, parse_entry

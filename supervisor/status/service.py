@@ -9,7 +9,7 @@ import contextlib
 import logging
 
 from supervisor.aio import join_bounded
-from supervisor.protocol import JobQueue
+from supervisor.queue.jobqueue import JobQueue
 from supervisor.redis_retry import TRANSIENT
 from supervisor.status.backend import NoneBackend, StatusBackend
 from supervisor.status.projector import ProjectorHooks, StatusProjector

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from supervisor.protocol import JobQueue
+from supervisor.queue.jobqueue import JobQueue
 from supervisor.status.backend import NoneBackend, StatusBackend
 from supervisor.status.outbox import row_from_fields
 from supervisor.status.reconcile import ReconcileReport, compare_page

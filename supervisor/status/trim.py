@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from supervisor.protocol import AnyRedis
+from supervisor.queue.connection import AnyRedis
 from supervisor.status.outbox import GROUP
 
 

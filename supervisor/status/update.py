@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-from supervisor.states import TableStatus
+from supervisor.queue.states import TableStatus
 
 FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 VALID_STATUSES = frozenset(s.value for s in TableStatus)

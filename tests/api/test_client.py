@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import redis
 
-from supervisor.client import enqueue_ingestion_job, enqueue_ingestion_job_async
-from supervisor.keys import QueueKeys
-from supervisor.payload import PayloadError
+from supervisor.queue.client import enqueue_ingestion_job, enqueue_ingestion_job_async
+from supervisor.queue.keys import QueueKeys
+from supervisor.queue.payload import PayloadError
 from tests.api.conftest import ServerFactory
 
 

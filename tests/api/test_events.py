@@ -12,7 +12,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from supervisor.protocol import JobQueue
+from supervisor.queue.jobqueue import JobQueue
 from tests.api.conftest import TOKEN, ApiServer, ServerFactory, job
 from tests.conftest import REDIS_URL
 

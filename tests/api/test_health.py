@@ -17,8 +17,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from supervisor.keys import QueueKeys
-from supervisor.workers import WorkerRegistry
+from supervisor.queue.keys import QueueKeys
+from supervisor.queue.workers import WorkerRegistry
 from tests.api.conftest import ApiServer, ServerFactory, eventually, job
 from tests.redis_server import PrivateRedis
 

@@ -14,8 +14,8 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from supervisor.keys import QueueKeys
-from supervisor.protocol import JobQueue
+from supervisor.queue.jobqueue import JobQueue
+from supervisor.queue.keys import QueueKeys
 from tests.api.conftest import TOKEN, ApiServer, ServerFactory, job
 from tests.api.test_events import SseReader
 from tests.conftest import REDIS_URL

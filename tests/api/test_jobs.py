@@ -11,9 +11,9 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from supervisor.keys import QueueKeys
-from supervisor.payload import PayloadError, validate_payload
-from supervisor.protocol import Claim, JobQueue
+from supervisor.queue.jobqueue import Claim, JobQueue
+from supervisor.queue.keys import QueueKeys
+from supervisor.queue.payload import PayloadError, validate_payload
 from tests.api.conftest import TOKEN, ApiServer, ServerFactory, job
 from tests.conftest import REDIS_URL
 
@@ -332,7 +332,7 @@ async def test_cancel_and_retry(ahttp: httpx.AsyncClient, queue: JobQueue) -> No
 
 
 async def test_workers_lists_live_heartbeats(ahttp: httpx.AsyncClient, queue: JobQueue) -> None:
-    from supervisor.workers import WorkerRegistry
+    from supervisor.queue.workers import WorkerRegistry
 
     reg = WorkerRegistry(queue.client, queue.keys)
     await reg.beat("host:i1:123", {"host": "host", "pid": 123, "slots": 4, "busy": 1}, 30)

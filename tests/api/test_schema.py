@@ -14,8 +14,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from supervisor.keys import QueueKeys
-from supervisor.workers import WorkerRegistry
+from supervisor.queue.keys import QueueKeys
+from supervisor.queue.workers import WorkerRegistry
 from tests.api.conftest import TOKEN, ServerFactory
 from tests.redis_server import PrivateRedis
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from supervisor.protocol import JobQueue
+from supervisor.queue.jobqueue import JobQueue
 from supervisor.status.service import StatusService
 from supervisor.status.sqlite_backend import SqliteBackend
 from tests.api.conftest import ServerFactory, job

@@ -145,7 +145,7 @@ class SyncQueue:
     def __getattr__(self, name: str) -> Callable[..., Any]:
         from redis.asyncio import Redis
 
-        from supervisor.protocol import JobQueue
+        from supervisor.queue.jobqueue import JobQueue
 
         def call(*args: Any, **kwargs: Any) -> Any:
             async def go() -> Any:

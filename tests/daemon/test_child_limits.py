@@ -7,8 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from supervisor.queue.states import JobState
+
 from supervisor.settings import DEFAULT_CHILD_CPU_SECONDS, DEFAULT_CHILD_MEMORY_BYTES
-from supervisor.states import JobState
 from tests.daemon.conftest import DaemonProcess, SyncQueue, job, wait_until
 
 LIMITS = Path(__file__).resolve().parent / "children" / "limits.py"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from api.models import Job, Workers
-from supervisor.states import JobState
+from supervisor.queue.states import JobState
 from tests.conftest import REDIS_URL
 from tests.daemon.conftest import SyncQueue, job, wait_until
 
@@ -244,8 +244,8 @@ def test_redis_unreachable_exit_3(queue_name: str, args: tuple[str, ...]) -> Non
 
 
 def test_another_tenants_job_id_is_a_clear_error(queue_name: str, q: SyncQueue) -> None:
-    from supervisor.client import enqueue_ingestion_job
-    from supervisor.payload import TenantConflict
+    from supervisor.queue.client import enqueue_ingestion_job
+    from supervisor.queue.payload import TenantConflict
 
     q.enqueue({**job("shared"), "data_source": {"type": "text", "text": "A's private text"}})
     r = ctl(queue_name, "enqueue", "--job-id", "shared", "--tenant", "tenant-b", "--text", "x")
@@ -270,7 +270,7 @@ def test_queue_name_with_a_trailing_newline_is_refused(queue_name: str) -> None:
 
 
 def test_client_sends_the_old_producers_trial_token(queue_name: str, q: SyncQueue) -> None:
-    from supervisor.client import enqueue_ingestion_job
+    from supervisor.queue.client import enqueue_ingestion_job
 
     res = enqueue_ingestion_job(
         "old-1",

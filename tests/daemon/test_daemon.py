@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psutil
 
-from supervisor.states import JobState
+from supervisor.queue.states import JobState
 from tests.daemon.conftest import SyncQueue, job, read_runs, wait_until
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import redis
 
-from supervisor.keys import QueueKeys
-from supervisor.states import JobState
+from supervisor.queue.keys import QueueKeys
+from supervisor.queue.states import JobState
 from tests.daemon.conftest import SyncQueue, job, wait_until
 from tests.daemon.test_ctl import ctl
 
@@ -83,7 +83,7 @@ async def test_a_slot_task_that_ends_is_logged_and_restarted(
     from supervisor.daemon import Daemon
     from supervisor.execution import ExecutionContext
     from supervisor.main import build_runner_config
-    from supervisor.protocol import JobQueue
+    from supervisor.queue.jobqueue import JobQueue
     from supervisor.sdnotify import SystemdNotifier
     from supervisor.settings import load_settings
     from supervisor.sinks import SinkFanout

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import psutil
 from redis.asyncio import Redis
 
-from supervisor.protocol import JobQueue
+from supervisor.queue.jobqueue import JobQueue
 from tests import waiting
 
 from .units import REPO_ROOT

@@ -19,9 +19,9 @@ import psutil
 import pytest
 import redis
 
-from supervisor.keys import QueueKeys
-from supervisor.protocol import JobQueue, JobRecord
-from supervisor.states import JobState
+from supervisor.queue.jobqueue import JobQueue, JobRecord
+from supervisor.queue.keys import QueueKeys
+from supervisor.queue.states import JobState
 
 from .pool import (
     SUPERVISORD,

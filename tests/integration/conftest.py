@@ -89,7 +89,7 @@ def batch_times(
 
 
 def all_completed(sq: SyncQueue, ids: Iterable[str]) -> bool:
-    from supervisor.states import JobState
+    from supervisor.queue.states import JobState
 
     async def check(queue: Any) -> bool:
         for job_id in ids:
@@ -105,7 +105,7 @@ def with_queue(sq: SyncQueue, fn: Callable[[Any], Any]) -> Any:
     """Run `await fn(JobQueue)` on one connection (several calls, one round of setup)."""
     from redis.asyncio import Redis
 
-    from supervisor.protocol import JobQueue
+    from supervisor.queue.jobqueue import JobQueue
 
     async def go() -> Any:
         client = Redis.from_url(sq.redis_url)

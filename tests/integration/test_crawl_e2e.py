@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from supervisor.states import JobState
+from supervisor.queue.states import JobState
 from tests.daemon.conftest import DaemonProcess, SyncQueue, job, wait_until
 from tests.integration.conftest import stop_daemon, with_queue
 from tests.worker.conftest import Site

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from supervisor.states import JobState
+from supervisor.queue.states import JobState
 from supervisor.tracing import trace_id_for
 from tests.daemon.conftest import DaemonProcess, SyncQueue, job, wait_until
 from tests.integration.conftest import EXIT_BOUND_S, langfuse_env, stop_daemon

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from supervisor.states import JobState
+from supervisor.queue.states import JobState
 from tests.daemon.conftest import DaemonProcess, SyncQueue, job, wait_until
 from tests.integration.conftest import free_port, metrics_env, stop_daemon
 from tests.observability.test_metrics import promtool_check, samples, scrape, value

@@ -13,7 +13,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from supervisor.states import JobState
+from supervisor.queue.states import JobState
 from supervisor.status import build_status_backend
 from tests.daemon.conftest import DaemonProcess, SyncQueue, job, wait_until
 from tests.integration.conftest import EXIT_BOUND_S, langfuse_env, stop_daemon, with_queue

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import redis
 
-from supervisor.keys import QueueKeys
+from supervisor.queue.keys import QueueKeys
 from tests.conftest import REDIS_URL
 from tests.daemon.conftest import DaemonProcess, SyncQueue, job, wait_until
 from tests.integration.conftest import (

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from supervisor.states import JobState
+from supervisor.queue.states import JobState
 from tests.daemon.conftest import DaemonProcess, SyncQueue, read_runs, wait_until
 from tests.integration.conftest import EXIT_BOUND_S, with_queue
 from tests.redis_server import PrivateRedis

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from api.views import job_view
-from supervisor.states import JobState
+from supervisor.queue.states import JobState
 from supervisor.status import build_status_backend
 from tests.daemon.conftest import DaemonProcess, SyncQueue, job, wait_until
 from tests.integration.conftest import EXIT_BOUND_S

@@ -16,7 +16,7 @@ import sys
 
 from redis.asyncio import Redis
 
-from supervisor.protocol import JobQueue
+from supervisor.queue.jobqueue import JobQueue
 
 FIRST_CLAIM_TIMEOUT_S = 30.0
 IDLE_EXIT_S = 0.5

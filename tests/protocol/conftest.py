@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 
-from supervisor.protocol import Backoff, JobQueue, Retention
+from supervisor.queue.jobqueue import Backoff, JobQueue, Retention
 
 T = TypeVar("T")
 

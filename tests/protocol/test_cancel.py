@@ -7,9 +7,9 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from supervisor.payload import PayloadError
-from supervisor.protocol import Claim, JobQueue
-from supervisor.states import JobState
+from supervisor.queue.jobqueue import Claim, JobQueue
+from supervisor.queue.payload import PayloadError
+from supervisor.queue.states import JobState
 
 from .conftest import events_of, eventually, job, queue_keys
 

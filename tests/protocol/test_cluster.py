@@ -16,10 +16,10 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from supervisor.keys import QueueKeys
-from supervisor.protocol import Backoff, JobQueue, Retention
-from supervisor.states import JobState
-from supervisor.workers import WorkerRegistry
+from supervisor.queue.jobqueue import Backoff, JobQueue, Retention
+from supervisor.queue.keys import QueueKeys
+from supervisor.queue.states import JobState
+from supervisor.queue.workers import WorkerRegistry
 
 from .conftest import eventually, job
 

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from supervisor.protocol import Backoff, Claim, JobQueue
-from supervisor.states import JobState
+from supervisor.queue.jobqueue import Backoff, Claim, JobQueue
+from supervisor.queue.states import JobState
 
 from .conftest import CountingConnection, QueueFactory, eventually, job, server_ms
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from supervisor.payload import MAX_PAYLOAD_BYTES, PayloadError, TenantConflict
-from supervisor.protocol import Claim, JobQueue
-from supervisor.states import JobState
+from supervisor.queue.jobqueue import Claim, JobQueue
+from supervisor.queue.payload import MAX_PAYLOAD_BYTES, PayloadError, TenantConflict
+from supervisor.queue.states import JobState
 
 from .conftest import CountingConnection, QueueFactory, job, queue_keys
 

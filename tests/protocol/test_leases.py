@@ -9,8 +9,8 @@ import time
 
 from redis.asyncio import Redis
 
-from supervisor.protocol import Claim, JobQueue, ReapResult, Retention
-from supervisor.states import JobState
+from supervisor.queue.jobqueue import Claim, JobQueue, ReapResult, Retention
+from supervisor.queue.states import JobState
 
 from .conftest import QueueFactory, eventually, job, server_ms, start_claimer
 

@@ -7,7 +7,7 @@ from collections import Counter
 
 from redis.asyncio import Redis
 
-from supervisor.protocol import JobQueue
+from supervisor.queue.jobqueue import JobQueue
 
 from .conftest import events_of, job, start_claimer
 

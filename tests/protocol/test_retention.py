@@ -7,8 +7,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from supervisor.protocol import Claim, JobQueue, Retention
-from supervisor.states import JobState
+from supervisor.queue.jobqueue import Claim, JobQueue, Retention
+from supervisor.queue.states import JobState
 
 from .conftest import QueueFactory, events_of, eventually, job
 

@@ -1,4 +1,4 @@
-"""Every state change the scripts make is an edge of supervisor.states.TRANSITIONS, and the
+"""Every state change the scripts make is an edge of supervisor.queue.states.TRANSITIONS, and the
 state indexes always agree with the job records."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from supervisor.protocol import Backoff, Claim, JobQueue
-from supervisor.states import TRANSITIONS, JobState, can_transition, table_status
+from supervisor.queue.jobqueue import Backoff, Claim, JobQueue
+from supervisor.queue.states import TRANSITIONS, JobState, can_transition, table_status
 
 from .conftest import QueueFactory, eventually, job, server_ms
 

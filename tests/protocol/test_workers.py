@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from supervisor.protocol import JobQueue
-from supervisor.workers import WorkerRegistry
+from supervisor.queue.jobqueue import JobQueue
+from supervisor.queue.workers import WorkerRegistry
 
 from .conftest import eventually
 

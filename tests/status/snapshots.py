@@ -8,7 +8,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from supervisor.protocol import Backoff, JobQueue
+from supervisor.queue.jobqueue import Backoff, JobQueue
 from supervisor.status.outbox import OutboxEntry, parse_entry
 from supervisor.status.update import StatusUpdate
 from tests.conftest import REDIS_URL

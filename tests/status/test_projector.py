@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from supervisor.protocol import Backoff, JobQueue, Retention
+from supervisor.queue.jobqueue import Backoff, JobQueue, Retention
 from supervisor.status import NoneBackend, StatusBackend, build_status_backend
 from supervisor.status.projector import GROUP, StatusProjector
 from supervisor.status.reconcile import sweep_page

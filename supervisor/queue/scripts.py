@@ -28,5 +28,5 @@ SCRIPT_NAMES = (
 def script_source(name: str) -> str:
     if name not in SCRIPT_NAMES:
         raise KeyError(name)
-    lua = resources.files("supervisor") / "lua"
+    lua = resources.files("supervisor.queue") / "lua"
     return (lua / "_lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()

@@ -1,12 +1,16 @@
-"""The daemon's Redis client: a single server, a Redis Cluster, or a master found via Sentinel."""
+"""A Redis client for a queue: a single server, a Redis Cluster, or a master found via Sentinel."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+
+AnyRedis = Redis | RedisCluster
 
 # Blocking claims wait at most a few seconds, so a 10 s socket timeout fires only on a hung
 # server; the daemon's own deadlines (lease trust, settle) bound every call anyway.
@@ -20,11 +24,23 @@ def redis_client(
     cluster: bool = False,
     sentinels: Sequence[str] = (),
     sentinel_master: str | None = None,
+    socket_timeout: float = SOCKET_TIMEOUT_S,
+    connect_timeout: float = CONNECT_TIMEOUT_S,
+    retry: Retry | None = None,
+    max_connections: int | None = None,
 ) -> Redis | RedisCluster:
+    """`max_connections` bounds the pool (per node on a cluster); `retry` replaces the
+    client's default retry policy."""
+    options: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": connect_timeout,
+    }
+    if retry is not None:
+        options["retry"] = retry
+    if max_connections is not None:
+        options["max_connections"] = max_connections
     if cluster:
-        return RedisCluster.from_url(
-            url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S
-        )
+        return RedisCluster.from_url(url, **options)
     if sentinels:
         if not sentinel_master:
             raise ValueError("a Sentinel setup needs the master's name")
@@ -34,8 +50,8 @@ def redis_client(
             hosts.append((host or item, int(port) if port.isdigit() else 26379))
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             hosts,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
         )
         # Connection details other than the host (password, db) come from the URL.
         base = Redis.from_url(url)
@@ -45,12 +61,7 @@ def redis_client(
             password=kwargs.get("password"),
             username=kwargs.get("username"),
             db=kwargs.get("db", 0),
-            socket_timeout=SOCKET_TIMEOUT_S,
+            **options,
         )
         return master
-    return Redis.from_url(
-        url,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        health_check_interval=15,
-    )
+    return Redis.from_url(url, health_check_interval=15, **options)

@@ -1,4 +1,4 @@
--- Shared helpers, prepended by the loader (supervisor/scripts.py) to every script below.
+-- Shared helpers, prepended by the loader (supervisor/queue/scripts.py) to every script below.
 -- Job records are JSON objects in the `jobs` hash (field = job id); payloads are opaque
 -- JSON strings in the `payloads` hash. Every write bumps `rev`, the job's monotonic
 -- revision: the status table orders writes by it.

@@ -9,191 +9,61 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
-from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
-from supervisor.keys import QueueKeys
-from supervisor.payload import PayloadError, TenantConflict, validate_job_id, validate_payload
-from supervisor.scripts import SCRIPT_NAMES, script_source
-from supervisor.states import FINAL_STATES, JobState
+from supervisor.queue.connection import AnyRedis
+from supervisor.queue.keys import DEFAULT_QUEUE, QueueKeys
+from supervisor.queue.payload import PayloadError, TenantConflict, validate_job_id, validate_payload
+from supervisor.queue.reads import QueueReads
+from supervisor.queue.records import (
+    Backoff,
+    Claim,
+    EnqueueResult,
+    FailResult,
+    JobRecord,
+    ReapResult,
+    RenewResult,
+    Retention,
+    ScanPage,
+    decode_payload,
+)
+from supervisor.queue.records import as_str as _s
+from supervisor.queue.scripts import SCRIPT_NAMES, script_source
+from supervisor.queue.states import JobState
 
-AnyRedis = Redis | RedisCluster
+# The records are part of this module's interface: callers take them from here.
+__all__ = [
+    "AnyRedis",
+    "Backoff",
+    "Claim",
+    "EnqueueResult",
+    "FailResult",
+    "JobQueue",
+    "JobRecord",
+    "ReapResult",
+    "RenewResult",
+    "Retention",
+    "ScanPage",
+]
+
 # Longest single block on the wake list; a lost wake token costs at most this much latency.
 MAX_BLOCK_S = 5.0
 PURGE_BATCH = 500
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Delay before retry `attempt` (1-based): base * factor^(attempt-1), capped, minus jitter."""
-
-    base_s: float = 5.0
-    factor: float = 2.0
-    cap_s: float = 3600.0
-    jitter: float = 0.2  # up to this fraction is subtracted at random, spreading retries out
-
-    def delay_s(self, attempt: int, rand: float | None = None) -> float:
-        raw = min(self.cap_s, self.base_s * self.factor ** max(0, attempt - 1))
-        r = random.random() if rand is None else rand
-        return raw * (1.0 - self.jitter * r)
-
-
-@dataclass(frozen=True)
-class Retention:
-    keep_completed_s: float = 3600.0
-    keep_failed_s: float = 86400.0  # also applies to cancelled jobs
-    stall_limit: int = 2
-    events_maxlen: int = 10_000
-    trim_limit: int = 100  # jobs dropped per script call, so no call does unbounded work
-    # Status outbox bound (entries): progress ticks stop being recorded at the cap, other
-    # non-final changes at twice the cap; final states always are. 0: unbounded.
-    outbox_cap: int = 200_000
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    """A job as stored: its state record plus (where fetched) its payload."""
-
-    job_id: str
-    state: JobState
-    tenant_id: str
-    priority: str
-    attempt: int
-    max_attempts: int
-    stalls: int
-    rev: int
-    enqueued_at: float
-    started_at: float | None
-    finished_at: float | None
-    due_at: float | None
-    lease_until: float | None
-    worker_id: str | None
-    progress: float
-    progress_message: str | None
-    error: str | None
-    result: Any
-    cancel_requested: bool
-    payload: dict[str, Any] | None = None
-
-    @classmethod
-    def from_raw(cls, raw: str | bytes, payload: str | bytes | None = None) -> JobRecord:
-        rec = json.loads(raw)
-
-        def secs(key: str) -> float | None:
-            v = rec.get(key)
-            return None if v is None else float(v) / 1000.0
-
-        result_raw = rec.get("result")
-        return cls(
-            job_id=rec["id"],
-            state=JobState(rec["state"]),
-            tenant_id=rec.get("tenant", ""),
-            priority=rec.get("priority", "normal"),
-            attempt=int(rec.get("attempt", 0)),
-            max_attempts=int(rec.get("max_attempts", 1)),
-            stalls=int(rec.get("stalls", 0)),
-            rev=int(rec.get("rev", 0)),
-            enqueued_at=float(rec.get("enqueued_at", 0)) / 1000.0,
-            started_at=secs("started_at"),
-            finished_at=secs("finished_at"),
-            due_at=secs("due_at"),
-            lease_until=secs("lease_until"),
-            worker_id=rec.get("worker"),
-            progress=float(rec.get("progress", 0)),
-            progress_message=rec.get("message"),
-            error=rec.get("error"),
-            result=None if result_raw is None else json.loads(result_raw),
-            cancel_requested=bool(rec.get("cancel_requested", False)),
-            payload=None if payload is None else decode_payload(payload)[0],
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        out["state"] = self.state.value
-        return out
-
-
-def decode_payload(raw: str | bytes) -> tuple[dict[str, Any], str | None]:
-    """A stored payload and None, or a stand-in and the reason it cannot be read (a record
-    written before validation bounded nesting can be too deep for the decoder)."""
-    try:
-        value = json.loads(raw)
-    except RecursionError:
-        reason = "payload: nested too deep to decode"
-    except ValueError:
-        reason = "payload: not valid JSON"
-    else:
-        if isinstance(value, dict):
-            return value, None
-        reason = "payload: not a JSON object"
-    return {"unreadable": reason}, reason
-
-
-@dataclass(frozen=True)
-class EnqueueResult:
-    job_id: str
-    created: bool
-    state: JobState
-    tenant_id: str  # the stored job's tenant (differs from the request's on an id clash)
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A job handed to one holder, with the token that fences its writes."""
-
-    job: JobRecord
-    payload: dict[str, Any]
-    payload_json: str
-    token: str
-    payload_error: str | None = None  # why the stored payload could not be decoded
-
-
-@dataclass(frozen=True)
-class RenewResult:
-    held: bool
-    cancel_requested: bool
-    lease_until: float | None
-
-
-@dataclass(frozen=True)
-class FailResult:
-    outcome: str  # "retry" | "failed" | "lost"
-    retry_at: float | None
-    rev: int
-
-
-@dataclass(frozen=True)
-class ReapResult:
-    recovered: list[str]
-    dead_lettered: list[str]
-    cancelled: list[str]
-    trimmed: int
-
-
-@dataclass(frozen=True)
-class ScanPage:
-    """One bounded look through a state's set: the matches, where to go on, how much was read."""
-
-    jobs: list[JobRecord]
-    next_cursor: int | None  # None: the set was read to its end
-    examined: int
-
-
-class JobQueue:
+class JobQueue(QueueReads):
     """One queue's protocol over an asyncio Redis (or Redis Cluster) client."""
 
     def __init__(
         self,
         client: AnyRedis,
-        queue: str = "ingest",
+        queue: str = DEFAULT_QUEUE,
         *,
         default_max_attempts: int = 3,
         backoff: Backoff = Backoff(),
@@ -561,164 +431,6 @@ class JobQueue:
         ]
         return int(_s(raw[0])), out
 
-    async def get(self, job_id: str, *, with_payload: bool = False) -> JobRecord | None:
-        validate_job_id(job_id)
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.hget(self.keys.jobs, job_id)
-            pipe.hget(self.keys.payloads, job_id)
-            raw, payload = await pipe.execute()
-        if raw is None:
-            return None
-        return JobRecord.from_raw(raw, payload if with_payload else None)
-
-    async def counts(self) -> dict[str, int]:
-        sets = self.keys.all_state_sets()
-        async with self.client.pipeline(transaction=False) as pipe:
-            for key in sets.values():
-                pipe.zcard(key)
-            values = await pipe.execute()
-        return {name: int(v) for name, v in zip(sets, values, strict=True)}
-
-    async def list_jobs(
-        self, state: JobState | str, *, limit: int = 50, cursor: int = 0
-    ) -> tuple[list[JobRecord], int | None]:
-        """A page of jobs in one state, in queue order (newest first for finished states)."""
-        state = JobState(state)
-        zset = self.keys.all_state_sets()[state.value]
-        limit = max(1, min(limit, 1000))
-        finished = state in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
-        if finished:
-            ids = await self.client.zrevrange(zset, cursor, cursor + limit - 1)
-        else:
-            ids = await self.client.zrange(zset, cursor, cursor + limit - 1)
-        if not ids:
-            return [], None
-        raws = await self.client.hmget(self.keys.jobs, cast(list[str], ids))
-        jobs = [JobRecord.from_raw(r) for r in raws if r is not None]
-        return jobs, (cursor + len(ids) if len(ids) == limit else None)
-
-    async def scan_jobs(
-        self,
-        state: JobState | str,
-        *,
-        limit: int = 50,
-        cursor: int = 0,
-        newest_first: bool | None = None,
-        tenant_id: str | None = None,
-        id_prefix: str = "",
-        budget: int = 1000,
-    ) -> ScanPage:
-        """Up to `limit` jobs of one state matching a tenant and an id prefix, in set order.
-
-        Redis keeps no index by tenant or id, so at most `budget` entries of the state's set
-        are examined per call: a page may hold fewer than `limit` matches while
-        `next_cursor` says where the next call goes on. The order is queue order (newest
-        first for finished states) unless `newest_first` says otherwise.
-        """
-        state = JobState(state)
-        zset = self.keys.all_state_sets()[state.value]
-        limit = max(1, min(limit, 1000))
-        budget = max(1, min(budget, 10_000))
-        if newest_first is None:
-            newest_first = state in FINAL_STATES
-        read = self.client.zrevrange if newest_first else self.client.zrange
-        filtered = tenant_id is not None or bool(id_prefix)
-        span = budget if filtered else limit
-        ids = [_s(i) for i in await read(zset, cursor, cursor + span - 1)]
-        candidates = [(n, i) for n, i in enumerate(ids) if i.startswith(id_prefix)]
-        jobs: list[JobRecord] = []
-        examined = len(ids)
-        for start in range(0, len(candidates), 200):
-            chunk = candidates[start : start + 200]
-            raws = await self.client.hmget(self.keys.jobs, [i for _, i in chunk])
-            for (n, _), raw in zip(chunk, raws, strict=True):
-                if raw is None:
-                    continue
-                rec = JobRecord.from_raw(raw)
-                if tenant_id is not None and rec.tenant_id != tenant_id:
-                    continue
-                jobs.append(rec)
-                if len(jobs) == limit:
-                    examined = n + 1
-                    break
-            if len(jobs) == limit:
-                break
-        if len(jobs) < limit and len(ids) < span:
-            return ScanPage(jobs, None, examined)
-        return ScanPage(jobs, cursor + examined, examined)
-
-    async def oldest_waiting_age_s(self) -> float | None:
-        """Age of the longest-waiting ready job: the front of each priority band, O(log n)."""
-        band = 2**50
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.zrangebyscore(self.keys.waiting, "-inf", f"({band}", start=0, num=1)
-            pipe.zrangebyscore(self.keys.waiting, band - 2**49, "+inf", start=0, num=1)
-            high, normal = await pipe.execute()
-        ids = [*high, *normal]
-        if not ids:
-            return None
-        raws = await self.client.hmget(self.keys.jobs, ids)
-        enqueued = [json.loads(r)["enqueued_at"] for r in raws if r is not None]
-        if not enqueued:
-            return None
-        now_ms = await self._server_ms()
-        return max(0.0, (float(now_ms) - float(min(enqueued))) / 1000.0)
-
-    async def server_time_ms(self) -> int:
-        """Unix ms on the clock the scripts stamp jobs and stream ids with."""
-        return await self._server_ms()
-
-    async def _server_ms(self) -> int:
-        """The clock of the server holding this queue, the one the scripts stamp jobs with.
-
-        Not pipelined: redis-py refuses TIME inside a cluster pipeline (it has no key).
-        """
-        if isinstance(self.client, RedisCluster):
-            node = self.client.get_node_from_key(self.keys.jobs)
-            secs, micros = await self.client.time(target_nodes=node)
-        else:
-            secs, micros = await self.client.time()
-        return int(secs) * 1000 + int(micros) // 1000
-
-    async def live_workers(self) -> list[dict[str, Any]]:
-        from supervisor.workers import WorkerRegistry
-
-        return await WorkerRegistry(self.client, self.keys).live()
-
-    async def read_events(
-        self, last_id: str = "$", *, block_ms: int = 1000, count: int = 100
-    ) -> list[tuple[str, dict[str, str]]]:
-        """Job events after `last_id` from the capped stream, blocking up to `block_ms`."""
-        reply: Any = await self.client.xread(
-            {self.keys.events: last_id}, count=count, block=block_ms
-        )
-        out: list[tuple[str, dict[str, str]]] = []
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                # Stream fields are whatever a script or a client wrote: never let one
-                # entry's bytes end a reader.
-                out.append(
-                    (
-                        _s(entry_id),
-                        {_s(a, "replace"): _s(b, "replace") for a, b in fields.items()},
-                    )
-                )
-        return out
-
-    async def cancel_requests(self) -> AsyncIterator[str]:
-        """Ids of active jobs whose cancel was requested, as announced (pub/sub).
-
-        Announcements made while nobody listens are not replayed; holders also learn of a
-        cancel at their next lease renewal.
-        """
-        pubsub = self.client.pubsub()
-        await pubsub.subscribe(self.keys.cancel_channel)
-        try:
-            async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    yield _s(message["data"])
-        finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 def _socket_timeout(client: AnyRedis) -> float | None:
@@ -731,9 +443,3 @@ def _socket_timeout(client: AnyRedis) -> float | None:
     name = "socket_timeout" if "socket_timeout" in kwargs else "orig_socket_timeout"
     value = kwargs.get(name)
     return None if value is None else float(value)
-
-
-def _s(value: Any, errors: str = "strict") -> str:
-    if isinstance(value, bytes):
-        return value.decode(errors=errors)
-    return str(value)

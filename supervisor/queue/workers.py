@@ -9,7 +9,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from supervisor.keys import QueueKeys
+from supervisor.queue.keys import QueueKeys
 
 
 class WorkerRegistry:

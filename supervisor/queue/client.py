@@ -8,16 +8,13 @@ Redis access calls instead).
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
-from redis.asyncio import Redis
-
-from supervisor.protocol import EnqueueResult, JobQueue
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_QUEUE = "ingest"
+from supervisor.config import SharedConfig, load_shared_config
+from supervisor.queue.connection import AnyRedis
+from supervisor.queue.jobqueue import EnqueueResult, JobQueue
 
 
 def _payload(
@@ -47,15 +44,6 @@ def _payload(
     return payload
 
 
-def _redis_url(redis_url: str | None) -> str:
-    return (
-        redis_url
-        or os.environ.get("REDIS_URL")
-        or os.environ.get("RAG_REDIS_URL")
-        or (DEFAULT_REDIS_URL)
-    )
-
-
 async def enqueue_ingestion_job_async(
     job_id: str,
     tenant_id: str,
@@ -68,23 +56,30 @@ async def enqueue_ingestion_job_async(
     trial_token: str | None = None,
     delay_s: float = 0,
     queue: str | None = None,
-    client: Redis | None = None,
+    client: AnyRedis | None = None,
     redis_url: str | None = None,
+    config: SharedConfig | None = None,
 ) -> EnqueueResult:
     """Validate and enqueue one job; `created` is False when `job_id` already exists.
 
-    Raises `supervisor.payload.PayloadError` (naming the field and rule) for an invalid
+    Raises `supervisor.queue.payload.PayloadError` (naming the field and rule) for an invalid
     payload, and its subclass `TenantConflict` when `job_id` exists for another tenant; in
     both cases nothing is stored. `trial_token` (the old producer's secret) reaches the
-    child in its job JSON and is redacted everywhere else. Pass `client` to reuse a connection pool;
-    otherwise one is opened from `redis_url` (else REDIS_URL / RAG_REDIS_URL) and closed.
+    child in its job JSON and is redacted everywhere else. Pass `client` to reuse a connection
+    pool; otherwise one is opened and closed. Where Redis is and the default queue come from
+    `config`, else from the environment (`supervisor.config`: REDIS_URL or RAG_REDIS_URL,
+    INGEST_REDIS_CLUSTER, INGEST_REDIS_SENTINELS, INGEST_QUEUE); `redis_url` and `queue`
+    override them.
     """
     payload = _payload(
         job_id, tenant_id, data_source, priority, metadata, timeout_s, max_attempts, trial_token
     )
-    name = queue or os.environ.get("INGEST_QUEUE") or DEFAULT_QUEUE
+    config = config if config is not None else load_shared_config()
+    if redis_url is not None:
+        config = replace(config, redis_url=redis_url)
+    name = queue or config.queue
     own = client is None
-    conn = client if client is not None else Redis.from_url(_redis_url(redis_url))
+    conn = client if client is not None else config.redis()
     try:
         return await JobQueue(conn, name).enqueue(payload, delay_s=delay_s)
     finally:
@@ -105,6 +100,7 @@ def enqueue_ingestion_job(
     delay_s: float = 0,
     queue: str | None = None,
     redis_url: str | None = None,
+    config: SharedConfig | None = None,
 ) -> EnqueueResult:
     """Blocking form of `enqueue_ingestion_job_async`, for code without an event loop."""
     try:
@@ -129,5 +125,6 @@ def enqueue_ingestion_job(
             delay_s=delay_s,
             queue=queue,
             redis_url=redis_url,
+            config=config,
         )
     )

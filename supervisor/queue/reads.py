@@ -1,0 +1,181 @@
+"""Read-only queries of a queue: records, counts, pages by state, events, workers, cancels."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+from redis.asyncio.cluster import RedisCluster
+
+from supervisor.queue.connection import AnyRedis
+from supervisor.queue.keys import QueueKeys
+from supervisor.queue.payload import validate_job_id
+from supervisor.queue.records import JobRecord, ScanPage
+from supervisor.queue.records import as_str as _s
+from supervisor.queue.states import FINAL_STATES, JobState
+from supervisor.queue.workers import WorkerRegistry
+
+
+class QueueReads:
+    """The queries of `JobQueue` that change nothing."""
+
+    client: AnyRedis
+    keys: QueueKeys
+
+    async def get(self, job_id: str, *, with_payload: bool = False) -> JobRecord | None:
+        validate_job_id(job_id)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.jobs, job_id)
+            pipe.hget(self.keys.payloads, job_id)
+            raw, payload = await pipe.execute()
+        if raw is None:
+            return None
+        return JobRecord.from_raw(raw, payload if with_payload else None)
+
+    async def counts(self) -> dict[str, int]:
+        sets = self.keys.all_state_sets()
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in sets.values():
+                pipe.zcard(key)
+            values = await pipe.execute()
+        return {name: int(v) for name, v in zip(sets, values, strict=True)}
+
+    async def list_jobs(
+        self, state: JobState | str, *, limit: int = 50, cursor: int = 0
+    ) -> tuple[list[JobRecord], int | None]:
+        """A page of jobs in one state, in queue order (newest first for finished states)."""
+        state = JobState(state)
+        zset = self.keys.all_state_sets()[state.value]
+        limit = max(1, min(limit, 1000))
+        finished = state in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+        if finished:
+            ids = await self.client.zrevrange(zset, cursor, cursor + limit - 1)
+        else:
+            ids = await self.client.zrange(zset, cursor, cursor + limit - 1)
+        if not ids:
+            return [], None
+        raws = await self.client.hmget(self.keys.jobs, cast(list[str], ids))
+        jobs = [JobRecord.from_raw(r) for r in raws if r is not None]
+        return jobs, (cursor + len(ids) if len(ids) == limit else None)
+
+    async def scan_jobs(
+        self,
+        state: JobState | str,
+        *,
+        limit: int = 50,
+        cursor: int = 0,
+        newest_first: bool | None = None,
+        tenant_id: str | None = None,
+        id_prefix: str = "",
+        budget: int = 1000,
+    ) -> ScanPage:
+        """Up to `limit` jobs of one state matching a tenant and an id prefix, in set order.
+
+        Redis keeps no index by tenant or id, so at most `budget` entries of the state's set
+        are examined per call: a page may hold fewer than `limit` matches while
+        `next_cursor` says where the next call goes on. The order is queue order (newest
+        first for finished states) unless `newest_first` says otherwise.
+        """
+        state = JobState(state)
+        zset = self.keys.all_state_sets()[state.value]
+        limit = max(1, min(limit, 1000))
+        budget = max(1, min(budget, 10_000))
+        if newest_first is None:
+            newest_first = state in FINAL_STATES
+        read = self.client.zrevrange if newest_first else self.client.zrange
+        filtered = tenant_id is not None or bool(id_prefix)
+        span = budget if filtered else limit
+        ids = [_s(i) for i in await read(zset, cursor, cursor + span - 1)]
+        candidates = [(n, i) for n, i in enumerate(ids) if i.startswith(id_prefix)]
+        jobs: list[JobRecord] = []
+        examined = len(ids)
+        for start in range(0, len(candidates), 200):
+            chunk = candidates[start : start + 200]
+            raws = await self.client.hmget(self.keys.jobs, [i for _, i in chunk])
+            for (n, _), raw in zip(chunk, raws, strict=True):
+                if raw is None:
+                    continue
+                rec = JobRecord.from_raw(raw)
+                if tenant_id is not None and rec.tenant_id != tenant_id:
+                    continue
+                jobs.append(rec)
+                if len(jobs) == limit:
+                    examined = n + 1
+                    break
+            if len(jobs) == limit:
+                break
+        if len(jobs) < limit and len(ids) < span:
+            return ScanPage(jobs, None, examined)
+        return ScanPage(jobs, cursor + examined, examined)
+
+    async def oldest_waiting_age_s(self) -> float | None:
+        """Age of the longest-waiting ready job: the front of each priority band, O(log n)."""
+        band = 2**50
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zrangebyscore(self.keys.waiting, "-inf", f"({band}", start=0, num=1)
+            pipe.zrangebyscore(self.keys.waiting, band - 2**49, "+inf", start=0, num=1)
+            high, normal = await pipe.execute()
+        ids = [*high, *normal]
+        if not ids:
+            return None
+        raws = await self.client.hmget(self.keys.jobs, ids)
+        enqueued = [json.loads(r)["enqueued_at"] for r in raws if r is not None]
+        if not enqueued:
+            return None
+        now_ms = await self._server_ms()
+        return max(0.0, (float(now_ms) - float(min(enqueued))) / 1000.0)
+
+    async def server_time_ms(self) -> int:
+        """Unix ms on the clock the scripts stamp jobs and stream ids with."""
+        return await self._server_ms()
+
+    async def _server_ms(self) -> int:
+        """The clock of the server holding this queue, the one the scripts stamp jobs with.
+
+        Not pipelined: redis-py refuses TIME inside a cluster pipeline (it has no key).
+        """
+        if isinstance(self.client, RedisCluster):
+            node = self.client.get_node_from_key(self.keys.jobs)
+            secs, micros = await self.client.time(target_nodes=node)
+        else:
+            secs, micros = await self.client.time()
+        return int(secs) * 1000 + int(micros) // 1000
+
+    async def live_workers(self) -> list[dict[str, Any]]:
+        return await WorkerRegistry(self.client, self.keys).live()
+
+    async def read_events(
+        self, last_id: str = "$", *, block_ms: int = 1000, count: int = 100
+    ) -> list[tuple[str, dict[str, str]]]:
+        """Job events after `last_id` from the capped stream, blocking up to `block_ms`."""
+        reply: Any = await self.client.xread(
+            {self.keys.events: last_id}, count=count, block=block_ms
+        )
+        out: list[tuple[str, dict[str, str]]] = []
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                # Stream fields are whatever a script or a client wrote: never let one
+                # entry's bytes end a reader.
+                out.append(
+                    (
+                        _s(entry_id),
+                        {_s(a, "replace"): _s(b, "replace") for a, b in fields.items()},
+                    )
+                )
+        return out
+
+    async def cancel_requests(self) -> AsyncIterator[str]:
+        """Ids of active jobs whose cancel was requested, as announced (pub/sub).
+
+        Announcements made while nobody listens are not replayed; holders also learn of a
+        cancel at their next lease renewal.
+        """
+        pubsub = self.client.pubsub()
+        await pubsub.subscribe(self.keys.cancel_channel)
+        try:
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    yield _s(message["data"])
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]

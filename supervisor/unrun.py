@@ -1,0 +1,92 @@
+"""Claimed jobs the daemon cannot run the normal way: why (a payload stored before
+validation bounded it), and failing them with that reason."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from supervisor import events as ev
+from supervisor.execution import ExecutionContext
+from supervisor.queue.jobqueue import Claim, JobQueue
+from supervisor.queue.payload import PayloadError, check_structure
+from supervisor.queue.states import TableStatus
+from supervisor.redis_retry import call_until
+
+# The daemon's logger: these lines are part of what a slot reports.
+log = logging.getLogger("supervisor.daemon")
+
+
+def unrunnable_reason(claim: Claim) -> str | None:
+    """Why a claimed payload must not run (stored before validation bounded it), or None."""
+    if claim.payload_error is not None:
+        return f"Job payload refused: {claim.payload_error}"
+    try:
+        check_structure(claim.payload)
+    except PayloadError as exc:
+        return f"Job payload refused: {exc}"
+    return None
+
+
+async def fail_unrun(
+    ctx: ExecutionContext,
+    queue: JobQueue,
+    index: int,
+    claim: Claim,
+    reason: str,
+    *,
+    retryable: bool,
+) -> None:
+    """Fail a claimed job the normal path could not settle (fenced by its token, so a
+    job already settled is left alone) and tell the side channels."""
+    job = claim.job
+    log.error(
+        "slot %d: job %s failed: %s",
+        index,
+        job.job_id,
+        reason,
+        extra={"job_id": job.job_id, "attempt": job.attempt},
+    )
+    started = time.time()
+    try:
+        failed = await call_until(
+            time.monotonic() + ctx.lease_s / 2,
+            lambda: queue.fail(
+                job.job_id, claim.token, reason, retryable=retryable, attempt=job.attempt
+            ),
+            what=f"failing {job.job_id}",
+            attempt_timeout_s=5.0,
+        )
+    except Exception as exc:
+        log.error(
+            "slot %d: could not record the failure of %s (%s); its lease will run out "
+            "and the reaper recovers it",
+            index,
+            job.job_id,
+            exc,
+        )
+        return
+    if failed.outcome == "lost":
+        return
+    final = failed.outcome == "failed"
+    try:
+        ctx.sinks.job_finished(
+            ev.JobFinished(
+                queue=queue.queue,
+                job_id=job.job_id,
+                tenant_id=job.tenant_id,
+                attempt=job.attempt,
+                max_attempts=job.max_attempts,
+                worker_id=ctx.worker_id,
+                outcome=ev.OUTCOME_FAILED if final else ev.OUTCOME_RETRIED,
+                table_status=(TableStatus.FAILED if final else TableStatus.QUEUED).value,
+                final=final,
+                enqueued_at=job.enqueued_at,
+                started_at=started,
+                finished_at=time.time(),
+                error=reason,
+                ended="not_started",
+            )
+        )
+    except Exception:
+        log.exception("slot %d: side channels not told of %s", index, job.job_id)

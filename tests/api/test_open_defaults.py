@@ -14,8 +14,8 @@ import uuid
 import httpx
 import pytest
 from redis.asyncio import Redis
-from supervisor.queue.jobqueue import JobQueue
 
+from supervisor.queue.jobqueue import JobQueue
 from tests.api.conftest import TOKEN, ServerFactory, delete_queue, job
 from tests.conftest import REDIS_URL
 from tests.redis_server import free_port

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.queue.states import JobState
-
 from supervisor.settings import DEFAULT_CHILD_CPU_SECONDS, DEFAULT_CHILD_MEMORY_BYTES
 from tests.daemon.conftest import DaemonProcess, SyncQueue, job, wait_until
 

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
-from supervisor.queue.states import JobState
 
+from supervisor.queue.states import JobState
 from tests.daemon.conftest import DaemonProcess, SyncQueue, job, wait_until
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from supervisor.queue.states import JobState
 
+from supervisor.queue.states import JobState
 from supervisor.secretfiles import SecretFileError, with_secret_files
 from tests.daemon.conftest import DaemonProcess, SyncQueue, job, wait_until
 from tests.redis_server import PrivateRedis

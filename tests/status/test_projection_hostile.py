@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from supervisor.queue.jobqueue import JobQueue
 
+from supervisor.queue.jobqueue import JobQueue
 from supervisor.status import StatusBackend, StatusUpdate
 from supervisor.status.outbox import GROUP, row_from_fields
 from supervisor.status.projector import StatusProjector

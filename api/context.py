@@ -77,7 +77,7 @@ def build_context(settings: ApiSettings) -> ApiContext:
     )
 
     def queue(c: AnyRedis) -> JobQueue:
-        return JobQueue(c, settings.queue, default_max_attempts=settings.max_attempts)
+        return settings.job_queue(c)
 
     return ApiContext(
         settings=settings,

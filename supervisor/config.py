@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor.queue.connection import AnyRedis, redis_client
+from supervisor.queue.jobqueue import JobQueue, Retention
 from supervisor.queue.keys import DEFAULT_QUEUE as DEFAULT_QUEUE
 from supervisor.queue.keys import QUEUE_NAME_RE
 from supervisor.secretfiles import SecretFileError, with_secret_files
@@ -240,6 +241,25 @@ class SharedConfig:
         DEFAULT_STATUS_SQLITE_PATH,
         "file of the sqlite status backend",
     )
+
+    status_outbox_max: int = setting(
+        "INGEST_STATUS_OUTBOX_MAX",
+        200_000,
+        "status outbox bound in entries: progress is no longer recorded at it, other "
+        "non-final changes at twice it, final states always (0: unbounded)",
+        lambda v: v >= 0,
+        "must be >= 0",
+    )
+
+    def job_queue(self, client: AnyRedis) -> JobQueue:
+        """The queue over `client` as a producer uses it: the shared attempts default and
+        the status outbox bound (the same as the daemons', so every script bounds it alike)."""
+        return JobQueue(
+            client,
+            self.queue,
+            default_max_attempts=self.max_attempts,
+            retention=Retention(outbox_cap=self.status_outbox_max),
+        )
 
     def redis(self, **options: Any) -> AnyRedis:
         """A client for the queue's Redis, whichever the topology; `options` (timeouts,

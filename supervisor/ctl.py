@@ -312,7 +312,7 @@ async def _run(args: argparse.Namespace) -> int:
     client = config.redis()
     try:
         handler: Handler = args.handler
-        queue = JobQueue(client, config.queue, default_max_attempts=config.max_attempts)
+        queue = config.job_queue(client)
         return await handler(queue, args)
     finally:
         await client.aclose()

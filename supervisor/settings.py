@@ -222,14 +222,6 @@ class Settings(SharedConfig):
         lambda v: v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
         "must be DEBUG, INFO, WARNING or ERROR",
     )
-    status_outbox_max: int = setting(
-        "INGEST_STATUS_OUTBOX_MAX",
-        200_000,
-        "status outbox bound in entries: progress is no longer recorded at it, other "
-        "non-final changes at twice it, final states always (0: unbounded)",
-        _non_negative,
-        "must be >= 0",
-    )
     status_reconcile_s: float = setting(
         "INGEST_STATUS_RECONCILE_SECONDS",
         30.0,

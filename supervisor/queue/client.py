@@ -14,7 +14,7 @@ from typing import Any
 
 from supervisor.config import SharedConfig, load_shared_config
 from supervisor.queue.connection import AnyRedis
-from supervisor.queue.jobqueue import EnqueueResult, JobQueue
+from supervisor.queue.jobqueue import EnqueueResult
 
 
 def _payload(
@@ -81,7 +81,7 @@ async def enqueue_ingestion_job_async(
     own = client is None
     conn = client if client is not None else config.redis()
     try:
-        return await JobQueue(conn, name).enqueue(payload, delay_s=delay_s)
+        return await replace(config, queue=name).job_queue(conn).enqueue(payload, delay_s=delay_s)
     finally:
         if own:
             await conn.aclose()

@@ -286,3 +286,34 @@ def test_client_sends_the_old_producers_trial_token(queue_name: str, q: SyncQueu
     assert claim.payload["trial_token"] == "tr_client_secret_9"
     r = ctl(queue_name, "status", "old-1", "--json")
     assert r.returncode == 0 and "tr_client_secret_9" not in r.stdout
+
+
+def test_producers_bound_the_status_outbox_like_the_daemons(queue_name: str, q: SyncQueue) -> None:
+    """INGEST_STATUS_OUTBOX_MAX reaches every producer: at twice the bound an enqueue's
+    `queued` row is no longer recorded in the outbox (the reconciler restores it)."""
+    import redis
+
+    from supervisor.queue.keys import QueueKeys
+
+    q.enqueue(job("fill-1"))
+    q.enqueue(job("fill-2"))
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        outbox = QueueKeys(queue_name).status_outbox
+        assert client.xlen(outbox) == 2
+        r = ctl(
+            queue_name,
+            "enqueue",
+            "--job-id",
+            "bounded",
+            "--tenant",
+            "t",
+            "--text",
+            "x",
+            env={"INGEST_STATUS_OUTBOX_MAX": "1"},
+        )
+        assert r.returncode == 0, r.stderr
+        assert client.xlen(outbox) == 2
+        assert q.get("bounded") is not None
+    finally:
+        client.close()

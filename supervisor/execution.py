@@ -26,6 +26,9 @@ from supervisor.sinks import SinkFanout
 
 log = logging.getLogger(__name__)
 ERROR_LIMIT = 1000
+# A job's progress reaches its status row at most this often; its record, its events and
+# every state change are never throttled.
+ROW_INTERVAL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -141,16 +144,28 @@ class JobExecution:
 
     async def _forward_progress(self) -> None:
         """Write the newest progress to Redis, one write in flight at a time; after the
-        child ends, write what is still pending (how far a failed attempt got) and stop."""
+        child ends, write what is still pending (how far a failed attempt got) and stop.
+
+        Every write updates the job record and its events; the status row gets at most one
+        progress every ROW_INTERVAL_S. A progress written without its row is written again,
+        with it, when the interval has passed and nothing newer came."""
+        row_at = -ROW_INTERVAL_S
+        unrowed: tuple[float, str | None] | None = None
         while True:
-            await self._progress_wakeup.wait()
+            wait = None if unrowed is None else row_at + ROW_INTERVAL_S - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if wait is None else max(0.0, wait)):
+                    await self._progress_wakeup.wait()
             self._progress_wakeup.clear()
             pending, self._progress_pending = self._progress_pending, None
+            row = time.monotonic() >= row_at + ROW_INTERVAL_S
+            if pending is None and row:
+                pending, unrowed = unrowed, None
             if pending is not None and not self._lease_lost:
                 try:
                     async with asyncio.timeout(5):
                         held = await self.ctx.queue.progress(
-                            self.job_id, self.claim.token, *pending
+                            self.job_id, self.claim.token, *pending, row=row
                         )
                 except TRANSIENT as exc:
                     log.debug("progress write skipped: %s", exc, extra=self._log_extra)
@@ -158,6 +173,10 @@ class JobExecution:
                     if not held:
                         self._lost()
                         return
+                    if row:
+                        row_at, unrowed = time.monotonic(), None
+                    else:
+                        unrowed = pending
             if self._child_done and self._progress_pending is None:
                 return
 

@@ -205,7 +205,11 @@ class JobQueue(QueueReads):
         )
         return RenewResult(bool(int(held)), bool(int(cancel)), int(until) / 1000.0 or None)
 
-    async def progress(self, job_id: str, token: str, pct: float, message: str | None) -> bool:
+    async def progress(
+        self, job_id: str, token: str, pct: float, message: str | None, *, row: bool = True
+    ) -> bool:
+        """Record a held job's progress; `row` False leaves it out of the status outbox
+        (the holder's throttle: the next row carries it)."""
         k = self.keys
         # Progress comes from child output: an infinite value made the script fail in
         # cjson.encode, and the status table reads 0-100. NaN counts as no progress.
@@ -220,6 +224,7 @@ class JobQueue(QueueReads):
                 message or "",
                 self.retention.events_maxlen,
                 self.retention.outbox_cap,
+                "1" if row else "0",
             ],
         )
         return bool(int(ok))
@@ -420,17 +425,16 @@ class JobQueue(QueueReads):
 
     async def status_versions(
         self, cursor: int, count: int
-    ) -> tuple[int, list[tuple[str, str, float, int]]]:
-        """One page of the job hash as (job id, tenant, run in unix seconds, rev), and the
-        next HSCAN cursor (0 when the scan is complete)."""
+    ) -> tuple[int, list[tuple[str, str, float, int, str]]]:
+        """One page of the job hash as (job id, tenant, run in unix seconds, rev, state),
+        and the next HSCAN cursor (0 when the scan is complete)."""
         raw = await self._run("status_versions", [self.keys.jobs], [cursor, count])
         items = [_s(x, "replace") for x in raw[1:]]
         out = [
-            (items[i], items[i + 1], float(items[i + 2]) / 1000.0, int(items[i + 3]))
-            for i in range(0, len(items), 4)
+            (items[i], items[i + 1], float(items[i + 2]) / 1000.0, int(items[i + 3]), items[i + 4])
+            for i in range(0, len(items), 5)
         ]
         return int(_s(raw[0])), out
-
 
 
 def _socket_timeout(client: AnyRedis) -> float | None:

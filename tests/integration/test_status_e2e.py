@@ -191,3 +191,40 @@ def test_the_childs_last_progress_message_is_what_every_view_shows(
     assert row["progress_message"] == "done"
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit(EXIT_BOUND_S) == 0
+
+
+def test_progress_rows_are_throttled_and_the_last_one_still_arrives(
+    start_daemon: Callable[..., DaemonProcess], q: SyncQueue, tmp_path: Path
+) -> None:
+    """Eleven PROGRESS lines at once, then silence: the row gets few progress rows, yet
+    shows the last progress while the child is still quiet, not only when it ends."""
+    import redis
+
+    from supervisor.queue.keys import QueueKeys
+    from tests.conftest import REDIS_URL
+
+    path = str(tmp_path / "status.sqlite3")
+    kwargs = {"sqlite_path": path}
+    q.enqueue(job("burst", linger=20))
+    daemon = start_daemon(INGEST_STATUS_BACKEND="sqlite", INGEST_STATUS_SQLITE_PATH=path)
+    wait_until(
+        lambda: (
+            (r := fetch_rows("sqlite", kwargs, ["burst"])["burst"]) is not None
+            and r["progress"] == 100
+            and r["progress_message"] == "step 10"
+        ),
+        10,
+        "the last progress in the row during the child's silence",
+        interval=0.1,
+    )
+    assert q.get("burst").state is JobState.ACTIVE
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        entries = client.xrange(QueueKeys(q.queue).status_outbox)
+    finally:
+        client.close()
+    ticks = [f for _id, f in entries if f[b"job"] == b"burst" and f[b"kind"] == b"p"]
+    assert 1 <= len(ticks) <= 3, len(ticks)
+    assert q.cancel("burst") == "requested"
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(EXIT_BOUND_S) == 0

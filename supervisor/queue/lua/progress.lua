@@ -1,7 +1,8 @@
 -- progress: record a held job's progress; it never goes backwards.
 -- KEYS[1] jobs  KEYS[2] events  KEYS[3] outbox
 -- ARGV[1] id  ARGV[2] token  ARGV[3] percent  ARGV[4] message ('' for none)  ARGV[5] events maxlen
--- ARGV[6] outbox cap
+-- ARGV[6] outbox cap  ARGV[7] also append the status row (1|0): the holder throttles rows
+--         per job; the record and the events stream always get the change
 -- Returns {1, rev} or {0, 0} when the lease is lost.
 local rec = load(KEYS[1], ARGV[1])
 if not held(rec, ARGV[2]) then
@@ -16,5 +17,7 @@ if ARGV[4] ~= '' then
 end
 save(KEYS[1], rec)
 emit(KEYS[2], ARGV[5], 'progress', rec, {progress = rec.progress, message = ARGV[4]})
-status_out(KEYS[3], ARGV[6], rec, 'p')
+if ARGV[7] ~= '0' then
+  status_out(KEYS[3], ARGV[6], rec, 'p')
+end
 return {1, rec.rev}

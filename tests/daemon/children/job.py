@@ -1,6 +1,7 @@
 """A scriptable child for daemon tests; behaviour comes from the payload's `metadata`.
 
-metadata: sleep (seconds, in steps with PROGRESS), exit (code), fail_until_attempt (exit 75
+metadata: sleep (seconds, in steps with PROGRESS), linger (seconds of silence after
+them), exit (code), fail_until_attempt (exit 75
 while INGEST_ATTEMPT < it), ignore_term (bool), escape (bool: leave a daemonized grandchild
 in its own session behind), bad_result (bool: exit 0 after a RESULT line that is not JSON).
 Every start is appended to $TEST_RUN_LOG.
@@ -39,6 +40,7 @@ for i in range(steps):
     if sleep:
         time.sleep(sleep / steps)
     print(f"PROGRESS: {(i + 1) * 100 // steps} step {i + 1}", flush=True)
+time.sleep(float(meta.get("linger", 0)))  # quiet after the last PROGRESS line
 if attempt < int(meta.get("fail_until_attempt", 0)):
     print(f"temporary trouble on attempt {attempt}", file=sys.stderr)
     sys.exit(75)

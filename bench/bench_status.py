@@ -6,8 +6,8 @@ projection lag (a job settled in Redis -> its row visible in PostgreSQL), in one
 
 Each round runs one real `python -m supervisor` (2 slots, a trivial child printing PROGRESS
 0..100 by 10, metrics and tracing off) per contender on its own queue, one after the other:
-`none` first, then `postgres` (a throwaway database with the shipped migrations on the local
-PostgreSQL). All jobs are enqueued at once; jobs/s is first enqueue to last finish in Redis.
+`none` and `postgres` (a throwaway database with the shipped migrations on the local
+PostgreSQL), alternating which goes first. All jobs are enqueued at once; jobs/s is first enqueue to last finish in Redis.
 The lag of a job is its row's `updated_at` (PostgreSQL's clock, when the final row was
 written) minus its `finished_at` in Redis (the Redis server's clock); both servers run on
 this machine, so the clocks agree. Outbox bytes per entry come from Redis's MEMORY USAGE of
@@ -152,7 +152,9 @@ async def main() -> None:
             lags: list[float] = []
             sizes: list[float] = []
             for r in range(args.rounds):
-                for backend in ("none", "postgres"):
+                # Alternate who goes first: the machine's load drifts within a round.
+                order = ("none", "postgres") if r % 2 == 0 else ("postgres", "none")
+                for backend in order:
                     rate, lag, size = await round_of(
                         backend, args.redis_url, dsn, child, args.jobs
                     )

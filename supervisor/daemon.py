@@ -353,7 +353,17 @@ async def _first_of(*aws: Awaitable[Any]) -> None:
     # A cancelled Redis call may not end at once (or may swallow the cancel and finish its
     # blocking wait); it holds nothing we need, so it is never awaited without a bound.
     await asyncio.wait(tasks, timeout=1.0)
+    for t in tasks:
+        if t not in done:
+            # What a cancelled wait ends with (often the connection closed under it at
+            # shutdown) is of no interest: retrieved so it is not logged as lost.
+            t.add_done_callback(_discard_outcome)
     for t in done:
         exc = t.exception()
         if exc is not None:
             raise exc
+
+
+def _discard_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -36,6 +36,7 @@ from supervisor.queue.records import (
 from supervisor.queue.records import as_str as _s
 from supervisor.queue.scripts import SCRIPT_NAMES, script_source
 from supervisor.queue.states import JobState
+from supervisor.queue.status_rows import StatusRowVerbs
 
 # The records are part of this module's interface: callers take them from here.
 __all__ = [
@@ -57,7 +58,7 @@ MAX_BLOCK_S = 5.0
 PURGE_BATCH = 500
 
 
-class JobQueue(QueueReads):
+class JobQueue(QueueReads, StatusRowVerbs):
     """One queue's protocol over an asyncio Redis (or Redis Cluster) client."""
 
     def __init__(
@@ -405,36 +406,6 @@ class JobQueue(QueueReads):
             total += n
             if n < PURGE_BATCH:
                 return total
-
-    async def resend_status(self, job_ids: Sequence[str]) -> int:
-        """Append the current status row of each job to the outbox; returns how many."""
-        if not job_ids:
-            return 0
-        k = self.keys
-        return int(await self._run("resend_status", [k.jobs, k.status_outbox], list(job_ids)))
-
-    async def status_rows(self, job_ids: Sequence[str]) -> list[dict[str, str]]:
-        """The current status row of each known job, as outbox fields (nothing appended)."""
-        if not job_ids:
-            return []
-        raw = await self._run("status_rows", [self.keys.jobs], list(job_ids))
-        return [
-            {_s(row[i], "replace"): _s(row[i + 1], "replace") for i in range(0, len(row), 2)}
-            for row in raw or []
-        ]
-
-    async def status_versions(
-        self, cursor: int, count: int
-    ) -> tuple[int, list[tuple[str, str, float, int, str]]]:
-        """One page of the job hash as (job id, tenant, run in unix seconds, rev, state),
-        and the next HSCAN cursor (0 when the scan is complete)."""
-        raw = await self._run("status_versions", [self.keys.jobs], [cursor, count])
-        items = [_s(x, "replace") for x in raw[1:]]
-        out = [
-            (items[i], items[i + 1], float(items[i + 2]) / 1000.0, int(items[i + 3]), items[i + 4])
-            for i in range(0, len(items), 5)
-        ]
-        return int(_s(raw[0])), out
 
 
 def _socket_timeout(client: AnyRedis) -> float | None:

@@ -1,0 +1,49 @@
+"""The verbs the status projection uses beyond the job lifecycle: re-sending rows to the
+status outbox, reading rows without appending, and a light scan of the job hash."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from supervisor.queue.keys import QueueKeys
+from supervisor.queue.records import as_str as _s
+
+
+class StatusRowVerbs:
+    """Mixed into `JobQueue`, which provides the keys and the script runner."""
+
+    keys: QueueKeys
+
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        raise NotImplementedError
+
+    async def resend_status(self, job_ids: Sequence[str]) -> int:
+        """Append the current status row of each job to the outbox; returns how many."""
+        if not job_ids:
+            return 0
+        k = self.keys
+        return int(await self._run("resend_status", [k.jobs, k.status_outbox], list(job_ids)))
+
+    async def status_rows(self, job_ids: Sequence[str]) -> list[dict[str, str]]:
+        """The current status row of each known job, as outbox fields (nothing appended)."""
+        if not job_ids:
+            return []
+        raw = await self._run("status_rows", [self.keys.jobs], list(job_ids))
+        return [
+            {_s(row[i], "replace"): _s(row[i + 1], "replace") for i in range(0, len(row), 2)}
+            for row in raw or []
+        ]
+
+    async def status_versions(
+        self, cursor: int, count: int
+    ) -> tuple[int, list[tuple[str, str, float, int, str]]]:
+        """One page of the job hash as (job id, tenant, run in unix seconds, rev, state),
+        and the next HSCAN cursor (0 when the scan is complete)."""
+        raw = await self._run("status_versions", [self.keys.jobs], [cursor, count])
+        items = [_s(x, "replace") for x in raw[1:]]
+        out = [
+            (items[i], items[i + 1], float(items[i + 2]) / 1000.0, int(items[i + 3]), items[i + 4])
+            for i in range(0, len(items), 5)
+        ]
+        return int(_s(raw[0])), out

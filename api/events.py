@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -21,7 +21,7 @@ from supervisor.queue.payload import DEFAULT_SECRET_KEYS, redact
 from supervisor.queue.states import JobState, table_status
 
 log = logging.getLogger(__name__)
-STREAM_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
+STREAM_ID_RE = re.compile(r"^[0-9]{1,19}-[0-9]{1,19}$", re.ASCII)
 KEEPALIVE_S = 15.0
 _INT_FIELDS = ("attempt", "rev")
 
@@ -58,9 +58,18 @@ def _sse(event: str, data: dict[str, Any], entry_id: str | None = None) -> bytes
     return ("\n".join(lines) + "\n\n").encode()
 
 
-async def _start_id(ctx: ApiContext, last_event_id: str | None) -> str:
-    if last_event_id and STREAM_ID_RE.fullmatch(last_event_id):
-        return last_event_id
+def _valid_stream_id(value: str) -> bool:
+    if not STREAM_ID_RE.fullmatch(value):
+        return False
+    ms, seq = value.split("-")
+    return int(ms) < 2**64 and int(seq) < 2**64
+
+
+async def _start_id(ctx: ApiContext, last_event_id: str | None, not_before_ms: int) -> str:
+    if last_event_id and _valid_stream_id(last_event_id):
+        ms, seq = (int(x) for x in last_event_id.split("-"))
+        # XREAD returns ids after this one: start just before the floor's millisecond.
+        return f"{ms}-{seq}" if ms >= not_before_ms else f"{max(0, not_before_ms - 1)}-0"
     # Resolve "now" to a concrete id once: re-reading from "$" would drop what arrives
     # between two reads.
     newest = await bounded(ctx.events_queue.client.xrevrange(ctx.queue.keys.events, count=1))
@@ -71,12 +80,19 @@ async def _start_id(ctx: ApiContext, last_event_id: str | None) -> str:
 
 
 async def event_stream(
-    ctx: ApiContext, job_ids: frozenset[str], last_event_id: str | None
+    ctx: ApiContext,
+    job_ids: frozenset[str],
+    last_event_id: str | None,
+    not_before_ms: Mapping[str, int] | None = None,
 ) -> AsyncIterator[bytes]:
+    """Events of `job_ids` (every job when empty). With `not_before_ms` (a tenant-scoped
+    caller), nothing older than each job's current run is sent: a job id reused after
+    another tenant's job left Redis never replays that job's history."""
     secret_keys = ctx.settings.secret_keys
+    floor = dict(not_before_ms or {})
     yield b"retry: 2000\n\n"
     try:
-        last_id = await _start_id(ctx, last_event_id)
+        last_id = await _start_id(ctx, last_event_id, min(floor.values(), default=0))
         # A watcher of particular jobs first gets where each stands now, so a change made
         # just before it connected is not lost.
         snapshots = []
@@ -106,7 +122,10 @@ async def event_stream(
             continue
         for entry_id, fields in entries:
             last_id = entry_id
-            if job_ids and fields.get("job") not in job_ids:
+            job = fields.get("job")
+            if job_ids and job not in job_ids:
+                continue
+            if job in floor and int(entry_id.split("-")[0]) < floor[job]:
                 continue
             try:
                 data = event_data(entry_id, fields, secret_keys)

@@ -116,18 +116,22 @@ async def events(
             ids.add(validate_job_id(j))
         except PayloadError as exc:
             raise payload_error(exc) from None
+    not_before: dict[str, int] | None = None
     if access.tenant is not None:
         # Stream entries do not name their tenant: a scoped token follows its own jobs only,
-        # each checked once here (a job's tenant never changes).
+        # each checked once here (a job's tenant never changes within a run), and from the
+        # start of the job's current run only (an id reused after another tenant's job).
         if not ids:
             rule = "is required with a tenant-scoped token"
             raise ApiError(422, f"job_id: {rule}", field="job_id", rule=rule)
+        not_before = {}
         for j in ids:
             rec = await bounded(ctx.queue.get(j))
             if rec is None or not access.sees(rec.tenant_id):
                 raise ApiError(404, f"job {j} not found")
+            not_before[j] = int(rec.enqueued_at * 1000)
     return StreamingResponse(
-        event_stream(ctx, frozenset(ids), last_event_id),
+        event_stream(ctx, frozenset(ids), last_event_id, not_before),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

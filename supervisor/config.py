@@ -22,7 +22,7 @@ from supervisor.queue.connection import AnyRedis, redis_client
 from supervisor.queue.jobqueue import JobQueue, Retention
 from supervisor.queue.keys import DEFAULT_QUEUE as DEFAULT_QUEUE
 from supervisor.queue.keys import QUEUE_NAME_RE
-from supervisor.secretfiles import SecretFileError, with_secret_files
+from supervisor.secretfiles import SECRET_VARIABLES, SecretFileError, with_secret_files
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MAX_ATTEMPTS = 3
@@ -161,12 +161,14 @@ def read_fields(
         if raw is None:
             values[opt.field] = opt.default
             continue
+        # A secret's value (a URL with its password) is never echoed in an error.
+        shown = source if opt.env in SECRET_VARIABLES else f"{source}={raw!r}"
         try:
             value = opt.kind(raw)
         except ValueError:
-            raise ConfigError(f"{source}={raw!r}: not a valid {opt.kind_name}") from None
+            raise ConfigError(f"{shown}: not a valid {opt.kind_name}") from None
         if value is not None and opt.check is not None and not opt.check(value):
-            raise ConfigError(f"{source}={raw!r}: {opt.rule}")
+            raise ConfigError(f"{shown}: {opt.rule}")
         values[opt.field] = value
     return values
 

@@ -26,6 +26,7 @@ from supervisor.queue.connection import redis_client
 from supervisor.queue.jobqueue import Backoff, JobQueue, Retention
 from supervisor.queue.payload import DEFAULT_SECRET_KEYS
 from supervisor.runner import FORK_SERVER, ResourceLimits, RunnerConfig, default_command
+from supervisor.runner.spawn import resolve_program
 from supervisor.sdnotify import SystemdNotifier
 from supervisor.settings import Settings, SettingsError, load_settings
 from supervisor.sinks import JobSink, SinkFanout
@@ -190,12 +191,30 @@ async def run(settings: Settings) -> int:
         await client.aclose()
 
 
+def check_worker_command(settings: Settings) -> None:
+    """A child program that does not exist would fail every job of the queue in turn:
+    refuse to start instead. (A relative path names a file in each job's own new
+    directory, so it cannot be checked here.)"""
+    command = build_runner_config(settings).command
+    if not command:
+        return
+    program = command[0]
+    if os.sep in program and not os.path.isabs(program):
+        return
+    try:
+        resolve_program(program, os.environ, "/")
+    except FileNotFoundError:
+        name = "INGEST_WORKER_COMMAND" if settings.worker_command else "PYTHON_EXECUTABLE"
+        raise SettingsError(f"{name}: {program} is not found or not executable") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Before any secret is read: children must not be able to read this process's memory.
     harden_process()
     try:
         settings = load_settings(argv)
         check_extras(settings, os.environ)
+        check_worker_command(settings)
     except SettingsError as exc:
         print(f"ingest-supervisor: invalid configuration: {exc}", file=sys.stderr)
         return 2

@@ -46,6 +46,9 @@ def with_secret_files(env: Mapping[str, str]) -> dict[str, str]:
             if env.get(name):
                 raise SecretFileError(f"{name} and {file_var}: set one of them, not both")
             out[name] = _read(file_var, path)
+            # Resolved: reading the result again (a loader built on another) finds only
+            # the value, never "both set".
+            del out[file_var]
             continue
         if env.get(name) or not cred_dir:
             continue

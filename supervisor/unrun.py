@@ -9,7 +9,7 @@ import time
 from supervisor import events as ev
 from supervisor.execution import ExecutionContext
 from supervisor.queue.jobqueue import Claim, JobQueue
-from supervisor.queue.payload import PayloadError, check_structure
+from supervisor.queue.payload import PayloadError, check_structure, validate_payload
 from supervisor.queue.states import TableStatus
 from supervisor.redis_retry import call_until
 
@@ -23,6 +23,9 @@ def unrunnable_reason(claim: Claim) -> str | None:
         return f"Job payload refused: {claim.payload_error}"
     try:
         check_structure(claim.payload)
+        # Everything enqueue checks: a payload written into Redis by other means (an old
+        # version, a hand edit) gets no less scrutiny than one that came through enqueue.
+        validate_payload(claim.payload)
     except PayloadError as exc:
         return f"Job payload refused: {exc}"
     return None

@@ -52,9 +52,9 @@ def _prctl(option: int, value: int | bytes) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def _die_with(parent_pid: int) -> None:
-    """SIGKILL when the parent dies; exit now if it already has."""
-    _prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+def _die_with(parent_pid: int, sig: int = signal.SIGKILL) -> None:
+    """`sig` when the parent dies; exit now if it already has."""
+    _prctl(PR_SET_PDEATHSIG, int(sig))
     if os.getppid() != parent_pid:
         os._exit(EXEC_FAILED_CODE)
 
@@ -206,6 +206,13 @@ class _Server:
         signal.signal(signal.SIGCHLD, lambda _s, _f: None)  # the wakeup fd is the point
         self.starting: dict[int, tuple[int, socket.socket]] = {}  # fd -> (pid, socket)
         self.owed = 0  # spares asked for and not yet forked
+        self.children: set[int] = set()  # spares and the jobs they became, until reaped
+        self.ending = False
+        # The daemon's death arrives as SIGTERM (the parent-death signal): end the jobs.
+        signal.signal(signal.SIGTERM, self._on_term)
+
+    def _on_term(self, _signum: int, _frame: object) -> None:
+        self.ending = True
 
     def serve(self) -> None:
         while True:
@@ -215,7 +222,8 @@ class _Server:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(self.wake_r, 4096):
                         pass
-            if self.sock.fileno() in ready and not self._handle_request():
+            if self.ending or (self.sock.fileno() in ready and not self._handle_request()):
+                self._end_jobs()
                 return
             for fd in ready:
                 if fd in self.starting:
@@ -278,7 +286,29 @@ class _Server:
             os.close(self.wake_w)
             _spare_main(theirs, server_pid)
         theirs.close()
+        self.children.add(pid)
         return pid, mine
+
+    def _end_jobs(self) -> None:
+        """The daemon is gone: kill every job with everything in its session. A job's
+        first process would die with this server anyway (its parent-death signal); what
+        it started would not, and no daemon is left to sweep it up."""
+        sessions = set(self.children)
+        for pid in sessions:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as fh:
+                    fields = fh.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            # After the command: state, ppid, pgrp, session.
+            if int(fields[3]) in sessions:
+                with contextlib.suppress(OSError):
+                    os.kill(int(entry), signal.SIGKILL)
 
     def _reap(self) -> None:
         while True:
@@ -288,6 +318,7 @@ class _Server:
                 return
             if pid == 0:
                 return
+            self.children.discard(pid)
             notice = {
                 "pid": pid,
                 "status": status,
@@ -299,7 +330,7 @@ class _Server:
 
 def main(argv: list[str]) -> None:
     daemon_pid, sock_fd, preload = (int(a) for a in argv[1:4])
-    _die_with(daemon_pid)
+    _die_with(daemon_pid, signal.SIGTERM)
     _prctl(PR_SET_DUMPABLE, 0)
     _name(b"ingest-forksrv")
     sys.path[:0] = argv[4:]

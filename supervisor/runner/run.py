@@ -245,6 +245,11 @@ class _ChildRun:
             unsubscribe()
             child.exited.remove_done_callback(wake)
         if child.exited.done():
+            status = child.exited.result()
+            if status.exit_code is None and status.signal is None:
+                # Lost with the fork server, not ended by itself: not the job's fault, so
+                # it goes back to the queue without spending an attempt.
+                return EndReason.SHUTDOWN
             return EndReason.EXITED
         if not self.stop.requested:
             self.stop.request(EndReason.TIMEOUT)

@@ -136,3 +136,22 @@ async def test_events_deliver_progress_of_one_job(
 
         r = await http.get("/events", params={"job_id": "no spaces allowed"})
         assert r.status_code == 422 and r.json()["field"] == "job_id"
+
+
+def test_an_impossible_last_event_id_starts_from_now_instead_of_failing_for_ever(
+    api_server: ServerFactory,
+) -> None:
+    server = api_server()
+    with server.client() as http:
+        for bad in ("99999999999999999999-1", "\u0663-1"):
+            headers = {"Last-Event-ID": bad.encode("utf-8")}
+            job_id = f"after-bad-{len(bad)}"
+            with http.stream(
+                "GET", "/events", params={"job_id": job_id}, headers=headers
+            ) as response:
+                assert response.status_code == 200
+                assert http.post("/jobs", json=job(job_id)).status_code == 202
+                for line in response.iter_lines():
+                    assert "redis unavailable" not in line
+                    if line.startswith("data:") and '"type":"enqueued"' in line:
+                        break

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -161,3 +162,27 @@ def test_an_exposed_bind_serves_with_an_explicit_opt_in() -> None:
         "0.0.0.0", INGEST_API_TOKEN="", INGEST_API_INSECURE="1", INGEST_API_ALLOWED_HOSTS="*"
     )
     assert served is None, served.stdout if served else ""
+
+
+def test_the_api_reads_its_token_and_redis_url_from_files(
+    api_server: ServerFactory, tmp_path: Path
+) -> None:
+    from tests.conftest import REDIS_URL
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    url_file = tmp_path / "redis-url"
+    url_file.write_text(REDIS_URL)
+    server = api_server(
+        INGEST_API_TOKEN="",
+        INGEST_API_TOKEN_FILE=str(token_file),
+        REDIS_URL="",
+        REDIS_URL_FILE=str(url_file),
+    )
+    try:
+        with server.client() as http:
+            assert http.get("/jobs").status_code == 200
+        with server.client(token="wrong-token-0123456789") as http:
+            assert http.get("/jobs").status_code == 401
+    finally:
+        server.env["REDIS_URL"] = REDIS_URL  # so the fixture cleans the queue up

@@ -95,3 +95,48 @@ def test_bad_tenant_tokens_fail_fast_without_quoting_a_token(raw: str, message: 
     with pytest.raises(ApiSettingsError, match=message) as err:
         load_api_settings(env)
     assert TOKEN_A not in str(err.value) and TOKEN not in str(err.value)
+
+
+def test_a_reused_job_id_never_replays_the_other_tenants_events(
+    api_server: ServerFactory,
+) -> None:
+    """Tenant A's failed job leaves Redis; tenant B enqueues the same id. B's stream, even
+    replayed from the start, holds none of A's events."""
+    import asyncio
+    from datetime import datetime
+
+    from redis.asyncio import Redis
+
+    from supervisor.queue.jobqueue import JobQueue
+    from tests.conftest import REDIS_URL
+
+    server = api_server(INGEST_API_TENANT_TOKENS=SCOPED)
+
+    async def a_fails_privately() -> None:
+        client = Redis.from_url(REDIS_URL)
+        q = JobQueue(client, server.queue)
+        try:
+            await q.enqueue(job("reuse-1", tenant_id="tenant-a"))
+            claim = await q.claim("w", lease_s=30, timeout_s=5)
+            assert claim is not None
+            await q.progress("reuse-1", claim.token, 50, "A-PRIVATE progress")
+            await q.fail("reuse-1", claim.token, "A-PRIVATE error", retryable=False, attempt=1)
+            assert await q.purge("failed") == 1
+        finally:
+            await client.aclose()
+
+    asyncio.run(a_fails_privately())
+    with server.client(token=TOKEN_B) as b:
+        assert b.post("/jobs", json=job("reuse-1", tenant_id="tenant-b")).status_code == 202
+        b_since = datetime.fromisoformat(b.get("/jobs/reuse-1").json()["enqueued_at"])
+        b_since_ms = int(b_since.timestamp() * 1000)
+        seen: list[str] = []
+        headers = {"Last-Event-ID": "0-0"}
+        with b.stream("GET", "/events", params={"job_id": "reuse-1"}, headers=headers) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                seen.append(line)
+                # B's own `enqueued` event comes after every event of A's run.
+                if line.startswith("id: ") and int(line[4:].split("-")[0]) >= b_since_ms - 1:
+                    break
+    assert not [line for line in seen if "A-PRIVATE" in line], seen

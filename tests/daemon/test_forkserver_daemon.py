@@ -57,3 +57,48 @@ def test_exit_0_with_a_broken_result_fails_the_job_at_once(
     assert rec.error.startswith("Worker exited 0 with an unusable RESULT line: RESULT is not")
     starts = [json.loads(line) for line in run_log.read_text().splitlines()]
     assert [s["job_id"] for s in starts] == ["broken"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_daemon_killed_with_sigkill_leaves_no_process_of_its_jobs(
+    start_daemon: Callable[..., DaemonProcess], q: SyncQueue, run_log: Path
+) -> None:
+    """The fork server outlives the daemon just long enough to kill each job's session,
+    so a job's own children (which no parent-death signal covers) die too."""
+    from tests.daemon.conftest import read_runs
+
+    q.enqueue(job("held", sleep=60, grandchild=True))
+    daemon = start_daemon()
+    wait_until(lambda: any(r.get("grandchild") for r in read_runs(run_log)), 20, "job started")
+    run = next(r for r in read_runs(run_log) if r.get("grandchild"))
+    assert _alive(run["pid"]) and _alive(run["grandchild"])
+    daemon.signal(signal.SIGKILL)
+    daemon.wait_exit()
+    wait_until(lambda: not _alive(run["pid"]), 10, "the job's process gone")
+    wait_until(lambda: not _alive(run["grandchild"]), 10, "the job's own child gone")
+
+
+def test_a_fork_server_killed_under_running_jobs_costs_them_no_attempt(
+    start_daemon: Callable[..., DaemonProcess], q: SyncQueue, run_log: Path
+) -> None:
+    """Another process (here the test; it could be a hostile child of the same user) kills
+    the fork server: the jobs it took with it go back to the queue and run again."""
+    from tests.daemon.conftest import read_runs
+
+    q.enqueue(job("victim", sleep=4, max_attempts=1))
+    daemon = start_daemon()
+    wait_until(lambda: bool(read_runs(run_log)), 20, "job started")
+    for server in servers_of(daemon):
+        server.kill()
+    wait_until(lambda: q.get("victim").state is JobState.COMPLETED, 30, "victim completed")
+    rec = q.get("victim")
+    assert rec.attempt == 1 and rec.error is None
+    assert len(read_runs(run_log)) == 2  # ran again after the server's death
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0

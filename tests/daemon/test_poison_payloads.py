@@ -72,6 +72,26 @@ def test_deep_payload_in_redis_fails_its_job_and_both_slots_live_on(
     assert d.proc.poll() is None
 
 
+def test_a_payload_planted_in_redis_gets_the_checks_of_enqueue(
+    start_daemon, q: SyncQueue, raw_redis: redis.Redis
+) -> None:
+    """A timeout that is not a number, or a payload without its tenant, written into Redis
+    by other means fails its job once, with the rule it broke; it is not retried."""
+    planted = {
+        "bad-timeout": {**job("bad-timeout"), "timeout_s": "abc"},
+        "no-tenant": {k: v for k, v in job("no-tenant").items() if k != "tenant_id"},
+    }
+    for job_id, payload in planted.items():
+        q.enqueue(job(job_id))
+        raw_redis.hset(QueueKeys(q.queue).payloads, job_id, json.dumps(payload))
+    d = start_daemon()
+    for job_id, field in (("bad-timeout", "timeout_s"), ("no-tenant", "tenant_id")):
+        wait_until(lambda j=job_id: q.get(j).state is JobState.FAILED, 20, f"{job_id} failed")
+        rec = q.get(job_id)
+        assert rec.attempt == 1 and field in (rec.error or ""), rec.error
+    assert "Traceback" not in d.log()
+
+
 async def test_a_slot_task_that_ends_is_logged_and_restarted(
     queue_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -152,3 +152,29 @@ def test_mask_secrets_in_connection_strings(raw: str, masked: str) -> None:
     from supervisor.settings import mask_secrets
 
     assert mask_secrets(raw) == masked
+
+
+def test_a_malformed_secret_setting_is_named_without_its_value() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "supervisor", "--check-config"],
+        env={"PATH": "/usr/bin:/bin", "REDIS_URL": "redis//:Sup3rSecretPw@db:6379/0"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "REDIS_URL" in proc.stderr and "Sup3rSecretPw" not in proc.stderr + proc.stdout
+
+
+def test_a_worker_command_that_does_not_exist_stops_the_daemon_at_start() -> None:
+    for args in (["--check-config"], []):
+        proc = subprocess.run(
+            [sys.executable, "-m", "supervisor", *args],
+            env={"PATH": "/usr/bin:/bin", "INGEST_WORKER_COMMAND": "/nonexistent/bin/worker"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert "INGEST_WORKER_COMMAND" in proc.stderr and "/nonexistent/bin/worker" in proc.stderr
+        assert "Traceback" not in proc.stderr

@@ -27,10 +27,19 @@ if meta.get("escape"):
             os.dup2(null, fd)
         time.sleep(3600)
         os._exit(0)
+grandchild = None
+if meta.get("grandchild"):  # stays in the job's session and group, pipes closed
+    grandchild = os.fork()
+    if grandchild == 0:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        time.sleep(3600)
+        os._exit(0)
 if log_path:
     with open(log_path, "a") as fh:
         record = {"job_id": job["job_id"], "attempt": attempt, "pid": os.getpid()}
-        fh.write(json.dumps({**record, "escapee": escapee}) + "\n")
+        fh.write(json.dumps({**record, "escapee": escapee, "grandchild": grandchild}) + "\n")
 if meta.get("ignore_term"):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print("PROGRESS: 1 started", flush=True)

@@ -8,8 +8,9 @@ Each round runs one real `python -m supervisor` (2 slots, a trivial child printi
 0..100 by 10, metrics and tracing off) per contender on its own queue, one after the other:
 `none` and `postgres` (a throwaway database with the shipped migrations on the local
 PostgreSQL), alternating which goes first. All jobs are enqueued at once; jobs/s is first
-enqueue to last finish in Redis. The lag of a job is its row's `updated_at` (PostgreSQL's clock, when the final row was
-written) minus its `finished_at` in Redis (the Redis server's clock); both servers run on
+enqueue to last finish in Redis. The lag of a job is its row's `updated_at` (PostgreSQL's
+clock, when the final row was written) minus its `finished_at` in Redis (the Redis server's
+clock); both servers run on
 this machine, so the clocks agree. Outbox bytes per entry come from Redis's MEMORY USAGE of
 the stream before it is trimmed.
 """

@@ -8,8 +8,9 @@ Three layers, described together in docs/child-protocol.md:
 - Subreaper sweep (`OrphanSweeper`, the daemon's `ORPHANS`): with PR_SET_CHILD_SUBREAPER
   the daemon adopts a job's escaped descendants once their parent exits, even those no
   sample saw; sweeps kill them when their run has ended.
-- Parent death: the fork server and every child carry PR_SET_PDEATHSIG(SIGKILL) (set in
-  `forkserver_main`), so a killed daemon takes the server and its children along.
+- Parent death: the fork server learns of the daemon's death by SIGTERM and kills every
+  job's session before it exits; each child carries PR_SET_PDEATHSIG(SIGKILL) against
+  the server (both in `forkserver_main`).
 
 Which run an adopted orphan belongs to: INGEST_JOB_ID and INGEST_ATTEMPT in its
 environment (as of its last exec). It is killed, with its descendants, once that run has

@@ -22,6 +22,7 @@ built-in worker. The server is on no job's critical path but its exit notice.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -207,6 +208,8 @@ class _Server:
         self.starting: dict[int, tuple[int, socket.socket]] = {}  # fd -> (pid, socket)
         self.owed = 0  # spares asked for and not yet forked
         self.children: set[int] = set()  # spares and the jobs they became, until reaped
+        # Sessions of recent jobs (a job leads its own): a job's descendants can outlive it.
+        self.sessions: collections.deque[int] = collections.deque(maxlen=4096)
         self.ending = False
         # The daemon's death arrives as SIGTERM (the parent-death signal): end the jobs.
         signal.signal(signal.SIGTERM, self._on_term)
@@ -287,14 +290,15 @@ class _Server:
             _spare_main(theirs, server_pid)
         theirs.close()
         self.children.add(pid)
+        self.sessions.append(pid)
         return pid, mine
 
     def _end_jobs(self) -> None:
         """The daemon is gone: kill every job with everything in its session. A job's
         first process would die with this server anyway (its parent-death signal); what
         it started would not, and no daemon is left to sweep it up."""
-        sessions = set(self.children)
-        for pid in sessions:
+        sessions = set(self.children) | set(self.sessions)
+        for pid in self.children:
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
         for entry in os.listdir("/proc"):

@@ -634,7 +634,11 @@
       a.classList.toggle('current', a.dataset.nav === page || (page === 'job' && a.dataset.nav === 'jobs'));
     }
     if (page === 'jobs') viewJobs(params);
-    else if (page === 'job') viewJob(decodeURIComponent(parts.slice(2).join('/')));
+    else if (page === 'job') {
+      let id = '';
+      try { id = decodeURIComponent(parts.slice(2).join('/')); } catch (e) { id = ''; }
+      viewJob(id);
+    }
     else if (page === 'dead') viewDead(params);
     else viewOverview();
   }

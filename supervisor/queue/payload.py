@@ -81,6 +81,9 @@ def validate_job_id(job_id: object) -> str:
         raise PayloadError(
             "job_id", "must be 1-128 characters of letters, digits, '_', '.', ':' or '-'"
         )
+    if not job_id.strip("."):
+        # "." and ".." vanish from URLs (/jobs/.. is /): such an id could not be addressed.
+        raise PayloadError("job_id", "must not be made of dots only")
     return job_id
 
 

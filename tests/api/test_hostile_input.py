@@ -110,6 +110,14 @@ def test_ids_with_a_trailing_newline_are_refused(http: httpx.Client) -> None:
     assert r.status_code == 422 and r.json()["field"] == "tenant_id"
 
 
+def test_ids_of_dots_only_are_refused(http: httpx.Client) -> None:
+    """/jobs/.. is /jobs/ to every URL parser: such a job could never be addressed."""
+    for bad in (".", "..", "..."):
+        r = http.post("/jobs", json=job(job_id=bad))
+        assert r.status_code == 422 and r.json()["field"] == "job_id", bad
+    assert http.post("/jobs", json=job(job_id="v1.2")).status_code in (200, 202)
+
+
 # ---- item 2: job ids across tenants -----------------------------------------------------
 
 

@@ -270,7 +270,10 @@ class ForkServer:
                 async with asyncio.timeout(self._spare_timeout_s):
                     pid, sock = await server.take_spare(builtin=spec.argv is None)
             except TimeoutError:
-                server.shutdown("gave no spare child in time")
+                # Restarting the server would kill every job it runs; only an idle one is
+                # restarted (a server that lost its way). Otherwise this one start fails.
+                if not server.children:
+                    server.shutdown("gave no spare child in time")
                 raise ForkServerError("the fork server gave no spare child in time") from None
 
             try:

@@ -43,6 +43,7 @@ PR_SET_NAME = 15
 EXEC_FAILED_CODE = 127
 EXEC_FAILED_MARKER = b"ingest-forkserver: "
 _MAX_MESSAGE = 1 << 20
+FORK_RETRY_S = 0.5
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _CATCHABLE = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
 
@@ -220,7 +221,9 @@ class _Server:
     def serve(self) -> None:
         while True:
             fds = [self.sock.fileno(), self.wake_r, *self.starting]
-            ready, _, _ = select.select(fds, [], [])
+            # Spares still owed (fork failed: out of processes for now) are retried soon,
+            # not only on the next message or child exit.
+            ready, _, _ = select.select(fds, [], [], FORK_RETRY_S if self.owed else None)
             if self.wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(self.wake_r, 4096):

@@ -61,6 +61,8 @@ class Daemon:
         self.registry = WorkerRegistry(ctx.queue.client, ctx.queue.keys)
         self.active: dict[str, JobExecution] = {}
         self.slots: list[asyncio.Task[None] | None] = [None] * concurrency
+        self._slot_started: dict[int, float] = {}
+        self._slot_pause: dict[int, float] = {}
         self.stopping = asyncio.Event()
         self.forced = asyncio.Event()
         self.gate = StartFailureGate()
@@ -164,6 +166,7 @@ class Daemon:
             self._slots_changed()
 
     def _start_slot(self, index: int) -> None:
+        self._slot_started[index] = time.monotonic()
         task = asyncio.create_task(self._slot(index), name=f"slot-{index}")
         task.add_done_callback(lambda t: self._slot_ended(index, t))
         self.slots[index] = task
@@ -174,8 +177,24 @@ class Daemon:
         if self.stopping.is_set() or self.slots[index] is not task:
             return
         cause = None if task.cancelled() else task.exception()
-        log.error("slot %d ended unexpectedly (%r); restarting it", index, cause, exc_info=cause)
-        self._start_slot(index)
+        # A slot that ends again at once is restarted after a growing pause (at most 30 s),
+        # not in a tight loop that floods the log.
+        now = time.monotonic()
+        quick = now - self._slot_started.get(index, 0.0) < 5.0
+        pause = min(30.0, self._slot_pause.get(index, 0.5) * 2) if quick else 0.0
+        self._slot_pause[index] = pause or 0.5
+        log.error(
+            "slot %d ended unexpectedly (%r); restarting it in %.1fs",
+            index,
+            cause,
+            pause,
+            exc_info=cause,
+        )
+        asyncio.get_running_loop().call_later(pause, self._restart_slot, index, task)
+
+    def _restart_slot(self, index: int, ended: asyncio.Task[None]) -> None:
+        if not self.stopping.is_set() and self.slots[index] is ended:
+            self._start_slot(index)
 
     @property
     def live_slots(self) -> int:

@@ -17,9 +17,8 @@ from supervisor.status.update import StatusUpdate
 # The consumer group of the projectors; trimming follows this group only.
 GROUP = "status-projector"
 
-KIND_PROGRESS = "p"
+# What changed, as the scripts say it: p (a progress tick), s (another state), f (final).
 KIND_STATE = "s"
-KIND_FINAL = "f"
 
 
 class BadEntry(ValueError):

@@ -3,7 +3,6 @@ rows its scripts appended to the status outbox."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from redis.asyncio import Redis
@@ -67,6 +66,3 @@ async def lives(queue_name: str, job_ids: list[str]) -> dict[str, list[StatusUpd
     finally:
         await queue.client.aclose()
 
-
-def run(coro: Any) -> Any:
-    return asyncio.get_event_loop().run_until_complete(coro)

@@ -130,6 +130,7 @@ def build_status(
         on_outbox=lambda state: metrics.status_outbox(
             state.length, state.unprojected, state.age_s()
         ),
+        on_rejected=metrics.status_rows_rejected,
     )
     return StatusService(
         queue,

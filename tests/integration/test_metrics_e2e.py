@@ -121,3 +121,36 @@ def test_scraped_metrics_match_a_known_mix_of_outcomes(
 
     promtool_check(scrape(port))
     stop_daemon(daemon, 20)
+
+
+def test_a_row_the_store_refuses_is_counted_on_metrics(
+    start_daemon: Callable[..., DaemonProcess], q: SyncQueue, tmp_path: Path
+) -> None:
+    """An outbox entry no store accepts (an id the table's check refuses) is skipped by the
+    projector, and the operator sees it in ingest_status_rows_rejected_total."""
+    import redis
+
+    from supervisor.queue.keys import QueueKeys
+    from tests.conftest import REDIS_URL
+
+    port = free_port()
+    daemon = start_daemon(
+        **metrics_env(port),
+        INGEST_STATUS_BACKEND="sqlite",
+        INGEST_STATUS_SQLITE_PATH=str(tmp_path / "status.sqlite3"),
+    )
+    daemon.wait_ready()
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        bad = {"job": "bad id", "kind": "s", "tenant": "t", "state": "waiting", "rev": "1",
+               "run": "1000", "attempt": "0", "max": "3", "progress": "0"}  # fmt: skip
+        client.xadd(QueueKeys(q.queue).status_outbox, bad)  # type: ignore[arg-type]
+    finally:
+        client.close()
+    _scrape_until(
+        port,
+        lambda s: value(s, "ingest_status_rows_rejected_total", queue=q.queue) == 1,
+        20,
+        "the refused row counted",
+    )
+    stop_daemon(daemon, 30)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -38,6 +38,17 @@ async def poll(condition: Callable[[], bool], within_s: float, what: str) -> Non
     while True:
         if condition():
             return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within_s}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def until(
+    check: Callable[[], Awaitable[object]], within_s: float = 15.0, what: str = "the condition"
+) -> None:
+    """The form for conditions that are themselves async (a store or Redis read)."""
+    deadline = time.monotonic() + within_s
+    while not await check():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within_s}s waiting for {what}")
         await asyncio.sleep(0.02)

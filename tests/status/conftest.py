@@ -4,14 +4,17 @@ stand-in, postgres directly, sqlite)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from redis.asyncio import Redis
 
+from supervisor.queue.jobqueue import Backoff, JobQueue
 from supervisor.status import StatusBackend, build_status_backend
+from tests.conftest import REDIS_URL
 from tests.status.postgrest_standin import StandIn, service_key
 from tests.status.supabase_stubs import prepare_database
 from tests.status.tcp_proxy import TcpProxy
@@ -135,3 +138,18 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     yield made
     for fn in made.cleanup:
         fn()
+
+
+@pytest.fixture
+async def queue(queue_name: str) -> AsyncIterator[JobQueue]:
+    """The test's queue on the real Redis; retries are due almost at once."""
+    client = Redis.from_url(REDIS_URL)
+    yield JobQueue(client, queue_name, backoff=Backoff(base_s=0.01, jitter=0))
+    await client.aclose()
+
+
+@pytest.fixture
+async def sqlite_backend(tmp_path: Path) -> AsyncIterator[StatusBackend]:
+    backend = build_status_backend("sqlite", sqlite_path=str(tmp_path / "s.sqlite3"))
+    yield backend
+    await backend.aclose()

@@ -65,4 +65,3 @@ async def lives(queue_name: str, job_ids: list[str]) -> dict[str, list[StatusUpd
         return out
     finally:
         await queue.client.aclose()
-

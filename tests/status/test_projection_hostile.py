@@ -3,18 +3,12 @@ to the status table: every row still ends final, and nothing unread is trimmed."
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
-from redis.asyncio import Redis
 
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.status import StatusBackend, StatusUpdate
@@ -23,25 +17,11 @@ from supervisor.status.projector import StatusProjector
 from supervisor.status.service import StatusService
 from supervisor.status.sync import status_sync
 from supervisor.status.trim import outbox_state, trim_outbox
-from tests.conftest import REDIS_URL
 from tests.status.conftest import Store
 from tests.status.snapshots import payload
+from tests.waiting import until
 
 INGESTCTL = str(Path(sys.executable).parent / "ingestctl")
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def queue(queue_name: str) -> AsyncIterator[JobQueue]:
-    client = Redis.from_url(REDIS_URL)
-    yield JobQueue(client, queue_name)
-    await client.aclose()
 
 
 async def row(backend: StatusBackend, job_id: str) -> dict[str, Any] | None:
@@ -92,69 +72,54 @@ async def test_a_huge_result_stays_in_redis_and_the_row_says_it_was_left_out(
 
 
 async def test_an_entry_that_breaks_the_parser_is_acknowledged_and_trimmed(
-    queue: JobQueue, tmp_path: Path
+    queue: JobQueue, sqlite_backend: StatusBackend
 ) -> None:
-    from supervisor.status import build_status_backend
-
-    backend = build_status_backend("sqlite", sqlite_path=str(tmp_path / "s.sqlite3"))
-    try:
-        stream = queue.keys.status_outbox
-        await queue.enqueue(payload("before"))
-        fields = {"job": "poison", "kind": "f", "tenant": "t", "state": "completed",
-                  "rev": "1", "run": "1000", "attempt": "1", "max": "3", "progress": "100",
-                  "started": "1000", "finished": "2000", "rss": "1e400"}  # fmt: skip
-        await queue.client.xadd(stream, fields)  # type: ignore[arg-type]
-        await queue.enqueue(payload("after"))
-        p = StatusProjector(queue.client, queue.keys, backend, consumer="p")
-        assert await p.drain(10.0)
-        assert p.stats.bad_entries == 1
-        assert (await row(backend, "after")) is not None
-        state = await outbox_state(queue.client, stream)
-        assert state.unprojected == 0
-        await trim_outbox(queue.client, stream, state)
-        assert await queue.client.xlen(stream) <= 1
-    finally:
-        await backend.aclose()
+    stream = queue.keys.status_outbox
+    await queue.enqueue(payload("before"))
+    fields = {"job": "poison", "kind": "f", "tenant": "t", "state": "completed",
+              "rev": "1", "run": "1000", "attempt": "1", "max": "3", "progress": "100",
+              "started": "1000", "finished": "2000", "rss": "1e400"}  # fmt: skip
+    await queue.client.xadd(stream, fields)  # type: ignore[arg-type]
+    await queue.enqueue(payload("after"))
+    p = StatusProjector(queue.client, queue.keys, sqlite_backend, consumer="p")
+    assert await p.drain(10.0)
+    assert p.stats.bad_entries == 1
+    assert (await row(sqlite_backend, "after")) is not None
+    state = await outbox_state(queue.client, stream)
+    assert state.unprojected == 0
+    await trim_outbox(queue.client, stream, state)
+    assert await queue.client.xlen(stream) <= 1
 
 
 async def test_other_groups_on_the_stream_do_not_hold_back_trimming(
-    queue: JobQueue, tmp_path: Path
+    queue: JobQueue, sqlite_backend: StatusBackend
 ) -> None:
-    from supervisor.status import build_status_backend
-
-    backend = build_status_backend("sqlite", sqlite_path=str(tmp_path / "s.sqlite3"))
-    try:
-        stream = queue.keys.status_outbox
-        for i in range(5):
-            await queue.enqueue(payload(f"g-{i}"))
-        await queue.client.xgroup_create(stream, "someone-elses", id="0")
-        p = StatusProjector(queue.client, queue.keys, backend, consumer="p")
-        assert await p.drain(10.0)
-        state = await outbox_state(queue.client, stream)
-        assert state.unprojected == 0 and state.has_group
-        await trim_outbox(queue.client, stream, state)
-        assert await queue.client.xlen(stream) <= 1
-    finally:
-        await backend.aclose()
+    stream = queue.keys.status_outbox
+    for i in range(5):
+        await queue.enqueue(payload(f"g-{i}"))
+    await queue.client.xgroup_create(stream, "someone-elses", id="0")
+    p = StatusProjector(queue.client, queue.keys, sqlite_backend, consumer="p")
+    assert await p.drain(10.0)
+    state = await outbox_state(queue.client, stream)
+    assert state.unprojected == 0 and state.has_group
+    await trim_outbox(queue.client, stream, state)
+    assert await queue.client.xlen(stream) <= 1
 
 
 async def test_a_vanished_group_is_made_again_and_nothing_unread_is_trimmed(
-    queue: JobQueue, tmp_path: Path
+    queue: JobQueue, sqlite_backend: StatusBackend
 ) -> None:
-    from supervisor.status import build_status_backend
-
-    backend = build_status_backend("sqlite", sqlite_path=str(tmp_path / "s.sqlite3"))
-    service = StatusService(queue, backend, consumer="d", reconcile_interval_s=3600)
+    service = StatusService(queue, sqlite_backend, consumer="d", reconcile_interval_s=3600)
     service.start()
     try:
         await queue.enqueue(payload("v-0"))
-        await until(lambda: _exists(backend, "v-0"))
+        await until(lambda: _exists(sqlite_backend, "v-0"))
         # What a Redis restarted without persistence looks like to a running daemon.
         await queue.client.xgroup_destroy(queue.keys.status_outbox, GROUP)
         for i in range(1, 4):
             await queue.enqueue(payload(f"v-{i}"))
         for i in range(1, 4):
-            await until(lambda i=i: _exists(backend, f"v-{i}"), timeout_s=20)
+            await until(lambda i=i: _exists(sqlite_backend, f"v-{i}"), within_s=20)
     finally:
         await service.aclose(5.0)
 
@@ -182,22 +147,16 @@ async def test_a_row_of_another_tenant_is_reported_and_left_alone(
 
 
 async def test_status_sync_writes_directly_and_leaves_the_outbox_to_the_daemons(
-    queue: JobQueue, tmp_path: Path
+    queue: JobQueue, sqlite_backend: StatusBackend
 ) -> None:
-    from supervisor.status import build_status_backend
-
-    backend = build_status_backend("sqlite", sqlite_path=str(tmp_path / "s.sqlite3"))
-    try:
-        for i in range(3):
-            await queue.enqueue(payload(f"d-{i}"))
-        p = StatusProjector(queue.client, queue.keys, backend, consumer="p")
-        await p.ensure_group()
-        report = await status_sync(queue, backend)
-        assert sorted(report.missing) == ["d-0", "d-1", "d-2"] and report.written == 3
-        state = await outbox_state(queue.client, queue.keys.status_outbox)
-        assert state.unprojected == 3  # still there for the projectors: none was taken
-    finally:
-        await backend.aclose()
+    for i in range(3):
+        await queue.enqueue(payload(f"d-{i}"))
+    p = StatusProjector(queue.client, queue.keys, sqlite_backend, consumer="p")
+    await p.ensure_group()
+    report = await status_sync(queue, sqlite_backend)
+    assert sorted(report.missing) == ["d-0", "d-1", "d-2"] and report.written == 3
+    state = await outbox_state(queue.client, queue.keys.status_outbox)
+    assert state.unprojected == 3  # still there for the projectors: none was taken
 
 
 def test_ingestctl_status_sync_refuses_to_guess_a_store(queue_name: str, tmp_path: Path) -> None:

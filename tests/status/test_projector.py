@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
-import pytest
 from redis.asyncio import Redis
 
-from supervisor.queue.jobqueue import Backoff, JobQueue, Retention
-from supervisor.status import NoneBackend, StatusBackend, build_status_backend
+from supervisor.queue.jobqueue import JobQueue, Retention
+from supervisor.status import NoneBackend, StatusBackend
 from supervisor.status.projector import GROUP, StatusProjector
 from supervisor.status.reconcile import sweep_page
 from supervisor.status.service import StatusService
@@ -21,27 +17,7 @@ from supervisor.status.trim import outbox_state, trim_outbox
 from tests.conftest import REDIS_URL
 from tests.status.conftest import Store
 from tests.status.snapshots import payload
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def queue(queue_name: str) -> AsyncIterator[JobQueue]:
-    client = Redis.from_url(REDIS_URL)
-    yield JobQueue(client, queue_name, backoff=Backoff(base_s=0.01, jitter=0))
-    await client.aclose()
-
-
-@pytest.fixture
-async def sqlite_backend(tmp_path: Path) -> AsyncIterator[StatusBackend]:
-    backend = build_status_backend("sqlite", sqlite_path=str(tmp_path / "s.sqlite3"))
-    yield backend
-    await backend.aclose()
+from tests.waiting import until
 
 
 def projector(queue: JobQueue, backend: StatusBackend, name: str, **kw: Any) -> StatusProjector:

@@ -4,19 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
 
 from api.models import Job
 from supervisor.queue.jobqueue import JobRecord
-from supervisor.queue.payload import (
-    DEFAULT_SECRET_KEYS,
-    SecretKeys,
-    redact,
-    replace_surrogates,
-    scrub,
-    scrub_value,
-    secret_values,
-)
+from supervisor.queue.payload import DEFAULT_SECRET_KEYS, SecretKeys
+from supervisor.queue.redacted import redacted_texts
 from supervisor.queue.states import table_status
 
 
@@ -26,12 +18,6 @@ def _ts(value: float | None) -> datetime | None:
 
 def job_view(rec: JobRecord, queue: str, extra_secret_keys: Iterable[str] = ()) -> Job:
     keys = SecretKeys(DEFAULT_SECRET_KEYS | frozenset(extra_secret_keys))
-    secrets = secret_values(rec.payload, keys) if rec.payload is not None else []
-
-    def clean(text: str | None) -> str | None:
-        return None if text is None else replace_surrogates(scrub(text, secrets))
-
-    result: Any = replace_surrogates(scrub_value(redact(rec.result, keys), secrets))
     return Job(
         job_id=rec.job_id,
         queue=queue,
@@ -40,16 +26,13 @@ def job_view(rec: JobRecord, queue: str, extra_secret_keys: Iterable[str] = ()) 
         state=rec.state,
         status=table_status(rec.state),
         progress=min(100.0, max(0.0, rec.progress)),
-        message=clean(rec.progress_message),
         attempt=rec.attempt,
         max_attempts=rec.max_attempts,
-        error=clean(rec.error),
-        result=result,
         worker_id=rec.worker_id,
         cancel_requested=rec.cancel_requested,
         enqueued_at=_ts(rec.enqueued_at) or datetime.fromtimestamp(0, UTC),
         started_at=_ts(rec.started_at),
         finished_at=_ts(rec.finished_at),
         due_at=_ts(rec.due_at),
-        payload=None if rec.payload is None else replace_surrogates(redact(rec.payload, keys)),
+        **redacted_texts(rec, keys),
     )

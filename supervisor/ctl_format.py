@@ -14,14 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from supervisor.queue.jobqueue import JobRecord
-from supervisor.queue.payload import (
-    SecretKeys,
-    redact,
-    replace_surrogates,
-    scrub,
-    scrub_value,
-    secret_values,
-)
+from supervisor.queue.payload import SecretKeys, replace_surrogates
+from supervisor.queue.redacted import redacted_texts
 from supervisor.queue.states import table_status
 
 NOTHING = "-"
@@ -41,11 +35,6 @@ def iso(ts: float | None) -> str | None:
 
 def job_doc(rec: JobRecord, queue: str, secret_keys: SecretKeys) -> dict[str, Any]:
     """A job as `GET /jobs/{id}` shows it (api.models.Job), secrets removed, plus `stalls`."""
-    secrets = secret_values(rec.payload, secret_keys) if rec.payload is not None else []
-
-    def clean(text: str | None) -> str | None:
-        return None if text is None else scrub(text, secrets)
-
     doc: dict[str, Any] = replace_surrogates(
         {
             "job_id": rec.job_id,
@@ -55,19 +44,16 @@ def job_doc(rec: JobRecord, queue: str, secret_keys: SecretKeys) -> dict[str, An
             "state": rec.state.value,
             "status": table_status(rec.state).value,
             "progress": min(100.0, max(0.0, rec.progress)),
-            "message": clean(rec.progress_message),
             "attempt": rec.attempt,
             "max_attempts": rec.max_attempts,
             "stalls": rec.stalls,
-            "error": clean(rec.error),
-            "result": scrub_value(redact(rec.result, secret_keys), secrets),
             "worker_id": rec.worker_id,
             "cancel_requested": rec.cancel_requested,
             "enqueued_at": iso(rec.enqueued_at),
             "started_at": iso(rec.started_at),
             "finished_at": iso(rec.finished_at),
             "due_at": iso(rec.due_at),
-            "payload": None if rec.payload is None else redact(rec.payload, secret_keys),
+            **redacted_texts(rec, secret_keys),
         }
     )
     return doc

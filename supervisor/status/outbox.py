@@ -17,10 +17,6 @@ from supervisor.status.update import StatusUpdate
 # The consumer group of the projectors; trimming follows this group only.
 GROUP = "status-projector"
 
-# What changed, as the scripts say it: p (a progress tick), s (another state), f (final).
-KIND_STATE = "s"
-
-
 class BadEntry(ValueError):
     """An outbox entry that does not describe a row (acknowledged and logged, not retried)."""
 
@@ -28,7 +24,6 @@ class BadEntry(ValueError):
 @dataclass(frozen=True)
 class OutboxEntry:
     entry_id: str
-    kind: str
     row: StatusUpdate
 
     @property
@@ -104,7 +99,7 @@ def parse_entry(entry_id: Any, raw_fields: dict[Any, Any]) -> OutboxEntry:
     fields = {_text(k): _text(v) for k, v in raw_fields.items()}
     eid = _text(entry_id)
     try:
-        return OutboxEntry(eid, fields.get("kind", KIND_STATE), row_from_fields(fields))
+        return OutboxEntry(eid, row_from_fields(fields))
     except Exception as exc:  # anything in the stream that is not a row, however broken
         raise BadEntry(f"outbox entry {eid} is not a status row: {exc!r}"[:500]) from None
 

@@ -45,9 +45,6 @@ SPLIT_AFTER_FAILURES = 3
 
 @dataclass
 class ProjectorStats:
-    rows: int = 0  # snapshots the store accepted (applied or found stale)
-    batches: int = 0  # store requests that succeeded
-    failures: int = 0  # store requests that failed (every retry counts)
     rejected: int = 0  # rows the store refused as invalid (acknowledged, logged)
     bad_entries: int = 0  # outbox entries that were not rows (acknowledged, logged)
     claimed: int = 0  # entries taken over from other consumers
@@ -195,11 +192,6 @@ class StatusProjector:
         except TimeoutError:
             raise StatusStoreError("status write timed out") from None
         finally:
-            if ok:
-                self.stats.batches += 1
-                self.stats.rows += len(rows)
-            else:
-                self.stats.failures += 1
             with contextlib.suppress(Exception):
                 self.hooks.on_request(len(rows), time.monotonic() - started, ok)
 

@@ -10,6 +10,7 @@ bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -27,3 +28,10 @@ async def join_bounded(task: asyncio.Task[Any], timeout_s: float) -> None:
         log.warning("task %s ignored its cancel; leaving it behind", task.get_name())
     elif not task.cancelled() and task.exception() is not None:
         log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+
+async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, or less when `stop` is set meanwhile (upkeep loops' pause)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stop.wait()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor import events as ev
-from supervisor.aio import join_bounded
+from supervisor.aio import join_bounded, sleep_unless
 from supervisor.queue.jobqueue import Claim, JobQueue
 from supervisor.queue.payload import SecretKeys, redact, scrub, scrub_value, secret_values
 from supervisor.queue.states import TableStatus
@@ -82,9 +82,7 @@ class JobExecution:
     async def _renew_forever(self) -> None:
         interval = self.ctx.lease_s / 3
         while not self._done.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
-                    await self._done.wait()
+            await sleep_unless(self._done, interval)
             if self._done.is_set():
                 return
             trust_until = self._lease_deadline - self._kill_margin_s

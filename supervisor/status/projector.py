@@ -26,6 +26,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from supervisor.aio import sleep_unless
 from supervisor.queue.jobqueue import AnyRedis
 from supervisor.queue.keys import QueueKeys
 from supervisor.redis_retry import TRANSIENT
@@ -120,9 +121,7 @@ class StatusProjector:
         self._group_ready = True
 
     async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
+        await sleep_unless(self._stopping, seconds)
 
     def forget_group(self) -> None:
         """The group is to be created again before the next read (it was found missing)."""

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 
-from supervisor.aio import join_bounded
+from supervisor.aio import join_bounded, sleep_unless
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.redis_retry import TRANSIENT
 from supervisor.status.backend import NoneBackend, StatusBackend
@@ -57,9 +57,7 @@ class StatusService:
         self._tasks.append(asyncio.create_task(self._trim_loop(), name="status-outbox-trim"))
 
     async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
+        await sleep_unless(self._stopping, seconds)
 
     async def _reconcile_loop(self) -> None:
         while not self._stopping.is_set():

@@ -219,23 +219,28 @@ class _Server:
         self.ending = True
 
     def serve(self) -> None:
-        while True:
-            fds = [self.sock.fileno(), self.wake_r, *self.starting]
-            # Spares still owed (fork failed: out of processes for now) are retried soon,
-            # not only on the next message or child exit.
-            ready, _, _ = select.select(fds, [], [], FORK_RETRY_S if self.owed else None)
-            if self.wake_r in ready:
-                with contextlib.suppress(BlockingIOError):
-                    while os.read(self.wake_r, 4096):
-                        pass
-            if self.ending or (self.sock.fileno() in ready and not self._handle_request()):
-                self._end_jobs()
-                return
-            for fd in ready:
-                if fd in self.starting:
-                    self._pass_on(fd)
-            self._fork_owed()
-            self._reap()
+        """Serve until the daemon is gone, however that shows first (its parent-death
+        SIGTERM, its end of the socket closed, or a failed send of an exit notice), then
+        end every job."""
+        try:
+            while True:
+                fds = [self.sock.fileno(), self.wake_r, *self.starting]
+                # Spares still owed (fork failed: out of processes for now) are retried
+                # soon, not only on the next message or child exit.
+                ready, _, _ = select.select(fds, [], [], FORK_RETRY_S if self.owed else None)
+                if self.wake_r in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(self.wake_r, 4096):
+                            pass
+                if self.ending or (self.sock.fileno() in ready and not self._handle_request()):
+                    return
+                for fd in ready:
+                    if fd in self.starting:
+                        self._pass_on(fd)
+                self._fork_owed()
+                self._reap()
+        finally:
+            self._end_jobs()
 
     def _handle_request(self) -> bool:
         """{"want": n, "preload": bool}: fork n more spares (importing the worker first)."""

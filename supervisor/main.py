@@ -228,10 +228,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("starting with %s", json.dumps(settings.redacted(), default=str))
     # Before any thread exists; the built-in worker is imported into it once, here.
     try:
-        FORK_SERVER.start(
-            preload_worker=build_runner_config(settings).command is None,
-            spares=settings.concurrency,  # every slot finds a child waiting
-        )
+        builtin = build_runner_config(settings).command is None
+        # Commands are spawned at once by the server; only the built-in worker and a
+        # switch of user need spares, one waiting for each slot.
+        uses_spares = builtin or settings.child_user is not None
+        FORK_SERVER.start(preload_worker=builtin, spares=settings.concurrency if uses_spares else 0)
     except OSError as exc:  # each job tries again, and fails to start with the reason
         log.error("%s", exc)
     return asyncio.run(run(settings))

@@ -1,18 +1,23 @@
 """Starting a child: the one way, through a fork server (`forkserver_main` is its program).
 
 The daemon starts the fork server once (its own session, the children's allowlisted
-environment, parent-death signal towards the daemon). The server forks spares ahead of
-time and hands each one's socket to the daemon once it leads its own session and process
-group and dies with the server. A job's start is one message from the daemon to a
-waiting spare, with the job's pipes: the spare makes them 0/1/2, closes every other fd,
-resets signal dispositions and mask, applies the resource limits, switches user if
-asked, changes into the job's directory and then execs the command, or, for the built-in
-worker, runs `ingest_worker` in place (imported once by the server).
+environment, parent-death signal towards the daemon). Every child is set up alike: its
+own session and process group, the job's pipes as 0/1/2 and no other fd, default signal
+dispositions and an empty mask, the resource limits, the job's directory.
+
+- A command (no user switch) is one request to the server, which starts it with
+  `posix_spawn` and answers with its pid once its limits are set.
+- The built-in worker, and a command run as another user, go to a spare: a fork of the
+  server made ahead of time that leads its own session and dies with the server. The
+  request and the pipes go straight to the waiting spare, which sets itself up, switches
+  user if asked, and execs the command or runs `ingest_worker` in place (imported once by
+  the server).
 
 Nothing runs between fork and exec in the daemon itself: no preexec_fn, no fork of a
 threaded process. The server reaps its children and sends (pid, wait status, CPU, max
 RSS) notices that resolve each `SpawnedChild.exited`. If it dies, its pending children
-resolve with an unknown status (they die with it) and the next spawn starts a new one.
+resolve with an unknown status (their runs then kill their process groups) and the next
+spawn starts a new server.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import importlib.util
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,12 +40,14 @@ from typing import Any
 
 from supervisor.runner.containment import ORPHANS
 from supervisor.runner.env import build_child_env
+from supervisor.runner.forkserver_main import recv_fds
 from supervisor.runner.spawn import (
     ExitStatus,
     SpawnedChild,
+    SpawnRefused,
     SpawnSpec,
-    encode_request,
     exit_status,
+    spawn_request,
     with_child_pipes,
 )
 
@@ -69,6 +78,11 @@ class _Server:
         self.children: dict[int, asyncio.Future[ExitStatus]] = {}
         self.spares: collections.deque[tuple[int, socket.socket]] = collections.deque()
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.spares_coming = 0  # asked for, not yet delivered
+        # Spawn requests in the order sent; the server answers them in that order.
+        self.answers: collections.deque[asyncio.Future[tuple[int, asyncio.Future[ExitStatus]]]] = (
+            collections.deque()
+        )
         self.alive = True
         self.preload = preload_worker
         sock, sock_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -110,6 +124,7 @@ class _Server:
             self.loop.remove_reader(self.sock.fileno())
         self.children.clear()
         self.waiters.clear()
+        self.answers.clear()
         self.loop = loop
         loop.add_reader(self.sock.fileno(), self._on_message)
 
@@ -122,6 +137,8 @@ class _Server:
             self.sock.send(json.dumps({"want": n, "preload": preload}).encode())
         except OSError:
             self.shutdown("no longer listens")
+        else:
+            self.spares_coming += n
 
     async def take_spare(self, builtin: bool) -> tuple[int, socket.socket]:
         """A ready spare (its pid, and its socket, the caller's to close); one more is
@@ -130,6 +147,9 @@ class _Server:
         while not self.spares:
             if not self.alive:
                 raise ForkServerError("fork server exited")
+            if not self.spares_coming:  # a server started with no spares
+                self._want(1, preload=builtin)
+                continue
             waiter = self.loop.create_future()
             self.waiters.append(waiter)
             try:
@@ -140,12 +160,38 @@ class _Server:
         self._want(1, preload=builtin)
         return self.spares.popleft()
 
+    def request_spawn(
+        self, message: bytes, stdin_r: int, stdout_w: int, stderr_w: int
+    ) -> asyncio.Future[tuple[int, asyncio.Future[ExitStatus]]]:
+        """Ask the server to start a command now; resolves to (pid, exit future)."""
+        assert self.loop is not None
+        if not self.alive:
+            raise ForkServerError("fork server exited")
+        socket.send_fds(self.sock, [b'{"spawn":' + message + b"}"], [stdin_r, stdout_w, stderr_w])
+        answer: asyncio.Future[tuple[int, asyncio.Future[ExitStatus]]] = self.loop.create_future()
+        self.answers.append(answer)
+        return answer
+
+    def _answered(self, notice: dict[str, Any]) -> None:
+        assert self.loop is not None
+        answer = self.answers.popleft()
+        if "refused" in notice:
+            if not answer.done():
+                answer.set_exception(SpawnRefused(str(notice["refused"])))
+            return
+        pid = int(notice["spawned"])
+        if answer.done():  # nobody waits any more (the start timed out): end it
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+            return
+        exited: asyncio.Future[ExitStatus] = self.loop.create_future()
+        self.children[pid] = exited  # before any exit notice behind this message
+        answer.set_result((pid, exited))
+
     def _on_message(self) -> None:
         for _ in range(_NOTICE_BATCH):
             try:
-                message, fds, _flags, _addr = socket.recv_fds(
-                    self.sock, _MAX_MESSAGE, 1, socket.MSG_CMSG_CLOEXEC
-                )
+                message, fds = recv_fds(self.sock, _MAX_MESSAGE, 1)
             except BlockingIOError:
                 return
             except OSError:
@@ -158,6 +204,7 @@ class _Server:
             notice = json.loads(message)
             if "spare" in notice and len(fds) == 1:
                 self.spares.append((int(notice["spare"]), socket.socket(fileno=fds[0])))
+                self.spares_coming -= 1
                 while self.waiters:
                     waiter = self.waiters.popleft()
                     if not waiter.done():
@@ -166,7 +213,10 @@ class _Server:
                 continue
             for fd in fds:
                 os.close(fd)
-            self._exited(int(notice["pid"]), notice)
+            if "spawned" in notice or "refused" in notice:
+                self._answered(notice)
+            else:
+                self._exited(int(notice["pid"]), notice)
 
     def _exited(self, pid: int, notice: dict[str, Any]) -> None:
         future = self.children.pop(pid, None)
@@ -203,10 +253,16 @@ class _Server:
         if why != "closed":
             lost = len(self.children)
             log.warning("fork server %d %s; %d children lost", self.proc.pid, why, lost)
+        # A spare's child dies with the server; a spawned command's group is killed by its
+        # run (run_child), which sees the unknown status.
         for future in self.children.values():
             if not future.done():
                 future.set_result(ExitStatus(None, None))
         self.children.clear()
+        for answer in self.answers:
+            if not answer.done():
+                answer.set_exception(ForkServerError(f"fork server {why}"))
+        self.answers.clear()
         for waiter in self.waiters:
             if not waiter.done():
                 waiter.set_result(None)  # take_spare() sees the server gone
@@ -223,10 +279,11 @@ def _sender(sock: socket.socket, message: bytes) -> Callable[[int, int, int], No
 class ForkServer:
     """Starts children through one fork server process, started on first use or `start()`.
 
-    `spares` children wait ready at any time, so a job's start is one message to one of
-    them. `preload_worker` imports ingest_worker in the server at its start (else when the
-    built-in worker is first used). Call `close()` when no child runs any more: its
-    children die with it.
+    `spares` forked children wait ready at any time for the built-in worker and for
+    commands run as another user, so such a start is one message to one of them (a
+    server with none forks one on first need). `preload_worker` imports ingest_worker in
+    the server at its start (else when the built-in worker is first used). Call `close()`
+    when no child runs any more: its children die with it.
     """
 
     def __init__(
@@ -247,7 +304,7 @@ class ForkServer:
         if preload_worker is not None:
             self._preload = preload_worker
         if spares is not None:
-            self._spares = max(1, spares)
+            self._spares = max(0, spares)
         if self._server is not None and self._server.alive:
             return
         try:
@@ -257,10 +314,13 @@ class ForkServer:
             raise ForkServerError(f"cannot start the fork server: {exc}") from None
 
     async def spawn(self, spec: SpawnSpec) -> SpawnedChild:
-        """Start one child (OSError, KeyError for an unknown user, ForkServerError)."""
+        """Start one child (OSError, KeyError for an unknown user, ForkServerError,
+        SpawnRefused when the command cannot be started)."""
         if spec.argv is not None and not spec.argv:
             raise ValueError("empty command")
-        message = encode_request(spec)
+        message = json.dumps(spawn_request(spec)).encode()
+        if spec.argv is not None and spec.user is None and spec.group is None:
+            return await self._spawn_command(message)
         for _attempt in range(3):  # a spare that died just now is replaced
             self.start()
             server = self._server
@@ -285,6 +345,34 @@ class ForkServer:
             server.children[pid] = exited
             return SpawnedChild(pid, stdin_w, stdout_r, stderr_r, exited=exited)
         raise ForkServerError("spare children keep dying before their job")
+
+    async def _spawn_command(self, message: bytes) -> SpawnedChild:
+        for _attempt in range(2):  # once more, on a new server, if this one is gone
+            self.start()
+            server = self._server
+            assert server is not None
+            server.attach(asyncio.get_running_loop())
+            try:
+                answer, (stdin_w, stdout_r, stderr_r) = with_child_pipes(
+                    functools.partial(server.request_spawn, message)
+                )
+            except OSError:
+                server.shutdown("no longer listens")
+                continue
+            try:
+                async with asyncio.timeout(self._spare_timeout_s):
+                    pid, exited = await answer
+            except BaseException as exc:
+                answer.cancel()  # an answer still to come is killed on arrival
+                for fd in (stdin_w, stdout_r, stderr_r):
+                    os.close(fd)
+                if isinstance(exc, TimeoutError):
+                    if not server.children:
+                        server.shutdown("did not answer in time")
+                    raise ForkServerError("the fork server did not answer in time") from None
+                raise
+            return SpawnedChild(pid, stdin_w, stdout_r, stderr_r, exited=exited)
+        raise ForkServerError("the fork server keeps exiting")
 
     def close(self) -> None:
         if self._server is not None:

@@ -9,19 +9,29 @@ or ptrace it. Forked children inherit that; an exec resets it.
 
 argv: <daemon pid> <socket fd> <preload 0|1> [<import path>...]. The socket carries
 SOCK_SEQPACKET datagrams of JSON. From the daemon: {"want": n, "preload": bool}, fork n
-more spares. To the daemon: {"spare": pid} with the spare's socket (SCM_RIGHTS) once the
-spare is ready, and exit notices {"pid", "status", "cpu", "rss"} as wait4() reaps
-children (spares included).
+more spares; {"spawn": request} with the job's stdin/stdout/stderr ends, exec a command
+now. To the daemon: {"spare": pid} with the spare's socket (SCM_RIGHTS) once the spare is
+ready; {"spawned": pid} or {"refused": why} answering each spawn, in order; and exit
+notices {"pid", "status", "cpu", "rss"} as wait4() reaps children (spares included).
 
-A spare has called setsid() and set its parent-death signal before it is passed on, so
-its pid is a process group the daemon can signal at once. The daemon sends a job straight
-to a spare (the job's request and its stdin/stdout/stderr ends); the spare sets itself up
-the same way for every command (see `_set_up`) and either execs the command or runs the
-built-in worker. The server is on no job's critical path but its exit notice.
+Two ways to a child, both set up alike (own session, the pipes as fds 0-2 and no other
+fd, default signals and an empty mask, the limits, the job's directory):
+
+- A command is started by `posix_spawn` (`_spawn_command`): the kernel's vfork-style
+  clone shares this process's memory until the exec, so nothing of the server is copied
+  and nothing of Python runs in the child. The limits are set with prlimit(2) before the
+  server answers, so before the daemon writes the job to the child's stdin.
+- The built-in worker, and any command run as another user (`INGEST_CHILD_USER`: a
+  credential switch needs code in the child), go through a spare: a fork of this process
+  made ahead of time, which has called setsid() and set its parent-death signal before it
+  is passed on, so its pid is a process group the daemon can signal at once. The daemon
+  sends the job straight to the spare, which sets itself up (see `_set_up`) and either
+  execs the command or runs the built-in worker in place.
 """
 
 from __future__ import annotations
 
+import array
 import collections
 import contextlib
 import ctypes
@@ -46,6 +56,19 @@ _MAX_MESSAGE = 1 << 20
 FORK_RETRY_S = 0.5
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _CATCHABLE = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
+
+
+def recv_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int]]:
+    """One message and the fds passed with it, each close-on-exec (Python 3.11's
+    `socket.recv_fds` does not pass its flags on, so it cannot ask for that)."""
+    fds = array.array("i")
+    message, ancdata, _flags, _addr = sock.recvmsg(
+        bufsize, socket.CMSG_LEN(maxfds * fds.itemsize), socket.MSG_CMSG_CLOEXEC
+    )
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return message, list(fds)
 
 
 def _prctl(option: int, value: int | bytes) -> None:
@@ -93,7 +116,7 @@ def _spare_main(sock: socket.socket, server_pid: int) -> None:
         _die_with(server_pid)
         _name(b"ingest-spare")
         sock.send(b"ready")
-        message, fds, _flags, _addr = socket.recv_fds(sock, _MAX_MESSAGE, 3)
+        message, fds = recv_fds(sock, _MAX_MESSAGE, 3)
     except BaseException:  # the server went away before a job came: nothing to say
         os._exit(0)
     if not message:
@@ -139,6 +162,46 @@ def _set_up(request: dict[str, Any], fds: list[int], server_pid: int) -> None:
         os.chdir(request["cwd"])
     except OSError as exc:
         _fail(f"chdir {request['cwd']}", exc)
+
+
+class SpawnRefused(Exception):
+    """A command could not be started; the message says why."""
+
+
+def _spawn_command(request: dict[str, Any], fds: list[int]) -> int:
+    """Start `request`'s command in its own session with `fds` as 0-2; its pid.
+
+    Raises `SpawnRefused` with the reason. Every fd of this process but 0-2 is
+    close-on-exec, so the command inherits only its pipes.
+    """
+    if len(fds) != 3:
+        raise SpawnRefused(f"expected 3 fds, got {len(fds)}")
+    cwd, program = request["cwd"], request["program"]
+    try:
+        os.chdir(cwd)  # posix_spawn has no chdir step here; single-threaded, so safe
+    except OSError as exc:
+        raise SpawnRefused(f"chdir {cwd}: {exc.strerror or exc}") from None
+    try:
+        pid = os.posix_spawn(
+            program,
+            request["argv"],
+            request["env"],
+            file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(fds)],
+            setsid=True,
+            setsigmask=(),
+            setsigdef=_CATCHABLE,
+        )
+    except OSError as exc:
+        raise SpawnRefused(f"exec {program}: {exc.strerror or exc}") from None
+    finally:
+        os.chdir("/")
+    try:
+        for res, soft, hard in request["rlimits"]:
+            resource.prlimit(pid, res, (soft, hard))
+    except (OSError, ValueError) as exc:
+        os.kill(pid, signal.SIGKILL)  # reaped like any child; the daemon never knew it
+        raise SpawnRefused(f"resource limit: {exc}") from None
+    return pid
 
 
 def _run_job(request: dict[str, Any], fds: list[int], server_pid: int) -> int:
@@ -243,15 +306,37 @@ class _Server:
             self._end_jobs()
 
     def _handle_request(self) -> bool:
-        """{"want": n, "preload": bool}: fork n more spares (importing the worker first)."""
-        message = self.sock.recv(_MAX_MESSAGE)
+        """{"spawn": request} with 3 fds: start a command now and answer. {"want": n,
+        "preload": bool}: fork n more spares (importing the worker first)."""
+        message, fds = recv_fds(self.sock, _MAX_MESSAGE, 3)
         if not message:
+            for fd in fds:
+                os.close(fd)
             return False  # the daemon closed the socket: children die with us
         request = json.loads(message)
+        if "spawn" in request:
+            self._spawn(request["spawn"], fds)
+            return True
+        for fd in fds:
+            os.close(fd)
         if request.get("preload") and not self.preloaded:
             self._preload()
         self.owed += int(request.get("want", 0))
         return True
+
+    def _spawn(self, request: dict[str, Any], fds: list[int]) -> None:
+        try:
+            pid = _spawn_command(request, fds)
+        except SpawnRefused as exc:
+            answer: dict[str, Any] = {"refused": str(exc)}
+        else:
+            self.children.add(pid)
+            self.sessions.append(pid)
+            answer = {"spawned": pid}
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self.sock.send(json.dumps(answer).encode())
 
     def _fork_owed(self) -> None:
         while self.owed > 0:
@@ -346,6 +431,7 @@ def main(argv: list[str]) -> None:
     _prctl(PR_SET_DUMPABLE, 0)
     _name(b"ingest-forksrv")
     sys.path[:0] = argv[4:]
+    os.set_inheritable(sock_fd, False)  # passed to us inheritable; no command may get it
     server = _Server(socket.socket(fileno=sock_fd))
     if preload:
         server._preload()

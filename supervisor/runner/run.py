@@ -32,7 +32,7 @@ from supervisor.runner.protocol import (
     Result,
     parse_line,
 )
-from supervisor.runner.spawn import ExitStatus, SpawnedChild, SpawnSpec
+from supervisor.runner.spawn import ExitStatus, SpawnedChild, SpawnRefused, SpawnSpec
 from supervisor.runner.stop import StopRequest
 
 log = logging.getLogger(__name__)
@@ -358,6 +358,8 @@ class _ChildRun:
 
 def _start_error(exc: BaseException, argv: tuple[str, ...] | None) -> str:
     program = "ingest_worker" if argv is None else argv[0] if argv else "?"
+    if isinstance(exc, SpawnRefused):
+        return str(exc)
     if isinstance(exc, FileNotFoundError):
         return f"{program}: not found"
     if isinstance(exc, PermissionError):

@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import grp
-import json
 import os
 import pwd
 import resource
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from supervisor.runner.config import ResourceLimits
 
@@ -117,19 +116,21 @@ def exit_status(status: int, cpu: float, rss: int) -> ExitStatus:
     return ExitStatus(os.waitstatus_to_exitcode(status), None, cpu, rss)
 
 
-def encode_request(spec: SpawnSpec) -> bytes:
-    """The job's set-up for the spare (raises before any spare is taken)."""
+class SpawnRefused(OSError):
+    """The fork server could not start the command; the message says why."""
+
+
+def spawn_request(spec: SpawnSpec) -> dict[str, Any]:
+    """The job's set-up for the fork server or a spare (raises before either is asked)."""
     argv = None if spec.argv is None else list(spec.argv)
     program = None if argv is None else resolve_program(argv[0], spec.env, spec.cwd)
     uid, gid = credentials(spec.user, spec.group)
-    return json.dumps(
-        {
-            "argv": argv,
-            "program": program,
-            "env": dict(spec.env),
-            "cwd": spec.cwd,
-            "rlimits": rlimits(spec.limits),
-            "uid": uid,
-            "gid": gid,
-        }
-    ).encode()
+    return {
+        "argv": argv,
+        "program": program,
+        "env": dict(spec.env),
+        "cwd": spec.cwd,
+        "rlimits": rlimits(spec.limits),
+        "uid": uid,
+        "gid": gid,
+    }

@@ -27,8 +27,9 @@ from supervisor.runner import (
     StopRequest,
     run_child,
 )
+from supervisor.runner.forkserver import ForkServerError
 from supervisor.runner.spawn import SpawnedChild
-from tests.runner.conftest import fast_config, wait_gone
+from tests.runner.conftest import child_cmd, fast_config, job_processes, wait_gone
 
 WORKER_ENV = {"INGEST_CHUNK_STORE": "none", "INGEST_CRAWL_ALLOW_PRIVATE": "1"}
 
@@ -57,7 +58,8 @@ def spawner() -> Iterator[RecordingSpawner]:
 
 def config(spawner: ForkServer, **overrides: Any) -> RunnerConfig:
     overrides.setdefault("extra_env", WORKER_ENV)
-    return fast_config(None, fork_server=spawner, **overrides)
+    command = overrides.pop("command", None)
+    return fast_config(command, fork_server=spawner, **overrides)
 
 
 def text_job(job_id: str, text: str = "hello fork server " * 40, **extra: Any) -> bytes:
@@ -141,9 +143,7 @@ def test_children_get_the_allowlisted_env_not_the_daemons(
     server = spawner.pid
     assert server is not None
     # Not dumpable: only a privileged reader (as these tests run here) sees its environ.
-    server_env = (
-        psutil.Process(server).environ() if os.geteuid() == 0 else {}
-    )
+    server_env = psutil.Process(server).environ() if os.geteuid() == 0 else {}
     assert "SUPABASE_SERVICE_ROLE_KEY" not in server_env
     assert "INGEST_EMBEDDING_DIM" not in server_env
 
@@ -328,3 +328,95 @@ def test_the_waiting_spare_holds_no_job_pipes_and_leads_its_session(
     assert leads
     targets = {os.readlink(f"/proc/{spare}/fd/{fd}") for fd in fds}
     assert len(fds) == 4, targets
+
+
+def test_a_dead_server_takes_a_spawned_command_along(spawner: RecordingSpawner) -> None:
+    """A command is started by posix_spawn (no parent-death signal): when its server dies,
+    its run kills the command's group."""
+
+    async def main() -> ChildOutcome:
+        task = asyncio.create_task(run(config(spawner, command=child_cmd("sleep_forever.py")), b""))
+        await spawner.one_started.wait()
+        assert spawner.pid is not None
+        os.kill(spawner.pid, signal.SIGKILL)
+        return await task
+
+    lost = asyncio.run(main())
+    assert lost.ended is EndReason.SHUTDOWN and lost.exit_code is None
+    assert not wait_gone([spawner.started[0].pid], timeout=5), "command outlived its server"
+
+
+def _job_processes_after(job_id: str, timeout: float) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout
+    while (found := job_processes(job_id)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return found
+
+
+def test_a_server_that_stops_answering_fails_only_that_start_and_kills_a_late_child(
+    tmp_path: Path,
+) -> None:
+    """A stopped server (SIGSTOP) holds a start until the timeout: that start fails, the
+    server with a running child is kept, and the child it starts once it runs again,
+    after its caller gave up, is killed at once."""
+    # Silent: a child that wrote to its closed stdout would die of SIGPIPE by itself.
+    quiet = (sys.executable, "-S", "-c", "import time; time.sleep(60)")
+
+    def spec(argv: tuple[str, ...], job_id: str) -> SpawnSpec:
+        env = {"PATH": os.defpath, "INGEST_JOB_ID": job_id}
+        return SpawnSpec(argv, env, str(tmp_path))
+
+    def close(child: SpawnedChild) -> None:
+        for fd in (child.stdin_fd, child.stdout_fd, child.stderr_fd):
+            os.close(fd)
+
+    server = ForkServer(spare_timeout_s=0.5, spares=0)
+
+    async def main() -> list[psutil.Process]:
+        running = await server.spawn(spec(quiet, "keeps-running"))
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(ForkServerError, match="did not answer in time"):
+                await server.spawn(spec(quiet, "late-start"))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # Answers come in order: once a later start is answered, so was the late one.
+        after = await server.spawn(spec((sys.executable, "-S", "-c", "pass"), "after"))
+        assert (await after.exited).exit_code == 0
+        assert server.pid == pid, "a server with a running child is not restarted"
+        left = await asyncio.to_thread(_job_processes_after, "late-start", 5.0)
+        os.killpg(running.pid, signal.SIGKILL)
+        await running.exited
+        close(running)
+        close(after)
+        return left
+
+    try:
+        assert asyncio.run(main()) == [], "the late child was left running"
+    finally:
+        server.close()
+
+
+def test_a_command_only_server_keeps_no_spares_and_still_forks_one_when_needed() -> None:
+    spawner = RecordingSpawner()
+    spawner.start(spares=0)
+
+    async def main() -> tuple[ChildOutcome, list[psutil.Process], ChildOutcome]:
+        command = await run(config(spawner, command=child_cmd("exit_code.py", "0")), b"{}")
+        waiting = [
+            p
+            for p in psutil.Process(spawner.pid or 0).children()
+            if p.status() != psutil.STATUS_ZOMBIE
+        ]
+        builtin = await run(config(spawner), text_job("z1"))
+        return command, waiting, builtin
+
+    try:
+        command, waiting, builtin = asyncio.run(main())
+    finally:
+        spawner.close()
+    assert command.exit_code == 0, command.error
+    assert waiting == []
+    assert builtin.exit_code == 0, builtin.error

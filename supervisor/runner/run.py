@@ -61,14 +61,12 @@ async def run_child(
     try:
         return await run.run(workdir, job_json, timeout_s)
     finally:
-        _remove_workdir(workdir)
-
-
-def _remove_workdir(path: str) -> None:
-    try:
-        os.rmdir(path)  # most children leave it empty: one call instead of a tree walk
-    except OSError:
-        shutil.rmtree(path, ignore_errors=True)
+        try:
+            os.rmdir(workdir)  # most children leave it empty: one call
+        except OSError:
+            # In a thread: a child can leave any number of files, and the event loop is
+            # shared by every slot, lease renewal and heartbeat.
+            await asyncio.shield(asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True))
 
 
 def _new_workdir(root: str | None, user: str | None) -> str:

@@ -70,3 +70,31 @@ async def test_killed_orphans_and_their_children_are_reaped_by_a_later_sweep(run
 
 def _exists_pid(*pids: int) -> bool:
     return any(psutil.pid_exists(p) for p in pids)
+
+
+LEAVE_FILES = "import os\nfor i in range(int(os.sys.argv[1])):\n    open(f'f{i}', 'w').close()\n"
+
+
+async def test_removing_a_full_directory_never_stalls_the_event_loop(run: RunFn) -> None:
+    """A child may leave its directory full of files. Removing them must not block the
+    event loop that every slot, lease renewal and heartbeat of the daemon shares."""
+    loop = asyncio.get_running_loop()
+    stalls: list[float] = []
+    done = asyncio.Event()
+
+    async def tick() -> None:
+        while not done.is_set():
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            stalls.append(loop.time() - before - 0.01)
+
+    ticker = asyncio.create_task(tick())
+    started = loop.time()
+    code = LEAVE_FILES + "print('RESULT: ' + repr(os.getcwd()).replace(\"'\", '\"'))"
+    outcome = await run(fast_config((sys.executable, "-S", "-c", code, "60000")), timeout_s=60)
+    done.set()
+    await ticker
+    assert outcome.succeeded, outcome.error
+    assert not await asyncio.to_thread(os.path.exists, outcome.result)
+    # Removing 60,000 files takes about half a second here; no tick waited that long.
+    assert max(stalls) < 0.2, (max(stalls), loop.time() - started)

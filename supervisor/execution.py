@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -46,6 +47,10 @@ class ExecutionContext:
     secret_keys: frozenset[str]  # payload keys whose values never leave the daemon
     metrics: Any = None  # supervisor.metrics.DaemonMetrics when metrics are on
 
+    @functools.cached_property
+    def is_secret(self) -> SecretKeys:
+        return SecretKeys(self.secret_keys)
+
 
 class JobExecution:
     def __init__(self, ctx: ExecutionContext, claim: Claim) -> None:
@@ -55,9 +60,8 @@ class JobExecution:
         self.attempt = claim.job.attempt
         self.stop = StopRequest()
         self._log_extra = {"job_id": self.job_id, "attempt": self.attempt}
-        is_secret = SecretKeys(ctx.secret_keys)
-        self._secrets = secret_values(claim.payload, is_secret)
-        self._redacted = redact(claim.payload, is_secret)
+        self._secrets = secret_values(claim.payload, ctx.is_secret)
+        self._redacted = redact(claim.payload, ctx.is_secret)
         self._lease_deadline = time.monotonic() + ctx.lease_s
         self._progress_pending: tuple[float, str | None] | None = None
         self._progress_wakeup = asyncio.Event()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import sys
@@ -9,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
+
+from supervisor.runner.env import inherited_env
 
 if TYPE_CHECKING:
     from supervisor.runner.forkserver import ForkServer
@@ -31,6 +34,9 @@ class ResourceLimits:
 
 @dataclass(frozen=True)
 class RunnerConfig:
+    """How one kind of child is started. The environment children inherit from this
+    process is read once per config, at its first child start (`inherited_env`)."""
+
     command: tuple[str, ...] | None  # None: the built-in ingest_worker (default_command)
     env_passthrough: tuple[str, ...] = ()  # extra names (or `PREFIX*`) the operator allows through
     extra_env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -48,6 +54,11 @@ class RunnerConfig:
     tmp_root: str | None = None
     fork_server: ForkServer | None = None  # None: the daemon's (forkserver.FORK_SERVER)
     read_chunk_bytes: int = 64 * 1024
+
+    @functools.cached_property
+    def inherited_env(self) -> Mapping[str, str]:
+        """The allowlisted part of this process's environment (see env.inherited_env)."""
+        return MappingProxyType(inherited_env(os.environ, self.env_passthrough))
 
 
 def default_command(

@@ -56,6 +56,36 @@ def _matcher(patterns: Iterable[str]) -> Callable[[str], bool]:
     return allowed
 
 
+def inherited_env(parent: Mapping[str, str], passthrough: Iterable[str]) -> dict[str, str]:
+    """What of `parent` every child sees: the allowlist and the names the operator added."""
+    allowed = _matcher((*BASE_ALLOWLIST, *passthrough))
+    env = {name: value for name, value in parent.items() if allowed(name)}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    # Progress lines must arrive while the job runs, not when a pipe buffer fills.
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def job_env(
+    inherited: Mapping[str, str],
+    *,
+    extra: Mapping[str, str],
+    job_id: str,
+    attempt: int,
+    workdir: str,
+) -> dict[str, str]:
+    """One child's environment: `inherited`, its directory, the operator's extras, its job."""
+    env = dict(inherited)
+    env["HOME"] = workdir
+    env["TMPDIR"] = workdir
+    env.update(extra)
+    env["INGEST_JOB_ID"] = job_id
+    env["INGEST_ATTEMPT"] = str(attempt)
+    # Even if an operator lists them, systemd's notify/watchdog variables would let a child
+    # speak for the daemon (READY, WATCHDOG); they never pass.
+    return scrub_env(env)
+
+
 def build_child_env(
     parent: Mapping[str, str],
     *,
@@ -65,16 +95,10 @@ def build_child_env(
     attempt: int,
     workdir: str,
 ) -> dict[str, str]:
-    allowed = _matcher((*BASE_ALLOWLIST, *passthrough))
-    env = {name: value for name, value in parent.items() if allowed(name)}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    # Progress lines must arrive while the job runs, not when a pipe buffer fills.
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env["HOME"] = workdir
-    env["TMPDIR"] = workdir
-    env.update(extra)
-    env["INGEST_JOB_ID"] = job_id
-    env["INGEST_ATTEMPT"] = str(attempt)
-    # Even if an operator lists them, systemd's notify/watchdog variables would let a child
-    # speak for the daemon (READY, WATCHDOG); they never pass.
-    return scrub_env(env)
+    return job_env(
+        inherited_env(parent, passthrough),
+        extra=extra,
+        job_id=job_id,
+        attempt=attempt,
+        workdir=workdir,
+    )

@@ -18,7 +18,7 @@ from typing import Any
 from supervisor.runner.coalesce import ProgressCallback, ProgressCoalescer
 from supervisor.runner.config import RunnerConfig
 from supervisor.runner.containment import ORPHANS, ProcessTree
-from supervisor.runner.env import build_child_env
+from supervisor.runner.env import job_env
 from supervisor.runner.forkserver import FORK_SERVER
 from supervisor.runner.forkserver_main import EXEC_FAILED_CODE, EXEC_FAILED_MARKER
 from supervisor.runner.oom import oom_kills
@@ -127,9 +127,8 @@ class _ChildRun:
 
     async def run(self, workdir: str, job_json: bytes, timeout_s: float) -> ChildOutcome:
         cfg = self.config
-        env = build_child_env(
-            os.environ,
-            passthrough=cfg.env_passthrough,
+        env = job_env(
+            cfg.inherited_env,
             extra=cfg.extra_env,
             job_id=self.job_id,
             attempt=self.attempt,

@@ -536,16 +536,14 @@ def main() -> None:
     parser.add_argument(
         "--profile",
         metavar="PREFIX",
-        help="py-spy the daemon during each bulk phase into PREFIX-<child>.txt (collapsed)",
+        help="py-spy each daemon's bulk phase into PREFIX-<child>-<contender>.txt (collapsed)",
     )
     parser.add_argument(
         "--cprofile",
         metavar="PREFIX",
-        help="run each daemon under cProfile into PREFIX-<child>.prof (slows it down)",
+        help="run each daemon under cProfile into PREFIX-<child>-<contender>.prof (slower)",
     )
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
-    )
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
     args = parser.parse_args()
     c = args.concurrency
     with tempfile.TemporaryDirectory(prefix="bench-daemon-") as tmp:
@@ -564,11 +562,12 @@ def main() -> None:
                 (f"daemon c={c}", ROOT, None)
             ]
             if args.baseline is not None:
-                for mode in [m for m in args.baseline_modes.split(",") if m]:
+                for mode in [m for m in args.baseline_modes.split(",") if m] or [""]:
                     if mode == "zygote" and kind.worker_command is not None:
                         continue  # the baseline's zygote runs only the built-in worker
-                    spawn = {"INGEST_SPAWN_MODE": mode}
-                    contenders.append((f"before {mode} c={c}", args.baseline, spawn))
+                    spawn = {"INGEST_SPAWN_MODE": mode} if mode else {}
+                    label = f"before {mode} c={c}" if mode else f"before c={c}"
+                    contenders.append((label, args.baseline, spawn))
             contenders.append((f"popen p={c}", None, None))
             rows: list[Row] = []
             for _round in range(args.rounds):
@@ -576,14 +575,15 @@ def main() -> None:
                     if tree is None:
                         rows.append(bench_popen(label, kind, args.jobs, c))
                         continue
+                    tag = "-".join([kind.name, label.split()[0], *(daemon_env or {}).values()])
                     daemon = bench_daemon(
                         args.redis_url,
                         kind,
                         c,
                         args.samples,
                         args.jobs,
-                        None if args.profile is None else f"{args.profile}-{kind.name}.txt",
-                        None if args.cprofile is None else f"{args.cprofile}-{kind.name}.prof",
+                        None if args.profile is None else f"{args.profile}-{tag}.txt",
+                        None if args.cprofile is None else f"{args.cprofile}-{tag}.prof",
                         name=label,
                         tree=tree,
                         extra_env=daemon_env,

@@ -9,8 +9,9 @@ Three layers, described together in docs/child-protocol.md:
   the daemon adopts a job's escaped descendants once their parent exits, even those no
   sample saw; sweeps kill them when their run has ended.
 - Parent death: the fork server learns of the daemon's death by SIGTERM and kills every
-  job's session before it exits; each child carries PR_SET_PDEATHSIG(SIGKILL) against
-  the server (both in `forkserver_main`).
+  job's session before it exits (`forkserver_main`). A child forked from a spare also
+  carries PR_SET_PDEATHSIG(SIGKILL) against the server; a command the server spawned is
+  killed by the daemon if the server dies (`forkserver`).
 
 Which run an adopted orphan belongs to: INGEST_JOB_ID and INGEST_ATTEMPT in its
 environment (as of its last exec). It is killed, with its descendants, once that run has

@@ -16,8 +16,8 @@ dispositions and an empty mask, the resource limits, the job's directory.
 Nothing runs between fork and exec in the daemon itself: no preexec_fn, no fork of a
 threaded process. The server reaps its children and sends (pid, wait status, CPU, max
 RSS) notices that resolve each `SpawnedChild.exited`. If it dies, its pending children
-resolve with an unknown status (their runs then kill their process groups) and the next
-spawn starts a new server.
+resolve with an unknown status (a command's process group is killed, a spare's child dies
+with the server) and the next spawn starts a new server.
 """
 
 from __future__ import annotations
@@ -42,12 +42,15 @@ from supervisor.runner.containment import ORPHANS
 from supervisor.runner.env import build_child_env
 from supervisor.runner.forkserver_main import recv_fds
 from supervisor.runner.spawn import (
+    PRLIMIT,
     ExitStatus,
     SpawnedChild,
     SpawnRefused,
     SpawnSpec,
+    execvp_runs_as_is,
     exit_status,
     spawn_request,
+    through_prlimit,
     with_child_pipes,
 )
 
@@ -55,6 +58,9 @@ log = logging.getLogger(__name__)
 
 _PROGRAM = str(Path(__file__).with_name("forkserver_main.py"))
 _MAX_MESSAGE = 64 * 1024
+# One request is one datagram; the kernel refuses a datagram larger than the socket's send
+# buffer (about 200 KiB by default).
+MAX_REQUEST_BYTES = 128 * 1024
 _NOTICE_BATCH = 256
 
 
@@ -117,14 +123,16 @@ class _Server:
         log.info("fork server %d started", self.proc.pid)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Read the server's messages on `loop` (children of another loop are forgotten)."""
+        """Read the server's messages on `loop`. A server still owing another loop an
+        answer or an exit is stopped instead (its messages would go to the wrong caller)."""
         if self.loop is loop:
+            return
+        if self.answers or self.children:
+            self.shutdown("was left by another event loop")
             return
         if self.loop is not None and not self.loop.is_closed():
             self.loop.remove_reader(self.sock.fileno())
-        self.children.clear()
         self.waiters.clear()
-        self.answers.clear()
         self.loop = loop
         loop.add_reader(self.sock.fileno(), self._on_message)
 
@@ -174,6 +182,9 @@ class _Server:
 
     def _answered(self, notice: dict[str, Any]) -> None:
         assert self.loop is not None
+        if not self.answers:  # an answer nobody asked for: the server lost its way
+            self.shutdown("answered a start nobody asked for")
+            return
         answer = self.answers.popleft()
         if "refused" in notice:
             if not answer.done():
@@ -253,14 +264,16 @@ class _Server:
         if why != "closed":
             lost = len(self.children)
             log.warning("fork server %d %s; %d children lost", self.proc.pid, why, lost)
-        # A spare's child dies with the server; a spawned command's group is killed by its
-        # run (run_child), which sees the unknown status.
-        for future in self.children.values():
-            if not future.done():
+        for pid, future in self.children.items():
+            # A spare's child dies with the server; a command (no parent-death signal) is
+            # killed here. Not reaped by anyone yet: the group is still the job's.
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+            if not future.done() and not future.get_loop().is_closed():
                 future.set_result(ExitStatus(None, None))
         self.children.clear()
         for answer in self.answers:
-            if not answer.done():
+            if not answer.done() and not answer.get_loop().is_closed():
                 answer.set_exception(ForkServerError(f"fork server {why}"))
         self.answers.clear()
         for waiter in self.waiters:
@@ -313,19 +326,41 @@ class ForkServer:
             self._server = None
             raise ForkServerError(f"cannot start the fork server: {exc}") from None
 
+    def _server_on(self, loop: asyncio.AbstractEventLoop) -> _Server:
+        """The running server, reading its messages on `loop` (started here if need be)."""
+        for _attempt in range(2):
+            self.start()
+            server = self._server
+            assert server is not None
+            server.attach(loop)
+            if server.alive:
+                return server
+        raise ForkServerError("the fork server exited at once")
+
     async def spawn(self, spec: SpawnSpec) -> SpawnedChild:
         """Start one child (OSError, KeyError for an unknown user, ForkServerError,
         SpawnRefused when the command cannot be started)."""
         if spec.argv is not None and not spec.argv:
             raise ValueError("empty command")
-        message = json.dumps(spawn_request(spec)).encode()
-        if spec.argv is not None and spec.user is None and spec.group is None:
+        request = spawn_request(spec)
+        # A switch of user needs code in the child (a spare); so do limits, unless prlimit(1)
+        # is there and would run the program exactly as execve(2) does.
+        by_server = spec.argv is not None and spec.user is None and spec.group is None
+        if by_server and request["rlimits"]:
+            if PRLIMIT is None or not execvp_runs_as_is(request["program"]):
+                by_server = False
+            else:
+                request = through_prlimit(request, PRLIMIT)
+        message = json.dumps(request).encode()
+        if len(message) > MAX_REQUEST_BYTES:
+            raise SpawnRefused(
+                f"the command, environment and directory take {len(message)} bytes "
+                f"(at most {MAX_REQUEST_BYTES})"
+            )
+        if by_server:
             return await self._spawn_command(message)
         for _attempt in range(3):  # a spare that died just now is replaced
-            self.start()
-            server = self._server
-            assert server is not None
-            server.attach(asyncio.get_running_loop())
+            server = self._server_on(asyncio.get_running_loop())
             try:
                 async with asyncio.timeout(self._spare_timeout_s):
                     pid, sock = await server.take_spare(builtin=spec.argv is None)
@@ -348,10 +383,7 @@ class ForkServer:
 
     async def _spawn_command(self, message: bytes) -> SpawnedChild:
         for _attempt in range(2):  # once more, on a new server, if this one is gone
-            self.start()
-            server = self._server
-            assert server is not None
-            server.attach(asyncio.get_running_loop())
+            server = self._server_on(asyncio.get_running_loop())
             try:
                 answer, (stdin_w, stdout_r, stderr_r) = with_child_pipes(
                     functools.partial(server.request_spawn, message)

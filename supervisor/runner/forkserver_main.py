@@ -19,8 +19,8 @@ fd, default signals and an empty mask, the limits, the job's directory):
 
 - A command is started by `posix_spawn` (`_spawn_command`): the kernel's vfork-style
   clone shares this process's memory until the exec, so nothing of the server is copied
-  and nothing of Python runs in the child. The limits are set with prlimit(2) before the
-  server answers, so before the daemon writes the job to the child's stdin.
+  and nothing of Python runs in the child. A command with limits comes as prlimit(1)
+  running it (the daemon builds that argv), so they hold from its first instruction.
 - The built-in worker, and any command run as another user (`INGEST_CHILD_USER`: a
   credential switch needs code in the child), go through a spare: a fork of this process
   made ahead of time, which has called setsid() and set its parent-death signal before it
@@ -172,7 +172,8 @@ def _spawn_command(request: dict[str, Any], fds: list[int]) -> int:
     """Start `request`'s command in its own session with `fds` as 0-2; its pid.
 
     Raises `SpawnRefused` with the reason. Every fd of this process but 0-2 is
-    close-on-exec, so the command inherits only its pipes.
+    close-on-exec, so the command inherits only its pipes. The daemon sends a command
+    with limits as prlimit(1) running it, so the limits hold from its first instruction.
     """
     if len(fds) != 3:
         raise SpawnRefused(f"expected 3 fds, got {len(fds)}")
@@ -182,7 +183,7 @@ def _spawn_command(request: dict[str, Any], fds: list[int]) -> int:
     except OSError as exc:
         raise SpawnRefused(f"chdir {cwd}: {exc.strerror or exc}") from None
     try:
-        pid = os.posix_spawn(
+        return os.posix_spawn(
             program,
             request["argv"],
             request["env"],
@@ -193,15 +194,10 @@ def _spawn_command(request: dict[str, Any], fds: list[int]) -> int:
         )
     except OSError as exc:
         raise SpawnRefused(f"exec {program}: {exc.strerror or exc}") from None
+    except (ValueError, TypeError) as exc:  # NUL bytes, '=' in a name, not strings
+        raise SpawnRefused(f"exec {program}: {exc}") from None
     finally:
         os.chdir("/")
-    try:
-        for res, soft, hard in request["rlimits"]:
-            resource.prlimit(pid, res, (soft, hard))
-    except (OSError, ValueError) as exc:
-        os.kill(pid, signal.SIGKILL)  # reaped like any child; the daemon never knew it
-        raise SpawnRefused(f"resource limit: {exc}") from None
-    return pid
 
 
 def _run_job(request: dict[str, Any], fds: list[int], server_pid: int) -> int:
@@ -327,7 +323,7 @@ class _Server:
     def _spawn(self, request: dict[str, Any], fds: list[int]) -> None:
         try:
             pid = _spawn_command(request, fds)
-        except SpawnRefused as exc:
+        except (SpawnRefused, KeyError) as exc:  # never the server's end: one start fails
             answer: dict[str, Any] = {"refused": str(exc)}
         else:
             self.children.add(pid)

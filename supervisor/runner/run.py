@@ -20,7 +20,6 @@ from supervisor.runner.config import RunnerConfig
 from supervisor.runner.containment import ORPHANS, ProcessTree
 from supervisor.runner.env import job_env
 from supervisor.runner.forkserver import FORK_SERVER
-from supervisor.runner.forkserver_main import EXEC_FAILED_CODE, EXEC_FAILED_MARKER
 from supervisor.runner.oom import oom_kills
 from supervisor.runner.outcome import ChildOutcome, EndReason, describe_end
 from supervisor.runner.output import BoundedOutput
@@ -32,7 +31,13 @@ from supervisor.runner.protocol import (
     Result,
     parse_line,
 )
-from supervisor.runner.spawn import ExitStatus, SpawnedChild, SpawnRefused, SpawnSpec
+from supervisor.runner.spawn import (
+    ExitStatus,
+    SpawnedChild,
+    SpawnRefused,
+    SpawnSpec,
+    start_failure,
+)
 from supervisor.runner.stop import StopRequest
 
 log = logging.getLogger(__name__)
@@ -190,11 +195,9 @@ class _ChildRun:
                     self.strays += ORPHANS.sweep_after_run(orphan_token, pipes_held=False)
                     ORPHANS.run_ended(orphan_token)
         self.coalescer.flush()
-        if status.exit_code == EXEC_FAILED_CODE and self.stderr.head().startswith(
-            EXEC_FAILED_MARKER
-        ):
-            why = self.stderr.head()[len(EXEC_FAILED_MARKER) :].split(b"\n")[0]
-            return self.start_failed(why.decode("utf-8", errors="replace"))
+        why = start_failure(status.exit_code, self.stderr.head())
+        if why is not None:
+            return self.start_failed(why)
         return self._outcome(ended, status, wall, timeout_s, tree)
 
     def _start_sampling(self, tree: ProcessTree, child: SpawnedChild) -> Callable[[], None]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from supervisor.runner.config import ResourceLimits
+from supervisor.runner.forkserver_main import EXEC_FAILED_CODE, EXEC_FAILED_MARKER
 
 T = TypeVar("T")
 
@@ -118,6 +119,59 @@ def exit_status(status: int, cpu: float, rss: int) -> ExitStatus:
 
 class SpawnRefused(OSError):
     """The fork server could not start the command; the message says why."""
+
+
+# util-linux's prlimit(1) sets limits on itself and then execs the command: the limits
+# hold from the command's first instruction, and in everything it forks.
+PRLIMIT = shutil.which("prlimit", path="/usr/bin:/bin")
+_PRLIMIT_OPTIONS = {
+    resource.RLIMIT_AS: "--as",
+    resource.RLIMIT_CPU: "--cpu",
+    resource.RLIMIT_NOFILE: "--nofile",
+    resource.RLIMIT_NPROC: "--nproc",
+    resource.RLIMIT_CORE: "--core",
+}
+_PRLIMIT_MARKER = b"prlimit: "
+_PRLIMIT_EXEC_FAILED = b"failed to execute "
+
+
+def through_prlimit(request: dict[str, Any], prlimit: str) -> dict[str, Any]:
+    """`request` (a command's, from `spawn_request`) as `prlimit` setting its limits and
+    then executing it. The command gets its resolved path as argv[0]."""
+    options = []
+    for res, soft, hard in request["rlimits"]:
+        values = ["unlimited" if v == resource.RLIM_INFINITY else str(v) for v in (soft, hard)]
+        options.append(f"{_PRLIMIT_OPTIONS[res]}={values[0]}:{values[1]}")
+    argv = ["prlimit", *options, "--", request["program"], *request["argv"][1:]]
+    return {**request, "program": prlimit, "argv": argv, "rlimits": []}
+
+
+def execvp_runs_as_is(program: str) -> bool:
+    """True for an ELF binary or a `#!` script. prlimit(1) starts its command with
+    execvp(3), which runs any other file through /bin/sh where execve(2) would fail."""
+    try:
+        with open(program, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return head == b"\x7fELF" or head.startswith(b"#!")
+
+
+def start_failure(exit_code: int | None, stderr_head: bytes) -> str | None:
+    """Why a child never ran its command, from its exit and the start of its stderr: a
+    spare that could not set it up or exec it, or prlimit(1) that could not."""
+    line = stderr_head.split(b"\n", 1)[0]
+    if exit_code == EXEC_FAILED_CODE and line.startswith(EXEC_FAILED_MARKER):
+        why = line[len(EXEC_FAILED_MARKER) :]
+    elif exit_code in (1, 126, 127) and line.startswith(_PRLIMIT_MARKER):
+        why = line[len(_PRLIMIT_MARKER) :]
+        if why.startswith(_PRLIMIT_EXEC_FAILED):
+            why = b"exec " + why[len(_PRLIMIT_EXEC_FAILED) :]
+        else:
+            why = b"resource limit: " + why
+    else:
+        return None
+    return why.decode("utf-8", errors="replace")
 
 
 def spawn_request(spec: SpawnSpec) -> dict[str, Any]:

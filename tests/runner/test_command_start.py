@@ -1,0 +1,154 @@
+"""How the fork server starts a command: posix_spawn, through prlimit(1) when the job has
+limits, so the limits hold from the command's first instruction; a request the server
+cannot start fails that start alone."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from supervisor.runner import EndReason, ForkServer, ResourceLimits, StopRequest
+from supervisor.runner.forkserver import MAX_REQUEST_BYTES
+from supervisor.runner.spawn import (
+    PRLIMIT,
+    SpawnedChild,
+    SpawnSpec,
+    start_failure,
+    through_prlimit,
+)
+from tests.runner.conftest import RunFn, child_cmd, fast_config, wait_gone
+
+pytestmark = pytest.mark.skipif(PRLIMIT is None, reason="util-linux prlimit(1) is missing")
+
+MiB = 1024 * 1024
+# Forks before anything else; the grandchild reports the limits it inherited.
+FORK_FIRST = """
+import json, os, resource, sys
+r, w = os.pipe()
+if os.fork() == 0:
+    os.write(w, json.dumps([resource.getrlimit(resource.RLIMIT_AS),
+                            resource.getrlimit(resource.RLIMIT_CPU)]).encode())
+    os._exit(0)
+os.close(w)
+got = os.read(r, 4096)
+os.wait()
+sys.stdin.read()
+print("RESULT: " + got.decode(), flush=True)
+"""
+
+
+async def test_what_a_command_forks_at_once_has_its_limits(run: RunFn) -> None:
+    limits = ResourceLimits(memory_bytes=512 * MiB, cpu_seconds=60)
+    outcome = await run(fast_config((sys.executable, "-S", "-c", FORK_FIRST), limits=limits))
+    assert outcome.succeeded, outcome.error
+    assert outcome.result == [[512 * MiB, 512 * MiB], [60, 61]]
+
+
+def test_a_command_with_limits_is_prlimit_running_it() -> None:
+    request = {
+        "program": "/usr/bin/python3",
+        "argv": ["python3", "-c", "pass"],
+        "rlimits": [
+            (resource.RLIMIT_AS, 5, 5),
+            (resource.RLIMIT_CPU, 7, resource.RLIM_INFINITY),
+            (resource.RLIMIT_CORE, 0, 0),
+        ],
+    }
+    assert PRLIMIT is not None
+    wrapped = through_prlimit(request, PRLIMIT)
+    assert wrapped["program"] == PRLIMIT and wrapped["rlimits"] == []
+    assert wrapped["argv"] == [
+        "prlimit",
+        "--as=5:5",
+        "--cpu=7:unlimited",
+        "--core=0:0",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        "pass",
+    ]
+
+
+def test_what_prlimit_says_when_it_cannot_start_the_command_is_a_start_failure() -> None:
+    refused = b"prlimit: failed to set the AS resource limit: Operation not permitted\n"
+    assert start_failure(1, refused) == (
+        "resource limit: failed to set the AS resource limit: Operation not permitted"
+    )
+    assert start_failure(126, b"prlimit: failed to execute /x: Permission denied\n") == (
+        "exec /x: Permission denied"
+    )
+    assert start_failure(1, b"Traceback (most recent call last):\n") is None
+    assert start_failure(0, refused) is None
+
+
+async def test_a_file_execvp_would_hand_to_sh_keeps_the_exec_error(
+    run: RunFn, tmp_path: Path
+) -> None:
+    """prlimit(1) uses execvp(3), which runs a file without a known format through
+    /bin/sh; such a command is started by a spare, whose execve(2) refuses it."""
+    bogus = tmp_path / "no-format"
+    bogus.write_text("echo this must not run as a shell script\n")
+    bogus.chmod(0o755)
+    outcome = await run(fast_config((str(bogus),), limits=ResourceLimits(cpu_seconds=60)))
+    assert outcome.ended is EndReason.START_FAILED, outcome
+    assert outcome.error == f"Worker failed to start: exec {bogus}: Exec format error"
+
+
+async def test_a_request_the_server_cannot_start_fails_alone(run: RunFn) -> None:
+    """A NUL byte in the environment (an operator's INGEST_CHILD_ENV value, say) makes
+    posix_spawn raise in the server, and a request can outgrow one datagram: that start
+    fails, the server and its running job go on."""
+    server = ForkServer(spares=0)
+    started = asyncio.Event()
+    stop = StopRequest()
+    sleeper = fast_config(child_cmd("sleep_forever.py"), fork_server=server)
+    exits = fast_config(child_cmd("exit_code.py", "0"), fork_server=server)
+    try:
+        running = asyncio.create_task(
+            run(sleeper, stop=stop, on_progress=lambda _p, _m: started.set())
+        )
+        await started.wait()
+        pid = server.pid
+        nul = await run(replace(exits, extra_env={"X": "a\0b"}))
+        assert nul.ended is EndReason.START_FAILED, nul
+        huge = {"X": "y" * (MAX_REQUEST_BYTES + 1)}
+        big = await run(replace(exits, extra_env=huge))
+        assert big.ended is EndReason.START_FAILED and "bytes" in (big.error or ""), big
+        ok = await run(exits, job_json=b"{}")
+        assert ok.exit_code == 0, ok.error
+        assert server.pid == pid
+        assert not running.done()
+        stop.request(EndReason.CANCELLED)
+        assert (await running).ended is EndReason.CANCELLED
+    finally:
+        server.close()
+
+
+def test_a_server_left_with_work_by_another_event_loop_is_replaced() -> None:
+    """Its messages would reach the wrong loop's callers: the server is replaced, and the
+    child the other loop left behind is killed with it."""
+    server = ForkServer(spares=0)
+
+    async def spawn(code: str) -> SpawnedChild:
+        child = await server.spawn(SpawnSpec((sys.executable, "-S", "-c", code), {}, "/"))
+        for fd in (child.stdin_fd, child.stdout_fd, child.stderr_fd):
+            os.close(fd)
+        return child
+
+    async def run_to_end() -> int | None:
+        return (await (await spawn("pass")).exited).exit_code
+
+    try:
+        left = asyncio.run(spawn("import time; time.sleep(60)")).pid
+        first = server.pid
+        assert asyncio.run(run_to_end()) == 0
+        assert server.pid not in (None, first)
+        assert not wait_gone([left]), "the left child outlived its replaced server"
+    finally:
+        server.close()

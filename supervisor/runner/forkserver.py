@@ -6,7 +6,7 @@ own session and process group, the job's pipes as 0/1/2 and no other fd, default
 dispositions and an empty mask, the resource limits, the job's directory.
 
 - A command (no user switch) is one request to the server, which starts it with
-  `posix_spawn` and answers with its pid once its limits are set.
+  `posix_spawn` (as prlimit(1) running it when it has limits) and answers with its pid.
 - The built-in worker, and a command run as another user, go to a spare: a fork of the
   server made ahead of time that leads its own session and dies with the server. The
   request and the pipes go straight to the waiting spare, which sets itself up, switches

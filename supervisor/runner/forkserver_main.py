@@ -21,8 +21,9 @@ fd, default signals and an empty mask, the limits, the job's directory):
   clone shares this process's memory until the exec, so nothing of the server is copied
   and nothing of Python runs in the child. A command with limits comes as prlimit(1)
   running it (the daemon builds that argv), so they hold from its first instruction.
-- The built-in worker, and any command run as another user (`INGEST_CHILD_USER`: a
-  credential switch needs code in the child), go through a spare: a fork of this process
+- The built-in worker, and a command the daemon sends to one (one run as another user,
+  `INGEST_CHILD_USER`: a credential switch needs code in the child; or one with limits
+  where prlimit(1) cannot run it), go through a spare: a fork of this process
   made ahead of time, which has called setsid() and set its parent-death signal before it
   is passed on, so its pid is a process group the daemon can signal at once. The daemon
   sends the job straight to the spare, which sets itself up (see `_set_up`) and either

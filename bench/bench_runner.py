@@ -4,13 +4,15 @@
 
 Each child reads its job from stdin, prints PROGRESS 0..100 in steps of 10 and exits 0.
 Prints children/s and start-to-first-PROGRESS p50/p99 for:
-  popen         bare Popen (vfork path) with pipes, parallelism N threads
-  run_child     the runner at concurrency N (clean env, a new job directory, the child
-                forked by the fork server and set up there before its exec, tree
-                tracking, bounded output), in a process that is a child subreaper, as the
-                daemon is
-Contenders alternate in rounds so a busy machine's load falls on all of them alike. The
-child CPU column counts children this process reaps: the fork server reaps run_child's.
+  popen           bare Popen (vfork path) with pipes, parallelism N threads
+  run_child       the runner at concurrency N (clean env, a new job directory, the child
+                  started by the fork server with posix_spawn, tree tracking, bounded
+                  output), in a process that is a child subreaper, as the daemon is
+  run_child+lim   the same with the daemon's default limits (2 GiB, 600 CPU s, no core):
+                  the server spawns prlimit(1), which sets them and execs the child
+Contenders alternate in rounds so a busy machine's load falls on all of them alike. CPU
+per child: this process ("supervisor"), the fork server's own, and the child's (what
+Popen reaped, or what the fork server reported for run_child's children).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from supervisor.runner import FORK_SERVER, RunnerConfig, StopRequest, run_child
+import psutil
+
+from supervisor.runner import FORK_SERVER, ResourceLimits, RunnerConfig, StopRequest, run_child
 from supervisor.runner.containment import ORPHANS
 
 CHILD_CODE = (
@@ -51,12 +55,14 @@ def report(name: str, count: int, totals: Totals) -> float:
         f"{name:<14} {rate:8.1f} children/s   first PROGRESS p50"
         f" {pct(totals.firsts, 0.5) * 1000:5.1f} ms p99 {pct(totals.firsts, 0.99) * 1000:5.1f} ms"
         f"   CPU per child: supervisor {totals.parent_cpu / count * 1000:.2f} ms,"
+        f" fork server {totals.server_cpu / count * 1000:.2f} ms,"
         f" child {totals.child_cpu / count * 1000:.2f} ms"
     )
     return rate
 
 
-Timing = tuple[float, list[float]]  # (elapsed seconds, start-to-first-PROGRESS per child)
+# (elapsed seconds, start-to-first-PROGRESS per child, child CPU seconds or None: reaped here)
+Timing = tuple[float, list[float], float | None]
 
 
 @dataclass
@@ -64,13 +70,16 @@ class Totals:
     elapsed: float = 0.0
     firsts: list[float] = field(default_factory=list)
     parent_cpu: float = 0.0  # this process, every thread
-    child_cpu: float = 0.0  # reaped children
+    server_cpu: float = 0.0  # the fork server itself, its children excluded
+    child_cpu: float = 0.0
 
 
-def cpu_now() -> tuple[float, float]:
+def cpu_now() -> tuple[float, float, float]:
+    """(this process, the children it reaped, the fork server's own) CPU seconds."""
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+    server = psutil.Process(FORK_SERVER.pid or os.getpid()).cpu_times()
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime, server.user + server.system
 
 
 def popen_loop(count: int, parallelism: int) -> Timing:
@@ -85,7 +94,10 @@ def popen_loop(count: int, parallelism: int) -> Timing:
                     return
             t0 = time.perf_counter()
             proc = subprocess.Popen(
-                ARGV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                ARGV,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 start_new_session=True,
             )
             assert proc.stdin is not None and proc.stdout is not None
@@ -109,58 +121,76 @@ def popen_loop(count: int, parallelism: int) -> Timing:
         t.start()
     for t in threads:
         t.join()
-    return time.perf_counter() - started, firsts
+    return time.perf_counter() - started, firsts, None
 
 
 async def runner_loop(count: int, concurrency: int, config: RunnerConfig) -> Timing:
     firsts: list[float] = []
     failures = 0
+    child_cpu = 0.0
     todo = iter(range(count))
 
     async def slot() -> None:
-        nonlocal failures
+        nonlocal failures, child_cpu
         for i in todo:
             t0 = time.perf_counter()
             first: list[float] = []
 
-            def on_progress(p: float, m: str | None, first: list[float] = first,
-                            t0: float = t0) -> None:
+            def on_progress(
+                p: float, m: str | None, first: list[float] = first, t0: float = t0
+            ) -> None:
                 if not first:
                     first.append(time.perf_counter() - t0)
 
             outcome = await run_child(
-                config, job_id=f"bench-{i}", attempt=1, job_json=JOB, timeout_s=60,
-                stop=StopRequest(), on_progress=on_progress,
+                config,
+                job_id=f"bench-{i}",
+                attempt=1,
+                job_json=JOB,
+                timeout_s=60,
+                stop=StopRequest(),
+                on_progress=on_progress,
             )
             if not outcome.succeeded or outcome.progress != 100:
                 failures += 1
+            child_cpu += outcome.cpu_s
             firsts.append(first[0] if first else 0.0)
 
     started = time.perf_counter()
     await asyncio.gather(*(slot() for _ in range(concurrency)))
     if failures:
         print(f"  !! {failures} children did not succeed")
-    return time.perf_counter() - started, firsts
+    return time.perf_counter() - started, firsts, child_cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000, help="children per contender")
     parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=10,
-                        help="contenders alternate in this many rounds (fair on a busy box)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=10,
+        help="contenders alternate in this many rounds (fair on a busy box)",
+    )
     args = parser.parse_args()
     n, par = args.count, args.concurrency
-    print(f"{n} no-op children per contender, parallelism {par}, {os.cpu_count()} cpus, "
-          f"load {os.getloadavg()[0]:.1f}, child: python -S -c <PROGRESS 0..100 by 10>")
+    print(
+        f"{n} no-op children per contender, parallelism {par}, {os.cpu_count()} cpus, "
+        f"load {os.getloadavg()[0]:.1f}, child: python -S -c <PROGRESS 0..100 by 10>"
+    )
     # As in the daemon, which sweeps escaped descendants as a subreaper. Only orphans
     # carrying a job id are ever killed; the Popen contenders reap their own.
     ORPHANS.become_subreaper(kill_unattributed=False)
     FORK_SERVER.start()  # as the daemon does before its first job
     config = RunnerConfig(command=ARGV)
+    limited = RunnerConfig(
+        command=ARGV, limits=ResourceLimits(memory_bytes=2 << 30, cpu_seconds=600)
+    )
     contenders: dict[str, Callable[[int], Timing]] = {
         "popen": lambda k: popen_loop(k, par),
         "run_child": lambda k: asyncio.run(runner_loop(k, par, config)),
+        "run_child+lim": lambda k: asyncio.run(runner_loop(k, par, limited)),
     }
     popen_loop(max(10, n // 50), par)  # warm the page cache
     totals = {name: Totals() for name in contenders}
@@ -169,17 +199,20 @@ def main() -> None:
     while done < n:
         k = min(per_round, n - done)
         for name, fn in contenders.items():
-            parent_before, child_before = cpu_now()
-            elapsed, firsts = fn(k)
-            parent_after, child_after = cpu_now()
+            parent_before, child_before, server_before = cpu_now()
+            elapsed, firsts, child_cpu = fn(k)
+            parent_after, child_after, server_after = cpu_now()
             t = totals[name]
             t.elapsed += elapsed
             t.firsts += firsts
             t.parent_cpu += parent_after - parent_before
-            t.child_cpu += child_after - child_before
+            t.child_cpu += child_after - child_before if child_cpu is None else child_cpu
+            if name != "popen":
+                t.server_cpu += server_after - server_before
         done += k
     rates = {name: report(name, n, t) for name, t in totals.items()}
-    print(f"run_child / popen throughput: {rates['run_child'] / rates['popen'] * 100:.0f}%")
+    for name in ("run_child", "run_child+lim"):
+        print(f"{name} / popen throughput: {rates[name] / rates['popen'] * 100:.0f}%")
     print(f"load at end {os.getloadavg()[0]:.1f}")
 
 

@@ -44,6 +44,7 @@ from supervisor.runner.forkserver_main import recv_fds
 from supervisor.runner.spawn import (
     PRLIMIT,
     ExitStatus,
+    Launcher,
     SpawnedChild,
     SpawnRefused,
     SpawnSpec,
@@ -358,7 +359,8 @@ class ForkServer:
                 f"(at most {MAX_REQUEST_BYTES})"
             )
         if by_server:
-            return await self._spawn_command(message)
+            launcher: Launcher = "prlimit" if request["program"] == PRLIMIT else "posix_spawn"
+            return await self._spawn_command(message, launcher)
         for _attempt in range(3):  # a spare that died just now is replaced
             server = self._server_on(asyncio.get_running_loop())
             try:
@@ -381,7 +383,7 @@ class ForkServer:
             return SpawnedChild(pid, stdin_w, stdout_r, stderr_r, exited=exited)
         raise ForkServerError("spare children keep dying before their job")
 
-    async def _spawn_command(self, message: bytes) -> SpawnedChild:
+    async def _spawn_command(self, message: bytes, launcher: Launcher) -> SpawnedChild:
         for _attempt in range(2):  # once more, on a new server, if this one is gone
             server = self._server_on(asyncio.get_running_loop())
             try:
@@ -403,7 +405,7 @@ class ForkServer:
                         server.shutdown("did not answer in time")
                     raise ForkServerError("the fork server did not answer in time") from None
                 raise
-            return SpawnedChild(pid, stdin_w, stdout_r, stderr_r, exited=exited)
+            return SpawnedChild(pid, stdin_w, stdout_r, stderr_r, exited=exited, launcher=launcher)
         raise ForkServerError("the fork server keeps exiting")
 
     def close(self) -> None:

@@ -195,9 +195,10 @@ class _ChildRun:
                     self.strays += ORPHANS.sweep_after_run(orphan_token, pipes_held=False)
                     ORPHANS.run_ended(orphan_token)
         self.coalescer.flush()
-        why = start_failure(status.exit_code, self.stderr.head())
-        if why is not None:
-            return self.start_failed(why)
+        if ended is EndReason.EXITED and self.stderr.total_bytes <= len(self.stderr.head()):
+            why = start_failure(child.launcher, status.exit_code, self.stderr.head())
+            if why is not None:
+                return self.start_failed(why)
         return self._outcome(ended, status, wall, timeout_s, tree)
 
     def _start_sampling(self, tree: ProcessTree, child: SpawnedChild) -> Callable[[], None]:

@@ -12,7 +12,7 @@ import resource
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from supervisor.runner.config import ResourceLimits
 from supervisor.runner.forkserver_main import EXEC_FAILED_CODE, EXEC_FAILED_MARKER
@@ -38,6 +38,10 @@ class ExitStatus:
     max_rss_bytes: int = 0  # largest single process among them
 
 
+# What ran first in the child: the command itself, prlimit(1), or a spare's set-up.
+Launcher = Literal["posix_spawn", "prlimit", "spare"]
+
+
 @dataclass
 class SpawnedChild:
     pid: int  # also its process group and session id
@@ -46,6 +50,7 @@ class SpawnedChild:
     stdout_fd: int
     stderr_fd: int
     exited: asyncio.Future[ExitStatus]  # resolved once the child is reaped
+    launcher: Launcher = "spare"
 
 
 def rlimits(limits: ResourceLimits) -> list[tuple[int, int, int]]:
@@ -131,8 +136,6 @@ _PRLIMIT_OPTIONS = {
     resource.RLIMIT_NPROC: "--nproc",
     resource.RLIMIT_CORE: "--core",
 }
-_PRLIMIT_MARKER = b"prlimit: "
-_PRLIMIT_EXEC_FAILED = b"failed to execute "
 
 
 def through_prlimit(request: dict[str, Any], prlimit: str) -> dict[str, Any]:
@@ -157,21 +160,17 @@ def execvp_runs_as_is(program: str) -> bool:
     return head == b"\x7fELF" or head.startswith(b"#!")
 
 
-def start_failure(exit_code: int | None, stderr_head: bytes) -> str | None:
-    """Why a child never ran its command, from its exit and the start of its stderr: a
-    spare that could not set it up or exec it, or prlimit(1) that could not."""
-    line = stderr_head.split(b"\n", 1)[0]
-    if exit_code == EXEC_FAILED_CODE and line.startswith(EXEC_FAILED_MARKER):
-        why = line[len(EXEC_FAILED_MARKER) :]
-    elif exit_code in (1, 126, 127) and line.startswith(_PRLIMIT_MARKER):
-        why = line[len(_PRLIMIT_MARKER) :]
-        if why.startswith(_PRLIMIT_EXEC_FAILED):
-            why = b"exec " + why[len(_PRLIMIT_EXEC_FAILED) :]
-        else:
-            why = b"resource limit: " + why
-    else:
+def start_failure(launcher: Launcher, exit_code: int | None, stderr: bytes) -> str | None:
+    """Why a spare never ran its command, or None: the one line a spare that could not set
+    the child up or exec the command writes as its whole stderr, with its exit code.
+    prlimit(1)'s refusals are not told apart: a command can print the same words, so a
+    limit prlimit cannot set fails the job as a command's failure, with prlimit's text."""
+    line = stderr.removesuffix(b"\n")
+    if launcher != "spare" or exit_code != EXEC_FAILED_CODE or b"\n" in line:
         return None
-    return why.decode("utf-8", errors="replace")
+    if not line.startswith(EXEC_FAILED_MARKER):
+        return None
+    return line[len(EXEC_FAILED_MARKER) :].decode("utf-8", errors="replace")
 
 
 def spawn_request(spec: SpawnSpec) -> dict[str, Any]:

@@ -75,16 +75,57 @@ def test_a_command_with_limits_is_prlimit_running_it() -> None:
     ]
 
 
-def test_what_prlimit_says_when_it_cannot_start_the_command_is_a_start_failure() -> None:
+def test_only_a_spare_s_own_line_is_taken_for_a_start_failure() -> None:
+    spare = b"ingest-forkserver: exec /x: Exec format error\n"
+    assert start_failure("spare", 127, spare) == "exec /x: Exec format error"
+    assert start_failure("spare", 1, spare) is None
+    assert start_failure("spare", 127, b"output first\n" + spare) is None
+    assert start_failure("prlimit", 127, spare) is None
+    assert start_failure("posix_spawn", 127, spare) is None
     refused = b"prlimit: failed to set the AS resource limit: Operation not permitted\n"
-    assert start_failure(1, refused) == (
-        "resource limit: failed to set the AS resource limit: Operation not permitted"
+    assert start_failure("prlimit", 1, refused) is None  # a command can say the same
+
+
+# A command that fails on its own, saying what prlimit would say.
+FORGED = (
+    "import sys, time\n"
+    "sys.stdin.read()\n"
+    "print('RESULT: {\"done\": true}', flush=True)\n"
+    "time.sleep(float(sys.argv[1]))\n"
+    "sys.stderr.write('prlimit: failed to set the AS resource limit: tenant says so\\n')\n"
+    "sys.exit(1)\n"
+)
+
+
+@pytest.mark.parametrize("limits", [ResourceLimits(cpu_seconds=60), ResourceLimits()])
+async def test_a_command_that_says_what_prlimit_says_is_still_its_own_failure(
+    run: RunFn, limits: ResourceLimits
+) -> None:
+    """Not a start failure (which is not counted as a run, trips the gate pausing every
+    slot, and forgets the CPU used): the command ran and failed."""
+    cfg = fast_config((sys.executable, "-S", "-c", FORGED, "0.3"), limits=limits)
+    outcome = await run(cfg, job_json=b"{}")
+    assert outcome.ended is EndReason.EXITED, outcome
+    assert outcome.exit_code == 1 and outcome.cpu_s > 0
+
+
+async def test_a_stopped_command_that_says_what_prlimit_says_ends_as_stopped(run: RunFn) -> None:
+    handler = (
+        "import signal, sys, time\n"
+        "def bye(*_):\n"
+        "    sys.stderr.write('prlimit: failed to set the AS resource limit: bye\\n')\n"
+        "    sys.exit(1)\n"
+        "signal.signal(signal.SIGTERM, bye)\n"
+        "print('PROGRESS: 1 up', flush=True)\n"
+        "time.sleep(60)\n"
     )
-    assert start_failure(126, b"prlimit: failed to execute /x: Permission denied\n") == (
-        "exec /x: Permission denied"
+    stop = StopRequest()
+    cfg = fast_config((sys.executable, "-S", "-c", handler), limits=ResourceLimits(cpu_seconds=60))
+    task = asyncio.create_task(
+        run(cfg, stop=stop, on_progress=lambda _p, _m: stop.request(EndReason.CANCELLED))
     )
-    assert start_failure(1, b"Traceback (most recent call last):\n") is None
-    assert start_failure(0, refused) is None
+    outcome = await task
+    assert outcome.ended is EndReason.CANCELLED, outcome
 
 
 async def test_a_file_execvp_would_hand_to_sh_keeps_the_exec_error(

@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor import events as ev
@@ -30,6 +30,26 @@ ERROR_LIMIT = 1000
 # A job's progress reaches its status row at most this often; its record, its events and
 # every state change are never throttled.
 ROW_INTERVAL_S = 0.5
+# The fork server dying under a job costs it no attempt this many times (in one daemon);
+# after that each death counts as a failed attempt. A child can kill the server (its
+# parent, same user): without the bound such a job would interrupt its neighbours for ever.
+FREE_SERVER_LOSSES = 2
+
+
+class ServerLosses:
+    """How often the fork server died under each job id, in this daemon (bounded)."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._limit = limit
+        self._counts: dict[str, int] = {}
+
+    def add(self, job_id: str) -> int:
+        """Count one more loss under `job_id`; how many there have been."""
+        count = self._counts.pop(job_id, 0) + 1
+        self._counts[job_id] = count  # now the newest
+        if len(self._counts) > self._limit:
+            del self._counts[next(iter(self._counts))]
+        return count
 
 
 @dataclass(frozen=True)
@@ -46,6 +66,7 @@ class ExecutionContext:
     kill_grace_s: float
     secret_keys: frozenset[str]  # payload keys whose values never leave the daemon
     metrics: Any = None  # supervisor.metrics.DaemonMetrics when metrics are on
+    server_losses: ServerLosses = field(default_factory=ServerLosses)
 
     @functools.cached_property
     def is_secret(self) -> SecretKeys:
@@ -255,10 +276,19 @@ class JobExecution:
                 self._lease_deadline, call, what=f"settling {job_id}", attempt_timeout_s=5.0
             )
 
+        released = outcome.ended is EndReason.SHUTDOWN
+        if outcome.server_lost:
+            losses = self.ctx.server_losses.add(job_id)
+            if losses > FREE_SERVER_LOSSES:
+                released = False
+                error = self.error = (
+                    f"The fork server died {losses} times while this job ran "
+                    "(a child that kills it?)"
+                )
         try:
             if self._lease_lost or outcome.ended is EndReason.LEASE_LOST:
                 pass
-            elif outcome.ended is EndReason.SHUTDOWN:
+            elif released:
                 if await write(lambda: q.release(job_id, token)):
                     label = ev.OUTCOME_RELEASED
             elif outcome.ended is EndReason.CANCELLED:

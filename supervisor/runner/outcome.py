@@ -41,6 +41,7 @@ class ChildOutcome:
     progress_lines: int = 0
     progress_rejected: int = 0
     stray_processes_killed: int = 0
+    server_lost: bool = False  # ended (SHUTDOWN) because the fork server died under it
 
     @property
     def succeeded(self) -> bool:

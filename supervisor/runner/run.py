@@ -110,6 +110,7 @@ class _ChildRun:
         self.result_error: str | None = None
         self.we_killed = False
         self.strays = 0
+        self.server_lost = False
         self.oom_kills_at_start: int | None = None
         self.coalescer: ProgressCoalescer | None = None
 
@@ -248,8 +249,9 @@ class _ChildRun:
         if child.exited.done():
             status = child.exited.result()
             if status.exit_code is None and status.signal is None:
-                # Lost with the fork server, not ended by itself: not the job's fault, so
-                # it goes back to the queue without spending an attempt.
+                # Lost with the fork server, not ended by itself: as at a shutdown, the job
+                # goes back to the queue (the daemon bounds how often, see execution).
+                self.server_lost = True
                 return EndReason.SHUTDOWN
             return EndReason.EXITED
         if not self.stop.requested:
@@ -339,6 +341,7 @@ class _ChildRun:
             progress_lines=self.progress.lines,
             progress_rejected=self.progress.rejected,
             stray_processes_killed=self.strays,
+            server_lost=self.server_lost,
         )
 
     def _looks_out_of_memory(self, status: ExitStatus, ended: EndReason) -> bool:

@@ -102,3 +102,19 @@ def test_a_fork_server_killed_under_running_jobs_costs_them_no_attempt(
     assert len(read_runs(run_log)) == 2  # ran again after the server's death
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit() == 0
+
+
+def test_a_job_that_keeps_killing_its_fork_server_fails_alone(
+    start_daemon: Callable[..., DaemonProcess], q: SyncQueue
+) -> None:
+    """A child of the daemon's user can kill its parent, the fork server. One such death
+    costs the jobs it hit no attempt; a job under which the server keeps dying is failed
+    after a few, so it cannot interrupt every job beside it for ever."""
+    killer = "/bin/sh -c 'sleep 0.3; kill -9 $PPID; sleep 30'"
+    daemon = start_daemon(INGEST_WORKER_COMMAND=killer, INGEST_CONCURRENCY="1")
+    q.enqueue(job("killer", max_attempts=1))
+    wait_until(lambda: q.get("killer").state is JobState.FAILED, 60, "the killer failed")
+    rec = q.get("killer")
+    assert rec.error is not None and "fork server" in rec.error, rec.error
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0

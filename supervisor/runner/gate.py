@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from supervisor.runner.outcome import EX_DATAERR, ChildOutcome, EndReason
+from supervisor.runner.outcome import EX_DATAERR, EX_TEMPFAIL, ChildOutcome, EndReason
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +17,9 @@ class StartFailureGate:
 
     A start failure, or a child that dies with a non-zero status within `fast_fail_s`
     (an import error, a missing module), doubles the pause before the next spawn up to
-    `cap_s`; any other outcome resets it. Exit 65 is bad input, a job fault, and counts as
-    a normal run.
+    `cap_s`; any other outcome resets it. Exits 65 (bad input) and 75 (a temporary
+    failure such as a refused fetch) are the job's own trouble and count as normal runs:
+    the pause holds every slot, so one tenant's bad input must not trip it for all.
     """
 
     def __init__(
@@ -43,7 +44,7 @@ class StartFailureGate:
             return False
         if outcome.signal is not None:
             return True
-        return outcome.exit_code not in (0, EX_DATAERR)
+        return outcome.exit_code not in (0, EX_DATAERR, EX_TEMPFAIL)
 
     def record(self, outcome: ChildOutcome) -> None:
         if not self.is_start_failure(outcome):

@@ -9,6 +9,7 @@ from typing import Any
 
 ERROR_LIMIT = 1000
 EX_DATAERR = 65
+EX_TEMPFAIL = 75  # the child's own word for trouble that may pass (a fetch, a store)
 
 
 class EndReason(StrEnum):

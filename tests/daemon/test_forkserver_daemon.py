@@ -118,3 +118,43 @@ def test_a_job_that_keeps_killing_its_fork_server_fails_alone(
     assert rec.error is not None and "fork server" in rec.error, rec.error
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit() == 0
+
+
+def test_fast_temporary_failures_of_one_tenant_do_not_pause_the_others(
+    start_daemon: Callable[..., DaemonProcess], q: SyncQueue
+) -> None:
+    """A fetch refused at once makes the built-in worker exit 75 (temporary) within
+    milliseconds. That is the job's trouble, not a broken deploy: the start-failure gate,
+    which pauses every slot, must not count it, or one tenant's bad URLs slow everyone."""
+    import socket
+
+    with socket.socket() as closed:  # a loopback port with nothing listening
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    daemon = start_daemon(
+        INGEST_WORKER_COMMAND="",
+        INGEST_CHILD_ENV="",
+        INGEST_CHUNK_STORE="none",
+        INGEST_CRAWL_ALLOW_PRIVATE="1",
+        INGEST_CONCURRENCY="1",
+    )
+    daemon.wait_ready()
+    refused = {"type": "url", "url": f"http://127.0.0.1:{port}/doc"}
+    q.enqueue_many(
+        [
+            {
+                "job_id": f"noisy-{i}",
+                "tenant_id": "noisy",
+                "data_source": refused,
+                "max_attempts": 1,
+            }
+            for i in range(6)
+        ]
+    )
+    q.enqueue(job("quiet"))
+    try:
+        wait_until(lambda: q.get("quiet").state is JobState.COMPLETED, 10, "the quiet job done")
+    except AssertionError as exc:
+        raise AssertionError(daemon.log()[-2000:]) from exc
+    assert q.get("noisy-5").error is not None
+    assert "pausing spawns" not in daemon.log()

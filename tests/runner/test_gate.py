@@ -45,6 +45,7 @@ async def test_fast_nonzero_exit_counts_but_bad_input_and_slow_failures_do_not(
     assert gate.is_start_failure(replace(crashed, wall_s=0.01))
     assert not gate.is_start_failure(replace(crashed, wall_s=5.0))
     assert not gate.is_start_failure(replace(crashed, wall_s=0.01, exit_code=65))
+    assert not gate.is_start_failure(replace(crashed, wall_s=0.01, exit_code=75))
     assert gate.is_start_failure(replace(crashed, wall_s=0.01, exit_code=None, signal=11))
     assert not gate.is_start_failure(replace(crashed, ended=EndReason.TIMEOUT, wall_s=0.01))
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.runner.containment import ORPHANS
-from supervisor.runner.env import build_child_env
+from supervisor.runner.env import inherited_env
 from supervisor.runner.forkserver_main import recv_fds
 from supervisor.runner.spawn import (
     PRLIMIT,
@@ -94,12 +94,9 @@ class _Server:
         self.preload = preload_worker
         sock, sock_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = sock
-        # Whatever the daemon holds (Redis URL, service keys) stays out of the server.
-        env = build_child_env(
-            os.environ, passthrough=(), extra={}, job_id="", attempt=0, workdir="/"
-        )
-        for name in ("INGEST_JOB_ID", "INGEST_ATTEMPT", "HOME", "TMPDIR"):
-            env.pop(name, None)
+        # Whatever the daemon holds (Redis URL, service keys) stays out of the server: it
+        # gets only the allowlist every child gets, none of a job's own variables.
+        env = inherited_env(os.environ, passthrough=())
         argv = [sys.executable, "-P", _PROGRAM, str(os.getpid()), str(sock_child.fileno())]
         argv += ["1" if preload_worker else "0", *_import_paths()]
         try:

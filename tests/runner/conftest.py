@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,29 @@ def left_behind() -> list[int]:
         except psutil.Error:
             continue
     return found
+
+
+@contextlib.contextmanager
+def mini_running(
+    *child: str, env: Mapping[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """children/mini_supervisor.py running `child`, and the child's pid once the child has
+    reported it (its first PROGRESS message ends with it); killed at the end if still up."""
+    mini = subprocess.Popen(
+        [sys.executable, str(CHILDREN / "mini_supervisor.py"), *child],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert mini.stdout is not None
+        line = mini.stdout.readline().decode()  # blocks until the child reported its pid
+        assert line.startswith("CHILD "), (line, mini.stderr.read() if mini.stderr else b"")
+        yield mini, int(line.split()[1])
+    finally:
+        if mini.poll() is None:
+            mini.kill()
+            mini.wait()
 
 
 def child_cmd(script: str, *args: str) -> tuple[str, ...]:

@@ -18,7 +18,14 @@ import psutil
 import pytest
 
 from supervisor.runner import EndReason, ResourceLimits
-from tests.runner.conftest import CHILDREN, RunFn, child_cmd, fast_config, wait_gone
+from tests.runner.conftest import (
+    CHILDREN,
+    RunFn,
+    child_cmd,
+    fast_config,
+    mini_running,
+    wait_gone,
+)
 
 
 @pytest.fixture
@@ -146,25 +153,12 @@ async def test_a_child_user_gets_its_ids_no_extra_groups_and_its_own_directory(
 @needs_root
 def test_a_child_under_another_user_still_dies_with_the_supervisor() -> None:
     """A change of credentials clears the parent-death signal; the server sets it again."""
-    mini = subprocess.Popen(
-        [sys.executable, str(CHILDREN / "mini_supervisor.py"), "/bin/sh", "-c", SLEEPER],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "MINI_USER": "nobody"},
-    )
-    try:
-        assert mini.stdout is not None
-        line = mini.stdout.readline().decode()
-        assert line.startswith("CHILD "), (line, mini.stderr.read() if mini.stderr else b"")
-        child_pid = int(line.split()[1])
+    env = {**os.environ, "MINI_USER": "nobody"}
+    with mini_running("/bin/sh", "-c", SLEEPER, env=env) as (mini, child_pid):
         assert psutil.Process(child_pid).uids().real == pwd.getpwnam("nobody").pw_uid
         mini.send_signal(signal.SIGKILL)
         mini.wait(timeout=10)
         assert not wait_gone([child_pid], timeout=5), "child outlived its supervisor"
-    finally:
-        if mini.poll() is None:
-            mini.kill()
-            mini.wait()
 
 
 SLEEPER = 'echo "PROGRESS: 1 $$"; exec sleep 600'

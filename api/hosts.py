@@ -7,10 +7,11 @@ load balancers probe them by address, and they carry no job data.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.refusals import send_refusal
 
 EXEMPT_PREFIX = "/health/"
 
@@ -54,21 +55,10 @@ class TrustedHosts:
         if host_allowed(host, self.allowed()):
             await self.app(scope, receive, send)
             return
-        body = json.dumps(
-            {
-                "detail": "Host header not allowed (INGEST_API_ALLOWED_HOSTS)",
-                "field": "Host",
-                "rule": "must be one of INGEST_API_ALLOWED_HOSTS",
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 400,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
+        await send_refusal(
+            send,
+            400,
+            "Host header not allowed (INGEST_API_ALLOWED_HOSTS)",
+            "Host",
+            "must be one of INGEST_API_ALLOWED_HOSTS",
         )
-        await send({"type": "http.response.body", "body": body})

@@ -7,12 +7,12 @@ whole.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError
+from api.refusals import send_refusal
 
 
 class BodyTooLarge(ApiError):
@@ -65,22 +65,5 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _refuse(send: Send, limit: int) -> None:
-    body = json.dumps(
-        {
-            "detail": f"request body is larger than {limit} bytes",
-            "field": "body",
-            "rule": f"<= {limit} bytes",
-        }
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    detail = f"request body is larger than {limit} bytes"
+    await send_refusal(send, 413, detail, "body", f"<= {limit} bytes", close=True)

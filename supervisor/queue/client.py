@@ -27,21 +27,18 @@ def _payload(
     max_attempts: int | None,
     trial_token: str | None = None,
 ) -> dict[str, Any]:
-    payload: dict[str, Any] = {
+    """The raw payload; enqueue validates it (a None field counts as absent) and stores
+    the normalised form."""
+    return {
         "job_id": job_id,
         "tenant_id": tenant_id,
-        "data_source": dict(data_source),
+        "data_source": data_source,
         "priority": priority,
+        "metadata": metadata,
+        "timeout_s": timeout_s,
+        "max_attempts": max_attempts,
+        "trial_token": trial_token,
     }
-    if metadata is not None:
-        payload["metadata"] = dict(metadata)
-    if timeout_s is not None:
-        payload["timeout_s"] = timeout_s
-    if max_attempts is not None:
-        payload["max_attempts"] = max_attempts
-    if trial_token is not None:
-        payload["trial_token"] = trial_token
-    return payload
 
 
 async def enqueue_ingestion_job_async(

@@ -24,7 +24,7 @@ from supervisor.execution import ExecutionContext, JobExecution
 from supervisor.metricdefs import run_queue_gauge_refresher
 from supervisor.queue.jobqueue import Claim, JobQueue
 from supervisor.queue.workers import WorkerRegistry
-from supervisor.redis_retry import TRANSIENT
+from supervisor.redis_retry import TRANSIENT, call_until
 from supervisor.runner import EndReason, StartFailureGate
 from supervisor.runner.containment import ORPHANS
 from supervisor.sdnotify import SystemdNotifier
@@ -140,6 +140,10 @@ class Daemon:
         if reason is not None:
             await fail_unrun(self.ctx, self.queue, index, claim, reason, retryable=False)
             return
+        paused_s = self.gate.tenant_remaining_s(claim.job.tenant_id)
+        if paused_s > 0:
+            await self._hold_back(claim, paused_s)
+            return
         try:
             execution = JobExecution(self.ctx, claim)
         except Exception as exc:
@@ -154,7 +158,8 @@ class Daemon:
             if execution.outcome is not None:
                 # The gate logs the error: only ever the text scrubbed of the job's secrets.
                 self.gate.record(
-                    dataclasses.replace(execution.outcome, error=execution.error, stderr_tail="")
+                    dataclasses.replace(execution.outcome, error=execution.error, stderr_tail=""),
+                    claim.job.tenant_id,
                 )
         except Exception as exc:
             log.exception("slot %d: job %s crashed its execution", index, job_id)
@@ -164,6 +169,21 @@ class Daemon:
         finally:
             self.active.pop(job_id, None)
             self._slots_changed()
+
+    async def _hold_back(self, claim: Claim, paused_s: float) -> None:
+        """Give back a job whose tenant's children keep dying at once, until its tenant's
+        pause ends, without spending an attempt (see StartFailureGate)."""
+        job_id = claim.job.job_id
+        log.debug("job %s held back %.1fs: its tenant is paused", job_id, paused_s)
+        try:
+            await call_until(
+                time.monotonic() + self.ctx.lease_s / 2,
+                lambda: self.queue.release(job_id, claim.token, delay_s=paused_s),
+                what=f"holding back {job_id}",
+                attempt_timeout_s=5.0,
+            )
+        except TRANSIENT as exc:
+            log.warning("job %s not given back (%s); the reaper recovers it", job_id, exc)
 
     def _start_slot(self, index: int) -> None:
         self._slot_started[index] = time.monotonic()

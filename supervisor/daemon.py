@@ -24,12 +24,12 @@ from supervisor.execution import ExecutionContext, JobExecution
 from supervisor.metricdefs import run_queue_gauge_refresher
 from supervisor.queue.jobqueue import Claim, JobQueue
 from supervisor.queue.workers import WorkerRegistry
-from supervisor.redis_retry import TRANSIENT, call_until
+from supervisor.redis_retry import TRANSIENT
 from supervisor.runner import EndReason, StartFailureGate
 from supervisor.runner.containment import ORPHANS
 from supervisor.sdnotify import SystemdNotifier
 from supervisor.status.service import StatusService
-from supervisor.unrun import fail_unrun, unrunnable_reason
+from supervisor.unrun import fail_unrun, hold_back, unrunnable_reason
 
 log = logging.getLogger(__name__)
 REAP_INTERVAL_MAX_S = 5.0
@@ -142,7 +142,7 @@ class Daemon:
             return
         paused_s = self.gate.tenant_remaining_s(claim.job.tenant_id)
         if paused_s > 0:
-            await self._hold_back(claim, paused_s)
+            await hold_back(self.ctx, self.queue, claim, paused_s)
             return
         try:
             execution = JobExecution(self.ctx, claim)
@@ -169,21 +169,6 @@ class Daemon:
         finally:
             self.active.pop(job_id, None)
             self._slots_changed()
-
-    async def _hold_back(self, claim: Claim, paused_s: float) -> None:
-        """Give back a job whose tenant's children keep dying at once, until its tenant's
-        pause ends, without spending an attempt (see StartFailureGate)."""
-        job_id = claim.job.job_id
-        log.debug("job %s held back %.1fs: its tenant is paused", job_id, paused_s)
-        try:
-            await call_until(
-                time.monotonic() + self.ctx.lease_s / 2,
-                lambda: self.queue.release(job_id, claim.token, delay_s=paused_s),
-                what=f"holding back {job_id}",
-                attempt_timeout_s=5.0,
-            )
-        except TRANSIENT as exc:
-            log.warning("job %s not given back (%s); the reaper recovers it", job_id, exc)
 
     def _start_slot(self, index: int) -> None:
         self._slot_started[index] = time.monotonic()

@@ -18,6 +18,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 
 from api.metrics import MetricsEndpoint
 from api.settings import ApiSettings
+from api.streams import StreamSlots
 from supervisor.queue.connection import AnyRedis
 from supervisor.queue.jobqueue import JobQueue
 
@@ -37,6 +38,7 @@ class ApiContext:
     health_queue: JobQueue
     events_queue: JobQueue
     metrics: MetricsEndpoint
+    streams: StreamSlots  # /events streams open per tenant-scoped caller
     # Fire-and-forget tasks (abandoned health probes) kept referenced until done.
     background: set[asyncio.Task[object]] = field(default_factory=set)
 
@@ -88,6 +90,7 @@ def build_context(settings: ApiSettings) -> ApiContext:
         health_queue=queue(health_client),
         events_queue=queue(events_client),
         metrics=MetricsEndpoint(),
+        streams=StreamSlots(settings.max_streams_per_tenant),
     )
 
 

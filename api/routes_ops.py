@@ -9,11 +9,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.auth import ReadAccess, WriteAccess, require_read, require_write
 from api.context import ApiContext, bounded, get_context
-from api.errors import E401, E403, E404, E409, E422, E503, ApiError, payload_error
+from api.errors import E401, E403, E404, E409, E422, E429, E503, ApiError, payload_error
 from api.events import event_stream
 from api.health import queue_health, readiness
 from api.metrics import CONTENT_TYPE
 from api.models import Liveness, PurgeResult, QueueHealth, Readiness, Worker, Workers
+from api.streams import HeldStream
 from supervisor.queue.keys import QUEUE_NAME_RE, QueueKeys
 from supervisor.queue.payload import PayloadError, validate_job_id
 from supervisor.queue.states import JobState
@@ -101,6 +102,7 @@ async def metrics(ctx: Ctx) -> Response:
         **E401,
         **E404,
         **E422,
+        **E429,
         **E503,
     },
 )
@@ -130,8 +132,16 @@ async def events(
             if rec is None or not access.sees(rec.tenant_id):
                 raise ApiError(404, f"job {j} not found")
             not_before[j] = int(rec.enqueued_at * 1000)
-    return StreamingResponse(
+    if not ctx.streams.take(access.tenant):
+        limit = ctx.streams.per_tenant
+        raise ApiError(
+            429,
+            f"at most {limit} event streams at once per tenant; close one first",
+            rule=f"<= {limit} open streams",
+        )
+    return HeldStream(
         event_stream(ctx, frozenset(ids), last_event_id, not_before),
+        on_end=lambda: ctx.streams.give_back(access.tenant),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -46,6 +46,8 @@ class ApiSettings(SharedConfig):
     max_body_bytes: int = 256 * 1024
     max_batch_bytes: int = 8 * 1024 * 1024
     max_batch_jobs: int = 1000
+    # /events streams a tenant-scoped token may hold open at once (each holds a connection).
+    max_streams_per_tenant: int = 16
     # Where the dashboard is served; None turns it off.
     ui_path: str | None = "/ui"
 
@@ -164,6 +166,14 @@ def load_api_settings(env: Mapping[str, str] | None = None) -> ApiSettings:
         ),
         max_batch_jobs=int(
             _num("INGEST_API_MAX_BATCH_JOBS", env.get("INGEST_API_MAX_BATCH_JOBS", "1000"), int, 1)
+        ),
+        max_streams_per_tenant=int(
+            _num(
+                "INGEST_API_MAX_STREAMS_PER_TENANT",
+                env.get("INGEST_API_MAX_STREAMS_PER_TENANT", "16"),
+                int,
+                1,
+            )
         ),
         ui_path=load_ui_path(env),
     )

@@ -7,6 +7,7 @@ import pytest
 
 from api.settings import ApiSettingsError, load_api_settings
 from tests.api.conftest import TOKEN, ServerFactory, job
+from tests.waiting import wait_until
 
 TOKEN_A = "tenant-a-token-0123456789"
 TOKEN_B = "tenant-b-token-0123456789"
@@ -140,3 +141,37 @@ def test_a_reused_job_id_never_replays_the_other_tenants_events(
                 if line.startswith("id: ") and int(line[4:].split("-")[0]) >= b_since_ms - 1:
                     break
     assert not [line for line in seen if "A-PRIVATE" in line], seen
+
+
+def test_one_tenant_cannot_hold_every_event_stream(api_server: ServerFactory) -> None:
+    """Each /events stream holds a Redis connection for as long as it is open: a scoped
+    token gets a bounded number at once (429 beyond), so it cannot take them all from the
+    other tenants; a stream closed gives its place back."""
+    server = api_server(INGEST_API_TENANT_TOKENS=SCOPED, INGEST_API_MAX_STREAMS_PER_TENANT="2")
+    with (
+        server.client(token=TOKEN_A) as a,
+        server.client(token=TOKEN_B) as b,
+        server.client() as admin,
+    ):
+        assert a.post("/jobs", json=job("sa-1", tenant_id="tenant-a")).status_code == 202
+        assert b.post("/jobs", json=job("sb-1", tenant_id="tenant-b")).status_code == 202
+        watch_a = {"job_id": "sa-1"}
+
+        def opens(client: httpx.Client, params: dict[str, str]) -> int:
+            with client.stream("GET", "/events", params=params) as response:
+                if response.status_code != 200:
+                    response.read()
+                    assert "2 event streams" in response.json()["detail"]
+                return response.status_code
+
+        with (
+            a.stream("GET", "/events", params=watch_a) as first,
+            a.stream("GET", "/events", params=watch_a) as second,
+        ):
+            assert (first.status_code, second.status_code) == (200, 200)
+            assert opens(a, watch_a) == 429
+            # Another tenant and the admin token are not held back by tenant-a.
+            assert opens(b, {"job_id": "sb-1"}) == 200
+            assert opens(admin, watch_a) == 200
+        # Both closed: their places are free again once the server sees them go.
+        wait_until(lambda: opens(a, watch_a) == 200, 10, "a stream of tenant-a again")

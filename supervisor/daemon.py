@@ -29,7 +29,7 @@ from supervisor.runner import EndReason, StartFailureGate
 from supervisor.runner.containment import ORPHANS
 from supervisor.sdnotify import SystemdNotifier
 from supervisor.status.service import StatusService
-from supervisor.unrun import fail_unrun, hold_back, unrunnable_reason
+from supervisor.unrun import fail_unrun, unrunnable_reason
 
 log = logging.getLogger(__name__)
 REAP_INTERVAL_MAX_S = 5.0
@@ -140,10 +140,6 @@ class Daemon:
         if reason is not None:
             await fail_unrun(self.ctx, self.queue, index, claim, reason, retryable=False)
             return
-        paused_s = self.gate.tenant_remaining_s(claim.job.tenant_id)
-        if paused_s > 0:
-            await hold_back(self.ctx, self.queue, claim, paused_s)
-            return
         try:
             execution = JobExecution(self.ctx, claim)
         except Exception as exc:
@@ -158,8 +154,7 @@ class Daemon:
             if execution.outcome is not None:
                 # The gate logs the error: only ever the text scrubbed of the job's secrets.
                 self.gate.record(
-                    dataclasses.replace(execution.outcome, error=execution.error, stderr_tail=""),
-                    claim.job.tenant_id,
+                    dataclasses.replace(execution.outcome, error=execution.error, stderr_tail="")
                 )
         except Exception as exc:
             log.exception("slot %d: job %s crashed its execution", index, job_id)

@@ -1,6 +1,5 @@
-"""Claimed jobs the daemon does not run the normal way: failing one that cannot run (a
-payload stored before validation bounded it) with the reason, and giving back one whose
-tenant is paused."""
+"""Claimed jobs the daemon cannot run the normal way: why (a payload stored before
+validation bounded it), and failing them with that reason."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from supervisor.execution import ExecutionContext
 from supervisor.queue.jobqueue import Claim, JobQueue
 from supervisor.queue.payload import PayloadError, check_structure, validate_payload
 from supervisor.queue.states import TableStatus
-from supervisor.redis_retry import TRANSIENT, call_until
+from supervisor.redis_retry import call_until
 
 # The daemon's logger: these lines are part of what a slot reports.
 log = logging.getLogger("supervisor.daemon")
@@ -94,19 +93,3 @@ async def fail_unrun(
         )
     except Exception:
         log.exception("slot %d: side channels not told of %s", index, job.job_id)
-
-
-async def hold_back(ctx: ExecutionContext, queue: JobQueue, claim: Claim, paused_s: float) -> None:
-    """Give back a job whose tenant's children keep dying at once, until its tenant's pause
-    ends, without spending an attempt (see StartFailureGate)."""
-    job_id = claim.job.job_id
-    log.debug("job %s held back %.1fs: its tenant is paused", job_id, paused_s)
-    try:
-        await call_until(
-            time.monotonic() + ctx.lease_s / 2,
-            lambda: queue.release(job_id, claim.token, delay_s=paused_s),
-            what=f"holding back {job_id}",
-            attempt_timeout_s=5.0,
-        )
-    except TRANSIENT as exc:
-        log.warning("job %s not given back (%s); the reaper recovers it", job_id, exc)

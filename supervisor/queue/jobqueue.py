@@ -298,20 +298,12 @@ class JobQueue(QueueReads, StatusRowVerbs):
         due_s = int(due) / 1000.0
         return FailResult(_s(outcome), due_s if due_s else None, int(rev))
 
-    async def release(self, job_id: str, token: str, *, delay_s: float = 0) -> bool:
-        """Give a held job back without spending an attempt: claimable at once, or after
-        `delay_s`. False when the lease was lost."""
+    async def release(self, job_id: str, token: str) -> bool:
         k = self.keys
         ok, _rev = await self._run(
             "release",
-            [k.jobs, k.active, k.waiting, k.seq, k.wake, k.events, k.status_outbox, k.delayed],
-            [
-                job_id,
-                token,
-                self.retention.events_maxlen,
-                self.retention.outbox_cap,
-                max(0, math.ceil(delay_s * 1000)),  # never due before delay_s
-            ],
+            [k.jobs, k.active, k.waiting, k.seq, k.wake, k.events, k.status_outbox],
+            [job_id, token, self.retention.events_maxlen, self.retention.outbox_cap],
         )
         return bool(int(ok))
 

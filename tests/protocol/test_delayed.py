@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from supervisor.queue.jobqueue import Backoff, Claim, JobQueue
 from supervisor.queue.states import JobState
 
-from .conftest import CountingConnection, QueueFactory, events_of, eventually, job, server_ms
+from .conftest import CountingConnection, QueueFactory, eventually, job, server_ms
 
 
 @pytest.fixture
@@ -92,30 +92,6 @@ async def test_failed_retryable_job_reappears_only_after_its_backoff(
     assert (res.outcome, res.retry_at) == ("failed", None)
     rec = await q.get("b1")
     assert rec is not None and rec.state is JobState.FAILED and rec.error == "final"
-
-
-async def test_release_with_a_delay_holds_the_job_back_without_spending_an_attempt(
-    q: JobQueue, client: Redis
-) -> None:
-    await q.enqueue(job("h1", max_attempts=1))
-    claim = await q.claim("w", lease_s=30, timeout_s=5)
-    assert claim is not None and claim.job.attempt == 1
-    before = await server_ms(client)
-    assert await q.release("h1", claim.token, delay_s=0.3)
-    rec = await q.get("h1")
-    assert rec is not None and rec.state is JobState.DELAYED and rec.attempt == 0
-    assert rec.due_at is not None and rec.due_at * 1000 >= before + 300
-    assert (await q.counts())["active"] == 0
-    early = await q.try_claim("w", 30)
-    assert isinstance(early, float) and 0 < early <= 0.3
-    # Its status row is a waiting one again (queued); the event says when it is due.
-    rows = await q.status_rows(["h1"])
-    assert rows and rows[0]["state"] == "delayed" and rows[0]["attempt"] == "0"
-    released = [e for e in await events_of(client, q.keys.events) if e["type"] == "released"]
-    assert released and released[-1]["state"] == "delayed" and "due_at" in released[-1]
-    again = await eventually(lambda: q.try_claim("w", 30), lambda c: isinstance(c, Claim))
-    assert isinstance(again, Claim) and again.job.attempt == 1  # still its one attempt
-    assert not await q.release("h1", claim.token, delay_s=1)  # the old token is fenced
 
 
 async def test_permanent_failure_does_not_retry(q: JobQueue) -> None:

@@ -154,7 +154,8 @@ class Daemon:
             if execution.outcome is not None:
                 # The gate logs the error: only ever the text scrubbed of the job's secrets.
                 self.gate.record(
-                    dataclasses.replace(execution.outcome, error=execution.error, stderr_tail="")
+                    dataclasses.replace(execution.outcome, error=execution.error, stderr_tail=""),
+                    claim.job.tenant_id,
                 )
         except Exception as exc:
             log.exception("slot %d: job %s crashed its execution", index, job_id)

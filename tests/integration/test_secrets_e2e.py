@@ -39,7 +39,7 @@ def test_a_child_quoting_its_secret_never_gets_it_past_the_daemon(
     payloads = [
         job("leak-fail", max_attempts=1),
         job("leak-ok", succeed=True),
-        # Exits 1 at once: a start failure, which the daemon's start gate logs.
+        # Exits 1 at once: the daemon's start gate logs it with the (scrubbed) error.
         job("leak-crash", max_attempts=1, exit=1),
     ]
     for p in payloads:

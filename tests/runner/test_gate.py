@@ -6,6 +6,8 @@ import asyncio
 import time
 from dataclasses import replace
 
+import pytest
+
 from supervisor.runner import ChildOutcome, EndReason, StartFailureGate
 from tests.runner.conftest import RunFn, fast_config
 
@@ -25,14 +27,16 @@ async def _start_failed(run: RunFn) -> ChildOutcome:
 async def test_repeated_start_failures_back_off_exponentially_then_reset(run: RunFn) -> None:
     clock = Clock()
     gate = StartFailureGate(base_s=0.5, cap_s=4.0, clock=clock)
+    healthy = replace(await run(fast_config(("/bin/true",))), wall_s=1.0)
+    gate.record(healthy, "t1")
+    gate.record(healthy, "t2")
     failed = await _start_failed(run)
     delays = []
     for _ in range(6):
-        gate.record(failed)
+        gate.record(failed, "t1")  # whoever's job it was: nothing could start
         delays.append(gate.remaining_s)
     assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
-    ok = replace(failed, ended=EndReason.EXITED, exit_code=0, error=None)
-    gate.record(ok)
+    gate.record(healthy, "t2")
     assert gate.remaining_s == 0 and gate.failures == 0
 
 
@@ -42,23 +46,82 @@ async def test_fast_nonzero_exit_counts_but_bad_input_and_slow_failures_do_not(
     gate = StartFailureGate(fast_fail_s=0.1)
     crashed = await run(fast_config(("/bin/false",)))
     assert crashed.ended is EndReason.EXITED and crashed.exit_code == 1
-    assert gate.is_start_failure(replace(crashed, wall_s=0.01))
-    assert not gate.is_start_failure(replace(crashed, wall_s=5.0))
-    assert not gate.is_start_failure(replace(crashed, wall_s=0.01, exit_code=65))
-    assert not gate.is_start_failure(replace(crashed, wall_s=0.01, exit_code=75))
-    assert gate.is_start_failure(replace(crashed, wall_s=0.01, exit_code=None, signal=11))
-    assert not gate.is_start_failure(replace(crashed, ended=EndReason.TIMEOUT, wall_s=0.01))
+    assert not gate.is_start_failure(crashed)
+    assert gate.is_fast_crash(replace(crashed, wall_s=0.01))
+    assert not gate.is_fast_crash(replace(crashed, wall_s=5.0))
+    assert not gate.is_fast_crash(replace(crashed, wall_s=0.01, exit_code=65))
+    assert not gate.is_fast_crash(replace(crashed, wall_s=0.01, exit_code=75))
+    assert gate.is_fast_crash(replace(crashed, wall_s=0.01, exit_code=None, signal=11))
+    assert not gate.is_fast_crash(replace(crashed, ended=EndReason.TIMEOUT, wall_s=0.01))
+
+
+@pytest.fixture
+async def crash_and_ok(run: RunFn) -> tuple[ChildOutcome, ChildOutcome]:
+    crashed = replace(await run(fast_config(("/bin/false",))), wall_s=0.01)
+    return crashed, replace(crashed, exit_code=0, error=None, wall_s=1.0)
+
+
+def test_crashes_pause_every_slot_while_no_other_tenant_is_doing_fine(
+    crash_and_ok: tuple[ChildOutcome, ChildOutcome],
+) -> None:
+    """A deploy with one tenant, or a daemon that has just started: the crashes may be a
+    broken deploy, and pausing holds back nobody else's work that is known to run."""
+    crashed, ok = crash_and_ok
+    clock = Clock()
+    gate = StartFailureGate(base_s=0.5, cap_s=4.0, clock=clock)
+    delays = []
+    for _ in range(4):
+        gate.record(crashed, "only")
+        delays.append(gate.remaining_s)
+    assert delays == [0.5, 1.0, 2.0, 4.0]
+    gate.record(ok, "only")
+    assert gate.remaining_s == 0 and gate.failures == 0
+    gate.record(crashed, "only")  # its own success says nothing of other tenants
+    assert gate.remaining_s == 0.5
+
+
+def test_one_tenants_crashes_pause_nothing_while_other_tenants_do_fine(
+    crash_and_ok: tuple[ChildOutcome, ChildOutcome],
+) -> None:
+    crashed, ok = crash_and_ok
+    clock = Clock()
+    gate = StartFailureGate(base_s=0.5, cap_s=4.0, healthy_window_s=600, clock=clock)
+    gate.record(ok, "a")
+    gate.record(ok, "b")
+    for _ in range(50):
+        gate.record(crashed, "noisy")
+        clock.now += 1.0
+    assert gate.remaining_s == 0 and gate.failures == 0
+    # Another tenant's crash right after: two tenants crashing in a row is a deploy's look.
+    gate.record(crashed, "b")
+    assert gate.remaining_s == 0.5
+    gate.record(crashed, "noisy")
+    assert gate.remaining_s == 1.0
+    clock.now += 1.0
+    gate.record(crashed, "noisy")  # the same tenant again: no further pause
+    assert gate.remaining_s == 0 and gate.failures == 2
+    # Nobody else has ended normally for the whole window: the deploy may be broken.
+    clock.now += 601.0
+    gate.record(crashed, "noisy")
+    assert gate.remaining_s == 2.0 and gate.failures == 3
 
 
 async def test_wait_blocks_for_the_backoff() -> None:
     gate = StartFailureGate(base_s=0.2)
     failed = ChildOutcome(
-        ended=EndReason.START_FAILED, exit_code=None, signal=None, wall_s=0.0, cpu_s=0.0,
-        peak_rss_bytes=0, progress=0.0, progress_message=None, result=None,
+        ended=EndReason.START_FAILED,
+        exit_code=None,
+        signal=None,
+        wall_s=0.0,
+        cpu_s=0.0,
+        peak_rss_bytes=0,
+        progress=0.0,
+        progress_message=None,
+        result=None,
         error="Worker failed to start: x",
     )
     await asyncio.wait_for(gate.wait(), 1)  # open while nothing failed
-    gate.record(failed)
+    gate.record(failed, "t1")
     started = time.monotonic()
     await asyncio.wait_for(gate.wait(), 5)
     assert time.monotonic() - started >= 0.15

@@ -1,0 +1,90 @@
+"""Children that die at once: one tenant's crashes never pause every slot while other
+tenants' jobs run normally; what looks like a broken deploy still does."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable
+
+from supervisor.queue.states import JobState
+from tests.daemon.conftest import DaemonProcess, SyncQueue, job, wait_until
+
+# Fails at once, as a parser crashing on a document would, for tenants named "noisy*".
+CRASH_FOR_NOISY = shlex.join(
+    [
+        "/bin/sh",
+        "-c",
+        "grep -q '\"tenant_id\":\"noisy' && { echo 'parser crashed' >&2; exit 1; }; "
+        "echo 'PROGRESS: 100 done'",
+    ]
+)
+
+
+def start(start_daemon: Callable[..., DaemonProcess], q: SyncQueue, warm: bool) -> DaemonProcess:
+    daemon = start_daemon(INGEST_WORKER_COMMAND=CRASH_FOR_NOISY, INGEST_CONCURRENCY="1")
+    daemon.wait_ready()
+    if warm:  # two tenants' jobs have run normally on this daemon
+        q.enqueue_many([job("warm-a"), {**job("warm-b"), "tenant_id": "tenant-b"}])
+        wait_until(
+            lambda: all(q.get(j).state is JobState.COMPLETED for j in ("warm-a", "warm-b")),
+            10,
+            "the warm-up jobs done",
+        )
+    return daemon
+
+
+def crashing(ids: list[str], tenants: list[str]) -> list[dict[str, object]]:
+    return [
+        {**job(job_id, max_attempts=1), "tenant_id": tenant}
+        for job_id, tenant in zip(ids, tenants, strict=True)
+    ]
+
+
+def test_one_tenants_crashing_jobs_do_not_hold_back_another_tenant(
+    start_daemon: Callable[..., DaemonProcess], q: SyncQueue
+) -> None:
+    daemon = start(start_daemon, q, warm=True)
+    noisy = [f"noisy-{i}" for i in range(6)]
+    q.enqueue_many(crashing(noisy, ["noisy"] * 6))
+    q.enqueue(job("quiet"))
+    try:
+        wait_until(lambda: q.get("quiet").state is JobState.COMPLETED, 5, "the quiet job done")
+    except AssertionError as exc:
+        raise AssertionError(daemon.log()[-2000:]) from exc
+    for job_id in noisy:
+        rec = q.get(job_id)
+        assert rec.state is JobState.FAILED and "parser crashed" in (rec.error or "")
+    assert "pausing spawns" not in daemon.log()
+
+
+def test_a_fresh_daemon_whose_children_all_crash_pauses_every_slot(
+    start_daemon: Callable[..., DaemonProcess], q: SyncQueue
+) -> None:
+    """A deploy that broke, seen by a daemon that has run nothing else: the crashes are
+    paced (0.5 s, then 1 s), not burnt through."""
+    daemon = start(start_daemon, q, warm=False)
+    ids = [f"crash-{i}" for i in range(3)]
+    enqueued = time.monotonic()
+    q.enqueue_many(crashing(ids, ["noisy"] * 3))
+    wait_until(
+        lambda: all(q.get(j).state is JobState.FAILED for j in ids), 20, "every crash failed"
+    )
+    assert time.monotonic() - enqueued >= 1.5
+    assert "pausing spawns" in daemon.log()
+
+
+def test_crashes_of_different_tenants_back_to_back_pause_every_slot(
+    start_daemon: Callable[..., DaemonProcess], q: SyncQueue
+) -> None:
+    """Other tenants did fine before, but now every tenant's children die: a deploy."""
+    daemon = start(start_daemon, q, warm=True)
+    ids = [f"crash-{i}" for i in range(4)]
+    enqueued = time.monotonic()
+    # The first crash pauses nothing; the second (another tenant) 0.5 s, the third 1 s.
+    q.enqueue_many(crashing(ids, ["noisy-x", "noisy-y", "noisy-x", "noisy-y"]))
+    wait_until(
+        lambda: all(q.get(j).state is JobState.FAILED for j in ids), 20, "every crash failed"
+    )
+    assert time.monotonic() - enqueued >= 1.5
+    assert "pausing spawns" in daemon.log()

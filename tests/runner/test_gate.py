@@ -61,11 +61,11 @@ async def crash_and_ok(run: RunFn) -> tuple[ChildOutcome, ChildOutcome]:
     return crashed, replace(crashed, exit_code=0, error=None, wall_s=1.0)
 
 
-def test_crashes_pause_every_slot_while_no_other_tenant_is_doing_fine(
+def test_on_a_daemon_that_saw_one_tenant_or_none_any_crash_pauses(
     crash_and_ok: tuple[ChildOutcome, ChildOutcome],
 ) -> None:
-    """A deploy with one tenant, or a daemon that has just started: the crashes may be a
-    broken deploy, and pausing holds back nobody else's work that is known to run."""
+    """A deploy with one tenant, or a daemon that has seen nothing end: the crashes may be
+    a broken deploy, and pausing holds back nobody else's work that is known to run."""
     crashed, ok = crash_and_ok
     clock = Clock()
     gate = StartFailureGate(base_s=0.5, cap_s=4.0, clock=clock)
@@ -76,34 +76,47 @@ def test_crashes_pause_every_slot_while_no_other_tenant_is_doing_fine(
     assert delays == [0.5, 1.0, 2.0, 4.0]
     gate.record(ok, "only")
     assert gate.remaining_s == 0 and gate.failures == 0
-    gate.record(crashed, "only")  # its own success says nothing of other tenants
+    gate.record(crashed, "only")
     assert gate.remaining_s == 0.5
 
 
-def test_one_tenants_crashes_pause_nothing_while_other_tenants_do_fine(
+def test_crashes_must_span_three_tenants_once_three_did_fine(
     crash_and_ok: tuple[ChildOutcome, ChildOutcome],
 ) -> None:
     crashed, ok = crash_and_ok
     clock = Clock()
-    gate = StartFailureGate(base_s=0.5, cap_s=4.0, healthy_window_s=600, clock=clock)
-    gate.record(ok, "a")
-    gate.record(ok, "b")
-    for _ in range(50):
+    gate = StartFailureGate(base_s=0.5, cap_s=4.0, clock=clock)
+    for tenant in ("a", "b", "c"):
+        gate.record(ok, tenant)
+    # One tenant's flood, with another tenant's crash in the middle of it: their jobs fail.
+    for _ in range(20):
         gate.record(crashed, "noisy")
-        clock.now += 1.0
+    gate.record(crashed, "unlucky")
+    for _ in range(20):
+        gate.record(crashed, "noisy")
     assert gate.remaining_s == 0 and gate.failures == 0
-    # Another tenant's crash right after: two tenants crashing in a row is a deploy's look.
-    gate.record(crashed, "b")
+    # A third tenant's jobs crash too: that is what a broken deploy looks like.
+    gate.record(crashed, "a")
     assert gate.remaining_s == 0.5
     gate.record(crashed, "noisy")
     assert gate.remaining_s == 1.0
-    clock.now += 1.0
-    gate.record(crashed, "noisy")  # the same tenant again: no further pause
-    assert gate.remaining_s == 0 and gate.failures == 2
-    # Nobody else has ended normally for the whole window: the deploy may be broken.
-    clock.now += 601.0
+    gate.record(ok, "b")  # any normal ending ends the run and the pause
+    assert gate.remaining_s == 0 and gate.failures == 0
     gate.record(crashed, "noisy")
-    assert gate.remaining_s == 2.0 and gate.failures == 3
+    assert gate.remaining_s == 0
+
+
+def test_two_tenants_seen_means_two_tenants_crashing_pause(
+    crash_and_ok: tuple[ChildOutcome, ChildOutcome],
+) -> None:
+    crashed, ok = crash_and_ok
+    gate = StartFailureGate(base_s=0.5, clock=Clock())
+    gate.record(ok, "a")
+    gate.record(ok, "b")
+    gate.record(crashed, "a")
+    assert gate.remaining_s == 0
+    gate.record(crashed, "b")
+    assert gate.remaining_s == 0.5
 
 
 async def test_wait_blocks_for_the_backoff() -> None:

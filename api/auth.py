@@ -42,6 +42,9 @@ class Access:
     """Who is calling: every tenant (`tenant` None) or one tenant's scoped token."""
 
     tenant: str | None = None
+    # No token, let in because INGEST_API_AUTH_READS=0 opened reads: sees what every
+    # tenant sees, but is nobody's admin token (its event streams are counted).
+    anonymous: bool = False
 
     def sees(self, tenant_id: str) -> bool:
         return self.tenant is None or self.tenant == tenant_id
@@ -52,6 +55,7 @@ class Access:
 
 
 EVERYONE = Access()
+ANONYMOUS_READER = Access(anonymous=True)
 
 
 def _check(ctx: ApiContext, creds: HTTPAuthorizationCredentials | None) -> Access:
@@ -113,7 +117,7 @@ async def require_read(
     ctx = get_context(request)
     if ctx.settings.auth_reads or creds is not None:
         return _check(ctx, creds)
-    return EVERYONE
+    return ANONYMOUS_READER if ctx.settings.auth_enabled else EVERYONE
 
 
 ReadAccess = Annotated[Access, Depends(require_read)]

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from api.auth import ReadAccess, WriteAccess, require_read, require_write
+from api.auth import Access, ReadAccess, WriteAccess, require_read, require_write
 from api.context import ApiContext, bounded, get_context
 from api.errors import E401, E403, E404, E409, E422, E429, E503, ApiError, payload_error
 from api.events import event_stream
@@ -112,6 +112,9 @@ async def events(
     job_id: Annotated[list[str] | None, Query(description="only these jobs")] = None,
     last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> StreamingResponse:
+    owner = _stream_owner(access)
+    if ctx.streams.full(owner):  # before any Redis call
+        raise _too_many_streams(ctx.streams.per_tenant)
     ids: set[str] = set()
     for j in job_id or []:
         try:
@@ -132,18 +135,31 @@ async def events(
             if rec is None or not access.sees(rec.tenant_id):
                 raise ApiError(404, f"job {j} not found")
             not_before[j] = int(rec.enqueued_at * 1000)
-    if not ctx.streams.take(access.tenant):
-        limit = ctx.streams.per_tenant
-        raise ApiError(
-            429,
-            f"at most {limit} event streams at once per tenant; close one first",
-            rule=f"<= {limit} open streams",
-        )
+    if not ctx.streams.take(owner):
+        raise _too_many_streams(ctx.streams.per_tenant)
     return HeldStream(
         event_stream(ctx, frozenset(ids), last_event_id, not_before),
-        on_end=lambda: ctx.streams.give_back(access.tenant),
+        on_end=lambda: ctx.streams.give_back(owner),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+# Whose count an anonymous reader's streams go to: no tenant id can be spelt this way.
+ANONYMOUS_STREAMS = "(anonymous)"
+
+
+def _stream_owner(access: Access) -> str | None:
+    """Whose count of open streams a caller's stream goes to: its tenant's, that of every
+    caller without a token together, or none (the all-tenant token)."""
+    return ANONYMOUS_STREAMS if access.anonymous else access.tenant
+
+
+def _too_many_streams(limit: int) -> ApiError:
+    return ApiError(
+        429,
+        f"at most {limit} event streams at once per tenant; close one first",
+        rule=f"<= {limit} open streams",
     )
 
 

@@ -12,21 +12,23 @@ from starlette.types import Receive, Scope, Send
 
 
 class StreamSlots:
-    """How many streams each tenant has open, at most `per_tenant` at once. A caller that
-    sees every tenant (tenant None: the admin token) is not counted."""
+    """How many streams each owner (a tenant, or every anonymous reader together) has
+    open, at most `per_tenant` at once. Owner None (the all-tenant token) is not counted."""
 
     def __init__(self, per_tenant: int) -> None:
         self.per_tenant = per_tenant
         self._open: dict[str, int] = {}
 
+    def full(self, tenant: str | None) -> bool:
+        return tenant is not None and self._open.get(tenant, 0) >= self.per_tenant
+
     def take(self, tenant: str | None) -> bool:
         """One more stream for `tenant`, unless it already has `per_tenant` open."""
         if tenant is None:
             return True
-        held = self._open.get(tenant, 0)
-        if held >= self.per_tenant:
+        if self.full(tenant):
             return False
-        self._open[tenant] = held + 1
+        self._open[tenant] = self._open.get(tenant, 0) + 1
         return True
 
     def give_back(self, tenant: str | None) -> None:

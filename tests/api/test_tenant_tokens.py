@@ -175,3 +175,25 @@ def test_one_tenant_cannot_hold_every_event_stream(api_server: ServerFactory) ->
             assert opens(admin, watch_a) == 200
         # Both closed: their places are free again once the server sees them go.
         wait_until(lambda: opens(a, watch_a) == 200, 10, "a stream of tenant-a again")
+
+
+def test_anonymous_readers_share_one_count_of_event_streams(api_server: ServerFactory) -> None:
+    """With reads opened (INGEST_API_AUTH_READS=0) a tenant could drop its token to get
+    around its own count: callers without a token count together."""
+    server = api_server(
+        INGEST_API_TENANT_TOKENS=SCOPED,
+        INGEST_API_AUTH_READS="0",
+        INGEST_API_MAX_STREAMS_PER_TENANT="2",
+    )
+    with server.client(token=None) as anon, server.client(token=TOKEN_B) as b:
+        assert b.post("/jobs", json=job("an-1", tenant_id="tenant-b")).status_code == 202
+        watch = {"job_id": "an-1"}
+        with (
+            anon.stream("GET", "/events", params=watch) as first,
+            anon.stream("GET", "/events", params=watch) as second,
+        ):
+            assert (first.status_code, second.status_code) == (200, 200)
+            with anon.stream("GET", "/events", params=watch) as third:
+                assert third.status_code == 429
+            with b.stream("GET", "/events", params=watch) as own:
+                assert own.status_code == 200

@@ -26,7 +26,10 @@ def main() -> int:
     with marker.open("a") as f:
         f.write(f"{os.getpid()}\n")
     # What the child inherited, so tests can check nothing of systemd's leaks through.
-    (state_dir / f"{job_id}.env.json").write_text(json.dumps(sorted(os.environ)))
+    # Written whole and then renamed: a test waiting for the file never reads half of it.
+    partial = state_dir / f"{job_id}.env.json.partial"
+    partial.write_text(json.dumps(sorted(os.environ)))
+    partial.rename(state_dir / f"{job_id}.env.json")
     duration = float(meta.get("rerun_s" if rerun else "first_run_s", 1))
     steps = max(1, int(duration / 0.2))
     for i in range(steps):

@@ -23,6 +23,7 @@ from supervisor.aio import join_bounded
 from supervisor.execution import ExecutionContext, JobExecution
 from supervisor.metricdefs import run_queue_gauge_refresher
 from supervisor.queue.jobqueue import Claim, JobQueue
+from supervisor.queue.states import JobState
 from supervisor.queue.workers import WorkerRegistry
 from supervisor.redis_retry import TRANSIENT
 from supervisor.runner import EndReason, StartFailureGate
@@ -294,6 +295,18 @@ class Daemon:
                 return
             pause = min(pause * 2, 5.0)
 
+    async def _seed_gate(self) -> None:
+        """Tell the start-failure gate which tenants' jobs the queue completed lately, so
+        that a daemon that has just started does not take one tenant's crashing jobs for
+        a broken deploy (see StartFailureGate)."""
+        try:
+            async with asyncio.timeout(5):
+                recent, _ = await self.queue.list_jobs(JobState.COMPLETED, limit=100)
+        except Exception as exc:  # Redis away, a record this code cannot read: no seed
+            log.warning("recent completions not read (%r); the gate starts knowing none", exc)
+            return
+        self.gate.seen_ending_normally(job.tenant_id for job in recent)
+
     async def run(self, on_ready: Callable[[], None] | None = None) -> int:
         self.install_signal_handlers()
         await self.wait_for_redis()
@@ -303,6 +316,7 @@ class Daemon:
             asyncio.create_task(coro(), name=coro.__name__)
             for coro in (self._reaper, self._heartbeat, self._cancel_listener, self._watchdog)
         ]
+        await self._seed_gate()
         if self.status is not None:
             self.status.start()
         if ORPHANS.become_subreaper(kill_unattributed=True):  # it starts no other children

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from supervisor.runner.outcome import EX_DATAERR, EX_TEMPFAIL, ChildOutcome, EndReason
 
@@ -22,15 +22,17 @@ class StartFailureGate:
       server, no room for a job directory);
     - a child that dies within `fast_fail_s` with a non-zero status or a signal (an import
       error; but also a parser crashing on one tenant's document: the two look alike),
-      once the crashes since the last normal ending span `TENANTS_FOR_A_DEPLOY` tenants,
-      or as many as this daemon has seen end normally if fewer (a deploy with one
-      tenant, a daemon that has seen nothing end yet: any crash).
+      once the crashes since the last pause or normal ending span `TENANTS_FOR_A_DEPLOY`
+      tenants, or as many as this daemon has seen end normally if fewer (a deploy with
+      one tenant, a queue with no recent completions: any crash).
 
     One tenant's crashes, even with another tenant's crash among them, pause nothing on a
-    daemon that has seen three tenants' jobs end normally: they are those tenants' jobs
+    daemon that has seen three tenants' jobs end normally (the queue's recent completions
+    count, so a daemon that has just started knows them): they are those tenants' jobs
     failing, each retried with the usual backoff. Exits 65 (bad input) and 75 (a
-    temporary failure such as a refused fetch) are normal endings. Each pause taken
-    doubles the next from `base_s` up to `cap_s`; any normal ending resets it.
+    temporary failure such as a refused fetch) are normal endings. Each pause must be
+    earned anew, by crashes of children started after the last one ended; it doubles
+    from `base_s` up to `cap_s`, and any normal ending resets it.
     """
 
     TENANTS_FOR_A_DEPLOY = 3
@@ -49,8 +51,8 @@ class StartFailureGate:
         self._clock = clock
         self.failures = 0  # pauses taken since the last normal ending
         self._until = 0.0
-        # Tenants whose jobs crashed since the last normal ending, and tenants whose jobs
-        # ended normally on this daemon: only ever up to TENANTS_FOR_A_DEPLOY of each.
+        # Tenants whose jobs crashed since the last pause or normal ending (fewer than
+        # TENANTS_FOR_A_DEPLOY), and up to that many whose jobs ended normally.
         self._crashed: set[str] = set()
         self._healthy: set[str] = set()
 
@@ -64,28 +66,39 @@ class StartFailureGate:
             return True
         return outcome.exit_code not in (0, EX_DATAERR, EX_TEMPFAIL)
 
+    def seen_ending_normally(self, tenant_ids: Iterable[str]) -> None:
+        """Tenants whose jobs are known to have ended normally (the queue's recent
+        completions, read when the daemon starts)."""
+        for tenant_id in tenant_ids:
+            if len(self._healthy) >= self.TENANTS_FOR_A_DEPLOY:
+                return
+            self._healthy.add(tenant_id)
+
     def record(self, outcome: ChildOutcome, tenant_id: str) -> None:
-        enough = self.TENANTS_FOR_A_DEPLOY
-        if self.is_start_failure(outcome):
-            self._pause("child failed at start", outcome)
-        elif not self.is_fast_crash(outcome):
+        if not self.is_start_failure(outcome) and not self.is_fast_crash(outcome):
             self.failures, self._until = 0, 0.0
             self._crashed.clear()
-            if len(self._healthy) < enough:
-                self._healthy.add(tenant_id)
-        else:
-            if len(self._crashed) < enough:
-                self._crashed.add(tenant_id)
-            if len(self._crashed) >= max(1, min(enough, len(self._healthy))):
-                self._pause("children die at once", outcome)
+            self.seen_ending_normally((tenant_id,))
+            return
+        if self.remaining_s > 0:
+            return  # started before this pause began: the pause already answers it
+        if self.is_start_failure(outcome):
+            self._pause("child failed at start", tenant_id, outcome)
+            return
+        self._crashed.add(tenant_id)
+        enough = self.TENANTS_FOR_A_DEPLOY
+        if len(self._crashed) >= max(1, min(enough, len(self._healthy))):
+            self._pause("children die at once", tenant_id, outcome)
 
-    def _pause(self, what: str, outcome: ChildOutcome) -> None:
+    def _pause(self, what: str, tenant_id: str, outcome: ChildOutcome) -> None:
         self.failures += 1
+        self._crashed.clear()  # the next pause takes as many tenants' crashes again
         delay = min(self.cap_s, self.base_s * 2.0 ** min(self.failures - 1, 30))
         self._until = self._clock() + delay
         log.warning(
-            "%s (pause %d in a row); pausing spawns for %.1fs: %s",
+            "%s (tenant %s; pause %d in a row); pausing spawns for %.1fs: %s",
             what,
+            tenant_id,
             self.failures,
             delay,
             (outcome.error or "")[:200],

@@ -79,12 +79,34 @@ def test_crashes_of_different_tenants_back_to_back_pause_every_slot(
 ) -> None:
     """Other tenants did fine before, but now every tenant's children die: a deploy."""
     daemon = start(start_daemon, q, warm=True)
-    ids = [f"crash-{i}" for i in range(4)]
+    ids = [f"crash-{i}" for i in range(6)]
     enqueued = time.monotonic()
-    # The first crash pauses nothing; the second (another tenant) 0.5 s, the third 1 s.
-    q.enqueue_many(crashing(ids, ["noisy-x", "noisy-y", "noisy-x", "noisy-y"]))
+    # Two tenants known: every second crash (the other tenant's) pauses, 0.5 s then 1 s.
+    q.enqueue_many(crashing(ids, ["noisy-x", "noisy-y"] * 3))
     wait_until(
         lambda: all(q.get(j).state is JobState.FAILED for j in ids), 20, "every crash failed"
     )
     assert time.monotonic() - enqueued >= 1.5
     assert "pausing spawns" in daemon.log()
+
+
+def test_a_daemon_that_just_started_knows_the_tenants_of_recent_completions(
+    start_daemon: Callable[..., DaemonProcess], q: SyncQueue
+) -> None:
+    """A tenant's high-priority crashing batch at the head of the queue when a daemon
+    starts (a deploy, a restart): the daemon has run nothing yet, but the queue's recent
+    completions show other tenants' jobs run, so the batch's crashes are that tenant's."""
+    for tenant in ("tenant-a", "tenant-b", "tenant-c"):
+        q.enqueue({**job(f"done-{tenant}"), "tenant_id": tenant})
+        claim = q.claim("earlier-worker", lease_s=30, timeout_s=5)
+        assert claim is not None and q.complete(claim.job.job_id, claim.token, {"ok": True})
+    noisy = [f"noisy-{i}" for i in range(6)]
+    q.enqueue_many([{**payload, "priority": "high"} for payload in crashing(noisy, ["noisy"] * 6)])
+    q.enqueue(job("quiet"))
+    daemon = start(start_daemon, q, warm=False)
+    try:
+        wait_until(lambda: q.get("quiet").state is JobState.COMPLETED, 5, "the quiet job done")
+    except AssertionError as exc:
+        raise AssertionError(daemon.log()[-2000:]) from exc
+    assert all(q.get(j).state is JobState.FAILED for j in noisy)
+    assert "pausing spawns" not in daemon.log()

@@ -24,17 +24,21 @@ async def _start_failed(run: RunFn) -> ChildOutcome:
     return await run(fast_config(("/nonexistent/interpreter",)))
 
 
+def pauses(gate: StartFailureGate, clock: Clock, outcome: ChildOutcome, tenant: str) -> float:
+    """Record `outcome` of a child started once any pause had ended; the pause it caused."""
+    clock.now += gate.remaining_s
+    gate.record(outcome, tenant)
+    return gate.remaining_s
+
+
 async def test_repeated_start_failures_back_off_exponentially_then_reset(run: RunFn) -> None:
     clock = Clock()
     gate = StartFailureGate(base_s=0.5, cap_s=4.0, clock=clock)
     healthy = replace(await run(fast_config(("/bin/true",))), wall_s=1.0)
-    gate.record(healthy, "t1")
-    gate.record(healthy, "t2")
+    gate.seen_ending_normally(["t1", "t2", "t3"])
     failed = await _start_failed(run)
-    delays = []
-    for _ in range(6):
-        gate.record(failed, "t1")  # whoever's job it was: nothing could start
-        delays.append(gate.remaining_s)
+    # Whoever's job it was: nothing could start.
+    delays = [pauses(gate, clock, failed, "t1") for _ in range(6)]
     assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
     gate.record(healthy, "t2")
     assert gate.remaining_s == 0 and gate.failures == 0
@@ -61,62 +65,62 @@ async def crash_and_ok(run: RunFn) -> tuple[ChildOutcome, ChildOutcome]:
     return crashed, replace(crashed, exit_code=0, error=None, wall_s=1.0)
 
 
-def test_on_a_daemon_that_saw_one_tenant_or_none_any_crash_pauses(
+def test_knowing_one_tenant_or_none_any_crash_pauses(
     crash_and_ok: tuple[ChildOutcome, ChildOutcome],
 ) -> None:
-    """A deploy with one tenant, or a daemon that has seen nothing end: the crashes may be
-    a broken deploy, and pausing holds back nobody else's work that is known to run."""
+    """A deploy with one tenant, or a queue with no recent completions: the crashes may
+    be a broken deploy, and pausing holds back nobody else's work that is known to run."""
     crashed, ok = crash_and_ok
     clock = Clock()
     gate = StartFailureGate(base_s=0.5, cap_s=4.0, clock=clock)
-    delays = []
-    for _ in range(4):
-        gate.record(crashed, "only")
-        delays.append(gate.remaining_s)
-    assert delays == [0.5, 1.0, 2.0, 4.0]
+    assert [pauses(gate, clock, crashed, "only") for _ in range(4)] == [0.5, 1.0, 2.0, 4.0]
     gate.record(ok, "only")
     assert gate.remaining_s == 0 and gate.failures == 0
-    gate.record(crashed, "only")
-    assert gate.remaining_s == 0.5
+    assert pauses(gate, clock, crashed, "only") == 0.5
 
 
-def test_crashes_must_span_three_tenants_once_three_did_fine(
+def test_crashes_must_span_three_tenants_once_three_are_known(
     crash_and_ok: tuple[ChildOutcome, ChildOutcome],
 ) -> None:
     crashed, ok = crash_and_ok
     clock = Clock()
     gate = StartFailureGate(base_s=0.5, cap_s=4.0, clock=clock)
-    for tenant in ("a", "b", "c"):
-        gate.record(ok, tenant)
+    gate.seen_ending_normally(["a", "b", "c", "d"])  # as a daemon's start reads them
     # One tenant's flood, with another tenant's crash in the middle of it: their jobs fail.
-    for _ in range(20):
-        gate.record(crashed, "noisy")
-    gate.record(crashed, "unlucky")
-    for _ in range(20):
-        gate.record(crashed, "noisy")
-    assert gate.remaining_s == 0 and gate.failures == 0
+    for tenant in ["noisy"] * 20 + ["unlucky"] + ["noisy"] * 20:
+        assert pauses(gate, clock, crashed, tenant) == 0
+    assert gate.failures == 0
     # A third tenant's jobs crash too: that is what a broken deploy looks like.
-    gate.record(crashed, "a")
-    assert gate.remaining_s == 0.5
-    gate.record(crashed, "noisy")
-    assert gate.remaining_s == 1.0
+    assert pauses(gate, clock, crashed, "a") == 0.5
+    # Each further pause takes three tenants' crashes again: old ones do not carry over.
+    assert [pauses(gate, clock, crashed, t) for t in ("noisy", "unlucky", "b")] == [0, 0, 1.0]
     gate.record(ok, "b")  # any normal ending ends the run and the pause
     assert gate.remaining_s == 0 and gate.failures == 0
-    gate.record(crashed, "noisy")
-    assert gate.remaining_s == 0
 
 
-def test_two_tenants_seen_means_two_tenants_crashing_pause(
+def test_crashes_of_children_started_before_a_pause_do_not_escalate_it(
+    crash_and_ok: tuple[ChildOutcome, ChildOutcome],
+) -> None:
+    """Every slot claims when a pause ends; their crashes land together. One pause for
+    them, not one per slot."""
+    crashed, _ = crash_and_ok
+    clock = Clock()
+    gate = StartFailureGate(base_s=0.5, cap_s=30.0, clock=clock)
+    for _ in range(8):
+        gate.record(crashed, "only")
+    assert gate.remaining_s == 0.5 and gate.failures == 1
+
+
+def test_two_tenants_known_means_two_tenants_crashing_pause(
     crash_and_ok: tuple[ChildOutcome, ChildOutcome],
 ) -> None:
     crashed, ok = crash_and_ok
-    gate = StartFailureGate(base_s=0.5, clock=Clock())
+    clock = Clock()
+    gate = StartFailureGate(base_s=0.5, clock=clock)
     gate.record(ok, "a")
     gate.record(ok, "b")
-    gate.record(crashed, "a")
-    assert gate.remaining_s == 0
-    gate.record(crashed, "b")
-    assert gate.remaining_s == 0.5
+    assert pauses(gate, clock, crashed, "a") == 0
+    assert pauses(gate, clock, crashed, "b") == 0.5
 
 
 async def test_wait_blocks_for_the_backoff() -> None:

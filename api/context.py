@@ -38,7 +38,7 @@ class ApiContext:
     health_queue: JobQueue
     events_queue: JobQueue
     metrics: MetricsEndpoint
-    streams: StreamSlots  # /events streams open per tenant-scoped caller
+    streams: StreamSlots  # /events streams open per tenant, and without a token
     # Fire-and-forget tasks (abandoned health probes) kept referenced until done.
     background: set[asyncio.Task[object]] = field(default_factory=set)
 
@@ -90,7 +90,7 @@ def build_context(settings: ApiSettings) -> ApiContext:
         health_queue=queue(health_client),
         events_queue=queue(events_client),
         metrics=MetricsEndpoint(),
-        streams=StreamSlots(settings.max_streams_per_tenant),
+        streams=StreamSlots(settings.max_streams_per_tenant, settings.max_anonymous_streams),
     )
 
 

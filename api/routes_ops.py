@@ -14,7 +14,7 @@ from api.events import event_stream
 from api.health import queue_health, readiness
 from api.metrics import CONTENT_TYPE
 from api.models import Liveness, PurgeResult, QueueHealth, Readiness, Worker, Workers
-from api.streams import HeldStream
+from api.streams import ANONYMOUS, HeldStream, StreamSlots
 from supervisor.queue.keys import QUEUE_NAME_RE, QueueKeys
 from supervisor.queue.payload import PayloadError, validate_job_id
 from supervisor.queue.states import JobState
@@ -113,8 +113,8 @@ async def events(
     last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> StreamingResponse:
     owner = _stream_owner(access)
-    if ctx.streams.full(owner):  # before any Redis call
-        raise _too_many_streams(ctx.streams.per_tenant)
+    if owner is not None and ctx.streams.full(owner):  # before any Redis call
+        raise _too_many_streams(ctx.streams, owner)
     ids: set[str] = set()
     for j in job_id or []:
         try:
@@ -135,8 +135,8 @@ async def events(
             if rec is None or not access.sees(rec.tenant_id):
                 raise ApiError(404, f"job {j} not found")
             not_before[j] = int(rec.enqueued_at * 1000)
-    if not ctx.streams.take(owner):
-        raise _too_many_streams(ctx.streams.per_tenant)
+    if owner is not None and not ctx.streams.take(owner):
+        raise _too_many_streams(ctx.streams, owner)
     return HeldStream(
         event_stream(ctx, frozenset(ids), last_event_id, not_before),
         on_end=lambda: ctx.streams.give_back(owner),
@@ -145,20 +145,18 @@ async def events(
     )
 
 
-# Whose count an anonymous reader's streams go to: no tenant id can be spelt this way.
-ANONYMOUS_STREAMS = "(anonymous)"
-
-
 def _stream_owner(access: Access) -> str | None:
     """Whose count of open streams a caller's stream goes to: its tenant's, that of every
     caller without a token together, or none (the all-tenant token)."""
-    return ANONYMOUS_STREAMS if access.anonymous else access.tenant
+    return ANONYMOUS if access.anonymous else access.tenant
 
 
-def _too_many_streams(limit: int) -> ApiError:
+def _too_many_streams(slots: StreamSlots, owner: str) -> ApiError:
+    limit = slots.limit(owner)
+    who = "callers without a token" if owner == ANONYMOUS else "per tenant"
     return ApiError(
         429,
-        f"at most {limit} event streams at once per tenant; close one first",
+        f"at most {limit} event streams at once {who}; close one first",
         rule=f"<= {limit} open streams",
     )
 

@@ -46,8 +46,10 @@ class ApiSettings(SharedConfig):
     max_body_bytes: int = 256 * 1024
     max_batch_bytes: int = 8 * 1024 * 1024
     max_batch_jobs: int = 1000
-    # /events streams a tenant-scoped token may hold open at once (each holds a connection).
+    # /events streams a tenant-scoped token may hold open at once (each holds a connection),
+    # and all callers without a token together (reads opened by INGEST_API_AUTH_READS=0).
     max_streams_per_tenant: int = 16
+    max_anonymous_streams: int = 128
     # Where the dashboard is served; None turns it off.
     ui_path: str | None = "/ui"
 
@@ -171,6 +173,14 @@ def load_api_settings(env: Mapping[str, str] | None = None) -> ApiSettings:
             _num(
                 "INGEST_API_MAX_STREAMS_PER_TENANT",
                 env.get("INGEST_API_MAX_STREAMS_PER_TENANT", "16"),
+                int,
+                1,
+            )
+        ),
+        max_anonymous_streams=int(
+            _num(
+                "INGEST_API_MAX_ANONYMOUS_STREAMS",
+                env.get("INGEST_API_MAX_ANONYMOUS_STREAMS", "128"),
                 int,
                 1,
             )

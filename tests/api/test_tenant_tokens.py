@@ -183,7 +183,8 @@ def test_anonymous_readers_share_one_count_of_event_streams(api_server: ServerFa
     server = api_server(
         INGEST_API_TENANT_TOKENS=SCOPED,
         INGEST_API_AUTH_READS="0",
-        INGEST_API_MAX_STREAMS_PER_TENANT="2",
+        INGEST_API_MAX_STREAMS_PER_TENANT="1",
+        INGEST_API_MAX_ANONYMOUS_STREAMS="2",
     )
     with server.client(token=None) as anon, server.client(token=TOKEN_B) as b:
         assert b.post("/jobs", json=job("an-1", tenant_id="tenant-b")).status_code == 202
@@ -195,5 +196,7 @@ def test_anonymous_readers_share_one_count_of_event_streams(api_server: ServerFa
             assert (first.status_code, second.status_code) == (200, 200)
             with anon.stream("GET", "/events", params=watch) as third:
                 assert third.status_code == 429
+                third.read()
+                assert "2 event streams at once callers without a token" in third.text
             with b.stream("GET", "/events", params=watch) as own:
                 assert own.status_code == 200

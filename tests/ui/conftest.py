@@ -35,7 +35,10 @@ DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 # The tests save a screenshot of each page here; INGEST_UI_SCREENSHOTS=docs/screenshots
 # refreshes the two that docs/dashboard.md shows. By default a run leaves the tree alone.
 SCREENSHOTS = Path(
-    os.environ.get("INGEST_UI_SCREENSHOTS", Path(tempfile.gettempdir()) / "ingest-ui-screenshots")
+    os.environ.get(
+        "INGEST_UI_SCREENSHOTS",
+        Path(tempfile.gettempdir()) / f"ingest-ui-screenshots-{os.getuid()}",
+    )
 )
 
 

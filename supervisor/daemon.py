@@ -312,11 +312,12 @@ class Daemon:
         await self.wait_for_redis()
         if self.stopping.is_set():
             return 0
+        # Before any upkeep: the first heartbeat must already see the slots started.
+        await self._seed_gate()
         upkeep = [
             asyncio.create_task(coro(), name=coro.__name__)
             for coro in (self._reaper, self._heartbeat, self._cancel_listener, self._watchdog)
         ]
-        await self._seed_gate()
         if self.status is not None:
             self.status.start()
         if ORPHANS.become_subreaper(kill_unattributed=True):  # it starts no other children

@@ -23,7 +23,6 @@ from supervisor.aio import join_bounded
 from supervisor.execution import ExecutionContext, JobExecution
 from supervisor.metricdefs import run_queue_gauge_refresher
 from supervisor.queue.jobqueue import Claim, JobQueue
-from supervisor.queue.states import JobState
 from supervisor.queue.workers import WorkerRegistry
 from supervisor.redis_retry import TRANSIENT
 from supervisor.runner import EndReason, StartFailureGate
@@ -296,16 +295,16 @@ class Daemon:
             pause = min(pause * 2, 5.0)
 
     async def _seed_gate(self) -> None:
-        """Tell the start-failure gate which tenants' jobs the queue completed lately, so
-        that a daemon that has just started does not take one tenant's crashing jobs for
-        a broken deploy (see StartFailureGate)."""
+        """Tell the start-failure gate which tenants' jobs the queue completed last (one
+        entry per tenant), so that a daemon that has just started does not take one
+        tenant's crashing jobs for a broken deploy (see StartFailureGate)."""
         try:
             async with asyncio.timeout(5):
-                recent, _ = await self.queue.list_jobs(JobState.COMPLETED, limit=100)
-        except Exception as exc:  # Redis away, a record this code cannot read: no seed
-            log.warning("recent completions not read (%r); the gate starts knowing none", exc)
+                tenants = await self.queue.recent_tenants(StartFailureGate.TENANTS_FOR_A_DEPLOY)
+        except TRANSIENT as exc:
+            log.warning("recent tenants not read (%s); the gate starts knowing none", exc)
             return
-        self.gate.seen_ending_normally(job.tenant_id for job in recent)
+        self.gate.seen_ending_normally(tenants)
 
     async def run(self, on_ready: Callable[[], None] | None = None) -> int:
         self.install_signal_handlers()
@@ -314,6 +313,8 @@ class Daemon:
             return 0
         # Before any upkeep: the first heartbeat must already see the slots started.
         await self._seed_gate()
+        if self.stopping.is_set():
+            return 0
         upkeep = [
             asyncio.create_task(coro(), name=coro.__name__)
             for coro in (self._reaper, self._heartbeat, self._cancel_listener, self._watchdog)

@@ -55,6 +55,8 @@ __all__ = [
 
 # Longest single block on the wake list; a lost wake token costs at most this much latency.
 MAX_BLOCK_S = 5.0
+# Tenants remembered in the completed-tenants set (one entry each, the newest kept).
+COMPLETED_TENANTS_KEPT = 100
 PURGE_BATCH = 500
 
 
@@ -243,7 +245,15 @@ class JobQueue(QueueReads, StatusRowVerbs):
         k = self.keys
         ok, _rev = await self._run(
             "complete",
-            [k.jobs, k.payloads, k.active, k.completed, k.events, k.status_outbox],
+            [
+                k.jobs,
+                k.payloads,
+                k.active,
+                k.completed,
+                k.events,
+                k.status_outbox,
+                k.completed_tenants,
+            ],
             [
                 job_id,
                 token,
@@ -254,9 +264,15 @@ class JobQueue(QueueReads, StatusRowVerbs):
                 self.retention.outbox_cap,
                 message or "",
                 "" if peak_rss_bytes is None else int(peak_rss_bytes),
+                COMPLETED_TENANTS_KEPT,
             ],
         )
         return bool(int(ok))
+
+    async def recent_tenants(self, count: int) -> list[str]:
+        """The `count` tenants whose jobs completed most recently, newest first (each once)."""
+        raw = await self.client.zrevrange(self.keys.completed_tenants, 0, max(0, count - 1))
+        return [_s(t, "replace") for t in raw]
 
     async def fail(
         self,

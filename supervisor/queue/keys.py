@@ -69,6 +69,12 @@ class QueueKeys:
         return self._key("cancelled")
 
     @property
+    def completed_tenants(self) -> str:
+        """ZSET tenant_id scored by when a job of it last completed, in ms; the newest 100
+        only (the start-failure gate's memory of which tenants' jobs run)."""
+        return self._key("completed_tenants")
+
+    @property
     def seq(self) -> str:
         """STRING counter giving FIFO order within a priority band."""
         return self._key("seq")

@@ -24,11 +24,12 @@ class StartFailureGate:
       error; but also a parser crashing on one tenant's document: the two look alike),
       once the crashes since the last pause or normal ending span `TENANTS_FOR_A_DEPLOY`
       tenants, or as many as this daemon has seen end normally if fewer (a deploy with
-      one tenant, a queue with no recent completions: any crash).
+      one tenant, a queue that never completed a job: any crash).
 
     One tenant's crashes, even with another tenant's crash among them, pause nothing on a
-    daemon that has seen three tenants' jobs end normally (the queue's recent completions
-    count, so a daemon that has just started knows them): they are those tenants' jobs
+    daemon that has seen three tenants' jobs end normally (the tenants whose jobs the
+    queue completed last count, so a daemon that has just started knows them): they are
+    those tenants' jobs
     failing, each retried with the usual backoff. Exits 65 (bad input) and 75 (a
     temporary failure such as a refused fetch) are normal endings. Each pause must be
     earned anew, by crashes of children started after the last one ended; it doubles
@@ -67,8 +68,8 @@ class StartFailureGate:
         return outcome.exit_code not in (0, EX_DATAERR, EX_TEMPFAIL)
 
     def seen_ending_normally(self, tenant_ids: Iterable[str]) -> None:
-        """Tenants whose jobs are known to have ended normally (the queue's recent
-        completions, read when the daemon starts)."""
+        """Tenants whose jobs are known to have ended normally (those whose jobs the
+        queue completed last, read when the daemon starts)."""
         for tenant_id in tenant_ids:
             if len(self._healthy) >= self.TENANTS_FOR_A_DEPLOY:
                 return

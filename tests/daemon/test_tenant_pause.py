@@ -94,12 +94,15 @@ def test_a_daemon_that_just_started_knows_the_tenants_of_recent_completions(
     start_daemon: Callable[..., DaemonProcess], q: SyncQueue
 ) -> None:
     """A tenant's high-priority crashing batch at the head of the queue when a daemon
-    starts (a deploy, a restart): the daemon has run nothing yet, but the queue's recent
-    completions show other tenants' jobs run, so the batch's crashes are that tenant's."""
-    for tenant in ("tenant-a", "tenant-b", "tenant-c"):
-        q.enqueue({**job(f"done-{tenant}"), "tenant_id": tenant})
-        claim = q.claim("earlier-worker", lease_s=30, timeout_s=5)
-        assert claim is not None and q.complete(claim.job.job_id, claim.token, {"ok": True})
+    starts (a deploy, a restart): the daemon has run nothing yet, but the queue remembers
+    which tenants' jobs it completed last, one entry each, so the batch's crashes are that
+    tenant's (however many jobs that tenant completed since the others)."""
+    done = [("tenant-a", 1), ("tenant-b", 1), ("tenant-c", 1), ("noisy", 101)]
+    for tenant, count in done:
+        for i in range(count):
+            q.enqueue({**job(f"done-{tenant}-{i}"), "tenant_id": tenant})
+            claim = q.claim("earlier-worker", lease_s=30, timeout_s=5)
+            assert claim is not None and q.complete(claim.job.job_id, claim.token, {"ok": 1})
     noisy = [f"noisy-{i}" for i in range(6)]
     q.enqueue_many([{**payload, "priority": "high"} for payload in crashing(noisy, ["noisy"] * 6)])
     q.enqueue(job("quiet"))

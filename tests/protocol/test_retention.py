@@ -179,3 +179,25 @@ async def test_oldest_waiting_age_tracks_the_longest_waiting_job(q: JobQueue) ->
         c = await claim_one(q)
         assert await q.complete(c.job.job_id, c.token)
     assert await q.oldest_waiting_age_s() is None
+
+
+async def test_the_tenants_of_completed_jobs_are_remembered_once_each_newest_first(
+    make_queue: QueueFactory, client: Redis
+) -> None:
+    """What a daemon reads when it starts, to know whose jobs run (the start-failure gate):
+    one entry per tenant however many jobs it completed, the newest 100 tenants kept, and
+    not tied to the completed jobs' own retention."""
+    q = make_queue(retention=Retention(keep_completed_s=0.001))
+    for i, tenant in enumerate(["a", "b", "c", *(["noisy"] * 30)]):
+        await q.enqueue(job(f"{tenant}-{i}", tenant_id=tenant))
+        claim = await claim_one(q)
+        assert await q.complete(claim.job.job_id, claim.token)
+    assert await q.recent_tenants(3) == ["noisy", "c", "b"]
+    assert await q.recent_tenants(10) == ["noisy", "c", "b", "a"]
+    assert (await q.counts())["completed"] <= 2  # the jobs themselves expired
+    for i in range(120):
+        await q.enqueue(job(f"many-{i}", tenant_id=f"t{i}"))
+        claim = await claim_one(q)
+        assert await q.complete(claim.job.job_id, claim.token)
+    assert await client.zcard(q.keys.completed_tenants) == 100
+    assert await q.recent_tenants(1) == ["t119"]

@@ -1,9 +1,10 @@
 -- complete: a held job succeeded.
 -- KEYS[1] jobs  KEYS[2] payloads  KEYS[3] active  KEYS[4] completed  KEYS[5] events
--- KEYS[6] outbox
+-- KEYS[6] outbox  KEYS[7] completed tenants
 -- ARGV[1] id  ARGV[2] token  ARGV[3] result JSON ('' for none)  ARGV[4] keep completed ms
 -- ARGV[5] events maxlen  ARGV[6] retention trim limit  ARGV[7] outbox cap
 -- ARGV[8] the child's last progress message ('' for none)  ARGV[9] peak RSS bytes ('' if unknown)
+-- ARGV[10] completed tenants kept (the newest)
 -- Returns {1, rev} or {0, 0} when the lease is lost.
 local rec = load(KEYS[1], ARGV[1])
 if not held(rec, ARGV[2]) then
@@ -29,4 +30,8 @@ save(KEYS[1], rec)
 emit(KEYS[5], ARGV[5], 'completed', rec)
 status_out(KEYS[6], ARGV[7], rec, 'f')
 trim(KEYS[4], KEYS[1], KEYS[2], now - tonumber(ARGV[4]), tonumber(ARGV[6]))
+if rec.tenant then
+  redis.call('ZADD', KEYS[7], fmt(now), rec.tenant)
+  redis.call('ZREMRANGEBYRANK', KEYS[7], 0, -tonumber(ARGV[10]) - 1)
+end
 return {1, rec.rev}

@@ -17,7 +17,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 
 from api.metrics import MetricsEndpoint
-from api.settings import ApiSettings
+from api.settings import EVENTS_POOL_CONNECTIONS, ApiSettings
 from api.streams import StreamSlots
 from supervisor.queue.connection import AnyRedis
 from supervisor.queue.jobqueue import JobQueue
@@ -75,7 +75,7 @@ def build_context(settings: ApiSettings) -> ApiContext:
         connect_timeout=2.0,
         socket_timeout=EVENTS_BLOCK_MS / 1000 + REQUEST_TIMEOUT_S,
         retry=Retry(NoBackoff(), 0),
-        max_connections=1024,
+        max_connections=EVENTS_POOL_CONNECTIONS,
     )
 
     def queue(c: AnyRedis) -> JobQueue:

@@ -153,10 +153,10 @@ def _stream_owner(access: Access) -> str | None:
 
 def _too_many_streams(slots: StreamSlots, owner: str) -> ApiError:
     limit = slots.limit(owner)
-    who = "callers without a token" if owner == ANONYMOUS else "per tenant"
+    who = "for callers without a token" if owner == ANONYMOUS else "per tenant"
     return ApiError(
         429,
-        f"at most {limit} event streams at once {who}; close one first",
+        f"at most {limit} event streams open at once {who}; close one first",
         rule=f"<= {limit} open streams",
     )
 

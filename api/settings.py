@@ -16,6 +16,9 @@ from supervisor.secretfiles import SecretFileError, with_secret_files
 ApiSettingsError = ConfigError
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+# Redis connections for /events streams per API process (each open stream holds one); no
+# one owner's limit may reach half of them.
+EVENTS_POOL_CONNECTIONS = 1024
 
 
 @dataclass(frozen=True)
@@ -61,13 +64,21 @@ def _bool(name: str, raw: str) -> bool:
         raise ApiSettingsError(f"{name}={raw!r}: must be a boolean (1/0, true/false)") from None
 
 
-def _num(name: str, raw: str, kind: type[int] | type[float], minimum: float) -> float:
+def _num(
+    name: str,
+    raw: str,
+    kind: type[int] | type[float],
+    minimum: float,
+    maximum: float | None = None,
+) -> float:
     try:
         value = kind(raw)
     except ValueError:
         raise ApiSettingsError(f"{name}={raw!r}: must be a number") from None
     if value < minimum:
         raise ApiSettingsError(f"{name}={raw!r}: must be >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise ApiSettingsError(f"{name}={raw!r}: must be <= {maximum}")
     return value
 
 
@@ -175,6 +186,7 @@ def load_api_settings(env: Mapping[str, str] | None = None) -> ApiSettings:
                 env.get("INGEST_API_MAX_STREAMS_PER_TENANT", "16"),
                 int,
                 1,
+                EVENTS_POOL_CONNECTIONS // 2,
             )
         ),
         max_anonymous_streams=int(
@@ -183,6 +195,7 @@ def load_api_settings(env: Mapping[str, str] | None = None) -> ApiSettings:
                 env.get("INGEST_API_MAX_ANONYMOUS_STREAMS", "128"),
                 int,
                 1,
+                EVENTS_POOL_CONNECTIONS // 2,
             )
         ),
         ui_path=load_ui_path(env),

@@ -161,7 +161,7 @@ def test_one_tenant_cannot_hold_every_event_stream(api_server: ServerFactory) ->
             with client.stream("GET", "/events", params=params) as response:
                 if response.status_code != 200:
                     response.read()
-                    assert "2 event streams" in response.json()["detail"]
+                    assert "2 event streams open at once per tenant" in response.json()["detail"]
                 return response.status_code
 
         with (
@@ -197,6 +197,20 @@ def test_anonymous_readers_share_one_count_of_event_streams(api_server: ServerFa
             with anon.stream("GET", "/events", params=watch) as third:
                 assert third.status_code == 429
                 third.read()
-                assert "2 event streams at once callers without a token" in third.text
+                assert "2 event streams open at once for callers without a token" in third.text
             with b.stream("GET", "/events", params=watch) as own:
                 assert own.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "message"),
+    [
+        ("INGEST_API_MAX_STREAMS_PER_TENANT", "0", ">= 1"),
+        ("INGEST_API_MAX_STREAMS_PER_TENANT", "513", "<= 512"),
+        ("INGEST_API_MAX_ANONYMOUS_STREAMS", "1024", "<= 512"),
+        ("INGEST_API_MAX_ANONYMOUS_STREAMS", "many", "a number"),
+    ],
+)
+def test_stream_limits_stay_below_half_the_events_pool(name: str, raw: str, message: str) -> None:
+    with pytest.raises(ApiSettingsError, match=f"{name}.*{message}"):
+        load_api_settings({name: raw})

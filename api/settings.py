@@ -17,7 +17,7 @@ ApiSettingsError = ConfigError
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 # Redis connections for /events streams per API process (each open stream holds one); no
-# one owner's limit may reach half of them.
+# one owner's limit may exceed half of them.
 EVENTS_POOL_CONNECTIONS = 1024
 
 

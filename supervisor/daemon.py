@@ -34,6 +34,9 @@ from supervisor.unrun import fail_unrun, unrunnable_reason
 log = logging.getLogger(__name__)
 REAP_INTERVAL_MAX_S = 5.0
 FLUSH_DEADLINE_S = 5.0
+# Tenants whose jobs completed this recently count as known to the start-failure gate
+# when a daemon starts.
+KNOWN_TENANTS_WINDOW_S = 24 * 3600.0
 
 
 class Daemon:
@@ -295,14 +298,16 @@ class Daemon:
             pause = min(pause * 2, 5.0)
 
     async def _seed_gate(self) -> None:
-        """Tell the start-failure gate which tenants' jobs the queue completed last (one
-        entry per tenant), so that a daemon that has just started does not take one
-        tenant's crashing jobs for a broken deploy (see StartFailureGate)."""
+        """Tell the start-failure gate which tenants' jobs the queue completed in the last
+        day (one entry per tenant), so that a daemon that has just started does not take
+        one tenant's crashing jobs for a broken deploy (see StartFailureGate)."""
         try:
             async with asyncio.timeout(5):
-                tenants = await self.queue.recent_tenants(StartFailureGate.TENANTS_FOR_A_DEPLOY)
-        except TRANSIENT as exc:
-            log.warning("recent tenants not read (%s); the gate starts knowing none", exc)
+                tenants = await self.queue.recent_tenants(
+                    StartFailureGate.TENANTS_FOR_A_DEPLOY, within_s=KNOWN_TENANTS_WINDOW_S
+                )
+        except Exception as exc:  # optional knowledge: Redis away, a cluster failover, ACLs
+            log.warning("recent tenants not read (%r); the gate starts knowing none", exc)
             return
         self.gate.seen_ending_normally(tenants)
 

@@ -269,9 +269,15 @@ class JobQueue(QueueReads, StatusRowVerbs):
         )
         return bool(int(ok))
 
-    async def recent_tenants(self, count: int) -> list[str]:
-        """The `count` tenants whose jobs completed most recently, newest first (each once)."""
-        raw = await self.client.zrevrange(self.keys.completed_tenants, 0, max(0, count - 1))
+    async def recent_tenants(self, count: int, within_s: float) -> list[str]:
+        """Up to `count` tenants whose jobs completed within the last `within_s` seconds,
+        the most recent first (each once)."""
+        if count <= 0:
+            return []
+        since = await self.server_time_ms() - int(within_s * 1000)
+        raw = await self.client.zrevrangebyscore(
+            self.keys.completed_tenants, "+inf", since, start=0, num=count
+        )
         return [_s(t, "replace") for t in raw]
 
     async def fail(

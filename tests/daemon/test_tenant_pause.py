@@ -7,6 +7,9 @@ import shlex
 import time
 from collections.abc import Callable
 
+import redis
+
+from supervisor.queue.keys import QueueKeys
 from supervisor.queue.states import JobState
 from tests.daemon.conftest import DaemonProcess, SyncQueue, job, wait_until
 
@@ -113,3 +116,13 @@ def test_a_daemon_that_just_started_knows_the_tenants_of_recent_completions(
         raise AssertionError(daemon.log()[-2000:]) from exc
     assert all(q.get(j).state is JobState.FAILED for j in noisy)
     assert "pausing spawns" not in daemon.log()
+
+
+def test_an_unreadable_memory_of_tenants_does_not_stop_a_daemon(
+    start_daemon: Callable[..., DaemonProcess], q: SyncQueue, raw_redis: redis.Redis
+) -> None:
+    raw_redis.set(QueueKeys(q.queue).completed_tenants, "not a sorted set")
+    daemon = start(start_daemon, q, warm=False)
+    assert "recent tenants not read" in daemon.log()
+    q.enqueue(job("runs"))
+    wait_until(lambda: q.get("runs").state is JobState.COMPLETED, 10, "a job done")

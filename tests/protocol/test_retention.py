@@ -192,12 +192,27 @@ async def test_the_tenants_of_completed_jobs_are_remembered_once_each_newest_fir
         await q.enqueue(job(f"{tenant}-{i}", tenant_id=tenant))
         claim = await claim_one(q)
         assert await q.complete(claim.job.job_id, claim.token)
-    assert await q.recent_tenants(3) == ["noisy", "c", "b"]
-    assert await q.recent_tenants(10) == ["noisy", "c", "b", "a"]
+    assert await q.recent_tenants(3, within_s=60) == ["noisy", "c", "b"]
+    assert await q.recent_tenants(10, within_s=60) == ["noisy", "c", "b", "a"]
+    assert await q.recent_tenants(0, within_s=60) == []
+    # Only completions within the window count.
+    await client.zadd(q.keys.completed_tenants, {"a": 1000})
+    assert await q.recent_tenants(10, within_s=60) == ["noisy", "c", "b"]
     assert (await q.counts())["completed"] <= 2  # the jobs themselves expired
     for i in range(120):
         await q.enqueue(job(f"many-{i}", tenant_id=f"t{i}"))
         claim = await claim_one(q)
         assert await q.complete(claim.job.job_id, claim.token)
     assert await client.zcard(q.keys.completed_tenants) == 100
-    assert await q.recent_tenants(1) == ["t119"]
+    assert await q.recent_tenants(1, within_s=60) == ["t119"]
+
+
+async def test_a_broken_completed_tenants_key_never_fails_a_completion(
+    q: JobQueue, client: Redis
+) -> None:
+    await client.set(q.keys.completed_tenants, "not a sorted set")
+    await q.enqueue(job("c-1"))
+    claim = await claim_one(q)
+    assert await q.complete(claim.job.job_id, claim.token)
+    rec = await q.get("c-1")
+    assert rec is not None and rec.state is JobState.COMPLETED

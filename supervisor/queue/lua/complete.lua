@@ -30,8 +30,9 @@ save(KEYS[1], rec)
 emit(KEYS[5], ARGV[5], 'completed', rec)
 status_out(KEYS[6], ARGV[7], rec, 'f')
 trim(KEYS[4], KEYS[1], KEYS[2], now - tonumber(ARGV[4]), tonumber(ARGV[6]))
+-- Best effort (pcall): what the start-failure gate remembers never fails a completion.
 if rec.tenant then
-  redis.call('ZADD', KEYS[7], fmt(now), rec.tenant)
-  redis.call('ZREMRANGEBYRANK', KEYS[7], 0, -tonumber(ARGV[10]) - 1)
+  redis.pcall('ZADD', KEYS[7], fmt(now), rec.tenant)
+  redis.pcall('ZREMRANGEBYRANK', KEYS[7], 0, -tonumber(ARGV[10]) - 1)
 end
 return {1, rec.rev}

@@ -260,6 +260,11 @@ async def list_jobs(
 ) -> JobPage:
     states = (state,) if state is not None else LIST_ORDER
     idx, offset = _parse_cursor(cursor, states)
+    if access.tenant is not None:
+        # A scoped token lists its own tenant's jobs: the scan reads no other tenant's.
+        if tenant_id not in (None, access.tenant):
+            return JobPage(jobs=[], next_cursor=None)
+        tenant_id = access.tenant
     newest_first = None if order is None else order == "desc"
     jobs: list[Job] = []
     next_cursor: str | None = None

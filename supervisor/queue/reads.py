@@ -96,10 +96,11 @@ class QueueReads:
             for (n, _), raw in zip(chunk, raws, strict=True):
                 if raw is None:
                     continue
-                rec = JobRecord.from_raw(raw)
-                if tenant_id is not None and rec.tenant_id != tenant_id:
+                stored = json.loads(raw)
+                # Another tenant's record is passed over before its result is decoded.
+                if tenant_id is not None and stored.get("tenant", "") != tenant_id:
                     continue
-                jobs.append(rec)
+                jobs.append(JobRecord.from_stored(stored))
                 if len(jobs) == limit:
                     examined = n + 1
                     break

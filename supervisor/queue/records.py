@@ -65,7 +65,11 @@ class JobRecord:
 
     @classmethod
     def from_raw(cls, raw: str | bytes, payload: str | bytes | None = None) -> JobRecord:
-        rec = json.loads(raw)
+        return cls.from_stored(json.loads(raw), payload)
+
+    @classmethod
+    def from_stored(cls, rec: dict[str, Any], payload: str | bytes | None = None) -> JobRecord:
+        """From a stored record already parsed once (its result is still JSON text)."""
 
         def secs(key: str) -> float | None:
             v = rec.get(key)

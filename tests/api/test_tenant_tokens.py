@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -214,3 +216,32 @@ def test_anonymous_readers_share_one_count_of_event_streams(api_server: ServerFa
 def test_stream_limits_stay_below_half_the_events_pool(name: str, raw: str, message: str) -> None:
     with pytest.raises(ApiSettingsError, match=f"{name}.*{message}"):
         load_api_settings({name: raw})
+
+
+def test_a_scoped_listing_reads_only_its_tenants_records(api_server: ServerFactory) -> None:
+    """A scoped token's /jobs scans for its own tenant's jobs: it never decodes another
+    tenant's records (their results can be up to 1 MiB each; here one cannot be decoded at
+    all), and a page fills with its own jobs however many of others lie between."""
+    import redis as redis_sync
+
+    from supervisor.queue.keys import QueueKeys
+    from tests.conftest import REDIS_URL
+
+    server = api_server(INGEST_API_TENANT_TOKENS=SCOPED)
+    with server.client(token=TOKEN_A) as a, server.client(token=TOKEN_B) as b:
+        assert a.post("/jobs", json=job("own-1", tenant_id="tenant-a")).status_code == 202
+        for i in range(5):
+            assert b.post("/jobs", json=job(f"theirs-{i}", tenant_id="tenant-b")).status_code == 202
+        assert a.post("/jobs", json=job("own-2", tenant_id="tenant-a")).status_code == 202
+        r = redis_sync.Redis.from_url(REDIS_URL)
+        try:
+            jobs_key = QueueKeys(server.queue).jobs
+            raw = json.loads(r.hget(jobs_key, "theirs-2"))
+            r.hset(jobs_key, "theirs-2", json.dumps({**raw, "result": "{not json"}))
+        finally:
+            r.close()
+        page = a.get("/jobs", params={"state": "waiting", "limit": 2})
+        assert page.status_code == 200, page.text
+        assert [j["job_id"] for j in page.json()["jobs"]] == ["own-1", "own-2"]
+        other = a.get("/jobs", params={"state": "waiting", "tenant_id": "tenant-b"})
+        assert other.status_code == 200 and other.json()["jobs"] == []

@@ -44,6 +44,19 @@ def crashing(ids: list[str], tenants: list[str]) -> list[dict[str, object]]:
     ]
 
 
+def assert_paced(daemon: DaemonProcess, q: SyncQueue, tenants: list[str]) -> None:
+    """Jobs of `tenants` that crash at once, run by a one-slot daemon, fail paced: pauses
+    of 0.5 s and 1 s (at least) come before the last one starts."""
+    ids = [f"crash-{i}" for i in range(len(tenants))]
+    enqueued = time.monotonic()
+    q.enqueue_many(crashing(ids, tenants))
+    wait_until(
+        lambda: all(q.get(j).state is JobState.FAILED for j in ids), 20, "every crash failed"
+    )
+    assert time.monotonic() - enqueued >= 1.5
+    assert "pausing spawns" in daemon.log()
+
+
 def test_one_tenants_crashing_jobs_do_not_hold_back_another_tenant(
     start_daemon: Callable[..., DaemonProcess], q: SyncQueue
 ) -> None:
@@ -67,14 +80,7 @@ def test_a_fresh_daemon_whose_children_all_crash_pauses_every_slot(
     """A deploy that broke, seen by a daemon that has run nothing else: the crashes are
     paced (0.5 s, then 1 s), not burnt through."""
     daemon = start(start_daemon, q, warm=False)
-    ids = [f"crash-{i}" for i in range(3)]
-    enqueued = time.monotonic()
-    q.enqueue_many(crashing(ids, ["noisy"] * 3))
-    wait_until(
-        lambda: all(q.get(j).state is JobState.FAILED for j in ids), 20, "every crash failed"
-    )
-    assert time.monotonic() - enqueued >= 1.5
-    assert "pausing spawns" in daemon.log()
+    assert_paced(daemon, q, ["noisy"] * 3)
 
 
 def test_crashes_of_different_tenants_back_to_back_pause_every_slot(
@@ -82,15 +88,8 @@ def test_crashes_of_different_tenants_back_to_back_pause_every_slot(
 ) -> None:
     """Other tenants did fine before, but now every tenant's children die: a deploy."""
     daemon = start(start_daemon, q, warm=True)
-    ids = [f"crash-{i}" for i in range(6)]
-    enqueued = time.monotonic()
     # Two tenants known: every second crash (the other tenant's) pauses, 0.5 s then 1 s.
-    q.enqueue_many(crashing(ids, ["noisy-x", "noisy-y"] * 3))
-    wait_until(
-        lambda: all(q.get(j).state is JobState.FAILED for j in ids), 20, "every crash failed"
-    )
-    assert time.monotonic() - enqueued >= 1.5
-    assert "pausing spawns" in daemon.log()
+    assert_paced(daemon, q, ["noisy-x", "noisy-y"] * 3)
 
 
 def test_a_daemon_that_just_started_knows_the_tenants_of_recent_completions(

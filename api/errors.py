@@ -62,7 +62,7 @@ E409: Responses = {409: _describe("the job's state does not allow this")}
 E413: Responses = {413: _describe("request body too large")}
 E415: Responses = {415: _describe("a POST without Content-Type: application/json")}
 E422: Responses = {422: _describe("invalid input; names the field and the rule")}
-E429: Responses = {429: _describe("too many event streams open for this tenant")}
+E429: Responses = {429: _describe("too many event streams open for this caller's count")}
 E503: Responses = {503: _describe("Redis unavailable or too slow")}
 
 

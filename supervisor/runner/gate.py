@@ -28,12 +28,12 @@ class StartFailureGate:
 
     One tenant's crashes, even with another tenant's crash among them, pause nothing on a
     daemon that has seen three tenants' jobs end normally (the tenants whose jobs the
-    queue completed last count, so a daemon that has just started knows them): they are
-    those tenants' jobs
-    failing, each retried with the usual backoff. Exits 65 (bad input) and 75 (a
-    temporary failure such as a refused fetch) are normal endings. Each pause must be
-    earned anew, by crashes of children started after the last one ended; it doubles
-    from `base_s` up to `cap_s`, and any normal ending resets it.
+    queue completed in the last day count, so a daemon that has just started knows
+    them): they are those tenants' jobs failing, each retried with the usual backoff.
+    Exits 65 (bad input) and 75 (a temporary failure such as a refused fetch) are normal
+    endings. Each pause must be earned anew, by crashes of children started after the
+    last one ended; it doubles from `base_s` up to `cap_s`, and any normal ending resets
+    it.
     """
 
     TENANTS_FOR_A_DEPLOY = 3
@@ -68,8 +68,8 @@ class StartFailureGate:
         return outcome.exit_code not in (0, EX_DATAERR, EX_TEMPFAIL)
 
     def seen_ending_normally(self, tenant_ids: Iterable[str]) -> None:
-        """Tenants whose jobs are known to have ended normally (those whose jobs the
-        queue completed last, read when the daemon starts)."""
+        """Tenants whose jobs are known to have ended normally (at start: those whose jobs
+        the queue completed in the last day)."""
         for tenant_id in tenant_ids:
             if len(self._healthy) >= self.TENANTS_FOR_A_DEPLOY:
                 return

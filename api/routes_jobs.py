@@ -232,9 +232,10 @@ def _parse_cursor(cursor: str | None, states: tuple[JobState, ...]) -> tuple[int
     "/jobs",
     response_model=JobPage,
     summary="List jobs, in one state or all of them, a page at a time",
-    description="With `tenant_id` or `job_id_prefix`, each page examines at most `scan` jobs "
-    "(Redis holds no index by tenant or id), so a page may hold fewer than `limit` jobs and "
-    "still carry a `next_cursor`: follow it to go on.",
+    description="With `tenant_id` or `job_id_prefix`, or with a tenant-scoped token (which "
+    "lists its own tenant's jobs), each page examines at most `scan` jobs (Redis holds no "
+    "index by tenant or id), so a page may hold fewer than `limit` jobs and still carry a "
+    "`next_cursor`: follow it to go on.",
     dependencies=[Depends(require_read)],
     responses={**E401, **E422, **E503},
 )
@@ -261,7 +262,7 @@ async def list_jobs(
     states = (state,) if state is not None else LIST_ORDER
     idx, offset = _parse_cursor(cursor, states)
     if access.tenant is not None:
-        # A scoped token lists its own tenant's jobs: the scan reads no other tenant's.
+        # A scoped token lists its own tenant's jobs: no other tenant's result is decoded.
         if tenant_id not in (None, access.tenant):
             return JobPage(jobs=[], next_cursor=None)
         tenant_id = access.tenant

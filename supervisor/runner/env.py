@@ -84,21 +84,3 @@ def job_env(
     # Even if an operator lists them, systemd's notify/watchdog variables would let a child
     # speak for the daemon (READY, WATCHDOG); they never pass.
     return scrub_env(env)
-
-
-def build_child_env(
-    parent: Mapping[str, str],
-    *,
-    passthrough: Iterable[str],
-    extra: Mapping[str, str],
-    job_id: str,
-    attempt: int,
-    workdir: str,
-) -> dict[str, str]:
-    return job_env(
-        inherited_env(parent, passthrough),
-        extra=extra,
-        job_id=job_id,
-        attempt=attempt,
-        workdir=workdir,
-    )

@@ -1,4 +1,5 @@
-"""The child's environment: an allowlist, rebuilt from the supervisor's for every child."""
+"""The child's environment: the allowlisted part of the supervisor's (`inherited_env`,
+read once per runner config) plus each job's own variables (`job_env`)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,17 @@ import os
 
 import pytest
 
-from supervisor.runner.env import build_child_env
+from supervisor.runner.env import inherited_env, job_env
 
 
 def child_env(passthrough: tuple[str, ...] = ()) -> dict[str, str]:
-    return build_child_env(
-        os.environ, passthrough=passthrough, extra={}, job_id="j", attempt=2, workdir="/w"
+    """A child's environment as run_child builds it, from the environment as it is now."""
+    return job_env(
+        inherited_env(os.environ, passthrough), extra={}, job_id="j", attempt=2, workdir="/w"
     )
 
 
-def test_changes_to_the_supervisor_environment_reach_the_next_child(
+def test_inherited_env_reads_the_environment_as_it_is_when_called(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("LC_INGEST_TEST", raising=False)

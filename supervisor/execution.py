@@ -30,6 +30,10 @@ ERROR_LIMIT = 1000
 # A job's progress reaches its status row at most this often; its record, its events and
 # every state change are never throttled.
 ROW_INTERVAL_S = 0.5
+# A job's first progress is written once the job has run this long: one that ends sooner
+# shows its outcome and no progress (a failed one still records how far it got), which
+# spares Redis, the events stream and the status table a write per short job.
+FIRST_PROGRESS_AFTER_S = 0.2
 # The fork server dying under a job costs it no attempt this many times (in one daemon);
 # after that each death counts as a failed attempt. A child can kill the server (its
 # parent, same user): without the bound such a job would interrupt its neighbours for ever.
@@ -84,6 +88,7 @@ class JobExecution:
         self._secrets = secret_values(claim.payload, ctx.is_secret)
         self._redacted = redact(claim.payload, ctx.is_secret)
         self._lease_deadline = time.monotonic() + ctx.lease_s
+        self._started = time.monotonic()
         self._progress_pending: tuple[float, str | None] | None = None
         self._progress_wakeup = asyncio.Event()
         self._lease_lost = False
@@ -91,7 +96,7 @@ class JobExecution:
         # tasks stop on these flags rather than on cancellation: a cancel that lands while
         # a Redis call is in flight can be swallowed (seen with redis-py under asyncio
         # timeouts), and an awaited task that ignored its cancel would hang the slot.
-        self._child_done = False
+        self._child_ended = asyncio.Event()
         self._settling = False
         self._done = asyncio.Event()
         self.outcome: ChildOutcome | None = None
@@ -174,6 +179,10 @@ class JobExecution:
         with it, when the interval has passed and nothing newer came."""
         row_at = -ROW_INTERVAL_S
         unrowed: tuple[float, str | None] | None = None
+        await self._progress_wakeup.wait()
+        await sleep_unless(
+            self._child_ended, self._started + FIRST_PROGRESS_AFTER_S - time.monotonic()
+        )
         while True:
             wait = None if unrowed is None else row_at + ROW_INTERVAL_S - time.monotonic()
             with contextlib.suppress(TimeoutError):
@@ -200,7 +209,7 @@ class JobExecution:
                         row_at, unrowed = time.monotonic(), None
                     else:
                         unrowed = pending
-            if self._child_done and self._progress_pending is None:
+            if self._child_ended.is_set() and self._progress_pending is None:
                 return
 
     # ---- run ----------------------------------------------------------------------
@@ -242,14 +251,14 @@ class JobExecution:
             self.outcome = outcome
             if outcome.succeeded:
                 self._progress_pending = None  # complete() records 100 itself
-            self._child_done = True
+            self._child_ended.set()
             self._progress_wakeup.set()
             await join_bounded(forwarder, 6.0)
             # The renewer keeps the lease alive while the outcome is written.
             self._settling = True
             finished = await self._settle(outcome, started)
         finally:
-            self._child_done = True
+            self._child_ended.set()
             self._done.set()
             self._progress_wakeup.set()
             await join_bounded(renewer, 1.0)

@@ -140,6 +140,35 @@ def test_failed_attempt_keeps_its_last_progress(start_daemon, q) -> None:
     assert rec.progress_message == "step 10"
 
 
+# Reads its job; a job whose metadata says "slow" says half-way, then takes a second.
+QUICK_OR_SLOW = (
+    "/bin/sh -c 'read -r job; echo \"PROGRESS: 50 half\"; "
+    'case "$job" in *slow*) sleep 1 ;; esac\''
+)
+
+
+def test_only_a_job_that_runs_a_while_writes_its_progress(start_daemon, q, raw_redis) -> None:
+    """A job that ends within its first moments shows its outcome and no progress (no write
+    to Redis, the events stream or the status table); a longer one's progress is seen
+    while it runs. (A failed one still records how far it got: the test above.)"""
+    start_daemon(INGEST_WORKER_COMMAND=QUICK_OR_SLOW)
+    quick = [f"quick-{i}" for i in range(5)]
+    q.enqueue_many([job(i) for i in quick])
+    for job_id in quick:
+        wait_until(lambda j=job_id: q.get(j).state is JobState.COMPLETED, 30, f"{job_id} done")
+    q.enqueue(job("slow", slow=True))
+    wait_until(lambda: q.get("slow").progress == 50, 30, "slow job's progress while it runs")
+    assert q.get("slow").state is JobState.ACTIVE
+    wait_until(lambda: q.get("slow").state is JobState.COMPLETED, 30, "slow done")
+    events = [
+        {k.decode(): v.decode() for k, v in fields.items()}
+        for _id, fields in raw_redis.xrange(f"ingest:{{{q.queue}}}:events")
+    ]
+    progressed = {e["job"] for e in events if e["type"] == "progress"}
+    assert progressed == {"slow"}, events
+    assert {q.get(i).progress for i in quick} == {100}  # completion records 100
+
+
 def test_the_daemons_max_attempts_governs_jobs_that_name_none(start_daemon, q, run_log) -> None:
     """The producer (here with its default of 3) stores no limit of its own: a daemon set to
     1 attempt fails the job after one run; a job that names its limit keeps it."""

@@ -8,8 +8,8 @@ Prints children/s and start-to-first-PROGRESS p50/p99 for:
   run_child       the runner at concurrency N (clean env, a new job directory, the child
                   started by the fork server with posix_spawn, tree tracking, bounded
                   output), in a process that is a child subreaper, as the daemon is
-  run_child+lim   the same with the daemon's default limits (2 GiB, 600 CPU s, no core),
-                  which the server sets on the child (prlimit(2)) after spawning it
+  run_child+lim   the same with the daemon's default limits (2 GiB, 600 CPU s, no core):
+                  the server spawns prlimit(1), which sets them and execs the child
 Contenders alternate in rounds so a busy machine's load falls on all of them alike. CPU
 per child: this process ("supervisor"), the fork server's own, and the child's (what
 Popen reaped, or what the fork server reported for run_child's children).

@@ -6,8 +6,7 @@ own session and process group, the job's pipes as 0/1/2 and no other fd, default
 dispositions and an empty mask, the resource limits, the job's directory.
 
 - A command (no user switch) is one request to the server, which starts it with
-  `posix_spawn`, sets its limits (prlimit(2)) and answers with its pid; its job is
-  written to its stdin only then.
+  `posix_spawn` (as prlimit(1) running it when it has limits) and answers with its pid.
 - The built-in worker, and a command run as another user, go to a spare: a fork of the
   server made ahead of time that leads its own session and dies with the server. The
   request and the pipes go straight to the waiting spare, which sets itself up, switches
@@ -43,12 +42,16 @@ from supervisor.runner.containment import ORPHANS
 from supervisor.runner.env import inherited_env
 from supervisor.runner.forkserver_main import recv_fds
 from supervisor.runner.spawn import (
+    PRLIMIT,
     ExitStatus,
+    Launcher,
     SpawnedChild,
     SpawnRefused,
     SpawnSpec,
+    execvp_runs_as_is,
     exit_status,
     spawn_request,
+    through_prlimit,
     with_child_pipes,
 )
 
@@ -338,8 +341,14 @@ class ForkServer:
         if spec.argv is not None and not spec.argv:
             raise ValueError("empty command")
         request = spawn_request(spec)
-        # A switch of user needs code in the child: a spare.
+        # A switch of user needs code in the child (a spare); so do limits, unless prlimit(1)
+        # is there and would run the program exactly as execve(2) does.
         by_server = spec.argv is not None and spec.user is None and spec.group is None
+        if by_server and request["rlimits"]:
+            if PRLIMIT is None or not execvp_runs_as_is(request["program"]):
+                by_server = False
+            else:
+                request = through_prlimit(request, PRLIMIT)
         message = json.dumps(request).encode()
         if len(message) > MAX_REQUEST_BYTES:
             raise SpawnRefused(
@@ -347,7 +356,8 @@ class ForkServer:
                 f"(at most {MAX_REQUEST_BYTES})"
             )
         if by_server:
-            return await self._spawn_command(message)
+            launcher: Launcher = "prlimit" if request["program"] == PRLIMIT else "posix_spawn"
+            return await self._spawn_command(message, launcher)
         for _attempt in range(3):  # a spare that died just now is replaced
             server = self._server_on(asyncio.get_running_loop())
             try:
@@ -370,7 +380,7 @@ class ForkServer:
             return SpawnedChild(pid, stdin_w, stdout_r, stderr_r, exited=exited)
         raise ForkServerError("spare children keep dying before their job")
 
-    async def _spawn_command(self, message: bytes) -> SpawnedChild:
+    async def _spawn_command(self, message: bytes, launcher: Launcher) -> SpawnedChild:
         for _attempt in range(2):  # once more, on a new server, if this one is gone
             server = self._server_on(asyncio.get_running_loop())
             try:
@@ -392,9 +402,7 @@ class ForkServer:
                         server.shutdown("did not answer in time")
                     raise ForkServerError("the fork server did not answer in time") from None
                 raise
-            return SpawnedChild(
-                pid, stdin_w, stdout_r, stderr_r, exited=exited, launcher="posix_spawn"
-            )
+            return SpawnedChild(pid, stdin_w, stdout_r, stderr_r, exited=exited, launcher=launcher)
         raise ForkServerError("the fork server keeps exiting")
 
     def close(self) -> None:

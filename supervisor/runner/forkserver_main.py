@@ -19,11 +19,11 @@ fd, default signals and an empty mask, the limits, the job's directory):
 
 - A command is started by `posix_spawn` (`_spawn_command`): the kernel's vfork-style
   clone shares this process's memory until the exec, so nothing of the server is copied
-  and nothing of Python runs in the child. Its limits are set on it with prlimit(2)
-  before the server answers; the daemon writes the job to its stdin only after the
-  answer, so nothing a job carries reaches it before they hold.
-- The built-in worker, and a command run as another user (`INGEST_CHILD_USER`: a
-  credential switch needs code in the child), go through a spare: a fork of this process
+  and nothing of Python runs in the child. A command with limits comes as prlimit(1)
+  running it (the daemon builds that argv), so they hold from its first instruction.
+- The built-in worker, and a command the daemon sends to one (one run as another user,
+  `INGEST_CHILD_USER`: a credential switch needs code in the child; or one with limits
+  where prlimit(1) cannot run it), go through a spare: a fork of this process
   made ahead of time, which has called setsid() and set its parent-death signal before it
   is passed on, so its pid is a process group the daemon can signal at once. The daemon
   sends the job straight to the spare, which sets itself up (see `_set_up`) and either
@@ -170,14 +170,11 @@ class SpawnRefused(Exception):
 
 
 def _spawn_command(request: dict[str, Any], fds: list[int]) -> int:
-    """Start `request`'s command in its own session with `fds` as 0-2, under its limits;
-    its pid.
+    """Start `request`'s command in its own session with `fds` as 0-2; its pid.
 
     Raises `SpawnRefused` with the reason. Every fd of this process but 0-2 is
-    close-on-exec, so the command inherits only its pipes. The limits are set on the
-    running command (prlimit(2)) before this returns, so only the command's own start-up
-    runs without them, never anything of its job: the daemon writes the job to its stdin
-    once the server has answered. A command whose limits cannot be set is killed unseen.
+    close-on-exec, so the command inherits only its pipes. The daemon sends a command
+    with limits as prlimit(1) running it, so the limits hold from its first instruction.
     """
     if len(fds) != 3:
         raise SpawnRefused(f"expected 3 fds, got {len(fds)}")
@@ -187,7 +184,7 @@ def _spawn_command(request: dict[str, Any], fds: list[int]) -> int:
     except OSError as exc:
         raise SpawnRefused(f"chdir {cwd}: {exc.strerror or exc}") from None
     try:
-        pid = os.posix_spawn(
+        return os.posix_spawn(
             program,
             request["argv"],
             request["env"],
@@ -202,17 +199,6 @@ def _spawn_command(request: dict[str, Any], fds: list[int]) -> int:
         raise SpawnRefused(f"exec {program}: {exc}") from None
     finally:
         os.chdir("/")
-    try:
-        for res, soft, hard in request["rlimits"]:
-            resource.prlimit(pid, res, (soft, hard))
-    except ProcessLookupError:
-        pass  # it has exited already (a zombie until reaped): its exit tells the rest
-    except (OSError, ValueError) as exc:
-        with contextlib.suppress(OSError):  # its own group; reaped and reported as any child
-            os.killpg(pid, signal.SIGKILL)
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise SpawnRefused(f"resource limit: {reason}") from None
-    return pid
 
 
 def _run_job(request: dict[str, Any], fds: list[int], server_pid: int) -> int:

@@ -38,8 +38,8 @@ class ExitStatus:
     max_rss_bytes: int = 0  # largest single process among them
 
 
-# What ran first in the child: the command itself, or a spare's set-up.
-Launcher = Literal["posix_spawn", "spare"]
+# What ran first in the child: the command itself, prlimit(1), or a spare's set-up.
+Launcher = Literal["posix_spawn", "prlimit", "spare"]
 
 
 @dataclass
@@ -126,9 +126,45 @@ class SpawnRefused(OSError):
     """The fork server could not start the command; the message says why."""
 
 
+# util-linux's prlimit(1) sets limits on itself and then execs the command: the limits
+# hold from the command's first instruction, and in everything it forks.
+PRLIMIT = shutil.which("prlimit", path="/usr/bin:/bin")
+_PRLIMIT_OPTIONS = {
+    resource.RLIMIT_AS: "--as",
+    resource.RLIMIT_CPU: "--cpu",
+    resource.RLIMIT_NOFILE: "--nofile",
+    resource.RLIMIT_NPROC: "--nproc",
+    resource.RLIMIT_CORE: "--core",
+}
+
+
+def through_prlimit(request: dict[str, Any], prlimit: str) -> dict[str, Any]:
+    """`request` (a command's, from `spawn_request`) as `prlimit` setting its limits and
+    then executing it. The command gets its resolved path as argv[0]."""
+    options = []
+    for res, soft, hard in request["rlimits"]:
+        values = ["unlimited" if v == resource.RLIM_INFINITY else str(v) for v in (soft, hard)]
+        options.append(f"{_PRLIMIT_OPTIONS[res]}={values[0]}:{values[1]}")
+    argv = ["prlimit", *options, "--", request["program"], *request["argv"][1:]]
+    return {**request, "program": prlimit, "argv": argv, "rlimits": []}
+
+
+def execvp_runs_as_is(program: str) -> bool:
+    """True for an ELF binary or a `#!` script. prlimit(1) starts its command with
+    execvp(3), which runs any other file through /bin/sh where execve(2) would fail."""
+    try:
+        with open(program, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return head == b"\x7fELF" or head.startswith(b"#!")
+
+
 def start_failure(launcher: Launcher, exit_code: int | None, stderr: bytes) -> str | None:
     """Why a spare never ran its command, or None: the one line a spare that could not set
-    the child up or exec the command writes as its whole stderr, with its exit code."""
+    the child up or exec the command writes as its whole stderr, with its exit code.
+    prlimit(1)'s refusals are not told apart: a command can print the same words, so a
+    limit prlimit cannot set fails the job as a command's failure, with prlimit's text."""
     line = stderr.removesuffix(b"\n")
     if launcher != "spare" or exit_code != EXEC_FAILED_CODE or b"\n" in line:
         return None

@@ -1,78 +1,101 @@
-"""How the fork server starts a command: posix_spawn, then its limits set with prlimit(2)
-before the daemon gives it its job; a request the server cannot start fails that start
-alone."""
+"""How the fork server starts a command: posix_spawn, through prlimit(1) when the job has
+limits, so the limits hold from the command's first instruction; a request the server
+cannot start fails that start alone."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from supervisor.runner import EndReason, ForkServer, ResourceLimits, StopRequest
 from supervisor.runner.forkserver import MAX_REQUEST_BYTES
-from supervisor.runner.spawn import SpawnedChild, SpawnSpec, start_failure
+from supervisor.runner.spawn import (
+    PRLIMIT,
+    SpawnedChild,
+    SpawnSpec,
+    start_failure,
+    through_prlimit,
+)
 from tests.runner.conftest import RunFn, child_cmd, fast_config, wait_gone
 
+pytestmark = pytest.mark.skipif(PRLIMIT is None, reason="util-linux prlimit(1) is missing")
+
 MiB = 1024 * 1024
-# Reads its job, then forks; it and the grandchild report the limits they have.
-FORK_AFTER_JOB = """
+# Forks before anything else; the grandchild reports the limits it inherited.
+FORK_FIRST = """
 import json, os, resource, sys
-def limits():
-    return [resource.getrlimit(r) for r in
-            (resource.RLIMIT_AS, resource.RLIMIT_CPU, resource.RLIMIT_NOFILE, resource.RLIMIT_CORE)]
-sys.stdin.read()
 r, w = os.pipe()
 if os.fork() == 0:
-    os.write(w, json.dumps(limits()).encode())
+    os.write(w, json.dumps([resource.getrlimit(resource.RLIMIT_AS),
+                            resource.getrlimit(resource.RLIMIT_CPU)]).encode())
     os._exit(0)
 os.close(w)
-forked = json.loads(os.read(r, 4096))
+got = os.read(r, 4096)
 os.wait()
-print("RESULT: " + json.dumps({"own": limits(), "forked": forked}), flush=True)
+sys.stdin.read()
+print("RESULT: " + got.decode(), flush=True)
 """
 
 
-async def test_a_command_and_what_it_forks_have_their_limits_once_given_the_job(
-    run: RunFn,
-) -> None:
-    limits = ResourceLimits(memory_bytes=512 * MiB, cpu_seconds=60, open_files=200)
-    outcome = await run(fast_config((sys.executable, "-S", "-c", FORK_AFTER_JOB), limits=limits))
+async def test_what_a_command_forks_at_once_has_its_limits(run: RunFn) -> None:
+    limits = ResourceLimits(memory_bytes=512 * MiB, cpu_seconds=60)
+    outcome = await run(fast_config((sys.executable, "-S", "-c", FORK_FIRST), limits=limits))
     assert outcome.succeeded, outcome.error
-    want = [[512 * MiB, 512 * MiB], [60, 61], [200, 200], [0, 0]]
-    assert outcome.result == {"own": want, "forked": want}
+    assert outcome.result == [[512 * MiB, 512 * MiB], [60, 61]]
 
 
-async def test_a_limit_that_cannot_be_set_fails_the_start_and_leaves_nothing(
-    run: RunFn, tmp_path: Path
+# Reads its job, then reports the limits it has.
+READS_THEN_REPORTS = (
+    "import json, resource, sys\n"
+    "sys.stdin.read()\n"
+    "got = [resource.getrlimit(r) for r in (resource.RLIMIT_AS, resource.RLIMIT_CPU)]\n"
+    "print('RESULT: ' + json.dumps(got), flush=True)\n"
+)
+
+
+@pytest.mark.parametrize("attempt", range(20))
+async def test_a_wrapper_s_child_that_reads_the_job_has_the_limits(
+    run: RunFn, attempt: int
 ) -> None:
-    """More open files than the kernel allows any process (fs.nr_open) is refused even
-    to root: the command, already running, is killed before it is given its job."""
-    marker = tmp_path / "got-the-job"
-    code = f"import sys, time\nsys.stdin.read()\nopen({str(marker)!r}, 'w')\ntime.sleep(60)\n"
-    token = f"never-given-{os.getpid()}-{id(marker)}"
-    argv = (sys.executable, "-S", "-c", code, token)
-    outcome = await run(fast_config(argv, limits=ResourceLimits(open_files=1 << 40)))
-    assert outcome.ended is EndReason.START_FAILED, outcome
-    assert outcome.error is not None and "resource limit" in outcome.error, outcome.error
-    assert not marker.exists()
-    deadline = asyncio.get_running_loop().time() + 10
-    while any(token in cmd for cmd in _command_lines()):
-        assert asyncio.get_running_loop().time() < deadline, "the refused command still runs"
-        await asyncio.sleep(0.05)
+    """timeout(1) forks the real command during its own start-up, and that child is the
+    one reading the job: limits set on the wrapper after it started (prlimit(2) on its
+    pid) would miss it now and then; they must be in place before its first instruction."""
+    limits = ResourceLimits(memory_bytes=512 * MiB, cpu_seconds=60)
+    argv = ("timeout", "60", sys.executable, "-S", "-c", READS_THEN_REPORTS)
+    outcome = await run(fast_config(argv, limits=limits), job_json=b"{}")
+    assert outcome.succeeded, outcome.error
+    assert outcome.result == [[512 * MiB, 512 * MiB], [60, 61]]
 
 
-def _command_lines() -> list[str]:
-    lines = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                    lines.append(fh.read().decode(errors="replace"))
-            except OSError:
-                continue
-    return lines
+def test_a_command_with_limits_is_prlimit_running_it() -> None:
+    request = {
+        "program": "/usr/bin/python3",
+        "argv": ["python3", "-c", "pass"],
+        "rlimits": [
+            (resource.RLIMIT_AS, 5, 5),
+            (resource.RLIMIT_CPU, 7, resource.RLIM_INFINITY),
+            (resource.RLIMIT_CORE, 0, 0),
+        ],
+    }
+    assert PRLIMIT is not None
+    wrapped = through_prlimit(request, PRLIMIT)
+    assert wrapped["program"] == PRLIMIT and wrapped["rlimits"] == []
+    assert wrapped["argv"] == [
+        "prlimit",
+        "--as=5:5",
+        "--cpu=7:unlimited",
+        "--core=0:0",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        "pass",
+    ]
 
 
 def test_only_a_spare_s_own_line_is_taken_for_a_start_failure() -> None:
@@ -80,14 +103,59 @@ def test_only_a_spare_s_own_line_is_taken_for_a_start_failure() -> None:
     assert start_failure("spare", 127, spare) == "exec /x: Exec format error"
     assert start_failure("spare", 1, spare) is None
     assert start_failure("spare", 127, b"output first\n" + spare) is None
-    assert start_failure("posix_spawn", 127, spare) is None  # a command can say the same
+    assert start_failure("prlimit", 127, spare) is None
+    assert start_failure("posix_spawn", 127, spare) is None
+    refused = b"prlimit: failed to set the AS resource limit: Operation not permitted\n"
+    assert start_failure("prlimit", 1, refused) is None  # a command can say the same
 
 
-async def test_a_file_of_no_known_format_is_refused_not_run_by_sh(
+# A command that fails on its own, saying what prlimit would say.
+FORGED = (
+    "import sys, time\n"
+    "sys.stdin.read()\n"
+    "print('RESULT: {\"done\": true}', flush=True)\n"
+    "time.sleep(float(sys.argv[1]))\n"
+    "sys.stderr.write('prlimit: failed to set the AS resource limit: tenant says so\\n')\n"
+    "sys.exit(1)\n"
+)
+
+
+@pytest.mark.parametrize("limits", [ResourceLimits(cpu_seconds=60), ResourceLimits()])
+async def test_a_command_that_says_what_prlimit_says_is_still_its_own_failure(
+    run: RunFn, limits: ResourceLimits
+) -> None:
+    """Not a start failure (which is not counted as a run, trips the gate pausing every
+    slot, and forgets the CPU used): the command ran and failed."""
+    cfg = fast_config((sys.executable, "-S", "-c", FORGED, "0.3"), limits=limits)
+    outcome = await run(cfg, job_json=b"{}")
+    assert outcome.ended is EndReason.EXITED, outcome
+    assert outcome.exit_code == 1 and outcome.cpu_s > 0
+
+
+async def test_a_stopped_command_that_says_what_prlimit_says_ends_as_stopped(run: RunFn) -> None:
+    handler = (
+        "import signal, sys, time\n"
+        "def bye(*_):\n"
+        "    sys.stderr.write('prlimit: failed to set the AS resource limit: bye\\n')\n"
+        "    sys.exit(1)\n"
+        "signal.signal(signal.SIGTERM, bye)\n"
+        "print('PROGRESS: 1 up', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    stop = StopRequest()
+    cfg = fast_config((sys.executable, "-S", "-c", handler), limits=ResourceLimits(cpu_seconds=60))
+    task = asyncio.create_task(
+        run(cfg, stop=stop, on_progress=lambda _p, _m: stop.request(EndReason.CANCELLED))
+    )
+    outcome = await task
+    assert outcome.ended is EndReason.CANCELLED, outcome
+
+
+async def test_a_file_execvp_would_hand_to_sh_keeps_the_exec_error(
     run: RunFn, tmp_path: Path
 ) -> None:
-    """execvp(3) would run a file without a known format through /bin/sh; the server's
-    posix_spawn is execve(2), which refuses it."""
+    """prlimit(1) uses execvp(3), which runs a file without a known format through
+    /bin/sh; such a command is started by a spare, whose execve(2) refuses it."""
     bogus = tmp_path / "no-format"
     bogus.write_text("echo this must not run as a shell script\n")
     bogus.chmod(0o755)

@@ -171,8 +171,9 @@ class JobExecution:
         )
 
     async def _forward_progress(self) -> None:
-        """Write the newest progress to Redis, one write in flight at a time; after the
-        child ends, write what is still pending (how far a failed attempt got) and stop.
+        """Write the newest progress to Redis, one write in flight at a time, the first once
+        the job has run FIRST_PROGRESS_AFTER_S; after the child ends, write what is still
+        pending (how far a failed attempt got) and stop.
 
         Every write updates the job record and its events; the status row gets at most one
         progress every ROW_INTERVAL_S. A progress written without its row is written again,

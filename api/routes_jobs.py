@@ -28,6 +28,7 @@ from supervisor.queue.payload import (
     validate_job_id,
     validate_payload,
 )
+from supervisor.queue.reads import PAGE_BYTES
 from supervisor.queue.states import JobState, table_status
 
 router = APIRouter(tags=["jobs"])
@@ -234,7 +235,8 @@ def _parse_cursor(cursor: str | None, states: tuple[JobState, ...]) -> tuple[int
     summary="List jobs, in one state or all of them, a page at a time",
     description="With `tenant_id` or `job_id_prefix`, or with a tenant-scoped token (which "
     "lists its own tenant's jobs), each page examines at most `scan` jobs (Redis holds no "
-    "index by tenant or id), so a page may hold fewer than `limit` jobs and still carry a "
+    "index by tenant or id); and any page stops once it has read 8 MiB of job records "
+    "(results can be large). So a page may hold fewer than `limit` jobs and still carry a "
     "`next_cursor`: follow it to go on.",
     dependencies=[Depends(require_read)],
     responses={**E401, **E422, **E503},
@@ -269,7 +271,7 @@ async def list_jobs(
     newest_first = None if order is None else order == "desc"
     jobs: list[Job] = []
     next_cursor: str | None = None
-    budget = scan
+    budget, byte_budget = scan, PAGE_BYTES
     while idx < len(states):
         page = await bounded(
             ctx.queue.scan_jobs(
@@ -280,9 +282,11 @@ async def list_jobs(
                 tenant_id=tenant_id,
                 id_prefix=job_id_prefix,
                 budget=budget,
+                max_bytes=byte_budget,
             )
         )
         budget -= page.examined
+        byte_budget -= page.bytes_read
         # A tenant-scoped token sees its own jobs only: its pages may hold fewer than `limit`.
         jobs.extend(
             job_view(r, ctx.queue.queue, ctx.settings.secret_keys)
@@ -293,7 +297,7 @@ async def list_jobs(
             next_cursor = f"{states[idx].value}:{page.next_cursor}"
             break
         idx, offset = idx + 1, 0
-        if len(jobs) >= limit or budget <= 0:
+        if len(jobs) >= limit or budget <= 0 or byte_budget <= 0:
             next_cursor = f"{states[idx].value}:0" if idx < len(states) else None
             break
     return JobPage(jobs=jobs, next_cursor=next_cursor)

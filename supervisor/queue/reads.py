@@ -16,6 +16,13 @@ from supervisor.queue.records import as_str as _s
 from supervisor.queue.states import FINAL_STATES, JobState
 from supervisor.queue.workers import WorkerRegistry
 
+# Bytes of stored records one page may read: results are a child's (up to 1 MiB each), so a
+# page of 1,000 could otherwise hold a GiB in the reader's memory.
+PAGE_BYTES = 8 * 1024 * 1024
+# Records per read: few at first, then as many as the bytes left are likely to hold.
+_FIRST_CHUNK = 16
+_MAX_CHUNK = 200
+
 
 class QueueReads:
     """The queries of `JobQueue` that change nothing."""
@@ -69,13 +76,16 @@ class QueueReads:
         tenant_id: str | None = None,
         id_prefix: str = "",
         budget: int = 1000,
+        max_bytes: int = PAGE_BYTES,
     ) -> ScanPage:
         """Up to `limit` jobs of one state matching a tenant and an id prefix, in set order.
 
         Redis keeps no index by tenant or id, so at most `budget` entries of the state's set
-        are examined per call: a page may hold fewer than `limit` matches while
-        `next_cursor` says where the next call goes on. The order is queue order (newest
-        first for finished states) unless `newest_first` says otherwise.
+        are examined per call, and reading stops once `max_bytes` of records have been read
+        (results are a child's, up to 1 MiB each, matched or not): a page may hold fewer
+        than `limit` matches while `next_cursor` says where the next call goes on. The
+        order is queue order (newest first for finished states) unless `newest_first` says
+        otherwise.
         """
         state = JobState(state)
         zset = self.keys.all_state_sets()[state.value]
@@ -90,25 +100,29 @@ class QueueReads:
         candidates = [(n, i) for n, i in enumerate(ids) if i.startswith(id_prefix)]
         jobs: list[JobRecord] = []
         examined = len(ids)
-        for start in range(0, len(candidates), 200):
-            chunk = candidates[start : start + 200]
+        read_bytes, fetched, chunk_size, full = 0, 0, _FIRST_CHUNK, False
+        while fetched < len(candidates) and not full:
+            chunk = candidates[fetched : fetched + chunk_size]
+            fetched += len(chunk)
             raws = await self.client.hmget(self.keys.jobs, [i for _, i in chunk])
             for (n, _), raw in zip(chunk, raws, strict=True):
                 if raw is None:
                     continue
+                read_bytes += len(raw)
                 stored = json.loads(raw)
                 # Another tenant's record is passed over before its result is decoded.
-                if tenant_id is not None and stored.get("tenant", "") != tenant_id:
-                    continue
-                jobs.append(JobRecord.from_stored(stored))
-                if len(jobs) == limit:
-                    examined = n + 1
+                if tenant_id is None or stored.get("tenant", "") == tenant_id:
+                    jobs.append(JobRecord.from_stored(stored))
+                if len(jobs) == limit or read_bytes >= max_bytes:
+                    examined, full = n + 1, True
                     break
-            if len(jobs) == limit:
-                break
-        if len(jobs) < limit and len(ids) < span:
-            return ScanPage(jobs, None, examined)
-        return ScanPage(jobs, cursor + examined, examined)
+            # As many records as the bytes left are likely to hold, by their size so far.
+            chunk_size = max(
+                1, min(_MAX_CHUNK, (max_bytes - read_bytes) * fetched // max(read_bytes, 1))
+            )
+        if not full and len(ids) < span:
+            return ScanPage(jobs, None, examined, read_bytes)
+        return ScanPage(jobs, cursor + examined, examined, read_bytes)
 
     async def oldest_waiting_age_s(self) -> float | None:
         """Age of the longest-waiting ready job: the front of each priority band, O(log n)."""

@@ -169,6 +169,7 @@ class ScanPage:
     jobs: list[JobRecord]
     next_cursor: int | None  # None: the set was read to its end
     examined: int
+    bytes_read: int = 0  # of stored records, matched or not
 
 
 def as_str(value: Any, errors: str = "strict") -> str:

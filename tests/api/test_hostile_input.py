@@ -241,3 +241,63 @@ async def test_old_producer_payload_with_trial_token_is_accepted_and_redacted(
         assert TRIAL not in json.dumps(shown)
         r = await http.post("/jobs", json={**payload, "job_id": "job_bad", "trial_token": 5})
         assert r.status_code == 422 and r.json()["field"] == "trial_token"
+
+
+def _big_results(queue: str, ids: list[str], size: int) -> None:
+    """Give each stored record a result of `size` bytes (a child's RESULT line can be up to
+    1 MiB, and its documents are the tenant's)."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        key = QueueKeys(queue).jobs
+        for job_id in ids:
+            rec = json.loads(client.hget(key, job_id))
+            client.hset(key, job_id, json.dumps({**rec, "result": json.dumps("x" * size)}))
+    finally:
+        client.close()
+
+
+def _all_pages(client: httpx.Client, **params: Any) -> list[list[str]]:
+    pages: list[list[str]] = []
+    cursor = None
+    while True:
+        got = client.get("/jobs", params={**params, **({"cursor": cursor} if cursor else {})})
+        assert got.status_code == 200, got.text
+        body = got.json()
+        pages.append([j["job_id"] for j in body["jobs"]])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return pages
+        assert len(pages) < 50, "listing never ended"
+
+
+def test_a_listing_of_big_results_is_cut_into_bounded_pages(api_server: ServerFactory) -> None:
+    """Twelve results of 1 MiB would make one page of 12 MiB (a thousand such, a GiB in
+    the API's memory): a page stops once it has read 8 MiB of records, and the cursor
+    goes on, so every job is listed exactly once."""
+    server = api_server()
+    ids = [f"big-{i:02d}" for i in range(12)]
+    with server.client() as c:
+        for job_id in ids:
+            assert c.post("/jobs", json=job(job_id)).status_code == 202
+        _big_results(server.queue, ids, 1024 * 1024)
+        pages = _all_pages(c, state="waiting", limit=1000)
+    assert len(pages[0]) < len(ids), [len(p) for p in pages]
+    assert sorted(i for p in pages for i in p) == ids
+    assert all(len(p) <= 9 for p in pages), [len(p) for p in pages]
+
+
+def test_another_tenants_big_results_bound_a_scoped_listing(api_server: ServerFactory) -> None:
+    """A scoped listing reads other tenants' records to find its own: their size counts
+    towards the page's 8 MiB too, and the cursor still reaches the tenant's own job."""
+    from tests.api.test_tenant_tokens import SCOPED, TOKEN_A, TOKEN_B
+
+    server = api_server(INGEST_API_TENANT_TOKENS=SCOPED)
+    theirs = [f"theirs-{i:02d}" for i in range(12)]
+    with server.client(token=TOKEN_A) as a, server.client(token=TOKEN_B) as b:
+        for job_id in theirs:
+            assert b.post("/jobs", json=job(job_id, tenant_id="tenant-b")).status_code == 202
+        assert a.post("/jobs", json=job("own-1", tenant_id="tenant-a")).status_code == 202
+        _big_results(server.queue, theirs, 1024 * 1024)
+        pages = _all_pages(a, state="waiting", limit=1000)
+    assert len(pages) > 1, pages
+    assert [i for p in pages for i in p] == ["own-1"]

@@ -235,9 +235,9 @@ def _parse_cursor(cursor: str | None, states: tuple[JobState, ...]) -> tuple[int
     summary="List jobs, in one state or all of them, a page at a time",
     description="With `tenant_id` or `job_id_prefix`, or with a tenant-scoped token (which "
     "lists its own tenant's jobs), each page examines at most `scan` jobs (Redis holds no "
-    "index by tenant or id); and any page stops once it has read 8 MiB of job records "
-    "(results can be large). So a page may hold fewer than `limit` jobs and still carry a "
-    "`next_cursor`: follow it to go on.",
+    "index by tenant or id); and any page stops before it would read more than 8 MiB of "
+    "stored job records (they hold the results). So a page may hold fewer than `limit` "
+    "jobs and still carry a `next_cursor`: follow it to go on.",
     dependencies=[Depends(require_read)],
     responses={**E401, **E422, **E503},
 )

@@ -16,12 +16,11 @@ from supervisor.queue.records import as_str as _s
 from supervisor.queue.states import FINAL_STATES, JobState
 from supervisor.queue.workers import WorkerRegistry
 
-# Bytes of stored records one page may read: results are a child's (up to 1 MiB each), so a
-# page of 1,000 could otherwise hold a GiB in the reader's memory.
+# Bytes of stored records one page may read (beyond it, one record at most): a record holds
+# a child's result (a 1 MiB RESULT line, stored escaped, can take 3.5 MiB), so a page of
+# 1,000 could otherwise hold gigabytes in the reader's memory.
 PAGE_BYTES = 8 * 1024 * 1024
-# Records per read: few at first, then as many as the bytes left are likely to hold.
-_FIRST_CHUNK = 16
-_MAX_CHUNK = 200
+_CHUNK = 200  # records sized, then read, per round trip
 
 
 class QueueReads:
@@ -100,12 +99,24 @@ class QueueReads:
         candidates = [(n, i) for n, i in enumerate(ids) if i.startswith(id_prefix)]
         jobs: list[JobRecord] = []
         examined = len(ids)
-        read_bytes, fetched, chunk_size, full = 0, 0, _FIRST_CHUNK, False
-        while fetched < len(candidates) and not full:
-            chunk = candidates[fetched : fetched + chunk_size]
-            fetched += len(chunk)
-            raws = await self.client.hmget(self.keys.jobs, [i for _, i in chunk])
+        read_bytes, pos, last, full = 0, 0, -1, False
+        while pos < len(candidates) and not full:
+            window = candidates[pos : pos + _CHUNK]
+            # Sizes first (HSTRLEN sends no record): only what fits in the bytes left is
+            # fetched, and at least the page's first record.
+            sizes = await self._stored_sizes([i for _, i in window])
+            take, planned = 0, read_bytes
+            for size in sizes:
+                if planned + size > max_bytes and (take or last >= 0):
+                    full = True
+                    break
+                planned += size
+                take += 1
+            chunk = window[:take]
+            pos += take
+            raws = await self.client.hmget(self.keys.jobs, [i for _, i in chunk]) if chunk else []
             for (n, _), raw in zip(chunk, raws, strict=True):
+                last = n
                 if raw is None:
                     continue
                 read_bytes += len(raw)
@@ -113,16 +124,21 @@ class QueueReads:
                 # Another tenant's record is passed over before its result is decoded.
                 if tenant_id is None or stored.get("tenant", "") == tenant_id:
                     jobs.append(JobRecord.from_stored(stored))
-                if len(jobs) == limit or read_bytes >= max_bytes:
-                    examined, full = n + 1, True
+                if len(jobs) == limit:
+                    full = True
                     break
-            # As many records as the bytes left are likely to hold, by their size so far.
-            chunk_size = max(
-                1, min(_MAX_CHUNK, (max_bytes - read_bytes) * fetched // max(read_bytes, 1))
-            )
         if not full and len(ids) < span:
             return ScanPage(jobs, None, examined, read_bytes)
+        if full:
+            examined = last + 1
         return ScanPage(jobs, cursor + examined, examined, read_bytes)
+
+    async def _stored_sizes(self, ids: list[str]) -> list[int]:
+        """Each record's stored length in bytes (0 for a missing one), in one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hstrlen(self.keys.jobs, job_id)
+            return [int(n) for n in await pipe.execute()]
 
     async def oldest_waiting_age_s(self) -> float | None:
         """Age of the longest-waiting ready job: the front of each priority band, O(log n)."""

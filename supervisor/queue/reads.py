@@ -80,11 +80,11 @@ class QueueReads:
         """Up to `limit` jobs of one state matching a tenant and an id prefix, in set order.
 
         Redis keeps no index by tenant or id, so at most `budget` entries of the state's set
-        are examined per call, and reading stops once `max_bytes` of records have been read
-        (results are a child's, up to 1 MiB each, matched or not): a page may hold fewer
-        than `limit` matches while `next_cursor` says where the next call goes on. The
-        order is queue order (newest first for finished states) unless `newest_first` says
-        otherwise.
+        are examined per call, and no more than `max_bytes` of stored records are read,
+        matched or not (at least one record; records hold children's results): a page may
+        hold fewer than `limit` matches while `next_cursor` says where the next call goes
+        on. The order is queue order (newest first for finished states) unless
+        `newest_first` says otherwise.
         """
         state = JobState(state)
         zset = self.keys.all_state_sets()[state.value]

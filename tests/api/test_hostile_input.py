@@ -272,8 +272,8 @@ def _all_pages(client: httpx.Client, **params: Any) -> list[list[str]]:
 
 def test_a_listing_of_big_results_is_cut_into_bounded_pages(api_server: ServerFactory) -> None:
     """Twelve results of 1 MiB would make one page of 12 MiB (a thousand such, a GiB in
-    the API's memory): a page stops once it has read 8 MiB of records, and the cursor
-    goes on, so every job is listed exactly once."""
+    the API's memory): a page reads at most 8 MiB of records, and the cursor goes on, so
+    every job is listed exactly once."""
     server = api_server()
     ids = [f"big-{i:02d}" for i in range(12)]
     with server.client() as c:

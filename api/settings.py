@@ -19,6 +19,7 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 # Redis connections for /events streams per API process (each open stream holds one); no
 # one owner's limit may exceed half of them.
 EVENTS_POOL_CONNECTIONS = 1024
+MAX_STREAM_LIMIT = EVENTS_POOL_CONNECTIONS // 2
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,15 @@ def _bool(name: str, raw: str) -> bool:
 
 
 def _num(
+    env: Mapping[str, str],
     name: str,
-    raw: str,
+    default: str,
     kind: type[int] | type[float],
     minimum: float,
     maximum: float | None = None,
 ) -> float:
+    """`env[name]` (else `default`) as a number within the bounds."""
+    raw = env.get(name, default)
     try:
         value = kind(raw)
     except ValueError:
@@ -80,6 +84,12 @@ def _num(
     if maximum is not None and value > maximum:
         raise ApiSettingsError(f"{name}={raw!r}: must be <= {maximum}")
     return value
+
+
+def _int(
+    env: Mapping[str, str], name: str, default: str, minimum: int, maximum: int | None = None
+) -> int:
+    return int(_num(env, name, default, int, minimum, maximum))
 
 
 UI_PATH_RE = re.compile(r"^(/[A-Za-z0-9_.-]{1,64}){1,4}$")
@@ -162,41 +172,15 @@ def load_api_settings(env: Mapping[str, str] | None = None) -> ApiSettings:
         auth_reads=_bool("INGEST_API_AUTH_READS", env.get("INGEST_API_AUTH_READS", "1")),
         allowed_hosts=_hosts(env.get("INGEST_API_ALLOWED_HOSTS", "")),
         insecure=_bool("INGEST_API_INSECURE", env.get("INGEST_API_INSECURE", "0")),
-        max_backlog=int(
-            _num("INGEST_HEALTH_MAX_BACKLOG", env.get("INGEST_HEALTH_MAX_BACKLOG", "1000"), int, 0)
+        max_backlog=_int(env, "INGEST_HEALTH_MAX_BACKLOG", "1000", 0),
+        max_wait_s=_num(env, "INGEST_HEALTH_MAX_WAIT_SECONDS", "600", float, 0),
+        health_timeout_s=_num(env, "INGEST_HEALTH_TIMEOUT_SECONDS", "0.5", float, 0.05),
+        max_batch_jobs=_int(env, "INGEST_API_MAX_BATCH_JOBS", "1000", 1),
+        max_streams_per_tenant=_int(
+            env, "INGEST_API_MAX_STREAMS_PER_TENANT", "16", 1, MAX_STREAM_LIMIT
         ),
-        max_wait_s=_num(
-            "INGEST_HEALTH_MAX_WAIT_SECONDS",
-            env.get("INGEST_HEALTH_MAX_WAIT_SECONDS", "600"),
-            float,
-            0,
-        ),
-        health_timeout_s=_num(
-            "INGEST_HEALTH_TIMEOUT_SECONDS",
-            env.get("INGEST_HEALTH_TIMEOUT_SECONDS", "0.5"),
-            float,
-            0.05,
-        ),
-        max_batch_jobs=int(
-            _num("INGEST_API_MAX_BATCH_JOBS", env.get("INGEST_API_MAX_BATCH_JOBS", "1000"), int, 1)
-        ),
-        max_streams_per_tenant=int(
-            _num(
-                "INGEST_API_MAX_STREAMS_PER_TENANT",
-                env.get("INGEST_API_MAX_STREAMS_PER_TENANT", "16"),
-                int,
-                1,
-                EVENTS_POOL_CONNECTIONS // 2,
-            )
-        ),
-        max_anonymous_streams=int(
-            _num(
-                "INGEST_API_MAX_ANONYMOUS_STREAMS",
-                env.get("INGEST_API_MAX_ANONYMOUS_STREAMS", "128"),
-                int,
-                1,
-                EVENTS_POOL_CONNECTIONS // 2,
-            )
+        max_anonymous_streams=_int(
+            env, "INGEST_API_MAX_ANONYMOUS_STREAMS", "128", 1, MAX_STREAM_LIMIT
         ),
         ui_path=load_ui_path(env),
     )

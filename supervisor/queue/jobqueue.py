@@ -19,7 +19,8 @@ from redis.commands.core import AsyncScript
 
 from supervisor.queue.connection import AnyRedis
 from supervisor.queue.keys import DEFAULT_QUEUE, QueueKeys
-from supervisor.queue.payload import PayloadError, TenantConflict, validate_job_id, validate_payload
+from supervisor.queue.operator_verbs import OperatorVerbs
+from supervisor.queue.payload import PayloadError, TenantConflict, validate_payload
 from supervisor.queue.reads import QueueReads
 from supervisor.queue.records import (
     Backoff,
@@ -57,10 +58,9 @@ __all__ = [
 MAX_BLOCK_S = 5.0
 # Tenants remembered in the completed-tenants set (one entry each, the newest kept).
 COMPLETED_TENANTS_KEPT = 100
-PURGE_BATCH = 500
 
 
-class JobQueue(QueueReads, StatusRowVerbs):
+class JobQueue(QueueReads, StatusRowVerbs, OperatorVerbs):
     """One queue's protocol over an asyncio Redis (or Redis Cluster) client."""
 
     def __init__(
@@ -386,48 +386,6 @@ class JobQueue(QueueReads, StatusRowVerbs):
             else:
                 groups[-1].append(str(item))
         return ReapResult(groups[0], groups[1], groups[2], int(raw[-1]))
-
-    async def cancel(self, job_id: str) -> str:
-        """'cancelled' (was waiting/delayed), 'requested' (active: holder told), else the
-        job's final state or 'missing'."""
-        validate_job_id(job_id)
-        k = self.keys
-        outcome, _rev = await self._run(
-            "cancel",
-            [k.jobs, k.waiting, k.delayed, k.active, k.cancelled, k.events, k.status_outbox],
-            [job_id, k.cancel_channel, self.retention.events_maxlen, self.retention.outbox_cap],
-        )
-        return _s(outcome)
-
-    async def retry(self, job_id: str) -> str:
-        """'waiting' when re-queued; else the current state (not retryable) or 'missing'."""
-        validate_job_id(job_id)
-        k = self.keys
-        outcome, _rev = await self._run(
-            "retry",
-            [k.jobs, k.failed, k.cancelled, k.waiting, k.seq, k.wake, k.events, k.status_outbox],
-            [job_id, self.retention.events_maxlen, self.retention.outbox_cap],
-        )
-        return _s(outcome)
-
-    async def purge(self, state: JobState | str) -> int:
-        state = JobState(state)
-        if state is JobState.ACTIVE:
-            raise ValueError("active jobs cannot be purged: cancel them instead")
-        k = self.keys
-        zset = k.all_state_sets()[state.value]
-        total = 0
-        while True:
-            n = int(
-                await self._run(
-                    "purge",
-                    [k.jobs, k.payloads, zset, k.status_outbox],
-                    [PURGE_BATCH, self.retention.outbox_cap],
-                )
-            )
-            total += n
-            if n < PURGE_BATCH:
-                return total
 
 
 def _socket_timeout(client: AnyRedis) -> float | None:

@@ -23,7 +23,10 @@ markdown file with the sqlite chunk store). For each kind it prints, side by sid
            built-in worker, `python -m ingest_worker`.
 
 `--rounds R` runs every contender R times, interleaved (A B C A B C ...), so that load
-from elsewhere on a shared machine falls on all of them; every round is printed.
+from elsewhere on a shared machine falls on all of them; every round is printed, then the
+daemon's throughput against each other contender of the same round, as the median and
+range over the rounds. Every row also prints where the machine's CPU went during its bulk
+phase, per job: the daemon or Popen loop, the fork server, the jobs, Redis, the rest, idle.
 
 Latencies come from the job records' enqueued_at/started_at/finished_at, stamped by the
 Redis server's clock in whole milliseconds: a p50 of "1 ms" means 0.5-1.5 ms; the mean is
@@ -123,6 +126,7 @@ class Row:
     failures: int = 0
     load: str = ""
     note: str = ""
+    account: dict[str, float] = field(default_factory=dict)  # CPU ms per bulk job, by whom
 
 
 def cpu_cell(r: Row) -> str:
@@ -153,6 +157,30 @@ def print_table(title: str, rows: list[Row]) -> None:
             print(f"  !! {r.failures} job(s) did not complete")
         if r.note:
             print(f"  {r.note}")
+        if r.account:
+            parts = ", ".join(f"{who} {ms:.2f}" for who, ms in r.account.items())
+            print(f"  CPU ms per job, whole machine: {parts}")
+
+
+def print_round_ratios(rows: list[Row], per_round: int) -> None:
+    """The daemon's throughput against each other contender of its own round, as the
+    median and range over the rounds: neighbours in time share the machine's background
+    load, which on a shared host moves every row by more than the differences measured."""
+    rounds = [rows[i : i + per_round] for i in range(0, len(rows), per_round)]
+    if len(rounds) < 2:
+        return
+    print("\n  the daemon against each contender of its round: median (min-max)")
+    for j, other in enumerate(rounds[0][1:], start=1):
+        ratios = [
+            ours / theirs * 100
+            for ours, theirs in ((r[0].rate, r[j].rate) for r in rounds)
+            if ours and theirs
+        ]
+        if ratios:
+            print(
+                f"  {rounds[0][0].name} / {other.name}: {statistics.median(ratios):.0f} %"
+                f" ({min(ratios):.0f}-{max(ratios):.0f} %, {len(ratios)} rounds)"
+            )
 
 
 # ---- child kinds -----------------------------------------------------------------------
@@ -206,6 +234,68 @@ def child_env(job_id: str, kind: ChildKind) -> dict[str, str]:
         "INGEST_JOB_ID": job_id,
         "INGEST_ATTEMPT": "1",
     }
+
+
+# ---- where the machine's CPU went ---------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_ticks(pid: int) -> tuple[int, int]:
+    """(own user+system, reaped children's user+system) of `pid`, in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(all, idle including iowait) clock ticks of every CPU since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(values), values[3] + values[4]
+
+
+class CpuAccount:
+    """CPU per job of the bulk phase, split by process: the daemon (or the Popen loop), its
+    long-lived children (the fork server), the jobs (every child reaped meanwhile), Redis,
+    the rest of the machine, and idle: on saturated cores idle time is what the hand-offs
+    between processes cost."""
+
+    def __init__(self, label: str, pid: int, redis_pid: int | None = None) -> None:
+        self.label, self.pid = label, pid
+        self.start = process_ticks(pid)
+        self.helpers: dict[int, tuple[int, int]] = {}
+        for child in psutil.Process(pid).children():
+            with contextlib.suppress(OSError):
+                self.helpers[child.pid] = process_ticks(child.pid)
+        self.redis: tuple[int, tuple[int, int]] | None = None
+        if redis_pid is not None:
+            with contextlib.suppress(OSError):  # not on this machine (or not visible)
+                self.redis = redis_pid, process_ticks(redis_pid)
+        self.machine = machine_ticks()
+
+    def per_job_ms(self, jobs: int) -> dict[str, float]:
+        total, idle = (b - a for a, b in zip(self.machine, machine_ticks(), strict=True))
+        own, jobs_cpu = (b - a for a, b in zip(self.start, process_ticks(self.pid), strict=True))
+        out = {self.label: own}
+        helpers = 0
+        for pid, (helper_own, helper_reaped) in self.helpers.items():
+            try:
+                now_own, now_reaped = process_ticks(pid)
+            except OSError:  # a job that was running at the start: counted as reaped
+                continue
+            helpers += now_own - helper_own
+            jobs_cpu += now_reaped - helper_reaped
+        if self.helpers:
+            out["fork server"] = helpers
+        out["jobs"] = jobs_cpu
+        if self.redis is not None:
+            out["redis"] = process_ticks(self.redis[0])[0] - self.redis[1][0]
+        out["other"] = total - idle - sum(out.values())
+        out["idle"] = idle
+        return {who: ticks / CLOCK_TICKS / jobs * 1000 for who, ticks in out.items()}
+
+
+async def redis_pid(client: Redis) -> int:
+    return int((await client.info("server"))["process_id"])
 
 
 # ---- the daemon under test -------------------------------------------------------------
@@ -430,12 +520,14 @@ async def bench_daemon(
         ids = [f"bulk-{i:06d}" for i in range(jobs)]
         spy = None if profile is None else start_profiler(daemon.proc.pid, profile)
         before = daemon.cpu_s()
+        account = CpuAccount("daemon", daemon.proc.pid, await redis_pid(client))
         row.load = load()
         for i in range(0, jobs, 500):
             await q.enqueue_many([job_payload(j, kind) for j in ids[i : i + 500]])
         idle_ids = [f"idle-{i:05d}" for i in range(samples)]
         await wait_finished(q, [*warm, *idle_ids, *ids], 600, daemon)
         after = daemon.cpu_s()
+        row.account = account.per_job_ms(jobs)
         stop_profiler(spy)
         records = await fetch(q, ids)
         row.bulk_start, row.bulk_done, failed = latencies(records)
@@ -492,6 +584,7 @@ def bench_popen(name: str, kind: ChildKind, count: int, parallelism: int) -> Row
     me = psutil.Process()
     row.load = load()
     t_cpu = me.cpu_times()
+    account = CpuAccount("popen loop", os.getpid())
     started = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(parallelism)]
     for t in threads:
@@ -500,6 +593,7 @@ def bench_popen(name: str, kind: ChildKind, count: int, parallelism: int) -> Row
         t.join()
     elapsed = time.perf_counter() - started
     t_end = me.cpu_times()
+    row.account = account.per_job_ms(count)
     os.rmdir(cwd)
     row.rate = count / elapsed
     row.cpu_per_1000 = (t_end.user + t_end.system - t_cpu.user - t_cpu.system) / count * 1000
@@ -598,6 +692,7 @@ def main() -> None:
                             f"{share:.0f}% of popen's mean throughput"
                         )
             print_table(f"child '{kind.name}'", rows)
+            print_round_ratios(rows, len(contenders))
 
 
 if __name__ == "__main__":

@@ -12,12 +12,18 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from supervisor.queue.payload import replace_surrogates
+
 PROGRESS_PREFIX = b"PROGRESS:"
 RESULT_PREFIX = b"RESULT:"
 _PREFIXES = (PROGRESS_PREFIX, RESULT_PREFIX)
 _LONGEST_PREFIX = max(len(p) for p in _PREFIXES)
 _NUMBER = re.compile(rb"(?:100(?:\.0+)?|\d{1,2}(?:\.\d+)?)")
 MESSAGE_LIMIT = 1000
+# A UTF-16 surrogate in a RESULT line, escaped (\ud800-\udfff) or as raw bytes: either
+# decodes to a lone surrogate when unpaired, which no UTF-8 encoder (Redis readers, the
+# status store) accepts.
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 
 @dataclass(frozen=True)
@@ -184,11 +190,21 @@ def parse_progress(rest: bytes) -> Progress | Rejected:
     return Progress(float(number), msg or None)
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def parse_result(rest: bytes) -> Result:
+    """A RESULT line's JSON value. Python's NaN and Infinity are refused, as JSON has none
+    (the status store could not hold them); a lone surrogate in a string becomes U+FFFD,
+    as undecodable bytes do in every other text a child sends."""
     try:
-        return Result(json.loads(rest), None)
+        value = json.loads(rest, parse_constant=_not_json)
     except (ValueError, RecursionError) as exc:
         return Result(None, f"RESULT is not valid JSON: {str(exc)[:200]}")
+    if _SURROGATE.search(rest):
+        value = replace_surrogates(value)
+    return Result(value, None)
 
 
 # ---- progress state -----------------------------------------------------------------------

@@ -4,6 +4,7 @@ per batch, with the service-role key, an explicit timeout on every request."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -80,6 +81,10 @@ class SupabaseBackend:
         if not updates:
             return 0
         body = {"updates": [u.to_json() for u in updates]}
+        try:  # as the client will encode it: strict JSON in UTF-8
+            json.dumps(body, allow_nan=False, ensure_ascii=False).encode("utf-8")
+        except (ValueError, TypeError) as exc:  # NaN, a lone surrogate: no retry helps
+            raise StatusStoreError(f"status rows are not JSON: {exc}", permanent=True) from None
         data = await self._execute(lambda c: c.rpc(RPC_NAME, body))
         return int(data) if isinstance(data, int | float) else 0
 

@@ -78,9 +78,19 @@ def test_flood_without_protocol_lines_keeps_nothing() -> None:
 
 @pytest.mark.parametrize(
     "line",
-    [b"PROGRESS: abc", b"PROGRESS: 150", b"PROGRESS: -5", b"PROGRESS: 1e9", b"PROGRESS:",
-     b"PROGRESS: ", b"PROGRESS: nan", b"PROGRESS: 100.5", b"PROGRESS: +5", b"PROGRESS: 5%",
-     b"PROGRESS: \xff\xfe"],
+    [
+        b"PROGRESS: abc",
+        b"PROGRESS: 150",
+        b"PROGRESS: -5",
+        b"PROGRESS: 1e9",
+        b"PROGRESS:",
+        b"PROGRESS: ",
+        b"PROGRESS: nan",
+        b"PROGRESS: 100.5",
+        b"PROGRESS: +5",
+        b"PROGRESS: 5%",
+        b"PROGRESS: \xff\xfe",
+    ],
 )
 def test_malformed_progress_is_rejected_not_raised(line: bytes) -> None:
     assert isinstance(parse_line(ProtocolLine(line)), Rejected)
@@ -106,6 +116,21 @@ def test_result_json_and_garbage() -> None:
     assert isinstance(bad, Result) and bad.value is None and "not valid JSON" in str(bad.error)
     deep = parse_line(ProtocolLine(b"RESULT: " + b"[" * 100_000))
     assert isinstance(deep, Result) and deep.value is None
+
+
+@pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
+def test_a_result_with_a_number_json_does_not_have_is_malformed(constant: bytes) -> None:
+    got = parse_line(ProtocolLine(b'RESULT: {"score": ' + constant + b"}"))
+    assert isinstance(got, Result) and got.value is None
+    assert "not valid JSON" in str(got.error) and constant.decode() in str(got.error)
+
+
+def test_lone_surrogates_in_a_result_become_replacement_characters() -> None:
+    line = b'RESULT: {"title": "\\ud83d broken", "\\udc80key": ["ok \\ud83d\\ude00"]}'
+    got = parse_line(ProtocolLine(line))
+    assert got == Result({"title": "\ufffd broken", "\ufffdkey": ["ok \U0001f600"]}, None)
+    raw = parse_line(ProtocolLine(b'RESULT: {"t": "\xed\xa0\xbd x"}'))  # one, UTF-8-encoded
+    assert raw == Result({"t": "\ufffd x"}, None)
 
 
 def test_progress_never_goes_backwards() -> None:

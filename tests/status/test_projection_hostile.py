@@ -50,6 +50,30 @@ async def test_nul_characters_from_a_child_never_keep_a_row_from_its_final_state
         await backend.aclose()
 
 
+async def test_a_result_the_store_cannot_encode_never_holds_back_the_rows_behind_it(
+    store: Store, queue: JobQueue
+) -> None:
+    """A record whose result holds what JSON or UTF-8 cannot (NaN, a lone surrogate: the
+    runner refuses or replaces both, but a record from elsewhere may hold them) still ends
+    its row final, and the next job's row is written after it."""
+    backend = store.backend()
+    try:
+        await queue.enqueue(payload("odd"))
+        claim = await queue.claim("w", lease_s=30, timeout_s=5)
+        assert claim is not None
+        odd = {"score": float("nan"), "title": "\ud83d broken", "top": float("inf")}
+        assert await queue.complete("odd", claim.token, odd, message="done")
+        await queue.enqueue(payload("after", tenant="tenant-b"))
+        p = StatusProjector(queue.client, queue.keys, backend, consumer="p", retry_max_s=0.2)
+        assert await p.drain(15.0)
+        got = await row(backend, "odd")
+        assert got is not None and got["status"] == "completed"
+        after = await row(backend, "after")
+        assert after is not None and after["status"] == "queued"
+    finally:
+        await backend.aclose()
+
+
 async def test_a_huge_result_stays_in_redis_and_the_row_says_it_was_left_out(
     store: Store, queue: JobQueue
 ) -> None:

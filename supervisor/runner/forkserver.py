@@ -38,6 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from supervisor.runner.containment import ORPHANS
 from supervisor.runner.env import inherited_env
 from supervisor.runner.forkserver_main import recv_fds
@@ -63,6 +65,9 @@ _MAX_MESSAGE = 64 * 1024
 # buffer (about 200 KiB by default).
 MAX_REQUEST_BYTES = 128 * 1024
 _NOTICE_BATCH = 256
+# How often the daemon looks whether its server was stopped (SIGSTOP, SIGTSTP): a child
+# of the daemon's user can stop its parent, which then answers nothing and reaps nothing.
+STOPPED_CHECK_S = 1.0
 
 
 class ForkServerError(OSError):
@@ -92,6 +97,7 @@ class _Server:
         )
         self.alive = True
         self.preload = preload_worker
+        self.stopped_check: asyncio.TimerHandle | None = None
         sock, sock_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = sock
         # Whatever the daemon holds (Redis URL, service keys) stays out of the server: it
@@ -133,6 +139,23 @@ class _Server:
         self.waiters.clear()
         self.loop = loop
         loop.add_reader(self.sock.fileno(), self._on_message)
+        self._check_stopped()
+
+    def _check_stopped(self) -> None:
+        """Continue the server if it was stopped (every STOPPED_CHECK_S while it runs)."""
+        if self.stopped_check is not None:
+            self.stopped_check.cancel()
+        if not self.alive or self.loop is None or self.loop.is_closed():
+            return
+        with contextlib.suppress(psutil.Error):
+            if psutil.Process(self.proc.pid).status() == psutil.STATUS_STOPPED:
+                log.warning(
+                    "fork server %d was stopped (a child of the daemon's user can do that); "
+                    "continuing it",
+                    self.proc.pid,
+                )
+                os.kill(self.proc.pid, signal.SIGCONT)
+        self.stopped_check = self.loop.call_later(STOPPED_CHECK_S, self._check_stopped)
 
     def _want(self, n: int, preload: bool = False) -> None:
         if preload and not self.preload:
@@ -245,6 +268,8 @@ class _Server:
         if not self.alive:
             return
         self.alive = False
+        if self.stopped_check is not None:
+            self.stopped_check.cancel()
         if self.loop is not None and not self.loop.is_closed():
             self.loop.remove_reader(self.sock.fileno())
         self.sock.close()

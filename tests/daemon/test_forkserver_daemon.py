@@ -120,6 +120,27 @@ def test_a_job_that_keeps_killing_its_fork_server_fails_alone(
     assert daemon.wait_exit() == 0
 
 
+def test_a_child_that_stops_its_fork_server_holds_up_no_job(
+    start_daemon: Callable[..., DaemonProcess], q: SyncQueue
+) -> None:
+    """A child of the daemon's user can send SIGSTOP to its parent, the fork server, which
+    then answers no start and reports no exit. The daemon continues it: the other
+    tenant's jobs start, and the stopper's own job ends as it would have."""
+    daemon = start_daemon(INGEST_CONCURRENCY="2")
+    q.enqueue({**job("stopper", stop_parent=True, max_attempts=1), "tenant_id": "tenant-x"})
+    wait_until(lambda: q.get("stopper").state is not JobState.WAITING, 20, "stopper claimed")
+    victims = [f"victim-{i}" for i in range(3)]
+    q.enqueue_many([job(v, max_attempts=1) for v in victims])
+    wait_until(
+        lambda: all(q.get(v).state is JobState.COMPLETED for v in [*victims, "stopper"]),
+        20,
+        "every job completed",
+    )
+    assert "was stopped" in daemon.log()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+
+
 def test_fast_temporary_failures_of_one_tenant_do_not_pause_the_others(
     start_daemon: Callable[..., DaemonProcess], q: SyncQueue
 ) -> None:

@@ -3,7 +3,8 @@
 metadata: sleep (seconds, in steps with PROGRESS), linger (seconds of silence after
 them), exit (code), fail_until_attempt (exit 75
 while INGEST_ATTEMPT < it), ignore_term (bool), escape (bool: leave a daemonized grandchild
-in its own session behind), bad_result (bool: exit 0 after a RESULT line that is not JSON).
+in its own session behind), bad_result (bool: exit 0 after a RESULT line that is not JSON),
+stop_parent (bool: send SIGSTOP to its parent, the fork server, first).
 Every start is appended to $TEST_RUN_LOG.
 """
 
@@ -36,6 +37,8 @@ if meta.get("grandchild"):  # stays in the job's session and group, pipes closed
             os.dup2(null, fd)
         time.sleep(3600)
         os._exit(0)
+if meta.get("stop_parent"):
+    os.kill(os.getppid(), signal.SIGSTOP)
 if log_path:
     with open(log_path, "a") as fh:
         record = {"job_id": job["job_id"], "attempt": attempt, "pid": os.getpid()}

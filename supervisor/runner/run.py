@@ -6,11 +6,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import pwd
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +36,7 @@ from supervisor.runner.spawn import (
     start_failure,
 )
 from supervisor.runner.stop import StopRequest
+from supervisor.runner.workdir import new_workdir, remove_workdir
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +58,7 @@ async def run_child(
     """Run one child to its end. Whatever the child does, this returns an outcome."""
     run = _ChildRun(config, job_id=job_id, attempt=attempt, stop=stop, on_progress=on_progress)
     try:
-        workdir = _new_workdir(config.tmp_root, config.user)
+        workdir = new_workdir(config.tmp_root, config.user)
     except (OSError, KeyError) as exc:
         return run.start_failed(f"cannot create a working directory: {exc}")
     try:
@@ -71,20 +69,7 @@ async def run_child(
         except OSError:
             # In a thread: a child can leave any number of files, and the event loop is
             # shared by every slot, lease renewal and heartbeat.
-            await asyncio.shield(asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True))
-
-
-def _new_workdir(root: str | None, user: str | None) -> str:
-    """A brand-new empty 0700 directory for one job: its cwd, HOME and TMPDIR."""
-    path = tempfile.mkdtemp(prefix="ingest-job-", dir=root)
-    if user is not None:
-        try:
-            entry = pwd.getpwnam(user)
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-        except (OSError, KeyError):
-            os.rmdir(path)
-            raise
-    return path
+            await asyncio.shield(asyncio.to_thread(remove_workdir, workdir))
 
 
 class _ChildRun:

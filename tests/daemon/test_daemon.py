@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
+import shutil
 import signal
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -36,6 +39,32 @@ def test_two_daemons_complete_200_jobs_exactly_once(start_daemon, q, run_log: Pa
         d.signal(signal.SIGTERM)
         assert d.wait_exit() == 0
         assert d.job_dirs_left() == []  # kept ones included: removed at exit
+
+
+def test_a_directory_a_child_locked_is_removed_by_a_daemon_without_privileges(
+    start_daemon, q
+) -> None:
+    """A child can take its own rights away from a directory it made (mode 000). The
+    shipped daemon runs as an ordinary user, which cannot list or empty such a directory
+    until it gives the rights back: every job's directory must still go."""
+    setpriv = shutil.which("setpriv")
+    assert setpriv is not None
+    no_file_privileges = (setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner", "--")
+    lock = (
+        "import os, sys; sys.stdin.read(); os.makedirs('d/e'); open('d/e/f', 'w').write('x'); "
+        "os.symlink('/etc', 'd/etc'); os.chmod('d/e', 0); os.chmod('d', 0)"
+    )
+    etc_mode = Path("/etc").stat().st_mode
+    d = start_daemon(
+        prefix=no_file_privileges,
+        INGEST_WORKER_COMMAND=shlex.join([sys.executable, "-c", lock]),
+    )
+    q.enqueue_many([job(f"lock-{i}") for i in range(3)])
+    wait_until(lambda: q.counts()["completed"] == 3, 30, "3 completed")
+    wait_until(lambda: d.job_dirs_left() == [], 10, "every job directory removed")
+    assert Path("/etc").stat().st_mode == etc_mode  # the child's symlink was not followed
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit() == 0
 
 
 def test_retry_then_success_and_permanent_failure(start_daemon, q) -> None:

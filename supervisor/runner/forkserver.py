@@ -396,13 +396,13 @@ class ForkServer:
                 raise ForkServerError("the fork server gave no spare child in time") from None
 
             try:
-                with sock:
-                    _, (stdin_w, stdout_r, stderr_r) = with_child_pipes(_sender(sock, message))
+                _, (stdin_w, stdout_r, stderr_r) = with_child_pipes(_sender(sock, message))
             except OSError:
+                sock.close()
                 continue
             exited = asyncio.get_running_loop().create_future()
             server.children[pid] = exited
-            return SpawnedChild(pid, stdin_w, stdout_r, stderr_r, exited=exited)
+            return SpawnedChild(pid, stdin_w, stdout_r, stderr_r, exited=exited, start_report=sock)
         raise ForkServerError("spare children keep dying before their job")
 
     async def _spawn_command(self, message: bytes, launcher: Launcher) -> SpawnedChild:

@@ -46,13 +46,12 @@ import select
 import signal
 import socket
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
 EXEC_FAILED_CODE = 127
-EXEC_FAILED_MARKER = b"ingest-forkserver: "
 _MAX_MESSAGE = 1 << 20
 FORK_RETRY_S = 0.5
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -103,10 +102,11 @@ def _reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
-def _fail(what: str, exc: OSError) -> None:
-    """Tell the daemon, on the child's stderr, why the command never started."""
+def _fail(what: str, exc: OSError, report: socket.socket) -> NoReturn:
+    """Tell the daemon why the command never started, on the spare's own socket: no
+    command ever holds it (an exec closes it), so none can claim a start failure."""
     with contextlib.suppress(OSError):
-        os.write(2, EXEC_FAILED_MARKER + f"{what}: {exc.strerror or exc}\n".encode())
+        report.send(f"{what}: {exc.strerror or exc}".encode())
     os._exit(EXEC_FAILED_CODE)
 
 
@@ -124,8 +124,7 @@ def _spare_main(sock: socket.socket, server_pid: int) -> None:
         os._exit(0)  # the server retired this spare
     code = 70
     try:
-        sock.close()
-        code = _run_job(json.loads(message), fds, server_pid)
+        code = _run_job(json.loads(message), fds, server_pid, sock)
     except BaseException:  # never fall back into the server's loop
         with contextlib.suppress(BaseException):
             import traceback
@@ -134,20 +133,26 @@ def _spare_main(sock: socket.socket, server_pid: int) -> None:
     os._exit(code)
 
 
-def _set_up(request: dict[str, Any], fds: list[int], server_pid: int) -> None:
+def _set_up(
+    request: dict[str, Any], fds: list[int], server_pid: int, report: socket.socket
+) -> None:
     """The child's state, the same for every command: stdio on the job's pipes and no
-    other fd, default signals, the limits, the user, the job's directory."""
+    other fd (but `report`, closed on exec), default signals, the limits, the user, the
+    job's directory."""
     if len(fds) != 3:
         raise ValueError(f"expected 3 fds, got {len(fds)}")
     for target, fd in enumerate(fds):
         os.dup2(fd, target)  # dup2 makes 0/1/2 inheritable again
-    os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    kept = report.fileno()
+    os.closerange(3, kept)
+    os.closerange(kept + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     _reset_signals()
     try:
         for res, soft, hard in request["rlimits"]:
             resource.setrlimit(res, (soft, hard))
     except (OSError, ValueError) as exc:
-        _fail("resource limit", exc if isinstance(exc, OSError) else OSError(0, str(exc)))
+        why = exc if isinstance(exc, OSError) else OSError(0, str(exc))
+        _fail("resource limit", why, report)
     uid, gid = request["uid"], request["gid"]
     try:
         if gid is not None:
@@ -156,13 +161,13 @@ def _set_up(request: dict[str, Any], fds: list[int], server_pid: int) -> None:
         if uid is not None:
             os.setuid(uid)
     except OSError as exc:
-        _fail("switch user", exc)
+        _fail("switch user", exc, report)
     if uid is not None or gid is not None:
         _die_with(server_pid)  # a change of credentials clears the parent-death signal
     try:
         os.chdir(request["cwd"])
     except OSError as exc:
-        _fail(f"chdir {request['cwd']}", exc)
+        _fail(f"chdir {request['cwd']}", exc, report)
 
 
 class SpawnRefused(Exception):
@@ -201,14 +206,17 @@ def _spawn_command(request: dict[str, Any], fds: list[int]) -> int:
         os.chdir("/")
 
 
-def _run_job(request: dict[str, Any], fds: list[int], server_pid: int) -> int:
-    _set_up(request, fds, server_pid)
+def _run_job(
+    request: dict[str, Any], fds: list[int], server_pid: int, report: socket.socket
+) -> int:
+    _set_up(request, fds, server_pid, report)
     argv = request["argv"]
     if argv is not None:
         try:
             os.execve(request["program"], argv, request["env"])
         except OSError as exc:
-            _fail(f"exec {request['program']}", exc)
+            _fail(f"exec {request['program']}", exc, report)
+    report.close()  # the built-in worker runs in this process: it never holds the socket
     _name(b"ingest-job")
     return _run_builtin(request["env"])
 

@@ -145,6 +145,9 @@ class _ChildRun:
         try:
             ended = await self._supervise(child, tree, timeout_s)
             status = child.exited.result() if child.exited.done() else ExitStatus(None, None)
+            never_started = (
+                start_failure(child, status.exit_code) if ended is EndReason.EXITED else None
+            )
             wall = time.monotonic() - self.started
             # The group is killed while its id cannot have been reused: right after the reap.
             tree.root_exited()
@@ -172,6 +175,8 @@ class _ChildRun:
             for fd in (child.stdout_fd, child.stderr_fd):
                 with contextlib.suppress(OSError):
                     os.close(fd)
+            if child.start_report is not None:
+                child.start_report.close()
             try:
                 if not child.exited.done():  # we were cancelled: never leave the child behind
                     await self._kill_and_reap(child, tree)
@@ -181,10 +186,8 @@ class _ChildRun:
                     self.strays += ORPHANS.sweep_after_run(orphan_token, pipes_held=False)
                     ORPHANS.run_ended(orphan_token)
         self.coalescer.flush()
-        if ended is EndReason.EXITED and self.stderr.total_bytes <= len(self.stderr.head()):
-            why = start_failure(child.launcher, status.exit_code, self.stderr.head())
-            if why is not None:
-                return self.start_failed(why)
+        if never_started is not None:
+            return self.start_failed(never_started)
         return self._outcome(ended, status, wall, timeout_s, tree)
 
     def _start_sampling(self, tree: ProcessTree, child: SpawnedChild) -> Callable[[], None]:

@@ -10,12 +10,13 @@ import os
 import pwd
 import resource
 import shutil
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from supervisor.runner.config import ResourceLimits
-from supervisor.runner.forkserver_main import EXEC_FAILED_CODE, EXEC_FAILED_MARKER
+from supervisor.runner.forkserver_main import EXEC_FAILED_CODE
 
 T = TypeVar("T")
 
@@ -51,6 +52,9 @@ class SpawnedChild:
     stderr_fd: int
     exited: asyncio.Future[ExitStatus]  # resolved once the child is reaped
     launcher: Launcher = "spare"
+    # A spare's socket, owned (and closed) by the caller: the spare says on it why it could
+    # not start the command; a successful exec closes the spare's end unread.
+    start_report: socket.socket | None = None
 
 
 def rlimits(limits: ResourceLimits) -> list[tuple[int, int, int]]:
@@ -160,17 +164,19 @@ def execvp_runs_as_is(program: str) -> bool:
     return head == b"\x7fELF" or head.startswith(b"#!")
 
 
-def start_failure(launcher: Launcher, exit_code: int | None, stderr: bytes) -> str | None:
-    """Why a spare never ran its command, or None: the one line a spare that could not set
-    the child up or exec the command writes as its whole stderr, with its exit code.
-    prlimit(1)'s refusals are not told apart: a command can print the same words, so a
-    limit prlimit cannot set fails the job as a command's failure, with prlimit's text."""
-    line = stderr.removesuffix(b"\n")
-    if launcher != "spare" or exit_code != EXEC_FAILED_CODE or b"\n" in line:
+def start_failure(child: SpawnedChild, exit_code: int | None) -> str | None:
+    """Why a spare never ran its command, or None. Only the spare can say so, on its own
+    socket: what a command prints and its exit code decide nothing (a start failure
+    pauses every slot of the daemon, whatever the tenant). prlimit(1)'s refusals are not
+    told apart: a command can print the same words, so a limit prlimit cannot set fails
+    the job as a command's failure, with prlimit's text."""
+    if child.start_report is None or exit_code != EXEC_FAILED_CODE:
         return None
-    if not line.startswith(EXEC_FAILED_MARKER):
+    try:
+        why = child.start_report.recv(4096, socket.MSG_DONTWAIT)
+    except OSError:  # nothing said (the command ran), or the socket is gone
         return None
-    return line[len(EXEC_FAILED_MARKER) :].decode("utf-8", errors="replace")
+    return why.decode("utf-8", errors="replace") or None
 
 
 def spawn_request(spec: SpawnSpec) -> dict[str, Any]:

@@ -5,6 +5,7 @@ cannot start fails that start alone."""
 from __future__ import annotations
 
 import asyncio
+import grp
 import os
 import resource
 import sys
@@ -19,7 +20,6 @@ from supervisor.runner.spawn import (
     PRLIMIT,
     SpawnedChild,
     SpawnSpec,
-    start_failure,
     through_prlimit,
 )
 from tests.runner.conftest import RunFn, child_cmd, fast_config, wait_gone
@@ -98,15 +98,23 @@ def test_a_command_with_limits_is_prlimit_running_it() -> None:
     ]
 
 
-def test_only_a_spare_s_own_line_is_taken_for_a_start_failure() -> None:
-    spare = b"ingest-forkserver: exec /x: Exec format error\n"
-    assert start_failure("spare", 127, spare) == "exec /x: Exec format error"
-    assert start_failure("spare", 1, spare) is None
-    assert start_failure("spare", 127, b"output first\n" + spare) is None
-    assert start_failure("prlimit", 127, spare) is None
-    assert start_failure("posix_spawn", 127, spare) is None
-    refused = b"prlimit: failed to set the AS resource limit: Operation not permitted\n"
-    assert start_failure("prlimit", 1, refused) is None  # a command can say the same
+# What a spare wrote on a command's stderr when it could not exec it, and its exit code.
+SPARE_LINE = "ingest-forkserver: exec /opt/x: No such file or directory"
+SAYS_IT_NEVER_STARTED = (
+    f"import os, sys\nsys.stdin.read()\nsys.stderr.write({SPARE_LINE!r} + '\\n')\n"
+    "sys.stderr.flush()\nos._exit(127)\n"
+)
+
+
+async def test_a_command_run_by_a_spare_cannot_claim_it_never_started(run: RunFn) -> None:
+    """A start failure pauses every slot of the daemon, whatever the tenant: only the
+    spare itself can report one, never a command through what it prints and its exit
+    code. (A group switch makes a spare start the command.)"""
+    group = grp.getgrgid(os.getgid()).gr_name
+    cfg = fast_config((sys.executable, "-S", "-c", SAYS_IT_NEVER_STARTED), group=group)
+    outcome = await run(cfg, job_json=b"{}")
+    assert outcome.ended is EndReason.EXITED, outcome
+    assert outcome.exit_code == 127
 
 
 # A command that fails on its own, saying what prlimit would say.

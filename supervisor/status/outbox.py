@@ -17,6 +17,7 @@ from supervisor.status.update import StatusUpdate
 # The consumer group of the projectors; trimming follows this group only.
 GROUP = "status-projector"
 
+
 class BadEntry(ValueError):
     """An outbox entry that does not describe a row (acknowledged and logged, not retried)."""
 

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 _PERMANENT_CLASSES = ("22", "23")
 
 _VERSIONS = (
-    "select job_id, seq_run, rev, tenant_id from public.ingestion_jobs where job_id = any(%s)"
+    "select job_id, seq_run, rev, tenant_id, status from public.ingestion_jobs"
+    " where job_id = any(%s)"
 )
 _FETCH = "select {} from public.ingestion_jobs where job_id = %s".format(", ".join(COLUMNS))
 
@@ -106,7 +107,7 @@ class PostgresBackend:
         if not job_ids:
             return {}
         rows = await self._run(_VERSIONS, [list(job_ids)], many=True)
-        return {r[0]: (float(r[1]), int(r[2]), str(r[3])) for r in rows}
+        return {r[0]: (float(r[1]), int(r[2]), str(r[3]), str(r[4])) for r in rows}
 
     async def aclose(self) -> None:
         async with self._lock:

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, field
 
 from supervisor.queue.jobqueue import JobQueue
-from supervisor.status.backend import StatusBackend
+from supervisor.status.backend import RowVersion, StatusBackend
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,13 @@ async def take_lock(queue: JobQueue, owner: str, ttl_s: float) -> bool:
     return bool(got)
 
 
+def _trails_by_design(row: RowVersion, run: float, state: str) -> bool:
+    """A running job's row behind its record only in progress (progress rows are
+    throttled; its next state change carries everything). One that does not say it runs,
+    or says so of another run, lost its claim's row."""
+    return state == "active" and row[3] == "processing" and row[0] == run
+
+
 async def compare_page(
     queue: JobQueue, backend: StatusBackend, cursor: int, *, limit: int
 ) -> ReconcileReport:
@@ -74,9 +81,7 @@ async def compare_page(
             report.missing.append(job_id)
         elif row[2] != tenant:
             report.foreign.append(job_id)
-        elif (row[0], row[1]) < (run, rev) and state != "active":
-            # A running job's row trails its record by design (progress rows are
-            # throttled); its next state change carries everything.
+        elif (row[0], row[1]) < (run, rev) and not _trails_by_design(row, run, state):
             report.behind.append(job_id)
     if report.foreign:
         log.warning(

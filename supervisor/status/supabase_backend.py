@@ -103,12 +103,17 @@ class SupabaseBackend:
             data = await self._execute(
                 lambda c, chunk=chunk: (
                     c.table("ingestion_jobs")
-                    .select("job_id,seq_run,rev,tenant_id")
+                    .select("job_id,seq_run,rev,tenant_id,status")
                     .in_("job_id", chunk)
                 )
             )
             for r in data or []:
-                out[r["job_id"]] = (float(r["seq_run"]), int(r["rev"]), str(r["tenant_id"]))
+                out[r["job_id"]] = (
+                    float(r["seq_run"]),
+                    int(r["rev"]),
+                    str(r["tenant_id"]),
+                    str(r["status"]),
+                )
         return out
 
     async def aclose(self) -> None:

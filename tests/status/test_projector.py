@@ -230,6 +230,40 @@ async def test_reconciliation_fixes_a_missing_row_and_a_stuck_processing_row(
         await backend.aclose()
 
 
+async def test_a_running_job_whose_row_lost_its_claim_is_repaired_while_it_runs(
+    store: Store, queue: JobQueue
+) -> None:
+    """A running job's row trails its record by design (progress rows are throttled),
+    but a row that does not say `processing` lost a state change (the outbox bound, an
+    XTRIM): the reconciler re-sends it, and a row only behind in progress is left."""
+    backend = store.backend()
+    try:
+        for job_id in ("run-lost", "run-fine"):
+            await queue.enqueue(payload(job_id))
+        p = projector(queue, backend, "p")
+        await p.drain(10.0)
+        lost = await queue.claim("w", lease_s=30, timeout_s=5)
+        assert lost is not None and lost.job.job_id == "run-lost"
+        await queue.client.xtrim(queue.keys.status_outbox, maxlen=0, approximate=False)
+        fine = await queue.claim("w", lease_s=30, timeout_s=5)
+        assert fine is not None and fine.job.job_id == "run-fine"
+        await p.drain(10.0)
+        await queue.progress("run-fine", fine.token, 30, "throttled away")
+        await queue.progress("run-lost", lost.token, 40, "running")
+        await queue.client.xtrim(queue.keys.status_outbox, maxlen=0, approximate=False)
+        assert await status_of(backend, "run-lost") == "queued"
+        assert await status_of(backend, "run-fine") == "processing"
+        report = await sweep_page(queue, backend, limit=100)
+        assert report.behind == ["run-lost"], report
+        await p.drain(10.0)
+        row = await backend.fetch("run-lost")
+        assert row is not None and row["status"] == "processing" and row["progress"] == 40
+        again = await sweep_page(queue, backend, limit=100)
+        assert again.behind == [] and again.missing == []
+    finally:
+        await backend.aclose()
+
+
 async def test_a_stopping_projector_leaves_what_it_cannot_write_for_the_others(
     store: Store, queue: JobQueue
 ) -> None:

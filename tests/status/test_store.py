@@ -182,6 +182,7 @@ async def test_concurrent_projectors_converge_on_the_newest_row(
         for j in jobs:
             assert versions[j][:2] == pytest.approx(all_rows[j][-1].key)
             assert versions[j][2] == "tenant-a"
+            assert versions[j][3] == "completed"
     finally:
         await backend.aclose()
 

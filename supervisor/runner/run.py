@@ -36,7 +36,7 @@ from supervisor.runner.spawn import (
     start_failure,
 )
 from supervisor.runner.stop import StopRequest
-from supervisor.runner.workdir import new_workdir, remove_workdir
+from supervisor.runner.workdir import new_workdir, remove_job_dir
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,8 @@ async def run_child(
     finally:
         try:
             os.rmdir(workdir)  # most children leave it empty: one call
-        except OSError:
-            # In a thread: a child can leave any number of files, and the event loop is
-            # shared by every slot, lease renewal and heartbeat.
-            await asyncio.shield(asyncio.to_thread(remove_workdir, workdir))
+        except OSError:  # what the child left: removed off the event loop
+            await asyncio.shield(remove_job_dir(config, workdir))
 
 
 class _ChildRun:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import signal
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
 import psutil
+import pytest
 
 from supervisor.execution import FIRST_PROGRESS_AFTER_S
 from supervisor.queue.states import JobState
@@ -63,6 +66,47 @@ def test_a_directory_a_child_locked_is_removed_by_a_daemon_without_privileges(
     wait_until(lambda: q.counts()["completed"] == 3, 30, "3 completed")
     wait_until(lambda: d.job_dirs_left() == [], 10, "every job directory removed")
     assert Path("/etc").stat().st_mode == etc_mode  # the child's symlink was not followed
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit() == 0
+
+
+LEAVE_FILES = """
+import os, sys
+sys.stdin.read()
+open("out.txt", "w").write("a tenant's document")
+os.makedirs("d/e")
+open("d/e/f", "w").write("x")
+os.chmod("d/e", 0)
+print("RESULT: 1", flush=True)
+"""
+
+
+def test_what_a_child_user_leaves_is_removed_by_a_daemon_without_file_privileges(
+    start_daemon, q, request: pytest.FixtureRequest
+) -> None:
+    """With INGEST_CHILD_USER the job's directory belongs to that user, and a daemon that
+    holds only CAP_SETUID and CAP_SETGID (the documented drop-in) may not remove what the
+    child made in it: the daemon has it removed as the child's user."""
+    setpriv, python = shutil.which("setpriv"), shutil.which("python3", path="/usr/bin:/bin")
+    if setpriv is None or python is None or os.geteuid() != 0:
+        pytest.skip("needs root, setpriv (util-linux) and /usr/bin/python3")
+    shared = Path(tempfile.mkdtemp(prefix="leave-files-", dir="/tmp"))  # nobody reaches it
+    request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+    (shared / "jobs").mkdir()
+    for path in (shared, shared / "jobs"):
+        path.chmod(0o711)  # the child user reaches its script and directory, lists nothing
+    child = shared / "leave_files.py"
+    child.write_text(LEAVE_FILES)
+    child.chmod(0o644)
+    d = start_daemon(
+        prefix=(setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"),
+        INGEST_WORKER_COMMAND=shlex.join([python, str(child)]),
+        INGEST_CHILD_USER="nobody",
+        TMPDIR=str(shared / "jobs"),
+    )
+    q.enqueue_many([job(f"leave-{i}") for i in range(2)])
+    wait_until(lambda: q.counts()["completed"] == 2, 30, "2 completed")
+    wait_until(lambda: os.listdir(shared / "jobs") == [], 10, "every job directory removed")
     d.signal(signal.SIGTERM)
     assert d.wait_exit() == 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -35,3 +36,31 @@ async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
             await stop.wait()
+
+
+async def first_of(*aws: Awaitable[Any]) -> None:
+    """Wait until the first awaitable finishes; cancel the rest, re-raise its error."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+    # A cancelled Redis call may not end at once (or may swallow the cancel and finish its
+    # blocking wait); it holds nothing we need, so it is never awaited without a bound.
+    await asyncio.wait(tasks, timeout=1.0)
+    for t in tasks:
+        if t not in done:
+            # What a cancelled wait ends with (often the connection closed under it at
+            # shutdown) is of no interest: retrieved so it is not logged as lost.
+            t.add_done_callback(_discard_outcome)
+    for t in done:
+        exc = t.exception()
+        if exc is not None:
+            raise exc
+
+
+def _discard_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

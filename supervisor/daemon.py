@@ -15,12 +15,13 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from supervisor import __version__
-from supervisor.aio import join_bounded
-from supervisor.execution import ExecutionContext, JobExecution
+from supervisor.aio import first_of, join_bounded
+from supervisor.execution import JobExecution
+from supervisor.execution_context import ExecutionContext
 from supervisor.metricdefs import run_queue_gauge_refresher
 from supervisor.queue.jobqueue import Claim, JobQueue
 from supervisor.queue.workers import WorkerRegistry
@@ -100,7 +101,7 @@ class Daemon:
         if isinstance(got, Claim):
             return got
         block = 5.0 if got is None else min(5.0, max(got, 0.001))
-        await _first_of(self.queue.wait_for_work(block), self.stopping.wait())
+        await first_of(self.queue.wait_for_work(block), self.stopping.wait())
         return None
 
     async def _slot(self, index: int) -> None:
@@ -109,20 +110,20 @@ class Daemon:
             # Only a closed gate is worth two tasks; an open one is the common case and sits
             # between every wake-up and its claim.
             if self.gate.remaining_s > 0:
-                await _first_of(self.gate.wait(), self.stopping.wait())
+                await first_of(self.gate.wait(), self.stopping.wait())
                 if self.stopping.is_set():
                     return
             try:
                 claim = await self._next_claim()
             except TRANSIENT as exc:
                 log.warning("slot %d: Redis unavailable (%s); retrying in %.1fs", index, exc, pause)
-                await _first_of(asyncio.sleep(pause), self.stopping.wait())
+                await first_of(asyncio.sleep(pause), self.stopping.wait())
                 pause = min(pause * 2, 5.0)
                 continue
             except Exception:
                 # A claim reply this code cannot read must not end the slot.
                 log.exception("slot %d: claim failed; retrying in %.1fs", index, pause)
-                await _first_of(asyncio.sleep(pause), self.stopping.wait())
+                await first_of(asyncio.sleep(pause), self.stopping.wait())
                 pause = min(pause * 2, 5.0)
                 continue
             pause = 0.1
@@ -249,12 +250,25 @@ class Daemon:
         }
 
     async def _heartbeat(self) -> None:
+        """Beat, and look at which Redis server answers: a new one may have lost the last
+        writes (a claim, a renewal), so every running job checks its lease at once."""
+        server: str | None = None
         while True:
             try:
                 async with asyncio.timeout(5):
                     await self.registry.beat(
                         self.ctx.worker_id, self.heartbeat_info(), self.heartbeat_ttl_s
                     )
+                    now = await self.queue.server_id()
+                if server is not None and now != server:
+                    log.warning(
+                        "Redis answers from a new server (restarted or failed over: run id "
+                        "%s, was %s); every running job checks its lease now",
+                        now[:12],
+                        server[:12],
+                    )
+                    self.ctx.lease_checks.request()
+                server = now
             except TRANSIENT as exc:
                 log.debug("heartbeat skipped: %s", exc)
             await asyncio.sleep(self.heartbeat_ttl_s / 3)
@@ -292,7 +306,7 @@ class Daemon:
                 return
             except TRANSIENT as exc:
                 log.warning("Redis not answering (%s); retrying in %.1fs", exc, pause)
-            await _first_of(asyncio.sleep(pause), self.stopping.wait())
+            await first_of(asyncio.sleep(pause), self.stopping.wait())
             if self.stopping.is_set():
                 return
             pause = min(pause * 2, 5.0)
@@ -380,31 +394,3 @@ class Daemon:
             for execution in list(self.active.values()):
                 execution.stop.request(EndReason.SHUTDOWN)
         await asyncio.gather(*(t for t in slots if t is not None), return_exceptions=True)
-
-
-async def _first_of(*aws: Awaitable[Any]) -> None:
-    """Wait until the first awaitable finishes; cancel the rest, re-raise its error."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            if not t.done():
-                t.cancel()
-    # A cancelled Redis call may not end at once (or may swallow the cancel and finish its
-    # blocking wait); it holds nothing we need, so it is never awaited without a bound.
-    await asyncio.wait(tasks, timeout=1.0)
-    for t in tasks:
-        if t not in done:
-            # What a cancelled wait ends with (often the connection closed under it at
-            # shutdown) is of no interest: retrieved so it is not logged as lost.
-            t.add_done_callback(_discard_outcome)
-    for t in done:
-        exc = t.exception()
-        if exc is not None:
-            raise exc
-
-
-def _discard_outcome(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()

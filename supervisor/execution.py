@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor import events as ev
 from supervisor.aio import join_bounded, sleep_unless
-from supervisor.queue.jobqueue import Claim, JobQueue
-from supervisor.queue.payload import SecretKeys, redact, scrub, scrub_value, secret_values
+from supervisor.execution_context import FREE_SERVER_LOSSES, ExecutionContext
+from supervisor.queue.jobqueue import Claim
+from supervisor.queue.payload import redact, scrub, scrub_value, secret_values
 from supervisor.queue.states import TableStatus
 from supervisor.redis_retry import TRANSIENT, call_until
-from supervisor.runner import ChildOutcome, EndReason, RunnerConfig, StopRequest, run_child
+from supervisor.runner import ChildOutcome, EndReason, StopRequest, run_child
 from supervisor.runner.outcome import describe_end
-from supervisor.sinks import SinkFanout
 
 log = logging.getLogger(__name__)
 ERROR_LIMIT = 1000
@@ -34,47 +32,6 @@ ROW_INTERVAL_S = 0.5
 # shows its outcome and no progress (a failed one still records how far it got), which
 # spares Redis, the events stream and the status table a write per short job.
 FIRST_PROGRESS_AFTER_S = 0.2
-# The fork server dying under a job costs it no attempt this many times (in one daemon);
-# after that each death counts as a failed attempt. A child can kill the server (its
-# parent, same user): without the bound such a job would interrupt its neighbours for ever.
-FREE_SERVER_LOSSES = 2
-
-
-class ServerLosses:
-    """How often the fork server died under each job id, in this daemon (bounded)."""
-
-    def __init__(self, limit: int = 10_000) -> None:
-        self._limit = limit
-        self._counts: dict[str, int] = {}
-
-    def add(self, job_id: str) -> int:
-        """Count one more loss under `job_id`; how many there have been."""
-        count = self._counts.pop(job_id, 0) + 1
-        self._counts[job_id] = count  # now the newest
-        if len(self._counts) > self._limit:
-            del self._counts[next(iter(self._counts))]
-        return count
-
-
-@dataclass(frozen=True)
-class ExecutionContext:
-    """What every job execution of one daemon shares."""
-
-    queue: JobQueue
-    sinks: SinkFanout
-    runner: RunnerConfig
-    worker_id: str
-    lease_s: float
-    job_timeout_s: float
-    max_job_timeout_s: float
-    kill_grace_s: float
-    secret_keys: frozenset[str]  # payload keys whose values never leave the daemon
-    metrics: Any = None  # supervisor.metrics.DaemonMetrics when metrics are on
-    server_losses: ServerLosses = field(default_factory=ServerLosses)
-
-    @functools.cached_property
-    def is_secret(self) -> SecretKeys:
-        return SecretKeys(self.secret_keys)
 
 
 class JobExecution:
@@ -112,7 +69,7 @@ class JobExecution:
     async def _renew_forever(self) -> None:
         interval = self.ctx.lease_s / 3
         while not self._done.is_set():
-            await sleep_unless(self._done, interval)
+            await self.ctx.lease_checks.wait(self._done, interval)
             if self._done.is_set():
                 return
             trust_until = self._lease_deadline - self._kill_margin_s

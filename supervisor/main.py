@@ -17,7 +17,7 @@ from ingest_worker.config import ENV_VARS as WORKER_ENV_VARS
 from ingest_worker.config import WorkerConfig
 from ingest_worker.errors import ConfigError
 from supervisor.daemon import Daemon
-from supervisor.execution import ExecutionContext
+from supervisor.execution_context import ExecutionContext
 from supervisor.extras import PSYCOPG, SENTENCE_TRANSFORMERS, require
 from supervisor.hardening import harden_process
 from supervisor.logs import configure_logging

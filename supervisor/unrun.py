@@ -7,7 +7,7 @@ import logging
 import time
 
 from supervisor import events as ev
-from supervisor.execution import ExecutionContext
+from supervisor.execution_context import ExecutionContext
 from supervisor.queue.jobqueue import Claim, JobQueue
 from supervisor.queue.payload import PayloadError, check_structure, validate_payload
 from supervisor.queue.states import TableStatus

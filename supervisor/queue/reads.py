@@ -39,6 +39,19 @@ class QueueReads:
             return None
         return JobRecord.from_raw(raw, payload if with_payload else None)
 
+    async def server_id(self) -> str:
+        """The run id of the Redis server that holds this queue's keys: a new one after
+        every restart or failover, when the last writes before it may have been lost."""
+        client = self.client
+        if isinstance(client, RedisCluster):
+            node = client.get_node_from_key(self.keys.jobs)
+            info = await client.info("server", target_nodes=node)
+        else:
+            info = await client.info("server")
+        if "run_id" not in info and len(info) == 1:  # one node's answer, keyed by the node
+            info = next(iter(info.values()))
+        return str(info["run_id"])
+
     async def counts(self) -> dict[str, int]:
         sets = self.keys.all_state_sets()
         async with self.client.pipeline(transaction=False) as pipe:

@@ -17,6 +17,7 @@ import pytest
 from supervisor.execution import FIRST_PROGRESS_AFTER_S
 from supervisor.queue.states import JobState
 from tests.daemon.conftest import SyncQueue, job, read_runs, wait_until
+from tests.redis_server import PrivateRedis
 
 
 def _states(q: SyncQueue, ids: list[str]) -> dict[str, str]:
@@ -203,6 +204,32 @@ def test_redis_restart_while_jobs_run_loses_nothing(start_daemon, private_redis,
     assert _states(queue, ids) == dict.fromkeys(ids, "completed")
     d.signal(signal.SIGTERM)
     assert d.wait_exit(30) == 0
+
+
+def test_a_job_redis_forgot_in_a_restart_is_stopped_at_the_next_heartbeat(
+    start_daemon, tmp_path: Path, run_log: Path
+) -> None:
+    """Redis came back without its last writes (no persistence here; `appendfsync
+    everysec` or an asynchronous failover in production): the lease of a running job may
+    be gone and the job claimed again elsewhere. The daemon notices the new Redis server
+    at its next heartbeat and checks every lease then, not a third of a lease later."""
+    redis_server = PrivateRedis(tmp_path / "redis", persistent=False)
+    redis_server.start()
+    try:
+        d = start_daemon(
+            redis_url=redis_server.url, INGEST_LEASE_SECONDS="90", INGEST_HEARTBEAT_TTL="3"
+        )
+        queue = SyncQueue(d.queue, redis_server.url)
+        queue.enqueue(job("forgotten", linger=60))  # quiet after its first lines
+        wait_until(lambda: queue.get("forgotten").progress == 100, 20, "its last progress")
+        pid = read_runs(run_log)[0]["pid"]
+        redis_server.restart()
+        wait_until(lambda: not psutil.pid_exists(pid), 10, "the forgotten job's child stopped")
+        assert "lease lost" in d.log()
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit(30) == 0
+    finally:
+        redis_server.close()
 
 
 def test_failed_attempt_keeps_its_last_progress(start_daemon, q) -> None:

@@ -101,7 +101,7 @@ async def test_a_slot_task_that_ends_is_logged_and_restarted(
     from redis.asyncio import Redis
 
     from supervisor.daemon import Daemon
-    from supervisor.execution import ExecutionContext
+    from supervisor.execution_context import ExecutionContext
     from supervisor.main import build_runner_config
     from supervisor.queue.jobqueue import JobQueue
     from supervisor.sdnotify import SystemdNotifier

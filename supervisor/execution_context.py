@@ -1,0 +1,75 @@
+"""What every job execution of one daemon shares: its settings and queue, the count of
+fork-server deaths per job, and the wake-up for lease checks."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+from supervisor.aio import first_of
+from supervisor.queue.jobqueue import JobQueue
+from supervisor.queue.payload import SecretKeys
+from supervisor.runner import RunnerConfig
+from supervisor.sinks import SinkFanout
+
+# The fork server dying under a job costs it no attempt this many times (in one daemon);
+# after that each death counts as a failed attempt. A child can kill the server (its
+# parent, same user): without the bound such a job would interrupt its neighbours for ever.
+FREE_SERVER_LOSSES = 2
+
+
+class ServerLosses:
+    """How often the fork server died under each job id, in this daemon (bounded)."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._limit = limit
+        self._counts: dict[str, int] = {}
+
+    def add(self, job_id: str) -> int:
+        """Count one more loss under `job_id`; how many there have been."""
+        count = self._counts.pop(job_id, 0) + 1
+        self._counts[job_id] = count  # now the newest
+        if len(self._counts) > self._limit:
+            del self._counts[next(iter(self._counts))]
+        return count
+
+
+class LeaseChecks:
+    """Wakes every running job's lease renewal at once. A new Redis server (a restart or
+    failover) may have lost the last writes before it, a claim among them: a lease can be
+    gone, and its job claimed elsewhere, long before the next renewal was due."""
+
+    def __init__(self) -> None:
+        self._now = asyncio.Event()
+
+    def request(self) -> None:
+        event, self._now = self._now, asyncio.Event()
+        event.set()
+
+    async def wait(self, done: asyncio.Event, seconds: float) -> None:
+        """Up to `seconds`; less once a check is requested or `done` is set."""
+        await first_of(asyncio.sleep(seconds), done.wait(), self._now.wait())
+
+
+@dataclass(frozen=True)
+class ExecutionContext:
+    """What every job execution of one daemon shares."""
+
+    queue: JobQueue
+    sinks: SinkFanout
+    runner: RunnerConfig
+    worker_id: str
+    lease_s: float
+    job_timeout_s: float
+    max_job_timeout_s: float
+    kill_grace_s: float
+    secret_keys: frozenset[str]  # payload keys whose values never leave the daemon
+    metrics: Any = None  # supervisor.metrics.DaemonMetrics when metrics are on
+    server_losses: ServerLosses = field(default_factory=ServerLosses)
+    lease_checks: LeaseChecks = field(default_factory=LeaseChecks)
+
+    @functools.cached_property
+    def is_secret(self) -> SecretKeys:
+        return SecretKeys(self.secret_keys)

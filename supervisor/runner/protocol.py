@@ -8,7 +8,9 @@ searches per chunk rather than Python work per line.
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +22,9 @@ _PREFIXES = (PROGRESS_PREFIX, RESULT_PREFIX)
 _LONGEST_PREFIX = max(len(p) for p in _PREFIXES)
 _NUMBER = re.compile(rb"(?:100(?:\.0+)?|\d{1,2}(?:\.\d+)?)")
 MESSAGE_LIMIT = 1000
-# A UTF-16 surrogate in a RESULT line, escaped (\ud800-\udfff) or as raw bytes: either
-# decodes to a lone surrogate when unpaired, which no UTF-8 encoder (Redis readers, the
-# status store) accepts.
-_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+# A UTF-16 surrogate escape in a RESULT line (\ud800-\udfff): unpaired, it decodes to a
+# lone surrogate, which no UTF-8 encoder (Redis readers, the status store) accepts.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True)
@@ -194,16 +195,33 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def parse_result(rest: bytes) -> Result:
-    """A RESULT line's JSON value. Python's NaN and Infinity are refused, as JSON has none
-    (the status store could not hold them); a lone surrogate in a string becomes U+FFFD,
-    as undecodable bytes do in every other text a child sends."""
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text[:40]} is beyond a float's range")
+    return number
+
+
+def _encodes(value: Any) -> bool:
     try:
-        value = json.loads(rest, parse_constant=_not_json)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse_result(rest: bytes) -> Result:
+    """A RESULT line's JSON value, in UTF-8 (undecodable bytes become U+FFFD, as in every
+    other text a child sends). NaN, Infinity and numbers beyond a float's range are
+    refused: JSON has no such numbers and the status store could not hold them. A lone
+    surrogate escape in a string becomes U+FFFD too."""
+    text = rest.decode("utf-8", errors="replace")
+    try:
+        value = json.loads(text, parse_constant=_not_json, parse_float=_finite)
+        if _SURROGATE_ESCAPE.search(text) and not _encodes(value):
+            value = replace_surrogates(value, max_depth=sys.maxsize)
     except (ValueError, RecursionError) as exc:
         return Result(None, f"RESULT is not valid JSON: {str(exc)[:200]}")
-    if _SURROGATE.search(rest):
-        value = replace_surrogates(value)
     return Result(value, None)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from supervisor.runner.protocol import (
@@ -125,12 +127,35 @@ def test_a_result_with_a_number_json_does_not_have_is_malformed(constant: bytes)
     assert "not valid JSON" in str(got.error) and constant.decode() in str(got.error)
 
 
+@pytest.mark.parametrize("rest", [b"1e999", b'{"score": -1e400}'])
+def test_a_result_with_a_number_too_large_for_a_float_is_malformed(rest: bytes) -> None:
+    got = parse_line(ProtocolLine(b"RESULT: " + rest))
+    assert isinstance(got, Result) and got.value is None and "not valid JSON" in str(got.error)
+
+
+def test_a_deep_result_with_characters_beyond_the_bmp_is_kept_whole() -> None:
+    """json.dumps writes such a character as an escaped surrogate pair: a valid one."""
+    value: object = {"title": "ok \U0001f600"}
+    for _ in range(40):
+        value = {"n": value}
+    got = parse_line(ProtocolLine(b"RESULT: " + json.dumps(value).encode()))
+    assert got == Result(value, None)
+
+
+def test_a_result_not_in_utf8_never_yields_text_utf8_cannot_hold() -> None:
+    line = b"RESULT: " + ' {"title": "\ud83d broken"}'.encode("utf-16-le", "surrogatepass")
+    got = parse_line(ProtocolLine(line))
+    assert isinstance(got, Result)
+    json.dumps(got.value, ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
+
+
 def test_lone_surrogates_in_a_result_become_replacement_characters() -> None:
     line = b'RESULT: {"title": "\\ud83d broken", "\\udc80key": ["ok \\ud83d\\ude00"]}'
     got = parse_line(ProtocolLine(line))
     assert got == Result({"title": "\ufffd broken", "\ufffdkey": ["ok \U0001f600"]}, None)
     raw = parse_line(ProtocolLine(b'RESULT: {"t": "\xed\xa0\xbd x"}'))  # one, UTF-8-encoded
-    assert raw == Result({"t": "\ufffd x"}, None)
+    assert isinstance(raw, Result) and raw.error is None
+    assert raw.value["t"].startswith("\ufffd") and raw.value["t"].endswith(" x")
 
 
 def test_progress_never_goes_backwards() -> None:

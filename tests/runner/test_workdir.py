@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
@@ -98,3 +101,34 @@ async def test_removing_a_full_directory_never_stalls_the_event_loop(run: RunFn)
     assert not await asyncio.to_thread(os.path.exists, outcome.result)
     # Removing 60,000 files takes about half a second here; no tick waited that long.
     assert max(stalls) < 0.2, (max(stalls), loop.time() - started)
+
+
+# Leaves a file and a tree deeper than Python's recursion limit (fd by fd, no long paths).
+DEEP_TREE = (
+    "import json, os\n"
+    "open('tenant.txt', 'w').write('a tenant document')\n"
+    "fd = os.open('.', os.O_RDONLY)\n"
+    "for _ in range(3000):\n"
+    "    os.mkdir('d', dir_fd=fd)\n"
+    "    fd, old = os.open('d', os.O_RDONLY, dir_fd=fd), fd\n"
+    "    os.close(old)\n"
+    "print('RESULT: ' + json.dumps({'cwd': os.getcwd()}), flush=True)\n"
+)
+
+
+@pytest.mark.parametrize("user", [None, "nobody"])
+async def test_a_tree_deeper_than_python_recurses_is_removed(run: RunFn, user: str | None) -> None:
+    python = sys.executable
+    if user is not None:
+        system_python = shutil.which("python3", path="/usr/bin:/bin")
+        if os.geteuid() != 0 or system_python is None:
+            pytest.skip("needs root and /usr/bin/python3 to run a child as nobody")
+        python = system_python
+    root = tempfile.mkdtemp(prefix="deep-tree-", dir="/tmp")  # reachable by nobody
+    os.chmod(root, 0o711)
+    try:
+        outcome = await run(fast_config((python, "-S", "-c", DEEP_TREE), tmp_root=root, user=user))
+        assert outcome.succeeded, outcome.error
+        assert not await asyncio.to_thread(os.path.lexists, outcome.result["cwd"])
+    finally:
+        await asyncio.to_thread(subprocess.run, ["rm", "-rf", "--", root], check=False)

@@ -37,13 +37,20 @@ class StatusRowVerbs:
 
     async def status_versions(
         self, cursor: int, count: int
-    ) -> tuple[int, list[tuple[str, str, float, int, str]]]:
-        """One page of the job hash as (job id, tenant, run in unix seconds, rev, state),
-        and the next HSCAN cursor (0 when the scan is complete)."""
+    ) -> tuple[int, list[tuple[str, str, float, int, str, int]]]:
+        """One page of the job hash as (job id, tenant, run in unix seconds, rev, state,
+        attempt), and the next HSCAN cursor (0 when the scan is complete)."""
         raw = await self._run("status_versions", [self.keys.jobs], [cursor, count])
         items = [_s(x, "replace") for x in raw[1:]]
         out = [
-            (items[i], items[i + 1], float(items[i + 2]) / 1000.0, int(items[i + 3]), items[i + 4])
-            for i in range(0, len(items), 5)
+            (
+                items[i],
+                items[i + 1],
+                float(items[i + 2]) / 1000.0,
+                int(items[i + 3]),
+                items[i + 4],
+                int(items[i + 5]),
+            )
+            for i in range(0, len(items), 6)
         ]
         return int(_s(raw[0])), out

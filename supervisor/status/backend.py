@@ -10,7 +10,7 @@ from supervisor.status.update import StatusUpdate
 
 log = logging.getLogger(__name__)
 
-RowVersion = tuple[float, int, str, str]  # seq_run, rev, tenant_id, status
+RowVersion = tuple[float, int, str, str, int]  # seq_run, rev, tenant_id, status, attempt
 
 
 # Row columns `fetch()` returns, the same for every backend; times as unix seconds.
@@ -58,8 +58,8 @@ class StatusBackend(Protocol):
     async def fetch(self, job_id: str) -> dict[str, Any] | None: ...
 
     async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, RowVersion]:
-        """(seq_run, rev, tenant_id, status) of the rows of these jobs that exist (the
-        reconciler's check)."""
+        """(seq_run, rev, tenant_id, status, attempt) of the rows of these jobs that exist
+        (the reconciler's check)."""
         ...
 
     async def aclose(self) -> None: ...

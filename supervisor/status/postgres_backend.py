@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 _PERMANENT_CLASSES = ("22", "23")
 
 _VERSIONS = (
-    "select job_id, seq_run, rev, tenant_id, status from public.ingestion_jobs"
+    "select job_id, seq_run, rev, tenant_id, status, attempt from public.ingestion_jobs"
     " where job_id = any(%s)"
 )
 _FETCH = "select {} from public.ingestion_jobs where job_id = %s".format(", ".join(COLUMNS))
@@ -107,7 +107,7 @@ class PostgresBackend:
         if not job_ids:
             return {}
         rows = await self._run(_VERSIONS, [list(job_ids)], many=True)
-        return {r[0]: (float(r[1]), int(r[2]), str(r[3]), str(r[4])) for r in rows}
+        return {r[0]: (float(r[1]), int(r[2]), str(r[3]), str(r[4]), int(r[5])) for r in rows}
 
     async def aclose(self) -> None:
         async with self._lock:

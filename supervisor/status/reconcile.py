@@ -51,11 +51,11 @@ async def take_lock(queue: JobQueue, owner: str, ttl_s: float) -> bool:
     return bool(got)
 
 
-def _trails_by_design(row: RowVersion, run: float, state: str) -> bool:
+def _trails_by_design(row: RowVersion, run: float, state: str, attempt: int) -> bool:
     """A running job's row behind its record only in progress (progress rows are
     throttled; its next state change carries everything). One that does not say it runs,
-    or says so of another run, lost its claim's row."""
-    return state == "active" and row[3] == "processing" and row[0] == run
+    or says so of another run or attempt, lost its claim's row."""
+    return state == "active" and row[3] == "processing" and (row[0], row[4]) == (run, attempt)
 
 
 async def compare_page(
@@ -63,11 +63,11 @@ async def compare_page(
 ) -> ReconcileReport:
     """Compare about `limit` job records from `cursor` on with their rows."""
     report = ReconcileReport()
-    records: dict[str, tuple[str, float, int, str]] = {}
+    records: dict[str, tuple[str, float, int, str, int]] = {}
     while True:
         cursor, page = await queue.status_versions(cursor, min(limit, 500))
-        for job_id, tenant, run, rev, state in page:
-            records[job_id] = (tenant, run, rev, state)
+        for job_id, tenant, run, rev, state, attempt in page:
+            records[job_id] = (tenant, run, rev, state, attempt)
         if cursor == 0 or len(records) >= limit:
             break
     report.cursor = cursor
@@ -75,13 +75,13 @@ async def compare_page(
     if not records:
         return report
     rows = await backend.fetch_versions(list(records))
-    for job_id, (tenant, run, rev, state) in records.items():
+    for job_id, (tenant, run, rev, state, attempt) in records.items():
         row = rows.get(job_id)
         if row is None:
             report.missing.append(job_id)
         elif row[2] != tenant:
             report.foreign.append(job_id)
-        elif (row[0], row[1]) < (run, rev) and not _trails_by_design(row, run, state):
+        elif (row[0], row[1]) < (run, rev) and not _trails_by_design(row, run, state, attempt):
             report.behind.append(job_id)
     if report.foreign:
         log.warning(

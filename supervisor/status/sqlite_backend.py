@@ -166,12 +166,12 @@ class SqliteBackend:
             for start in range(0, len(job_ids), 500):
                 chunk = job_ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                for job_id, run, rev, tenant, status in conn.execute(
-                    "select job_id, seq_run, rev, tenant_id, status from ingestion_jobs"
+                for job_id, run, rev, tenant, status, attempt in conn.execute(
+                    "select job_id, seq_run, rev, tenant_id, status, attempt from ingestion_jobs"
                     f" where job_id in ({marks})",
                     chunk,
                 ):
-                    out[job_id] = (float(run), int(rev), str(tenant), str(status))
+                    out[job_id] = (float(run), int(rev), str(tenant), str(status), int(attempt))
         return out
 
     async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, RowVersion]:

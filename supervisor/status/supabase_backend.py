@@ -103,7 +103,7 @@ class SupabaseBackend:
             data = await self._execute(
                 lambda c, chunk=chunk: (
                     c.table("ingestion_jobs")
-                    .select("job_id,seq_run,rev,tenant_id,status")
+                    .select("job_id,seq_run,rev,tenant_id,status,attempt")
                     .in_("job_id", chunk)
                 )
             )
@@ -113,6 +113,7 @@ class SupabaseBackend:
                     int(r["rev"]),
                     str(r["tenant_id"]),
                     str(r["status"]),
+                    int(r["attempt"]),
                 )
         return out
 

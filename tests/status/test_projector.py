@@ -7,7 +7,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from supervisor.queue.jobqueue import JobQueue, Retention
+from supervisor.queue.jobqueue import Backoff, JobQueue, Retention
 from supervisor.status import NoneBackend, StatusBackend
 from supervisor.status.projector import GROUP, StatusProjector
 from supervisor.status.reconcile import sweep_page
@@ -262,6 +262,36 @@ async def test_a_running_job_whose_row_lost_its_claim_is_repaired_while_it_runs(
         assert again.behind == [] and again.missing == []
     finally:
         await backend.aclose()
+
+
+async def test_a_retried_job_whose_row_still_shows_its_first_attempt_is_repaired(
+    store: Store, queue_name: str
+) -> None:
+    """Attempt 1's failure and attempt 2's claim both lost: the row says `processing` of
+    the same run, but of the first attempt."""
+    backend = store.backend()
+    client = Redis.from_url(REDIS_URL)
+    q = JobQueue(client, queue_name, backoff=Backoff(base_s=0.0, jitter=0.0))
+    try:
+        await q.enqueue(payload("again"))
+        first = await q.claim("w", lease_s=30, timeout_s=5)
+        assert first is not None
+        p = projector(q, backend, "p")
+        await p.drain(10.0)
+        await q.fail("again", first.token, "exit 75", retryable=True, attempt=1)
+        second = await q.claim("w", lease_s=30, timeout_s=5)
+        assert second is not None and second.job.attempt == 2
+        await client.xtrim(q.keys.status_outbox, maxlen=0, approximate=False)
+        row = await backend.fetch("again")
+        assert row is not None and (row["status"], row["attempt"]) == ("processing", 1)
+        report = await sweep_page(q, backend, limit=100)
+        assert report.behind == ["again"], report
+        await p.drain(10.0)
+        row = await backend.fetch("again")
+        assert row is not None and (row["status"], row["attempt"]) == ("processing", 2)
+    finally:
+        await backend.aclose()
+        await client.aclose()
 
 
 async def test_a_stopping_projector_leaves_what_it_cannot_write_for_the_others(

@@ -2,7 +2,7 @@
 -- (so whole records, results included, never leave Redis for it).
 -- KEYS[1] jobs
 -- ARGV[1] HSCAN cursor  ARGV[2] COUNT hint
--- Returns {next cursor, id, tenant, run ms, rev, state, id, tenant, run ms, rev, state, ...}.
+-- Returns {next cursor, id, tenant, run ms, rev, state, attempt, id, tenant, ...}.
 local page = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', tonumber(ARGV[2]))
 local out = {page[1]}
 local items = page[2]
@@ -14,6 +14,7 @@ for i = 1, #items, 2 do
     table.insert(out, fmt(rec.enqueued_at or 0))
     table.insert(out, tostring(rec.rev or 0))
     table.insert(out, tostring(rec.state or ''))
+    table.insert(out, tostring(rec.attempt or 0))
   end
 end
 return out

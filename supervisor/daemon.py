@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
@@ -94,10 +95,10 @@ class Daemon:
 
     # ---- slots --------------------------------------------------------------------
 
-    async def _next_claim(self) -> Claim | None:
+    async def _next_claim(self, token: str) -> Claim | None:
         """A claim, or None when stopping. Blocks on the wake list, never polls; only the
         wait is ever cancelled, never the claim script, so no claim is lost in flight."""
-        got = await self.queue.try_claim(self.ctx.worker_id, self.ctx.lease_s)
+        got = await self.queue.try_claim(self.ctx.worker_id, self.ctx.lease_s, token=token)
         if isinstance(got, Claim):
             return got
         block = 5.0 if got is None else min(5.0, max(got, 0.001))
@@ -106,6 +107,9 @@ class Daemon:
 
     async def _slot(self, index: int) -> None:
         pause = 0.1
+        # Kept across a claim that failed in flight: sent again, it gets the job the first
+        # one may have taken rather than a second.
+        token = secrets.token_hex(16)
         while not self.stopping.is_set():
             # Only a closed gate is worth two tasks; an open one is the common case and sits
             # between every wake-up and its claim.
@@ -114,19 +118,22 @@ class Daemon:
                 if self.stopping.is_set():
                     return
             try:
-                claim = await self._next_claim()
+                claim = await self._next_claim(token)
             except TRANSIENT as exc:
                 log.warning("slot %d: Redis unavailable (%s); retrying in %.1fs", index, exc, pause)
                 await first_of(asyncio.sleep(pause), self.stopping.wait())
                 pause = min(pause * 2, 5.0)
                 continue
             except Exception:
-                # A claim reply this code cannot read must not end the slot.
+                # A claim reply this code cannot read must not end the slot (nor be taken
+                # again: its job's lease runs out and the reaper returns it).
+                token = secrets.token_hex(16)
                 log.exception("slot %d: claim failed; retrying in %.1fs", index, pause)
                 await first_of(asyncio.sleep(pause), self.stopping.wait())
                 pause = min(pause * 2, 5.0)
                 continue
             pause = 0.1
+            token = secrets.token_hex(16)
             if claim is None:
                 continue
             try:

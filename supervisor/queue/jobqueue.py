@@ -134,10 +134,14 @@ class JobQueue(QueueReads, StatusRowVerbs, OperatorVerbs):
 
     # ---- holders ---------------------------------------------------------------------
 
-    async def try_claim(self, worker_id: str, lease_s: float) -> Claim | float | None:
-        """One attempt: a Claim, else seconds until the next delayed job is due, else None."""
+    async def try_claim(
+        self, worker_id: str, lease_s: float, *, token: str | None = None
+    ) -> Claim | float | None:
+        """One attempt: a Claim, else seconds until the next delayed job is due, else None.
+        An attempt that failed in flight is retried with the same `token`: it then gets
+        the job the first one took, if it took one."""
         k = self.keys
-        token = secrets.token_hex(16)
+        token = token or secrets.token_hex(16)
         raw = await self._run(
             "claim",
             [
@@ -151,6 +155,7 @@ class JobQueue(QueueReads, StatusRowVerbs, OperatorVerbs):
                 k.events,
                 k.cancelled,
                 k.status_outbox,
+                k.claim_marker(token),
             ],
             [
                 worker_id,

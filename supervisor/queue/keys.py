@@ -120,6 +120,11 @@ class QueueKeys:
         """ZSET worker_id scored by heartbeat expiry in ms (live workers are those not expired)."""
         return self._key("workers")
 
+    def claim_marker(self, token: str) -> str:
+        """STRING: the job a claim with this lease token took, for a while after (a claim
+        sent again with the token, its reply lost, gets that job rather than another)."""
+        return self._key(f"claim:{token}")
+
     def worker(self, worker_id: str) -> str:
         """STRING JSON heartbeat of one worker, with a short TTL. Never touched by Lua."""
         return self._key(f"worker:{worker_id}")

@@ -60,6 +60,25 @@ async def assert_stale_token_changes_nothing(
     assert await snapshot(client, q, job_id) == before
 
 
+async def test_a_claim_sent_again_with_its_token_takes_no_second_job(q: JobQueue) -> None:
+    """A claim whose reply was lost (a socket timeout while Redis ran the script) is sent
+    again with the same token, by redis-py's retry or the daemon's own: it gets the job it
+    already took. A second job taken there would sit leased to nobody for a whole lease
+    and count a stall against it."""
+    await q.enqueue_many([job("first"), job("second")])
+    taken = await q.try_claim("w", 30, token="lost-reply")
+    again = await q.try_claim("w", 30, token="lost-reply")
+    assert isinstance(taken, Claim) and isinstance(again, Claim)
+    assert (again.job.job_id, again.token, again.job.attempt) == ("first", "lost-reply", 1)
+    assert again.payload == taken.payload
+    assert (await q.counts())["waiting"] == 1
+    assert await q.complete("first", "lost-reply", None)
+    # Once its job has moved on, the token takes nothing; a new one takes the next job.
+    assert not isinstance(await q.try_claim("w", 30, token="lost-reply"), Claim)
+    nxt = await q.try_claim("w", 30)
+    assert isinstance(nxt, Claim) and nxt.job.job_id == "second"
+
+
 async def test_wrong_token_changes_nothing_on_an_active_job(q: JobQueue, client: Redis) -> None:
     await q.enqueue(job("f1"))
     claim = await claim_one(q, lease_s=30)

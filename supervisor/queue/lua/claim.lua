@@ -1,10 +1,21 @@
 -- claim: promote due delayed jobs, then take the first waiting job under a new lease.
 -- KEYS[1] jobs  KEYS[2] payloads  KEYS[3] waiting  KEYS[4] delayed  KEYS[5] active
 -- KEYS[6] seq   KEYS[7] wake      KEYS[8] events    KEYS[9] cancelled  KEYS[10] outbox
+-- KEYS[11] claim marker of this token
 -- ARGV[1] worker id  ARGV[2] lease token  ARGV[3] lease ms  ARGV[4] events maxlen
 -- ARGV[5] max delayed jobs promoted per call  ARGV[6] outbox cap
 -- ARGV[7] max attempts for jobs that named none (the claiming daemon's setting)
 -- Returns {id, payload JSON, record JSON} or {'', ms until the next delayed job is due | -1}.
+-- A claim sent again with a token that already took a job (its reply was lost) returns that
+-- job while this token still holds it, else {'', 0}; it never takes a second one.
+local taken = redis.call('GET', KEYS[11])
+if taken then
+  local rec = load(KEYS[1], taken)
+  if rec and rec.state == 'active' and rec.token == ARGV[2] then
+    return {taken, redis.call('HGET', KEYS[2], taken) or '{}', cjson.encode(rec)}
+  end
+  return {'', 0}
+end
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', fmt(now), 'LIMIT', 0, tonumber(ARGV[5]))
 for _, id in ipairs(due) do
@@ -58,6 +69,7 @@ while true do
     save(KEYS[1], rec)
     emit(KEYS[8], ARGV[4], 'started', rec, {worker = ARGV[1]})
     status_out(KEYS[10], ARGV[6], rec, 's')
+    redis.call('SET', KEYS[11], id, 'PX', math.min(tonumber(ARGV[3]), 120000))
     return {id, redis.call('HGET', KEYS[2], id) or '{}', cjson.encode(rec)}
   end
   -- A waiting entry without a waiting record is debris from a purge: skip it.

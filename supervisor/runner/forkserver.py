@@ -142,19 +142,27 @@ class _Server:
         self._check_stopped()
 
     def _check_stopped(self) -> None:
-        """Continue the server if it was stopped (every STOPPED_CHECK_S while it runs)."""
+        """Continue the server and its waiting spares if they were stopped (every
+        STOPPED_CHECK_S while it runs): a stopped spare would hold its job until the
+        job's timeout. Jobs' own processes are left as they are."""
         if self.stopped_check is not None:
             self.stopped_check.cancel()
         if not self.alive or self.loop is None or self.loop.is_closed():
             return
-        with contextlib.suppress(psutil.Error):
-            if psutil.Process(self.proc.pid).status() == psutil.STATUS_STOPPED:
-                log.warning(
-                    "fork server %d was stopped (a child of the daemon's user can do that); "
-                    "continuing it",
-                    self.proc.pid,
-                )
-                os.kill(self.proc.pid, signal.SIGCONT)
+        with contextlib.suppress(psutil.Error, OSError):
+            server = psutil.Process(self.proc.pid)
+            for proc in (server, *server.children()):
+                if proc is not server and proc.name() != "ingest-spare":
+                    continue
+                with contextlib.suppress(psutil.Error, OSError):
+                    if proc.status() == psutil.STATUS_STOPPED:
+                        log.warning(
+                            "%s %d was stopped (a child of the daemon's user can do that); "
+                            "continuing it",
+                            "fork server" if proc is server else "spare",
+                            proc.pid,
+                        )
+                        proc.send_signal(signal.SIGCONT)
         self.stopped_check = self.loop.call_later(STOPPED_CHECK_S, self._check_stopped)
 
     def _want(self, n: int, preload: bool = False) -> None:

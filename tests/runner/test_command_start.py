@@ -172,6 +172,34 @@ async def test_a_file_execvp_would_hand_to_sh_keeps_the_exec_error(
     assert outcome.error == f"Worker failed to start: exec {bogus}: Exec format error"
 
 
+# Sends SIGSTOP to every other waiting spare of its fork server (its parent's children).
+STOP_THE_SPARES = """
+import os, signal, sys
+sys.stdin.read()
+for pid in open(f"/proc/{os.getppid()}/task/{os.getppid()}/children").read().split():
+    if int(pid) != os.getpid() and open(f"/proc/{pid}/comm").read().strip() == "ingest-spare":
+        os.kill(int(pid), signal.SIGSTOP)
+"""
+
+
+async def test_spares_a_child_stopped_are_continued(run: RunFn) -> None:
+    """A child of the daemon's user can stop the spares waiting beside it; the job handed
+    to a stopped spare would wait for its timeout. The daemon continues them."""
+    server = ForkServer(spares=2)
+    group = grp.getgrgid(os.getgid()).gr_name  # a group switch: spares start these
+    stopper = fast_config((sys.executable, "-S", "-c", STOP_THE_SPARES), group=group)
+    quick = fast_config(child_cmd("exit_code.py", "0"), group=group, fork_server=server)
+    try:
+        first = await run(replace(stopper, fork_server=server), job_json=b"{}")
+        assert first.exit_code == 0, first.error
+        for _ in range(3):
+            outcome = await run(quick, job_json=b"{}", timeout_s=8)
+            assert outcome.ended is EndReason.EXITED and outcome.exit_code == 0, outcome
+            assert outcome.wall_s < 4, outcome
+    finally:
+        server.close()
+
+
 async def test_a_request_the_server_cannot_start_fails_alone(run: RunFn) -> None:
     """A NUL byte in the environment (an operator's INGEST_CHILD_ENV value, say) makes
     posix_spawn raise in the server, and a request can outgrow one datagram: that start

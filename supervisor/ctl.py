@@ -293,10 +293,12 @@ async def _status_sync(q: JobQueue, args: argparse.Namespace) -> int:
     lines = [
         f"store {report.store}: checked {report.checked} job(s); "
         f"{len(report.missing) + len(report.behind)} row(s) missing or behind"
+        + (f", {len(report.ahead)} ahead" if report.ahead else "")
     ]
     for label, ids in (
         ("missing", report.missing),
         ("behind", report.behind),
+        ("ahead of Redis (it lost writes)", report.ahead),
         ("another tenant's row, left alone", report.foreign),
     ):
         if ids:

@@ -12,11 +12,13 @@ start with a cursor of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.status.backend import RowVersion, StatusBackend
+from supervisor.status.outbox import row_from_fields
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,10 @@ class ReconcileReport:
     checked: int = 0
     missing: list[str] = field(default_factory=list)  # no row at all
     behind: list[str] = field(default_factory=list)  # a row older than the record
+    # A row newer than the record: Redis lost its last writes (or the record was replaced
+    # within the millisecond its run began). `seen` is each such row's key as read.
+    ahead: list[str] = field(default_factory=list)
+    seen: dict[str, tuple[float, int]] = field(default_factory=dict)
     foreign: list[str] = field(default_factory=list)  # the row belongs to another tenant
     cursor: int = 0  # where the next page starts; 0 once the scan went round
 
@@ -39,6 +45,8 @@ class ReconcileReport:
         self.checked += other.checked
         self.missing += other.missing
         self.behind += other.behind
+        self.ahead += other.ahead
+        self.seen.update(other.seen)
         self.foreign += other.foreign
         self.cursor = other.cursor
 
@@ -83,6 +91,9 @@ async def compare_page(
             report.foreign.append(job_id)
         elif (row[0], row[1]) < (run, rev) and not _trails_by_design(row, run, state, attempt):
             report.behind.append(job_id)
+        elif (row[0], row[1]) > (run, rev):
+            report.ahead.append(job_id)
+            report.seen[job_id] = (row[0], row[1])
     if report.foreign:
         log.warning(
             "status rows of %d job(s) belong to another tenant and are left as they are "
@@ -93,9 +104,41 @@ async def compare_page(
     return report
 
 
+async def replace_rows_ahead(
+    queue: JobQueue, backend: StatusBackend, report: ReconcileReport
+) -> int:
+    """Write Redis's current row over each row ahead of its record, where the stored row
+    still has the key the comparison saw (a row changed since is left to the next sweep).
+    Straight to the store: the outbox's snapshots are applied only when newer. A row that
+    was only projected between the two reads of the comparison is not ahead of Redis's
+    record now, and is dropped from `report.ahead`."""
+    written = 0
+    confirmed: list[str] = []
+    for start in range(0, len(report.ahead), 200):
+        fields = await queue.status_rows(report.ahead[start : start + 200])
+        rows = []
+        for row in (row_from_fields(f) for f in fields):
+            run, rev = report.seen[row.job_id]
+            if row.key < (run, rev):
+                confirmed.append(row.job_id)
+                rows.append(dataclasses.replace(row, replaces_seq_run=run, replaces_rev=rev))
+        if rows:
+            written += await backend.apply(rows)
+    report.ahead = confirmed
+    if report.ahead:
+        log.warning(
+            "status rows of %d job(s) were ahead of Redis (it lost its last writes); "
+            "replaced %d with Redis's, e.g. %s",
+            len(report.ahead),
+            written,
+            ", ".join(report.ahead[:5]),
+        )
+    return written
+
+
 async def sweep_page(queue: JobQueue, backend: StatusBackend, *, limit: int) -> ReconcileReport:
     """The periodic sweep: one page from the fleet's shared cursor; re-sends the stale
-    rows through the outbox."""
+    rows through the outbox and replaces rows ahead of Redis."""
     keys = queue.keys
     raw = await queue.client.hget(keys.status_reconcile, CURSOR_FIELD)
     report = await compare_page(queue, backend, int(raw or 0), limit=limit)
@@ -109,4 +152,5 @@ async def sweep_page(queue: JobQueue, backend: StatusBackend, *, limit: int) -> 
             len(report.behind),
             ", ".join(report.stale[:5]),
         )
+    await replace_rows_ahead(queue, backend, report)
     return report

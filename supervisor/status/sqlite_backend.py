@@ -77,7 +77,10 @@ on conflict (job_id) do update set
     seq_run = excluded.seq_run,
     rev = excluded.rev,
     updated_at = excluded.updated_at
-where tenant_id = excluded.tenant_id and (excluded.seq_run, excluded.rev) > (seq_run, rev)
+where tenant_id = excluded.tenant_id and case
+    when :replaces_rev is null then (excluded.seq_run, excluded.rev) > (seq_run, rev)
+    else (seq_run, rev) = (:replaces_seq_run, :replaces_rev)
+end
 """
 
 _FETCH = "select {} from ingestion_jobs where job_id = ?".format(", ".join(COLUMNS))

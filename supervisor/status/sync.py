@@ -1,6 +1,6 @@
 """A whole reconcile pass by hand (`ingestctl status-sync`): compare every job record in
-Redis with its row and write the current row of each missing or stale one straight to the
-store. It never reads the outbox, so it takes nothing from the daemons' projectors."""
+Redis with its row and write the current row of each missing, stale or ahead one straight
+to the store. It never reads the outbox, so it takes nothing from the daemons' projectors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.status.backend import NoneBackend, StatusBackend
 from supervisor.status.outbox import row_from_fields
-from supervisor.status.reconcile import ReconcileReport, compare_page
+from supervisor.status.reconcile import ReconcileReport, compare_page, replace_rows_ahead
 
 WRITE_BATCH = 200
 
@@ -21,6 +21,7 @@ class SyncReport:
     checked: int
     missing: list[str]
     behind: list[str]
+    ahead: list[str]  # rows newer than Redis's record (it lost writes): replaced
     foreign: list[str]
     written: int  # rows the store changed
 
@@ -36,12 +37,13 @@ async def status_sync(queue: JobQueue, backend: StatusBackend, *, page: int = 10
     cursor = 0
     while True:
         part = await compare_page(queue, backend, cursor, limit=page)
-        total.merge(part)
         stale = part.stale
         for start in range(0, len(stale), WRITE_BATCH):
             fields = await queue.status_rows(stale[start : start + WRITE_BATCH])
             rows = [row_from_fields(f) for f in fields]
             written += await backend.apply(rows)
+        written += await replace_rows_ahead(queue, backend, part)  # keeps the real ones
+        total.merge(part)
         cursor = part.cursor
         if cursor == 0:
             break
@@ -50,6 +52,7 @@ async def status_sync(queue: JobQueue, backend: StatusBackend, *, page: int = 10
         checked=total.checked,
         missing=total.missing,
         behind=total.behind,
+        ahead=total.ahead,
         foreign=total.foreign,
         written=written,
     )

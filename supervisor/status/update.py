@@ -45,6 +45,10 @@ class StatusUpdate:
     finished_at: float | None = None
     duration_ms: int | None = None
     peak_rss_bytes: int | None = None
+    # Set by the reconciler alone, for a row ahead of a Redis that lost its last writes:
+    # write this row if the stored one is still at this key, whatever the order.
+    replaces_seq_run: float | None = None
+    replaces_rev: int | None = None
 
     def __post_init__(self) -> None:
         if self.status not in VALID_STATUSES:

@@ -15,7 +15,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = REPO_ROOT / "supabase" / "migrations"
 STATUS_MIGRATION = MIGRATIONS / "20261123000000_ingestion_jobs.sql"
 # Every migration of the status table, in the order the Supabase CLI applies them.
-STATUS_MIGRATIONS = (STATUS_MIGRATION, MIGRATIONS / "20261201000100_status_snapshots.sql")
+STATUS_MIGRATIONS = (
+    STATUS_MIGRATION,
+    MIGRATIONS / "20261201000100_status_snapshots.sql",
+    MIGRATIONS / "20261201000500_status_replace_rows_ahead.sql",
+)
 
 # Roles are cluster-wide and other tests create them concurrently: tolerate the race.
 _ROLES = """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from supervisor.queue.jobqueue import Backoff, JobQueue, Retention
@@ -292,6 +293,43 @@ async def test_a_retried_job_whose_row_still_shows_its_first_attempt_is_repaired
     finally:
         await backend.aclose()
         await client.aclose()
+
+
+@pytest.mark.parametrize("repair", ["sweep", "status-sync"])
+async def test_a_row_ahead_of_a_redis_that_lost_its_last_writes_is_brought_back_to_it(
+    store: Store, queue: JobQueue, repair: str
+) -> None:
+    """Redis came back without its last writes (appendfsync everysec, an asynchronous
+    failover) after the rows had them: its revisions restart below the row's, and every
+    later change of the job was refused as older. The reconciler finds such a row ahead of
+    its record and writes Redis's row over it, if the row is still the one it saw."""
+    backend = store.backend()
+    try:
+        await queue.enqueue(payload("rolled"))
+        claim = await queue.claim("w", lease_s=30, timeout_s=5)
+        assert claim is not None
+        saved = await queue.client.hget(queue.keys.jobs, "rolled")  # what Redis will keep
+        for pct in (20, 40, 60):
+            await queue.progress("rolled", claim.token, pct, f"at {pct}")
+        p = projector(queue, backend, "p")
+        await p.drain(10.0)
+        await queue.client.hset(queue.keys.jobs, "rolled", saved)  # the lost writes
+        assert await queue.complete("rolled", claim.token, {"n": 1}, message="done")
+        await p.drain(10.0)
+        row = await backend.fetch("rolled")
+        assert row is not None and row["status"] == "processing"  # refused as older
+        if repair == "sweep":
+            report = await sweep_page(queue, backend, limit=100)
+            assert report.ahead == ["rolled"], report
+        else:
+            synced = await status_sync(queue, backend)
+            assert synced.ahead == ["rolled"] and synced.written == 1, synced
+        row = await backend.fetch("rolled")
+        assert row is not None and row["status"] == "completed" and row["result"] == {"n": 1}
+        again = await sweep_page(queue, backend, limit=100)
+        assert (again.ahead, again.behind, again.missing) == ([], [], [])
+    finally:
+        await backend.aclose()
 
 
 async def test_a_stopping_projector_leaves_what_it_cannot_write_for_the_others(

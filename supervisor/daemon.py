@@ -257,25 +257,14 @@ class Daemon:
         }
 
     async def _heartbeat(self) -> None:
-        """Beat, and look at which Redis server answers: a new one may have lost the last
-        writes (a claim, a renewal), so every running job checks its lease at once."""
-        server: str | None = None
+        """Beat, and look at which Redis server answers (see LeaseChecks.saw_server)."""
         while True:
             try:
                 async with asyncio.timeout(5):
                     await self.registry.beat(
                         self.ctx.worker_id, self.heartbeat_info(), self.heartbeat_ttl_s
                     )
-                    now = await self.queue.server_id()
-                if server is not None and now != server:
-                    log.warning(
-                        "Redis answers from a new server (restarted or failed over: run id "
-                        "%s, was %s); every running job checks its lease now",
-                        now[:12],
-                        server[:12],
-                    )
-                    self.ctx.lease_checks.request()
-                server = now
+                    self.ctx.lease_checks.saw_server(await self.queue.server_id())
             except TRANSIENT as exc:
                 log.debug("heartbeat skipped: %s", exc)
             await asyncio.sleep(self.heartbeat_ttl_s / 3)

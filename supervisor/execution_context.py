@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,8 @@ from supervisor.queue.jobqueue import JobQueue
 from supervisor.queue.payload import SecretKeys
 from supervisor.runner import RunnerConfig
 from supervisor.sinks import SinkFanout
+
+log = logging.getLogger(__name__)
 
 # The fork server dying under a job costs it no attempt this many times (in one daemon);
 # after that each death counts as a failed attempt. A child can kill the server (its
@@ -43,10 +46,24 @@ class LeaseChecks:
 
     def __init__(self) -> None:
         self._now = asyncio.Event()
+        self._server = ""  # the Redis server's run id last seen
 
     def request(self) -> None:
         event, self._now = self._now, asyncio.Event()
         event.set()
+
+    def saw_server(self, run_id: str) -> None:
+        """The queue's Redis server answered with this run id (empty: unknown); a new one
+        after a known one requests a check of every lease."""
+        if self._server and run_id and run_id != self._server:
+            log.warning(
+                "Redis answers from a new server (restarted or failed over: run id %s, was "
+                "%s); every running job checks its lease now",
+                run_id[:12],
+                self._server[:12],
+            )
+            self.request()
+        self._server = run_id or self._server
 
     async def wait(self, done: asyncio.Event, seconds: float) -> None:
         """Up to `seconds`; less once a check is requested or `done` is set."""

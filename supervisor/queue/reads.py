@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
 
 from supervisor.queue.connection import AnyRedis
 from supervisor.queue.keys import QueueKeys
@@ -41,16 +42,20 @@ class QueueReads:
 
     async def server_id(self) -> str:
         """The run id of the Redis server that holds this queue's keys: a new one after
-        every restart or failover, when the last writes before it may have been lost."""
+        every restart or failover, when the last writes before it may have been lost.
+        Empty where the server does not tell (a Redis-compatible store without it)."""
         client = self.client
-        if isinstance(client, RedisCluster):
-            node = client.get_node_from_key(self.keys.jobs)
-            info = await client.info("server", target_nodes=node)
-        else:
-            info = await client.info("server")
+        try:
+            if isinstance(client, RedisCluster):
+                node = client.get_node_from_key(self.keys.jobs)
+                info = await client.info("server", target_nodes=node)
+            else:
+                info = await client.info("server")
+        except ResponseError:  # INFO renamed away or refused
+            return ""
         if "run_id" not in info and len(info) == 1:  # one node's answer, keyed by the node
             info = next(iter(info.values()))
-        return str(info["run_id"])
+        return str(info.get("run_id", "")) if isinstance(info, dict) else ""
 
     async def counts(self) -> dict[str, int]:
         sets = self.keys.all_state_sets()

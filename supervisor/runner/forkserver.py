@@ -38,8 +38,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from supervisor.runner.containment import ORPHANS
 from supervisor.runner.env import inherited_env
 from supervisor.runner.forkserver_main import recv_fds
@@ -56,6 +54,7 @@ from supervisor.runner.spawn import (
     through_prlimit,
     with_child_pipes,
 )
+from supervisor.runner.stopped import continue_if_stopped
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +64,7 @@ _MAX_MESSAGE = 64 * 1024
 # buffer (about 200 KiB by default).
 MAX_REQUEST_BYTES = 128 * 1024
 _NOTICE_BATCH = 256
-# How often the daemon looks whether its server was stopped (SIGSTOP, SIGTSTP): a child
-# of the daemon's user can stop its parent, which then answers nothing and reaps nothing.
+# How often the daemon looks whether its server or a spare was stopped (see stopped.py).
 STOPPED_CHECK_S = 1.0
 
 
@@ -149,20 +147,7 @@ class _Server:
             self.stopped_check.cancel()
         if not self.alive or self.loop is None or self.loop.is_closed():
             return
-        with contextlib.suppress(psutil.Error, OSError):
-            server = psutil.Process(self.proc.pid)
-            for proc in (server, *server.children()):
-                if proc is not server and proc.name() != "ingest-spare":
-                    continue
-                with contextlib.suppress(psutil.Error, OSError):
-                    if proc.status() == psutil.STATUS_STOPPED:
-                        log.warning(
-                            "%s %d was stopped (a child of the daemon's user can do that); "
-                            "continuing it",
-                            "fork server" if proc is server else "spare",
-                            proc.pid,
-                        )
-                        proc.send_signal(signal.SIGCONT)
+        continue_if_stopped(self.proc.pid)
         self.stopped_check = self.loop.call_later(STOPPED_CHECK_S, self._check_stopped)
 
     def _want(self, n: int, preload: bool = False) -> None:

@@ -210,6 +210,13 @@ def _encodes(value: Any) -> bool:
     return True
 
 
+def _replace_surrogates(value: Any) -> Any:
+    try:
+        return replace_surrogates(value, max_depth=sys.maxsize)
+    except RecursionError:  # nested deeper than Python recurses: deep parts become a marker
+        return replace_surrogates(value)
+
+
 def parse_result(rest: bytes) -> Result:
     """A RESULT line's JSON value, in UTF-8 (undecodable bytes become U+FFFD, as in every
     other text a child sends). NaN, Infinity and numbers beyond a float's range are
@@ -219,7 +226,7 @@ def parse_result(rest: bytes) -> Result:
     try:
         value = json.loads(text, parse_constant=_not_json, parse_float=_finite)
         if _SURROGATE_ESCAPE.search(text) and not _encodes(value):
-            value = replace_surrogates(value, max_depth=sys.maxsize)
+            value = _replace_surrogates(value)
     except (ValueError, RecursionError) as exc:
         return Result(None, f"RESULT is not valid JSON: {str(exc)[:200]}")
     return Result(value, None)

@@ -91,7 +91,9 @@ async def compare_page(
             report.foreign.append(job_id)
         elif (row[0], row[1]) < (run, rev) and not _trails_by_design(row, run, state, attempt):
             report.behind.append(job_id)
-        elif (row[0], row[1]) > (run, rev):
+        elif row[0] == run and row[1] > rev:
+            # Lost writes keep the run and restart its revisions. A row of a later run is
+            # left: it may come from another queue that shares the table.
             report.ahead.append(job_id)
             report.seen[job_id] = (row[0], row[1])
     if report.foreign:
@@ -119,7 +121,7 @@ async def replace_rows_ahead(
         rows = []
         for row in (row_from_fields(f) for f in fields):
             run, rev = report.seen[row.job_id]
-            if row.key < (run, rev):
+            if row.seq_run == run and row.rev < rev:
                 confirmed.append(row.job_id)
                 rows.append(dataclasses.replace(row, replaces_seq_run=run, replaces_rev=rev))
         if rows:
@@ -128,9 +130,10 @@ async def replace_rows_ahead(
     if report.ahead:
         log.warning(
             "status rows of %d job(s) were ahead of Redis (it lost its last writes); "
-            "replaced %d with Redis's, e.g. %s",
+            "replaced %d with Redis's%s, e.g. %s",
             len(report.ahead),
             written,
+            "" if written else " (none: is migration 20261201000500 applied?)",
             ", ".join(report.ahead[:5]),
         )
     return written

@@ -6,6 +6,7 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -226,6 +227,33 @@ def test_a_job_redis_forgot_in_a_restart_is_stopped_at_the_next_heartbeat(
         redis_server.restart()
         wait_until(lambda: not psutil.pid_exists(pid), 10, "the forgotten job's child stopped")
         assert "lease lost" in d.log()
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit(30) == 0
+    finally:
+        redis_server.close()
+
+
+def test_a_redis_user_without_info_keeps_its_heartbeat(start_daemon, tmp_path: Path) -> None:
+    """INFO (the Redis server's run id) is in ACL category @dangerous: a Redis user without
+    it must not stop the heartbeat, which only loses the new-server check."""
+    redis_server = PrivateRedis(tmp_path / "redis", persistent=False)
+    redis_server.start()
+    try:
+        acl = ["ACL", "SETUSER", "default", "reset", "on", "nopass", "~*", "&*", "+@all"]
+        subprocess.run(
+            ["redis-cli", "-p", str(redis_server.port), *acl, "-@dangerous"],
+            check=True,
+            capture_output=True,
+        )
+        d = start_daemon(redis_url=redis_server.url, INGEST_HEARTBEAT_TTL="0.6")
+        queue = SyncQueue(d.queue, redis_server.url)
+        wait_until(lambda: bool(queue.live_workers()), 20, "a first heartbeat")
+        first = queue.live_workers()[0]["beat_at"]
+        wait_until(
+            lambda: any(w["beat_at"] > first + 0.5 for w in queue.live_workers()),
+            10,
+            "heartbeats after the first",
+        )
         d.signal(signal.SIGTERM)
         assert d.wait_exit(30) == 0
     finally:

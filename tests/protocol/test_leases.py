@@ -67,9 +67,11 @@ async def test_a_claim_sent_again_with_its_token_takes_no_second_job(q: JobQueue
     and count a stall against it."""
     await q.enqueue_many([job("first"), job("second")])
     taken = await q.try_claim("w", 30, token="lost-reply")
-    again = await q.try_claim("w", 30, token="lost-reply")
+    again = await q.try_claim("w", 60, token="lost-reply")  # leased anew, from now
     assert isinstance(taken, Claim) and isinstance(again, Claim)
     assert (again.job.job_id, again.token, again.job.attempt) == ("first", "lost-reply", 1)
+    assert taken.job.lease_until is not None and again.job.lease_until is not None
+    assert again.job.lease_until >= taken.job.lease_until + 29
     assert again.payload == taken.payload
     assert (await q.counts())["waiting"] == 1
     assert await q.complete("first", "lost-reply", None)

@@ -149,6 +149,13 @@ def test_a_result_not_in_utf8_never_yields_text_utf8_cannot_hold() -> None:
     json.dumps(got.value, ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
 
 
+def test_a_result_too_deep_to_walk_with_a_lone_surrogate_is_still_taken() -> None:
+    deep = b'{"t": "\\ud83d", "n": ' + b"[" * 900 + b"]" * 900 + b"}"
+    got = parse_line(ProtocolLine(b"RESULT: " + deep))
+    assert isinstance(got, Result) and got.error is None, got
+    json.dumps(got.value, ensure_ascii=False).encode("utf-8")
+
+
 def test_lone_surrogates_in_a_result_become_replacement_characters() -> None:
     line = b'RESULT: {"title": "\\ud83d broken", "\\udc80key": ["ok \\ud83d\\ude00"]}'
     got = parse_line(ProtocolLine(line))

@@ -332,6 +332,33 @@ async def test_a_row_ahead_of_a_redis_that_lost_its_last_writes_is_brought_back_
         await backend.aclose()
 
 
+async def test_a_row_of_a_later_run_in_another_queue_is_not_taken_for_ahead(
+    store: Store, queue: JobQueue, queue_name: str
+) -> None:
+    """Queues may share one table, and a job id can run in one after the other. The row of
+    the later run is not this queue's lost writes: it is left alone."""
+    backend = store.backend()
+    other = JobQueue(queue.client, f"{queue_name}-b")
+    try:
+        await queue.enqueue(payload("shared"))
+        await p_drain(queue, backend)
+        await other.enqueue(payload("shared"))
+        await p_drain(other, backend)
+        report = await sweep_page(queue, backend, limit=100)
+        assert report.ahead == [] and report.behind == [], report
+        row = await backend.fetch("shared")
+        assert row is not None and row["seq_run"] == (await other.get("shared")).enqueued_at
+    finally:
+        keys = [k async for k in queue.client.scan_iter(match=other.keys.pattern)]
+        if keys:
+            await queue.client.delete(*keys)
+        await backend.aclose()
+
+
+async def p_drain(q: JobQueue, backend: StatusBackend) -> None:
+    assert await projector(q, backend, f"p-{q.queue}").drain(10.0)
+
+
 async def test_a_stopping_projector_leaves_what_it_cannot_write_for_the_others(
     store: Store, queue: JobQueue
 ) -> None:

@@ -7,16 +7,20 @@
 -- ARGV[7] max attempts for jobs that named none (the claiming daemon's setting)
 -- Returns {id, payload JSON, record JSON} or {'', ms until the next delayed job is due | -1}.
 -- A claim sent again with a token that already took a job (its reply was lost) returns that
--- job while this token still holds it, else {'', 0}; it never takes a second one.
+-- job, leased anew from now, while this token still holds it, else {'', 0}; it never takes
+-- a second one.
+local now = now_ms()
 local taken = redis.call('GET', KEYS[11])
 if taken then
   local rec = load(KEYS[1], taken)
   if rec and rec.state == 'active' and rec.token == ARGV[2] then
+    rec.lease_until = now + tonumber(ARGV[3])
+    redis.call('ZADD', KEYS[5], fmt(rec.lease_until), taken)
+    save(KEYS[1], rec)
     return {taken, redis.call('HGET', KEYS[2], taken) or '{}', cjson.encode(rec)}
   end
   return {'', 0}
 end
-local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', fmt(now), 'LIMIT', 0, tonumber(ARGV[5]))
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[4], id)

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from supervisor import __version__
 from supervisor.aio import first_of, join_bounded
 from supervisor.execution import JobExecution
@@ -267,6 +269,8 @@ class Daemon:
                     self.ctx.lease_checks.saw_server(await self.queue.server_id())
             except TRANSIENT as exc:
                 log.debug("heartbeat skipped: %s", exc)
+            except RedisError as exc:  # OOM, MISCONF, READONLY: never the heartbeat's end
+                log.warning("heartbeat refused by Redis: %s", exc)
             await asyncio.sleep(self.heartbeat_ttl_s / 3)
 
     async def _cancel_listener(self) -> None:

@@ -13,16 +13,20 @@ import logging
 import os
 import signal
 
+import psutil
+
 log = logging.getLogger(__name__)
 
 
 def continue_if_stopped(server: int) -> None:
     """SIGCONT to the fork server `server` and to each of its spares that is stopped."""
+    children: list[int] = []
     try:  # the server is single-threaded: its children are all listed here
         with open(f"/proc/{server}/task/{server}/children", "rb") as fh:
             children = [int(pid) for pid in fh.read().split()]
-    except OSError:
-        children = []
+    except OSError:  # a kernel without that file: psutil reads every process instead
+        with contextlib.suppress(psutil.Error):
+            children = [proc.pid for proc in psutil.Process(server).children()]
     for pid in (server, *children):
         with contextlib.suppress(OSError):
             name, stopped = _name_and_stopped(pid)

@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass, field
 
 from supervisor.queue.jobqueue import JobQueue
+from supervisor.queue.states import JobState, table_status
 from supervisor.status.backend import RowVersion, StatusBackend
 from supervisor.status.outbox import row_from_fields
 
@@ -30,10 +31,11 @@ class ReconcileReport:
     checked: int = 0
     missing: list[str] = field(default_factory=list)  # no row at all
     behind: list[str] = field(default_factory=list)  # a row older than the record
-    # A row newer than the record: Redis lost its last writes (or the record was replaced
-    # within the millisecond its run began). `seen` is each such row's key as read.
+    # A row newer than the record in its run, or as new with another status: Redis lost its
+    # last writes (and may have reached the same revision again since). `seen` is each
+    # such row's key and status as read.
     ahead: list[str] = field(default_factory=list)
-    seen: dict[str, tuple[float, int]] = field(default_factory=dict)
+    seen: dict[str, tuple[float, int, str]] = field(default_factory=dict)
     foreign: list[str] = field(default_factory=list)  # the row belongs to another tenant
     cursor: int = 0  # where the next page starts; 0 once the scan went round
 
@@ -66,6 +68,15 @@ def _trails_by_design(row: RowVersion, run: float, state: str, attempt: int) -> 
     return state == "active" and row[3] == "processing" and (row[0], row[4]) == (run, attempt)
 
 
+def _shown(state: str) -> str | None:
+    """The status a row shows for a record in `state` (None for a state this version
+    does not know)."""
+    try:
+        return table_status(JobState(state))
+    except ValueError:
+        return None
+
+
 async def compare_page(
     queue: JobQueue, backend: StatusBackend, cursor: int, *, limit: int
 ) -> ReconcileReport:
@@ -91,11 +102,13 @@ async def compare_page(
             report.foreign.append(job_id)
         elif (row[0], row[1]) < (run, rev) and not _trails_by_design(row, run, state, attempt):
             report.behind.append(job_id)
-        elif row[0] == run and row[1] > rev:
-            # Lost writes keep the run and restart its revisions. A row of a later run is
-            # left: it may come from another queue that shares the table.
+        elif row[0] == run and (
+            row[1] > rev or (row[1] == rev and _shown(state) not in (None, row[3]))
+        ):
+            # Lost writes restart the run's revisions. A row of a later run is left: it may
+            # come from another queue that shares the table.
             report.ahead.append(job_id)
-            report.seen[job_id] = (row[0], row[1])
+            report.seen[job_id] = (row[0], row[1], row[3])
     if report.foreign:
         log.warning(
             "status rows of %d job(s) belong to another tenant and are left as they are "
@@ -120,8 +133,8 @@ async def replace_rows_ahead(
         fields = await queue.status_rows(report.ahead[start : start + 200])
         rows = []
         for row in (row_from_fields(f) for f in fields):
-            run, rev = report.seen[row.job_id]
-            if row.seq_run == run and row.rev < rev:
+            run, rev, status = report.seen[row.job_id]
+            if row.seq_run == run and (row.rev, row.status) != (rev, status) and row.rev <= rev:
                 confirmed.append(row.job_id)
                 rows.append(dataclasses.replace(row, replaces_seq_run=run, replaces_rev=rev))
         if rows:

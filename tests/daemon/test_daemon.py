@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -253,6 +254,34 @@ def test_a_redis_user_without_info_keeps_its_heartbeat(start_daemon, tmp_path: P
             lambda: any(w["beat_at"] > first + 0.5 for w in queue.live_workers()),
             10,
             "heartbeats after the first",
+        )
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit(30) == 0
+    finally:
+        redis_server.close()
+
+
+def test_a_redis_out_of_memory_for_a_while_does_not_end_the_heartbeat(
+    start_daemon, tmp_path: Path
+) -> None:
+    """A heartbeat refused (out of memory under noeviction, MISCONF, READONLY) is skipped,
+    not the end of the heartbeat: the daemon is back in the registry once Redis is."""
+    redis_server = PrivateRedis(tmp_path / "redis", persistent=False)
+    redis_server.start()
+    cli = ["redis-cli", "-p", str(redis_server.port), "CONFIG", "SET"]
+    try:
+        d = start_daemon(redis_url=redis_server.url, INGEST_HEARTBEAT_TTL="0.6")
+        queue = SyncQueue(d.queue, redis_server.url)
+        wait_until(lambda: bool(queue.live_workers()), 20, "a first heartbeat")
+        subprocess.run([*cli, "maxmemory-policy", "noeviction"], check=True, capture_output=True)
+        subprocess.run([*cli, "maxmemory", "1"], check=True, capture_output=True)
+        wait_until(lambda: "heartbeat refused" in d.log(), 10, "a refused heartbeat")
+        subprocess.run([*cli, "maxmemory", "0"], check=True, capture_output=True)
+        restored = time.time()
+        wait_until(
+            lambda: any(w["beat_at"] > restored for w in queue.live_workers()),
+            10,
+            "a heartbeat after Redis has memory again",
         )
         d.signal(signal.SIGTERM)
         assert d.wait_exit(30) == 0

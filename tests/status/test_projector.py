@@ -332,6 +332,37 @@ async def test_a_row_ahead_of_a_redis_that_lost_its_last_writes_is_brought_back_
         await backend.aclose()
 
 
+async def test_a_row_redis_reached_again_with_other_content_is_brought_back_to_it(
+    store: Store, queue: JobQueue
+) -> None:
+    """After the lost writes Redis climbed back to the row's very revision with another
+    state: neither key is newer, so only the status tells them apart."""
+    backend = store.backend()
+    try:
+        await queue.enqueue(payload("same-rev"))
+        claim = await queue.claim("w", lease_s=30, timeout_s=5)
+        assert claim is not None
+        saved = await queue.client.hget(queue.keys.jobs, "same-rev")
+        for pct in (20, 40, 60):
+            await queue.progress("same-rev", claim.token, pct, f"at {pct}")
+        p = projector(queue, backend, "p")
+        await p.drain(10.0)
+        seen = await backend.fetch_versions(["same-rev"])
+        await queue.client.hset(queue.keys.jobs, "same-rev", saved)  # the lost writes
+        for pct in (20, 40):
+            await queue.progress("same-rev", claim.token, pct, f"again {pct}")
+        assert await queue.complete("same-rev", claim.token, {"n": 2}, message="done")
+        record = await queue.get("same-rev")
+        assert record is not None and record.rev == seen["same-rev"][1]  # the same key
+        await p.drain(10.0)
+        report = await sweep_page(queue, backend, limit=100)
+        assert report.ahead == ["same-rev"], report
+        row = await backend.fetch("same-rev")
+        assert row is not None and row["status"] == "completed" and row["result"] == {"n": 2}
+    finally:
+        await backend.aclose()
+
+
 async def test_a_row_of_a_later_run_in_another_queue_is_not_taken_for_ahead(
     store: Store, queue: JobQueue, queue_name: str
 ) -> None:

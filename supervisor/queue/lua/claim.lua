@@ -16,7 +16,7 @@ if taken then
   if rec and rec.state == 'active' and rec.token == ARGV[2] then
     rec.lease_until = now + tonumber(ARGV[3])
     redis.call('ZADD', KEYS[5], fmt(rec.lease_until), taken)
-    save(KEYS[1], rec)
+    redis.call('HSET', KEYS[1], taken, cjson.encode(rec))  -- as renew: no new revision
     return {taken, redis.call('HGET', KEYS[2], taken) or '{}', cjson.encode(rec)}
   end
   return {'', 0}

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -20,6 +21,16 @@ from supervisor.execution import FIRST_PROGRESS_AFTER_S
 from supervisor.queue.states import JobState
 from tests.daemon.conftest import SyncQueue, job, read_runs, wait_until
 from tests.redis_server import PrivateRedis
+
+
+@pytest.fixture
+def volatile_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A private Redis that keeps nothing across a restart (ask for it before
+    start_daemon: fixtures end in reverse order, the daemons first)."""
+    server = PrivateRedis(tmp_path / "volatile-redis", persistent=False)
+    server.start()
+    yield server
+    server.close()
 
 
 def _states(q: SyncQueue, ids: list[str]) -> dict[str, str]:
@@ -209,84 +220,74 @@ def test_redis_restart_while_jobs_run_loses_nothing(start_daemon, private_redis,
 
 
 def test_a_job_redis_forgot_in_a_restart_is_stopped_at_the_next_heartbeat(
-    start_daemon, tmp_path: Path, run_log: Path
+    volatile_redis: PrivateRedis, start_daemon, run_log: Path
 ) -> None:
     """Redis came back without its last writes (no persistence here; `appendfsync
     everysec` or an asynchronous failover in production): the lease of a running job may
     be gone and the job claimed again elsewhere. The daemon notices the new Redis server
     at its next heartbeat and checks every lease then, not a third of a lease later."""
-    redis_server = PrivateRedis(tmp_path / "redis", persistent=False)
-    redis_server.start()
-    try:
-        d = start_daemon(
-            redis_url=redis_server.url, INGEST_LEASE_SECONDS="90", INGEST_HEARTBEAT_TTL="3"
-        )
-        queue = SyncQueue(d.queue, redis_server.url)
-        queue.enqueue(job("forgotten", linger=60))  # quiet after its first lines
-        wait_until(lambda: queue.get("forgotten").progress == 100, 20, "its last progress")
-        pid = read_runs(run_log)[0]["pid"]
-        redis_server.restart()
-        wait_until(lambda: not psutil.pid_exists(pid), 10, "the forgotten job's child stopped")
-        assert "lease lost" in d.log()
-        d.signal(signal.SIGTERM)
-        assert d.wait_exit(30) == 0
-    finally:
-        redis_server.close()
+    redis_server = volatile_redis
+    d = start_daemon(
+        redis_url=redis_server.url, INGEST_LEASE_SECONDS="90", INGEST_HEARTBEAT_TTL="3"
+    )
+    queue = SyncQueue(d.queue, redis_server.url)
+    queue.enqueue(job("forgotten", linger=60))  # quiet after its first lines
+    wait_until(lambda: queue.get("forgotten").progress == 100, 20, "its last progress")
+    pid = read_runs(run_log)[0]["pid"]
+    redis_server.restart()
+    wait_until(lambda: not psutil.pid_exists(pid), 10, "the forgotten job's child stopped")
+    assert "lease lost" in d.log()
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(30) == 0
 
 
-def test_a_redis_user_without_info_keeps_its_heartbeat(start_daemon, tmp_path: Path) -> None:
+def test_a_redis_user_without_info_keeps_its_heartbeat(
+    volatile_redis: PrivateRedis, start_daemon
+) -> None:
     """INFO (the Redis server's run id) is in ACL category @dangerous: a Redis user without
     it must not stop the heartbeat, which only loses the new-server check."""
-    redis_server = PrivateRedis(tmp_path / "redis", persistent=False)
-    redis_server.start()
-    try:
-        acl = ["ACL", "SETUSER", "default", "reset", "on", "nopass", "~*", "&*", "+@all"]
-        subprocess.run(
-            ["redis-cli", "-p", str(redis_server.port), *acl, "-@dangerous"],
-            check=True,
-            capture_output=True,
-        )
-        d = start_daemon(redis_url=redis_server.url, INGEST_HEARTBEAT_TTL="0.6")
-        queue = SyncQueue(d.queue, redis_server.url)
-        wait_until(lambda: bool(queue.live_workers()), 20, "a first heartbeat")
-        first = queue.live_workers()[0]["beat_at"]
-        wait_until(
-            lambda: any(w["beat_at"] > first + 0.5 for w in queue.live_workers()),
-            10,
-            "heartbeats after the first",
-        )
-        d.signal(signal.SIGTERM)
-        assert d.wait_exit(30) == 0
-    finally:
-        redis_server.close()
+    redis_server = volatile_redis
+    acl = ["ACL", "SETUSER", "default", "reset", "on", "nopass", "~*", "&*", "+@all"]
+    subprocess.run(
+        ["redis-cli", "-p", str(redis_server.port), *acl, "-@dangerous"],
+        check=True,
+        capture_output=True,
+    )
+    d = start_daemon(redis_url=redis_server.url, INGEST_HEARTBEAT_TTL="0.6")
+    queue = SyncQueue(d.queue, redis_server.url)
+    wait_until(lambda: bool(queue.live_workers()), 20, "a first heartbeat")
+    first = queue.live_workers()[0]["beat_at"]
+    wait_until(
+        lambda: any(w["beat_at"] > first + 0.5 for w in queue.live_workers()),
+        10,
+        "heartbeats after the first",
+    )
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(30) == 0
 
 
 def test_a_redis_out_of_memory_for_a_while_does_not_end_the_heartbeat(
-    start_daemon, tmp_path: Path
+    volatile_redis: PrivateRedis, start_daemon
 ) -> None:
     """A heartbeat refused (out of memory under noeviction, MISCONF, READONLY) is skipped,
     not the end of the heartbeat: the daemon is back in the registry once Redis is."""
-    redis_server = PrivateRedis(tmp_path / "redis", persistent=False)
-    redis_server.start()
+    redis_server = volatile_redis
     cli = ["redis-cli", "-p", str(redis_server.port), "CONFIG", "SET"]
-    try:
-        d = start_daemon(redis_url=redis_server.url, INGEST_HEARTBEAT_TTL="0.6")
-        queue = SyncQueue(d.queue, redis_server.url)
-        wait_until(lambda: bool(queue.live_workers()), 20, "a first heartbeat")
-        subprocess.run([*cli, "maxmemory-policy", "noeviction"], check=True, capture_output=True)
-        subprocess.run([*cli, "maxmemory", "1"], check=True, capture_output=True)
-        wait_until(lambda: "heartbeat refused" in d.log(), 10, "a refused heartbeat")
-        subprocess.run([*cli, "maxmemory", "0"], check=True, capture_output=True)
-        restored = time.time()
-        wait_until(
-            lambda: any(w["beat_at"] > restored for w in queue.live_workers()),
-            10,
-            "a heartbeat after Redis has memory again",
-        )
-        d.signal(signal.SIGTERM)
-        assert d.wait_exit(30) == 0
-    finally:
-        redis_server.close()
+    d = start_daemon(redis_url=redis_server.url, INGEST_HEARTBEAT_TTL="0.6")
+    queue = SyncQueue(d.queue, redis_server.url)
+    wait_until(lambda: bool(queue.live_workers()), 20, "a first heartbeat")
+    subprocess.run([*cli, "maxmemory-policy", "noeviction"], check=True, capture_output=True)
+    subprocess.run([*cli, "maxmemory", "1"], check=True, capture_output=True)
+    wait_until(lambda: "heartbeat refused" in d.log(), 10, "a refused heartbeat")
+    subprocess.run([*cli, "maxmemory", "0"], check=True, capture_output=True)
+    restored = time.time()
+    wait_until(
+        lambda: any(w["beat_at"] > restored for w in queue.live_workers()),
+        10,
+        "a heartbeat after Redis has memory again",
+    )
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(30) == 0
 
 
 def test_failed_attempt_keeps_its_last_progress(start_daemon, q) -> None:

@@ -390,9 +390,11 @@ class ForkServer:
 
             try:
                 _, (stdin_w, stdout_r, stderr_r) = with_child_pipes(_sender(sock, message))
-            except OSError:
+            except BaseException as exc:
                 sock.close()
-                continue
+                if isinstance(exc, OSError):
+                    continue  # the spare died meanwhile: the next one
+                raise
             exited = asyncio.get_running_loop().create_future()
             server.children[pid] = exited
             return SpawnedChild(pid, stdin_w, stdout_r, stderr_r, exited=exited, start_report=sock)

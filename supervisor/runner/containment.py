@@ -237,7 +237,7 @@ class OrphanSweeper:
         charged = 0  # killed orphans of the ending run
         killed = 0
         seen: set[tuple[int, int]] = set()
-        children = _direct_children()
+        children = direct_children()
         for pid in children - self.owned:
             try:
                 proc = psutil.Process(pid)
@@ -306,10 +306,14 @@ def _children_file() -> str | None:
     return _children_path[pid]
 
 
-def _direct_children() -> set[int]:
-    path = _children_file()
-    if path is None:
-        return {p.pid for p in psutil.Process().children()}  # reads every process: ms
+def direct_children(pid: int | None = None) -> set[int]:
+    """The children of process `pid` (this one when None) as its main thread lists them
+    (all of them, for a single-threaded process or a subreaper's orphans); on kernels
+    without that list, psutil's scan of every process (milliseconds)."""
+    own = _children_file()
+    if own is None:
+        return {p.pid for p in psutil.Process(pid).children()}
+    path = own if pid is None else f"/proc/{pid}/task/{pid}/children"
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunks = []
@@ -329,12 +333,19 @@ def _run_of(proc: psutil.Process) -> tuple[str, str] | None:
     return (job, attempt) if job is not None and attempt is not None else None
 
 
+def proc_stat(pid: int) -> tuple[str, list[bytes]]:
+    """A process's name (comm) and the fields of /proc/PID/stat after it (from the state,
+    field 3, on); one read."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        stat = fh.read()
+    end = stat.rindex(b")")  # a name may hold ')' and spaces itself
+    return stat[stat.index(b"(") + 1 : end].decode(errors="replace"), stat[end + 2 :].split()
+
+
 def _start_ticks(pid: int) -> int:
     """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat):
     with the pid, its identity, unmoved by wall-clock steps (psutil's create_time is)."""
-    with open(f"/proc/{pid}/stat", "rb") as fh:
-        stat = fh.read()
-    return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    return int(proc_stat(pid)[1][19])
 
 
 ORPHANS = OrphanSweeper()

@@ -15,34 +15,23 @@ import signal
 
 import psutil
 
+from supervisor.runner.containment import direct_children, proc_stat
+
 log = logging.getLogger(__name__)
 
 
 def continue_if_stopped(server: int) -> None:
     """SIGCONT to the fork server `server` and to each of its spares that is stopped."""
-    children: list[int] = []
-    try:  # the server is single-threaded: its children are all listed here
-        with open(f"/proc/{server}/task/{server}/children", "rb") as fh:
-            children = [int(pid) for pid in fh.read().split()]
-    except OSError:  # a kernel without that file: psutil reads every process instead
-        with contextlib.suppress(psutil.Error):
-            children = [proc.pid for proc in psutil.Process(server).children()]
+    children: set[int] = set()
+    with contextlib.suppress(OSError, psutil.Error):  # the server single-threaded: all listed
+        children = direct_children(server)
     for pid in (server, *children):
-        with contextlib.suppress(OSError):
-            name, stopped = _name_and_stopped(pid)
-            if stopped and (pid == server or name == "ingest-spare"):
+        with contextlib.suppress(OSError, IndexError):
+            name, fields = proc_stat(pid)
+            if fields[0] == b"T" and (pid == server or name == "ingest-spare"):
                 log.warning(
                     "%s %d was stopped (a child of the daemon's user can do that); continuing it",
                     "fork server" if pid == server else "spare",
                     pid,
                 )
                 os.kill(pid, signal.SIGCONT)
-
-
-def _name_and_stopped(pid: int) -> tuple[str, bool]:
-    """A process's name (comm) and whether it is stopped, from one read of its stat."""
-    with open(f"/proc/{pid}/stat", "rb") as fh:
-        stat = fh.read()
-    end = stat.rindex(b")")
-    name = stat[stat.index(b"(") + 1 : end].decode(errors="replace")
-    return name, stat[end + 2 : end + 3] == b"T"

@@ -292,6 +292,12 @@ def scrub_value(value: Any, secrets: Iterable[str], max_depth: int = MAX_DEPTH) 
     return walk(value, 0)
 
 
+def strict_json(value: Any) -> bytes:
+    """`value` as JSON in UTF-8 that any strict reader takes (PostgreSQL's jsonb, a
+    UTF-8 encoder): ValueError for NaN, Infinity or a lone surrogate."""
+    return json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+
+
 def replace_surrogates(value: Any, max_depth: int = MAX_DEPTH) -> Any:
     """`value` with every lone surrogate in its strings and keys replaced by U+FFFD, so a
     record stored before validation refused them can still be encoded as UTF-8."""

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from supervisor.queue.payload import replace_surrogates
+from supervisor.queue.payload import replace_surrogates, strict_json
 
 PROGRESS_PREFIX = b"PROGRESS:"
 RESULT_PREFIX = b"RESULT:"
@@ -204,8 +204,8 @@ def _finite(text: str) -> float:
 
 def _encodes(value: Any) -> bool:
     try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
+        strict_json(value)
+    except ValueError:
         return False
     return True
 

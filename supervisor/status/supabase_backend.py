@@ -4,7 +4,6 @@ per batch, with the service-role key, an explicit timeout on every request."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -12,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from supervisor.queue.payload import strict_json
 from supervisor.status.backend import COLUMNS, TIME_COLUMNS, RowVersion, StatusStoreError
 from supervisor.status.update import StatusUpdate
 
@@ -81,8 +81,8 @@ class SupabaseBackend:
         if not updates:
             return 0
         body = {"updates": [u.to_json() for u in updates]}
-        try:  # as the client will encode it: strict JSON in UTF-8
-            json.dumps(body, allow_nan=False, ensure_ascii=False).encode("utf-8")
+        try:  # as the client will encode it
+            strict_json(body)
         except (ValueError, TypeError) as exc:  # NaN, a lone surrogate: no retry helps
             raise StatusStoreError(f"status rows are not JSON: {exc}", permanent=True) from None
         data = await self._execute(lambda c: c.rpc(RPC_NAME, body))

@@ -2,7 +2,8 @@
 
 Modules, one job each: `config` (settings, default command), `env` (allowlisted
 environment), `spawn` (what starting one child takes), `forkserver` (the one way children
-start, through the `forkserver_main` process), `containment` (process tree, orphan sweep:
+start, through the `forkserver_main` process, seen by the daemon as a
+`forkserver_process`), `containment` (process tree, orphan sweep:
 no descendant outlives its job), `pipes` (non-blocking fds), `protocol` (pure
 PROGRESS/RESULT parsing), `output` (bounded head/tail), `coalesce` (progress callbacks),
 `stop`, `gate` (start-failure backoff), `oom` (the cgroup's OOM counter), `outcome` (the

@@ -14,20 +14,13 @@ now. To the daemon: {"spare": pid} with the spare's socket (SCM_RIGHTS) once the
 ready; {"spawned": pid} or {"refused": why} answering each spawn, in order; and exit
 notices {"pid", "status", "cpu", "rss"} as wait4() reaps children (spares included).
 
-Two ways to a child, both set up alike (own session, the pipes as fds 0-2 and no other
-fd, default signals and an empty mask, the limits, the job's directory):
-
-- A command is started by `posix_spawn` (`_spawn_command`): the kernel's vfork-style
-  clone shares this process's memory until the exec, so nothing of the server is copied
-  and nothing of Python runs in the child. A command with limits comes as prlimit(1)
-  running it (the daemon builds that argv), so they hold from its first instruction.
-- The built-in worker, and a command the daemon sends to one (one run as another user,
-  `INGEST_CHILD_USER`: a credential switch needs code in the child; or one with limits
-  where prlimit(1) cannot run it), go through a spare: a fork of this process
-  made ahead of time, which has called setsid() and set its parent-death signal before it
-  is passed on, so its pid is a process group the daemon can signal at once. The daemon
-  sends the job straight to the spare, which sets itself up (see `_set_up`) and either
-  execs the command or runs the built-in worker in place.
+Two ways to a child, both set up alike (docs/child-protocol.md says which job takes
+which): a command is started by `posix_spawn` (`_spawn_command`; prlimit(1) running it
+when it has limits), so nothing of the server is copied and no Python runs in the child;
+the built-in worker, and a command that needs code in the child (a user switch), go
+through a spare, a fork of this process made ahead of time that has called setsid() and
+set its parent-death signal, which sets itself up (`_set_up`) and execs the command or
+runs `ingest_worker` in place (`ingest_worker.forked`).
 """
 
 from __future__ import annotations
@@ -37,8 +30,6 @@ import collections
 import contextlib
 import ctypes
 import ctypes.util
-import gc
-import io
 import json
 import os
 import resource
@@ -218,49 +209,9 @@ def _run_job(
             _fail(f"exec {request['program']}", exc, report)
     report.close()  # the built-in worker runs in this process: it never holds the socket
     _name(b"ingest-job")
-    return _run_builtin(request["env"])
+    from ingest_worker.forked import run
 
-
-def _run_builtin(env: dict[str, str]) -> int:
-    """ingest_worker in this process, set up as a fresh `python -u -m ingest_worker`."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # what CPython installs
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    os.environ.clear()
-    os.environ.update(env)
-    stdin = io.FileIO(0, "r", closefd=False)
-    out = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", write_through=True)
-    err = io.TextIOWrapper(
-        io.FileIO(2, "w", closefd=False),
-        encoding="utf-8",
-        errors="backslashreplace",
-        write_through=True,
-    )
-    sys.stdin = io.TextIOWrapper(io.BufferedReader(stdin), encoding="utf-8")
-    sys.stdout, sys.stderr = out, err
-    from ingest_worker.cli import execute
-
-    try:
-        code = execute(stdin.read(), os.environ, out, err)
-    except KeyboardInterrupt:
-        code = 130
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    with contextlib.suppress(Exception):
-        out.flush()
-        err.flush()
-    return code
-
-
-def _preload_worker() -> None:
-    """Pay for the worker's imports once, here; every later child inherits them."""
-    import ingest_worker.cli
-    import ingest_worker.config
-    import ingest_worker.job
-    import ingest_worker.pipeline  # noqa: F401
-
-    gc.collect()
-    gc.freeze()  # keep the shared heap out of the children's collections (fewer COW copies)
+    return run(request["env"])
 
 
 class _Server:
@@ -369,7 +320,9 @@ class _Server:
     def _preload(self) -> None:
         self.preloaded = True
         try:
-            _preload_worker()
+            from ingest_worker.forked import preload
+
+            preload()
         except Exception:  # each child imports it again and reports the error itself
             import traceback
 

@@ -294,12 +294,14 @@ async def _status_sync(q: JobQueue, args: argparse.Namespace) -> int:
         f"store {report.store}: checked {report.checked} job(s); "
         f"{len(report.missing) + len(report.behind)} row(s) missing or behind"
         + (f", {len(report.ahead)} ahead" if report.ahead else "")
+        + (f", {len(report.lost)} of jobs Redis lost" if report.lost else "")
     ]
     for label, ids in (
         ("missing", report.missing),
         ("behind", report.behind),
         ("ahead of Redis (it lost writes)", report.ahead),
         ("another tenant's row, left alone", report.foreign),
+        ("said queued or processing, job lost by Redis: failed", report.lost),
     ):
         if ids:
             more = " ..." if len(ids) > 20 else ""

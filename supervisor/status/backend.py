@@ -10,7 +10,11 @@ from supervisor.status.update import StatusUpdate
 
 log = logging.getLogger(__name__)
 
-RowVersion = tuple[float, int, str, str, int]  # seq_run, rev, tenant_id, status, attempt
+# seq_run, rev, tenant_id, status, attempt, queue (None: a row from before rows named it,
+# or a store without the column yet)
+RowVersion = tuple[float, int, str, str, int, str | None]
+# Statuses of a job Redis still has to settle.
+UNSETTLED = ("queued", "processing")
 
 
 # Row columns `fetch()` returns, the same for every backend; times as unix seconds.
@@ -33,6 +37,7 @@ COLUMNS = (
     "updated_at",
     "seq_run",
     "rev",
+    "queue",
 )
 TIME_COLUMNS = frozenset({"queued_at", "started_at", "finished_at", "updated_at"})
 
@@ -58,8 +63,14 @@ class StatusBackend(Protocol):
     async def fetch(self, job_id: str) -> dict[str, Any] | None: ...
 
     async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, RowVersion]:
-        """(seq_run, rev, tenant_id, status, attempt) of the rows of these jobs that exist
-        (the reconciler's check)."""
+        """(seq_run, rev, tenant_id, status, attempt, queue) of the rows of these jobs that
+        exist (the reconciler's check)."""
+        ...
+
+    async def fetch_unsettled(self, queue: str, after: str, limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` rows of `queue`'s jobs that say queued or processing, with a job
+        id greater than `after`, in job id order (the reconciler's look for jobs Redis
+        lost)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -78,6 +89,9 @@ class NoneBackend:
 
     async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, RowVersion]:
         return {}
+
+    async def fetch_unsettled(self, queue: str, after: str, limit: int) -> list[dict[str, Any]]:
+        return []
 
     async def aclose(self) -> None:
         return None

@@ -61,7 +61,8 @@ def _int(fields: dict[str, str], name: str) -> int | None:
     return None if raw in (None, "") else int(float(raw))
 
 
-def row_from_fields(fields: dict[str, str]) -> StatusUpdate:
+def row_from_fields(fields: dict[str, str], queue: str) -> StatusUpdate:
+    """The row an entry of `queue`'s outbox (or a `status_rows` answer) describes."""
     fields = {k: v.replace("\x00", "") for k, v in fields.items()}
     state = JobState(fields["state"])
     status = table_status(state).value
@@ -93,14 +94,15 @@ def row_from_fields(fields: dict[str, str]) -> StatusUpdate:
         # Clocks of two servers (a failover) can disagree: never a negative duration.
         duration_ms=max(0, round((finished - started) * 1000)) if finished and started else None,
         peak_rss_bytes=_int(fields, "rss") if final else None,
+        queue=queue,
     )
 
 
-def parse_entry(entry_id: Any, raw_fields: dict[Any, Any]) -> OutboxEntry:
+def parse_entry(entry_id: Any, raw_fields: dict[Any, Any], queue: str) -> OutboxEntry:
     fields = {_text(k): _text(v) for k, v in raw_fields.items()}
     eid = _text(entry_id)
     try:
-        return OutboxEntry(eid, row_from_fields(fields))
+        return OutboxEntry(eid, row_from_fields(fields, queue))
     except Exception as exc:  # anything in the stream that is not a row, however broken
         raise BadEntry(f"outbox entry {eid} is not a status row: {exc!r}"[:500]) from None
 

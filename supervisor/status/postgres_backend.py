@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from supervisor.status.backend import COLUMNS, RowVersion, StatusStoreError
+from supervisor.status.backend import COLUMNS, UNSETTLED, RowVersion, StatusStoreError
 from supervisor.status.update import StatusUpdate
 
 log = logging.getLogger(__name__)
@@ -20,11 +20,21 @@ log = logging.getLogger(__name__)
 # SQLSTATE classes that mean the data was rejected: retrying the same batch cannot help.
 _PERMANENT_CLASSES = ("22", "23")
 
+# The queue column is read through the row's JSON, so these work before the migration
+# that adds it (20261201000600) is applied: it then reads as null.
+_QUEUE = "(to_jsonb(j) ->> 'queue')"
 _VERSIONS = (
-    "select job_id, seq_run, rev, tenant_id, status, attempt from public.ingestion_jobs"
-    " where job_id = any(%s)"
+    f"select job_id, seq_run, rev, tenant_id, status, attempt, {_QUEUE}"
+    " from public.ingestion_jobs j where job_id = any(%s)"
 )
-_FETCH = "select {} from public.ingestion_jobs where job_id = %s".format(", ".join(COLUMNS))
+_SELECT = "select {} from public.ingestion_jobs j".format(
+    ", ".join(_QUEUE if c == "queue" else c for c in COLUMNS)
+)
+_FETCH = f"{_SELECT} where job_id = %s"
+_UNSETTLED = (
+    f"{_SELECT} where queue = %s and status in ({', '.join(repr(s) for s in UNSETTLED)})"
+    " and job_id > %s order by job_id limit %s"
+)
 
 
 def _row(values: Sequence[Any]) -> dict[str, Any]:
@@ -107,7 +117,11 @@ class PostgresBackend:
         if not job_ids:
             return {}
         rows = await self._run(_VERSIONS, [list(job_ids)], many=True)
-        return {r[0]: (float(r[1]), int(r[2]), str(r[3]), str(r[4]), int(r[5])) for r in rows}
+        return {r[0]: (float(r[1]), int(r[2]), str(r[3]), str(r[4]), int(r[5]), r[6]) for r in rows}
+
+    async def fetch_unsettled(self, queue: str, after: str, limit: int) -> list[dict[str, Any]]:
+        rows = await self._run(_UNSETTLED, [queue, after, limit], many=True)
+        return [_row(r) for r in rows]
 
     async def aclose(self) -> None:
         async with self._lock:

@@ -277,7 +277,7 @@ class StatusProjector:
         ids: list[str] = []
         for eid, fields in raw:
             try:
-                entry = parse_entry(eid, fields)
+                entry = parse_entry(eid, fields, self.keys.queue)
             except BadEntry as exc:
                 self.stats.bad_entries += 1
                 log.error("%s; acknowledged and skipped", exc)

@@ -14,16 +14,29 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.queue.states import JobState, table_status
 from supervisor.status.backend import RowVersion, StatusBackend
 from supervisor.status.outbox import row_from_fields
+from supervisor.status.update import StatusUpdate
 
 log = logging.getLogger(__name__)
 
 CURSOR_FIELD = "cursor"
+LOST_CURSOR_FIELD = "lost_cursor"
+# A row of this queue that says queued or processing while Redis has no record of its job:
+# Redis lost it (a restart without persistence, an asynchronous failover) and nothing
+# will ever run it. Only rows left unchanged this long are taken for lost: a younger one
+# may still be waiting for its job's own last outbox entry (a purge's row).
+LOST_AFTER_S = 60.0
+LOST_ERROR = (
+    "Lost: the queue's Redis no longer has this job (a restart without persistence or a "
+    "failover lost it); it will not run. Enqueue it again."
+)
 
 
 @dataclass
@@ -37,6 +50,7 @@ class ReconcileReport:
     ahead: list[str] = field(default_factory=list)
     seen: dict[str, tuple[float, int, str]] = field(default_factory=dict)
     foreign: list[str] = field(default_factory=list)  # the row belongs to another tenant
+    lost: list[str] = field(default_factory=list)  # unsettled rows of jobs Redis lost: failed
     cursor: int = 0  # where the next page starts; 0 once the scan went round
 
     @property
@@ -50,6 +64,7 @@ class ReconcileReport:
         self.ahead += other.ahead
         self.seen.update(other.seen)
         self.foreign += other.foreign
+        self.lost += other.lost
         self.cursor = other.cursor
 
 
@@ -102,11 +117,13 @@ async def compare_page(
             report.foreign.append(job_id)
         elif (row[0], row[1]) < (run, rev) and not _trails_by_design(row, run, state, attempt):
             report.behind.append(job_id)
-        elif row[0] == run and (
-            row[1] > rev or (row[1] == rev and _shown(state) not in (None, row[3]))
+        elif (row[0] > run and row[5] == queue.queue) or (
+            row[0] == run
+            and (row[1] > rev or (row[1] == rev and _shown(state) not in (None, row[3])))
         ):
-            # Lost writes restart the run's revisions. A row of a later run is left: it may
-            # come from another queue that shares the table.
+            # Lost writes restart the run's revisions, or take back the run they started
+            # (an operator's retry). A later run's row that does not name this queue is
+            # left: it may come from another queue that shares the table.
             report.ahead.append(job_id)
             report.seen[job_id] = (row[0], row[1], row[3])
     if report.foreign:
@@ -132,9 +149,10 @@ async def replace_rows_ahead(
     for start in range(0, len(report.ahead), 200):
         fields = await queue.status_rows(report.ahead[start : start + 200])
         rows = []
-        for row in (row_from_fields(f) for f in fields):
+        for row in (row_from_fields(f, queue.queue) for f in fields):
             run, rev, status = report.seen[row.job_id]
-            if row.seq_run == run and (row.rev, row.status) != (rev, status) and row.rev <= rev:
+            same_run_back = row.seq_run == run and (row.rev, row.status) != (rev, status)
+            if row.seq_run < run or (same_run_back and row.rev <= rev):
                 confirmed.append(row.job_id)
                 rows.append(dataclasses.replace(row, replaces_seq_run=run, replaces_rev=rev))
         if rows:
@@ -152,9 +170,59 @@ async def replace_rows_ahead(
     return written
 
 
-async def sweep_page(queue: JobQueue, backend: StatusBackend, *, limit: int) -> ReconcileReport:
+def _lost_row(row: dict[str, Any], queue: str) -> StatusUpdate:
+    """`row` failed as lost, at its own key: any later snapshot of the job replaces it."""
+    return StatusUpdate(
+        job_id=row["job_id"],
+        tenant_id=row["tenant_id"],
+        status="failed",
+        attempt=row["attempt"],
+        rev=row["rev"],
+        seq_run=row["seq_run"],
+        progress=row["progress"],
+        progress_message=row["progress_message"],
+        max_attempts=row["max_attempts"],
+        error=LOST_ERROR,
+        worker_id=row["worker_id"],
+        queued_at=row["queued_at"],
+        started_at=row["started_at"],
+        finished_at=time.time(),
+        queue=queue,
+        replaces_seq_run=row["seq_run"],
+        replaces_rev=row["rev"],
+    )
+
+
+async def fail_lost_rows(
+    queue: JobQueue, backend: StatusBackend, after: str, *, limit: int, lost_after_s: float
+) -> tuple[list[str], int, str]:
+    """Look at up to `limit` of this queue's rows that say queued or processing, from job
+    id `after` on, and fail those whose job Redis no longer has (if the row is still the
+    one seen). Returns the jobs found lost, the rows written, and where the next look
+    starts ('' once the table went round)."""
+    rows = await backend.fetch_unsettled(queue.queue, after, limit)
+    before = time.time() - lost_after_s
+    old = {r["job_id"]: r for r in rows if (r["updated_at"] or 0) <= before}
+    known = {f.get("job") for f in await queue.status_rows(list(old))} if old else set()
+    lost = [_lost_row(r, queue.queue) for job_id, r in old.items() if job_id not in known]
+    failed = [u.job_id for u in lost]
+    written = await backend.apply(lost) if lost else 0
+    if written:
+        log.warning(
+            "status rows of %d job(s) said queued or processing, but Redis no longer has "
+            "them (it lost them); marked failed, e.g. %s",
+            len(failed),
+            ", ".join(failed[:5]),
+        )
+    return failed, written, rows[-1]["job_id"] if len(rows) == limit else ""
+
+
+async def sweep_page(
+    queue: JobQueue, backend: StatusBackend, *, limit: int, lost_after_s: float = LOST_AFTER_S
+) -> ReconcileReport:
     """The periodic sweep: one page from the fleet's shared cursor; re-sends the stale
-    rows through the outbox and replaces rows ahead of Redis."""
+    rows through the outbox, replaces rows ahead of Redis, and fails one page of rows of
+    jobs Redis lost (a cursor of their own, through the table)."""
     keys = queue.keys
     raw = await queue.client.hget(keys.status_reconcile, CURSOR_FIELD)
     report = await compare_page(queue, backend, int(raw or 0), limit=limit)
@@ -169,4 +237,10 @@ async def sweep_page(queue: JobQueue, backend: StatusBackend, *, limit: int) -> 
             ", ".join(report.stale[:5]),
         )
     await replace_rows_ahead(queue, backend, report)
+    raw = await queue.client.hget(keys.status_reconcile, LOST_CURSOR_FIELD)
+    after = raw.decode() if isinstance(raw, bytes) else raw or ""
+    report.lost, _, after = await fail_lost_rows(
+        queue, backend, after, limit=limit, lost_after_s=lost_after_s
+    )
+    await queue.client.hset(keys.status_reconcile, LOST_CURSOR_FIELD, after)
     return report

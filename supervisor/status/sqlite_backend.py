@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from supervisor.status.backend import COLUMNS, RowVersion, StatusStoreError
+from supervisor.status.backend import COLUMNS, UNSETTLED, RowVersion, StatusStoreError
 from supervisor.status.update import StatusUpdate
 
 _SCHEMA = """
@@ -42,12 +42,16 @@ create table if not exists ingestion_jobs (
     updated_at real not null,
     seq_run real not null default 0,
     seq_at real not null default 0,
-    rev integer not null default 0
+    rev integer not null default 0,
+    queue text
 );
 create index if not exists ingestion_jobs_tenant_status_idx
     on ingestion_jobs (tenant_id, status, updated_at desc);
 create index if not exists ingestion_jobs_updated_at_idx on ingestion_jobs (updated_at);
 """
+
+# Columns added since the first version, for files an older version made.
+_ADDED_COLUMNS = (("rev", "integer not null default 0"), ("queue", "text"))
 
 # The same rule as apply_job_status(): a snapshot replaces the row when its (seq_run, rev)
 # is greater, and never moves a row to another tenant.
@@ -55,11 +59,11 @@ _UPSERT = """
 insert into ingestion_jobs (
     job_id, tenant_id, status, progress, progress_message, attempt, max_attempts, error,
     result, worker_id, queued_at, started_at, finished_at, duration_ms, peak_rss_bytes,
-    seq_run, rev, created_at, updated_at)
+    seq_run, rev, queue, created_at, updated_at)
 values (
     :job_id, :tenant_id, :status, coalesce(:progress, 0), :progress_message, :attempt,
     :max_attempts, :error, :result, :worker_id, :queued_at, :started_at, :finished_at,
-    :duration_ms, :peak_rss_bytes, :seq_run, :rev, :now, :now)
+    :duration_ms, :peak_rss_bytes, :seq_run, :rev, :queue, :now, :now)
 on conflict (job_id) do update set
     status = excluded.status,
     progress = excluded.progress,
@@ -76,6 +80,7 @@ on conflict (job_id) do update set
     peak_rss_bytes = excluded.peak_rss_bytes,
     seq_run = excluded.seq_run,
     rev = excluded.rev,
+    queue = coalesce(excluded.queue, queue),
     updated_at = excluded.updated_at
 where tenant_id = excluded.tenant_id and case
     when :replaces_rev is null then (excluded.seq_run, excluded.rev) > (seq_run, rev)
@@ -84,6 +89,17 @@ end
 """
 
 _FETCH = "select {} from ingestion_jobs where job_id = ?".format(", ".join(COLUMNS))
+_UNSETTLED = (
+    "select {} from ingestion_jobs where queue = ? and status in ({}) and job_id > ?"
+    " order by job_id limit ?"
+).format(", ".join(COLUMNS), ", ".join(f"'{s}'" for s in UNSETTLED))
+
+
+def _row(values: Sequence[Any]) -> dict[str, Any]:
+    out = dict(zip(COLUMNS, values, strict=True))
+    if out["result"] is not None:
+        out["result"] = json.loads(out["result"])
+    return out
 
 
 def _params(u: StatusUpdate) -> dict[str, Any]:
@@ -126,10 +142,9 @@ class SqliteBackend:
                 conn.execute("pragma journal_mode=wal")
                 conn.executescript(_SCHEMA)
                 columns = {r[1] for r in conn.execute("pragma table_info(ingestion_jobs)")}
-                if "rev" not in columns:  # a file made by an older version
-                    conn.execute(
-                        "alter table ingestion_jobs add column rev integer not null default 0"
-                    )
+                for name, kind in _ADDED_COLUMNS:  # a file made by an older version
+                    if name not in columns:
+                        conn.execute(f"alter table ingestion_jobs add column {name} {kind}")
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
@@ -155,12 +170,12 @@ class SqliteBackend:
     def _fetch_sync(self, job_id: str) -> dict[str, Any] | None:
         with self._lock:
             row = self._connection().execute(_FETCH, [job_id]).fetchone()
-        if row is None:
-            return None
-        out = dict(zip(COLUMNS, row, strict=True))
-        if out["result"] is not None:
-            out["result"] = json.loads(out["result"])
-        return out
+        return None if row is None else _row(row)
+
+    def _unsettled_sync(self, queue: str, after: str, limit: int) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._connection().execute(_UNSETTLED, [queue, after, limit]).fetchall()
+        return [_row(r) for r in rows]
 
     def _versions_sync(self, job_ids: list[str]) -> dict[str, RowVersion]:
         out: dict[str, RowVersion] = {}
@@ -169,12 +184,19 @@ class SqliteBackend:
             for start in range(0, len(job_ids), 500):
                 chunk = job_ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                for job_id, run, rev, tenant, status, attempt in conn.execute(
-                    "select job_id, seq_run, rev, tenant_id, status, attempt from ingestion_jobs"
-                    f" where job_id in ({marks})",
+                for job_id, run, rev, tenant, status, attempt, queue in conn.execute(
+                    "select job_id, seq_run, rev, tenant_id, status, attempt, queue"
+                    f" from ingestion_jobs where job_id in ({marks})",
                     chunk,
                 ):
-                    out[job_id] = (float(run), int(rev), str(tenant), str(status), int(attempt))
+                    out[job_id] = (
+                        float(run),
+                        int(rev),
+                        str(tenant),
+                        str(status),
+                        int(attempt),
+                        None if queue is None else str(queue),
+                    )
         return out
 
     async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, RowVersion]:
@@ -196,6 +218,12 @@ class SqliteBackend:
     async def fetch(self, job_id: str) -> dict[str, Any] | None:
         try:
             return await asyncio.to_thread(self._fetch_sync, job_id)
+        except sqlite3.Error as exc:
+            raise StatusStoreError(f"status store error: {exc}") from exc
+
+    async def fetch_unsettled(self, queue: str, after: str, limit: int) -> list[dict[str, Any]]:
+        try:
+            return await asyncio.to_thread(self._unsettled_sync, queue, after, limit)
         except sqlite3.Error as exc:
             raise StatusStoreError(f"status store error: {exc}") from exc
 

@@ -12,7 +12,13 @@ from typing import Any
 import httpx
 
 from supervisor.queue.payload import strict_json
-from supervisor.status.backend import COLUMNS, TIME_COLUMNS, RowVersion, StatusStoreError
+from supervisor.status.backend import (
+    COLUMNS,
+    TIME_COLUMNS,
+    UNSETTLED,
+    RowVersion,
+    StatusStoreError,
+)
 from supervisor.status.update import StatusUpdate
 
 log = logging.getLogger(__name__)
@@ -100,22 +106,44 @@ class SupabaseBackend:
         # Bounded URL length: job ids are at most 128 characters.
         for start in range(0, len(ids), 100):
             chunk = ids[start : start + 100]
-            data = await self._execute(
-                lambda c, chunk=chunk: (
-                    c.table("ingestion_jobs")
-                    .select("job_id,seq_run,rev,tenant_id,status,attempt")
-                    .in_("job_id", chunk)
-                )
-            )
-            for r in data or []:
+            for r in await self._versions(chunk):
                 out[r["job_id"]] = (
                     float(r["seq_run"]),
                     int(r["rev"]),
                     str(r["tenant_id"]),
                     str(r["status"]),
                     int(r["attempt"]),
+                    r.get("queue"),
                 )
         return out
+
+    async def _versions(self, chunk: list[str]) -> list[dict[str, Any]]:
+        columns = "job_id,seq_run,rev,tenant_id,status,attempt"
+        try:
+            data = await self._execute(
+                lambda c: c.table("ingestion_jobs").select(f"{columns},queue").in_("job_id", chunk)
+            )
+        except StatusStoreError as exc:
+            if "42703" not in str(exc):  # not a table without the queue column yet
+                raise
+            data = await self._execute(
+                lambda c: c.table("ingestion_jobs").select(columns).in_("job_id", chunk)
+            )
+        return list(data or [])
+
+    async def fetch_unsettled(self, queue: str, after: str, limit: int) -> list[dict[str, Any]]:
+        data = await self._execute(
+            lambda c: (
+                c.table("ingestion_jobs")
+                .select("*")
+                .eq("queue", queue)
+                .in_("status", list(UNSETTLED))
+                .gt("job_id", after)
+                .order("job_id")
+                .limit(limit)
+            )
+        )
+        return [_row(r) for r in data or []]
 
     async def aclose(self) -> None:
         self._client = None

@@ -10,7 +10,13 @@ from typing import Any
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.status.backend import NoneBackend, StatusBackend
 from supervisor.status.outbox import row_from_fields
-from supervisor.status.reconcile import ReconcileReport, compare_page, replace_rows_ahead
+from supervisor.status.reconcile import (
+    LOST_AFTER_S,
+    ReconcileReport,
+    compare_page,
+    fail_lost_rows,
+    replace_rows_ahead,
+)
 
 WRITE_BATCH = 200
 
@@ -23,13 +29,20 @@ class SyncReport:
     behind: list[str]
     ahead: list[str]  # rows newer than Redis's record (it lost writes): replaced
     foreign: list[str]
+    lost: list[str]  # rows of jobs Redis no longer has that said queued or processing: failed
     written: int  # rows the store changed
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-async def status_sync(queue: JobQueue, backend: StatusBackend, *, page: int = 1000) -> SyncReport:
+async def status_sync(
+    queue: JobQueue,
+    backend: StatusBackend,
+    *,
+    page: int = 1000,
+    lost_after_s: float = LOST_AFTER_S,
+) -> SyncReport:
     if isinstance(backend, NoneBackend):
         raise ValueError("status-sync needs a status store; INGEST_STATUS_BACKEND is none")
     total = ReconcileReport()
@@ -40,12 +53,21 @@ async def status_sync(queue: JobQueue, backend: StatusBackend, *, page: int = 10
         stale = part.stale
         for start in range(0, len(stale), WRITE_BATCH):
             fields = await queue.status_rows(stale[start : start + WRITE_BATCH])
-            rows = [row_from_fields(f) for f in fields]
+            rows = [row_from_fields(f, queue.queue) for f in fields]
             written += await backend.apply(rows)
         written += await replace_rows_ahead(queue, backend, part)  # keeps the real ones
         total.merge(part)
         cursor = part.cursor
         if cursor == 0:
+            break
+    after = ""
+    while True:
+        lost, changed, after = await fail_lost_rows(
+            queue, backend, after, limit=page, lost_after_s=lost_after_s
+        )
+        total.lost += lost
+        written += changed
+        if not after:
             break
     return SyncReport(
         store=backend.name,
@@ -54,5 +76,6 @@ async def status_sync(queue: JobQueue, backend: StatusBackend, *, page: int = 10
         behind=total.behind,
         ahead=total.ahead,
         foreign=total.foreign,
+        lost=total.lost,
         written=written,
     )

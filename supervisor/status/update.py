@@ -45,6 +45,9 @@ class StatusUpdate:
     finished_at: float | None = None
     duration_ms: int | None = None
     peak_rss_bytes: int | None = None
+    # The queue whose job this is (several queues may share the table); None from writers
+    # that do not say, which leaves the stored row's.
+    queue: str | None = None
     # Set by the reconciler alone, for a row ahead of a Redis that lost its last writes:
     # write this row if the stored one is still at this key, whatever the order.
     replaces_seq_run: float | None = None

@@ -27,7 +27,7 @@ def payload(job_id: str, tenant: str = TENANT, **extra: Any) -> dict[str, Any]:
 
 async def outbox_entries(queue: JobQueue) -> list[OutboxEntry]:
     raw = await queue.client.xrange(queue.keys.status_outbox)
-    return [parse_entry(eid, fields) for eid, fields in raw]
+    return [parse_entry(eid, fields, queue.queue) for eid, fields in raw]
 
 
 async def claim_now(queue: JobQueue, worker: str) -> Any:

@@ -19,6 +19,7 @@ STATUS_MIGRATIONS = (
     STATUS_MIGRATION,
     MIGRATIONS / "20261201000100_status_snapshots.sql",
     MIGRATIONS / "20261201000500_status_replace_rows_ahead.sql",
+    MIGRATIONS / "20261201000600_status_rows_know_their_queue.sql",
 )
 
 # Roles are cluster-wide and other tests create them concurrently: tolerate the race.

@@ -215,4 +215,4 @@ def test_a_row_never_has_a_negative_duration() -> None:
     fields = {"job": "j", "kind": "f", "tenant": "t", "state": "completed", "rev": "3",
               "run": "1000", "attempt": "1", "max": "3", "progress": "100",
               "started": "5000", "finished": "4000"}  # fmt: skip
-    assert row_from_fields(fields).duration_ms == 0
+    assert row_from_fields(fields, "q").duration_ms == 0

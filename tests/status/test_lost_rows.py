@@ -1,0 +1,131 @@
+"""Rows Redis can no longer vouch for: jobs it lost altogether, and runs it lost.
+
+Redis restarted without persistence, from a file missing its last second, or failed over
+asynchronously: the rows of what it lost must not say `queued` or `processing` for ever,
+and a row of a run Redis no longer has must come back to the run it has. Every store.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor.queue.jobqueue import JobQueue
+from supervisor.status import StatusBackend
+from supervisor.status.projector import StatusProjector
+from supervisor.status.reconcile import LOST_ERROR, sweep_page
+from supervisor.status.sync import status_sync
+from supervisor.status.update import StatusUpdate
+from tests.status.conftest import Store
+from tests.status.snapshots import payload
+
+
+async def drain(q: JobQueue, backend: StatusBackend) -> None:
+    p = StatusProjector(q.client, q.keys, backend, consumer=f"p-{q.queue}")
+    assert await p.drain(10.0)
+
+
+async def forget_everything(q: JobQueue) -> None:
+    """What a Redis restart without persistence does to the queue."""
+    keys = [k async for k in q.client.scan_iter(match=q.keys.pattern)]
+    if keys:
+        await q.client.delete(*keys)
+
+
+async def repair(q: JobQueue, backend: StatusBackend, how: str) -> list[str]:
+    if how == "sweep":
+        report = await sweep_page(q, backend, limit=100, lost_after_s=0.0)
+        return sorted(report.lost)
+    synced = await status_sync(q, backend, lost_after_s=0.0)
+    return sorted(synced.lost)
+
+
+@pytest.mark.parametrize("how", ["sweep", "status-sync"])
+async def test_rows_of_jobs_redis_lost_say_so_instead_of_running_for_ever(
+    store: Store, queue: JobQueue, queue_name: str, how: str
+) -> None:
+    backend = store.backend()
+    neighbour = JobQueue(queue.client, f"{queue_name}-b")
+    try:
+        await queue.enqueue(payload("kept-done"))
+        await neighbour.enqueue(payload("other-queue"))
+        done = await queue.claim("w", lease_s=30, timeout_s=5)
+        assert done is not None and done.job.job_id == "kept-done"
+        assert await queue.complete("kept-done", done.token, {"n": 1})
+        await queue.enqueue(payload("lost-running"))
+        await queue.enqueue(payload("lost-waiting"))
+        running = await queue.claim("w", lease_s=30, timeout_s=5)
+        assert running is not None and running.job.job_id == "lost-running"
+        await drain(queue, backend)
+        await drain(neighbour, backend)
+        # A row written before rows knew their queue: nobody can tell whose it is.
+        await backend.apply([StatusUpdate("no-queue", "t1", "queued", seq_run=1.0, rev=1)])
+        await forget_everything(queue)
+
+        assert await repair(queue, backend, how) == ["lost-running", "lost-waiting"]
+
+        for job_id in ("lost-running", "lost-waiting"):
+            row = await backend.fetch(job_id)
+            assert row is not None and row["status"] == "failed", row
+            assert row["error"] == LOST_ERROR and row["finished_at"] is not None
+        kept = await backend.fetch("kept-done")
+        assert kept is not None and kept["status"] == "completed"  # final rows stay
+        other = await backend.fetch("other-queue")
+        assert other is not None and other["status"] == "queued"  # another queue's job
+        untold = await backend.fetch("no-queue")
+        assert untold is not None and untold["status"] == "queued"
+        assert await repair(queue, backend, how) == []  # once
+    finally:
+        await forget_everything(neighbour)
+        await backend.aclose()
+
+
+async def test_a_lost_row_yields_to_any_later_snapshot_of_its_job(
+    store: Store, queue: JobQueue
+) -> None:
+    """The lost mark keeps the row's key: whatever the job's own outbox still holds (a
+    purge's cancelled row projected late) or a later run replaces it."""
+    backend = store.backend()
+    try:
+        await queue.enqueue(payload("late"))
+        await drain(queue, backend)
+        await forget_everything(queue)
+        assert await repair(queue, backend, "sweep") == ["late"]
+        await queue.enqueue(payload("late"))  # enqueued again: a new run
+        await drain(queue, backend)
+        row = await backend.fetch("late")
+        assert row is not None and row["status"] == "queued" and row["error"] is None
+    finally:
+        await backend.aclose()
+
+
+@pytest.mark.parametrize("how", ["sweep", "status-sync"])
+async def test_a_row_of_a_run_redis_lost_comes_back_to_the_run_it_has(
+    store: Store, queue: JobQueue, how: str
+) -> None:
+    """An operator's retry started a new run, it was projected, and Redis lost it: the
+    row shows a run that no longer exists and will never run."""
+    backend = store.backend()
+    try:
+        await queue.enqueue(payload("retried"))
+        claim = await queue.claim("w", lease_s=30, timeout_s=5)
+        assert claim is not None
+        await queue.fail("retried", claim.token, "exit 65", retryable=False, attempt=1)
+        saved = await queue.client.hget(queue.keys.jobs, "retried")
+        assert await queue.retry("retried") == "waiting"
+        await drain(queue, backend)
+        row = await backend.fetch("retried")
+        assert row is not None and row["status"] == "queued"
+        # Redis comes back with the failed record only.
+        await queue.client.zrem(queue.keys.waiting, "retried")
+        await queue.client.zadd(queue.keys.failed, {"retried": 1})
+        await queue.client.hset(queue.keys.jobs, "retried", saved)
+        if how == "sweep":
+            report = await sweep_page(queue, backend, limit=100)
+            assert report.ahead == ["retried"], report
+        else:
+            synced = await status_sync(queue, backend)
+            assert synced.ahead == ["retried"] and synced.written == 1, synced
+        row = await backend.fetch("retried")
+        assert row is not None and row["status"] == "failed" and row["error"] == "exit 65"
+    finally:
+        await backend.aclose()

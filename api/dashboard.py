@@ -136,7 +136,11 @@ async def job_history(
     while True:
         entries = await _entries(queue, lo, hi, PAGE)
         for entry_id, fields in entries:
-            if fields.get("job") != rec.job_id:
+            # Another tenant's job of the same id (it took the id after this run ended).
+            if (
+                fields.get("job") != rec.job_id
+                or fields.get("tenant", rec.tenant_id) != rec.tenant_id
+            ):
                 continue
             data = event_data(entry_id, fields, secret_keys)
             for name in ("error", "message"):

@@ -84,10 +84,13 @@ async def event_stream(
     job_ids: frozenset[str],
     last_event_id: str | None,
     not_before_ms: Mapping[str, int] | None = None,
+    tenant: str | None = None,
 ) -> AsyncIterator[bytes]:
-    """Events of `job_ids` (every job when empty). With `not_before_ms` (a tenant-scoped
-    caller), nothing older than each job's current run is sent: a job id reused after
-    another tenant's job left Redis never replays that job's history."""
+    """Events of `job_ids` (every job when empty). For a tenant-scoped caller (`tenant`,
+    with `not_before_ms`): only entries of that tenant's jobs (an entry that does not name
+    its tenant is not sent), and nothing older than each job's current run, so a job id
+    another tenant takes while the stream is open, or took before, shows none of its
+    events."""
     secret_keys = ctx.settings.secret_keys
     floor = dict(not_before_ms or {})
     yield b"retry: 2000\n\n"
@@ -126,6 +129,8 @@ async def event_stream(
             if job_ids and job not in job_ids:
                 continue
             if job in floor and int(entry_id.split("-")[0]) < floor[job]:
+                continue
+            if tenant is not None and fields.get("tenant") != tenant:
                 continue
             try:
                 data = event_data(entry_id, fields, secret_keys)

@@ -123,9 +123,9 @@ async def events(
             raise payload_error(exc) from None
     not_before: dict[str, int] | None = None
     if access.tenant is not None:
-        # Stream entries do not name their tenant: a scoped token follows its own jobs only,
-        # each checked once here (a job's tenant never changes within a run), and from the
-        # start of the job's current run only (an id reused after another tenant's job).
+        # A scoped token follows its own jobs only, each checked here, and from the start
+        # of the job's current run only (an id reused after another tenant's job); the
+        # stream then sends only entries that name its tenant.
         if not ids:
             rule = "is required with a tenant-scoped token"
             raise ApiError(422, f"job_id: {rule}", field="job_id", rule=rule)
@@ -138,7 +138,7 @@ async def events(
     if owner is not None and not ctx.streams.take(owner):
         raise _too_many_streams(ctx.streams, owner)
     return HeldStream(
-        event_stream(ctx, frozenset(ids), last_event_id, not_before),
+        event_stream(ctx, frozenset(ids), last_event_id, not_before, access.tenant),
         on_end=lambda: ctx.streams.give_back(owner),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -245,3 +245,59 @@ def test_a_scoped_listing_reads_only_its_tenants_records(api_server: ServerFacto
         assert [j["job_id"] for j in page.json()["jobs"]] == ["own-1", "own-2"]
         other = a.get("/jobs", params={"state": "waiting", "tenant_id": "tenant-b"})
         assert other.status_code == 200 and other.json()["jobs"] == []
+
+
+def test_an_open_stream_never_carries_the_job_another_tenant_gave_the_same_id(
+    api_server: ServerFactory,
+) -> None:
+    """Tenant A watches its job; the job leaves Redis while A's stream stays open, and
+    tenant B enqueues and runs a job of the same id. A's stream carries none of it."""
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from supervisor.queue.jobqueue import JobQueue
+    from tests.conftest import REDIS_URL
+
+    server = api_server(INGEST_API_TENANT_TOKENS=SCOPED)
+
+    async def b_works_privately() -> None:
+        client = Redis.from_url(REDIS_URL)
+        q = JobQueue(client, server.queue)
+        try:
+            claim = await q.claim("w", lease_s=30, timeout_s=5)
+            assert claim is not None and claim.job.job_id == "reuse-2"
+            await q.progress("reuse-2", claim.token, 50, "B-PRIVATE progress")
+            await q.fail("reuse-2", claim.token, "B-PRIVATE error", retryable=False, attempt=1)
+        finally:
+            await client.aclose()
+
+    with (
+        server.client() as admin,
+        server.client(token=TOKEN_A) as a,
+        server.client(token=TOKEN_B) as b,
+    ):
+        assert a.post("/jobs", json=job("reuse-2", tenant_id="tenant-a")).status_code == 202
+        assert a.post("/jobs", json=job("a-marker", tenant_id="tenant-a")).status_code == 202
+        assert a.post("/jobs/reuse-2/cancel").status_code == 200
+        seen: list[str] = []
+        params = {"job_id": ["reuse-2", "a-marker"]}
+        with a.stream("GET", "/events", params=params) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            snapshots = 0
+            for line in lines:  # both snapshots sent: the stream reads from here on
+                snapshots += line == "event: snapshot"
+                if snapshots == 2:
+                    break
+            purge = admin.delete(f"/queues/{server.queue}/jobs", params={"state": "cancelled"})
+            assert purge.status_code == 200, purge.text
+            assert b.post("/jobs", json=job("reuse-2", tenant_id="tenant-b")).status_code == 202
+            assert a.post("/jobs/a-marker/cancel").status_code == 200  # after A's events
+            asyncio.run(b_works_privately())
+            assert a.post("/jobs/a-marker/retry").status_code == 200  # after B's events
+            for line in lines:
+                seen.append(line)
+                if line.startswith("data: ") and '"a-marker"' in line and "waiting" in line:
+                    break
+    assert not [line for line in seen if "B-PRIVATE" in line or "tenant-b" in line], seen

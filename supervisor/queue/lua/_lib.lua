@@ -53,8 +53,9 @@ local function push_front(waiting, seq, rec)
 end
 
 local function emit(stream, maxlen, kind, rec, extra)
-  local fields = {'type', kind, 'job', rec.id, 'attempt', tostring(rec.attempt or 0),
-                  'state', rec.state, 'rev', tostring(rec.rev or 0)}
+  local fields = {'type', kind, 'job', rec.id, 'tenant', rec.tenant or '',
+                  'attempt', tostring(rec.attempt or 0), 'state', rec.state,
+                  'rev', tostring(rec.rev or 0)}
   if extra then
     for k, v in pairs(extra) do
       table.insert(fields, k)

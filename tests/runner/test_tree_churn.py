@@ -1,0 +1,229 @@
+"""ProcessTree under churn: the tracked set stays bounded, dead and reused pids are dropped or
+replaced, a failed /proc read never stops the sampling. Real processes, no mocks of psutil."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from supervisor.runner import StopRequest
+from supervisor.runner.containment import ProcessTree
+from supervisor.runner.run import _ChildRun
+from supervisor.runner.spawn import ExitStatus, SpawnedChild
+from tests.runner.conftest import fast_config
+from tests.waiting import poll, wait_until
+
+# Keeps up to 100 children alive, each living ~20 ms, until a line arrives on stdin; then
+# reaps them all, says "quiet" and waits for EOF.
+CHURN = """
+import os, select, sys, time
+live = set()
+while not select.select([sys.stdin], [], [], 0)[0]:
+    while len(live) < 100:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(0.02)
+            os._exit(0)
+        live.add(pid)
+    live.discard(os.waitpid(-1, 0)[0])
+for pid in live:
+    os.waitpid(pid, 0)
+print("quiet", flush=True)
+sys.stdin.read()
+"""
+
+# A setsid grandchild first (it leaves the group), then 30 children in the group; prints
+# the grandchild's pid once all are started, then waits for EOF.
+ESCAPE_THEN_CROWD = """
+import os, sys, time
+def sleeper(setsid):
+    pid = os.fork()
+    if pid == 0:
+        if setsid:
+            os.setsid()
+        time.sleep(600)
+        os._exit(0)
+    return pid
+escaped = sleeper(True)
+time.sleep(0.05)  # the crowd is younger by more than the 10 ms of a start-time tick
+for _ in range(30):
+    sleeper(False)
+print(escaped, flush=True)
+sys.stdin.read()
+"""
+
+# One child at a time, on command: "fork" starts one (prints its pid), "kill" kills and
+# reaps it (prints "reaped").
+FORK_ON_COMMAND = """
+import os, signal, sys, time
+child = 0
+for line in sys.stdin:
+    if line.strip() == "fork":
+        child = os.fork()
+        if child == 0:
+            time.sleep(600)
+            os._exit(0)
+        print(child, flush=True)
+    else:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        print("reaped", flush=True)
+"""
+
+
+@contextlib.contextmanager
+def root(script: str) -> Iterator[subprocess.Popen[str]]:
+    """The script as a job's child would run: leading its own session and group; its group
+    is killed at the end."""
+    proc = subprocess.Popen(
+        [sys.executable, "-S", "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
+
+
+def command(proc: subprocess.Popen[str], line: str) -> str:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(line + "\n")
+    proc.stdin.flush()
+    return proc.stdout.readline().strip()
+
+
+def test_churned_processes_are_forgotten_and_a_sample_stays_cheap() -> None:
+    with root(CHURN) as proc:
+        tree = ProcessTree(proc.pid)
+        seen: set[int] = set()
+        slowest = 0.0
+
+        def sampled_enough() -> bool:
+            nonlocal slowest
+            started = time.monotonic()
+            tree.sample()
+            slowest = max(slowest, time.monotonic() - started)
+            seen.update(tree.known)
+            # At most 100 alive at once: dead ones must not pile up.
+            assert len(tree.known) <= 200, len(tree.known)
+            return len(seen) >= 1500
+
+        wait_until(sampled_enough, 60.0, "1500 distinct descendants sampled", interval=0.02)
+        assert slowest < 1.0, slowest
+        assert command(proc, "stop") == "quiet"
+        tree.sample()
+        assert tree.known == {}
+        assert tree.survivors() == []
+        assert tree.peak_rss_bytes > 0 and tree.cpu_s > 0
+
+
+def test_tracked_set_is_capped_keeping_escaped_then_newest() -> None:
+    with root(ESCAPE_THEN_CROWD) as proc:
+        assert proc.stdout is not None
+        escaped = int(proc.stdout.readline())
+        try:
+            tree = ProcessTree(proc.pid, max_tracked=10)
+            tree.sample()
+            assert len(tree.known) == 10
+            assert escaped in tree.known
+            crowd = [p for p in psutil.Process(proc.pid).children() if p.pid != escaped]
+            kept = [p.create_time() for p in crowd if p.pid in tree.known]
+            left = [p.create_time() for p in crowd if p.pid not in tree.known]
+            assert len(kept) == 9 and min(kept) >= max(left)  # the newest of the crowd
+            tree.signal_all(signal.SIGKILL)
+            wait_until(lambda: tree.survivors() == [], 5.0, "the escaped grandchild killed")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(escaped, signal.SIGKILL)
+
+
+def _set_last_pid(pid: int) -> bool:
+    try:
+        with open("/proc/sys/kernel/ns_last_pid", "w") as fh:
+            fh.write(str(pid))
+    except OSError:
+        return False
+    return True
+
+
+def test_a_reused_pid_is_tracked_as_the_new_descendant() -> None:
+    if not _set_last_pid(os.getpid()):  # harmless: the next pid is searched from there
+        pytest.skip("cannot choose the next pid (needs CAP_SYS_ADMIN)")
+    with root(FORK_ON_COMMAND) as proc:
+        tree = ProcessTree(proc.pid)
+        first = int(command(proc, "fork"))
+        first_start = psutil.Process(first).create_time()
+        tree.sample()
+        assert first in tree.known
+        assert command(proc, "kill") == "reaped"
+
+        def reused() -> bool:
+            # Other processes on the machine may take the pid first: try again.
+            _set_last_pid(first - 1)
+            again = int(command(proc, "fork"))
+            if again == first and psutil.Process(again).create_time() != first_start:
+                return True
+            assert command(proc, "kill") == "reaped"
+            return False
+
+        wait_until(reused, 30.0, "a descendant on the reused pid", interval=0.01)
+        tree.sample()
+        assert [p.pid for p in tree.survivors()] == [first]
+        assert tree.known[first].create_time() != first_start
+
+
+def test_sample_drops_a_descendant_gone_and_reaped() -> None:
+    with root(FORK_ON_COMMAND) as proc:
+        tree = ProcessTree(proc.pid)
+        pid = int(command(proc, "fork"))
+        tree.sample()
+        assert pid in tree.known
+        assert command(proc, "kill") == "reaped"
+        tree.sample()  # the stale entry's /proc files are gone: no error escapes
+        assert pid not in tree.known
+        assert tree.samples == 2
+
+
+class _FailingOnce(ProcessTree):
+    """A tree whose first sample fails as psutil can when a pid vanishes between reads."""
+
+    def sample(self) -> None:
+        super().sample()
+        if self.samples == 1:
+            raise FileNotFoundError("/proc/1234/statm")
+
+
+async def test_sampling_goes_on_after_a_sample_raises() -> None:
+    with root(FORK_ON_COMMAND) as proc:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, _ctx: None)  # the raise is expected
+        exited: asyncio.Future[ExitStatus] = loop.create_future()
+        child = SpawnedChild(proc.pid, -1, -1, -1, exited)
+        run = _ChildRun(
+            fast_config(None, rss_sample_interval_s=0.01),
+            job_id="tree-churn",
+            attempt=1,
+            stop=StopRequest(),
+            on_progress=None,
+        )
+        tree = _FailingOnce(proc.pid)
+        stop = run._start_sampling(tree, child)
+        try:
+            await poll(lambda: tree.samples >= 3, 10.0, "samples after the failed one")
+        finally:
+            stop()

@@ -27,26 +27,34 @@ class OperatorVerbs:
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         raise NotImplementedError
 
-    async def cancel(self, job_id: str) -> str:
+    async def cancel(self, job_id: str, *, tenant: str | None = None) -> str:
         """'cancelled' (was waiting/delayed), 'requested' (active: holder told), else the
-        job's final state or 'missing'."""
+        job's final state or 'missing' (also a job of another tenant than `tenant`, checked
+        in the same script as the change)."""
         validate_job_id(job_id)
         k = self.keys
         outcome, _rev = await self._run(
             "cancel",
             [k.jobs, k.waiting, k.delayed, k.active, k.cancelled, k.events, k.status_outbox],
-            [job_id, k.cancel_channel, self.retention.events_maxlen, self.retention.outbox_cap],
+            [
+                job_id,
+                k.cancel_channel,
+                self.retention.events_maxlen,
+                self.retention.outbox_cap,
+                tenant or "",
+            ],
         )
         return _s(outcome)
 
-    async def retry(self, job_id: str) -> str:
-        """'waiting' when re-queued; else the current state (not retryable) or 'missing'."""
+    async def retry(self, job_id: str, *, tenant: str | None = None) -> str:
+        """'waiting' when re-queued; else the current state (not retryable) or 'missing'
+        (also a job of another tenant than `tenant`)."""
         validate_job_id(job_id)
         k = self.keys
         outcome, _rev = await self._run(
             "retry",
             [k.jobs, k.failed, k.cancelled, k.waiting, k.seq, k.wake, k.events, k.status_outbox],
-            [job_id, self.retention.events_maxlen, self.retention.outbox_cap],
+            [job_id, self.retention.events_maxlen, self.retention.outbox_cap, tenant or ""],
         )
         return _s(outcome)
 

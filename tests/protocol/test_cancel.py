@@ -177,3 +177,19 @@ async def test_cancel_requested_job_given_back_unacknowledged_is_not_started_aga
     again = await q.try_claim("w", 30)
     assert isinstance(again, Claim) and again.job.job_id == "cr-rel"
     assert not again.job.cancel_requested
+
+
+async def test_cancel_and_retry_on_behalf_of_a_tenant_touch_only_its_jobs(q: JobQueue) -> None:
+    """The tenant check is part of the script: between a separate check and the change,
+    the id could pass to another tenant's job (the first left Redis, another took its id)."""
+    await q.enqueue(job("theirs", tenant_id="tenant-b"))
+    assert await q.cancel("theirs", tenant="tenant-a") == "missing"
+    rec = await q.get("theirs")
+    assert rec is not None and rec.state is JobState.WAITING and rec.rev == 1
+    assert await q.cancel("theirs", tenant="tenant-b") == "cancelled"
+    assert await q.retry("theirs", tenant="tenant-a") == "missing"
+    rec = await q.get("theirs")
+    assert rec is not None and rec.state is JobState.CANCELLED
+    assert await q.retry("theirs", tenant="tenant-b") == "waiting"
+    assert await q.cancel("theirs") == "cancelled"  # no tenant: an all-tenant caller
+    assert await q.retry("theirs") == "waiting"

@@ -3,9 +3,10 @@
 -- KEYS[1] jobs  KEYS[2] waiting  KEYS[3] delayed  KEYS[4] active  KEYS[5] cancelled
 -- KEYS[6] events  KEYS[7] outbox
 -- ARGV[1] id  ARGV[2] cancel channel  ARGV[3] events maxlen  ARGV[4] outbox cap
+-- ARGV[5] tenant acting ('' for all): another tenant's job is 'missing'
 -- Returns {'cancelled'|'requested'|<final state>|'missing', rev}.
 local rec = load(KEYS[1], ARGV[1])
-if not rec then
+if not rec or (ARGV[5] ~= '' and rec.tenant ~= ARGV[5]) then
   return {'missing', 0}
 end
 if rec.state == 'waiting' or rec.state == 'delayed' then

@@ -2,9 +2,10 @@
 -- KEYS[1] jobs  KEYS[2] failed  KEYS[3] cancelled  KEYS[4] waiting  KEYS[5] seq
 -- KEYS[6] wake  KEYS[7] events  KEYS[8] outbox
 -- ARGV[1] id  ARGV[2] events maxlen  ARGV[3] outbox cap
+-- ARGV[4] tenant acting ('' for all): another tenant's job is 'missing'
 -- Returns {'waiting', rev} or {<current state>|'missing', 0}.
 local rec = load(KEYS[1], ARGV[1])
-if not rec then
+if not rec or (ARGV[4] ~= '' and rec.tenant ~= ARGV[4]) then
   return {'missing', 0}
 end
 if rec.state ~= 'failed' and rec.state ~= 'cancelled' then

@@ -243,7 +243,9 @@ class JobExecution:
                 self._lease_deadline, call, what=f"settling {job_id}", attempt_timeout_s=5.0
             )
 
-        released = outcome.ended is EndReason.SHUTDOWN
+        # The start-failure gate pauses spawns meanwhile, so a job released for the host's
+        # fault is not claimed again at once.
+        released = outcome.ended is EndReason.SHUTDOWN or outcome.host_fault
         if outcome.server_lost:
             losses = self.ctx.server_losses.add(job_id)
             if losses > FREE_SERVER_LOSSES:

@@ -43,6 +43,9 @@ class ChildOutcome:
     progress_rejected: int = 0
     stray_processes_killed: int = 0
     server_lost: bool = False  # ended (SHUTDOWN) because the fork server died under it
+    # Never started for a reason of this host, not of the job (START_FAILED: its working
+    # directory could not be made, the disk full): the job goes back to the queue unspent.
+    host_fault: bool = False
 
     @property
     def succeeded(self) -> bool:

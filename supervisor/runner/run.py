@@ -59,8 +59,8 @@ async def run_child(
     run = _ChildRun(config, job_id=job_id, attempt=attempt, stop=stop, on_progress=on_progress)
     try:
         workdir = new_workdir(config.tmp_root, config.user)
-    except (OSError, KeyError) as exc:
-        return run.start_failed(f"cannot create a working directory: {exc}")
+    except (OSError, KeyError) as exc:  # this host's fault (a full disk), not the job's
+        return run.start_failed(f"cannot create a working directory: {exc}", host_fault=True)
     try:
         return await run.run(workdir, job_json, timeout_s)
     finally:
@@ -268,7 +268,7 @@ class _ChildRun:
 
     # ---- outcome ------------------------------------------------------------------
 
-    def start_failed(self, message: str) -> ChildOutcome:
+    def start_failed(self, message: str, *, host_fault: bool = False) -> ChildOutcome:
         return ChildOutcome(
             ended=EndReason.START_FAILED,
             exit_code=None,
@@ -288,6 +288,7 @@ class _ChildRun:
                 oom_killed=False,
                 start_error=message,
             ),
+            host_fault=host_fault,
         )
 
     def _outcome(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -148,3 +149,21 @@ async def test_a_slot_task_that_ends_is_logged_and_restarted(
         live = [t for t in daemon.slots if t is not None]
         await asyncio.wait_for(asyncio.gather(*live, return_exceptions=True), 10)
         await client.aclose()
+
+
+def test_a_job_that_finds_no_room_for_its_directory_spends_no_attempt(start_daemon, q) -> None:
+    """Its working directory could not be made (the disk full, perhaps filled by another
+    tenant's job): the host's fault, not the job's. It goes back to the queue with its
+    attempt unspent while spawns pause, and runs once there is room again."""
+    d = start_daemon()
+    q.enqueue(job("first"))  # the daemon has settled where job directories go
+    wait_until(lambda: q.get("first").state.value == "completed", 30, "first completed")
+    job_dirs = Path(d.extra["TMPDIR"])
+    job_dirs.rmdir()  # and that place is gone
+    q.enqueue(job("roomless", max_attempts=1))
+    wait_until(lambda: "cannot create a working directory" in d.log(), 20, "a start tried")
+    rec = q.get("roomless")
+    assert rec is not None and rec.state.value in ("waiting", "delayed", "active"), rec
+    job_dirs.mkdir()
+    wait_until(lambda: q.get("roomless").state.value == "completed", 60, "completed")
+    assert q.get("roomless").attempt == 1

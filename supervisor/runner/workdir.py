@@ -19,8 +19,10 @@ log = logging.getLogger(__name__)
 
 # Run as the user whose files they are (the child's, or ours): gives the owner back the
 # rights a child may have taken from its directories (mode 000), then removes the tree.
-# Both tools walk iteratively, so no depth stops them.
-_REMOVE_TREE = 'chmod -R u+rwx -- "$1" 2>/dev/null; exec rm -rf -- "$1" 2>/dev/null'
+# Both tools walk iteratively, so no depth stops them. Neither follows a symlink inside
+# the tree, but chmod follows one named as its operand: a child can leave one in place of
+# its directory, and then only the link is removed.
+_REMOVE_TREE = '[ -L "$1" ] || chmod -R u+rwx -- "$1" 2>/dev/null; exec rm -rf -- "$1" 2>/dev/null'
 REMOVE_TREE_TIMEOUT_S = 60.0
 
 

@@ -132,3 +132,30 @@ async def test_a_tree_deeper_than_python_recurses_is_removed(run: RunFn, user: s
         assert not await asyncio.to_thread(os.path.lexists, outcome.result["cwd"])
     finally:
         await asyncio.to_thread(subprocess.run, ["rm", "-rf", "--", root], check=False)
+
+
+async def test_a_symlink_left_in_place_of_the_directory_leads_its_removal_nowhere(
+    run: RunFn,
+) -> None:
+    """A child may move its own directory aside and leave a symlink in its place: what
+    removes a job's directory must not follow it (chmod -R would give the owner back every
+    right on the tree it points to)."""
+    outside = tempfile.mkdtemp(prefix="symlink-target-")
+    os.chmod(outside, 0o500)
+    swap = (
+        "import os, sys; sys.stdin.read(); cwd = os.getcwd(); os.chdir('/'); "
+        f"os.rename(cwd, cwd + '-moved'); os.symlink({outside!r}, cwd); "
+        "print('RESULT: ' + repr(cwd).replace(\"'\", '\"'))"
+    )
+    moved = ""
+    try:
+        outcome = await run(fast_config((sys.executable, "-S", "-c", swap)))
+        assert outcome.succeeded, outcome.error
+        moved = outcome.result + "-moved"
+        assert os.stat(outside).st_mode & 0o777 == 0o500
+        assert not await asyncio.to_thread(os.path.lexists, outcome.result)
+    finally:
+        os.chmod(outside, 0o700)
+        shutil.rmtree(outside)
+        if moved:
+            shutil.rmtree(moved, ignore_errors=True)

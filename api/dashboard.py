@@ -15,6 +15,7 @@ from api.events import event_data
 from api.views import job_view
 from supervisor.queue.jobqueue import JobQueue, JobRecord
 from supervisor.queue.payload import DEFAULT_SECRET_KEYS, scrub, secret_values
+from supervisor.queue.records import record_or_none
 
 PAGE = 1000
 # Event types the throughput chart counts, per minute.
@@ -188,10 +189,11 @@ async def dead_letters(
             pipe.hmget(queue.keys.jobs, chunk)
             pipe.hmget(queue.keys.payloads, chunk)
             raws, payloads = await pipe.execute()
-        for raw, payload in zip(raws, payloads, strict=True):
-            if raw is None:
+        for job_id, raw, payload in zip(chunk, raws, payloads, strict=True):
+            rec = None if raw is None else record_or_none(job_id, raw, payload)
+            if rec is None:
                 continue
-            view = job_view(JobRecord.from_raw(raw, payload), queue.queue, secret_keys)
+            view = job_view(rec, queue.queue, secret_keys)
             line = first_line(view.error)
             group = groups.setdefault(line, ErrorGroup(error=line))
             group.count += 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -12,10 +12,18 @@ from redis.exceptions import ResponseError
 from supervisor.queue.connection import AnyRedis
 from supervisor.queue.keys import QueueKeys
 from supervisor.queue.payload import validate_job_id
-from supervisor.queue.records import JobRecord, ScanPage
+from supervisor.queue.records import (
+    JobRecord,
+    ScanPage,
+    UnreadableRecord,
+    record_or_none,
+    stored_record,
+)
 from supervisor.queue.records import as_str as _s
 from supervisor.queue.states import FINAL_STATES, JobState
 from supervisor.queue.workers import WorkerRegistry
+
+log = logging.getLogger(__name__)
 
 # Bytes of stored records one page may read (beyond it, one record at most): a record holds
 # a child's result (a 1 MiB RESULT line, stored escaped, can take 3.5 MiB), so a page of
@@ -38,7 +46,7 @@ class QueueReads:
             raw, payload = await pipe.execute()
         if raw is None:
             return None
-        return JobRecord.from_raw(raw, payload if with_payload else None)
+        return record_or_none(job_id, raw, payload if with_payload else None)
 
     async def server_id(self) -> str:
         """The run id of the Redis server that holds this queue's keys: a new one after
@@ -80,7 +88,8 @@ class QueueReads:
         if not ids:
             return [], None
         raws = await self.client.hmget(self.keys.jobs, cast(list[str], ids))
-        jobs = [JobRecord.from_raw(r) for r in raws if r is not None]
+        read = [record_or_none(_s(i), r) for i, r in zip(ids, raws, strict=True) if r is not None]
+        jobs = [j for j in read if j is not None]
         return jobs, (cursor + len(ids) if len(ids) == limit else None)
 
     async def scan_jobs(
@@ -133,15 +142,14 @@ class QueueReads:
             chunk = window[:take]
             pos += take
             raws = await self.client.hmget(self.keys.jobs, [i for _, i in chunk]) if chunk else []
-            for (n, _), raw in zip(chunk, raws, strict=True):
+            for (n, job_id), raw in zip(chunk, raws, strict=True):
                 last = n
                 if raw is None:
                     continue
                 read_bytes += len(raw)
-                stored = json.loads(raw)
-                # Another tenant's record is passed over before its result is decoded.
-                if tenant_id is None or stored.get("tenant", "") == tenant_id:
-                    jobs.append(JobRecord.from_stored(stored))
+                job = _scanned(job_id, raw, tenant_id)
+                if job is not None:
+                    jobs.append(job)
                 if len(jobs) == limit:
                     full = True
                     break
@@ -169,7 +177,8 @@ class QueueReads:
         if not ids:
             return None
         raws = await self.client.hmget(self.keys.jobs, ids)
-        enqueued = [json.loads(r)["enqueued_at"] for r in raws if r is not None]
+        read = [record_or_none(_s(i), r) for i, r in zip(ids, raws, strict=True) if r is not None]
+        enqueued = [j.enqueued_at * 1000.0 for j in read if j is not None]
         if not enqueued:
             return None
         now_ms = await self._server_ms()
@@ -228,3 +237,16 @@ class QueueReads:
                     yield _s(message["data"])
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def _scanned(job_id: str, raw: str | bytes, tenant_id: str | None) -> JobRecord | None:
+    """The record if it is `tenant_id`'s (any, when None) and can be read. Another
+    tenant's record is passed over before its result is decoded."""
+    try:
+        stored = stored_record(raw)
+        if tenant_id is not None and stored.get("tenant", "") != tenant_id:
+            return None
+        return JobRecord.from_stored(stored)
+    except UnreadableRecord as exc:
+        log.warning("job %s read as missing: %s", job_id, exc)
+        return None

@@ -4,11 +4,19 @@ retention policies."""
 from __future__ import annotations
 
 import json
+import logging
 import random
 from dataclasses import dataclass
 from typing import Any
 
 from supervisor.queue.states import JobState
+
+log = logging.getLogger(__name__)
+
+
+class UnreadableRecord(ValueError):
+    """A stored job record this version cannot read (Redis corruption, or a record of
+    another version): one job's trouble, never a whole listing's."""
 
 
 @dataclass(frozen=True)
@@ -65,11 +73,20 @@ class JobRecord:
 
     @classmethod
     def from_raw(cls, raw: str | bytes, payload: str | bytes | None = None) -> JobRecord:
-        return cls.from_stored(json.loads(raw), payload)
+        """Raises UnreadableRecord."""
+        return cls.from_stored(stored_record(raw), payload)
 
     @classmethod
     def from_stored(cls, rec: dict[str, Any], payload: str | bytes | None = None) -> JobRecord:
-        """From a stored record already parsed once (its result is still JSON text)."""
+        """From a stored record already parsed once (its result is still JSON text).
+        Raises UnreadableRecord."""
+        try:
+            return cls._from_stored(rec, payload)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            raise UnreadableRecord(f"job record: {type(exc).__name__}") from None
+
+    @classmethod
+    def _from_stored(cls, rec: dict[str, Any], payload: str | bytes | None) -> JobRecord:
 
         def secs(key: str) -> float | None:
             v = rec.get(key)
@@ -103,6 +120,29 @@ class JobRecord:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
         out["state"] = self.state.value
         return out
+
+
+def stored_record(raw: str | bytes) -> dict[str, Any]:
+    """A stored record as its JSON object (raises UnreadableRecord)."""
+    try:
+        rec = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise UnreadableRecord(f"job record: {type(exc).__name__}") from None
+    if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
+        raise UnreadableRecord("job record: not a record")
+    return rec
+
+
+def record_or_none(
+    job_id: str, raw: str | bytes, payload: str | bytes | None = None
+) -> JobRecord | None:
+    """`job_id`'s record, or None (logged) where it cannot be read: such a job reads as
+    missing, and every other job as before."""
+    try:
+        return JobRecord.from_raw(raw, payload)
+    except UnreadableRecord as exc:
+        log.warning("job %s read as missing: %s", job_id, exc)
+        return None
 
 
 def decode_payload(raw: str | bytes) -> tuple[dict[str, Any], str | None]:

@@ -301,3 +301,39 @@ def test_an_open_stream_never_carries_the_job_another_tenant_gave_the_same_id(
                 if line.startswith("data: ") and '"a-marker"' in line and "waiting" in line:
                     break
     assert not [line for line in seen if "B-PRIVATE" in line or "tenant-b" in line], seen
+
+
+@pytest.mark.parametrize("corrupt", [b"not json", b"\xff\xfe", b'{"state": "waiting"}', b"[1]"])
+def test_one_unreadable_record_breaks_nobody_else_s_reads(
+    api_server: ServerFactory, corrupt: bytes
+) -> None:
+    """A stored record this version cannot read (Redis corruption, a record of another
+    version) is one job's trouble: every other listing, read and health check goes on,
+    and the job itself reads as missing (to its tenant and to everyone else alike)."""
+    import redis
+
+    from supervisor.queue.keys import QueueKeys
+    from tests.conftest import REDIS_URL
+
+    server = api_server(INGEST_API_TENANT_TOKENS=SCOPED)
+    with (
+        server.client() as admin,
+        server.client(token=TOKEN_A) as a,
+        server.client(token=TOKEN_B) as b,
+    ):
+        assert a.post("/jobs", json=job("bad-1", tenant_id="tenant-a")).status_code == 202
+        assert b.post("/jobs", json=job("b-ok", tenant_id="tenant-b")).status_code == 202
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            client.hset(QueueKeys(server.queue).jobs, "bad-1", corrupt)
+        finally:
+            client.close()
+        r = b.get("/jobs")
+        assert r.status_code == 200 and [j["job_id"] for j in r.json()["jobs"]] == ["b-ok"]
+        r = admin.get("/jobs", params={"state": "waiting"})
+        assert r.status_code == 200 and [j["job_id"] for j in r.json()["jobs"]] == ["b-ok"]
+        assert b.get("/jobs/bad-1").status_code == 404
+        assert admin.get("/jobs/bad-1").status_code == 404
+        assert admin.get("/jobs/b-ok").status_code == 200
+        health = admin.get("/health/queue").json()  # no daemon here: only the queue's part
+        assert health["redis"] and health["queue"], health

@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     ls = command("list", _list, "list jobs in one state")
     ls.add_argument("--state", required=True, choices=[s.value for s in JobState])
     ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument(
+        "--cursor",
+        type=lambda v: int(v.rpartition(":")[2]),
+        default=0,
+        help="where the page starts: the last page's next_cursor",
+    )
 
     command("cancel", _cancel, "cancel a job").add_argument("job_id")
     command("retry", _retry, "run a failed or cancelled job again").add_argument("job_id")
@@ -215,13 +221,13 @@ async def _watch(q: JobQueue, args: argparse.Namespace) -> int:
 
 
 async def _list(q: JobQueue, args: argparse.Namespace) -> int:
-    jobs, cursor = await q.list_jobs(args.state, limit=args.limit)
+    jobs, cursor = await q.list_jobs(args.state, limit=args.limit, cursor=args.cursor)
     secret_keys = _secret_keys(args)
     docs = [fmt.job_doc(j, q.queue, secret_keys) for j in jobs]
     doc = {"jobs": docs, "next_cursor": None if cursor is None else f"{args.state}:{cursor}"}
     human = fmt.jobs_text(jobs, docs, time.time()) if jobs else f"no {args.state} jobs"
     if cursor is not None:
-        human += f"\n(first {len(jobs)} shown; raise --limit for more)"
+        human += f"\n(first {len(jobs)} shown; --cursor {cursor} for the next page)"
     _emit(args, doc, human)
     return EXIT_OK
 

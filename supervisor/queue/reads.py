@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
@@ -76,21 +76,11 @@ class QueueReads:
     async def list_jobs(
         self, state: JobState | str, *, limit: int = 50, cursor: int = 0
     ) -> tuple[list[JobRecord], int | None]:
-        """A page of jobs in one state, in queue order (newest first for finished states)."""
-        state = JobState(state)
-        zset = self.keys.all_state_sets()[state.value]
-        limit = max(1, min(limit, 1000))
-        finished = state in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
-        if finished:
-            ids = await self.client.zrevrange(zset, cursor, cursor + limit - 1)
-        else:
-            ids = await self.client.zrange(zset, cursor, cursor + limit - 1)
-        if not ids:
-            return [], None
-        raws = await self.client.hmget(self.keys.jobs, cast(list[str], ids))
-        read = [record_or_none(_s(i), r) for i, r in zip(ids, raws, strict=True) if r is not None]
-        jobs = [j for j in read if j is not None]
-        return jobs, (cursor + len(ids) if len(ids) == limit else None)
+        """A page of jobs in one state, in queue order (newest first for finished states),
+        and where the next starts (None at the end): at most `limit` jobs and PAGE_BYTES
+        of stored records (at least one), as records hold children's results."""
+        page = await self.scan_jobs(state, limit=limit, cursor=cursor)
+        return page.jobs, page.next_cursor
 
     async def scan_jobs(
         self,

@@ -218,3 +218,22 @@ async def test_a_broken_completed_tenants_key_never_fails_a_completion(
     assert await q.complete(claim.job.job_id, claim.token)
     rec = await q.get("c-1")
     assert rec is not None and rec.state is JobState.COMPLETED
+
+
+async def test_a_listing_reads_a_bounded_number_of_bytes(q: JobQueue) -> None:
+    """Records hold children's results (MiBs each): a page of `ingestctl list` stops at
+    PAGE_BYTES of them (at least one record) and says where the next page starts."""
+    import json as _json
+
+    from supervisor.queue.reads import PAGE_BYTES
+
+    await q.enqueue_many([job(f"big{i}") for i in range(3)])
+    for i in range(3):
+        raw = await q.client.hget(q.keys.jobs, f"big{i}")
+        rec = _json.loads(raw)
+        rec["result"] = _json.dumps("x" * (PAGE_BYTES * 2 // 3))
+        await q.client.hset(q.keys.jobs, f"big{i}", _json.dumps(rec))
+    page, cursor = await q.list_jobs("waiting", limit=1000)
+    assert [r.job_id for r in page] == ["big0"] and cursor == 1
+    page, cursor = await q.list_jobs("waiting", limit=1000, cursor=2)
+    assert [r.job_id for r in page] == ["big2"] and cursor is None

@@ -101,7 +101,8 @@ async def event_stream(
         snapshots = []
         for job_id in sorted(job_ids):
             rec = await bounded(ctx.queue.get(job_id, with_payload=True))
-            if rec is not None:
+            # Checked again here: the id may have passed to another tenant's job since.
+            if rec is not None and (tenant is None or rec.tenant_id == tenant):
                 view = job_view(rec, ctx.queue.queue, secret_keys).model_dump(mode="json")
                 snapshots.append(_sse("snapshot", view))
     except (TimeoutError, RedisError, OSError) as exc:

@@ -157,3 +157,28 @@ def test_an_impossible_last_event_id_starts_from_now_instead_of_failing_for_ever
                     # raced to: either shows the stream reads.
                     if line.startswith("data:") and f'"job_id":"{job_id}"' in line:
                         break
+
+
+async def test_a_scoped_stream_opened_as_its_job_changes_hands_sends_no_snapshot_of_it(
+    queue_name: str,
+) -> None:
+    """The route checked the job's tenant; before the stream's body ran, the job left
+    Redis and another tenant enqueued the same id. The stream's first snapshot is of
+    nothing then, not of the other tenant's job."""
+    from api.context import build_context
+    from api.events import event_stream
+    from api.settings import load_api_settings
+    from tests.conftest import REDIS_URL
+
+    ctx = build_context(load_api_settings({"REDIS_URL": REDIS_URL, "INGEST_QUEUE": queue_name}))
+    try:
+        await ctx.queue.enqueue(job("handed", tenant_id="tenant-b", metadata={"k": "B-ONLY"}))
+        await ctx.queue.enqueue(job("mine", tenant_id="tenant-a"))
+        watched = frozenset({"handed", "mine"})  # snapshots go in id order
+        stream = event_stream(ctx, watched, None, {"handed": 0, "mine": 0}, "tenant-a")
+        first = [await anext(stream), await anext(stream)]  # retry, then the first snapshot
+        await stream.aclose()
+        assert b'"job_id":"mine"' in first[1], first
+        assert not [c for c in first if b"B-ONLY" in c or b"tenant-b" in c], first
+    finally:
+        await ctx.aclose()

@@ -10,8 +10,9 @@
 -- apply_job_status() takes an optional `queue` in each update and keeps the stored one
 -- when the update names none (a writer from before this migration).
 
-alter table public.ingestion_jobs
-    add column if not exists queue text check (char_length(queue) <= 64);
+-- No check constraint: adding one would scan the whole table under an exclusive lock
+-- (queue names are checked by the supervisor: 1-64 of letters, digits and '_.:-').
+alter table public.ingestion_jobs add column if not exists queue text;
 
 comment on column public.ingestion_jobs.queue is
     'The queue the job was enqueued in (null for rows written before it was recorded).';

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from supervisor.queue.connection import AnyRedis
 from supervisor.queue.keys import QueueKeys
 from supervisor.queue.records import as_str as _s
 
@@ -13,6 +14,7 @@ from supervisor.queue.records import as_str as _s
 class StatusRowVerbs:
     """Mixed into `JobQueue`, which provides the keys and the script runner."""
 
+    client: AnyRedis
     keys: QueueKeys
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -34,6 +36,16 @@ class StatusRowVerbs:
             {_s(row[i], "replace"): _s(row[i + 1], "replace") for i in range(0, len(row), 2)}
             for row in raw or []
         ]
+
+    async def known_jobs(self, job_ids: Sequence[str]) -> set[str]:
+        """Which of these jobs Redis has a record of, readable or not."""
+        if not job_ids:
+            return set()
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hexists(self.keys.jobs, job_id)
+            flags = await pipe.execute()
+        return {j for j, there in zip(job_ids, flags, strict=True) if there}
 
     async def status_versions(
         self, cursor: int, count: int

@@ -67,10 +67,13 @@ class StatusBackend(Protocol):
         exist (the reconciler's check)."""
         ...
 
-    async def fetch_unsettled(self, queue: str, after: str, limit: int) -> list[dict[str, Any]]:
-        """Up to `limit` rows of `queue`'s jobs that say queued or processing, with a job
-        id greater than `after`, in job id order (the reconciler's look for jobs Redis
-        lost)."""
+    async def fetch_unsettled(
+        self, queue: str, after: str, limit: int, older_than_s: float
+    ) -> list[dict[str, Any]]:
+        """Up to `limit` rows of `queue`'s jobs that say queued or processing and have not
+        changed for `older_than_s` (on the store's clock where it has one), with a job id
+        greater than `after`, in job id order (the look for jobs Redis lost). A store
+        without the queue column raises StatusStoreError naming SQLSTATE 42703."""
         ...
 
     async def aclose(self) -> None: ...
@@ -90,7 +93,9 @@ class NoneBackend:
     async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, RowVersion]:
         return {}
 
-    async def fetch_unsettled(self, queue: str, after: str, limit: int) -> list[dict[str, Any]]:
+    async def fetch_unsettled(
+        self, queue: str, after: str, limit: int, older_than_s: float
+    ) -> list[dict[str, Any]]:
         return []
 
     async def aclose(self) -> None:

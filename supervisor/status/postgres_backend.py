@@ -20,21 +20,20 @@ log = logging.getLogger(__name__)
 # SQLSTATE classes that mean the data was rejected: retrying the same batch cannot help.
 _PERMANENT_CLASSES = ("22", "23")
 
-# The queue column is read through the row's JSON, so these work before the migration
-# that adds it (20261201000600) is applied: it then reads as null.
-_QUEUE = "(to_jsonb(j) ->> 'queue')"
 _VERSIONS = (
-    f"select job_id, seq_run, rev, tenant_id, status, attempt, {_QUEUE}"
-    " from public.ingestion_jobs j where job_id = any(%s)"
+    "select job_id, seq_run, rev, tenant_id, status, attempt{} from public.ingestion_jobs"
+    " where job_id = any(%s)"
 )
-_SELECT = "select {} from public.ingestion_jobs j".format(
-    ", ".join(_QUEUE if c == "queue" else c for c in COLUMNS)
+# The queue column is read through the row's JSON here, so a row is read alike before the
+# migration that adds it (20261201000600): it then reads as null.
+_FETCH = "select {} from public.ingestion_jobs j where job_id = %s".format(
+    ", ".join("(to_jsonb(j) ->> 'queue')" if c == "queue" else c for c in COLUMNS)
 )
-_FETCH = f"{_SELECT} where job_id = %s"
 _UNSETTLED = (
-    f"{_SELECT} where queue = %s and status in ({', '.join(repr(s) for s in UNSETTLED)})"
-    " and job_id > %s order by job_id limit %s"
-)
+    "select {} from public.ingestion_jobs where queue = %s and status in ({})"
+    " and job_id > %s and updated_at < now() - %s * interval '1 second'"
+    " order by job_id limit %s"
+).format(", ".join(COLUMNS), ", ".join(f"'{s}'" for s in UNSETTLED))
 
 
 def _row(values: Sequence[Any]) -> dict[str, Any]:
@@ -116,12 +115,19 @@ class PostgresBackend:
     async def fetch_versions(self, job_ids: Sequence[str]) -> dict[str, RowVersion]:
         if not job_ids:
             return {}
-        rows = await self._run(_VERSIONS, [list(job_ids)], many=True)
+        try:
+            rows = await self._run(_VERSIONS.format(", queue"), [list(job_ids)], many=True)
+        except StatusStoreError as exc:
+            if "42703" not in str(exc):  # not a table without the queue column yet
+                raise
+            rows = await self._run(_VERSIONS.format(", null"), [list(job_ids)], many=True)
         return {r[0]: (float(r[1]), int(r[2]), str(r[3]), str(r[4]), int(r[5]), r[6]) for r in rows}
 
-    async def fetch_unsettled(self, queue: str, after: str, limit: int) -> list[dict[str, Any]]:
-        rows = await self._run(_UNSETTLED, [queue, after, limit], many=True)
-        return [_row(r) for r in rows]
+    async def fetch_unsettled(
+        self, queue: str, after: str, limit: int, older_than_s: float
+    ) -> list[dict[str, Any]]:
+        params = [queue, after, older_than_s, limit]
+        return [_row(r) for r in await self._run(_UNSETTLED, params, many=True)]
 
     async def aclose(self) -> None:
         async with self._lock:

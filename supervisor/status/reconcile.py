@@ -14,29 +14,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.queue.states import JobState, table_status
 from supervisor.status.backend import RowVersion, StatusBackend
+from supervisor.status.lost import LOST_AFTER_S, fail_lost_rows
 from supervisor.status.outbox import row_from_fields
-from supervisor.status.update import StatusUpdate
 
 log = logging.getLogger(__name__)
 
 CURSOR_FIELD = "cursor"
 LOST_CURSOR_FIELD = "lost_cursor"
-# A row of this queue that says queued or processing while Redis has no record of its job:
-# Redis lost it (a restart without persistence, an asynchronous failover) and nothing
-# will ever run it. Only rows left unchanged this long are taken for lost: a younger one
-# may still be waiting for its job's own last outbox entry (a purge's row).
-LOST_AFTER_S = 60.0
-LOST_ERROR = (
-    "Lost: the queue's Redis no longer has this job (a restart without persistence or a "
-    "failover lost it); it will not run. Enqueue it again."
-)
 
 
 @dataclass
@@ -168,53 +157,6 @@ async def replace_rows_ahead(
             ", ".join(report.ahead[:5]),
         )
     return written
-
-
-def _lost_row(row: dict[str, Any], queue: str) -> StatusUpdate:
-    """`row` failed as lost, at its own key: any later snapshot of the job replaces it."""
-    return StatusUpdate(
-        job_id=row["job_id"],
-        tenant_id=row["tenant_id"],
-        status="failed",
-        attempt=row["attempt"],
-        rev=row["rev"],
-        seq_run=row["seq_run"],
-        progress=row["progress"],
-        progress_message=row["progress_message"],
-        max_attempts=row["max_attempts"],
-        error=LOST_ERROR,
-        worker_id=row["worker_id"],
-        queued_at=row["queued_at"],
-        started_at=row["started_at"],
-        finished_at=time.time(),
-        queue=queue,
-        replaces_seq_run=row["seq_run"],
-        replaces_rev=row["rev"],
-    )
-
-
-async def fail_lost_rows(
-    queue: JobQueue, backend: StatusBackend, after: str, *, limit: int, lost_after_s: float
-) -> tuple[list[str], int, str]:
-    """Look at up to `limit` of this queue's rows that say queued or processing, from job
-    id `after` on, and fail those whose job Redis no longer has (if the row is still the
-    one seen). Returns the jobs found lost, the rows written, and where the next look
-    starts ('' once the table went round)."""
-    rows = await backend.fetch_unsettled(queue.queue, after, limit)
-    before = time.time() - lost_after_s
-    old = {r["job_id"]: r for r in rows if (r["updated_at"] or 0) <= before}
-    known = {f.get("job") for f in await queue.status_rows(list(old))} if old else set()
-    lost = [_lost_row(r, queue.queue) for job_id, r in old.items() if job_id not in known]
-    failed = [u.job_id for u in lost]
-    written = await backend.apply(lost) if lost else 0
-    if written:
-        log.warning(
-            "status rows of %d job(s) said queued or processing, but Redis no longer has "
-            "them (it lost them); marked failed, e.g. %s",
-            len(failed),
-            ", ".join(failed[:5]),
-        )
-    return failed, written, rows[-1]["job_id"] if len(rows) == limit else ""
 
 
 async def sweep_page(

@@ -50,6 +50,12 @@ create index if not exists ingestion_jobs_tenant_status_idx
 create index if not exists ingestion_jobs_updated_at_idx on ingestion_jobs (updated_at);
 """
 
+# The look for jobs Redis lost (after the queue column exists in an older file too).
+_QUEUE_INDEX = """
+create index if not exists ingestion_jobs_queue_active_idx on ingestion_jobs (queue, job_id)
+    where status in ('queued', 'processing')
+"""
+
 # Columns added since the first version, for files an older version made.
 _ADDED_COLUMNS = (("rev", "integer not null default 0"), ("queue", "text"))
 
@@ -91,7 +97,7 @@ end
 _FETCH = "select {} from ingestion_jobs where job_id = ?".format(", ".join(COLUMNS))
 _UNSETTLED = (
     "select {} from ingestion_jobs where queue = ? and status in ({}) and job_id > ?"
-    " order by job_id limit ?"
+    " and updated_at < ? order by job_id limit ?"
 ).format(", ".join(COLUMNS), ", ".join(f"'{s}'" for s in UNSETTLED))
 
 
@@ -145,6 +151,7 @@ class SqliteBackend:
                 for name, kind in _ADDED_COLUMNS:  # a file made by an older version
                     if name not in columns:
                         conn.execute(f"alter table ingestion_jobs add column {name} {kind}")
+                conn.execute(_QUEUE_INDEX)
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
@@ -172,9 +179,13 @@ class SqliteBackend:
             row = self._connection().execute(_FETCH, [job_id]).fetchone()
         return None if row is None else _row(row)
 
-    def _unsettled_sync(self, queue: str, after: str, limit: int) -> list[dict[str, Any]]:
+    def _unsettled_sync(
+        self, queue: str, after: str, limit: int, older_than_s: float
+    ) -> list[dict[str, Any]]:
+        before = time.time() - older_than_s
         with self._lock:
-            rows = self._connection().execute(_UNSETTLED, [queue, after, limit]).fetchall()
+            conn = self._connection()
+            rows = conn.execute(_UNSETTLED, [queue, after, before, limit]).fetchall()
         return [_row(r) for r in rows]
 
     def _versions_sync(self, job_ids: list[str]) -> dict[str, RowVersion]:
@@ -221,9 +232,11 @@ class SqliteBackend:
         except sqlite3.Error as exc:
             raise StatusStoreError(f"status store error: {exc}") from exc
 
-    async def fetch_unsettled(self, queue: str, after: str, limit: int) -> list[dict[str, Any]]:
+    async def fetch_unsettled(
+        self, queue: str, after: str, limit: int, older_than_s: float
+    ) -> list[dict[str, Any]]:
         try:
-            return await asyncio.to_thread(self._unsettled_sync, queue, after, limit)
+            return await asyncio.to_thread(self._unsettled_sync, queue, after, limit, older_than_s)
         except sqlite3.Error as exc:
             raise StatusStoreError(f"status store error: {exc}") from exc
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -131,7 +132,11 @@ class SupabaseBackend:
             )
         return list(data or [])
 
-    async def fetch_unsettled(self, queue: str, after: str, limit: int) -> list[dict[str, Any]]:
+    async def fetch_unsettled(
+        self, queue: str, after: str, limit: int, older_than_s: float
+    ) -> list[dict[str, Any]]:
+        # PostgREST filters on no server clock: this host's, minus the age.
+        before = datetime.fromtimestamp(time.time() - older_than_s, UTC).isoformat()
         data = await self._execute(
             lambda c: (
                 c.table("ingestion_jobs")
@@ -139,6 +144,7 @@ class SupabaseBackend:
                 .eq("queue", queue)
                 .in_("status", list(UNSETTLED))
                 .gt("job_id", after)
+                .lt("updated_at", before)
                 .order("job_id")
                 .limit(limit)
             )

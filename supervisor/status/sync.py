@@ -9,14 +9,9 @@ from typing import Any
 
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.status.backend import NoneBackend, StatusBackend
+from supervisor.status.lost import LOST_AFTER_S, fail_lost_rows
 from supervisor.status.outbox import row_from_fields
-from supervisor.status.reconcile import (
-    LOST_AFTER_S,
-    ReconcileReport,
-    compare_page,
-    fail_lost_rows,
-    replace_rows_ahead,
-)
+from supervisor.status.reconcile import ReconcileReport, compare_page, replace_rows_ahead
 
 WRITE_BATCH = 200
 
@@ -62,13 +57,14 @@ async def status_sync(
             break
     after = ""
     while True:
-        lost, changed, after = await fail_lost_rows(
+        lost, changed, next_after = await fail_lost_rows(
             queue, backend, after, limit=page, lost_after_s=lost_after_s
         )
         total.lost += lost
         written += changed
-        if not after:
+        if not next_after or next_after == after:  # the end, or put off
             break
+        after = next_after
     return SyncReport(
         store=backend.name,
         checked=total.checked,

@@ -11,8 +11,9 @@ import pytest
 
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.status import StatusBackend
+from supervisor.status.lost import LOST_ERROR
 from supervisor.status.projector import StatusProjector
-from supervisor.status.reconcile import LOST_ERROR, sweep_page
+from supervisor.status.reconcile import sweep_page
 from supervisor.status.sync import status_sync
 from supervisor.status.update import StatusUpdate
 from tests.status.conftest import Store
@@ -127,5 +128,47 @@ async def test_a_row_of_a_run_redis_lost_comes_back_to_the_run_it_has(
             assert synced.ahead == ["retried"] and synced.written == 1, synced
         row = await backend.fetch("retried")
         assert row is not None and row["status"] == "failed" and row["error"] == "exit 65"
+    finally:
+        await backend.aclose()
+
+
+async def test_a_record_redis_cannot_read_stops_no_look_for_lost_rows(
+    store: Store, queue: JobQueue
+) -> None:
+    """A job whose record is unreadable is still a job Redis has: its row is left, and
+    the rows after it are still looked at."""
+    backend = store.backend()
+    try:
+        await queue.enqueue(payload("a-unreadable"))
+        await queue.enqueue(payload("z-lost"))
+        await drain(queue, backend)
+        await queue.client.hset(queue.keys.jobs, "a-unreadable", b"\xff not json")
+        await queue.client.hdel(queue.keys.jobs, "z-lost")
+        assert await repair(queue, backend, "sweep") == ["z-lost"]
+        row = await backend.fetch("a-unreadable")
+        assert row is not None and row["status"] == "queued"
+    finally:
+        await backend.aclose()
+
+
+@pytest.mark.parametrize("how", ["sweep", "status-sync"])
+async def test_a_table_without_the_queue_column_still_gets_every_other_repair(
+    pg_dsn: str, queue: JobQueue, how: str
+) -> None:
+    """Before migration 20261201000600 is applied rows cannot say whose they are: nothing
+    is taken for lost, and the repairs that need no queue go on as before."""
+    from supervisor.status import build_status_backend
+    from tests.status.supabase_stubs import STATUS_MIGRATIONS, prepare_database
+
+    prepare_database(pg_dsn, *STATUS_MIGRATIONS[:-1])
+    backend = build_status_backend("postgres", dsn=pg_dsn)
+    try:
+        await queue.enqueue(payload("old-table"))
+        assert await repair(queue, backend, how) == []
+        row = await backend.fetch("old-table")  # missing, re-sent or written
+        if how == "sweep":
+            await drain(queue, backend)
+            row = await backend.fetch("old-table")
+        assert row is not None and row["status"] == "queued" and row["queue"] is None
     finally:
         await backend.aclose()

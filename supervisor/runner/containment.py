@@ -4,7 +4,8 @@ Three layers, described together in docs/child-protocol.md:
 
 - Process group and tree sampling (`ProcessTree`): a child leads its own session and
   process group, which is signalled as a whole; descendants seen by a periodic sample are
-  remembered, so one that left the group (setsid) is still signalled when the job stops.
+  remembered while they live (up to `MAX_TRACKED`), so one that left the group (setsid)
+  is still signalled when the job stops.
 - Subreaper sweep (`OrphanSweeper`, the daemon's `ORPHANS`): with PR_SET_CHILD_SUBREAPER
   the daemon adopts a job's escaped descendants once their parent exits, even those no
   sample saw; sweeps kill them when their run has ended.
@@ -61,12 +62,24 @@ def _load_prctl() -> Callable[..., int] | None:
 PRCTL = _load_prctl()
 
 
-class ProcessTree:
-    """One job's child and every descendant a sample saw, even after it left the group."""
+# Processes a tree keeps track of at most: a sample reads /proc for each, on the event loop.
+# Beyond it the group signal, and the session kill and subreaper sweep, reach the rest.
+MAX_TRACKED = 2048
 
-    def __init__(self, pid: int) -> None:
+
+class ProcessTree:
+    """One job's child and the descendants the last sample saw alive, and those seen before
+    that are still running though no longer under the child (escaped: their parent exited).
+
+    Dead processes and reused pids are dropped at each sample; at most `max_tracked` are
+    kept, those outside the job's process group first (the group signal misses them), then
+    the newest.
+    """
+
+    def __init__(self, pid: int, max_tracked: int = MAX_TRACKED) -> None:
         self.pid = pid
         self.pgid = pid
+        self.max_tracked = max_tracked
         # Made on first sample, not at spawn: most short children are never sampled at all.
         self._root: psutil.Process | None = None
         self._exited = False
@@ -79,35 +92,48 @@ class ProcessTree:
         """Refresh the descendant set; add up RSS and CPU of every live process in it.
 
         Only call while the root has not been reaped (its pid cannot be reused yet).
+        Never raises for a process that vanished or whose pid was reused between reads.
         """
         if self._exited:
             return
         if self._root is None:
             try:
                 self._root = psutil.Process(self.pid)
-            except psutil.Error:
+            except (psutil.Error, OSError):
                 return
         self.samples += 1
-        procs: list[psutil.Process] = []
-        try:
-            procs.append(self._root)
-            for child in self._root.children(recursive=True):
-                self.known.setdefault(child.pid, child)
-        except psutil.Error:
-            pass
-        procs.extend(p for pid, p in self.known.items() if pid != self.pid)
+        try:  # fresh objects: a reused pid's new process replaces the old entry
+            tracked = {p.pid: p for p in self._root.children(recursive=True)}
+        except (psutil.Error, OSError):
+            tracked = {}
+        for pid, proc in self.known.items():
+            if pid not in tracked and _running(proc):  # escaped, still itself
+                tracked[pid] = proc
+        if len(tracked) > self.max_tracked:
+            kept = sorted(tracked.values(), key=self._keep_order)[: self.max_tracked]
+            tracked = {p.pid: p for p in kept}
         rss = 0
         cpu = 0.0
-        for proc in procs:
+        for proc in (self._root, *tracked.values()):
             try:
                 with proc.oneshot():
                     rss += proc.memory_info().rss
                     t = proc.cpu_times()
                     cpu += t.user + t.system + t.children_user + t.children_system
-            except psutil.Error:
+            except psutil.AccessDenied:
                 continue
+            except (psutil.Error, OSError):  # gone since the listing
+                tracked.pop(proc.pid, None)
+        self.known = tracked
         self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
         self.cpu_s = max(self.cpu_s, cpu)
+
+    def _keep_order(self, proc: psutil.Process) -> tuple[bool, float]:
+        """Sort key, first kept first: out of the job's group, then the newest."""
+        try:
+            return os.getpgid(proc.pid) == self.pgid, -proc.create_time()
+        except (psutil.Error, OSError):
+            return True, 0.0
 
     def root_exited(self) -> None:
         """The root was reaped: its pid may be reused, never touch it again."""
@@ -125,7 +151,7 @@ class ProcessTree:
                 if proc.is_running():  # checks the start time: a reused pid is not ours
                     proc.send_signal(sig)
                     sent += 1
-            except psutil.Error:
+            except (psutil.Error, OSError):
                 continue
         return sent
 
@@ -136,7 +162,7 @@ class ProcessTree:
             try:
                 if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
                     alive.append(proc)
-            except psutil.Error:
+            except (psutil.Error, OSError):
                 continue
         return alive
 
@@ -154,6 +180,14 @@ class ProcessTree:
         if strays or group:
             self.signal_all(signal.SIGKILL)
         return strays
+
+
+def _running(proc: psutil.Process) -> bool:
+    """Still the process it was (psutil compares start times), zombies included."""
+    try:
+        return proc.is_running()
+    except (psutil.Error, OSError):
+        return False
 
 
 @dataclass(frozen=True)

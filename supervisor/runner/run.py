@@ -199,8 +199,11 @@ class _ChildRun:
 
         def tick() -> None:
             pending.clear()
-            if not child.exited.done():
+            if child.exited.done():
+                return
+            try:
                 tree.sample()
+            finally:  # one failed sample must not end the sampling
                 pending.append(loop.call_later(interval, tick))
 
         def stop() -> None:

@@ -45,18 +45,21 @@ sys.stdin.read()
 # the grandchild's pid once all are started, then waits for EOF.
 ESCAPE_THEN_CROWD = """
 import os, sys, time
-def sleeper(setsid):
-    pid = os.fork()
-    if pid == 0:
-        if setsid:
-            os.setsid()
+def sleeper():
+    if os.fork() == 0:
         time.sleep(600)
         os._exit(0)
-    return pid
-escaped = sleeper(True)
-time.sleep(0.05)  # the crowd is younger by more than the 10 ms of a start-time tick
+ready_r, ready_w = os.pipe()
+escaped = os.fork()
+if escaped == 0:
+    os.setsid()
+    os.write(ready_w, b"x")
+    time.sleep(600)
+    os._exit(0)
+os.read(ready_r, 1)  # out of the group before any sample
+time.sleep(0.05)  # and older than the crowd by more than a start-time tick (10 ms)
 for _ in range(30):
-    sleeper(False)
+    sleeper()
 print(escaped, flush=True)
 sys.stdin.read()
 """
@@ -166,14 +169,18 @@ def test_a_reused_pid_is_tracked_as_the_new_descendant() -> None:
         pytest.skip("cannot choose the next pid (needs CAP_SYS_ADMIN)")
     with root(FORK_ON_COMMAND) as proc:
         tree = ProcessTree(proc.pid)
-        first = int(command(proc, "fork"))
-        first_start = psutil.Process(first).create_time()
-        tree.sample()
-        assert first in tree.known
-        assert command(proc, "kill") == "reaped"
+        first = 0
 
         def reused() -> bool:
-            # Other processes on the machine may take the pid first: try again.
+            """One try: a descendant sampled, then reaped, then another on its pid. Other
+            processes on the machine may take the pid first: then the next try."""
+            nonlocal tree, first
+            tree = ProcessTree(proc.pid)
+            first = int(command(proc, "fork"))
+            first_start = psutil.Process(first).create_time()
+            tree.sample()
+            assert first in tree.known
+            assert command(proc, "kill") == "reaped"
             _set_last_pid(first - 1)
             again = int(command(proc, "fork"))
             if again == first and psutil.Process(again).create_time() != first_start:
@@ -181,10 +188,10 @@ def test_a_reused_pid_is_tracked_as_the_new_descendant() -> None:
             assert command(proc, "kill") == "reaped"
             return False
 
-        wait_until(reused, 30.0, "a descendant on the reused pid", interval=0.01)
+        wait_until(reused, 30.0, "a descendant on a reused pid", interval=0.01)
         tree.sample()
         assert [p.pid for p in tree.survivors()] == [first]
-        assert tree.known[first].create_time() != first_start
+        assert tree.known[first] == psutil.Process(first)
 
 
 def test_sample_drops_a_descendant_gone_and_reaped() -> None:

@@ -108,6 +108,13 @@ local function status_fields(rec, kind)
   return fields
 end
 
+-- A job that ends while waiting (cancelled, purged): no attempt ended it, so it keeps no
+-- start or peak memory of an earlier attempt (its row would show them as its run's).
+local function unrun(rec)
+  rec.started_at = nil
+  rec.peak_rss = nil
+end
+
 local function final_kind(rec)
   if rec.state == 'completed' or rec.state == 'failed' or rec.state == 'cancelled' then
     return 'f'

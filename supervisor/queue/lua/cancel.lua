@@ -15,6 +15,7 @@ if rec.state == 'waiting' or rec.state == 'delayed' then
   rec.state = 'cancelled'
   rec.finished_at = now_ms()
   rec.due_at = nil
+  unrun(rec)
   redis.call('ZADD', KEYS[5], fmt(rec.finished_at), rec.id)
   save(KEYS[1], rec)
   emit(KEYS[6], ARGV[3], 'cancelled', rec)

@@ -52,6 +52,7 @@ while true do
     -- acknowledged: honour the cancel instead of starting the job again.
     rec.state = 'cancelled'
     rec.finished_at = now
+    unrun(rec)
     redis.call('ZADD', KEYS[9], fmt(now), id)
     save(KEYS[1], rec)
     emit(KEYS[8], ARGV[4], 'cancelled', rec)

@@ -13,6 +13,7 @@ for _, id in ipairs(ids) do
     rec.state = 'cancelled'
     rec.finished_at = now
     rec.due_at = nil
+    unrun(rec)
     rec.error = 'purged by an operator before it ran'
     rec.rev = (rec.rev or 0) + 1
     status_out(KEYS[4], ARGV[2], rec, 'f')

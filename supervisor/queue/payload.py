@@ -261,15 +261,23 @@ def _forms(secret: str) -> frozenset[str]:
     return frozenset(f for f in forms if len(f) >= 4)
 
 
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret replaced, in any of the forms `_forms` knows; longest
-    first, so a form that contains another is replaced whole."""
+@functools.lru_cache(maxsize=64)
+def _all_forms(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    """Every form of every secret, longest first. Cached: a job's secrets are the same for
+    each of its progress lines, and a payload may hold thousands."""
     forms: set[str] = set()
     for s in secrets:
         if len(s) >= 4:
             forms |= _forms(s)
-    for form in sorted(forms, key=len, reverse=True):
-        text = text.replace(form, REDACTED)
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret replaced, in any of the forms `_forms` knows; longest
+    first, so a form that contains another is replaced whole."""
+    for form in _all_forms(tuple(secrets)):
+        if len(form) <= len(text):
+            text = text.replace(form, REDACTED)
     return text
 
 

@@ -126,6 +126,9 @@ async def enqueue_job(request: Request, ctx: Ctx, access: WriteAccess) -> JSONRe
             headers={"Location": f"/jobs/{result.job_id}"},
         )
     rec = await bounded(ctx.queue.get(result.job_id, with_payload=True))
+    if rec is None and result.job_id in await bounded(ctx.queue.known_jobs([result.job_id])):
+        # A stored record this version cannot read: taken, and nothing to show of it.
+        raise ApiError(409, f"job id {result.job_id} is taken; choose another")
     if rec is None:
         # Dropped by retention between the two calls: the caller may simply repeat.
         raise ApiError(503, "job changed while being read; try again")

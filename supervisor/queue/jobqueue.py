@@ -156,6 +156,7 @@ class JobQueue(QueueReads, StatusRowVerbs, OperatorVerbs):
                 k.cancelled,
                 k.status_outbox,
                 k.claim_marker(token),
+                k.failed,
             ],
             [
                 worker_id,

@@ -303,7 +303,16 @@ def test_an_open_stream_never_carries_the_job_another_tenant_gave_the_same_id(
     assert not [line for line in seen if "B-PRIVATE" in line or "tenant-b" in line], seen
 
 
-@pytest.mark.parametrize("corrupt", [b"not json", b"\xff\xfe", b'{"state": "waiting"}', b"[1]"])
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        b"not json",
+        b"\xff\xfe",
+        b'{"state": "waiting"}',
+        b"[1]",
+        b'{"id": "bad-1", "state": "waiting", "tenant": "tenant-a", "attempt": "x"}',
+    ],
+)
 def test_one_unreadable_record_breaks_nobody_else_s_reads(
     api_server: ServerFactory, corrupt: bytes
 ) -> None:
@@ -337,3 +346,12 @@ def test_one_unreadable_record_breaks_nobody_else_s_reads(
         assert admin.get("/jobs/b-ok").status_code == 200
         health = admin.get("/health/queue").json()  # no daemon here: only the queue's part
         assert health["redis"] and health["queue"], health
+        # Its id is taken, for its own tenant too: nothing changes, and no 5xx.
+        for caller, tenant in ((a, "tenant-a"), (b, "tenant-b"), (admin, "tenant-a")):
+            r = caller.post("/jobs", json=job("bad-1", tenant_id=tenant))
+            assert r.status_code == 409, r.text
+        if b'"attempt": "x"' in corrupt:
+            return  # a record the scripts can read: a batch takes it as existing
+        both = [job("new-1", tenant_id="tenant-a"), job("bad-1", tenant_id="tenant-a")]
+        r = a.post("/jobs:batch", json={"jobs": both})
+        assert r.status_code == 409 and a.get("/jobs/new-1").status_code == 404, r.text

@@ -7,6 +7,7 @@ import json
 from collections.abc import Awaitable
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from supervisor.queue.jobqueue import Backoff, Claim, JobQueue
@@ -114,3 +115,26 @@ def test_every_state_has_a_table_status_and_final_states_only_leave_by_retry() -
     assert TRANSITIONS[JobState.COMPLETED] == frozenset()
     assert TRANSITIONS[JobState.FAILED] == {JobState.WAITING}
     assert TRANSITIONS[JobState.CANCELLED] == {JobState.WAITING}
+
+
+@pytest.mark.parametrize("corrupt", [b"not json", b"1", b"\xff\xfe"])
+@pytest.mark.parametrize("where", ["waiting", "delayed"])
+async def test_a_record_no_script_can_read_is_set_aside_and_the_next_job_claimed(
+    q: JobQueue, corrupt: bytes, where: str
+) -> None:
+    """A stored record that cannot be decoded (corruption, another version) neither fails
+    every claim nor vanishes from the queue: it goes to the failed set, where retention
+    removes it in time, and the next job is claimed."""
+    await q.enqueue(job("a-broken"), delay_s=0.05 if where == "delayed" else 0)
+    await q.enqueue(job("b-fine"), delay_s=0.1 if where == "delayed" else 0)
+    await q.client.hset(q.keys.jobs, "a-broken", corrupt)
+    got = await eventually_claim(q)
+    assert got.job.job_id == "b-fine"
+    assert await q.client.zscore(q.keys.failed, "a-broken") is not None
+    assert await q.client.zscore(q.keys.waiting, "a-broken") is None
+
+
+async def eventually_claim(q: JobQueue) -> Any:
+    got = await q.claim("w", lease_s=30, timeout_s=5)
+    assert got is not None
+    return got

@@ -24,6 +24,20 @@ local function load(jobs, id)
   return cjson.decode(raw)
 end
 
+-- The record, nil when there is none, or false when no script can read it (corruption,
+-- a record of another version).
+local function load_checked(jobs, id)
+  local raw = redis.call('HGET', jobs, id)
+  if not raw then
+    return nil
+  end
+  local ok, rec = pcall(cjson.decode, raw)
+  if not ok or type(rec) ~= 'table' then
+    return false
+  end
+  return rec
+end
+
 local function save(jobs, rec)
   rec.rev = (rec.rev or 0) + 1
   redis.call('HSET', jobs, rec.id, cjson.encode(rec))
@@ -143,8 +157,9 @@ end
 local function conflicting_tenant(jobs, argv, base, width, n)
   for i = 0, n - 1 do
     local at = base + i * width
-    local existing = load(jobs, argv[at])
-    if existing and existing.tenant ~= argv[at + 2] then
+    local existing = load_checked(jobs, argv[at])
+    -- A record no script can read is nobody's to reuse: taken, like another tenant's.
+    if existing == false or (existing and existing.tenant ~= argv[at + 2]) then
       return argv[at]
     end
   end

@@ -1,14 +1,15 @@
 -- claim: promote due delayed jobs, then take the first waiting job under a new lease.
 -- KEYS[1] jobs  KEYS[2] payloads  KEYS[3] waiting  KEYS[4] delayed  KEYS[5] active
 -- KEYS[6] seq   KEYS[7] wake      KEYS[8] events    KEYS[9] cancelled  KEYS[10] outbox
--- KEYS[11] claim marker of this token
+-- KEYS[11] claim marker of this token  KEYS[12] failed
 -- ARGV[1] worker id  ARGV[2] lease token  ARGV[3] lease ms  ARGV[4] events maxlen
 -- ARGV[5] max delayed jobs promoted per call  ARGV[6] outbox cap
 -- ARGV[7] max attempts for jobs that named none (the claiming daemon's setting)
 -- Returns {id, payload JSON, record JSON} or {'', ms until the next delayed job is due | -1}.
 -- A claim sent again with a token that already took a job (its reply was lost) returns that
 -- job, leased anew from now, while this token still holds it, else {'', 0}; it never takes
--- a second one.
+-- a second one. A record no script can read is set aside in the failed set (retention
+-- removes it in time): it never runs and never stops the claims behind it.
 local now = now_ms()
 local taken = redis.call('GET', KEYS[11])
 if taken then
@@ -24,8 +25,10 @@ end
 local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', fmt(now), 'LIMIT', 0, tonumber(ARGV[5]))
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[4], id)
-  local rec = load(KEYS[1], id)
-  if rec and rec.state == 'delayed' then
+  local rec = load_checked(KEYS[1], id)
+  if rec == false then
+    redis.call('ZADD', KEYS[12], fmt(now), id)
+  elseif rec and rec.state == 'delayed' then
     rec.state = 'waiting'
     rec.due_at = nil
     push_back(KEYS[3], KEYS[6], rec)
@@ -46,8 +49,10 @@ while true do
     return {'', math.max(0, tonumber(nxt[2]) - now)}
   end
   local id = popped[1]
-  local rec = load(KEYS[1], id)
-  if rec and rec.state == 'waiting' and rec.cancel_requested then
+  local rec = load_checked(KEYS[1], id)
+  if rec == false then
+    redis.call('ZADD', KEYS[12], fmt(now), id)
+  elseif rec and rec.state == 'waiting' and rec.cancel_requested then
     -- Cancelled while active, then released or failed into a retry before the holder
     -- acknowledged: honour the cancel instead of starting the job again.
     rec.state = 'cancelled'

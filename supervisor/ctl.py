@@ -80,8 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, default=50)
     ls.add_argument(
         "--cursor",
-        type=lambda v: int(v.rpartition(":")[2]),
-        default=0,
+        default="0",
         help="where the page starts: the last page's next_cursor",
     )
 
@@ -220,8 +219,17 @@ async def _watch(q: JobQueue, args: argparse.Namespace) -> int:
         job = fresh
 
 
+def _list_cursor(raw: str, state: str) -> int:
+    """`--cursor`: a page's next_cursor (`state:n`, of the same state) or `n`, n >= 0."""
+    named, _, number = raw.rpartition(":")
+    if (named and named != state) or not number.isdigit():
+        raise ValueError(f"--cursor {raw!r}: give the next_cursor of a {state} page")
+    return int(number)
+
+
 async def _list(q: JobQueue, args: argparse.Namespace) -> int:
-    jobs, cursor = await q.list_jobs(args.state, limit=args.limit, cursor=args.cursor)
+    start = _list_cursor(args.cursor, args.state)
+    jobs, cursor = await q.list_jobs(args.state, limit=args.limit, cursor=start)
     secret_keys = _secret_keys(args)
     docs = [fmt.job_doc(j, q.queue, secret_keys) for j in jobs]
     doc = {"jobs": docs, "next_cursor": None if cursor is None else f"{args.state}:{cursor}"}

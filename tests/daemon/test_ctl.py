@@ -232,6 +232,11 @@ def test_every_subcommand_takes_json(queue_name: str, q: SyncQueue, tmp_path: Pa
         ]
         == "waiting:1"
     )
+    second = ctl(queue_name, "list", "--state", "waiting", "--cursor", "waiting:1", "--json")
+    assert [j["job_id"] for j in json.loads(second.stdout)["jobs"]] == ["j2"]
+    for wrong in ("failed:1", "-5", "x"):  # another state's cursor, or not a cursor at all
+        r = ctl(queue_name, "list", "--state", "waiting", "--cursor", wrong)
+        assert r.returncode == 2 and "--cursor" in r.stderr, (wrong, r.stderr)
 
 
 @pytest.mark.parametrize("args", [("counts",), ("status", "x")])

@@ -15,7 +15,7 @@ from typing import Any
 
 from supervisor import events as ev
 from supervisor.aio import join_bounded, sleep_unless
-from supervisor.execution_context import FREE_SERVER_LOSSES, ExecutionContext
+from supervisor.execution_context import FREE_HOST_FAULTS, FREE_SERVER_LOSSES, ExecutionContext
 from supervisor.queue.jobqueue import Claim
 from supervisor.queue.payload import redact, scrub, scrub_value, secret_values
 from supervisor.queue.states import TableStatus
@@ -243,9 +243,11 @@ class JobExecution:
                 self._lease_deadline, call, what=f"settling {job_id}", attempt_timeout_s=5.0
             )
 
-        # The start-failure gate pauses spawns meanwhile, so a job released for the host's
-        # fault is not claimed again at once.
-        released = outcome.ended is EndReason.SHUTDOWN or outcome.host_fault
+        released = outcome.ended is EndReason.SHUTDOWN
+        if outcome.host_fault:
+            # Back to the queue unspent, a bounded number of times; the start-failure gate
+            # pauses spawns meanwhile, so it is not claimed again at once.
+            released = self.ctx.host_faults.add(job_id) <= FREE_HOST_FAULTS
         if outcome.server_lost:
             losses = self.ctx.server_losses.add(job_id)
             if losses > FREE_SERVER_LOSSES:

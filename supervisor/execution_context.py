@@ -21,17 +21,22 @@ log = logging.getLogger(__name__)
 # after that each death counts as a failed attempt. A child can kill the server (its
 # parent, same user): without the bound such a job would interrupt its neighbours for ever.
 FREE_SERVER_LOSSES = 2
+# A job that could not start for this host's reason (no room for its directory) goes back
+# to the queue unspent this many times (in one daemon); after that it fails like any start
+# failure, with backoff, so a host that stays broken (a full disk, a missing directory, an
+# unknown child user) neither cycles a job for ever nor hides the trouble.
+FREE_HOST_FAULTS = 2
 
 
-class ServerLosses:
-    """How often the fork server died under each job id, in this daemon (bounded)."""
+class PerJobCounts:
+    """How often something happened to each job id, in this daemon (bounded)."""
 
     def __init__(self, limit: int = 10_000) -> None:
         self._limit = limit
         self._counts: dict[str, int] = {}
 
     def add(self, job_id: str) -> int:
-        """Count one more loss under `job_id`; how many there have been."""
+        """Count one more under `job_id`; how many there have been."""
         count = self._counts.pop(job_id, 0) + 1
         self._counts[job_id] = count  # now the newest
         if len(self._counts) > self._limit:
@@ -84,7 +89,8 @@ class ExecutionContext:
     kill_grace_s: float
     secret_keys: frozenset[str]  # payload keys whose values never leave the daemon
     metrics: Any = None  # supervisor.metrics.DaemonMetrics when metrics are on
-    server_losses: ServerLosses = field(default_factory=ServerLosses)
+    server_losses: PerJobCounts = field(default_factory=PerJobCounts)  # the fork server died
+    host_faults: PerJobCounts = field(default_factory=PerJobCounts)  # could not start here
     lease_checks: LeaseChecks = field(default_factory=LeaseChecks)
 
     @functools.cached_property

@@ -160,10 +160,25 @@ def test_a_job_that_finds_no_room_for_its_directory_spends_no_attempt(start_daem
     wait_until(lambda: q.get("first").state.value == "completed", 30, "first completed")
     job_dirs = Path(d.extra["TMPDIR"])
     job_dirs.rmdir()  # and that place is gone
-    q.enqueue(job("roomless", max_attempts=1))
+    q.enqueue(job("roomless", max_attempts=3))
     wait_until(lambda: "cannot create a working directory" in d.log(), 20, "a start tried")
     rec = q.get("roomless")
     assert rec is not None and rec.state.value in ("waiting", "delayed", "active"), rec
     job_dirs.mkdir()
     wait_until(lambda: q.get("roomless").state.value == "completed", 60, "completed")
     assert q.get("roomless").attempt == 1
+
+
+def test_a_host_that_stays_without_room_fails_the_job_in_the_end(start_daemon, q) -> None:
+    """A few free returns to the queue, then the start failures count as attempts again:
+    a host that stays broken (a full disk, a missing directory) does not cycle a job for
+    ever, and the job ends failed with the reason."""
+    d = start_daemon()
+    q.enqueue(job("first"))
+    wait_until(lambda: q.get("first").state.value == "completed", 30, "first completed")
+    Path(d.extra["TMPDIR"]).rmdir()
+    q.enqueue(job("never-room", max_attempts=1))
+    wait_until(lambda: q.get("never-room").state.value == "failed", 60, "failed in the end")
+    rec = q.get("never-room")
+    assert rec.attempt == 1 and "cannot create a working directory" in (rec.error or "")
+    assert d.log().count("cannot create a working directory") >= 3  # two free, one spent

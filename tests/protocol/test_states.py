@@ -138,3 +138,28 @@ async def eventually_claim(q: JobQueue) -> Any:
     got = await q.claim("w", lease_s=30, timeout_s=5)
     assert got is not None
     return got
+
+
+async def test_a_record_no_script_can_read_stops_no_reaping_or_purge(q: JobQueue) -> None:
+    """Lease expiry and purges walk many jobs in one script: one unreadable record among
+    them must neither fail the walk for every other job nor stay in its set."""
+    for job_id in ("a-broken", "b-fine"):
+        await q.enqueue(job(job_id))
+    for _ in range(2):
+        assert await q.claim("w", lease_s=0.05, timeout_s=5) is not None
+    await q.client.hset(q.keys.jobs, "a-broken", b"not json")
+    await eventually(lambda: _expired(q))
+    await q.reap()
+    rec = await q.get("b-fine")
+    assert rec is not None and rec.state is JobState.WAITING  # recovered
+    assert await q.client.zscore(q.keys.failed, "a-broken") is not None
+    assert await q.client.zscore(q.keys.active, "a-broken") is None
+    await q.enqueue(job("c-broken"))
+    await q.client.hset(q.keys.jobs, "c-broken", b"not json")
+    assert await q.purge("waiting") == 2
+    assert await q.client.hget(q.keys.jobs, "c-broken") is None
+
+
+async def _expired(q: JobQueue) -> bool:
+    now = await server_ms(q.client)
+    return await q.client.zcount(q.keys.active, "-inf", now) == 2

@@ -7,7 +7,7 @@
 local ids = redis.call('ZRANGE', KEYS[3], 0, tonumber(ARGV[1]) - 1)
 local now = nil
 for _, id in ipairs(ids) do
-  local rec = load(KEYS[1], id)
+  local rec = load_checked(KEYS[1], id)  -- one no script can read just goes
   if rec and (rec.state == 'waiting' or rec.state == 'delayed') then
     now = now or now_ms()
     rec.state = 'cancelled'

@@ -12,8 +12,10 @@ local recovered, dead, cancelled = {}, {}, {}
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', fmt(now), 'LIMIT', 0, limit)
 for _, id in ipairs(expired) do
   redis.call('ZREM', KEYS[3], id)
-  local rec = load(KEYS[1], id)
-  if rec and rec.state == 'active' then
+  local rec = load_checked(KEYS[1], id)
+  if rec == false then  -- no script can read it: set aside, as claim does
+    redis.call('ZADD', KEYS[5], fmt(now), id)
+  elseif rec and rec.state == 'active' then
     rec.token = nil
     rec.lease_until = nil
     rec.worker = nil

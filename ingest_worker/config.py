@@ -22,6 +22,7 @@ MiB = 1024 * 1024
 # Every variable the worker reads, for the supervisor's allowlist and the docs.
 ENV_VARS = (
     "INGEST_FILE_ROOT",
+    "INGEST_FILE_ROOT_PER_TENANT",
     "INGEST_CHUNK_SIZE",
     "INGEST_CHUNK_OVERLAP",
     "INGEST_EMBEDDER",
@@ -120,6 +121,7 @@ class WorkerConfig:
         "embedding_model",
         "fetch_timeout",
         "file_root",
+        "file_root_per_tenant",
         "max_file_bytes",
         "max_page_bytes",
         "max_total_bytes",
@@ -135,6 +137,8 @@ class WorkerConfig:
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.file_root = _opt(env, "INGEST_FILE_ROOT")
+        # Each tenant reads only under <root>/<tenant id> (tenants that share the root).
+        self.file_root_per_tenant = _flag(env, "INGEST_FILE_ROOT_PER_TENANT")
         self.chunk_size = _int(env, "INGEST_CHUNK_SIZE", 1000, 16, 1_000_000)
         self.chunk_overlap = _int(env, "INGEST_CHUNK_OVERLAP", 200, 0, 1_000_000)
         if self.chunk_overlap >= self.chunk_size:

@@ -20,7 +20,7 @@ def load_source(job: Job, config: WorkerConfig, reporter: Reporter) -> Loaded:
     if kind == "file":
         from ingest_worker.sources.files import load_files
 
-        return load_files(job.source, config, reporter)
+        return load_files(job.source, config, reporter, job.tenant_id)
     if kind == "url":
         from ingest_worker.web.pages import load_url
 

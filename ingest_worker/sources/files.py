@@ -18,12 +18,16 @@ EXTENSIONS = (".txt", ".md", ".markdown", ".html", ".htm", ".json", ".pdf")
 MAX_FILES = 1000
 
 
-def load_files(source: dict[str, Any], config: WorkerConfig, reporter: Reporter) -> Loaded:
+def load_files(
+    source: dict[str, Any], config: WorkerConfig, reporter: Reporter, tenant_id: str
+) -> Loaded:
     if not config.file_root:
         raise BadInput("file sources are disabled: the operator has not set INGEST_FILE_ROOT")
     root = os.path.realpath(config.file_root)
     if not os.path.isdir(root):
         raise ConfigError(f"INGEST_FILE_ROOT: {config.file_root!r} is not a directory")
+    if config.file_root_per_tenant:
+        root = _tenant_root(root, tenant_id)
     paths = _requested_paths(source)
     loaded = Loaded()
     for i, rel in enumerate(paths):
@@ -39,6 +43,16 @@ def load_files(source: dict[str, Any], config: WorkerConfig, reporter: Reporter)
         loaded.documents.append(Document(rel, text, meta))
         reporter.stage(FETCH_START, FETCH_END, i + 1, len(paths), f"read {rel}")
     return loaded
+
+
+def _tenant_root(root: str, tenant_id: str) -> str:
+    """<root>/<tenant id>, the only place that tenant's file sources may read."""
+    if tenant_id in (".", "..") or "/" in tenant_id:
+        raise BadInput(f"tenant_id {tenant_id!r} cannot name a directory of INGEST_FILE_ROOT")
+    mine = resolve_under(root, tenant_id)
+    if not os.path.isdir(mine):
+        raise BadInput(f"no files of tenant {tenant_id} under INGEST_FILE_ROOT")
+    return mine
 
 
 def _requested_paths(source: dict[str, Any]) -> list[str]:

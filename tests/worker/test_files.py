@@ -97,3 +97,32 @@ def test_a_broken_pdf_and_bad_json_are_bad_input(root: Path, tmp_path: Path) -> 
         )
         assert out.code == 65, (name, out.stderr)
         assert name in out.stderr
+
+
+@pytest.mark.parametrize("tenant", ["tenant-a", "tenant-b", "..", "."])
+def test_with_per_tenant_roots_a_tenant_reads_only_its_own_directory(
+    tmp_path: Path, tenant: str
+) -> None:
+    """Tenants share one INGEST_FILE_ROOT: with INGEST_FILE_ROOT_PER_TENANT each reads only
+    under <root>/<its tenant id>, never another tenant's uploads (nor, with a tenant id
+    such as '..', anything around the root)."""
+    root = tmp_path / "uploads"
+    for owner in ("tenant-a", "tenant-b"):
+        (root / owner).mkdir(parents=True)
+        (root / owner / "doc.txt").write_text(f"private words of {owner}")
+    (root / "tenant-a" / "only-a.txt").write_text("a alone")
+    env = {"INGEST_FILE_ROOT": str(root), "INGEST_FILE_ROOT_PER_TENANT": "1"}
+    job = make_job({"type": "file", "path": "doc.txt"}, tenant_id=tenant)
+    out = run_worker(job, tmp_path, INGEST_CHUNK_STORE="none", **env)
+    if tenant in (".", ".."):
+        assert out.code == 65 and "tenant" in out.stderr, out.stderr
+        return
+    assert out.code == 0, out.stderr
+    other = "tenant-b" if tenant == "tenant-a" else "tenant-a"
+    for path in (f"../{other}/doc.txt", f"{other}/doc.txt"):
+        steal = make_job({"type": "file", "path": path}, tenant_id=tenant)
+        assert run_worker(steal, tmp_path, INGEST_CHUNK_STORE="none", **env).code == 65
+    if tenant == "tenant-b":
+        missing = make_job({"type": "file", "path": "only-a.txt"}, tenant_id=tenant)
+        out = run_worker(missing, tmp_path, INGEST_CHUNK_STORE="none", **env)
+        assert out.code == 65 and "no such file" in out.stderr, out.stderr

@@ -117,7 +117,18 @@ def test_every_state_has_a_table_status_and_final_states_only_leave_by_retry() -
     assert TRANSITIONS[JobState.CANCELLED] == {JobState.WAITING}
 
 
-@pytest.mark.parametrize("corrupt", [b"not json", b"1", b"\xff\xfe"])
+UNREADABLE = [
+    b"not json",
+    b"1",
+    b"\xff\xfe",
+    b"[1]",
+    b'{"state": "waiting"}',  # no id
+    b'{"id": "a-broken", "state": "waiting", "attempt": "x"}',
+    b'{"id": "a-broken", "state": "active", "attempt": null}',
+]
+
+
+@pytest.mark.parametrize("corrupt", UNREADABLE)
 @pytest.mark.parametrize("where", ["waiting", "delayed"])
 async def test_a_record_no_script_can_read_is_set_aside_and_the_next_job_claimed(
     q: JobQueue, corrupt: bytes, where: str
@@ -132,6 +143,8 @@ async def test_a_record_no_script_can_read_is_set_aside_and_the_next_job_claimed
     assert got.job.job_id == "b-fine"
     assert await q.client.zscore(q.keys.failed, "a-broken") is not None
     assert await q.client.zscore(q.keys.waiting, "a-broken") is None
+    assert await q.cancel("a-broken") == "missing"  # as a read says
+    assert await q.retry("a-broken") == "missing"
 
 
 async def eventually_claim(q: JobQueue) -> Any:
@@ -140,14 +153,17 @@ async def eventually_claim(q: JobQueue) -> Any:
     return got
 
 
-async def test_a_record_no_script_can_read_stops_no_reaping_or_purge(q: JobQueue) -> None:
+@pytest.mark.parametrize("corrupt", UNREADABLE)
+async def test_a_record_no_script_can_read_stops_no_reaping_or_purge(
+    q: JobQueue, corrupt: bytes
+) -> None:
     """Lease expiry and purges walk many jobs in one script: one unreadable record among
     them must neither fail the walk for every other job nor stay in its set."""
     for job_id in ("a-broken", "b-fine"):
         await q.enqueue(job(job_id))
     for _ in range(2):
         assert await q.claim("w", lease_s=0.05, timeout_s=5) is not None
-    await q.client.hset(q.keys.jobs, "a-broken", b"not json")
+    await q.client.hset(q.keys.jobs, "a-broken", corrupt)
     await eventually(lambda: _expired(q))
     await q.reap()
     rec = await q.get("b-fine")

@@ -25,15 +25,21 @@ local function load(jobs, id)
 end
 
 -- The record, nil when there is none, or false when no script can read it (corruption,
--- a record of another version).
+-- a record of another version): not JSON, or not the shape every script relies on.
+local COUNTERS = {'attempt', 'stalls', 'rev', 'max_attempts', 'enqueued_at'}
 local function load_checked(jobs, id)
   local raw = redis.call('HGET', jobs, id)
   if not raw then
     return nil
   end
   local ok, rec = pcall(cjson.decode, raw)
-  if not ok or type(rec) ~= 'table' then
+  if not ok or type(rec) ~= 'table' or rec.id ~= id or type(rec.state) ~= 'string' then
     return false
+  end
+  for _, k in ipairs(COUNTERS) do
+    if rec[k] ~= nil and type(rec[k]) ~= 'number' then
+      return false
+    end
   end
   return rec
 end

@@ -5,7 +5,7 @@
 -- ARGV[1] id  ARGV[2] cancel channel  ARGV[3] events maxlen  ARGV[4] outbox cap
 -- ARGV[5] tenant acting ('' for all): another tenant's job is 'missing'
 -- Returns {'cancelled'|'requested'|<final state>|'missing', rev}.
-local rec = load(KEYS[1], ARGV[1])
+local rec = load_checked(KEYS[1], ARGV[1])  -- one no script can read: missing
 if not rec or (ARGV[5] ~= '' and rec.tenant ~= ARGV[5]) then
   return {'missing', 0}
 end

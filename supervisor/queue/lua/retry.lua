@@ -4,7 +4,7 @@
 -- ARGV[1] id  ARGV[2] events maxlen  ARGV[3] outbox cap
 -- ARGV[4] tenant acting ('' for all): another tenant's job is 'missing'
 -- Returns {'waiting', rev} or {<current state>|'missing', 0}.
-local rec = load(KEYS[1], ARGV[1])
+local rec = load_checked(KEYS[1], ARGV[1])  -- one no script can read: missing
 if not rec or (ARGV[4] ~= '' and rec.tenant ~= ARGV[4]) then
   return {'missing', 0}
 end

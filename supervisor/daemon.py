@@ -72,7 +72,7 @@ class Daemon:
         self._slot_pause: dict[int, float] = {}
         self.stopping = asyncio.Event()
         self.forced = asyncio.Event()
-        self.gate = StartFailureGate()
+        self.gate = ctx.gate
         self.started_at = time.time()
 
     # ---- signals ------------------------------------------------------------------
@@ -241,6 +241,8 @@ class Daemon:
                         self.ctx.metrics.stalled_recovered(n)
             except TRANSIENT as exc:
                 log.debug("reap skipped: %s", exc)
+            except RedisError as exc:  # a script error (out of memory, a bad record): next time
+                log.error("reap failed: %s", exc)
             await asyncio.sleep(interval)
 
     def heartbeat_info(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -245,8 +246,11 @@ class JobExecution:
 
         released = outcome.ended is EndReason.SHUTDOWN
         if outcome.host_fault:
-            # Back to the queue unspent, a bounded number of times; the start-failure gate
-            # pauses spawns meanwhile, so it is not claimed again at once.
+            # Back to the queue unspent, a bounded number of times. The start-failure gate
+            # is closed first: the release wakes the other slots, which must not claim it
+            # again at once. (The daemon records the outcome too, which changes nothing.)
+            gated = dataclasses.replace(outcome, error=error, stderr_tail="")
+            self.ctx.gate.record(gated, self.claim.job.tenant_id)
             released = self.ctx.host_faults.add(job_id) <= FREE_HOST_FAULTS
         if outcome.server_lost:
             losses = self.ctx.server_losses.add(job_id)

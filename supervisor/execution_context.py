@@ -12,7 +12,7 @@ from typing import Any
 from supervisor.aio import first_of
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.queue.payload import SecretKeys
-from supervisor.runner import RunnerConfig
+from supervisor.runner import RunnerConfig, StartFailureGate
 from supervisor.sinks import SinkFanout
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,8 @@ class ExecutionContext:
     metrics: Any = None  # supervisor.metrics.DaemonMetrics when metrics are on
     server_losses: PerJobCounts = field(default_factory=PerJobCounts)  # the fork server died
     host_faults: PerJobCounts = field(default_factory=PerJobCounts)  # could not start here
+    # Pauses every slot's spawns after start failures (the daemon's slots wait on it).
+    gate: StartFailureGate = field(default_factory=StartFailureGate)
     lease_checks: LeaseChecks = field(default_factory=LeaseChecks)
 
     @functools.cached_property

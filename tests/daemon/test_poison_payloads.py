@@ -173,7 +173,7 @@ def test_a_host_that_stays_without_room_fails_the_job_in_the_end(start_daemon, q
     """A few free returns to the queue, then the start failures count as attempts again:
     a host that stays broken (a full disk, a missing directory) does not cycle a job for
     ever, and the job ends failed with the reason."""
-    d = start_daemon()
+    d = start_daemon(INGEST_CONCURRENCY="4")  # idle slots, woken by each release
     q.enqueue(job("first"))
     wait_until(lambda: q.get("first").state.value == "completed", 30, "first completed")
     Path(d.extra["TMPDIR"]).rmdir()
@@ -182,3 +182,6 @@ def test_a_host_that_stays_without_room_fails_the_job_in_the_end(start_daemon, q
     rec = q.get("never-room")
     assert rec.attempt == 1 and "cannot create a working directory" in (rec.error or "")
     assert d.log().count("cannot create a working directory") >= 3  # two free, one spent
+    # Each free return waited out a pause of every slot (0.5 s, then 1 s): an idle slot
+    # did not take the job straight back.
+    assert rec.finished_at - rec.enqueued_at >= 1.2, rec

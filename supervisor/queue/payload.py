@@ -261,10 +261,11 @@ def _forms(secret: str) -> frozenset[str]:
     return frozenset(f for f in forms if len(f) >= 4)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)
 def _all_forms(secrets: tuple[str, ...]) -> tuple[str, ...]:
     """Every form of every secret, longest first. Cached: a job's secrets are the same for
-    each of its progress lines, and a payload may hold thousands."""
+    each of its progress lines, and a payload may hold thousands (a few MB of forms, so
+    only the last few sets are kept)."""
     forms: set[str] = set()
     for s in secrets:
         if len(s) >= 4:

@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 # Only rows left unchanged this long (on the store's clock) are looked at.
 LOST_AFTER_S = 60.0
 LOST_ERROR = (
-    "Lost: the queue's Redis no longer has this job (a restart without persistence or a "
-    "failover lost it); it will not run. Enqueue it again."
+    "Lost: the queue's Redis no longer has this job (lost in a restart or failover, or "
+    "set aside as unreadable and since removed); it will not run. Enqueue it again."
 )
 # How long to wait for the projectors to write what the outbox held.
 PROJECTED_WAIT_S = 5.0

@@ -164,7 +164,8 @@ class Daemon:
         self._slots_changed()
         try:
             await execution.run()
-            if execution.outcome is not None:
+            if execution.outcome is not None and not execution.outcome.host_fault:
+                # (A host fault was recorded by the execution itself, before its release.)
                 # The gate logs the error: only ever the text scrubbed of the job's secrets.
                 self.gate.record(
                     dataclasses.replace(execution.outcome, error=execution.error, stderr_tail=""),

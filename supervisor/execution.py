@@ -248,7 +248,7 @@ class JobExecution:
         if outcome.host_fault:
             # Back to the queue unspent, a bounded number of times. The start-failure gate
             # is closed first: the release wakes the other slots, which must not claim it
-            # again at once. (The daemon records the outcome too, which changes nothing.)
+            # again at once.
             gated = dataclasses.replace(outcome, error=error, stderr_tail="")
             self.ctx.gate.record(gated, self.claim.job.tenant_id)
             released = self.ctx.host_faults.add(job_id) <= FREE_HOST_FAULTS

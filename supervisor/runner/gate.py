@@ -32,8 +32,10 @@ class StartFailureGate:
     them): they are those tenants' jobs failing, each retried with the usual backoff.
     Exits 65 (bad input) and 75 (a temporary failure such as a refused fetch) are normal
     endings. Each pause must be earned anew, by crashes of children started after the
-    last one ended; it doubles from `base_s` up to `cap_s`, and any normal ending resets
-    it.
+    last one ended; it doubles from `base_s` up to `cap_s`, and the normal ending of a
+    child started after the last pause began resets it (one started before says nothing
+    of what caused the pause: jobs that were already running keep ending normally while
+    nothing new can start).
     """
 
     TENANTS_FOR_A_DEPLOY = 3
@@ -52,6 +54,7 @@ class StartFailureGate:
         self._clock = clock
         self.failures = 0  # pauses taken since the last normal ending
         self._until = 0.0
+        self._paused_at = float("-inf")  # when the last pause began
         # Tenants whose jobs crashed since the last pause or normal ending (fewer than
         # TENANTS_FOR_A_DEPLOY), and up to that many whose jobs ended normally.
         self._crashed: set[str] = set()
@@ -77,9 +80,11 @@ class StartFailureGate:
 
     def record(self, outcome: ChildOutcome, tenant_id: str) -> None:
         if not self.is_start_failure(outcome) and not self.is_fast_crash(outcome):
+            self.seen_ending_normally((tenant_id,))
+            if self._clock() - outcome.wall_s < self._paused_at:
+                return  # started before the last pause: says nothing of what caused it
             self.failures, self._until = 0, 0.0
             self._crashed.clear()
-            self.seen_ending_normally((tenant_id,))
             return
         if self.remaining_s > 0:
             return  # started before this pause began: the pause already answers it
@@ -95,7 +100,8 @@ class StartFailureGate:
         self.failures += 1
         self._crashed.clear()  # the next pause takes as many tenants' crashes again
         delay = min(self.cap_s, self.base_s * 2.0 ** min(self.failures - 1, 30))
-        self._until = self._clock() + delay
+        self._paused_at = self._clock()
+        self._until = self._paused_at + delay
         log.warning(
             "%s (tenant %s; pause %d in a row); pausing spawns for %.1fs: %s",
             what,

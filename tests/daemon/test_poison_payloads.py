@@ -173,15 +173,20 @@ def test_a_host_that_stays_without_room_fails_the_job_in_the_end(start_daemon, q
     """A few free returns to the queue, then the start failures count as attempts again:
     a host that stays broken (a full disk, a missing directory) does not cycle a job for
     ever, and the job ends failed with the reason."""
-    d = start_daemon(INGEST_CONCURRENCY="4")  # idle slots, woken by each release
+    # Idle slots, woken by each release; and jobs started before, ending meanwhile.
+    d = start_daemon(INGEST_CONCURRENCY="5")
     q.enqueue(job("first"))
     wait_until(lambda: q.get("first").state.value == "completed", 30, "first completed")
-    Path(d.extra["TMPDIR"]).rmdir()
+    running = [f"running-{i}" for i in range(3)]
+    q.enqueue_many([job(r, sleep=0.6 + 0.4 * i) for i, r in enumerate(running)])
+    wait_until(lambda: q.counts()["active"] == 3, 30, "three running")
+    job_dirs = Path(d.extra["TMPDIR"])
+    job_dirs.rename(job_dirs.with_name("job-dirs-away"))  # the running jobs' go along
     q.enqueue(job("never-room", max_attempts=1))
     wait_until(lambda: q.get("never-room").state.value == "failed", 60, "failed in the end")
     rec = q.get("never-room")
     assert rec.attempt == 1 and "cannot create a working directory" in (rec.error or "")
     assert d.log().count("cannot create a working directory") >= 3  # two free, one spent
-    # Each free return waited out a pause of every slot (0.5 s, then 1 s): an idle slot
-    # did not take the job straight back.
+    # Each free return waited out a pause of every slot (0.5 s, then 1 s): neither an idle
+    # slot nor a job that ended meanwhile let it be taken straight back.
     assert rec.finished_at - rec.enqueued_at >= 1.2, rec

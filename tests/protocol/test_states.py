@@ -125,6 +125,8 @@ UNREADABLE = [
     b'{"state": "waiting"}',  # no id
     b'{"id": "a-broken", "state": "waiting", "attempt": "x"}',
     b'{"id": "a-broken", "state": "active", "attempt": null}',
+    b'{"id": "a-broken", "state": "active", "max_attempts": 3}',  # no attempt
+    b'{"id": "a-broken", "state": "waiting", "attempt": 0}',  # no max_attempts
 ]
 
 

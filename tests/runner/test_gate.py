@@ -31,6 +31,12 @@ def pauses(gate: StartFailureGate, clock: Clock, outcome: ChildOutcome, tenant: 
     return gate.remaining_s
 
 
+def ends_normally(gate: StartFailureGate, clock: Clock, ok: ChildOutcome, tenant: str) -> None:
+    """Record `ok` of a child started once any pause had ended."""
+    clock.now += gate.remaining_s + ok.wall_s
+    gate.record(ok, tenant)
+
+
 async def test_repeated_start_failures_back_off_exponentially_then_reset(run: RunFn) -> None:
     clock = Clock()
     gate = StartFailureGate(base_s=0.5, cap_s=4.0, clock=clock)
@@ -40,7 +46,10 @@ async def test_repeated_start_failures_back_off_exponentially_then_reset(run: Ru
     # Whoever's job it was: nothing could start.
     delays = [pauses(gate, clock, failed, "t1") for _ in range(6)]
     assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
-    gate.record(healthy, "t2")
+    gate.record(healthy, "t2")  # it ran through the last pause: it proves nothing
+    assert gate.remaining_s == 4.0 and gate.failures == 6
+    clock.now += gate.remaining_s + healthy.wall_s
+    gate.record(healthy, "t2")  # started once the pause was over
     assert gate.remaining_s == 0 and gate.failures == 0
 
 
@@ -74,7 +83,7 @@ def test_knowing_one_tenant_or_none_any_crash_pauses(
     clock = Clock()
     gate = StartFailureGate(base_s=0.5, cap_s=4.0, clock=clock)
     assert [pauses(gate, clock, crashed, "only") for _ in range(4)] == [0.5, 1.0, 2.0, 4.0]
-    gate.record(ok, "only")
+    ends_normally(gate, clock, ok, "only")
     assert gate.remaining_s == 0 and gate.failures == 0
     assert pauses(gate, clock, crashed, "only") == 0.5
 
@@ -94,7 +103,7 @@ def test_crashes_must_span_three_tenants_once_three_are_known(
     assert pauses(gate, clock, crashed, "a") == 0.5
     # Each further pause takes three tenants' crashes again: old ones do not carry over.
     assert [pauses(gate, clock, crashed, t) for t in ("noisy", "unlucky", "b")] == [0, 0, 1.0]
-    gate.record(ok, "b")  # any normal ending ends the run and the pause
+    ends_normally(gate, clock, ok, "b")  # a normal ending ends the run and the pause
     assert gate.remaining_s == 0 and gate.failures == 0
 
 
@@ -142,3 +151,17 @@ async def test_wait_blocks_for_the_backoff() -> None:
     started = time.monotonic()
     await asyncio.wait_for(gate.wait(), 5)
     assert time.monotonic() - started >= 0.15
+
+
+def test_jobs_running_through_a_pause_do_not_end_it(
+    crash_and_ok: tuple[ChildOutcome, ChildOutcome],
+) -> None:
+    """Nothing can start (a full disk), but jobs started before keep ending normally:
+    those endings say nothing of the trouble, and must not reopen every slot at once."""
+    crashed, ok = crash_and_ok
+    clock = Clock()
+    gate = StartFailureGate(base_s=0.5, cap_s=4.0, clock=clock)
+    assert pauses(gate, clock, crashed, "only") == 0.5
+    clock.now += 0.1
+    gate.record(replace(ok, wall_s=5.0), "other")  # it ran through the pause
+    assert gate.remaining_s == pytest.approx(0.4) and gate.failures == 1

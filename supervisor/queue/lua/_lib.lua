@@ -41,6 +41,10 @@ local function load_checked(jobs, id)
       return false
     end
   end
+  -- Every record the scripts write has these, and scripts count with them.
+  if rec.attempt == nil or rec.max_attempts == nil then
+    return false
+  end
   return rec
 end
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from typing import Any
 
 from ingest_worker.documents import Document, Loaded
@@ -46,11 +47,17 @@ def load_files(
 
 
 def _tenant_root(root: str, tenant_id: str) -> str:
-    """<root>/<tenant id>, the only place that tenant's file sources may read."""
-    if tenant_id in (".", "..") or "/" in tenant_id:
+    """<root>/<tenant id>, the only place that tenant's file sources may read: a real
+    directory (not a symlink, which could lead to another tenant's), named by an id that
+    is not a dot name (`.`, `..`, or a hidden directory such as `.snapshot`)."""
+    if tenant_id.startswith(".") or "/" in tenant_id:
         raise BadInput(f"tenant_id {tenant_id!r} cannot name a directory of INGEST_FILE_ROOT")
-    mine = resolve_under(root, tenant_id)
-    if not os.path.isdir(mine):
+    mine = os.path.join(root, tenant_id)
+    try:
+        is_dir = stat.S_ISDIR(os.lstat(mine).st_mode)
+    except OSError:
+        is_dir = False
+    if not is_dir:
         raise BadInput(f"no files of tenant {tenant_id} under INGEST_FILE_ROOT")
     return mine
 
@@ -109,8 +116,6 @@ def _read(full: str, rel: str, max_bytes: int) -> bytes:
 
 
 def _is_regular(mode: int) -> bool:
-    import stat
-
     return stat.S_ISREG(mode)
 
 

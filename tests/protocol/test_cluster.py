@@ -244,3 +244,33 @@ async def test_protocol_runs_unchanged_on_a_three_master_cluster(cluster: RedisC
         # Every key of the queue lives in one slot.
         slots = {key_slot(k.encode()) for k in [*q.keys.all_state_sets().values(), q.keys.jobs]}
         assert len(slots) == 1
+
+
+async def test_the_status_reconciler_runs_on_a_cluster(
+    cluster: RedisCluster, tmp_path: Path
+) -> None:
+    """The projector, the sweep and its look for jobs Redis lost, on a queue served by a
+    cluster (scripts, pipelines, XINFO and TIME go to the node of the queue's slot)."""
+    from supervisor.status import build_status_backend
+    from supervisor.status.projector import StatusProjector
+    from supervisor.status.reconcile import sweep_page
+
+    _, name = queues_on_different_nodes(cluster)
+    q = JobQueue(cluster, name)
+    backend = build_status_backend("sqlite", sqlite_path=str(tmp_path / "s.sqlite3"))
+    try:
+        await q.enqueue(job("kept"))
+        await q.enqueue(job("lost"))
+        assert await StatusProjector(cluster, q.keys, backend, consumer="p").drain(10.0)
+        await cluster.hdel(q.keys.jobs, "lost")
+        await cluster.zrem(q.keys.waiting, "lost")
+        report = await sweep_page(q, backend, limit=100, lost_after_s=0.0)
+        assert report.lost == ["lost"] and report.missing == [], report
+        kept, lost = await backend.fetch("kept"), await backend.fetch("lost")
+        assert kept is not None and kept["status"] == "queued"
+        assert lost is not None and lost["status"] == "failed"
+    finally:
+        await backend.aclose()
+        keys = [k async for k in cluster.scan_iter(match=q.keys.pattern)]
+        for key in keys:
+            await cluster.delete(key)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,18 +11,10 @@ from redis.exceptions import ResponseError
 from supervisor.queue.connection import AnyRedis
 from supervisor.queue.keys import QueueKeys
 from supervisor.queue.payload import validate_job_id
-from supervisor.queue.records import (
-    JobRecord,
-    ScanPage,
-    UnreadableRecord,
-    record_or_none,
-    stored_record,
-)
+from supervisor.queue.records import JobRecord, ScanPage, record_or_none
 from supervisor.queue.records import as_str as _s
 from supervisor.queue.states import FINAL_STATES, JobState
 from supervisor.queue.workers import WorkerRegistry
-
-log = logging.getLogger(__name__)
 
 # Bytes of stored records one page may read (beyond it, one record at most): a record holds
 # a child's result (a 1 MiB RESULT line, stored escaped, can take 3.5 MiB), so a page of
@@ -137,7 +128,7 @@ class QueueReads:
                 if raw is None:
                     continue
                 read_bytes += len(raw)
-                job = _scanned(job_id, raw, tenant_id)
+                job = record_or_none(job_id, raw, tenant_id=tenant_id)
                 if job is not None:
                     jobs.append(job)
                 if len(jobs) == limit:
@@ -227,16 +218,3 @@ class QueueReads:
                     yield _s(message["data"])
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-
-def _scanned(job_id: str, raw: str | bytes, tenant_id: str | None) -> JobRecord | None:
-    """The record if it is `tenant_id`'s (any, when None) and can be read. Another
-    tenant's record is passed over before its result is decoded."""
-    try:
-        stored = stored_record(raw)
-        if tenant_id is not None and stored.get("tenant", "") != tenant_id:
-            return None
-        return JobRecord.from_stored(stored)
-    except UnreadableRecord as exc:
-        log.warning("job %s read as missing: %s", job_id, exc)
-        return None

@@ -134,12 +134,20 @@ def stored_record(raw: str | bytes) -> dict[str, Any]:
 
 
 def record_or_none(
-    job_id: str, raw: str | bytes, payload: str | bytes | None = None
+    job_id: str,
+    raw: str | bytes,
+    payload: str | bytes | None = None,
+    *,
+    tenant_id: str | None = None,
 ) -> JobRecord | None:
-    """`job_id`'s record, or None (logged) where it cannot be read: such a job reads as
-    missing, and every other job as before."""
+    """`job_id`'s record, or None where it cannot be read (logged: such a job reads as
+    missing, and every other job as before) or is not `tenant_id`'s (when given; passed
+    over before its result is decoded)."""
     try:
-        return JobRecord.from_raw(raw, payload)
+        stored = stored_record(raw)
+        if tenant_id is not None and stored.get("tenant", "") != tenant_id:
+            return None
+        return JobRecord.from_stored(stored, payload)
     except UnreadableRecord as exc:
         log.warning("job %s read as missing: %s", job_id, exc)
         return None

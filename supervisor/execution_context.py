@@ -1,5 +1,6 @@
-"""What every job execution of one daemon shares: its settings and queue, the count of
-fork-server deaths per job, and the wake-up for lease checks."""
+"""What every job execution of one daemon shares: its settings and queue, the counts of
+fork-server deaths and host faults per job, the start-failure gate, and the wake-up for
+lease checks."""
 
 from __future__ import annotations
 

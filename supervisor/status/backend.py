@@ -42,13 +42,25 @@ COLUMNS = (
 TIME_COLUMNS = frozenset({"queued_at", "started_at", "finished_at", "updated_at"})
 
 
+# SQLSTATE classes that mean the data was rejected: retrying the same request cannot help.
+_PERMANENT_CLASSES = ("22", "23")
+_UNDEFINED_COLUMN = "42703"
+
+
 class StatusStoreError(Exception):
     """A write the store refused or could not take. `permanent` means retrying cannot help
-    (the data itself was rejected); anything else is retried with backoff."""
+    (the data itself was rejected, also told by a PostgreSQL `sqlstate` of class 22 or 23);
+    anything else is retried with backoff."""
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    def __init__(self, message: str, *, permanent: bool = False, sqlstate: str = "") -> None:
         super().__init__(message)
-        self.permanent = permanent
+        self.sqlstate = sqlstate
+        self.permanent = permanent or sqlstate[:2] in _PERMANENT_CLASSES
+
+    @property
+    def missing_column(self) -> bool:
+        """The table lacks a column asked for: a migration not applied yet."""
+        return self.sqlstate == _UNDEFINED_COLUMN
 
 
 @runtime_checkable
@@ -73,7 +85,7 @@ class StatusBackend(Protocol):
         """Up to `limit` rows of `queue`'s jobs that say queued or processing and have not
         changed for `older_than_s` (on the store's clock where it has one), with a job id
         greater than `after`, in job id order (the look for jobs Redis lost). A store
-        without the queue column raises StatusStoreError naming SQLSTATE 42703."""
+        without the queue column raises a StatusStoreError that is `missing_column`."""
         ...
 
     async def aclose(self) -> None: ...

@@ -91,7 +91,7 @@ async def fail_lost_rows(
     try:
         rows = await backend.fetch_unsettled(queue.queue, after, limit, lost_after_s)
     except StatusStoreError as exc:
-        if "42703" not in str(exc):  # anything but "no such column"
+        if not exc.missing_column:
             raise
         log.warning("rows of jobs Redis lost are not looked for: apply migration %s", _MIGRATION)
         return [], 0, after

@@ -17,8 +17,6 @@ from supervisor.status.update import StatusUpdate
 
 log = logging.getLogger(__name__)
 
-# SQLSTATE classes that mean the data was rejected: retrying the same batch cannot help.
-_PERMANENT_CLASSES = ("22", "23")
 
 _VERSIONS = (
     "select job_id, seq_run, rev, tenant_id, status, attempt{} from public.ingestion_jobs"
@@ -93,9 +91,8 @@ class PostgresBackend:
                 state = getattr(exc, "sqlstate", None) or ""
                 if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
                     await self._drop_connection()
-                permanent = state[:2] in _PERMANENT_CLASSES
                 raise StatusStoreError(
-                    f"status store error {state or type(exc).__name__}", permanent=permanent
+                    f"status store error {state or type(exc).__name__}", sqlstate=state
                 ) from exc
             except OSError as exc:
                 await self._drop_connection()
@@ -118,7 +115,7 @@ class PostgresBackend:
         try:
             rows = await self._run(_VERSIONS.format(", queue"), [list(job_ids)], many=True)
         except StatusStoreError as exc:
-            if "42703" not in str(exc):  # not a table without the queue column yet
+            if not exc.missing_column:  # not a table without the queue column yet
                 raise
             rows = await self._run(_VERSIONS.format(", null"), [list(job_ids)], many=True)
         return {r[0]: (float(r[1]), int(r[2]), str(r[3]), str(r[4]), int(r[5]), r[6]) for r in rows}

@@ -25,8 +25,6 @@ from supervisor.status.update import StatusUpdate
 log = logging.getLogger(__name__)
 
 RPC_NAME = "apply_job_status"
-# PostgreSQL SQLSTATE classes meaning the data was rejected (retrying cannot help).
-_PERMANENT_CLASSES = ("22", "23")
 
 
 def _seconds(value: Any) -> Any:
@@ -79,7 +77,7 @@ class SupabaseBackend:
             code = str(exc.code or "")
             raise StatusStoreError(
                 f"status store refused: {code} {exc.message or ''}".strip(),
-                permanent=code[:2] in _PERMANENT_CLASSES,
+                sqlstate=code,
             ) from None
         except httpx.HTTPError as exc:
             raise StatusStoreError(f"status store unreachable: {type(exc).__name__}") from None
@@ -125,7 +123,7 @@ class SupabaseBackend:
                 lambda c: c.table("ingestion_jobs").select(f"{columns},queue").in_("job_id", chunk)
             )
         except StatusStoreError as exc:
-            if "42703" not in str(exc):  # not a table without the queue column yet
+            if not exc.missing_column:  # not a table without the queue column yet
                 raise
             data = await self._execute(
                 lambda c: c.table("ingestion_jobs").select(columns).in_("job_id", chunk)

@@ -84,6 +84,8 @@ async def test_cancel_requested_job_whose_holder_died_ends_cancelled(q: JobQueue
     assert result.recovered == [] and result.dead_lettered == []
     rec = await q.get("cz")
     assert rec is not None and rec.state is JobState.CANCELLED
+    # The attempt that was running when its holder died, and that holder, stay on record.
+    assert (rec.attempt, rec.worker_id) == (1, "w")
 
 
 async def test_cancel_of_a_finished_job_changes_nothing(q: JobQueue, client: Redis) -> None:

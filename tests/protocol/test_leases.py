@@ -151,11 +151,13 @@ async def test_job_past_the_stall_limit_is_dead_lettered(
         assert (await reap_until(q, "dl")).recovered == ["dl"]
         rec = await q.get("dl")
         assert rec is not None and rec.stalls == stall and rec.state is JobState.WAITING
-    await claim_one(q, lease_s=0.05)
+    await claim_one(q, lease_s=0.05, worker="host/0/1")
     assert (await reap_until(q, "dl")).dead_lettered == ["dl"]
     rec = await q.get("dl")
     assert rec is not None and rec.state is JobState.FAILED
-    assert rec.stalls == 3 and rec.attempt == 0
+    # The row says which attempt ran last and where, as for any other final state; the
+    # stalls spent no attempt, so that is the first.
+    assert (rec.stalls, rec.attempt, rec.worker_id) == (3, 1, "host/0/1")
     assert rec.error is not None and "stalled 3 times" in rec.error
     counts = await q.counts()
     assert counts["failed"] == 1 and counts["waiting"] == counts["active"] == 0

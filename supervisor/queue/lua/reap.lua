@@ -18,9 +18,6 @@ for _, id in ipairs(expired) do
   elseif rec and rec.state == 'active' then
     rec.token = nil
     rec.lease_until = nil
-    rec.worker = nil
-    -- A stall is not the job's fault: it does not spend an attempt, it counts separately.
-    rec.attempt = math.max(0, rec.attempt - 1)
     rec.stalls = (rec.stalls or 0) + 1
     redis.call('HINCRBY', KEYS[11], 'stalled', 1)
     if rec.cancel_requested then
@@ -35,7 +32,11 @@ for _, id in ipairs(expired) do
       redis.call('ZADD', KEYS[5], fmt(now), id)
       table.insert(dead, id)
     else
+      -- A stall is not the job's fault: it does not spend an attempt, it counts
+      -- separately. A job that ends here keeps the attempt that ran and its worker.
       rec.state = 'waiting'
+      rec.worker = nil
+      rec.attempt = math.max(0, rec.attempt - 1)
       push_front(KEYS[4], KEYS[8], rec)
       redis.call('LPUSH', KEYS[9], '1')
       table.insert(recovered, id)

@@ -12,7 +12,7 @@ from ingest_worker.errors import BadInput
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
     from typing import Any
 
 SOURCE_TYPES = ("text", "file", "url", "crawl")
@@ -58,23 +58,41 @@ class SecretKeys:
 
 def check_structure(raw: Any) -> None:
     """Refuse what the producer's validation refuses and a record stored before it could
-    still hold: nesting deeper than MAX_DEPTH, lone surrogates in strings."""
-    stack: list[tuple[str, Any, int]] = [("job", raw, 0)]
+    still hold: nesting deeper than MAX_DEPTH, lone surrogates in strings. Depth first with
+    one iterator per level; a node's path is spelled out only for the error (paths built
+    for every node repeat a long key once per element of a long list below it)."""
+    stack: list[tuple[tuple[str, ...], Iterator[tuple[str, Any]]]] = [((), iter([("job", raw)]))]
     while stack:
-        where, node, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise BadInput(f"{where}: nested more than {MAX_DEPTH} levels deep")
+        path, children = stack[-1]
+        step = next(children, None)
+        if step is None:
+            stack.pop()
+            continue
+        name, node = step
+        here = (*path, name)
+        if len(here) - 1 > MAX_DEPTH:
+            raise BadInput(f"{_dotted(here)}: nested more than {MAX_DEPTH} levels deep")
         if isinstance(node, str):
             try:
                 node.encode("utf-8")
             except UnicodeEncodeError:
-                raise BadInput(f"{where}: not valid Unicode (a lone surrogate)") from None
+                raise BadInput(f"{_dotted(here)}: not valid Unicode (a lone surrogate)") from None
         elif isinstance(node, dict):
-            for k, v in node.items():
-                stack.append((f"{where}.{k}" if where != "job" else str(k), v, depth + 1))
-                stack.append((where, str(k), depth))
+            for k in node:
+                try:
+                    str(k).encode("utf-8")
+                except UnicodeEncodeError:
+                    raise BadInput(
+                        f"{_dotted(here)}: not valid Unicode (a lone surrogate)"
+                    ) from None
+            stack.append((here, ((f".{k}", v) for k, v in node.items())))
         elif isinstance(node, list):
-            stack.extend((f"{where}[{i}]", v, depth + 1) for i, v in enumerate(node))
+            stack.append((here, ((f"[{i}]", v) for i, v in enumerate(node))))
+
+
+def _dotted(path: tuple[str, ...]) -> str:
+    """`a.b[0].c` for ("job", ".a", ".b", "[0]", ".c"); "job" for the job itself."""
+    return "".join(path[1:]).removeprefix(".") or path[0]
 
 
 class Job:

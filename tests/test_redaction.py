@@ -4,11 +4,14 @@ copy of the rules (it must start without importing the daemon) agrees with the d
 from __future__ import annotations
 
 import json
+import tracemalloc
+from collections.abc import Callable
 from urllib.parse import quote, quote_plus
 
 import pytest
 
 from ingest_worker import job as worker_job
+from ingest_worker.errors import BadInput
 from supervisor.queue import payload
 
 SECRET_NAMES = [
@@ -68,3 +71,52 @@ def test_redaction_of_a_deep_value_is_bounded_not_a_crash() -> None:
     out = payload.redact(node)
     assert json.dumps(out).count(payload.TOO_DEEP) == 1
     assert payload.secret_values(node) == ["t"]
+
+
+def _peak_bytes(work: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_checking_a_payload_costs_memory_in_its_size_not_its_paths() -> None:
+    """A long key above a long list: every element's dotted path repeats the key, so a
+    walk that spells out paths as it goes needs key length x list length (gigabytes for
+    a payload within the size limit). Paths are spelled out only for an error."""
+    raw = {
+        "job_id": "j",
+        "tenant_id": "t",
+        "data_source": {"type": "text", "text": "x"},
+        "metadata": {"k" * 20_000: [0] * 5_000, "secret_token": "s3cr3t-value"},
+    }
+    size = len(json.dumps(raw))
+    assert size < 40_000
+    for work in (
+        lambda: payload.validate_payload(raw),
+        lambda: payload.secret_values(raw),
+        lambda: worker_job.check_structure(raw),
+    ):
+        assert _peak_bytes(work) < 40 * size
+    assert payload.secret_values(raw) == ["s3cr3t-value"]
+
+
+def test_a_refused_payload_still_names_the_offending_field() -> None:
+    surrogate = {"job_id": "j", "tenant_id": "t", "data_source": {"type": "text", "text": "x"}}
+    surrogate["metadata"] = {"a": [{"b": "ok"}, {"c": "\ud800"}]}
+    with pytest.raises(payload.PayloadError) as caught:
+        payload.validate_payload(surrogate)
+    assert caught.value.field == "metadata.a[1].c"
+    with pytest.raises(BadInput, match=r"^metadata\.a\[1\]\.c: not valid Unicode"):
+        worker_job.check_structure(surrogate)
+    deep: dict[str, object] = {}
+    node = deep
+    for _ in range(payload.MAX_DEPTH + 2):
+        node["n"] = {}
+        node = node["n"]  # type: ignore[assignment]
+    too_deep = {**surrogate, "metadata": {"fine": 1}, "data_source": {"type": "text", **deep}}
+    with pytest.raises(payload.PayloadError) as caught:
+        payload.validate_payload(too_deep)
+    assert caught.value.field == "data_source"

@@ -105,9 +105,7 @@ def validate_payload(raw: object) -> dict[str, Any]:
         raise PayloadError("data_source", "is required and must be an object with a 'type'")
     source_type = source.get("type")
     if source_type not in DATA_SOURCE_TYPES:
-        raise PayloadError(
-            "data_source.type", f"must be one of {', '.join(DATA_SOURCE_TYPES)}"
-        )
+        raise PayloadError("data_source.type", f"must be one of {', '.join(DATA_SOURCE_TYPES)}")
     priority = raw.get("priority", "normal")
     if priority not in PRIORITIES:
         raise PayloadError("priority", "must be 'high' or 'normal'")
@@ -153,33 +151,76 @@ def validate_payload(raw: object) -> dict[str, Any]:
     return out
 
 
-def _walk(value: Any, path: str = "") -> Iterator[tuple[str, Any, int]]:
-    """(dotted path, node, depth) for every node of a JSON-like value, without recursion."""
-    stack: list[tuple[str, Any, int]] = [(path, value, 0)]
+# A node's place in a value: a link to its parent's place, its key there and whether that
+# key is a list index. Spelled out as a dotted path only for an error message: paths built
+# for every node repeat their ancestors' keys, which a long key above a long list turns
+# into gigabytes.
+_Place = tuple["_Place", object, bool] | None
+
+
+def _children(node: Any) -> Iterator[tuple[object, Any, bool]] | None:
+    if isinstance(node, Mapping):
+        return ((k, v, False) for k, v in node.items())
+    if isinstance(node, list | tuple):
+        return ((i, v, True) for i, v in enumerate(node))
+    return None
+
+
+def _walk(value: Any) -> Iterator[tuple[_Place, Any, int]]:
+    """(place, node, depth) for every node of a JSON-like value, depth first, without
+    recursion; memory grows with the depth only (one iterator per level)."""
+    yield None, value, 0
+    top = _children(value)
+    stack: list[tuple[_Place, Iterator[tuple[object, Any, bool]], int]] = []
+    if top is not None:
+        stack.append((None, top, 1))
     while stack:
-        where, node, depth = stack.pop()
-        yield where, node, depth
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                stack.append((f"{where}.{k}" if where else str(k), v, depth + 1))
-        elif isinstance(node, list | tuple):
-            for i, v in enumerate(node):
-                stack.append((f"{where}[{i}]", v, depth + 1))
+        parent, children, depth = stack[-1]
+        step = next(children, None)
+        if step is None:
+            stack.pop()
+            continue
+        key, node, is_index = step
+        place: _Place = (parent, key, is_index)
+        yield place, node, depth
+        below = _children(node)
+        if below is not None:
+            stack.append((place, below, depth + 1))
+
+
+def _dotted(place: _Place) -> str:
+    """`a.b[0].c` for a place."""
+    parts: list[str] = []
+    while place is not None:
+        place, key, is_index = place
+        parts.append(f"[{key}]" if is_index else f".{key}")
+    return "".join(reversed(parts)).removeprefix(".")
+
+
+def _top_field(place: _Place) -> str:
+    """The top-level field a place is under."""
+    key: object = ""
+    while place is not None:
+        place, key, _is_index = place
+    return str(key)
 
 
 def check_structure(value: Any) -> None:
     """Refuse nesting deeper than MAX_DEPTH and strings that are not valid Unicode (lone
     surrogates, which no UTF-8 encoder accepts), naming the first offending field."""
-    for where, node, depth in _walk(value):
+    for place, node, depth in _walk(value):
         if depth > MAX_DEPTH:
-            top = where.split(".", 1)[0].split("[", 1)[0]
-            raise PayloadError(top or "payload", f"must be nested at most {MAX_DEPTH} levels deep")
+            raise PayloadError(
+                _top_field(place) or "payload", f"must be nested at most {MAX_DEPTH} levels deep"
+            )
         if isinstance(node, str) and _SURROGATES.search(node):
-            raise PayloadError(where or "payload", "must be valid Unicode (a lone surrogate)")
+            raise PayloadError(
+                _dotted(place) or "payload", "must be valid Unicode (a lone surrogate)"
+            )
         if isinstance(node, Mapping):
             for k in node:
                 if isinstance(k, str) and _SURROGATES.search(k):
-                    raise PayloadError(where or "payload", "keys must be valid Unicode")
+                    raise PayloadError(_dotted(place) or "payload", "keys must be valid Unicode")
 
 
 def normalise_key(key: object) -> str:
@@ -221,9 +262,7 @@ def redact(
         if isinstance(node, Mapping | list | tuple) and depth >= max_depth:
             return TOO_DEEP
         if isinstance(node, Mapping):
-            return {
-                k: (REDACTED if is_secret(k) else walk(v, depth + 1)) for k, v in node.items()
-            }
+            return {k: (REDACTED if is_secret(k) else walk(v, depth + 1)) for k, v in node.items()}
         if isinstance(node, list | tuple):
             return [walk(v, depth + 1) for v in node]
         return node
@@ -238,7 +277,7 @@ def secret_values(
     scrubbed of them."""
     is_secret = _matcher(secret_keys)
     found: list[str] = []
-    for _where, node, _depth in _walk(value):
+    for _place, node, _depth in _walk(value):
         if isinstance(node, Mapping):
             for k, v in node.items():
                 if is_secret(k) and isinstance(v, str) and v:

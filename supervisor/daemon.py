@@ -149,7 +149,7 @@ class Daemon:
         """Run one claimed job. Whatever goes wrong fails that job with a logged reason (not
         retryable when the payload is the cause); it never ends the slot."""
         job_id = claim.job.job_id
-        reason = unrunnable_reason(claim)
+        reason = unrunnable_reason(claim, self.ctx.is_secret)
         if reason is not None:
             await fail_unrun(self.ctx, self.queue, index, claim, reason, retryable=False)
             return

@@ -9,7 +9,7 @@ import time
 from supervisor import events as ev
 from supervisor.execution_context import ExecutionContext
 from supervisor.queue.jobqueue import Claim, JobQueue
-from supervisor.queue.payload import PayloadError, check_structure, validate_payload
+from supervisor.queue.payload import PayloadError, SecretKeys, check_structure, validate_payload
 from supervisor.queue.states import TableStatus
 from supervisor.redis_retry import call_until
 
@@ -17,15 +17,16 @@ from supervisor.redis_retry import call_until
 log = logging.getLogger("supervisor.daemon")
 
 
-def unrunnable_reason(claim: Claim) -> str | None:
-    """Why a claimed payload must not run (stored before validation bounded it), or None."""
+def unrunnable_reason(claim: Claim, is_secret: SecretKeys) -> str | None:
+    """Why a claimed payload must not run (stored before validation bounded it), or None.
+    `is_secret`: the daemon's secret-named keys, under which the payload's secrets count."""
     if claim.payload_error is not None:
         return f"Job payload refused: {claim.payload_error}"
     try:
         check_structure(claim.payload)
         # Everything enqueue checks: a payload written into Redis by other means (an old
         # version, a hand edit) gets no less scrutiny than one that came through enqueue.
-        validate_payload(claim.payload)
+        validate_payload(claim.payload, is_secret)
     except PayloadError as exc:
         return f"Job payload refused: {exc}"
     return None

@@ -4,6 +4,7 @@ copy of the rules (it must start without importing the daemon) agrees with the d
 from __future__ import annotations
 
 import json
+import time
 import tracemalloc
 from collections.abc import Callable
 from urllib.parse import quote, quote_plus
@@ -120,3 +121,36 @@ def test_a_refused_payload_still_names_the_offending_field() -> None:
     with pytest.raises(payload.PayloadError) as caught:
         payload.validate_payload(too_deep)
     assert caught.value.field == "data_source"
+
+
+def test_a_payload_holds_a_bounded_number_of_secrets() -> None:
+    """Every secret value is scrubbed, in six forms, from every progress line, error and
+    result string: their number is bounded, counted under the deployment's own names."""
+    base = {"job_id": "j", "tenant_id": "t", "data_source": {"type": "text", "text": "x"}}
+    limit = payload.MAX_SECRET_VALUES
+    fine = {**base, "metadata": {f"k{i}_token": f"value-{i:05d}" for i in range(limit)}}
+    payload.validate_payload(fine)
+    # The same value many times is one secret.
+    payload.validate_payload({**base, "metadata": {f"k{i}_token": "same" for i in range(999)}})
+    too_many = {**base, "metadata": {f"k{i}_token": f"value-{i:05d}" for i in range(limit + 1)}}
+    with pytest.raises(payload.PayloadError, match="secret-named"):
+        payload.validate_payload(too_many)
+    house = {**base, "metadata": {f"k{i}": {"house_pin": f"p{i:05d}"} for i in range(limit + 1)}}
+    payload.validate_payload(house)
+    with pytest.raises(payload.PayloadError, match="secret-named"):
+        payload.validate_payload(house, payload.SecretKeys(["house_pin"]))
+
+
+def test_scrubbing_a_large_result_costs_one_pass_per_form_not_one_per_string() -> None:
+    """A child's result of a megabyte of short strings, and a payload with as many secrets
+    as it may hold: the result is scrubbed in well under a second (one scan of every
+    string per form would hold the daemon's event loop for seconds)."""
+    # Six forms each: as is, three URL encodings, two JSON ones.
+    secrets = [f'se cr/\u00e9"t-{i:04d}' for i in range(payload.MAX_SECRET_VALUES)]
+    result = {"chunks": ["abcdefgh"] * 100_000, secrets[7]: [f"x {secrets[3]} y", "ok"]}
+    started = time.perf_counter()
+    scrubbed = payload.scrub_value(result, secrets)
+    elapsed = time.perf_counter() - started
+    assert scrubbed[payload.REDACTED] == [f"x {payload.REDACTED} y", "ok"]
+    assert scrubbed["chunks"] == result["chunks"]
+    assert elapsed < 1.0, elapsed

@@ -24,6 +24,9 @@ MAX_ATTEMPTS_LIMIT = 100
 # (redaction, JSON encoders, the child) stays far from Python's recursion limit.
 MAX_DEPTH = 32
 MAX_TRIAL_TOKEN_CHARS = 4096
+# Distinct values under secret-named keys a payload may hold: each is scrubbed, in every
+# form `_forms` knows, from every progress line, error and result string of its job.
+MAX_SECRET_VALUES = 100
 DEFAULT_SECRET_KEYS: frozenset[str] = frozenset(
     {"trial_token", "token", "api_key", "apikey", "password", "secret", "authorization"}
 )
@@ -87,8 +90,11 @@ def validate_job_id(job_id: object) -> str:
     return job_id
 
 
-def validate_payload(raw: object) -> dict[str, Any]:
-    """Return a normalised copy of a valid payload or raise PayloadError."""
+def validate_payload(
+    raw: object, secret_keys: Iterable[str] | SecretKeys = DEFAULT_SECRET_KEYS
+) -> dict[str, Any]:
+    """Return a normalised copy of a valid payload or raise PayloadError. `secret_keys`:
+    the names whose values count as secrets (see MAX_SECRET_VALUES)."""
     if not isinstance(raw, Mapping):
         raise PayloadError("payload", "must be a JSON object")
     unknown = sorted(set(raw) - _KNOWN_FIELDS)
@@ -113,6 +119,10 @@ def validate_payload(raw: object) -> dict[str, Any]:
     if metadata is not None and not isinstance(metadata, Mapping):
         raise PayloadError("metadata", "must be an object")
     check_structure(raw)
+    if len(set(secret_values(raw, secret_keys))) > MAX_SECRET_VALUES:
+        raise PayloadError(
+            "payload", f"must hold at most {MAX_SECRET_VALUES} values under secret-named keys"
+        )
     out: dict[str, Any] = {
         "job_id": job_id,
         "tenant_id": tenant,
@@ -315,29 +325,72 @@ def _all_forms(secrets: tuple[str, ...]) -> tuple[str, ...]:
 def scrub(text: str, secrets: Iterable[str]) -> str:
     """`text` with every secret replaced, in any of the forms `_forms` knows; longest
     first, so a form that contains another is replaced whole."""
-    for form in _all_forms(tuple(secrets)):
-        if len(form) <= len(text):
-            text = text.replace(form, REDACTED)
-    return text
+    return _replace_forms(text, _all_forms(tuple(secrets))) if text else text
 
 
 def scrub_value(value: Any, secrets: Iterable[str], max_depth: int = MAX_DEPTH) -> Any:
     """`value` (child-made JSON or text) with every secret in its strings and keys redacted;
     anything nested deeper than `max_depth` becomes a marker."""
-    found = list(secrets)
+    forms = _all_forms(tuple(secrets))
+    strings: list[str] = []  # every key and string, in the order `rebuild` meets them
 
-    def walk(node: Any, depth: int) -> Any:
+    def collect(node: Any, depth: int) -> None:
         if isinstance(node, str):
-            return scrub(node, found)
+            strings.append(node)
+        elif isinstance(node, dict | list) and depth >= max_depth:
+            return
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                strings.append(str(k))
+                collect(v, depth + 1)
+        elif isinstance(node, list):
+            for v in node:
+                collect(v, depth + 1)
+
+    collect(value, 0)
+    scrubbed = iter(_scrub_all(strings, forms))
+
+    def rebuild(node: Any, depth: int) -> Any:
+        if isinstance(node, str):
+            return next(scrubbed)
         if isinstance(node, dict | list) and depth >= max_depth:
             return TOO_DEEP
         if isinstance(node, dict):
-            return {scrub(str(k), found): walk(v, depth + 1) for k, v in node.items()}
+            out: dict[str, Any] = {}
+            for v in node.values():
+                key = next(scrubbed)
+                out[key] = rebuild(v, depth + 1)
+            return out
         if isinstance(node, list):
-            return [walk(v, depth + 1) for v in node]
+            return [rebuild(v, depth + 1) for v in node]
         return node
 
-    return walk(value, 0)
+    return rebuild(value, 0)
+
+
+def _scrub_all(strings: list[str], forms: tuple[str, ...]) -> list[str]:
+    """Each of `strings` scrubbed of `forms`. A child's result can hold a hundred thousand
+    short strings: rather than every form scanning each string, each form scans them all
+    once, joined by a character that none of them, no form and no marker contains (so no
+    replacement can reach across two strings)."""
+    if not forms or not strings:
+        return strings
+    used = set(REDACTED).union(*strings, *forms)
+    sep = next((c for c in _SEPARATORS if c not in used), None)
+    if sep is None:  # every candidate is taken: one string at a time
+        return [_replace_forms(s, forms) for s in strings]
+    return _replace_forms(sep.join(strings), forms).split(sep)
+
+
+# Candidates for _scrub_all's separator: control characters, then the private use area.
+_SEPARATORS = "".join(chr(c) for c in (*range(1, 32), *range(0xE000, 0xF900)))
+
+
+def _replace_forms(text: str, forms: tuple[str, ...]) -> str:
+    for form in forms:
+        if len(form) <= len(text):
+            text = text.replace(form, REDACTED)
+    return text
 
 
 def strict_json(value: Any) -> bytes:

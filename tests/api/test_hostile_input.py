@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.queue.keys import QueueKeys
+from supervisor.queue.payload import MAX_SECRET_VALUES
 from tests.api.conftest import TOKEN, ApiServer, ServerFactory, job
 from tests.api.test_events import SseReader
 from tests.conftest import REDIS_URL
@@ -64,6 +65,19 @@ def test_deep_metadata_is_refused_with_422_naming_the_field(http: httpx.Client) 
     assert r.json()["field"].startswith("metadata")
     assert "nested" in r.json()["rule"]
     assert http.get(f"/jobs/{payload['job_id']}").status_code == 404
+
+
+def test_a_payload_with_too_many_secrets_is_refused_with_422(http: httpx.Client) -> None:
+    """Each secret is scrubbed from every line, error and result string of its job: a
+    payload holds at most MAX_SECRET_VALUES of them."""
+    secrets = {f"k{i}": {"custom_secret": f"v-{i:05d}"} for i in range(MAX_SECRET_VALUES + 1)}
+    payload = job(metadata=secrets)
+    r = http.post("/jobs", json=payload)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "payload" and "secret-named" in r.json()["rule"]
+    assert http.get(f"/jobs/{payload['job_id']}").status_code == 404
+    del secrets[f"k{MAX_SECRET_VALUES}"]
+    assert http.post("/jobs", json=job(metadata=secrets)).status_code == 202
 
 
 def test_job_with_a_deep_payload_already_in_redis_still_reads(

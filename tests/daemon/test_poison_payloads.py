@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from supervisor.queue.keys import QueueKeys
+from supervisor.queue.payload import MAX_SECRET_VALUES
 from supervisor.queue.states import JobState
 from tests.daemon.conftest import SyncQueue, job, wait_until
 from tests.daemon.test_ctl import ctl
@@ -85,8 +86,22 @@ def test_a_payload_planted_in_redis_gets_the_checks_of_enqueue(
     for job_id, payload in planted.items():
         q.enqueue(job(job_id))
         raw_redis.hset(QueueKeys(q.queue).payloads, job_id, json.dumps(payload))
-    d = start_daemon()
-    for job_id, field in (("bad-timeout", "timeout_s"), ("no-tenant", "tenant_id")):
+    # Secrets under a name only this daemon knows as secret: each value costs a scrub of
+    # every line, error and result string, so their number is bounded too.
+    many = {f"k{i}": {"house_pin": f"pin-{i:05d}"} for i in range(MAX_SECRET_VALUES + 1)}
+    q.enqueue(job("many-secrets"))
+    raw_redis.hset(
+        QueueKeys(q.queue).payloads,
+        "many-secrets",
+        json.dumps({**job("many-secrets"), "metadata": many}),
+    )
+    planted["many-secrets"] = {}
+    d = start_daemon(INGEST_SECRET_KEYS="house_pin")
+    for job_id, field in (
+        ("bad-timeout", "timeout_s"),
+        ("no-tenant", "tenant_id"),
+        ("many-secrets", "secret-named"),
+    ):
         wait_until(lambda j=job_id: q.get(j).state is JobState.FAILED, 20, f"{job_id} failed")
         rec = q.get(job_id)
         assert rec.attempt == 1 and field in (rec.error or ""), rec.error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -300,24 +301,22 @@ async def test_a_row_ahead_of_a_redis_that_lost_its_last_writes_is_brought_back_
     store: Store, queue: JobQueue, repair: str
 ) -> None:
     """Redis came back without its last writes (appendfsync everysec, an asynchronous
-    failover) after the rows had them: its revisions restart below the row's, and every
-    later change of the job was refused as older. The reconciler finds such a row ahead of
-    its record and writes Redis's row over it, if the row is still the one it saw."""
+    failover) after the rows had them: the row shows a completion Redis no longer has. The
+    reconciler finds the row ahead of its record and writes Redis's row over it, if the
+    row is still the one it saw; the job's next change then lands as usual, since its
+    revision is above every lost one."""
     backend = store.backend()
     try:
         await queue.enqueue(payload("rolled"))
         claim = await queue.claim("w", lease_s=30, timeout_s=5)
         assert claim is not None
         saved = await queue.client.hget(queue.keys.jobs, "rolled")  # what Redis will keep
-        for pct in (20, 40, 60):
-            await queue.progress("rolled", claim.token, pct, f"at {pct}")
+        assert await queue.complete("rolled", claim.token, {"n": 1}, message="done")
         p = projector(queue, backend, "p")
         await p.drain(10.0)
         await queue.client.hset(queue.keys.jobs, "rolled", saved)  # the lost writes
-        assert await queue.complete("rolled", claim.token, {"n": 1}, message="done")
-        await p.drain(10.0)
-        row = await backend.fetch("rolled")
-        assert row is not None and row["status"] == "processing"  # refused as older
+        await queue.client.zrem(queue.keys.completed, "rolled")
+        await queue.client.zadd(queue.keys.active, {"rolled": time.time() * 1000 + 30_000})
         if repair == "sweep":
             report = await sweep_page(queue, backend, limit=100)
             assert report.ahead == ["rolled"], report
@@ -325,9 +324,43 @@ async def test_a_row_ahead_of_a_redis_that_lost_its_last_writes_is_brought_back_
             synced = await status_sync(queue, backend)
             assert synced.ahead == ["rolled"] and synced.written == 1, synced
         row = await backend.fetch("rolled")
-        assert row is not None and row["status"] == "completed" and row["result"] == {"n": 1}
+        assert row is not None and row["status"] == "processing" and row["result"] is None
+        assert await queue.complete("rolled", claim.token, {"n": 2}, message="done")
+        await p.drain(10.0)
+        row = await backend.fetch("rolled")
+        assert row is not None and row["status"] == "completed" and row["result"] == {"n": 2}
         again = await sweep_page(queue, backend, limit=100)
         assert (again.ahead, again.behind, again.missing) == ([], [], [])
+    finally:
+        await backend.aclose()
+
+
+async def test_a_run_redis_forgot_and_ran_again_to_the_same_state_shows_the_new_run(
+    store: Store, queue: JobQueue
+) -> None:
+    """Redis lost a whole attempt (claimed by one daemon, completed with one result) after
+    its rows were written, and the job then ran again elsewhere to the same state. The row
+    shows what Redis holds now: the second result and worker, not the forgotten ones."""
+    backend = store.backend()
+    try:
+        await queue.enqueue(payload("again"))
+        saved = await queue.client.hget(queue.keys.jobs, "again")  # what Redis will keep
+        first = await queue.claim("host-old/0/0", lease_s=30, timeout_s=5)
+        assert first is not None
+        assert await queue.complete("again", first.token, {"run": "forgotten"}, message="done")
+        p = projector(queue, backend, "p")
+        await p.drain(10.0)
+        await queue.client.hset(queue.keys.jobs, "again", saved)  # the lost writes
+        await queue.client.zrem(queue.keys.completed, "again")
+        await queue.client.zadd(queue.keys.waiting, {"again": 0})
+        second = await queue.claim("host-new/0/1", lease_s=30, timeout_s=5)
+        assert second is not None and second.job.job_id == "again"
+        assert await queue.complete("again", second.token, {"run": "real"}, message="done")
+        await p.drain(10.0)
+        await sweep_page(queue, backend, limit=100)
+        row = await backend.fetch("again")
+        assert row is not None and row["status"] == "completed"
+        assert (row["result"], row["worker_id"]) == ({"run": "real"}, "host-new/0/1")
     finally:
         await backend.aclose()
 
@@ -335,26 +368,23 @@ async def test_a_row_ahead_of_a_redis_that_lost_its_last_writes_is_brought_back_
 async def test_a_row_redis_reached_again_with_other_content_is_brought_back_to_it(
     store: Store, queue: JobQueue
 ) -> None:
-    """After the lost writes Redis climbed back to the row's very revision with another
-    state: neither key is newer, so only the status tells them apart."""
+    """After lost writes, Redis's clock stepped back far enough that the record reached
+    the row's very revision again with another state: neither key is newer, so only the
+    status tells them apart."""
     backend = store.backend()
     try:
         await queue.enqueue(payload("same-rev"))
         claim = await queue.claim("w", lease_s=30, timeout_s=5)
         assert claim is not None
-        saved = await queue.client.hget(queue.keys.jobs, "same-rev")
         for pct in (20, 40, 60):
             await queue.progress("same-rev", claim.token, pct, f"at {pct}")
         p = projector(queue, backend, "p")
         await p.drain(10.0)
         seen = await backend.fetch_versions(["same-rev"])
-        await queue.client.hset(queue.keys.jobs, "same-rev", saved)  # the lost writes
-        for pct in (20, 40):
-            await queue.progress("same-rev", claim.token, pct, f"again {pct}")
         assert await queue.complete("same-rev", claim.token, {"n": 2}, message="done")
-        record = await queue.get("same-rev")
-        assert record is not None and record.rev == seen["same-rev"][1]  # the same key
-        await p.drain(10.0)
+        record = json.loads(await queue.client.hget(queue.keys.jobs, "same-rev"))
+        record["rev"] = seen["same-rev"][1]  # where the stepped-back clock left it
+        await queue.client.hset(queue.keys.jobs, "same-rev", json.dumps(record))
         report = await sweep_page(queue, backend, limit=100)
         assert report.ahead == ["same-rev"], report
         row = await backend.fetch("same-rev")

@@ -1,7 +1,7 @@
 -- Shared helpers, prepended by the loader (supervisor/queue/scripts.py) to every script below.
 -- Job records are JSON objects in the `jobs` hash (field = job id); payloads are opaque
 -- JSON strings in the `payloads` hash. Every write bumps `rev`, the job's monotonic
--- revision: the status table orders writes by it.
+-- revision: the status table orders writes by it (see next_rev).
 -- Times are milliseconds from the Redis server's own clock (TIME), so daemons with skewed
 -- clocks still agree on lease deadlines.
 
@@ -48,8 +48,16 @@ local function load_checked(jobs, id)
   return rec
 end
 
+-- A revision above the record's and, once the clock is past it, the server's time in ms:
+-- so when Redis loses its last writes (a restart from an AOF a second behind, an
+-- asynchronous failover), the revisions it writes next are still above those of the
+-- writes it lost, whose rows the status table may already hold.
+local function next_rev(rec)
+  rec.rev = math.max((rec.rev or 0) + 1, now_ms())
+end
+
 local function save(jobs, rec)
-  rec.rev = (rec.rev or 0) + 1
+  next_rev(rec)
   redis.call('HSET', jobs, rec.id, cjson.encode(rec))
 end
 

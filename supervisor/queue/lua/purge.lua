@@ -15,7 +15,7 @@ for _, id in ipairs(ids) do
     rec.due_at = nil
     unrun(rec)
     rec.error = 'purged by an operator before it ran'
-    rec.rev = (rec.rev or 0) + 1
+    next_rev(rec)
     status_out(KEYS[4], ARGV[2], rec, 'f')
   end
   redis.call('HDEL', KEYS[1], id)

@@ -9,7 +9,9 @@ snapshot only when it is newer than the row.
 While the store is down the projector keeps retrying its batch with backoff and the outbox
 grows in Redis, where nothing is lost when a daemon dies. A batch the store rejects as
 invalid is split so that one bad row cannot hold back the others; a single row it rejects
-is logged, counted and acknowledged.
+is logged, counted and acknowledged. A single row whose writes keep failing while the
+store answers a read (another session holds its lock) is left unacknowledged, so the rest
+goes on; it is taken over and tried again once it has been idle for `claim_idle_s`.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class ProjectorStats:
     rejected: int = 0  # rows the store refused as invalid (acknowledged, logged)
     bad_entries: int = 0  # outbox entries that were not rows (acknowledged, logged)
     claimed: int = 0  # entries taken over from other consumers
+    deferred: int = 0  # rows left unacknowledged while the rest went on (tried again later)
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ class StatusProjector:
         self._group_ready = False
         self._stopping = asyncio.Event()
         self._give_up_at: float | None = None  # monotonic; set while draining at shutdown
+        self._deferred: set[str] = set()  # jobs of the batch in hand whose rows wait
 
     # ---- Redis side ---------------------------------------------------------------------
 
@@ -194,10 +198,20 @@ class StatusProjector:
             with contextlib.suppress(Exception):
                 self.hooks.on_request(len(rows), time.monotonic() - started, ok)
 
+    async def _store_answers(self, row: StatusUpdate) -> bool:
+        """Whether the store answers a read now (one that takes no row lock)."""
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                await self.backend.fetch_versions([row.job_id])
+        except Exception:
+            return False
+        return True
+
     async def _apply_retrying(self, rows: list[StatusUpdate]) -> str:
         """'ok' once the store took the rows; 'rejected' when it refused them as invalid;
-        'split' when a batch of several rows kept failing; 'gave_up' at the shutdown
-        deadline (the entries then stay pending for another projector)."""
+        'split' when a batch of several rows kept failing; 'stuck' when one row kept
+        failing while the store answers; 'gave_up' at the shutdown deadline (the entries
+        then stay pending for another projector)."""
         delay = self.retry_initial_s
         attempt = 0
         while True:
@@ -215,8 +229,11 @@ class StatusProjector:
                         exc,
                         attempt,
                     )
-                if len(rows) > 1 and attempt >= SPLIT_AFTER_FAILURES:
-                    return "split"
+                if attempt >= SPLIT_AFTER_FAILURES:
+                    if len(rows) > 1:
+                        return "split"
+                    if await self._store_answers(rows[0]):
+                        return "stuck"
             pause = delay + random.uniform(0, self.retry_initial_s)
             delay = min(delay * 2, self.retry_max_s)
             if self._give_up_at is not None:
@@ -233,6 +250,15 @@ class StatusProjector:
             return True
         if outcome == "gave_up":
             return False
+        if outcome == "stuck":
+            self._deferred.add(rows[0].job_id)
+            self.stats.deferred += 1
+            log.warning(
+                "status row of job %s cannot be written for now, though the store answers "
+                "(is it locked by another session?); left in the outbox, to be tried again",
+                rows[0].job_id,
+            )
+            return True
         if outcome == "rejected" and len(rows) == 1:
             row = rows[0]
             bare = bare_final(row)
@@ -285,8 +311,12 @@ class StatusProjector:
                 continue
             entries.append(entry)
             ids.append(entry.entry_id)
+        self._deferred.clear()
         if entries and not await self._apply_all(newest_per_job([e.row for e in entries])):
             return False
+        if self._deferred:
+            waiting = {e.entry_id for e in entries if e.row.job_id in self._deferred}
+            ids = [i for i in ids if i not in waiting]
         await self._ack(ids)
         now_ms = time.time() * 1000
         for entry in entries:
@@ -330,13 +360,17 @@ class StatusProjector:
 
     async def _project_own_pending(self) -> bool:
         """What this consumer name was given and never acknowledged (a restart under the
-        same name, or a stopped drain): all of it, batch by batch."""
+        same name, a stopped drain, rows left waiting): all of it, batch by batch, each
+        entry once."""
+        after = "0"
         while True:
-            batch = await self._read("0", None)
+            batch = await self._read(after, None)
             if not batch:
                 return True
             if not await self.project(batch):
                 return False
+            last = batch[-1][0]
+            after = last.decode() if isinstance(last, bytes) else str(last)
 
     async def _forget_consumer(self) -> None:
         """Remove this consumer from the group once it holds nothing: the group's consumer
@@ -353,6 +387,7 @@ class StatusProjector:
         ones) until the outbox is empty or the deadline passes. True when nothing was left
         behind; whatever is left stays in the outbox for the other projectors."""
         self._give_up_at = time.monotonic() + deadline_s
+        deferred = self.stats.deferred
         try:
             async with asyncio.timeout(deadline_s):
                 if not await self._project_own_pending():
@@ -361,7 +396,7 @@ class StatusProjector:
                     batch = await self._read(">", None)
                     if not batch:
                         await self._forget_consumer()
-                        return True
+                        return self.stats.deferred == deferred
                     if not await self.project(batch):
                         return False
         except TimeoutError:

@@ -20,6 +20,7 @@ STATUS_MIGRATIONS = (
     MIGRATIONS / "20261201000100_status_snapshots.sql",
     MIGRATIONS / "20261201000500_status_replace_rows_ahead.sql",
     MIGRATIONS / "20261201000600_status_rows_know_their_queue.sql",
+    MIGRATIONS / "20261201000700_status_writes_wait_for_a_row_lock_briefly.sql",
 )
 
 # Roles are cluster-wide and other tests create them concurrently: tolerate the race.

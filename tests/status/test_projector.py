@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
+import psycopg
 import pytest
 from redis.asyncio import Redis
 
@@ -82,6 +84,54 @@ async def test_entries_of_a_consumer_that_died_mid_batch_are_redelivered(
         assert await status_of(sqlite_backend, f"r-{i}") == "queued"
     state = await outbox_state(queue.client, queue.keys.status_outbox)
     assert state.unprojected == 0
+
+
+async def test_a_row_the_store_cannot_write_for_now_does_not_hold_back_the_rest(
+    store: Store, queue: JobQueue
+) -> None:
+    """Another session holds one row's lock (a `select ... for update` left open in the
+    SQL editor): writes of that row time out while the store answers everything else.
+    Every other job's row is written meanwhile; the held one follows once it is free."""
+    if store.dsn is None:
+        pytest.skip("a lock on one row: SQLite locks the whole file (the outage tests)")
+    backend = store.backend()
+    p = projector(
+        queue,
+        backend,
+        "p",
+        retry_initial_s=0.05,
+        retry_max_s=0.2,
+        claim_idle_s=0.5,
+        claim_interval_s=0.2,
+    )
+    blocker = await psycopg.AsyncConnection.connect(store.dsn)
+    task: asyncio.Task[None] | None = None
+    try:
+        await queue.enqueue(payload("held"))
+        await projector(queue, backend, "first").drain(10.0)
+        await blocker.execute(
+            "select 1 from public.ingestion_jobs where job_id = 'held' for update"
+        )
+        claim = await queue.claim("w", lease_s=30, timeout_s=5)
+        assert claim is not None and claim.job.job_id == "held"
+        others = [f"free-{i}" for i in range(5)]
+        for job_id in others:
+            await queue.enqueue(payload(job_id, tenant="tenant-b"))
+        task = asyncio.create_task(p.run())
+
+        async def others_written() -> bool:
+            return all([await status_of(backend, j) == "queued" for j in others])
+
+        await until(others_written, 40.0, "the other jobs' rows")
+        assert await status_of(backend, "held") == "queued"
+        await blocker.rollback()
+        await until(lambda: _is(backend, "held", "processing"), 40.0, "the held row, once free")
+    finally:
+        await blocker.close()
+        p.stop()
+        if task is not None:
+            await asyncio.wait_for(task, 30.0)
+        await backend.aclose()
 
 
 async def test_a_row_the_store_rejects_does_not_hold_back_the_rest(

@@ -27,6 +27,7 @@ from supervisor.queue.jobqueue import Backoff, JobQueue, Retention
 from supervisor.queue.payload import DEFAULT_SECRET_KEYS
 from supervisor.runner import FORK_SERVER, ResourceLimits, RunnerConfig, default_command
 from supervisor.runner.spawn import resolve_program
+from supervisor.runner.workdir import new_jobs_root, remove_jobs_root
 from supervisor.sdnotify import SystemdNotifier
 from supervisor.settings import Settings, SettingsError, load_settings
 from supervisor.sinks import JobSink, SinkFanout
@@ -81,7 +82,9 @@ def build_queue(settings: Settings, client: Redis | RedisCluster) -> JobQueue:
     )
 
 
-def build_runner_config(settings: Settings) -> RunnerConfig:
+def build_runner_config(settings: Settings, jobs_root: str | None = None) -> RunnerConfig:
+    """How this daemon's children start; `jobs_root`: where their directories go (None:
+    the temporary directory itself)."""
     return RunnerConfig(
         command=default_command(
             settings.python_executable, settings.worker_path, settings.worker_command
@@ -95,6 +98,7 @@ def build_runner_config(settings: Settings) -> RunnerConfig:
             memory_bytes=settings.child_memory_bytes, cpu_seconds=settings.child_cpu_seconds
         ),
         user=settings.child_user,
+        tmp_root=jobs_root,
     )
 
 
@@ -144,6 +148,11 @@ def build_status(
 
 
 async def run(settings: Settings) -> int:
+    try:
+        jobs_root = new_jobs_root()
+    except OSError as exc:
+        log.error("cannot create a directory for job directories: %s", exc)
+        return 1
     client = redis_client(
         settings.redis_url,
         cluster=settings.redis_cluster,
@@ -158,7 +167,7 @@ async def run(settings: Settings) -> int:
     ctx = ExecutionContext(
         queue=queue,
         sinks=SinkFanout(sinks),
-        runner=build_runner_config(settings),
+        runner=build_runner_config(settings, jobs_root),
         worker_id=worker_id,
         lease_s=settings.lease_s,
         job_timeout_s=settings.job_timeout_s,
@@ -187,6 +196,7 @@ async def run(settings: Settings) -> int:
         return await daemon.run()
     finally:
         FORK_SERVER.close()  # the daemon has reaped every job by now
+        remove_jobs_root(jobs_root)
         if stop_metrics is not None:
             stop_metrics()
         await client.aclose()

@@ -26,9 +26,41 @@ _REMOVE_TREE = '[ -L "$1" ] || chmod -R u+rwx -- "$1" 2>/dev/null; exec rm -rf -
 REMOVE_TREE_TIMEOUT_S = 60.0
 
 
+JOBS_ROOT_PREFIX = "ingest-jobs-"
+
+
+def new_jobs_root(base: str | None = None) -> str:
+    """A directory of one daemon's own for its jobs' directories, mode 0711: a child
+    reaches its own directory (it is given the path) but can neither list nor remove
+    another job's, not even one made a moment ago for a job not yet started. (A child
+    under the daemon's own user owns this directory too: INGEST_CHILD_USER is what keeps
+    jobs apart.)"""
+    path = tempfile.mkdtemp(prefix=JOBS_ROOT_PREFIX, dir=base)
+    os.chmod(path, 0o711)
+    return path
+
+
+def remove_jobs_root(path: str) -> None:
+    """At the daemon's end; a directory a job left behind keeps it, and is logged."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("directory of job directories %s left in place: %s", path, exc)
+
+
 def new_workdir(root: str | None, user: str | None) -> str:
-    """A brand-new empty 0700 directory for one job: its cwd, HOME and TMPDIR."""
-    path = tempfile.mkdtemp(prefix="ingest-job-", dir=root)
+    """A brand-new empty 0700 directory for one job (its cwd, HOME and TMPDIR), in `root`
+    (made again if it went away: a /tmp cleaner removes what looks unused)."""
+    try:
+        path = tempfile.mkdtemp(prefix="ingest-job-", dir=root)
+    except FileNotFoundError:
+        if root is None:
+            raise
+        os.mkdir(root, 0o711)
+        os.chmod(root, 0o711)  # whatever the umask
+        path = tempfile.mkdtemp(prefix="ingest-job-", dir=root)
     if user is not None:
         try:
             entry = pwd.getpwnam(user)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 
+from supervisor.runner.workdir import JOBS_ROOT_PREFIX
 from tests.conftest import REDIS_URL
 from tests.waiting import wait_until
 
@@ -38,8 +39,21 @@ class DaemonProcess:
         return self.log_path.read_text(errors="replace")
 
     def job_dirs_left(self) -> list[str]:
-        """Job working directories of this daemon that still exist."""
-        return os.listdir(self.extra["TMPDIR"])
+        """Job working directories of this daemon that still exist (in its own directory
+        for them, and anything else in its TMPDIR)."""
+        left: list[str] = []
+        for entry in Path(self.extra["TMPDIR"]).iterdir():
+            if entry.name.startswith(JOBS_ROOT_PREFIX) and entry.is_dir():
+                left += os.listdir(entry)
+            else:
+                left.append(entry.name)
+        return left
+
+    def jobs_root(self) -> Path:
+        """The daemon's own directory for its job directories."""
+        found = list(Path(self.extra["TMPDIR"]).glob(f"{JOBS_ROOT_PREFIX}*"))
+        assert len(found) == 1, found
+        return found[0]
 
     def wait_ready(self, timeout: float = 20) -> None:
         def ready() -> bool:

@@ -120,9 +120,55 @@ def test_what_a_child_user_leaves_is_removed_by_a_daemon_without_file_privileges
     )
     q.enqueue_many([job(f"leave-{i}") for i in range(2)])
     wait_until(lambda: q.counts()["completed"] == 2, 30, "2 completed")
-    wait_until(lambda: os.listdir(shared / "jobs") == [], 10, "every job directory removed")
+    wait_until(lambda: d.job_dirs_left() == [], 10, "every job directory removed")
     d.signal(signal.SIGTERM)
     assert d.wait_exit() == 0
+
+
+LOOK_AROUND = """
+import json, os, sys
+sys.stdin.read()
+parent = os.path.dirname(os.getcwd())
+try:
+    os.listdir(parent)
+    listed = True
+except PermissionError:
+    listed = False
+st = os.stat(parent)
+print("RESULT: " + json.dumps({"parent": parent, "listed": listed, "mode": st.st_mode & 0o777,
+                               "uid": st.st_uid}), flush=True)
+"""
+
+
+def test_a_child_user_cannot_find_or_remove_other_jobs_directories(
+    start_daemon, q, request: pytest.FixtureRequest
+) -> None:
+    """Job directories are made in a directory of the daemon's own (0711), not in /tmp
+    itself: a child under INGEST_CHILD_USER reaches its own directory but can neither list
+    nor remove another job's, even one made a moment ago and not yet entered."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None or os.geteuid() != 0:
+        pytest.skip("needs root and /usr/bin/python3")
+    shared = Path(tempfile.mkdtemp(prefix="look-around-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+    shared.chmod(0o711)
+    child = shared / "look_around.py"
+    child.write_text(LOOK_AROUND)
+    child.chmod(0o644)
+    d = start_daemon(
+        INGEST_WORKER_COMMAND=shlex.join([python, str(child)]),
+        INGEST_CHILD_USER="nobody",
+        TMPDIR="/tmp",
+    )
+    q.enqueue(job("look"))
+    wait_until(lambda: q.get("look").state is JobState.COMPLETED, 30, "look completed")
+    seen = q.get("look").result
+    parent = Path(seen["parent"])
+    assert parent.parent == Path("/tmp") and parent.name.startswith("ingest-jobs-")
+    assert (seen["listed"], seen["mode"], seen["uid"]) == (False, 0o711, 0)
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit() == 0
+    assert not parent.exists()  # the daemon's own directory goes with it
 
 
 def test_retry_then_success_and_permanent_failure(start_daemon, q) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -173,13 +172,14 @@ def test_a_job_that_finds_no_room_for_its_directory_spends_no_attempt(start_daem
     d = start_daemon()
     q.enqueue(job("first"))  # the daemon has settled where job directories go
     wait_until(lambda: q.get("first").state.value == "completed", 30, "first completed")
-    job_dirs = Path(d.extra["TMPDIR"])
-    job_dirs.rmdir()  # and that place is gone
+    jobs_root = d.jobs_root()
+    jobs_root.rmdir()  # and that place is gone, with a file where it was
+    jobs_root.write_text("")
     q.enqueue(job("roomless", max_attempts=3))
     wait_until(lambda: "cannot create a working directory" in d.log(), 20, "a start tried")
     rec = q.get("roomless")
     assert rec is not None and rec.state.value in ("waiting", "delayed", "active"), rec
-    job_dirs.mkdir()
+    jobs_root.unlink()  # the daemon makes its directory again
     wait_until(lambda: q.get("roomless").state.value == "completed", 60, "completed")
     assert q.get("roomless").attempt == 1
 
@@ -195,8 +195,9 @@ def test_a_host_that_stays_without_room_fails_the_job_in_the_end(start_daemon, q
     running = [f"running-{i}" for i in range(3)]
     q.enqueue_many([job(r, sleep=0.6 + 0.4 * i) for i, r in enumerate(running)])
     wait_until(lambda: q.counts()["active"] == 3, 30, "three running")
-    job_dirs = Path(d.extra["TMPDIR"])
-    job_dirs.rename(job_dirs.with_name("job-dirs-away"))  # the running jobs' go along
+    jobs_root = d.jobs_root()
+    jobs_root.rename(jobs_root.with_name("job-dirs-away"))  # the running jobs' go along
+    jobs_root.write_text("")  # and nothing can be made where it was
     q.enqueue(job("never-room", max_attempts=1))
     wait_until(lambda: q.get("never-room").state.value == "failed", 60, "failed in the end")
     rec = q.get("never-room")

@@ -97,21 +97,18 @@ async def event_stream(
     try:
         last_id = await _start_id(ctx, last_event_id, min(floor.values(), default=0))
         # A watcher of particular jobs first gets where each stands now, so a change made
-        # just before it connected is not lost.
-        snapshots = []
+        # just before it connected is not lost; each is sent as soon as it is read.
         for job_id in sorted(job_ids):
             rec = await bounded(ctx.queue.get(job_id, with_payload=True))
             # Checked again here: the id may have passed to another tenant's job since.
             if rec is not None and (tenant is None or rec.tenant_id == tenant):
                 view = job_view(rec, ctx.queue.queue, secret_keys).model_dump(mode="json")
-                snapshots.append(_sse("snapshot", view))
+                yield _sse("snapshot", view)
     except (TimeoutError, RedisError, OSError) as exc:
         # The response has started; end it and let EventSource reconnect after `retry`.
         log.debug("events stream not started: %s", type(exc).__name__)
         yield b": redis unavailable\n\n"
         return
-    for chunk in snapshots:
-        yield chunk
     loop = asyncio.get_running_loop()
     quiet_since = loop.time()
     while True:

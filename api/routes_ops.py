@@ -23,6 +23,8 @@ router = APIRouter()
 # Finished jobs only: their status rows are already final, and a purge deletes just the
 # Redis records (job, payload, state-set entry), never a row.
 PURGEABLE = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+# Jobs one /events stream may follow: each costs a read and a redacted snapshot at its start.
+MAX_STREAM_JOBS = 100
 Ctx = Annotated[ApiContext, Depends(get_context)]
 
 
@@ -115,6 +117,9 @@ async def events(
     owner = _stream_owner(access)
     if owner is not None and ctx.streams.full(owner):  # before any Redis call
         raise _too_many_streams(ctx.streams, owner)
+    if job_id is not None and len(job_id) > MAX_STREAM_JOBS:
+        rule = f"at most {MAX_STREAM_JOBS} per stream"
+        raise ApiError(422, f"job_id: {rule}", field="job_id", rule=rule)
     ids: set[str] = set()
     for j in job_id or []:
         try:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from api.routes_ops import MAX_STREAM_JOBS
 from supervisor.queue.jobqueue import JobQueue
 from tests.api.conftest import TOKEN, ApiServer, ServerFactory, job
 from tests.conftest import REDIS_URL
@@ -136,6 +137,19 @@ async def test_events_deliver_progress_of_one_job(
 
         r = await http.get("/events", params={"job_id": "no spaces allowed"})
         assert r.status_code == 422 and r.json()["field"] == "job_id"
+
+
+def test_a_stream_follows_at_most_a_bounded_number_of_jobs(api_server: ServerFactory) -> None:
+    """Each followed job costs a read and a redacted snapshot when the stream opens: their
+    number is bounded, and more are refused before anything is read."""
+    server = api_server()
+    with server.client() as http:
+        ids = [f"many-{i}" for i in range(MAX_STREAM_JOBS + 1)]
+        r = http.get("/events", params={"job_id": ids})
+        assert r.status_code == 422, r.text
+        assert r.json()["field"] == "job_id" and str(MAX_STREAM_JOBS) in r.json()["rule"]
+        with http.stream("GET", "/events", params={"job_id": ids[:-1]}) as response:
+            assert response.status_code == 200
 
 
 def test_an_impossible_last_event_id_starts_from_now_instead_of_failing_for_ever(

@@ -127,6 +127,16 @@ def load_ui_path(env: Mapping[str, str] | None = None) -> str | None:
     return path
 
 
+# Shortest token the API takes (tenant tokens and INGEST_API_TOKEN alike).
+MIN_TOKEN_CHARS = 16
+
+
+def _admin_token(raw: str | None) -> str | None:
+    if raw and len(raw) < MIN_TOKEN_CHARS:  # never quoted: it is the token
+        raise ApiSettingsError(f"INGEST_API_TOKEN: shorter than {MIN_TOKEN_CHARS} characters")
+    return raw or None
+
+
 def _tenant_tokens(raw: str, admin: str | None) -> tuple[tuple[str, str], ...]:
     """`tenant:token` pairs separated by commas or whitespace."""
     name = "INGEST_API_TENANT_TOKENS"
@@ -138,8 +148,10 @@ def _tenant_tokens(raw: str, admin: str | None) -> tuple[tuple[str, str], ...]:
         # Never quote the item: it holds a token.
         if not sep or not TENANT_ID_RE.fullmatch(tenant):
             raise ApiSettingsError(f"{name}: each entry must be tenant_id:token")
-        if len(token) < 16:
-            raise ApiSettingsError(f"{name}: tenant {tenant}'s token is shorter than 16 characters")
+        if len(token) < MIN_TOKEN_CHARS:
+            raise ApiSettingsError(
+                f"{name}: tenant {tenant}'s token is shorter than {MIN_TOKEN_CHARS} characters"
+            )
         pairs.append((tenant, token))
     tokens = [t for _, t in pairs]
     if len(set(tokens)) != len(tokens) or (admin is not None and admin in tokens):
@@ -165,7 +177,7 @@ def load_api_settings(env: Mapping[str, str] | None = None) -> ApiSettings:
     shared = load_shared_config(env)
     return ApiSettings(
         **asdict(shared),
-        token=env.get("INGEST_API_TOKEN") or None,
+        token=_admin_token(env.get("INGEST_API_TOKEN")),
         tenant_tokens=_tenant_tokens(
             env.get("INGEST_API_TENANT_TOKENS", ""), env.get("INGEST_API_TOKEN") or None
         ),

@@ -102,7 +102,7 @@ def test_bad_tenant_tokens_fail_fast_without_quoting_a_token(raw: str, message: 
 
 def test_a_short_all_tenant_token_fails_fast_without_quoting_it() -> None:
     """The token that reaches every tenant's jobs is held to the same minimum as theirs."""
-    with pytest.raises(ApiSettingsError, match="INGEST_API_TOKEN.*shorter than 16") as err:
+    with pytest.raises(ApiSettingsError, match=r"INGEST_API_TOKEN.*shorter than 16") as err:
         load_api_settings({"INGEST_API_TOKEN": "short-admin"})
     assert "short-admin" not in str(err.value)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 
 from supervisor.aio import join_bounded, sleep_unless
@@ -87,7 +88,9 @@ class StatusService:
                 if self.projector is not None:
                     # Never judge the stream reader-less while our group is still to come.
                     await self.projector.ensure_group()
+                read_at_ms = await self.queue.server_time_ms()
                 state: OutboxState = await outbox_state(self.queue.client, stream)
+                state = dataclasses.replace(state, read_at_ms=read_at_ms)
                 if self.projector is not None and not state.has_group:
                     # The group vanished (Redis restarted empty): make it again, never trim
                     # what it has not read.

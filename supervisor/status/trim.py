@@ -24,12 +24,17 @@ class OutboxState:
     oldest_unprojected_ms: int | None  # stream-id time of the oldest such entry
     safe_trim_id: str | None  # entries older than this id may go; None: trim nothing
     has_group: bool
+    # Redis's clock when the state was read (stream ids are stamped on it); None: unknown.
+    read_at_ms: int | None = None
 
     def age_s(self, now_ms: float | None = None) -> float:
+        """How long the oldest unprojected entry has waited, on Redis's clock when it is
+        known (a daemon's own clock may be off by minutes)."""
         if self.oldest_unprojected_ms is None:
             return 0.0
-        now = time.time() * 1000 if now_ms is None else now_ms
-        return max(0.0, (now - self.oldest_unprojected_ms) / 1000.0)
+        if now_ms is None:
+            now_ms = time.time() * 1000 if self.read_at_ms is None else self.read_at_ms
+        return max(0.0, (now_ms - self.oldest_unprojected_ms) / 1000.0)
 
 
 def _text(value: Any) -> str:

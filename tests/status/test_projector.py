@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from supervisor.queue.jobqueue import Backoff, JobQueue, Retention
 from supervisor.status import NoneBackend, StatusBackend
-from supervisor.status.projector import GROUP, StatusProjector
+from supervisor.status.projector import GROUP, ProjectorHooks, StatusProjector
 from supervisor.status.reconcile import sweep_page
 from supervisor.status.service import StatusService
 from supervisor.status.sync import status_sync
@@ -193,6 +193,32 @@ async def test_trimming_never_drops_unacknowledged_entries(
     assert await queue.client.xlen(stream) <= 15
     pending: Any = await queue.client.xpending(stream, GROUP)
     assert pending["pending"] == 0
+
+
+async def test_the_outbox_age_is_told_on_redis_s_clock_not_the_daemon_s(
+    queue: JobQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries are stamped by Redis: a daemon whose clock runs five minutes ahead must not
+    report an outbox three minutes behind as eight (nor one behind as none)."""
+    stream = queue.keys.status_outbox
+    now_ms = await queue.server_time_ms()
+    await queue.client.xadd(stream, {"job": "old"}, id=f"{now_ms - 180_000}-0")
+    await queue.client.xgroup_create(stream, GROUP, id="0")
+    ahead = time.time
+    monkeypatch.setattr(time, "time", lambda: ahead() + 300)
+    ages: list[float] = []
+    hooks = ProjectorHooks(on_outbox=lambda state: ages.append(state.age_s()))
+    service = StatusService(queue, NoneBackend(), consumer="skewed", hooks=hooks)
+    service.start()
+    try:
+        await until(lambda: _true(bool(ages)), 10.0, "an outbox report")
+    finally:
+        await service.aclose(2.0)
+    assert 179 <= ages[0] <= 200, ages
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def test_without_a_status_store_the_outbox_does_not_grow(queue: JobQueue) -> None:

@@ -74,7 +74,9 @@ class DeadLetters(BaseModel):
 
 class RetryItem(BaseModel):
     job_id: str
-    outcome: str = Field(description="waiting (queued again), missing, or the job's state")
+    outcome: str = Field(
+        description="requeued (queued again), missing, or the job's state (waiting: already)"
+    )
 
 
 class RetryMany(BaseModel):
@@ -224,4 +226,4 @@ async def retry_many(request: Request, ctx: Ctx, access: WriteAccess) -> RetryMa
     for job_id in dict.fromkeys(valid):
         outcome = await bounded(ctx.queue.retry(job_id))
         results.append(RetryItem(job_id=job_id, outcome=outcome))
-    return RetryMany(retried=sum(r.outcome == "waiting" for r in results), results=results)
+    return RetryMany(retried=sum(r.outcome == "requeued" for r in results), results=results)

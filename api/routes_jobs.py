@@ -335,6 +335,6 @@ async def retry_job(job_id: JobId, ctx: Ctx, access: WriteAccess) -> RetryResult
     outcome = await bounded(ctx.queue.retry(_job_id_or_422(job_id), tenant=access.tenant))
     if outcome == "missing":
         raise ApiError(404, f"job {job_id} not found")
-    if outcome != "waiting":
+    if outcome not in ("requeued", "waiting"):  # waiting already: nothing to do
         raise ApiError(409, f"job {job_id} is {outcome}; only failed or cancelled jobs can retry")
     return RetryResult(job_id=job_id)

@@ -256,11 +256,15 @@ async def _cancel(q: JobQueue, args: argparse.Namespace) -> int:
 async def _retry(q: JobQueue, args: argparse.Namespace) -> int:
     outcome = await q.retry(args.job_id)
     human = {
-        "waiting": f"{args.job_id} is waiting to run again",
+        "requeued": f"{args.job_id} is waiting to run again",
+        "waiting": f"{args.job_id} is already waiting to run",
         "missing": f"no job {args.job_id}",
     }.get(outcome, f"{args.job_id} is {outcome}; only failed or cancelled jobs can retry")
-    _emit(args, {"job_id": args.job_id, "state": outcome}, human)
-    return {"waiting": EXIT_OK, "missing": EXIT_MISSING}.get(outcome, EXIT_NOT_APPLIED)
+    state = "waiting" if outcome == "requeued" else outcome
+    _emit(args, {"job_id": args.job_id, "state": state}, human)
+    # Already waiting is success, as cancelling a cancelled job is.
+    done = {"requeued": EXIT_OK, "waiting": EXIT_OK, "missing": EXIT_MISSING}
+    return done.get(outcome, EXIT_NOT_APPLIED)
 
 
 async def _counts(q: JobQueue, args: argparse.Namespace) -> int:

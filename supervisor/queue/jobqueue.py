@@ -41,6 +41,7 @@ from supervisor.queue.status_rows import StatusRowVerbs
 
 # The records are part of this module's interface: callers take them from here.
 __all__ = [
+    "WAKE_CAP",
     "AnyRedis",
     "Backoff",
     "Claim",
@@ -58,6 +59,8 @@ __all__ = [
 MAX_BLOCK_S = 5.0
 # Tenants remembered in the completed-tenants set (one entry each, the newest kept).
 COMPLETED_TENANTS_KEPT = 100
+# Wake tokens the list keeps (the scripts other than enqueue hold the same number: _lib.lua).
+WAKE_CAP = 10_000
 
 
 class JobQueue(QueueReads, StatusRowVerbs, OperatorVerbs):
@@ -106,7 +109,7 @@ class JobQueue(QueueReads, StatusRowVerbs, OperatorVerbs):
             return []
         k = self.keys
         r = self.retention
-        args: list[Any] = [r.events_maxlen, 10_000, r.outbox_cap, len(valid)]
+        args: list[Any] = [r.events_maxlen, WAKE_CAP, r.outbox_cap, len(valid)]
         for p in valid:
             named = p.get("max_attempts")
             args += [

@@ -47,8 +47,9 @@ class OperatorVerbs:
         return _s(outcome)
 
     async def retry(self, job_id: str, *, tenant: str | None = None) -> str:
-        """'waiting' when re-queued; else the current state (not retryable) or 'missing'
-        (also a job of another tenant than `tenant`)."""
+        """'requeued' when queued again (or a pending cancel of a waiting job was taken
+        back); else the current state ('waiting': nothing to do; others: not retryable)
+        or 'missing' (also a job of another tenant than `tenant`)."""
         validate_job_id(job_id)
         k = self.keys
         outcome, _rev = await self._run(

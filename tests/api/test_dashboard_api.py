@@ -119,8 +119,12 @@ def test_dead_letters_grouped_by_first_line_then_retried_together(api: ApiServer
         r = c.post("/jobs:retry", json={"job_ids": [*ids, "dl-missing"]})
         assert r.status_code == 200, r.text
         assert r.json()["retried"] == 3
-        assert {i["outcome"] for i in r.json()["results"]} == {"waiting", "missing"}
+        assert {i["outcome"] for i in r.json()["results"]} == {"requeued", "missing"}
         assert all(c.get(f"/jobs/{i}").json()["state"] == "waiting" for i in ids)
+        # Already waiting: reported as such, not counted as retried.
+        r = c.post("/jobs:retry", json={"job_ids": ids})
+        assert r.json()["retried"] == 0
+        assert {i["outcome"] for i in r.json()["results"]} == {"waiting"}
 
 
 def test_health_says_why_it_is_unhealthy(api: ApiServer) -> None:

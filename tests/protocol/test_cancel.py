@@ -108,8 +108,8 @@ async def test_retry_failed_and_cancelled_jobs_with_fresh_attempts(q: JobQueue) 
     done = await claim_one(q)
     assert done.job.job_id == "rd" and await q.complete("rd", done.token)
 
-    assert await q.retry("rf") == "waiting"
-    assert await q.retry("rc") == "waiting"
+    assert await q.retry("rf") == "requeued"
+    assert await q.retry("rc") == "requeued"
     assert await q.retry("rd") == "completed"
     assert await q.retry("nope") == "missing"
     assert await q.retry("rf") == "waiting"  # already waiting: reported, not duplicated
@@ -175,10 +175,27 @@ async def test_cancel_requested_job_given_back_unacknowledged_is_not_started_aga
         assert rec is not None and rec.state is JobState.CANCELLED
     kinds = [e["type"] for e in await events_of(client, q.keys.events) if e["job"] == "cr-rel"]
     assert kinds == ["enqueued", "started", "cancel_requested", "released", "cancelled"]
-    assert await q.retry("cr-rel") == "waiting"  # a retry starts afresh, cancel forgotten
+    assert await q.retry("cr-rel") == "requeued"  # a retry starts afresh, cancel forgotten
     again = await q.try_claim("w", 30)
     assert isinstance(again, Claim) and again.job.job_id == "cr-rel"
     assert not again.job.cancel_requested
+
+
+async def test_a_retry_of_a_job_waiting_with_a_cancel_pending_takes_the_cancel_back(
+    q: JobQueue,
+) -> None:
+    """Cancelled while it ran, then given back by its holder before the cancel was
+    acknowledged: the job waits with the cancel pending. An operator's retry means run it:
+    the cancel is taken back, and the next claim starts it."""
+    await q.enqueue(job("pending"))
+    held = await claim_one(q)
+    assert await q.cancel("pending") == "requested"
+    assert await q.release("pending", held.token)
+    assert await q.retry("pending") == "requeued"
+    again = await q.try_claim("w", 30)
+    assert isinstance(again, Claim) and again.job.job_id == "pending"
+    assert not again.job.cancel_requested
+    assert await q.retry("pending") == "active"
 
 
 async def test_cancel_and_retry_on_behalf_of_a_tenant_touch_only_its_jobs(q: JobQueue) -> None:
@@ -194,6 +211,6 @@ async def test_cancel_and_retry_on_behalf_of_a_tenant_touch_only_its_jobs(q: Job
     assert await q.retry("theirs", tenant="tenant-a") == "missing"
     rec = await q.get("theirs")
     assert rec is not None and rec.state is JobState.CANCELLED
-    assert await q.retry("theirs", tenant="tenant-b") == "waiting"
+    assert await q.retry("theirs", tenant="tenant-b") == "requeued"
     assert await q.cancel("theirs") == "cancelled"  # no tenant: an all-tenant caller
-    assert await q.retry("theirs") == "waiting"
+    assert await q.retry("theirs") == "requeued"

@@ -207,7 +207,7 @@ async def exercise(q: JobQueue, client: RedisCluster) -> None:
     assert (await q.renew("c-3", again.token, 30)).cancel_requested
     assert await q.ack_cancel("c-3", again.token)
     assert await q.cancel("c-delayed") == "cancelled"
-    assert await q.retry("c-delayed") == "waiting"
+    assert await q.retry("c-delayed") == "requeued"
 
     stalled = await q.claim("w2", lease_s=0.05, timeout_s=5)
     assert stalled is not None

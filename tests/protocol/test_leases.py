@@ -9,7 +9,7 @@ import time
 
 from redis.asyncio import Redis
 
-from supervisor.queue.jobqueue import Claim, JobQueue, ReapResult, Retention
+from supervisor.queue.jobqueue import WAKE_CAP, Claim, JobQueue, ReapResult, Retention
 from supervisor.queue.states import JobState
 
 from .conftest import QueueFactory, eventually, job, server_ms, start_claimer
@@ -139,6 +139,22 @@ async def test_expired_lease_is_recovered_as_a_stall_not_an_attempt(q: JobQueue)
     # A recovered job goes to the front of its band, ahead of s2.
     again = await claim_one(q, lease_s=30)
     assert again.job.job_id == "s1" and again.job.attempt == 1 and again.job.stalls == 1
+
+
+async def test_the_wake_list_stays_capped_whatever_pushes_to_it(q: JobQueue, client: Redis) -> None:
+    """Retry, release, a retryable failure and a reap each push a wake token; with no
+    claimer to take them, the list stays within its cap as it does for enqueue."""
+    await q.enqueue_many([job(f"w{i}", max_attempts=5) for i in range(4)])
+    claims = [await claim_one(q, lease_s=30 if i < 3 else 0.05) for i in range(4)]
+    await client.delete(q.keys.wake)
+    await client.lpush(q.keys.wake, *(["1"] * WAKE_CAP))
+    assert await q.release("w0", claims[0].token)
+    assert (await q.fail("w1", claims[1].token, "x", retryable=True, attempt=1)).outcome == "retry"
+    assert await q.complete("w2", claims[2].token, None)
+    assert (await reap_until(q, "w3")).recovered == ["w3"]
+    assert await q.cancel("w0") == "cancelled"
+    assert await q.retry("w0") == "requeued"
+    assert await client.llen(q.keys.wake) <= WAKE_CAP
 
 
 async def test_job_past_the_stall_limit_is_dead_lettered(

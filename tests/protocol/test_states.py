@@ -101,8 +101,8 @@ async def test_scripts_perform_exactly_the_declared_transitions(
     assert taken.job.job_id == "urgent"
     assert await o.step(q.complete("urgent", taken.token))
 
-    assert await o.step(q.retry(c1.job.job_id)) == "waiting"  # failed -> waiting
-    assert await o.step(q.retry(c4.job.job_id)) == "waiting"  # cancelled -> waiting
+    assert await o.step(q.retry(c1.job.job_id)) == "requeued"  # failed -> waiting
+    assert await o.step(q.retry(c4.job.job_id)) == "requeued"  # cancelled -> waiting
     assert await o.step(q.retry(c0.job.job_id)) == "completed"  # completed: no way out
 
     declared = {(src, dst) for src, dsts in TRANSITIONS.items() for dst in dsts}

@@ -61,6 +61,14 @@ local function save(jobs, rec)
   redis.call('HSET', jobs, rec.id, cjson.encode(rec))
 end
 
+-- Wake a blocked claimer; the list keeps at most WAKE_CAP tokens (the cap JobQueue gives
+-- enqueue too), however many pushes no claimer takes.
+local WAKE_CAP = 10000
+local function wake(list)
+  redis.call('LPUSH', list, '1')
+  redis.call('LTRIM', list, 0, WAKE_CAP - 1)
+end
+
 local function held(rec, token)
   return rec ~= nil and rec.state == 'active' and rec.token == token
 end

@@ -23,7 +23,7 @@ if ARGV[4] == '1' and rec.attempt < rec.max_attempts then
   emit(KEYS[7], ARGV[7], 'retried', rec, {due_at = fmt(rec.due_at), error = utf8_prefix(ARGV[3], 200)})
   status_out(KEYS[8], ARGV[9], rec, 's')
   -- Wake a claimer so it blocks only until this retry is due.
-  redis.call('LPUSH', KEYS[6], '1')
+  wake(KEYS[6])
   return {'retry', rec.rev, fmt(rec.due_at)}
 end
 rec.state = 'failed'

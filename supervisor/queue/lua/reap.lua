@@ -38,7 +38,7 @@ for _, id in ipairs(expired) do
       rec.worker = nil
       rec.attempt = math.max(0, rec.attempt - 1)
       push_front(KEYS[4], KEYS[8], rec)
-      redis.call('LPUSH', KEYS[9], '1')
+      wake(KEYS[9])
       table.insert(recovered, id)
     end
     save(KEYS[1], rec)

@@ -17,5 +17,5 @@ push_front(KEYS[3], KEYS[4], rec)
 save(KEYS[1], rec)
 emit(KEYS[6], ARGV[3], 'released', rec)
 status_out(KEYS[7], ARGV[4], rec, 's')
-redis.call('LPUSH', KEYS[5], '1')
+wake(KEYS[5])
 return {1, rec.rev}

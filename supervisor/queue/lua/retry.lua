@@ -1,12 +1,22 @@
--- retry: put a failed or cancelled job back in the queue with fresh attempts.
+-- retry: put a failed or cancelled job back in the queue with fresh attempts; of a job
+-- waiting with a cancel still pending (its holder gave it back before acknowledging),
+-- take the cancel back, so that it runs.
 -- KEYS[1] jobs  KEYS[2] failed  KEYS[3] cancelled  KEYS[4] waiting  KEYS[5] seq
 -- KEYS[6] wake  KEYS[7] events  KEYS[8] outbox
 -- ARGV[1] id  ARGV[2] events maxlen  ARGV[3] outbox cap
 -- ARGV[4] tenant acting ('' for all): another tenant's job is 'missing'
--- Returns {'waiting', rev} or {<current state>|'missing', 0}.
+-- Returns {'requeued', rev} or {<current state>|'missing', 0}.
 local rec = load_checked(KEYS[1], ARGV[1])  -- one no script can read: missing
 if not rec or (ARGV[4] ~= '' and rec.tenant ~= ARGV[4]) then
   return {'missing', 0}
+end
+if rec.cancel_requested and (rec.state == 'waiting' or rec.state == 'delayed') then
+  rec.cancel_requested = nil
+  save(KEYS[1], rec)
+  emit(KEYS[7], ARGV[2], 'enqueued', rec, {retry = 1})
+  status_out(KEYS[8], ARGV[3], rec, 's')
+  wake(KEYS[6])
+  return {'requeued', rec.rev}
 end
 if rec.state ~= 'failed' and rec.state ~= 'cancelled' then
   return {rec.state, 0}
@@ -32,5 +42,5 @@ push_back(KEYS[4], KEYS[5], rec)
 save(KEYS[1], rec)
 emit(KEYS[7], ARGV[2], 'enqueued', rec, {retry = 1})
 status_out(KEYS[8], ARGV[3], rec, 's')
-redis.call('LPUSH', KEYS[6], '1')
-return {'waiting', rec.rev}
+wake(KEYS[6])
+return {'requeued', rec.rev}

@@ -8,12 +8,9 @@ from datetime import UTC, datetime
 from api.models import Job
 from supervisor.queue.jobqueue import JobRecord
 from supervisor.queue.payload import DEFAULT_SECRET_KEYS, SecretKeys
+from supervisor.queue.records import as_utc
 from supervisor.queue.redacted import redacted_texts
 from supervisor.queue.states import table_status
-
-
-def _ts(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
 def job_view(rec: JobRecord, queue: str, extra_secret_keys: Iterable[str] = ()) -> Job:
@@ -30,9 +27,9 @@ def job_view(rec: JobRecord, queue: str, extra_secret_keys: Iterable[str] = ()) 
         max_attempts=rec.max_attempts,
         worker_id=rec.worker_id,
         cancel_requested=rec.cancel_requested,
-        enqueued_at=_ts(rec.enqueued_at) or datetime.fromtimestamp(0, UTC),
-        started_at=_ts(rec.started_at),
-        finished_at=_ts(rec.finished_at),
-        due_at=_ts(rec.due_at),
+        enqueued_at=as_utc(rec.enqueued_at) or datetime.fromtimestamp(0, UTC),
+        started_at=as_utc(rec.started_at),
+        finished_at=as_utc(rec.finished_at),
+        due_at=as_utc(rec.due_at),
         **redacted_texts(rec, keys),
     )

@@ -28,6 +28,7 @@ from supervisor.queue.jobqueue import JobQueue, JobRecord
 from supervisor.queue.payload import DEFAULT_SECRET_KEYS, PayloadError, SecretKeys
 from supervisor.queue.states import FINAL_STATES, JobState, table_status
 from supervisor.status import open_backend
+from supervisor.status.backend import StatusStoreError
 from supervisor.status.sync import status_sync
 
 EXIT_OK, EXIT_NOT_APPLIED, EXIT_USAGE, EXIT_REDIS, EXIT_MISSING = 0, 1, 2, 3, 4
@@ -111,6 +112,8 @@ def _payload_from_args(args: argparse.Namespace) -> dict[str, Any]:
             payload = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise PayloadError("payload", f"is not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise PayloadError("payload", "is nested too deep to read") from None
         if not isinstance(payload, dict):
             raise PayloadError("payload", "must be a JSON object")
     else:
@@ -351,6 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PayloadError as exc:
         print(f"ingestctl: invalid job: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StatusStoreError as exc:  # status-sync: the store refused or is out of reach
+        print(f"ingestctl: status store: {exc}", file=sys.stderr)
+        return EXIT_NOT_APPLIED
     except (ConnectionError, TimeoutError) as exc:
         url = re.sub(r"//[^@/]*@", "//***@", args.config.redis_url)  # no password on screen
         print(f"ingestctl: Redis unreachable at {url}: {exc}", file=sys.stderr)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from supervisor.queue.jobqueue import JobRecord
 from supervisor.queue.payload import SecretKeys, replace_surrogates
+from supervisor.queue.records import as_utc
 from supervisor.queue.redacted import redacted_texts
 from supervisor.queue.states import table_status
 
@@ -28,9 +28,8 @@ _CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x1f\x7f\x80-\x9f]")
 
 def iso(ts: float | None) -> str | None:
     """Unix seconds as ISO 8601 UTC, as the API writes datetimes."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    moment = as_utc(ts)
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
 def job_doc(rec: JobRecord, queue: str, secret_keys: SecretKeys) -> dict[str, Any]:
@@ -118,10 +117,10 @@ def age(ts: float | None, now: float) -> str:
 
 def when(ts: float | None, now: float) -> str:
     """A point in time with its age: `2026-12-01 05:31:34 UTC (3s ago)`."""
-    if ts is None:
+    moment = as_utc(ts)
+    if ts is None or moment is None:
         return NOTHING
-    stamp = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return f"{stamp} ({age(ts, now)})"
+    return f"{moment.strftime('%Y-%m-%d %H:%M:%S UTC')} ({age(ts, now)})"
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

@@ -41,6 +41,7 @@ from supervisor.queue.status_rows import StatusRowVerbs
 
 # The records are part of this module's interface: callers take them from here.
 __all__ = [
+    "MAX_DELAY_S",
     "WAKE_CAP",
     "AnyRedis",
     "Backoff",
@@ -59,6 +60,8 @@ __all__ = [
 MAX_BLOCK_S = 5.0
 # Tenants remembered in the completed-tenants set (one entry each, the newest kept).
 COMPLETED_TENANTS_KEPT = 100
+# Longest delay of an enqueue (a year): a due time every clock and calendar can show.
+MAX_DELAY_S = 365 * 24 * 3600
 # Wake tokens the list keeps (the scripts other than enqueue hold the same number: _lib.lua).
 WAKE_CAP = 10_000
 
@@ -97,8 +100,12 @@ class JobQueue(QueueReads, StatusRowVerbs, OperatorVerbs):
         self, payloads: Iterable[Mapping[str, Any]], *, delay_s: float = 0
     ) -> list[EnqueueResult]:
         """Validate every payload first (all or nothing), then store them in one round trip."""
-        if delay_s < 0:
-            raise PayloadError("delay_s", "must be >= 0")
+        if (
+            isinstance(delay_s, bool)
+            or not isinstance(delay_s, int | float)
+            or not 0 <= delay_s <= MAX_DELAY_S  # NaN compares false
+        ):
+            raise PayloadError("delay_s", f"must be a number of seconds from 0 to {MAX_DELAY_S}")
         valid = [validate_payload(p) for p in payloads]
         seen: set[str] = set()
         for p in valid:

@@ -7,6 +7,7 @@ import json
 import logging
 import random
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from supervisor.queue.states import JobState
@@ -120,6 +121,17 @@ class JobRecord:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
         out["state"] = self.state.value
         return out
+
+
+def as_utc(ts: float | None) -> datetime | None:
+    """A record's time (Unix seconds) as an aware datetime; None for none, or for one no
+    calendar can show (a record stored before due times were bounded)."""
+    if ts is None:
+        return None
+    try:
+        return datetime.fromtimestamp(ts, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def stored_record(raw: str | bytes) -> dict[str, Any]:

@@ -41,6 +41,28 @@ def ctl(
     )
 
 
+def test_bad_input_and_an_unreachable_store_get_one_line_not_a_traceback(
+    queue_name: str, q: SyncQueue, tmp_path: Path
+) -> None:
+    base = ["enqueue", "--job-id", "odd", "--tenant", "t", "--text", "x"]
+    for delay in ("inf", "nan", "1e20", "-1"):
+        r = ctl(queue_name, *base, "--delay", delay)
+        assert (r.returncode, "Traceback" in r.stderr) == (2, False), r.stderr
+        assert "delay_s" in r.stderr
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"job_id": "deep", "metadata": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    r = ctl(queue_name, "enqueue", f"@{deep}")
+    assert (r.returncode, "Traceback" in r.stderr) == (2, False), r.stderr
+    assert q.get("odd") is None and q.get("deep") is None
+    nowhere = {
+        "INGEST_STATUS_BACKEND": "postgres",
+        "INGEST_STATUS_DSN": "postgresql://127.0.0.1:1/x",
+    }
+    r = ctl(queue_name, "status-sync", env=nowhere)
+    assert (r.returncode, "Traceback" in r.stderr) == (1, False), r.stderr
+    assert r.stderr.startswith("ingestctl: status store") and len(r.stderr.splitlines()) == 1
+
+
 def test_enqueue_from_flags_json_file_and_stdin(
     queue_name: str, q: SyncQueue, tmp_path: Path
 ) -> None:

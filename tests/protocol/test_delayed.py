@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import statistics
 import time
@@ -12,7 +13,10 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from supervisor.queue.jobqueue import Backoff, Claim, JobQueue
+from api.views import job_view
+from supervisor.ctl_format import job_doc
+from supervisor.queue.jobqueue import MAX_DELAY_S, Backoff, Claim, JobQueue
+from supervisor.queue.payload import PayloadError, SecretKeys
 from supervisor.queue.states import JobState
 
 from .conftest import CountingConnection, QueueFactory, eventually, job, server_ms
@@ -112,6 +116,30 @@ async def test_long_error_text_is_truncated(q: JobQueue) -> None:
     await q.fail("e1", claim.token, "x" * 5000, retryable=True, attempt=1)
     rec = await q.get("e1")
     assert rec is not None and rec.error is not None and len(rec.error) == 1000
+
+
+@pytest.mark.parametrize("delay", [-1.0, float("inf"), float("nan"), 1e20, MAX_DELAY_S + 1])
+async def test_a_delay_out_of_bounds_is_refused_and_stores_nothing(
+    q: JobQueue, delay: float
+) -> None:
+    """A due time that no clock can show (or in the past) would break every listing and
+    view of the job for every tenant."""
+    with pytest.raises(PayloadError) as caught:
+        await q.enqueue(job("far"), delay_s=delay)
+    assert caught.value.field == "delay_s"
+    assert await q.get("far") is None
+
+
+async def test_a_due_time_no_clock_can_show_still_reads(q: JobQueue, client: Redis) -> None:
+    """One stored before delays were bounded: its views show no due time, not an error."""
+    await q.enqueue(job("stored-far"), delay_s=60)
+    record = json.loads(await client.hget(q.keys.jobs, "stored-far"))
+    record["due_at"] = 1e23
+    await client.hset(q.keys.jobs, "stored-far", json.dumps(record))
+    rec = await q.get("stored-far")
+    assert rec is not None
+    assert job_view(rec, q.queue).due_at is None
+    assert job_doc(rec, q.queue, SecretKeys())["due_at"] is None
 
 
 async def test_delayed_enqueue_is_not_claimable_before_due(q: JobQueue) -> None:

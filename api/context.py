@@ -8,7 +8,6 @@ than waits when full) and server-sent event streams (each holds a connection in 
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -22,7 +21,6 @@ from api.settings import EVENTS_POOL_CONNECTIONS, ApiSettings
 from api.streams import StreamSlots
 from supervisor.queue.connection import AnyRedis
 from supervisor.queue.jobqueue import JobQueue
-from supervisor.queue.payload import DEFAULT_SECRET_KEYS, SecretKeys
 
 T = TypeVar("T")
 
@@ -43,11 +41,6 @@ class ApiContext:
     streams: StreamSlots  # /events streams open per tenant, and without a token
     # Fire-and-forget tasks (abandoned health probes) kept referenced until done.
     background: set[asyncio.Task[object]] = field(default_factory=set)
-
-    @functools.cached_property
-    def is_secret(self) -> SecretKeys:
-        """The payload keys whose values are secrets: the defaults and the configured ones."""
-        return SecretKeys(DEFAULT_SECRET_KEYS | frozenset(self.settings.secret_keys))
 
     def spawn(self, coro: Awaitable[object]) -> asyncio.Task[object]:
         task: asyncio.Task[object] = asyncio.ensure_future(coro)

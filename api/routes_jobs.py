@@ -114,7 +114,7 @@ def _job_id_or_422(job_id: str) -> str:
 async def enqueue_job(request: Request, ctx: Ctx, access: WriteAccess) -> JSONResponse:
     payload = _json_body(await request.body())
     try:
-        valid = validate_payload(payload, ctx.is_secret)
+        valid = validate_payload(payload, ctx.queue.is_secret)
         _own_tenant(access, valid, "tenant_id")
         result = await bounded(ctx.queue.enqueue(valid))
     except PayloadError as exc:
@@ -172,7 +172,7 @@ async def enqueue_batch(request: Request, ctx: Ctx, access: WriteAccess) -> JSON
     valid: list[dict[str, Any]] = []
     for i, raw in enumerate(jobs):
         try:
-            valid.append(validate_payload(raw, ctx.is_secret))
+            valid.append(validate_payload(raw, ctx.queue.is_secret))
             _own_tenant(access, valid[-1], f"jobs[{i}].tenant_id")
         except PayloadError as exc:
             raise payload_error(exc, prefix=f"jobs[{i}].") from None

@@ -261,6 +261,7 @@ class SharedConfig:
             self.queue,
             default_max_attempts=self.max_attempts,
             retention=Retention(outbox_cap=self.status_outbox_max),
+            secret_keys=self.secret_keys,
         )
 
     def redis(self, **options: Any) -> AnyRedis:

@@ -72,6 +72,7 @@ def build_queue(settings: Settings, client: Redis | RedisCluster) -> JobQueue:
         client,
         settings.queue,
         default_max_attempts=settings.max_attempts,
+        secret_keys=settings.secret_keys,
         backoff=Backoff(settings.backoff_s, settings.backoff_factor, settings.backoff_cap_s),
         retention=Retention(
             keep_completed_s=settings.keep_completed_s,

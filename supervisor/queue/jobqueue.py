@@ -20,7 +20,13 @@ from redis.commands.core import AsyncScript
 from supervisor.queue.connection import AnyRedis
 from supervisor.queue.keys import DEFAULT_QUEUE, QueueKeys
 from supervisor.queue.operator_verbs import OperatorVerbs
-from supervisor.queue.payload import PayloadError, TenantConflict, validate_payload
+from supervisor.queue.payload import (
+    DEFAULT_SECRET_KEYS,
+    PayloadError,
+    SecretKeys,
+    TenantConflict,
+    validate_payload,
+)
 from supervisor.queue.reads import QueueReads
 from supervisor.queue.records import (
     Backoff,
@@ -77,10 +83,14 @@ class JobQueue(QueueReads, StatusRowVerbs, OperatorVerbs):
         default_max_attempts: int = 3,
         backoff: Backoff = Backoff(),
         retention: Retention = Retention(),
+        secret_keys: Iterable[str] = (),
     ) -> None:
+        """`secret_keys`: the deployment's names of secret payload keys besides the
+        defaults (INGEST_SECRET_KEYS); enqueue counts the secrets under them."""
         self.client = client
         self.keys = QueueKeys(queue)
         self.queue = queue
+        self.is_secret = SecretKeys(DEFAULT_SECRET_KEYS | frozenset(secret_keys))
         self.default_max_attempts = default_max_attempts
         self.backoff = backoff
         self.retention = retention
@@ -106,7 +116,7 @@ class JobQueue(QueueReads, StatusRowVerbs, OperatorVerbs):
             or not 0 <= delay_s <= MAX_DELAY_S  # NaN compares false
         ):
             raise PayloadError("delay_s", f"must be a number of seconds from 0 to {MAX_DELAY_S}")
-        valid = [validate_payload(p) for p in payloads]
+        valid = [validate_payload(p, self.is_secret) for p in payloads]
         seen: set[str] = set()
         for p in valid:
             if p["job_id"] in seen:

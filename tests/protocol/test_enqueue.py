@@ -9,7 +9,12 @@ import pytest
 from redis.asyncio import Redis
 
 from supervisor.queue.jobqueue import Claim, JobQueue
-from supervisor.queue.payload import MAX_PAYLOAD_BYTES, PayloadError, TenantConflict
+from supervisor.queue.payload import (
+    MAX_PAYLOAD_BYTES,
+    MAX_SECRET_VALUES,
+    PayloadError,
+    TenantConflict,
+)
 from supervisor.queue.states import JobState
 
 from .conftest import CountingConnection, QueueFactory, job, queue_keys
@@ -168,3 +173,17 @@ async def test_release_puts_job_at_front_of_its_band_without_spending_an_attempt
 async def test_try_claim_on_empty_queue_returns_none(q: JobQueue) -> None:
     assert await q.try_claim("w", lease_s=1) is None
     assert await q.claim("w", lease_s=1, timeout_s=0.05) is None
+
+
+async def test_enqueue_counts_secrets_under_the_deployments_own_names(
+    client: Redis, queue_name: str
+) -> None:
+    """A producer's queue knows INGEST_SECRET_KEYS as the daemons do: a payload the claim
+    would refuse for its number of secrets is refused at enqueue, not accepted and failed."""
+    many = {f"k{i}": {"house_pin": f"pin-{i:05d}"} for i in range(MAX_SECRET_VALUES + 1)}
+    plain = JobQueue(client, queue_name)
+    assert (await plain.enqueue(job("ok-here", metadata=many))).created
+    deployed = JobQueue(client, queue_name, secret_keys=["house_pin"])
+    with pytest.raises(PayloadError, match="secret-named"):
+        await deployed.enqueue(job("not-here", metadata=many))
+    assert await deployed.get("not-here") is None

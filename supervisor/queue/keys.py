@@ -101,6 +101,12 @@ class QueueKeys:
         return self._key("status:reconcile")
 
     @property
+    def status_parked(self) -> str:
+        """SET of jobs whose row the store would not take for now (another session holds
+        its lock): the reconciler re-sends their current rows."""
+        return self._key("status:parked")
+
+    @property
     def status_reconcile_lock(self) -> str:
         """STRING with a TTL: the daemon that holds it runs the next reconcile sweep."""
         return self._key("status:reconcile:lock")

@@ -45,6 +45,7 @@ TIME_COLUMNS = frozenset({"queued_at", "started_at", "finished_at", "updated_at"
 # SQLSTATE classes that mean the data was rejected: retrying the same request cannot help.
 _PERMANENT_CLASSES = ("22", "23")
 _UNDEFINED_COLUMN = "42703"
+_LOCK_NOT_AVAILABLE = "55P03"
 
 
 class StatusStoreError(Exception):
@@ -61,6 +62,11 @@ class StatusStoreError(Exception):
     def missing_column(self) -> bool:
         """The table lacks a column asked for: a migration not applied yet."""
         return self.sqlstate == _UNDEFINED_COLUMN
+
+    @property
+    def row_locked(self) -> bool:
+        """A row of the request is locked by another session (the store itself answers)."""
+        return self.sqlstate == _LOCK_NOT_AVAILABLE
 
 
 @runtime_checkable

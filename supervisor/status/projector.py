@@ -9,9 +9,11 @@ snapshot only when it is newer than the row.
 While the store is down the projector keeps retrying its batch with backoff and the outbox
 grows in Redis, where nothing is lost when a daemon dies. A batch the store rejects as
 invalid is split so that one bad row cannot hold back the others; a single row it rejects
-is logged, counted and acknowledged. A single row whose writes keep failing while the
-store answers a read (another session holds its lock) is left unacknowledged, so the rest
-goes on; it is taken over and tried again once it has been idle for `claim_idle_s`.
+is logged, counted and acknowledged. A row another session holds locked (the store says
+so, or its writes keep failing while the store answers a read) is parked: its job goes in
+the queue's `status:parked` set before its entries are acknowledged, so the rest goes on
+and the outbox is trimmed as usual; this projector parks that job's new entries too for
+PARK_S, and the reconciler writes the current row of parked jobs on each sweep.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ REQUEST_BYTES = 4 * 1024 * 1024
 # A batch that failed this many times in a row is split in halves: a batch too large for
 # the store (a timeout, a size limit) must not be retried whole for ever.
 SPLIT_AFTER_FAILURES = 3
+# How long a projector parks a parked job's new entries without trying them (each try of a
+# batch holding a locked row costs a lock timeout per halving).
+PARK_S = 10.0
 
 
 @dataclass
@@ -51,7 +56,7 @@ class ProjectorStats:
     rejected: int = 0  # rows the store refused as invalid (acknowledged, logged)
     bad_entries: int = 0  # outbox entries that were not rows (acknowledged, logged)
     claimed: int = 0  # entries taken over from other consumers
-    deferred: int = 0  # rows left unacknowledged while the rest went on (tried again later)
+    parked: int = 0  # rows of locked jobs handed to the reconciler while the rest went on
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,8 @@ class StatusProjector:
         self._group_ready = False
         self._stopping = asyncio.Event()
         self._give_up_at: float | None = None  # monotonic; set while draining at shutdown
-        self._deferred: set[str] = set()  # jobs of the batch in hand whose rows wait
+        self._stuck: set[str] = set()  # jobs of the batch in hand whose rows are locked
+        self._parked_until: dict[str, float] = {}  # job -> monotonic end of its parking
 
     # ---- Redis side ---------------------------------------------------------------------
 
@@ -179,6 +185,15 @@ class StatusProjector:
         self.stats.claimed += len(entries)
         return entries
 
+    async def _park(self, job_ids: set[str]) -> None:
+        """Hand locked rows to the reconciler (before their entries are acknowledged)."""
+        await self.client.sadd(self.keys.status_parked, *job_ids)
+        until = time.monotonic() + PARK_S
+        for job_id in job_ids:
+            if job_id not in self._parked_until:
+                self.stats.parked += 1
+            self._parked_until[job_id] = until
+
     async def _ack(self, ids: Sequence[str]) -> None:
         if ids:
             await self.client.xack(self.keys.status_outbox, GROUP, *ids)
@@ -209,9 +224,9 @@ class StatusProjector:
 
     async def _apply_retrying(self, rows: list[StatusUpdate]) -> str:
         """'ok' once the store took the rows; 'rejected' when it refused them as invalid;
-        'split' when a batch of several rows kept failing; 'stuck' when one row kept
-        failing while the store answers; 'gave_up' at the shutdown deadline (the entries
-        then stay pending for another projector)."""
+        'split' when a batch of several rows kept failing or holds a locked row; 'stuck'
+        when one row is locked, or kept failing while the store answers; 'gave_up' at the
+        shutdown deadline (the entries then stay pending for another projector)."""
         delay = self.retry_initial_s
         attempt = 0
         while True:
@@ -221,6 +236,8 @@ class StatusProjector:
             except Exception as exc:
                 if not _transient_store_error(exc):
                     return "rejected"
+                if isinstance(exc, StatusStoreError) and exc.row_locked:
+                    return "split" if len(rows) > 1 else "stuck"
                 attempt += 1
                 if attempt == 1 or attempt % 10 == 0:
                     log.warning(
@@ -251,11 +268,10 @@ class StatusProjector:
         if outcome == "gave_up":
             return False
         if outcome == "stuck":
-            self._deferred.add(rows[0].job_id)
-            self.stats.deferred += 1
+            self._stuck.add(rows[0].job_id)
             log.warning(
                 "status row of job %s cannot be written for now, though the store answers "
-                "(is it locked by another session?); left in the outbox, to be tried again",
+                "(is it locked by another session?); parked, the reconciler sends it again",
                 rows[0].job_id,
             )
             return True
@@ -311,12 +327,14 @@ class StatusProjector:
                 continue
             entries.append(entry)
             ids.append(entry.entry_id)
-        self._deferred.clear()
-        if entries and not await self._apply_all(newest_per_job([e.row for e in entries])):
+        now = time.monotonic()
+        self._parked_until = {j: t for j, t in self._parked_until.items() if t > now}
+        self._stuck = {e.row.job_id for e in entries if e.row.job_id in self._parked_until}
+        rows = [e.row for e in entries if e.row.job_id not in self._stuck]
+        if rows and not await self._apply_all(newest_per_job(rows)):
             return False
-        if self._deferred:
-            waiting = {e.entry_id for e in entries if e.row.job_id in self._deferred}
-            ids = [i for i in ids if i not in waiting]
+        if self._stuck:
+            await self._park(self._stuck)
         await self._ack(ids)
         now_ms = time.time() * 1000
         for entry in entries:
@@ -360,8 +378,7 @@ class StatusProjector:
 
     async def _project_own_pending(self) -> bool:
         """What this consumer name was given and never acknowledged (a restart under the
-        same name, a stopped drain, rows left waiting): all of it, batch by batch, each
-        entry once."""
+        same name, a stopped drain): all of it, batch by batch, each entry once."""
         after = "0"
         while True:
             batch = await self._read(after, None)
@@ -387,7 +404,6 @@ class StatusProjector:
         ones) until the outbox is empty or the deadline passes. True when nothing was left
         behind; whatever is left stays in the outbox for the other projectors."""
         self._give_up_at = time.monotonic() + deadline_s
-        deferred = self.stats.deferred
         try:
             async with asyncio.timeout(deadline_s):
                 if not await self._project_own_pending():
@@ -396,7 +412,7 @@ class StatusProjector:
                     batch = await self._read(">", None)
                     if not batch:
                         await self._forget_consumer()
-                        return self.stats.deferred == deferred
+                        return True
                     if not await self.project(batch):
                         return False
         except TimeoutError:

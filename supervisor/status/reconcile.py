@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.queue.states import JobState, table_status
@@ -159,6 +160,37 @@ async def replace_rows_ahead(
     return written
 
 
+# Parked rows written per sweep: each still locked costs the store's lock timeout (1 s).
+PARKED_PER_SWEEP = 20
+
+
+async def write_parked(queue: JobQueue, backend: StatusBackend) -> int:
+    """Write the current rows of jobs a projector parked (another session held their row's
+    lock), one by one and straight to the store, so that projectors busy with the outbox
+    are not involved; a row still locked, or a store that fails, parks the job again.
+    How many were written."""
+    raw: Any = await queue.client.spop(queue.keys.status_parked, PARKED_PER_SWEEP)
+    ids = [j.decode() if isinstance(j, bytes) else str(j) for j in raw or []]
+    if not ids:
+        return 0
+    written = 0
+    still: list[str] = []
+    for fields in await queue.status_rows(ids):
+        row = row_from_fields(fields, queue.queue)
+        try:
+            await backend.apply([row])
+        except Exception as exc:
+            still.append(row.job_id)
+            log.info("parked status row of job %s still not written (%s)", row.job_id, exc)
+            continue
+        written += 1
+    if still:
+        await queue.client.sadd(queue.keys.status_parked, *still)
+    if written:
+        log.info("status rows of %d parked job(s) written", written)
+    return written
+
+
 async def sweep_page(
     queue: JobQueue, backend: StatusBackend, *, limit: int, lost_after_s: float = LOST_AFTER_S
 ) -> ReconcileReport:
@@ -166,6 +198,7 @@ async def sweep_page(
     rows through the outbox, replaces rows ahead of Redis, and fails one page of rows of
     jobs Redis lost (a cursor of their own, through the table)."""
     keys = queue.keys
+    await write_parked(queue, backend)
     raw = await queue.client.hget(keys.status_reconcile, CURSOR_FIELD)
     report = await compare_page(queue, backend, int(raw or 0), limit=limit)
     await queue.client.hset(keys.status_reconcile, CURSOR_FIELD, str(report.cursor))

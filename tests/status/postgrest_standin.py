@@ -187,8 +187,18 @@ class _Handler(BaseHTTPRequestHandler):
                     )
                     row = conn.execute(stmt, params).fetchone()
                     return None if row is None else row[0]
-            except psycopg.OperationalError:
-                raise
+            except psycopg.OperationalError as exc:
+                # Lost connections are PostgREST's PGRST001; an error the query itself
+                # raised (a lock timeout, 55P03) comes back with its SQLSTATE.
+                if not exc.sqlstate or exc.sqlstate.startswith("08"):
+                    raise
+                raise PgrstError(
+                    _sqlstate_status(exc.sqlstate, role),
+                    exc.sqlstate,
+                    exc.diag.message_primary or str(exc),
+                    exc.diag.message_detail,
+                    exc.diag.message_hint,
+                ) from None
             except psycopg.Error as exc:
                 diag = exc.diag
                 state = exc.sqlstate or "XX000"

@@ -112,7 +112,7 @@ async def test_a_row_of_a_run_redis_lost_comes_back_to_the_run_it_has(
         assert claim is not None
         await queue.fail("retried", claim.token, "exit 65", retryable=False, attempt=1)
         saved = await queue.client.hget(queue.keys.jobs, "retried")
-        assert await queue.retry("retried") == "waiting"
+        assert await queue.retry("retried") == "requeued"
         await drain(queue, backend)
         row = await backend.fetch("retried")
         assert row is not None and row["status"] == "queued"

@@ -118,7 +118,7 @@ async def test_a_manual_retry_is_a_new_run_that_replaces_the_final_row(
         c = await queue.claim("w9", lease_s=30, timeout_s=10)
         assert c is not None
         await queue.fail("rerun2", c.token, "bad input", retryable=False, attempt=1)
-        assert await queue.retry("rerun2") == "waiting"
+        assert await queue.retry("rerun2") == "requeued"
         rows = [e.row for e in await outbox_entries(queue) if e.row.job_id == "rerun2"]
     finally:
         await queue.client.aclose()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from prometheus_client import generate_latest
@@ -17,9 +16,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 class MetricsEndpoint:
     async def render(self, q: JobQueue, timeout_s: float) -> bytes:
-        try:
-            await asyncio.wait_for(refresh_queue_gauges(q), timeout_s)
-        except TimeoutError:
-            # A scrape still answers, with the last values, when Redis is slow or paused.
-            log.debug("queue gauges not refreshed within %.1fs", timeout_s)
+        # A scrape still answers when Redis is slow or paused: redis_up 0, other gauges
+        # with their last values.
+        await refresh_queue_gauges(q, timeout_s=timeout_s)
         return generate_latest(REGISTRY)

@@ -236,8 +236,11 @@ async def refresh_queue_gauges(
     gauges: Metrics | None = None,
     *,
     queue: str | None = None,
+    timeout_s: float = 5.0,
 ) -> bool:
-    """Read the queue's state from Redis into the gauges; False (gauges kept) when it fails.
+    """Read the queue's state from Redis into the gauges; False when it fails or takes
+    longer than `timeout_s` (a Redis that accepts and never answers): `redis_up` then says
+    0 and the other gauges keep their last values.
 
     Never raises: a scrape or an upkeep loop must not break because Redis is away. The
     queue label is `queue` or `q.queue`.
@@ -245,10 +248,11 @@ async def refresh_queue_gauges(
     m = gauges or metrics_for()
     name = queue if queue is not None else str(getattr(q, "queue", "default"))
     try:
-        counts = await q.counts()
-        age = await q.oldest_waiting_age_s()
-        workers = await q.live_workers()
-    except Exception as exc:
+        async with asyncio.timeout(timeout_s):
+            counts = await q.counts()
+            age = await q.oldest_waiting_age_s()
+            workers = await q.live_workers()
+    except Exception as exc:  # TimeoutError included
         log.debug("queue gauges of %s not refreshed: %s", name, type(exc).__name__)
         m.redis_up.labels(name).set(0)
         return False
@@ -280,11 +284,5 @@ async def run_queue_gauge_refresher(
 ) -> None:
     """Refresh the queue gauges every `interval_s` until cancelled (an upkeep task)."""
     while True:
-        try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel that
-            # stops this loop (see supervisor/aio.py).
-            async with asyncio.timeout(max(1.0, interval_s)):
-                await refresh_queue_gauges(q, gauges, queue=queue)
-        except TimeoutError:
-            log.debug("queue gauge refresh timed out")
+        await refresh_queue_gauges(q, gauges, queue=queue, timeout_s=max(1.0, interval_s / 2))
         await asyncio.sleep(interval_s)

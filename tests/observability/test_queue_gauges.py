@@ -1,0 +1,44 @@
+"""Queue gauges read from Redis: a Redis that hangs (accepts, never answers) shows as down,
+not as the last values it gave."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from supervisor.metricdefs import metrics_for, refresh_queue_gauges
+from supervisor.queue.jobqueue import JobQueue
+from tests.redis_server import PrivateRedis
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path, persistent=False)
+    server.start()
+    yield server
+    server.close()
+
+
+async def test_a_redis_that_hangs_reads_as_down(private_redis: PrivateRedis) -> None:
+    registry = CollectorRegistry()
+    gauges = metrics_for(registry)
+    client = Redis.from_url(private_redis.url, socket_timeout=30)  # longer than any scrape
+    q = JobQueue(client, "hangs")
+    try:
+        assert await refresh_queue_gauges(q, gauges, timeout_s=2.0)
+        assert registry.get_sample_value("queue_metrics_redis_up", {"queue": "hangs"}) == 1
+        private_redis.pause()
+        try:
+            started = time.monotonic()
+            assert not await refresh_queue_gauges(q, gauges, timeout_s=0.5)
+            assert time.monotonic() - started < 5.0
+            assert registry.get_sample_value("queue_metrics_redis_up", {"queue": "hangs"}) == 0
+        finally:
+            private_redis.resume()
+    finally:
+        await client.aclose()

@@ -27,7 +27,7 @@ from supervisor.queue.jobqueue import Backoff, JobQueue, Retention
 from supervisor.queue.payload import DEFAULT_SECRET_KEYS
 from supervisor.runner import FORK_SERVER, ResourceLimits, RunnerConfig, default_command
 from supervisor.runner.spawn import resolve_program
-from supervisor.runner.workdir import new_jobs_root, remove_jobs_root
+from supervisor.runner.workdir import JobsRoot, remove_stale_jobs_roots
 from supervisor.sdnotify import SystemdNotifier
 from supervisor.settings import Settings, SettingsError, load_settings
 from supervisor.sinks import JobSink, SinkFanout
@@ -150,10 +150,17 @@ def build_status(
 
 async def run(settings: Settings) -> int:
     try:
-        jobs_root = new_jobs_root()
+        jobs_root = JobsRoot.create()
     except OSError as exc:
         log.error("cannot create a directory for job directories: %s", exc)
         return 1
+    try:
+        return await _run(settings, jobs_root.path)
+    finally:
+        jobs_root.remove()  # after the fork server is closed: every job has been reaped
+
+
+async def _run(settings: Settings, jobs_root: str) -> int:
     client = redis_client(
         settings.redis_url,
         cluster=settings.redis_cluster,
@@ -194,10 +201,11 @@ async def run(settings: Settings) -> int:
         stop_metrics = start_metrics_server(settings.effective_metrics_port, settings.metrics_host)
         log.info("metrics on %s:%d/metrics", settings.metrics_host, settings.effective_metrics_port)
     try:
+        # What daemons that ended uncleanly (SIGKILL, an unhandled signal) left behind.
+        await remove_stale_jobs_roots(ctx.runner)
         return await daemon.run()
     finally:
         FORK_SERVER.close()  # the daemon has reaped every job by now
-        remove_jobs_root(jobs_root)
         if stop_metrics is not None:
             stop_metrics()
         await client.aclose()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import pwd
 import shutil
 import signal
+import stat
 import tempfile
+from dataclasses import dataclass
 
 from supervisor.runner.config import RunnerConfig
 from supervisor.runner.forkserver import FORK_SERVER
@@ -29,25 +32,96 @@ REMOVE_TREE_TIMEOUT_S = 60.0
 JOBS_ROOT_PREFIX = "ingest-jobs-"
 
 
-def new_jobs_root(base: str | None = None) -> str:
+@dataclass(frozen=True)
+class JobsRoot:
     """A directory of one daemon's own for its jobs' directories, mode 0711: a child
     reaches its own directory (it is given the path) but can neither list nor remove
     another job's, not even one made a moment ago for a job not yet started. (A child
     under the daemon's own user owns this directory too: INGEST_CHILD_USER is what keeps
-    jobs apart.)"""
-    path = tempfile.mkdtemp(prefix=JOBS_ROOT_PREFIX, dir=base)
-    os.chmod(path, 0o711)
-    return path
+    jobs apart.)
+
+    The daemon holds a BSD lock (flock) on the directory for as long as it lives: the
+    kernel lets go of it however the daemon ends, so a root whose lock is free is a dead
+    daemon's (see `stale_jobs_roots`), and systemd-tmpfiles does not age a locked
+    directory away."""
+
+    path: str
+    lock_fd: int
+
+    @classmethod
+    def create(cls, base: str | None = None) -> JobsRoot:
+        # Made and locked under a name the stale sweep does not look at, then renamed:
+        # another daemon never sees it unlocked.
+        making = tempfile.mkdtemp(prefix=f".{JOBS_ROOT_PREFIX}", dir=base)
+        try:
+            os.chmod(making, 0o711)
+            fd = os.open(making, os.O_RDONLY | os.O_DIRECTORY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            path = os.path.join(os.path.dirname(making), os.path.basename(making)[1:])
+            os.rename(making, path)
+        except OSError:
+            shutil.rmtree(making, ignore_errors=True)
+            raise
+        return cls(path, fd)
+
+    def remove(self) -> None:
+        """At the daemon's end; a directory a job left behind keeps it, and is logged (the
+        next daemon to start removes it)."""
+        try:
+            os.rmdir(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("directory of job directories %s left in place: %s", self.path, exc)
+        finally:
+            os.close(self.lock_fd)
 
 
-def remove_jobs_root(path: str) -> None:
-    """At the daemon's end; a directory a job left behind keeps it, and is logged."""
+def stale_jobs_roots(base: str | None = None) -> list[str]:
+    """Jobs roots in `base` (the temporary directory) of this user's daemons that are
+    gone: nobody holds their lock."""
+    stale: list[str] = []
     try:
-        os.rmdir(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warning("directory of job directories %s left in place: %s", path, exc)
+        entries = list(os.scandir(base or tempfile.gettempdir()))
+    except OSError:
+        return stale
+    for entry in entries:
+        if not entry.name.startswith(JOBS_ROOT_PREFIX):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: a live daemon's
+            continue
+        finally:
+            os.close(fd)
+        stale.append(entry.path)
+    return stale
+
+
+async def remove_stale_jobs_roots(config: RunnerConfig, base: str | None = None) -> int:
+    """Remove what dead daemons left in the temporary directory: each job's directory as
+    any job's is removed (as its user when needed), then the root. How many roots went."""
+    removed = 0
+    for root in stale_jobs_roots(base):
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(root):
+                await remove_job_dir(config, entry.path)
+        try:
+            os.rmdir(root)
+        except OSError as exc:
+            log.warning("a dead daemon's job directories %s left in place: %s", root, exc)
+            continue
+        removed += 1
+    if removed:
+        log.warning("removed the job directories of %d daemon(s) that ended uncleanly", removed)
+    return removed
 
 
 def new_workdir(root: str | None, user: str | None) -> str:

@@ -242,6 +242,35 @@ def test_sigkill_of_daemon_job_recovered_after_one_lease(start_daemon, q, run_lo
     assert rec.attempt == 1  # a stall does not spend an attempt
 
 
+def test_what_a_killed_daemon_left_in_its_temporary_directory_is_removed_by_the_next(
+    start_daemon, q, run_log: Path, tmp_path: Path
+) -> None:
+    """A daemon killed with SIGKILL (or by any signal it does not handle) cannot remove
+    its job directories; the next daemon on the same temporary directory does, and leaves
+    those of daemons still running alone."""
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    q.enqueue(job("left", sleep=30))
+    a = start_daemon(TMPDIR=str(shared))
+    wait_until(lambda: read_runs(run_log), 20, "child started")
+    (root,) = shared.glob("ingest-jobs-*")
+    assert [p for p in root.iterdir() if p.name.startswith("ingest-job-")]
+    alive = start_daemon(TMPDIR=str(shared))  # running: its directory stays
+    alive.wait_ready()
+    assert len(list(shared.glob("ingest-jobs-*"))) == 2
+    a.signal(signal.SIGKILL)
+    a.wait_exit(10)
+    b = start_daemon(TMPDIR=str(shared))
+    b.wait_ready()
+    assert not root.exists()  # removed before b took any job
+    assert "that ended uncleanly" in b.log()
+    assert len(list(shared.glob("ingest-jobs-*"))) == 2  # alive's and b's
+    for d in (alive, b):
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit() == 0
+    assert list(shared.iterdir()) == []
+
+
 def test_cancel_reaches_a_running_child_quickly(start_daemon, q, run_log: Path) -> None:
     q.enqueue(job("cancel-me", sleep=60))
     start_daemon()

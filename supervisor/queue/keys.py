@@ -132,7 +132,7 @@ class QueueKeys:
         return self._key(f"claim:{token}")
 
     def worker(self, worker_id: str) -> str:
-        """STRING JSON heartbeat of one worker, with a short TTL. Never touched by Lua."""
+        """STRING JSON heartbeat of one worker, with a short TTL (written by heartbeat.lua)."""
         return self._key(f"worker:{worker_id}")
 
     def all_state_sets(self) -> dict[str, str]:

@@ -21,6 +21,9 @@ SCRIPT_NAMES = (
     "resend_status",
     "status_rows",
     "status_versions",
+    # Heartbeats (supervisor/queue/workers.py), stamped and judged on the server's clock.
+    "heartbeat",
+    "live_workers",
 )
 
 

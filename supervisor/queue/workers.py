@@ -1,31 +1,43 @@
-"""Heartbeats: each daemon keeps a short-lived key describing itself, indexed in a ZSET."""
+"""Heartbeats: each daemon keeps a short-lived key describing itself, indexed in a ZSET.
+
+Expiry, beat time and the index's trim are all on the Redis server's clock (TIME, in the
+scripts `heartbeat.lua` and `live_workers.lua`), like every other time in the protocol: a
+daemon whose own clock is off is still live for every reader, and cannot evict the others.
+The stored format is the one older versions wrote and read (JSON with `beat_at` in seconds;
+the index scored by expiry in ms), so a rolling upgrade mixes them safely.
+"""
 
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
 
 from supervisor.queue.keys import QueueKeys
+from supervisor.queue.scripts import script_source
 
 
 class WorkerRegistry:
     def __init__(self, client: Redis | RedisCluster, keys: QueueKeys) -> None:
         self.client = client
         self.keys = keys
+        self._beat: AsyncScript = client.register_script(script_source("heartbeat"))
+        self._live: AsyncScript = client.register_script(script_source("live_workers"))
 
     async def beat(self, worker_id: str, info: dict[str, Any], ttl_s: float) -> None:
-        expires_ms = int((time.time() + ttl_s) * 1000)
-        body = json.dumps({**info, "worker_id": worker_id, "beat_at": time.time()})
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.set(self.keys.worker(worker_id), body, px=int(ttl_s * 1000))
-            pipe.zadd(self.keys.workers, {worker_id: expires_ms})
-            # Forget workers whose heartbeat expired long ago, so the index stays bounded.
-            pipe.zremrangebyscore(self.keys.workers, "-inf", expires_ms - 3_600_000)
-            await pipe.execute()
+        """Store `info` as the worker's heartbeat for `ttl_s`, in one atomic round trip; the
+        script adds `beat_at` from the server's clock (any in `info` is dropped)."""
+        fields = {k: v for k, v in info.items() if k != "beat_at"}
+        # Never empty (worker_id is in it): the script appends `beat_at` to the object text.
+        body = json.dumps({**fields, "worker_id": worker_id})
+        ttl_ms = max(1, int(ttl_s * 1000))  # SET PX refuses 0
+        await self._beat(
+            keys=[self.keys.workers, self.keys.worker(worker_id)],
+            args=[worker_id, ttl_ms, body],
+        )
 
     async def remove(self, worker_id: str) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
@@ -34,8 +46,8 @@ class WorkerRegistry:
             await pipe.execute()
 
     async def live(self) -> list[dict[str, Any]]:
-        now_ms = int(time.time() * 1000)
-        ids = await self.client.zrangebyscore(self.keys.workers, now_ms, "+inf")
+        """The heartbeats not yet expired by the server's clock (not this host's)."""
+        ids = await self._live(keys=[self.keys.workers])
         if not ids:
             return []
         names = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]

@@ -150,6 +150,11 @@ def _emit(args: argparse.Namespace, doc: Any, human: str) -> None:
     print(fmt.dumps(doc) if args.json else human, flush=True)
 
 
+async def _now(q: JobQueue) -> float:
+    """Now on the clock the queue's times are stamped with (Redis's), for ages."""
+    return await q.server_time_ms() / 1000
+
+
 async def _enqueue(q: JobQueue, args: argparse.Namespace) -> int:
     res = await q.enqueue(_payload_from_args(args), delay_s=args.delay)
     status = table_status(res.state).value
@@ -174,7 +179,7 @@ async def _status(q: JobQueue, args: argparse.Namespace) -> int:
     if job is None:
         return EXIT_MISSING
     doc = fmt.job_doc(job, q.queue, _secret_keys(args))
-    _emit(args, doc, fmt.job_text(job, doc, time.time()))
+    _emit(args, doc, fmt.job_text(job, doc, await _now(q)))
     return EXIT_OK
 
 
@@ -236,7 +241,7 @@ async def _list(q: JobQueue, args: argparse.Namespace) -> int:
     secret_keys = _secret_keys(args)
     docs = [fmt.job_doc(j, q.queue, secret_keys) for j in jobs]
     doc = {"jobs": docs, "next_cursor": None if cursor is None else f"{args.state}:{cursor}"}
-    human = fmt.jobs_text(jobs, docs, time.time()) if jobs else f"no {args.state} jobs"
+    human = fmt.jobs_text(jobs, docs, await _now(q)) if jobs else f"no {args.state} jobs"
     if cursor is not None:
         human += f"\n(first {len(jobs)} shown; --cursor {cursor} for the next page)"
     _emit(args, doc, human)
@@ -278,7 +283,7 @@ async def _counts(q: JobQueue, args: argparse.Namespace) -> int:
 
 async def _workers(q: JobQueue, args: argparse.Namespace) -> int:
     doc = fmt.workers_doc(await q.live_workers())
-    _emit(args, doc, fmt.workers_text(doc, time.time()))
+    _emit(args, doc, fmt.workers_text(doc, await _now(q)))
     return EXIT_OK
 
 

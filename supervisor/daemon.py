@@ -259,6 +259,9 @@ class Daemon:
             "metrics_port": self.metrics_port,
             "queue": self.queue.queue,
             "stopping": self.stopping.is_set(),
+            # Pauses of every slot in a row since a child last ended normally: children
+            # that cannot start (a deploy removed the worker, no fork server, no room).
+            "spawn_pauses": self.gate.failures,
         }
 
     async def _heartbeat(self) -> None:

@@ -122,6 +122,23 @@ async def test_healthy_with_worker_unhealthy_without(api_server: ServerFactory, 
     assert r.status_code == 503 and r.json()["worker"] is False
 
 
+async def test_a_supervisor_that_cannot_start_children_is_no_capacity(
+    api_server: ServerFactory, beat: Any
+) -> None:
+    """Its slots live but every start fails (a deploy removed the worker): after a few
+    pauses in a row its slots do not count, and health says why."""
+    server = api_server(INGEST_HEALTH_MAX_WAIT_SECONDS="0")
+    reg = await beat(server, slots=2, spawn_pauses=1)  # one failure: a passing hiccup
+    r = await asyncio.to_thread(eventually_healthy, server)
+    assert r.json()["details"]["worker_concurrency"] == 2
+    await reg.beat("test-host:i1:1", {"slots": 2, "busy": 0, "spawn_pauses": 3}, 60)
+    r = await asyncio.to_thread(httpx.get, server.url + "/health/queue")
+    assert r.status_code == 503, r.text
+    body = r.json()
+    assert body["worker"] is False and body["details"]["worker_concurrency"] == 0
+    assert any("cannot start children" in reason for reason in body["reasons"]), body
+
+
 async def test_backlog_threshold(api_server: ServerFactory, beat: Any) -> None:
     server = api_server(INGEST_HEALTH_MAX_BACKLOG="2", INGEST_HEALTH_MAX_WAIT_SECONDS="0")
     await beat(server)

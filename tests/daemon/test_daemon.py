@@ -271,6 +271,24 @@ def test_what_a_killed_daemon_left_in_its_temporary_directory_is_removed_by_the_
     assert list(shared.iterdir()) == []
 
 
+def test_a_daemon_whose_children_cannot_start_says_so_in_its_heartbeat(
+    start_daemon, q, tmp_path: Path
+) -> None:
+    """A deploy removed the worker after the daemon started: every start fails, spawns
+    pause again and again, and the heartbeat (what /health/queue reads) counts the pauses."""
+    worker = tmp_path / "worker.py"
+    worker.write_text("import sys; sys.stdin.read(); print('PROGRESS: 100 done')\n")
+    start_daemon(INGEST_WORKER_COMMAND=f"{sys.executable} {worker}").wait_ready()
+    worker.unlink()
+    q.enqueue_many([job(f"nowhere-{i}", max_attempts=20) for i in range(6)])
+
+    def pauses() -> int:
+        beats = q.live_workers()
+        return int(beats[0].get("spawn_pauses", 0)) if beats else 0
+
+    wait_until(lambda: pauses() >= 3, 30, "three pauses in a row in the heartbeat")
+
+
 def test_cancel_reaches_a_running_child_quickly(start_daemon, q, run_log: Path) -> None:
     q.enqueue(job("cancel-me", sleep=60))
     start_daemon()

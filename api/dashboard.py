@@ -14,8 +14,8 @@ from typing import Any
 from api.events import event_data
 from api.views import job_view
 from supervisor.queue.jobqueue import JobQueue, JobRecord
-from supervisor.queue.payload import DEFAULT_SECRET_KEYS, scrub, secret_values
 from supervisor.queue.records import record_or_none
+from supervisor.queue.redaction import DEFAULT_SECRET_KEYS, scrub, secret_values
 
 PAGE = 1000
 # Event types the throughput chart counts, per minute.

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from api.context import EVENTS_BLOCK_MS, ApiContext, bounded
 from api.views import job_view
-from supervisor.queue.payload import DEFAULT_SECRET_KEYS, redact
+from supervisor.queue.redaction import DEFAULT_SECRET_KEYS, redact
 from supervisor.queue.states import JobState, table_status
 
 log = logging.getLogger(__name__)

@@ -22,12 +22,7 @@ from api.models import (
     RetryResult,
 )
 from api.views import job_view
-from supervisor.queue.payload import (
-    JOB_ID_RE,
-    PayloadError,
-    validate_job_id,
-    validate_payload,
-)
+from supervisor.queue.payload import JOB_ID_RE, PayloadError, validate_job_id, validate_payload
 from supervisor.queue.reads import PAGE_BYTES
 from supervisor.queue.states import JobState, table_status
 

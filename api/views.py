@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 from api.models import Job
 from supervisor.queue.jobqueue import JobRecord
-from supervisor.queue.payload import DEFAULT_SECRET_KEYS, SecretKeys
 from supervisor.queue.records import as_utc
 from supervisor.queue.redacted import redacted_texts
+from supervisor.queue.redaction import DEFAULT_SECRET_KEYS, SecretKeys
 from supervisor.queue.states import table_status
 
 

@@ -1,12 +1,13 @@
 """The job read from stdin: checked just enough to run it (the producer validated it fully).
 
-Mirrors the shape of `supervisor.queue.payload` without importing it: the child must start without
-loading the daemon's package.
+Mirrors the shape of `supervisor.queue.payload` and `supervisor.queue.redaction` without
+importing them: the child must start without loading the daemon's package.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 from ingest_worker.errors import BadInput
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 SOURCE_TYPES = ("text", "file", "url", "crawl")
-# The same rules as supervisor.queue.payload.SecretKeys (a test holds them equal): a key is secret
+# The same rules as supervisor.queue.redaction.SecretKeys (a test holds them equal): a key is secret
 # when its normalised name (lower case, letters and digits only) is one of SECRET_KEYS or
 # INGEST_SECRET_KEYS, ends with one of SECRET_KEY_SUFFIXES or contains one of
 # SECRET_KEY_SUBSTRINGS. Secret values never reach stderr, the RESULT line or stored chunk
@@ -33,7 +34,19 @@ SECRET_KEY_SUFFIXES = (
     "cookie",
 )
 SECRET_KEY_SUBSTRINGS = ("secret", "password", "passwd", "apikey", "privatekey", "accesstoken")
-MAX_DEPTH = 32  # supervisor.queue.payload.MAX_DEPTH
+MAX_DEPTH = 32  # supervisor.queue.walk.MAX_DEPTH
+# The same rules as supervisor.queue.redaction for credentials inside a string that is a URL
+# (a test holds them equal): the userinfo's password (or the whole userinfo when it has
+# none), and the value of each query or fragment parameter whose normalised name SecretKeys
+# matches, is one of URL_SECRET_PARAMS or ends with one of URL_SECRET_PARAM_SUFFIXES.
+URL_SECRET_PARAMS = frozenset({"sig", "key", "auth", "pwd", "jwt"})
+URL_SECRET_PARAM_SUFFIXES = ("signature",)
+MIN_URL_SECRET_CHARS = 4
+# A URL as a whole: a scheme and "://" at the start (after blanks and control characters).
+_URL_START = re.compile(r"[\x00-\x20]*[A-Za-z][A-Za-z0-9+.-]*://")
+_AUTHORITY = re.compile(r"[^/?#]*")
+_PARAMS_START = re.compile(r"[?#]")
+_PARAM = re.compile(r"[^&#]+")
 
 
 def normalise_key(key: object) -> str:
@@ -156,16 +169,77 @@ def strip_secrets(node: Any, is_secret: SecretKeys) -> Any:
 
 
 def secret_values(node: Any, is_secret: SecretKeys) -> list[str]:
+    """Every string under a secret-named key, and the credentials of every string that is a
+    URL (see `url_secret_values`)."""
     found: list[str] = []
+    known: dict[str, bool] = {}  # parameter names already judged: URLs repeat a few names
     stack = [node]
     while stack:
         item = stack.pop()
-        if isinstance(item, dict):
+        if isinstance(item, str):
+            found.extend(url_secret_values(item, is_secret, known))
+        elif isinstance(item, dict):
             for k, v in item.items():
                 if is_secret(k) and isinstance(v, str):
                     found.append(v)
-                else:
-                    stack.append(v)
+                stack.append(v)  # a string is searched for URL credentials too
         elif isinstance(item, list):
             stack.extend(item)
     return found
+
+
+def url_secret_values(
+    text: str, is_secret: SecretKeys, known: dict[str, bool] | None = None
+) -> list[str]:
+    """The credentials of `text` when it is a URL as a whole, each as written and
+    percent-decoded, and the whole `user:password` pair; as
+    supervisor.queue.redaction.url_secret_values finds them (split by hand, so a URL no parser
+    accepts is searched too). `known`: parameter names already judged, kept by the caller."""
+    start = _URL_START.match(text)
+    if start is None:
+        return []
+    host_start = start.end()
+    authority = _AUTHORITY.match(text, host_start)
+    auth_end = authority.end() if authority is not None else host_start
+    # (value as written, whether it is a parameter: "+" decodes to a space there)
+    raw: list[tuple[str, bool]] = []
+    at = text.rfind("@", host_start, auth_end)
+    if at >= 0:
+        colon = text.find(":", host_start, at)
+        secret_start = colon + 1 if colon >= 0 else host_start
+        if at > secret_start:
+            raw.append((text[secret_start:at], False))
+            if colon >= 0:
+                raw.append((text[host_start:at], False))
+    params = _PARAMS_START.search(text, auth_end)
+    if params is not None:
+        known = {} if known is None else known
+        for param in _PARAM.finditer(text, params.end()):
+            name, eq, value = param.group().partition("=")
+            if not (eq and value):
+                continue
+            secret = known.get(name)
+            if secret is None:
+                secret = known[name] = _is_secret_param(name, is_secret)
+            if secret:
+                raw.append((value, True))
+    if not raw:
+        return []
+    # Loaded only for a URL with credentials: a text job's start-up stays lean.
+    from urllib.parse import unquote, unquote_plus
+
+    found: list[str] = []
+    for value, is_param in raw:
+        found += (value, unquote_plus(value) if is_param else unquote(value))
+    return [s for s in dict.fromkeys(found) if len(s) >= MIN_URL_SECRET_CHARS]
+
+
+def _is_secret_param(name: str, is_secret: SecretKeys) -> bool:
+    """Whether a URL's query or fragment parameter `name` (still URL-encoded) names a
+    credential."""
+    if "%" in name or "+" in name:
+        from urllib.parse import unquote_plus
+
+        name = unquote_plus(name)
+    key = normalise_key(name)
+    return key in URL_SECRET_PARAMS or key.endswith(URL_SECRET_PARAM_SUFFIXES) or is_secret(key)

@@ -25,7 +25,8 @@ from redis.exceptions import ConnectionError, TimeoutError
 from supervisor import ctl_format as fmt
 from supervisor.config import DEFAULT_QUEUE, DEFAULT_REDIS_URL, SharedConfig, load_shared_config
 from supervisor.queue.jobqueue import JobQueue, JobRecord
-from supervisor.queue.payload import DEFAULT_SECRET_KEYS, PayloadError, SecretKeys
+from supervisor.queue.payload import PayloadError
+from supervisor.queue.redaction import DEFAULT_SECRET_KEYS, SecretKeys
 from supervisor.queue.states import FINAL_STATES, JobState, table_status
 from supervisor.status import open_backend
 from supervisor.status.backend import StatusStoreError

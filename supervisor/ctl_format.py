@@ -13,9 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from supervisor.queue.jobqueue import JobRecord
-from supervisor.queue.payload import SecretKeys, replace_surrogates
+from supervisor.queue.payload import replace_surrogates
 from supervisor.queue.records import as_utc
 from supervisor.queue.redacted import redacted_texts
+from supervisor.queue.redaction import SecretKeys
 from supervisor.queue.states import table_status
 
 NOTHING = "-"

@@ -18,7 +18,7 @@ from supervisor import events as ev
 from supervisor.aio import join_bounded, sleep_unless
 from supervisor.execution_context import FREE_HOST_FAULTS, FREE_SERVER_LOSSES, ExecutionContext
 from supervisor.queue.jobqueue import Claim
-from supervisor.queue.payload import redact, scrub, scrub_value, secret_values
+from supervisor.queue.redaction import redact, scrub, scrub_value, secret_values
 from supervisor.queue.states import TableStatus
 from supervisor.redis_retry import TRANSIENT, call_until
 from supervisor.runner import ChildOutcome, EndReason, StopRequest, run_child

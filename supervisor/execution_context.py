@@ -12,7 +12,7 @@ from typing import Any
 
 from supervisor.aio import first_of
 from supervisor.queue.jobqueue import JobQueue
-from supervisor.queue.payload import SecretKeys
+from supervisor.queue.redaction import SecretKeys
 from supervisor.runner import RunnerConfig, StartFailureGate
 from supervisor.sinks import SinkFanout
 

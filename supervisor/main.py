@@ -24,7 +24,7 @@ from supervisor.logs import configure_logging
 from supervisor.metrics import DaemonMetrics, MetricsSink
 from supervisor.queue.connection import redis_client
 from supervisor.queue.jobqueue import Backoff, JobQueue, Retention
-from supervisor.queue.payload import DEFAULT_SECRET_KEYS
+from supervisor.queue.redaction import DEFAULT_SECRET_KEYS
 from supervisor.runner import FORK_SERVER, ResourceLimits, RunnerConfig, default_command
 from supervisor.runner.spawn import resolve_program
 from supervisor.runner.workdir import JobsRoot, remove_stale_jobs_roots

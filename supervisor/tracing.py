@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from supervisor import events as ev
 from supervisor.metricdefs import record_trace_export_failure
-from supervisor.queue.payload import DEFAULT_SECRET_KEYS, redact
+from supervisor.queue.redaction import DEFAULT_SECRET_KEYS, redact
 from supervisor.sinks import JobSink
 from supervisor.tracing_export import CountingExporter, langfuse_exporter
 

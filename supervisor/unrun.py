@@ -9,7 +9,8 @@ import time
 from supervisor import events as ev
 from supervisor.execution_context import ExecutionContext
 from supervisor.queue.jobqueue import Claim, JobQueue
-from supervisor.queue.payload import PayloadError, SecretKeys, check_structure, validate_payload
+from supervisor.queue.payload import PayloadError, check_structure, validate_payload
+from supervisor.queue.redaction import SecretKeys
 from supervisor.queue.states import TableStatus
 from supervisor.redis_retry import call_until
 

@@ -13,7 +13,7 @@ import pytest
 
 from ingest_worker import job as worker_job
 from ingest_worker.errors import BadInput
-from supervisor.queue import payload
+from supervisor.queue import payload, redaction
 
 SECRET_NAMES = [
     "access_token",
@@ -32,46 +32,46 @@ PLAIN_NAMES = ["title", "lang", "max_tokens", "job_id", "tenant_id", "url", "tok
 
 @pytest.mark.parametrize("name", SECRET_NAMES)
 def test_secret_key_names_are_matched_normalised(name: str) -> None:
-    assert payload.SecretKeys()(name)
+    assert redaction.SecretKeys()(name)
     assert worker_job.SecretKeys()(name)
-    assert payload.redact({name: "v"}) == {name: payload.REDACTED}
+    assert redaction.redact({name: "v"}) == {name: redaction.REDACTED}
 
 
 @pytest.mark.parametrize("name", PLAIN_NAMES)
 def test_ordinary_names_are_kept(name: str) -> None:
-    assert not payload.SecretKeys()(name)
+    assert not redaction.SecretKeys()(name)
     assert not worker_job.SecretKeys()(name)
 
 
 def test_configured_names_are_normalised_and_exact() -> None:
-    assert payload.SecretKeys(["house-pin"])("HOUSE_PIN")
+    assert redaction.SecretKeys(["house-pin"])("HOUSE_PIN")
     assert worker_job.SecretKeys("house-pin")("HOUSE_PIN")
-    assert not payload.SecretKeys(["pin"])("spinach")
+    assert not redaction.SecretKeys(["pin"])("spinach")
 
 
 def test_worker_and_daemon_share_the_rules() -> None:
-    assert worker_job.SECRET_KEYS == payload.DEFAULT_SECRET_KEYS
-    assert worker_job.SECRET_KEY_SUFFIXES == payload.SECRET_KEY_SUFFIXES
-    assert worker_job.SECRET_KEY_SUBSTRINGS == payload.SECRET_KEY_SUBSTRINGS
+    assert worker_job.SECRET_KEYS == redaction.DEFAULT_SECRET_KEYS
+    assert worker_job.SECRET_KEY_SUFFIXES == redaction.SECRET_KEY_SUFFIXES
+    assert worker_job.SECRET_KEY_SUBSTRINGS == redaction.SECRET_KEY_SUBSTRINGS
     assert worker_job.MAX_DEPTH == payload.MAX_DEPTH
 
 
 def test_every_encoded_form_and_dict_keys_are_scrubbed() -> None:
     secret = 'tr_a/b+c "é"'
     text = " ".join([secret, quote(secret), quote_plus(secret), json.dumps(secret)])
-    assert payload.scrub(text, [secret]).count(payload.REDACTED) == 4
-    assert "tr_a" not in payload.scrub(text, [secret])
+    assert redaction.scrub(text, [secret]).count(redaction.REDACTED) == 4
+    assert "tr_a" not in redaction.scrub(text, [secret])
     value = {secret: [f"x {secret} y"], "k": {"deeper": quote_plus(secret)}}
-    assert "tr_a" not in json.dumps(payload.scrub_value(value, [secret]))
+    assert "tr_a" not in json.dumps(redaction.scrub_value(value, [secret]))
 
 
 def test_redaction_of_a_deep_value_is_bounded_not_a_crash() -> None:
     node: dict[str, object] = {"token": "t"}
     for _ in range(5000):
         node = {"n": node}
-    out = payload.redact(node)
-    assert json.dumps(out).count(payload.TOO_DEEP) == 1
-    assert payload.secret_values(node) == ["t"]
+    out = redaction.redact(node)
+    assert json.dumps(out).count(redaction.TOO_DEEP) == 1
+    assert redaction.secret_values(node) == ["t"]
 
 
 def _peak_bytes(work: Callable[[], object]) -> int:
@@ -97,11 +97,11 @@ def test_checking_a_payload_costs_memory_in_its_size_not_its_paths() -> None:
     assert size < 40_000
     for work in (
         lambda: payload.validate_payload(raw),
-        lambda: payload.secret_values(raw),
+        lambda: redaction.secret_values(raw),
         lambda: worker_job.check_structure(raw),
     ):
         assert _peak_bytes(work) < 40 * size
-    assert payload.secret_values(raw) == ["s3cr3t-value"]
+    assert redaction.secret_values(raw) == ["s3cr3t-value"]
 
 
 def test_a_refused_payload_still_names_the_offending_field() -> None:
@@ -138,7 +138,7 @@ def test_a_payload_holds_a_bounded_number_of_secrets() -> None:
     house = {**base, "metadata": {f"k{i}": {"house_pin": f"p{i:05d}"} for i in range(limit + 1)}}
     payload.validate_payload(house)
     with pytest.raises(payload.PayloadError, match="secret-named"):
-        payload.validate_payload(house, payload.SecretKeys(["house_pin"]))
+        payload.validate_payload(house, redaction.SecretKeys(["house_pin"]))
 
 
 def test_scrubbing_a_large_result_costs_one_pass_per_form_not_one_per_string() -> None:
@@ -149,8 +149,192 @@ def test_scrubbing_a_large_result_costs_one_pass_per_form_not_one_per_string() -
     secrets = [f'se cr/\u00e9"t-{i:04d}' for i in range(payload.MAX_SECRET_VALUES)]
     result = {"chunks": ["abcdefgh"] * 100_000, secrets[7]: [f"x {secrets[3]} y", "ok"]}
     started = time.perf_counter()
-    scrubbed = payload.scrub_value(result, secrets)
+    scrubbed = redaction.scrub_value(result, secrets)
     elapsed = time.perf_counter() - started
-    assert scrubbed[payload.REDACTED] == [f"x {payload.REDACTED} y", "ok"]
+    assert scrubbed[redaction.REDACTED] == [f"x {redaction.REDACTED} y", "ok"]
     assert scrubbed["chunks"] == result["chunks"]
     assert elapsed < 1.0, elapsed
+
+
+# ---- credentials inside URLs -------------------------------------------------------------
+
+SIGNED = (
+    "https://bob:hunter2pw@host.example/path?X-Amz-Credential=AKIAEXAMPLE"
+    "&X-Amz-Signature=deadbeefsig&access_token=tok-SECRET-123&page=2"
+)
+SIGNED_SECRETS = ("hunter2pw", "AKIAEXAMPLE", "deadbeefsig", "tok-SECRET-123")
+SECRET_PARAMS = [
+    "sig",
+    "signature",
+    "X-Amz-Signature",
+    "X-Amz-Credential",
+    "X-Amz-Security-Token",
+    "X-Goog-Signature",
+    "key",
+    "api_key",
+    "access_token",
+    "password",
+    "pwd",
+    "client_secret",
+    "auth",
+    "jwt",
+]
+PLAIN_PARAMS = [
+    "page",
+    "q",
+    "id",
+    "lang",
+    "per_page",
+    "code",
+    "state",
+    "keyword",
+    "monkey",
+    "max_tokens",
+    "tokenizer",
+    "X-Amz-Date",
+    "X-Amz-SignedHeaders",
+]
+
+
+def _url_job(source: dict[str, object], **extra: object) -> dict[str, object]:
+    return {"job_id": "j", "tenant_id": "t", "data_source": source, **extra}
+
+
+def test_secrets_of_a_url_are_found() -> None:
+    found = redaction.secret_values(_url_job({"type": "url", "url": SIGNED}))
+    assert set(found) == {*SIGNED_SECRETS, "bob:hunter2pw"}
+
+
+@pytest.mark.parametrize("name", SECRET_PARAMS)
+def test_secret_query_parameters_are_found_and_redacted(name: str) -> None:
+    url = f"https://h.example/x?page=3&{name}=v4lue-of-{name}#top"
+    assert redaction.secret_values({"u": url}) == [f"v4lue-of-{name}"]
+    assert redaction.redact({"u": url}) == {
+        "u": f"https://h.example/x?page=3&{name}=[redacted]#top"
+    }
+
+
+@pytest.mark.parametrize("name", PLAIN_PARAMS)
+def test_ordinary_query_parameters_are_kept(name: str) -> None:
+    url = f"https://h.example/x?{name}=ordinary-value"
+    assert redaction.secret_values({"u": url}) == []
+    assert redaction.redact({"u": url}) == {"u": url}
+
+
+def test_a_url_is_redacted_and_stays_readable() -> None:
+    shown = redaction.redact(_url_job({"type": "url", "url": SIGNED}))
+    assert shown["data_source"]["url"] == (
+        "https://bob:[redacted]@host.example/path?X-Amz-Credential=[redacted]"
+        "&X-Amz-Signature=[redacted]&access_token=[redacted]&page=2"
+    )
+
+
+def test_urls_in_lists_and_crawl_seeds_are_found_and_redacted() -> None:
+    plain = "https://example.com/docs?page=1"
+    raw = _url_job(
+        {"type": "crawl", "urls": [plain, SIGNED], "crawl_depth": 2},
+        metadata={"seeds": [{"href": SIGNED}]},
+    )
+    assert set(redaction.secret_values(raw)) == {*SIGNED_SECRETS, "bob:hunter2pw"}
+    text = json.dumps(redaction.redact(raw))
+    assert plain in text
+    for secret in SIGNED_SECRETS:
+        assert secret not in text
+
+
+def test_url_encoded_secrets_are_found_in_both_forms() -> None:
+    url = "https://u%2Bx:p%40ss%2Fw0rd@h.example/?sig=ab%2Bcd%3D%3D&token=a+b+c+d&q=a+b"
+    found = set(redaction.secret_values({"u": url}))
+    assert {"p%40ss%2Fw0rd", "p@ss/w0rd", "ab%2Bcd%3D%3D", "ab+cd==", "a+b+c+d", "a b c d"} <= found
+    assert redaction.redact(url) == (
+        "https://u%2Bx:[redacted]@h.example/?sig=[redacted]&token=[redacted]&q=a+b"
+    )
+    error = f"GET {url} failed: login p@ss/w0rd refused, signature ab+cd== expired"
+    scrubbed = redaction.scrub(error, found)
+    for secret in ("p@ss/w0rd", "p%40ss", "ab+cd==", "ab%2Bcd", "a+b+c+d"):
+        assert secret not in scrubbed
+    assert "h.example" in scrubbed
+
+
+def test_an_error_quoting_a_url_is_scrubbed() -> None:
+    secrets = redaction.secret_values(_url_job({"type": "url", "url": SIGNED}))
+    for text in (f"fetch failed: 403 for {SIGNED}", f'{{"url": {json.dumps(SIGNED)}}}'):
+        scrubbed = redaction.scrub(text, secrets)
+        assert "host.example/path" in scrubbed and "page=2" in scrubbed
+        for secret in SIGNED_SECRETS:
+            assert secret not in scrubbed
+
+
+def test_a_bare_user_is_a_token_and_short_values_are_not_collected() -> None:
+    """`https://TOKEN@github.com/...` passes a token as the user name; values under 4
+    characters are redacted from views but not collected (scrub ignores them anyway)."""
+    url = "https://ghp_abc123token@github.com/o/r.git"
+    assert redaction.secret_values({"u": url}) == ["ghp_abc123token"]
+    assert redaction.redact(url) == "https://[redacted]@github.com/o/r.git"
+    short = "https://u:p@h.example/?sig=abc&key="
+    assert redaction.secret_values({"u": short}) == []
+    assert redaction.redact(short) == "https://u:[redacted]@h.example/?sig=[redacted]&key="
+
+
+def test_plain_urls_and_other_strings_are_untouched() -> None:
+    values = [
+        "https://example.com/search?q=token&page=2&id=12345&lang=en",
+        "https://example.com/a@b?x=y",  # an @ in the path is no user
+        "http://[::1/",  # malformed: the worker refuses it, nothing to find
+        "see https://bob:hunter2pw@host.example for details",  # text, not a URL
+        "no url here",
+        "",
+    ]
+    for value in values:
+        assert redaction.redact(value) is value
+        assert redaction.secret_values({"v": value}) == []
+        assert worker_job.secret_values({"v": value}, worker_job.SecretKeys()) == []
+
+
+def test_worker_and_daemon_find_the_same_url_secrets() -> None:
+    assert worker_job.URL_SECRET_PARAMS == redaction.URL_SECRET_PARAMS
+    assert worker_job.URL_SECRET_PARAM_SUFFIXES == redaction.URL_SECRET_PARAM_SUFFIXES
+    assert worker_job.MIN_URL_SECRET_CHARS == redaction.MIN_URL_SECRET_CHARS
+    raw = _url_job(
+        {"type": "crawl", "urls": [SIGNED, "https://t0ken-xyz@h.example/", "https://x/?q=1"]},
+        metadata={
+            "a": ["https://u:p%40ss%2Fw0rd@h.example/?sig=ab%2Bcd%3D%3D&token=a+b+c+d"],
+            "house_pin": "https://h.example/?house_pin=9876",
+            "ok": "https://h.example/?house-pin=5432",
+        },
+    )
+    keys = ["house-pin"]
+    daemon = redaction.secret_values(
+        raw, redaction.SecretKeys([*redaction.DEFAULT_SECRET_KEYS, *keys])
+    )
+    worker = worker_job.secret_values(raw, worker_job.SecretKeys(",".join(keys)))
+    assert set(worker) == set(daemon)
+    assert {"hunter2pw", "t0ken-xyz", "p@ss/w0rd", "5432", "9876"} <= set(worker)
+    job = worker_job.Job(raw, {"INGEST_SECRET_KEYS": "house-pin"})
+    scrubbed = job.scrub(f"GET {SIGNED}: 403")
+    assert "host.example/path" in scrubbed
+    for secret in SIGNED_SECRETS:
+        assert secret not in scrubbed
+
+
+def test_a_thousand_plain_urls_are_accepted_and_cheap() -> None:
+    urls = [f"https://example.com/docs/{i}?page={i}&q=canal&lang=en" for i in range(1000)]
+    raw = _url_job({"type": "crawl", "urls": urls, "crawl_depth": 1})
+    started = time.perf_counter()
+    payload.validate_payload(raw)
+    shown = redaction.redact(raw)
+    assert redaction.secret_values(raw) == []
+    assert worker_job.secret_values(raw, worker_job.SecretKeys()) == []
+    assert time.perf_counter() - started < 0.5
+    assert shown["data_source"]["urls"] == urls
+    # A thousand URLs with the same credentials hold few distinct secrets.
+    same = _url_job({"type": "crawl", "urls": [f"{SIGNED}&n={i}" for i in range(1000)]})
+    payload.validate_payload(same)
+
+
+def test_url_secrets_count_towards_the_bound() -> None:
+    limit = payload.MAX_SECRET_VALUES
+    urls = [f"https://h.example/{i}?sig=signature-{i:05d}" for i in range(limit + 1)]
+    with pytest.raises(payload.PayloadError, match="secret-named keys or credentials in URLs"):
+        payload.validate_payload(_url_job({"type": "crawl", "urls": urls}))
+    payload.validate_payload(_url_job({"type": "crawl", "urls": urls[:limit]}))

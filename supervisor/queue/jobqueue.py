@@ -20,13 +20,7 @@ from redis.commands.core import AsyncScript
 from supervisor.queue.connection import AnyRedis
 from supervisor.queue.keys import DEFAULT_QUEUE, QueueKeys
 from supervisor.queue.operator_verbs import OperatorVerbs
-from supervisor.queue.payload import (
-    DEFAULT_SECRET_KEYS,
-    PayloadError,
-    SecretKeys,
-    TenantConflict,
-    validate_payload,
-)
+from supervisor.queue.payload import PayloadError, TenantConflict, validate_payload
 from supervisor.queue.reads import QueueReads
 from supervisor.queue.records import (
     Backoff,
@@ -41,6 +35,7 @@ from supervisor.queue.records import (
     decode_payload,
 )
 from supervisor.queue.records import as_str as _s
+from supervisor.queue.redaction import DEFAULT_SECRET_KEYS, SecretKeys
 from supervisor.queue.scripts import SCRIPT_NAMES, script_source
 from supervisor.queue.states import JobState
 from supervisor.queue.status_rows import StatusRowVerbs

@@ -1,4 +1,4 @@
-"""Validation of job payloads at enqueue time, and removal of secrets before anything is logged.
+"""Validation of job payloads at enqueue time.
 
 A payload is rejected as a whole with a message naming the field and the rule; nothing of a
 rejected payload is ever stored.
@@ -6,12 +6,13 @@ rejected payload is ever stored.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import quote, quote_plus
+
+from supervisor.queue.redaction import DEFAULT_SECRET_KEYS, TOO_DEEP, SecretKeys, secret_values
+from supervisor.queue.walk import MAX_DEPTH, dotted, top_field, walk
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 TENANT_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
@@ -20,30 +21,11 @@ PRIORITIES = ("high", "normal")
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_TIMEOUT_S = 7 * 24 * 3600
 MAX_ATTEMPTS_LIMIT = 100
-# Deepest nesting of objects and lists a payload may have. Everything that walks a payload
-# (redaction, JSON encoders, the child) stays far from Python's recursion limit.
-MAX_DEPTH = 32
 MAX_TRIAL_TOKEN_CHARS = 4096
-# Distinct values under secret-named keys a payload may hold: each is scrubbed, in every
-# form `_forms` knows, from every progress line, error and result string of its job.
+# Distinct values under secret-named keys, and credentials in its URLs (as written and
+# decoded, see url_secret_values), a payload may hold: each is scrubbed, in every form
+# `_forms` knows, from every progress line, error and result string of its job.
 MAX_SECRET_VALUES = 100
-DEFAULT_SECRET_KEYS: frozenset[str] = frozenset(
-    {"trial_token", "token", "api_key", "apikey", "password", "secret", "authorization"}
-)
-# A key whose normalised name (lower case, letters and digits only) ends with one of the
-# suffixes or contains one of the substrings is secret, whatever the configuration:
-# access_token, client_secret, api-key, X-Auth-Token, db_password, aws_secret_access_key.
-SECRET_KEY_SUFFIXES = (
-    "token",
-    "authorization",
-    "credential",
-    "credentials",
-    "sessionid",
-    "cookie",
-)
-SECRET_KEY_SUBSTRINGS = ("secret", "password", "passwd", "apikey", "privatekey", "accesstoken")
-REDACTED = "[redacted]"
-TOO_DEEP = "[nested too deep]"
 _KNOWN_FIELDS = frozenset(
     {
         "job_id",
@@ -56,7 +38,6 @@ _KNOWN_FIELDS = frozenset(
         "trial_token",
     }
 )
-_NOT_KEY_CHARS = re.compile(r"[^a-z0-9]")
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
@@ -121,7 +102,9 @@ def validate_payload(
     check_structure(raw)
     if len(set(secret_values(raw, secret_keys))) > MAX_SECRET_VALUES:
         raise PayloadError(
-            "payload", f"must hold at most {MAX_SECRET_VALUES} values under secret-named keys"
+            "payload",
+            f"must hold at most {MAX_SECRET_VALUES} values under secret-named keys"
+            " or credentials in URLs",
         )
     out: dict[str, Any] = {
         "job_id": job_id,
@@ -161,236 +144,22 @@ def validate_payload(
     return out
 
 
-# A node's place in a value: a link to its parent's place, its key there and whether that
-# key is a list index. Spelled out as a dotted path only for an error message: paths built
-# for every node repeat their ancestors' keys, which a long key above a long list turns
-# into gigabytes.
-_Place = tuple["_Place", object, bool] | None
-
-
-def _children(node: Any) -> Iterator[tuple[object, Any, bool]] | None:
-    if isinstance(node, Mapping):
-        return ((k, v, False) for k, v in node.items())
-    if isinstance(node, list | tuple):
-        return ((i, v, True) for i, v in enumerate(node))
-    return None
-
-
-def _walk(value: Any) -> Iterator[tuple[_Place, Any, int]]:
-    """(place, node, depth) for every node of a JSON-like value, depth first, without
-    recursion; memory grows with the depth only (one iterator per level)."""
-    yield None, value, 0
-    top = _children(value)
-    stack: list[tuple[_Place, Iterator[tuple[object, Any, bool]], int]] = []
-    if top is not None:
-        stack.append((None, top, 1))
-    while stack:
-        parent, children, depth = stack[-1]
-        step = next(children, None)
-        if step is None:
-            stack.pop()
-            continue
-        key, node, is_index = step
-        place: _Place = (parent, key, is_index)
-        yield place, node, depth
-        below = _children(node)
-        if below is not None:
-            stack.append((place, below, depth + 1))
-
-
-def _dotted(place: _Place) -> str:
-    """`a.b[0].c` for a place."""
-    parts: list[str] = []
-    while place is not None:
-        place, key, is_index = place
-        parts.append(f"[{key}]" if is_index else f".{key}")
-    return "".join(reversed(parts)).removeprefix(".")
-
-
-def _top_field(place: _Place) -> str:
-    """The top-level field a place is under."""
-    key: object = ""
-    while place is not None:
-        place, key, _is_index = place
-    return str(key)
-
-
 def check_structure(value: Any) -> None:
     """Refuse nesting deeper than MAX_DEPTH and strings that are not valid Unicode (lone
     surrogates, which no UTF-8 encoder accepts), naming the first offending field."""
-    for place, node, depth in _walk(value):
+    for place, node, depth in walk(value):
         if depth > MAX_DEPTH:
             raise PayloadError(
-                _top_field(place) or "payload", f"must be nested at most {MAX_DEPTH} levels deep"
+                top_field(place) or "payload", f"must be nested at most {MAX_DEPTH} levels deep"
             )
         if isinstance(node, str) and _SURROGATES.search(node):
             raise PayloadError(
-                _dotted(place) or "payload", "must be valid Unicode (a lone surrogate)"
+                dotted(place) or "payload", "must be valid Unicode (a lone surrogate)"
             )
         if isinstance(node, Mapping):
             for k in node:
                 if isinstance(k, str) and _SURROGATES.search(k):
-                    raise PayloadError(_dotted(place) or "payload", "keys must be valid Unicode")
-
-
-def normalise_key(key: object) -> str:
-    return _NOT_KEY_CHARS.sub("", str(key).lower())
-
-
-class SecretKeys:
-    """Which keys name secrets: any of `names` once normalised, and any key that ends with
-    one of SECRET_KEY_SUFFIXES or contains one of SECRET_KEY_SUBSTRINGS (those always apply)."""
-
-    __slots__ = ("names",)
-
-    def __init__(self, names: Iterable[str] = DEFAULT_SECRET_KEYS) -> None:
-        self.names = frozenset(n for n in (normalise_key(k) for k in names) if n)
-
-    def __call__(self, key: object) -> bool:
-        k = normalise_key(key)
-        return (
-            k in self.names
-            or k.endswith(SECRET_KEY_SUFFIXES)
-            or any(part in k for part in SECRET_KEY_SUBSTRINGS)
-        )
-
-
-def _matcher(secret_keys: Iterable[str] | SecretKeys) -> SecretKeys:
-    return secret_keys if isinstance(secret_keys, SecretKeys) else SecretKeys(secret_keys)
-
-
-def redact(
-    value: Any,
-    secret_keys: Iterable[str] | SecretKeys = DEFAULT_SECRET_KEYS,
-    max_depth: int = MAX_DEPTH,
-) -> Any:
-    """A copy of `value` with every secret-named key's value replaced, and anything nested
-    deeper than `max_depth` replaced by a marker (so no later encoder meets a deep value)."""
-    is_secret = _matcher(secret_keys)
-
-    def walk(node: Any, depth: int) -> Any:
-        if isinstance(node, Mapping | list | tuple) and depth >= max_depth:
-            return TOO_DEEP
-        if isinstance(node, Mapping):
-            return {k: (REDACTED if is_secret(k) else walk(v, depth + 1)) for k, v in node.items()}
-        if isinstance(node, list | tuple):
-            return [walk(v, depth + 1) for v in node]
-        return node
-
-    return walk(value, 0)
-
-
-def secret_values(
-    value: Any, secret_keys: Iterable[str] | SecretKeys = DEFAULT_SECRET_KEYS
-) -> list[str]:
-    """Every string stored under a secret-named key (at any depth), so error text can be
-    scrubbed of them."""
-    is_secret = _matcher(secret_keys)
-    found: list[str] = []
-    for _place, node, _depth in _walk(value):
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                if is_secret(k) and isinstance(v, str) and v:
-                    found.append(v)
-    return found
-
-
-@functools.lru_cache(maxsize=1024)
-def _forms(secret: str) -> frozenset[str]:
-    """The ways a secret shows up in text: as is, URL-encoded, inside a JSON string.
-    Cached: a job's secrets are scrubbed from each of its progress lines."""
-    forms = {
-        secret,
-        quote(secret, safe="", errors="replace"),
-        quote(secret, errors="replace"),
-        quote_plus(secret, errors="replace"),
-    }
-    forms.add(json.dumps(secret)[1:-1])
-    forms.add(json.dumps(secret, ensure_ascii=False)[1:-1])
-    return frozenset(f for f in forms if len(f) >= 4)
-
-
-@functools.lru_cache(maxsize=16)
-def _all_forms(secrets: tuple[str, ...]) -> tuple[str, ...]:
-    """Every form of every secret, longest first. Cached: a job's secrets are the same for
-    each of its progress lines, and a payload may hold thousands (a few MB of forms, so
-    only the last few sets are kept)."""
-    forms: set[str] = set()
-    for s in secrets:
-        if len(s) >= 4:
-            forms |= _forms(s)
-    return tuple(sorted(forms, key=len, reverse=True))
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret replaced, in any of the forms `_forms` knows; longest
-    first, so a form that contains another is replaced whole."""
-    return _replace_forms(text, _all_forms(tuple(secrets))) if text else text
-
-
-def scrub_value(value: Any, secrets: Iterable[str], max_depth: int = MAX_DEPTH) -> Any:
-    """`value` (child-made JSON or text) with every secret in its strings and keys redacted;
-    anything nested deeper than `max_depth` becomes a marker."""
-    forms = _all_forms(tuple(secrets))
-    strings: list[str] = []  # every key and string, in the order `rebuild` meets them
-
-    def collect(node: Any, depth: int) -> None:
-        if isinstance(node, str):
-            strings.append(node)
-        elif isinstance(node, dict | list) and depth >= max_depth:
-            return
-        elif isinstance(node, dict):
-            for k, v in node.items():
-                strings.append(str(k))
-                collect(v, depth + 1)
-        elif isinstance(node, list):
-            for v in node:
-                collect(v, depth + 1)
-
-    collect(value, 0)
-    scrubbed = iter(_scrub_all(strings, forms))
-
-    def rebuild(node: Any, depth: int) -> Any:
-        if isinstance(node, str):
-            return next(scrubbed)
-        if isinstance(node, dict | list) and depth >= max_depth:
-            return TOO_DEEP
-        if isinstance(node, dict):
-            out: dict[str, Any] = {}
-            for v in node.values():
-                key = next(scrubbed)
-                out[key] = rebuild(v, depth + 1)
-            return out
-        if isinstance(node, list):
-            return [rebuild(v, depth + 1) for v in node]
-        return node
-
-    return rebuild(value, 0)
-
-
-def _scrub_all(strings: list[str], forms: tuple[str, ...]) -> list[str]:
-    """Each of `strings` scrubbed of `forms`. A child's result can hold a hundred thousand
-    short strings: rather than every form scanning each string, each form scans them all
-    once, joined by a character that none of them, no form and no marker contains (so no
-    replacement can reach across two strings)."""
-    if not forms or not strings:
-        return strings
-    used = set(REDACTED).union(*strings, *forms)
-    sep = next((c for c in _SEPARATORS if c not in used), None)
-    if sep is None:  # every candidate is taken: one string at a time
-        return [_replace_forms(s, forms) for s in strings]
-    return _replace_forms(sep.join(strings), forms).split(sep)
-
-
-# Candidates for _scrub_all's separator: control characters, then the private use area.
-_SEPARATORS = "".join(chr(c) for c in (*range(1, 32), *range(0xE000, 0xF900)))
-
-
-def _replace_forms(text: str, forms: tuple[str, ...]) -> str:
-    for form in forms:
-        if len(form) <= len(text):
-            text = text.replace(form, REDACTED)
-    return text
+                    raise PayloadError(dotted(place) or "payload", "keys must be valid Unicode")
 
 
 def strict_json(value: Any) -> bytes:

@@ -5,15 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from supervisor.queue.payload import (
-    SecretKeys,
-    redact,
-    replace_surrogates,
-    scrub,
-    scrub_value,
-    secret_values,
-)
+from supervisor.queue.payload import replace_surrogates
 from supervisor.queue.records import JobRecord
+from supervisor.queue.redaction import SecretKeys, redact, scrub, scrub_value, secret_values
 
 
 def redacted_texts(rec: JobRecord, keys: SecretKeys) -> dict[str, Any]:

@@ -257,6 +257,51 @@ async def test_old_producer_payload_with_trial_token_is_accepted_and_redacted(
         assert r.status_code == 422 and r.json()["field"] == "trial_token"
 
 
+# ---- credentials inside a data source's URL ----------------------------------------------
+
+SIGNED_URL = (
+    "https://bob:hunter2pw@host.example/path?X-Amz-Credential=AKIAEXAMPLE"
+    "&X-Amz-Signature=deadbeefsig&access_token=tok-SECRET-123"
+)
+URL_SECRETS = ("hunter2pw", "AKIAEXAMPLE", "deadbeefsig", "tok-SECRET-123")
+
+
+async def test_credentials_in_a_data_source_url_are_never_shown(
+    api_server: ServerFactory,
+) -> None:
+    """The password of a URL's userinfo and its secret-named query values are redacted
+    from the payload shown, and scrubbed from an error that quotes the URL."""
+    api = api_server()
+    aclient = Redis.from_url(REDIS_URL)
+    aqueue = JobQueue(aclient, api.queue)
+    payload = job(data_source={"type": "url", "url": SIGNED_URL})
+    crawl = job(data_source={"type": "crawl", "urls": ["https://example.com", SIGNED_URL]})
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=api.url, headers=headers, timeout=30) as http:
+        for one in (payload, crawl):
+            r = await http.post("/jobs", json=one)
+            assert r.status_code == 202, r.text
+            assert not any(s in r.text for s in URL_SECRETS), r.text
+        shown = await http.get(f"/jobs/{payload['job_id']}")
+        assert shown.status_code == 200, shown.text
+        assert shown.json()["payload"]["data_source"]["url"] == (
+            "https://bob:[redacted]@host.example/path?X-Amz-Credential=[redacted]"
+            "&X-Amz-Signature=[redacted]&access_token=[redacted]"
+        )
+        crawled = (await http.get(f"/jobs/{crawl['job_id']}")).json()
+        assert crawled["payload"]["data_source"]["urls"][0] == "https://example.com"
+        claim = await aqueue.claim("w-url", lease_s=30, timeout_s=5)
+        assert claim is not None and claim.job.job_id == payload["job_id"]
+        assert claim.payload["data_source"]["url"] == SIGNED_URL  # the child gets it whole
+        error = f"fetch failed: 403 for {SIGNED_URL}"
+        await aqueue.fail(claim.job.job_id, claim.token, error, retryable=False, attempt=1)
+        for job_id in (payload["job_id"], crawl["job_id"]):
+            text = (await http.get(f"/jobs/{job_id}")).text
+            assert "host.example/path" in text
+            assert not any(s in text for s in URL_SECRETS), text
+    await aclient.aclose()
+
+
 def _big_results(queue: str, ids: list[str], size: int) -> None:
     """Give each stored record a result of `size` bytes (a child's RESULT line can be up to
     1 MiB, and its documents are the tenant's)."""

@@ -16,7 +16,8 @@ from redis.asyncio import Redis
 from api.views import job_view
 from supervisor.ctl_format import job_doc
 from supervisor.queue.jobqueue import MAX_DELAY_S, Backoff, Claim, JobQueue
-from supervisor.queue.payload import PayloadError, SecretKeys
+from supervisor.queue.payload import PayloadError
+from supervisor.queue.redaction import SecretKeys
 from supervisor.queue.states import JobState
 
 from .conftest import CountingConnection, QueueFactory, eventually, job, server_ms

@@ -345,25 +345,27 @@ class _Server:
         return pid, mine
 
     def _end_jobs(self) -> None:
-        """The daemon is gone: kill every job with everything in its session. A job's
-        first process would die with this server anyway (its parent-death signal); what
-        it started would not, and no daemon is left to sweep it up."""
+        """The daemon is gone: kill every job with all it started. A job's first process
+        would die with this server anyway (its parent-death signal); what it started
+        would not, and no daemon is left to sweep it up. That is everything in the jobs'
+        sessions, and every descendant of a job whatever session it made for itself
+        (stopped first, so none forks past the look)."""
         sessions = set(self.children) | set(self.sessions)
+        doomed: set[int] = set()
+        for _ in range(3):  # until a look finds nothing new: each found process is stopped
+            found = _job_processes(self.children, sessions) - doomed
+            if not found:
+                break
+            for pid in found:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGSTOP)
+            doomed |= found
         for pid in self.children:
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as fh:
-                    fields = fh.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            # After the command: state, ppid, pgrp, session.
-            if int(fields[3]) in sessions:
-                with contextlib.suppress(OSError):
-                    os.kill(int(entry), signal.SIGKILL)
+        for pid in doomed:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
     def _reap(self) -> None:
         while True:
@@ -381,6 +383,37 @@ class _Server:
                 "rss": usage.ru_maxrss * 1024,
             }
             self.sock.send(json.dumps(notice).encode())
+
+
+def _job_processes(roots: set[int], sessions: set[int]) -> set[int]:
+    """Processes in one of `sessions`, and every descendant of one of `roots` or of those
+    (by parent, through /proc), this server excluded."""
+    parent_of: dict[int, int] = {}
+    members: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry)
+        parent_of[pid] = int(fields[1])  # after the command: state, ppid, pgrp, session
+        if int(fields[3]) in sessions:
+            members.add(pid)
+    below: dict[int, list[int]] = collections.defaultdict(list)
+    for pid, parent in parent_of.items():
+        below[parent].append(pid)
+    found = set(members)
+    stack = [*roots, *members]
+    while stack:
+        for child in below.get(stack.pop(), ()):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    found.discard(os.getpid())
+    return found
 
 
 def main(argv: list[str]) -> None:

@@ -484,6 +484,23 @@ def test_daemon_kills_a_descendant_that_escaped_its_job(start_daemon, q, run_log
     assert "an orphan of job escaper" in d.log()
 
 
+def test_a_descendant_in_its_own_session_dies_with_a_killed_daemon(
+    start_daemon, q, run_log: Path
+) -> None:
+    """The job's child started a process in a session of its own (a headless browser, a
+    library that daemonizes) and still runs when the daemon is killed with SIGKILL: the
+    fork server, told by the kernel, ends the whole tree, not only the jobs' sessions."""
+    d = start_daemon()
+    q.enqueue(job("tree", escape=True, sleep=30))
+    wait_until(lambda: read_runs(run_log), 20, "child started")
+    run = read_runs(run_log)[0]
+    assert _running(run["escapee"]) and _running(run["pid"])
+    d.signal(signal.SIGKILL)
+    d.wait_exit(10)
+    wait_until(lambda: not _running(run["pid"]), 10, "the job's child gone")
+    wait_until(lambda: not _running(run["escapee"]), 10, "its own-session descendant gone")
+
+
 def _running(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE

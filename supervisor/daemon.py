@@ -38,6 +38,8 @@ from supervisor.unrun import fail_unrun, unrunnable_reason
 log = logging.getLogger(__name__)
 REAP_INTERVAL_MAX_S = 5.0
 FLUSH_DEADLINE_S = 5.0
+# After a second SIGTERM, settling writes give up this soon.
+FORCED_SETTLE_S = 2.0
 # Tenants whose jobs completed this recently count as known to the start-failure gate
 # when a daemon starts.
 KNOWN_TENANTS_WINDOW_S = 24 * 3600.0
@@ -79,13 +81,16 @@ class Daemon:
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGHUP too: an operator's "reload" (`supervisorctl signal HUP`) stops gracefully
+        # and the supervisor manager starts the daemon again, rather than killing it.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._on_signal, sig)
 
     def _on_signal(self, sig: int) -> None:
         if self.stopping.is_set():
             log.warning("second %s: stopping running jobs now", signal.Signals(sig).name)
             self.forced.set()
+            self.ctx.settle_by.bring_forward(time.monotonic() + FORCED_SETTLE_S)
         else:
             log.info(
                 "%s: no new jobs; %d running get %.0fs to finish",
@@ -382,6 +387,9 @@ class Daemon:
         kill_budget = self.ctx.kill_grace_s + 10.0
         self.notifier.extend_timeout(self.shutdown_grace_s + kill_budget + FLUSH_DEADLINE_S)
         deadline = time.monotonic() + self.shutdown_grace_s
+        # Settling writes (Redis down) give up within the budget told to systemd, not at
+        # each job's lease deadline.
+        self.ctx.settle_by.bring_forward(deadline + kill_budget)
         forced = asyncio.create_task(self.forced.wait())
         while not self.forced.is_set():
             pending = {t for t in slots if t is not None and not t.done()}

@@ -240,8 +240,11 @@ class JobExecution:
         final, table, label = False, TableStatus.QUEUED.value, ev.OUTCOME_LEASE_LOST
 
         async def write(call: Any) -> Any:
+            deadline = self._lease_deadline
+            if self.ctx.settle_by.at is not None:  # the daemon is stopping
+                deadline = min(deadline, self.ctx.settle_by.at)
             return await call_until(
-                self._lease_deadline, call, what=f"settling {job_id}", attempt_timeout_s=5.0
+                deadline, call, what=f"settling {job_id}", attempt_timeout_s=5.0
             )
 
         released = outcome.ended is EndReason.SHUTDOWN

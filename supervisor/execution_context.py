@@ -76,6 +76,18 @@ class LeaseChecks:
         await first_of(asyncio.sleep(seconds), done.wait(), self._now.wait())
 
 
+class SettleDeadline:
+    """The monotonic time by which settling writes give up, once the daemon stops (None
+    until then: each job's lease deadline alone). The lease brings back a job they could
+    not settle."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def bring_forward(self, at: float) -> None:
+        self.at = at if self.at is None else min(self.at, at)
+
+
 @dataclass(frozen=True)
 class ExecutionContext:
     """What every job execution of one daemon shares."""
@@ -95,6 +107,8 @@ class ExecutionContext:
     # Pauses every slot's spawns after start failures (the daemon's slots wait on it).
     gate: StartFailureGate = field(default_factory=StartFailureGate)
     lease_checks: LeaseChecks = field(default_factory=LeaseChecks)
+    # When the daemon stops: the time by which settling writes give up.
+    settle_by: SettleDeadline = field(default_factory=SettleDeadline)
 
     @functools.cached_property
     def is_secret(self) -> SecretKeys:

@@ -196,13 +196,18 @@ def test_timeout_kills_the_child_and_fails_the_job(start_daemon, q, run_log: Pat
     wait_until(lambda: not psutil.pid_exists(pid), 5, "timed-out child gone")
 
 
-def test_sigterm_releases_running_job_to_another_daemon(start_daemon, q, run_log: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_releases_running_job_to_another_daemon(
+    start_daemon, q, run_log: Path, stop: signal.Signals
+) -> None:
+    """SIGHUP (`supervisorctl signal HUP`, an operator's reload) stops as SIGTERM does:
+    the supervisor manager starts the daemon again."""
     q.enqueue(job("long", sleep=8))
     a = start_daemon(INGEST_SHUTDOWN_GRACE_SECONDS="0.5")
     a.wait_ready()
     wait_until(lambda: q.get("long").state is JobState.ACTIVE, 20, "long active")
     first_pid = wait_until(lambda: read_runs(run_log), 10, "child started")[0]["pid"]
-    a.signal(signal.SIGTERM)
+    a.signal(stop)
     assert a.wait_exit(20) == 0
     assert not psutil.pid_exists(first_pid)
     rec = q.get("long")
@@ -297,6 +302,28 @@ def test_cancel_reaches_a_running_child_quickly(start_daemon, q, run_log: Path) 
     assert q.cancel("cancel-me") == "requested"
     wait_until(lambda: not psutil.pid_exists(pid), 3, "cancelled child gone")
     wait_until(lambda: q.get("cancel-me").state is JobState.CANCELLED, 5, "cancelled state")
+
+
+def test_a_stop_while_redis_is_down_ends_within_the_grace_not_the_lease(
+    start_daemon, private_redis, run_log
+) -> None:
+    """SIGTERM with Redis gone: the job is stopped at the end of the grace and its release
+    cannot be written; the daemon gives up on it then (the lease brings the job back),
+    not when the lease would have run out."""
+    d = start_daemon(
+        redis_url=private_redis.url,
+        INGEST_LEASE_SECONDS="60",
+        INGEST_SHUTDOWN_GRACE_SECONDS="1",
+    )
+    queue = SyncQueue(d.queue, private_redis.url)
+    queue.enqueue(job("held", sleep=60))
+    wait_until(lambda: read_runs(run_log), 20, "child started")
+    private_redis.stop()
+    started = time.monotonic()
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(45) == 0, d.log()
+    assert time.monotonic() - started < 30.0, d.log()
+    assert "Traceback" not in d.log()
 
 
 def test_redis_restart_while_jobs_run_loses_nothing(start_daemon, private_redis, run_log) -> None:

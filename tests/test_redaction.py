@@ -338,3 +338,17 @@ def test_url_secrets_count_towards_the_bound() -> None:
     with pytest.raises(payload.PayloadError, match="secret-named keys or credentials in URLs"):
         payload.validate_payload(_url_job({"type": "crawl", "urls": urls}))
     payload.validate_payload(_url_job({"type": "crawl", "urls": urls[:limit]}))
+
+
+def test_a_result_holding_every_separator_candidate_is_still_scrubbed_in_one_pass() -> None:
+    """A child cannot force the slow path by putting every control and private-use
+    character in one of its strings."""
+    poison = "".join(chr(c) for c in (*range(1, 32), *range(0xE000, 0xF900)))
+    secrets = [f'se cr/\u00e9"t-{i:04d}' for i in range(payload.MAX_SECRET_VALUES)]
+    result = {"chunks": ["abcdefgh"] * 100_000, "poison": poison, "s": f"x {secrets[3]} y"}
+    started = time.perf_counter()
+    scrubbed = redaction.scrub_value(result, secrets)
+    elapsed = time.perf_counter() - started
+    assert scrubbed["s"] == f"x {redaction.REDACTED} y"
+    assert scrubbed["poison"] == poison and scrubbed["chunks"] == result["chunks"]
+    assert elapsed < 1.0, elapsed

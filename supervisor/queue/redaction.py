@@ -8,6 +8,7 @@ import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
+from secrets import choice as random_choice
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
@@ -290,19 +291,23 @@ def scrub_value(value: Any, secrets: Iterable[str], max_depth: int = MAX_DEPTH) 
 def _scrub_all(strings: list[str], forms: tuple[str, ...]) -> list[str]:
     """Each of `strings` scrubbed of `forms`. A child's result can hold a hundred thousand
     short strings: rather than every form scanning each string, each form scans them all
-    once, joined by a character that none of them, no form and no marker contains (so no
-    replacement can reach across two strings)."""
+    once, joined by a separator no form and no marker contains (so no replacement can
+    reach across two strings). The separator is drawn at random, so a child cannot put
+    it in its output; if a string holds it anyway, the split tells, and each string is
+    scrubbed alone."""
     if not forms or not strings:
         return strings
-    used = set(REDACTED).union(*strings, *forms)
-    sep = next((c for c in _SEPARATORS if c not in used), None)
-    if sep is None:  # every candidate is taken: one string at a time
+    sep = "".join(random_choice(_SEPARATOR_CHARS) for _ in range(8))
+    if any(sep in f for f in (*forms, REDACTED)):
         return [_replace_forms(s, forms) for s in strings]
-    return _replace_forms(sep.join(strings), forms).split(sep)
+    pieces = _replace_forms(sep.join(strings), forms).split(sep)
+    if len(pieces) != len(strings):
+        return [_replace_forms(s, forms) for s in strings]
+    return pieces
 
 
-# Candidates for _scrub_all's separator: control characters, then the private use area.
-_SEPARATORS = "".join(chr(c) for c in (*range(1, 32), *range(0xE000, 0xF900)))
+# What _scrub_all's separator is drawn from: the private use area.
+_SEPARATOR_CHARS = "".join(chr(c) for c in range(0xE000, 0xF900))
 
 
 def _replace_forms(text: str, forms: tuple[str, ...]) -> str:

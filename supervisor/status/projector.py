@@ -46,6 +46,10 @@ REQUEST_BYTES = 4 * 1024 * 1024
 # A batch that failed this many times in a row is split in halves: a batch too large for
 # the store (a timeout, a size limit) must not be retried whole for ever.
 SPLIT_AFTER_FAILURES = 3
+# A consumer name idle this long that holds nothing is a daemon's that is gone (killed, or
+# stopped while the store was down): forgotten, so the group does not grow with restarts.
+# Far longer than a live projector is ever idle (it reads every half second).
+FORGET_IDLE_S = 3600.0
 # How long a projector parks a parked job's new entries without trying them (each try of a
 # batch holding a locked row costs a lock timeout per halving).
 PARK_S = 10.0
@@ -91,6 +95,7 @@ class StatusProjector:
         block_ms: int = 500,
         linger_s: float = 0.05,
         claim_idle_s: float = 30.0,
+        forget_idle_s: float = FORGET_IDLE_S,
         claim_interval_s: float = 5.0,
         request_timeout_s: float = 15.0,
         retry_initial_s: float = 0.2,
@@ -106,6 +111,7 @@ class StatusProjector:
         self.linger_s = linger_s
         self.claim_idle_ms = max(1, int(claim_idle_s * 1000))
         self.claim_interval_s = claim_interval_s
+        self.forget_idle_ms = int(forget_idle_s * 1000)
         self.request_timeout_s = request_timeout_s
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
@@ -358,6 +364,7 @@ class StatusProjector:
                     # Set first: a failing take-over must not be retried in a tight loop.
                     next_claim = time.monotonic() + self.claim_interval_s
                     await self.project(await self._claim_stale())
+                    await self.forget_idle_consumers()
                 batch = await self._read(">", self.block_ms)
                 await self.project(batch)
                 if 0 < len(batch) < self.batch_size:
@@ -388,6 +395,18 @@ class StatusProjector:
                 return False
             last = batch[-1][0]
             after = last.decode() if isinstance(last, bytes) else str(last)
+
+    async def forget_idle_consumers(self) -> None:
+        """Remove other consumers idle longer than `forget_idle_s` that hold no entry
+        (deleting a consumer drops its pending entries: never one that has any)."""
+        consumers: Any = await self.client.xinfo_consumers(self.keys.status_outbox, GROUP)
+        for consumer in consumers:
+            name = consumer["name"]
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            if name == self.consumer or int(consumer["pending"]) > 0:
+                continue
+            if int(consumer["idle"]) > self.forget_idle_ms:
+                await self.client.xgroup_delconsumer(self.keys.status_outbox, GROUP, name)
 
     async def _forget_consumer(self) -> None:
         """Remove this consumer from the group once it holds nothing: the group's consumer

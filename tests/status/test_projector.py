@@ -137,6 +137,34 @@ async def test_a_row_the_store_cannot_write_for_now_does_not_hold_back_the_rest(
         await backend.aclose()
 
 
+async def test_consumers_of_daemons_long_gone_are_forgotten(
+    queue: JobQueue, sqlite_backend: StatusBackend
+) -> None:
+    """Each daemon reads the outbox under a name of its own (host, instance, pid). One
+    killed, or stopped while the store was down, leaves its name in the group for ever:
+    a projector forgets names idle for long that hold nothing, and only those."""
+    await queue.enqueue(payload("c-1"))
+    gone = projector(queue, sqlite_backend, "gone-daemon")
+    await gone.project(await gone._read(">", None))  # read and acknowledged: holds nothing
+    await queue.enqueue(payload("c-2"))
+    holding = projector(queue, sqlite_backend, "holding-daemon")
+    assert await holding._read(">", None)  # delivered, never acknowledged
+    live = projector(queue, sqlite_backend, "live", forget_idle_s=0.2)
+    await until(lambda: _consumer_idle_over(queue, "gone-daemon", 300), 10.0, "an idle consumer")
+    await live.forget_idle_consumers()
+    names = {c["name"] for c in await queue.client.xinfo_consumers(queue.keys.status_outbox, GROUP)}
+    assert {_text(n) for n in names} == {"holding-daemon"}
+
+
+async def _consumer_idle_over(queue: JobQueue, name: str, ms: int) -> bool:
+    consumers = await queue.client.xinfo_consumers(queue.keys.status_outbox, GROUP)
+    return any(_text(c["name"]) == name and int(c["idle"]) > ms for c in consumers)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 async def test_a_row_the_store_rejects_does_not_hold_back_the_rest(
     store: Store, queue: JobQueue
 ) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
@@ -21,6 +21,7 @@ from supervisor.queue.workers import WorkerRegistry
 # 1,000 could otherwise hold gigabytes in the reader's memory.
 PAGE_BYTES = 8 * 1024 * 1024
 _CHUNK = 200  # records sized, then read, per round trip
+_FRONT = 8  # jobs looked at from the front of each priority band for the oldest ready one
 
 
 class QueueReads:
@@ -28,6 +29,8 @@ class QueueReads:
 
     client: AnyRedis
     keys: QueueKeys
+
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any: ...
 
     async def get(self, job_id: str, *, with_payload: bool = False) -> JobRecord | None:
         validate_job_id(job_id)
@@ -57,12 +60,11 @@ class QueueReads:
         return str(info.get("run_id", "")) if isinstance(info, dict) else ""
 
     async def counts(self) -> dict[str, int]:
+        """Jobs per state; a delayed job already due counts as waiting (see counts.lua)."""
         sets = self.keys.all_state_sets()
-        async with self.client.pipeline(transaction=False) as pipe:
-            for key in sets.values():
-                pipe.zcard(key)
-            values = await pipe.execute()
-        return {name: int(v) for name, v in zip(sets, values, strict=True)}
+        names = ["waiting", "delayed", *(n for n in sets if n not in ("waiting", "delayed"))]
+        values = await self._run("counts", [sets[n] for n in names], [])
+        return {name: int(v) for name, v in zip(names, values, strict=True)}
 
     async def list_jobs(
         self, state: JobState | str, *, limit: int = 50, cursor: int = 0
@@ -148,22 +150,27 @@ class QueueReads:
             return [int(n) for n in await pipe.execute()]
 
     async def oldest_waiting_age_s(self) -> float | None:
-        """Age of the longest-waiting ready job: the front of each priority band, O(log n)."""
+        """How long the longest-waiting ready job has been ready, O(log n): the first few of
+        each priority band (a job given back goes to the front, ready from then) and the
+        earliest delayed job if it is due (ready from its due time)."""
         band = 2**50
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.zrangebyscore(self.keys.waiting, "-inf", f"({band}", start=0, num=1)
-            pipe.zrangebyscore(self.keys.waiting, band - 2**49, "+inf", start=0, num=1)
-            high, normal = await pipe.execute()
+            pipe.zrangebyscore(self.keys.waiting, "-inf", f"({band}", start=0, num=_FRONT)
+            pipe.zrangebyscore(self.keys.waiting, band - 2**49, "+inf", start=0, num=_FRONT)
+            pipe.zrange(self.keys.delayed, 0, 0, withscores=True)
+            high, normal, first_due = await pipe.execute()
+        now_ms = float(await self._server_ms())
+        ready = [float(score) for _id, score in first_due if float(score) <= now_ms]
         ids = [*high, *normal]
-        if not ids:
+        if ids:
+            raws = await self.client.hmget(self.keys.jobs, ids)
+            for job_id, raw in zip(ids, raws, strict=True):
+                job = record_or_none(_s(job_id), raw) if raw is not None else None
+                if job is not None:
+                    ready.append(job.ready_at * 1000.0)
+        if not ready:
             return None
-        raws = await self.client.hmget(self.keys.jobs, ids)
-        read = [record_or_none(_s(i), r) for i, r in zip(ids, raws, strict=True) if r is not None]
-        enqueued = [j.enqueued_at * 1000.0 for j in read if j is not None]
-        if not enqueued:
-            return None
-        now_ms = await self._server_ms()
-        return max(0.0, (float(now_ms) - float(min(enqueued))) / 1000.0)
+        return max(0.0, (now_ms - min(ready)) / 1000.0)
 
     async def server_time_ms(self) -> int:
         """Unix ms on the clock the scripts stamp jobs and stream ids with."""

@@ -71,6 +71,9 @@ class JobRecord:
     result: Any
     cancel_requested: bool
     payload: dict[str, Any] | None = None
+    # When it last became ready to run: enqueued, due, or given back (a release or a
+    # recovered stall), whichever was last.
+    ready_at: float = 0.0
 
     @classmethod
     def from_raw(cls, raw: str | bytes, payload: str | bytes | None = None) -> JobRecord:
@@ -94,6 +97,8 @@ class JobRecord:
             return None if v is None else float(v) / 1000.0
 
         result_raw = rec.get("result")
+        enqueued_at = float(rec.get("enqueued_at", 0)) / 1000.0
+        due_at = secs("due_at")
         return cls(
             job_id=rec["id"],
             state=JobState(rec["state"]),
@@ -103,10 +108,10 @@ class JobRecord:
             max_attempts=int(rec.get("max_attempts", 1)),
             stalls=int(rec.get("stalls", 0)),
             rev=int(rec.get("rev", 0)),
-            enqueued_at=float(rec.get("enqueued_at", 0)) / 1000.0,
+            enqueued_at=enqueued_at,
             started_at=secs("started_at"),
             finished_at=secs("finished_at"),
-            due_at=secs("due_at"),
+            due_at=due_at,
             lease_until=secs("lease_until"),
             worker_id=rec.get("worker"),
             progress=float(rec.get("progress", 0)),
@@ -115,6 +120,7 @@ class JobRecord:
             result=None if result_raw is None else json.loads(result_raw),
             cancel_requested=bool(rec.get("cancel_requested", False)),
             payload=None if payload is None else decode_payload(payload)[0],
+            ready_at=max(enqueued_at, due_at or 0.0, secs("ready_at") or 0.0),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ SCRIPT_NAMES = (
     "resend_status",
     "status_rows",
     "status_versions",
+    "counts",
     # Heartbeats (supervisor/queue/workers.py), stamped and judged on the server's clock.
     "heartbeat",
     "live_workers",

@@ -197,3 +197,36 @@ async def test_enqueue_to_claim_latency_with_an_idle_blocked_claimer(
     p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
     print(f"enqueue-to-claim latency over {len(samples)}: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
     assert (await producer.counts())["completed"] == 30
+
+
+async def test_a_delayed_job_that_is_due_counts_as_waiting_and_ages_from_its_due_time(
+    q: JobQueue,
+) -> None:
+    """Due jobs move to `waiting` only at the next claim: with every slot busy they sat
+    uncounted, and once moved they looked as old as their delay (a job scheduled an hour
+    ahead read an hour old the moment it was due)."""
+    await q.enqueue(job("due-soon"), delay_s=1.5)
+    counts = await q.counts()
+    assert (counts["waiting"], counts["delayed"]) == (0, 1)
+    assert await q.oldest_waiting_age_s() is None
+
+    async def counts_now() -> dict[str, int]:
+        return await q.counts()
+
+    await eventually(counts_now, lambda c: (c["waiting"], c["delayed"]) == (1, 0), timeout_s=5)
+    age = await q.oldest_waiting_age_s()
+    assert age is not None and age < 1.0, age
+    claim = await q.claim("w", lease_s=30, timeout_s=5)  # promoted and taken at once
+    assert claim is not None and claim.job.job_id == "due-soon"
+
+
+async def test_a_job_given_back_ages_from_when_it_was_given_back(q: JobQueue) -> None:
+    """Released at a shutdown (or recovered after a stall), a job is ready again from then,
+    not from when it was first enqueued."""
+    await q.enqueue(job("given-back"))
+    claim = await q.claim("w", lease_s=30, timeout_s=5)
+    assert claim is not None
+    await asyncio.sleep(1.2)  # the job runs for a while: time passes, nothing is awaited
+    assert await q.release("given-back", claim.token)
+    age = await q.oldest_waiting_age_s()
+    assert age is not None and age < 1.0, age

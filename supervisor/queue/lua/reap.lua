@@ -35,6 +35,7 @@ for _, id in ipairs(expired) do
       -- A stall is not the job's fault: it does not spend an attempt, it counts
       -- separately. A job that ends here keeps the attempt that ran and its worker.
       rec.state = 'waiting'
+      rec.ready_at = now
       rec.worker = nil
       rec.attempt = math.max(0, rec.attempt - 1)
       push_front(KEYS[4], KEYS[8], rec)

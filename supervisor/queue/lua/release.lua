@@ -12,6 +12,7 @@ rec.attempt = math.max(0, rec.attempt - 1)
 rec.token = nil
 rec.lease_until = nil
 rec.worker = nil
+rec.ready_at = now_ms()  -- ready again from now (for the oldest-waiting age)
 redis.call('ZREM', KEYS[2], rec.id)
 push_front(KEYS[3], KEYS[4], rec)
 save(KEYS[1], rec)

@@ -174,6 +174,10 @@ async def test_job_past_the_stall_limit_is_dead_lettered(
     # The row says which attempt ran last and where, as for any other final state; the
     # stalls spent no attempt, so that is the first.
     assert (rec.stalls, rec.attempt, rec.worker_id) == (3, 1, "host/0/1")
+    # Watchers (the dashboard's failed per minute) learn of the final state as of any other.
+    events = await client.xrange(q.keys.events)
+    kinds = [e[b"type"] for _id, e in events if e[b"job"] == b"dl"]
+    assert kinds[-2:] == [b"stalled", b"failed"], kinds
     assert rec.error is not None and "stalled 3 times" in rec.error
     counts = await q.counts()
     assert counts["failed"] == 1 and counts["waiting"] == counts["active"] == 0

@@ -44,6 +44,11 @@ for _, id in ipairs(expired) do
     end
     save(KEYS[1], rec)
     emit(KEYS[10], ARGV[4], 'stalled', rec)
+    if rec.state == 'failed' then  -- the final state too, as fail.lua and cancel_ack tell it
+      emit(KEYS[10], ARGV[4], 'failed', rec, {error = utf8_prefix(rec.error, 200)})
+    elseif rec.state == 'cancelled' then
+      emit(KEYS[10], ARGV[4], 'cancelled', rec)
+    end
     if rec.state == 'waiting' then
       status_out(KEYS[12], ARGV[6], rec, 's')
     else

@@ -10,7 +10,7 @@ While the store is down the projector keeps retrying its batch with backoff and 
 grows in Redis, where nothing is lost when a daemon dies. A batch the store rejects as
 invalid is split so that one bad row cannot hold back the others; a single row it rejects
 is logged, counted and acknowledged. A row another session holds locked (the store says
-so, or its writes keep failing while the store answers a read) is parked: its job goes in
+so: SQLSTATE 55P03, after the function's one-second lock timeout) is parked: its job goes in
 the queue's `status:parked` set before its entries are acknowledged, so the rest goes on
 and the outbox is trimmed as usual; this projector parks that job's new entries too for
 PARK_S, and the reconciler writes the current row of parked jobs on each sweep.
@@ -219,20 +219,13 @@ class StatusProjector:
             with contextlib.suppress(Exception):
                 self.hooks.on_request(len(rows), time.monotonic() - started, ok)
 
-    async def _store_answers(self, row: StatusUpdate) -> bool:
-        """Whether the store answers a read now (one that takes no row lock)."""
-        try:
-            async with asyncio.timeout(self.request_timeout_s):
-                await self.backend.fetch_versions([row.job_id])
-        except Exception:
-            return False
-        return True
-
     async def _apply_retrying(self, rows: list[StatusUpdate]) -> str:
         """'ok' once the store took the rows; 'rejected' when it refused them as invalid;
         'split' when a batch of several rows kept failing or holds a locked row; 'stuck'
-        when one row is locked, or kept failing while the store answers; 'gave_up' at the
-        shutdown deadline (the entries then stay pending for another projector)."""
+        when one row is locked by another session (any other failure of one row is
+        retried for as long as it lasts: a store that refuses writes refuses them all);
+        'gave_up' at the shutdown deadline (the entries then stay pending for another
+        projector)."""
         delay = self.retry_initial_s
         attempt = 0
         while True:
@@ -252,11 +245,8 @@ class StatusProjector:
                         exc,
                         attempt,
                     )
-                if attempt >= SPLIT_AFTER_FAILURES:
-                    if len(rows) > 1:
-                        return "split"
-                    if await self._store_answers(rows[0]):
-                        return "stuck"
+                if len(rows) > 1 and attempt >= SPLIT_AFTER_FAILURES:
+                    return "split"
             pause = delay + random.uniform(0, self.retry_initial_s)
             delay = min(delay * 2, self.retry_max_s)
             if self._give_up_at is not None:
@@ -276,8 +266,8 @@ class StatusProjector:
         if outcome == "stuck":
             self._stuck.add(rows[0].job_id)
             log.warning(
-                "status row of job %s cannot be written for now, though the store answers "
-                "(is it locked by another session?); parked, the reconciler sends it again",
+                "status row of job %s is locked by another session; parked, the reconciler "
+                "writes it once it is free",
                 rows[0].job_id,
             )
             return True

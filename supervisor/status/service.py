@@ -14,7 +14,7 @@ from supervisor.queue.jobqueue import JobQueue
 from supervisor.redis_retry import TRANSIENT
 from supervisor.status.backend import NoneBackend, StatusBackend
 from supervisor.status.projector import ProjectorHooks, StatusProjector
-from supervisor.status.reconcile import sweep_page, take_lock
+from supervisor.status.reconcile import sweep_page, take_lock, write_parked
 from supervisor.status.trim import OutboxState, outbox_state, trim_outbox
 
 log = logging.getLogger(__name__)
@@ -66,14 +66,17 @@ class StatusService:
             if self._stopping.is_set():
                 return
             try:
-                state = await outbox_state(self.queue.client, self.queue.keys.status_outbox)
-                if state.unprojected > self.reconcile_page:
-                    # Rows lag because the outbox is still being written: not lost.
-                    log.debug("reconcile sweep skipped: %d rows to project", state.unprojected)
+                if not await take_lock(self.queue, self.consumer, self.reconcile_interval_s * 0.9):
                     continue
-                if await take_lock(self.queue, self.consumer, self.reconcile_interval_s * 0.9):
-                    async with asyncio.timeout(max(30.0, self.reconcile_interval_s)):
-                        await sweep_page(self.queue, self.backend, limit=self.reconcile_page)
+                async with asyncio.timeout(max(30.0, self.reconcile_interval_s)):
+                    # Parked rows whatever the outbox holds: rows get parked when it is busy.
+                    await write_parked(self.queue, self.backend)
+                    state = await outbox_state(self.queue.client, self.queue.keys.status_outbox)
+                    if state.unprojected > self.reconcile_page:
+                        # Rows lag because the outbox is still being written: not lost.
+                        log.debug("reconcile sweep skipped: %d rows to project", state.unprojected)
+                        continue
+                    await sweep_page(self.queue, self.backend, limit=self.reconcile_page)
             except TRANSIENT as exc:
                 log.debug("reconcile sweep skipped: %s", exc)
             except Exception:

@@ -11,7 +11,12 @@ from supervisor.queue.jobqueue import JobQueue
 from supervisor.status.backend import NoneBackend, StatusBackend
 from supervisor.status.lost import LOST_AFTER_S, fail_lost_rows
 from supervisor.status.outbox import row_from_fields
-from supervisor.status.reconcile import ReconcileReport, compare_page, replace_rows_ahead
+from supervisor.status.reconcile import (
+    ReconcileReport,
+    compare_page,
+    replace_rows_ahead,
+    write_parked,
+)
 
 WRITE_BATCH = 200
 
@@ -41,7 +46,7 @@ async def status_sync(
     if isinstance(backend, NoneBackend):
         raise ValueError("status-sync needs a status store; INGEST_STATUS_BACKEND is none")
     total = ReconcileReport()
-    written = 0
+    written = await write_parked(queue, backend)
     cursor = 0
     while True:
         part = await compare_page(queue, backend, cursor, limit=page)

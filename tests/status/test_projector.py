@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from supervisor.queue.jobqueue import Backoff, JobQueue, Retention
 from supervisor.status import NoneBackend, StatusBackend
 from supervisor.status.projector import GROUP, ProjectorHooks, StatusProjector
-from supervisor.status.reconcile import sweep_page
+from supervisor.status.reconcile import sweep_page, write_parked
 from supervisor.status.service import StatusService
 from supervisor.status.sync import status_sync
 from supervisor.status.trim import outbox_state, trim_outbox
@@ -126,15 +126,30 @@ async def test_a_row_the_store_cannot_write_for_now_does_not_hold_back_the_rest(
         assert await queue.client.smembers(queue.keys.status_parked) == {b"held"}
         state = await outbox_state(queue.client, queue.keys.status_outbox)
         assert state.unprojected == 0, state  # nothing pending: trimming goes on
+        assert await write_parked(queue, backend) == 0  # still held: stays parked
+        assert await queue.client.smembers(queue.keys.status_parked) == {b"held"}
         await blocker.rollback()
-        await sweep_page(queue, backend, limit=100)  # re-sends the parked job's row
-        await until(lambda: _is(backend, "held", "processing"), 30.0, "the held row, once free")
+        assert await write_parked(queue, backend) == 1  # free: written, no longer parked
+        assert await _is(backend, "held", "processing")
+        assert await queue.client.smembers(queue.keys.status_parked) == set()
     finally:
         await blocker.close()
         p.stop()
         if task is not None:
             await asyncio.wait_for(task, 30.0)
         await backend.aclose()
+
+
+async def test_a_parked_job_that_left_redis_leaves_the_parked_set(
+    queue: JobQueue, sqlite_backend: StatusBackend
+) -> None:
+    """Purged or past retention while its row was held: nothing is left to write, and the
+    set does not keep it (it would be drawn again and again)."""
+    await queue.enqueue(payload("still-here"))
+    await queue.client.sadd(queue.keys.status_parked, "gone", "still-here")
+    assert await write_parked(queue, sqlite_backend) == 1
+    assert await queue.client.smembers(queue.keys.status_parked) == set()
+    assert await status_of(sqlite_backend, "still-here") == "queued"
 
 
 async def test_consumers_of_daemons_long_gone_are_forgotten(

@@ -124,6 +124,20 @@ async def remove_stale_jobs_roots(config: RunnerConfig, base: str | None = None)
     return removed
 
 
+# Locks of jobs roots made again after a cleaner removed them: held, as the first one's
+# is, until the daemon ends (rare; one descriptor each).
+_REMADE_ROOT_LOCKS: list[int] = []
+
+
+def _make_root_again(root: str) -> None:
+    """`root` again, 0711 and locked (see JobsRoot) before any job directory goes in it."""
+    os.mkdir(root, 0o711)
+    os.chmod(root, 0o711)  # whatever the umask
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _REMADE_ROOT_LOCKS.append(fd)
+
+
 def new_workdir(root: str | None, user: str | None) -> str:
     """A brand-new empty 0700 directory for one job (its cwd, HOME and TMPDIR), in `root`
     (made again if it went away: a /tmp cleaner removes what looks unused)."""
@@ -132,8 +146,7 @@ def new_workdir(root: str | None, user: str | None) -> str:
     except FileNotFoundError:
         if root is None:
             raise
-        os.mkdir(root, 0o711)
-        os.chmod(root, 0o711)  # whatever the umask
+        _make_root_again(root)
         path = tempfile.mkdtemp(prefix="ingest-job-", dir=root)
     if user is not None:
         try:

@@ -10,11 +10,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
 from supervisor.runner import EndReason
+from supervisor.runner.workdir import JobsRoot, new_workdir, stale_jobs_roots
 from tests.runner.conftest import RunFn, child_cmd, fast_config
 
 # No tree sample during these short runs: the escapee must be one no sample saw (a sample
@@ -159,3 +161,17 @@ async def test_a_symlink_left_in_place_of_the_directory_leads_its_removal_nowher
         shutil.rmtree(outside)
         if moved:
             shutil.rmtree(moved, ignore_errors=True)
+
+
+def test_a_jobs_root_made_again_is_locked_like_the_first(tmp_path: Path) -> None:
+    """A cleaner removed a live daemon's directory of job directories; the daemon makes it
+    again for its next job, locked, so no other daemon takes it for a dead one's."""
+    root = JobsRoot.create(str(tmp_path))
+    try:
+        os.rmdir(root.path)
+        job_dir = new_workdir(root.path, None)
+        assert os.path.dirname(job_dir) == root.path
+        assert stale_jobs_roots(str(tmp_path)) == []
+        os.rmdir(job_dir)
+    finally:
+        root.remove()

@@ -239,10 +239,11 @@ class JobExecution:
         message = scrub_value(outcome.progress_message, self._secrets)
         final, table, label = False, TableStatus.QUEUED.value, ev.OUTCOME_LEASE_LOST
 
+        def deadline() -> float:  # asked before each attempt: a stop brings it closer
+            stop = self.ctx.settle_by.at
+            return self._lease_deadline if stop is None else min(self._lease_deadline, stop)
+
         async def write(call: Any) -> Any:
-            deadline = self._lease_deadline
-            if self.ctx.settle_by.at is not None:  # the daemon is stopping
-                deadline = min(deadline, self.ctx.settle_by.at)
             return await call_until(
                 deadline, call, what=f"settling {job_id}", attempt_timeout_s=5.0
             )

@@ -12,7 +12,6 @@ from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError, Tr
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
-    stop_after_delay,
     wait_exponential_jitter,
 )
 
@@ -30,16 +29,21 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 
 
 async def call_until(
-    deadline: float,
+    deadline: float | Callable[[], float],
     make_call: Callable[[], Awaitable[T]],
     *,
     what: str,
     attempt_timeout_s: float = 5.0,
 ) -> T:
-    """Retry a Redis call on transient errors until the monotonic `deadline`, then re-raise."""
+    """Retry a Redis call on transient errors until the monotonic `deadline`, then re-raise.
+    A callable deadline is asked again before every attempt (one that moves closer while
+    the call retries, such as a daemon's stop)."""
+
+    def until() -> float:
+        return deadline() if callable(deadline) else deadline
 
     async def one() -> T:
-        left = max(0.05, deadline - time.monotonic())
+        left = max(0.05, until() - time.monotonic())
         async with asyncio.timeout(min(attempt_timeout_s, left)):
             return await make_call()
 
@@ -47,13 +51,13 @@ async def call_until(
     try:
         return await one()
     except TRANSIENT as exc:
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= until():
             raise
         log.warning("%s failed (%s); retrying", what, exc)
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(TRANSIENT),
         wait=wait_exponential_jitter(initial=0.1, max=2.0),
-        stop=stop_after_delay(max(0.0, deadline - time.monotonic())),
+        stop=lambda _state: time.monotonic() >= until(),
         reraise=True,
         before_sleep=lambda rs: log.warning(
             "%s failed (%s); retrying", what, rs.outcome.exception() if rs.outcome else "?"

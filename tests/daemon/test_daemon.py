@@ -326,6 +326,25 @@ def test_a_stop_while_redis_is_down_ends_within_the_grace_not_the_lease(
     assert "Traceback" not in d.log()
 
 
+def test_a_stop_cuts_short_a_settle_already_retrying(start_daemon, private_redis, run_log) -> None:
+    """The job ended while Redis was down, and its completion has been retrying since;
+    then the operator stops the daemon. The stop ends within its budget too."""
+    d = start_daemon(
+        redis_url=private_redis.url,
+        INGEST_LEASE_SECONDS="60",
+        INGEST_SHUTDOWN_GRACE_SECONDS="1",
+    )
+    queue = SyncQueue(d.queue, private_redis.url)
+    queue.enqueue(job("ends-unsettled", sleep=1))
+    wait_until(lambda: read_runs(run_log), 20, "child started")
+    private_redis.stop()
+    wait_until(lambda: "settling ends-unsettled failed" in d.log(), 20, "the settle retrying")
+    started = time.monotonic()
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(50) == 0, d.log()
+    assert time.monotonic() - started < 30.0, d.log()
+
+
 def test_redis_restart_while_jobs_run_loses_nothing(start_daemon, private_redis, run_log) -> None:
     d = start_daemon(redis_url=private_redis.url, INGEST_LEASE_SECONDS="6")
     queue = SyncQueue(d.queue, private_redis.url)

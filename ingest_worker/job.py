@@ -41,7 +41,8 @@ MAX_DEPTH = 32  # supervisor.queue.walk.MAX_DEPTH
 # matches, is one of URL_SECRET_PARAMS or ends with one of URL_SECRET_PARAM_SUFFIXES.
 URL_SECRET_PARAMS = frozenset({"sig", "key", "auth", "pwd", "jwt"})
 URL_SECRET_PARAM_SUFFIXES = ("signature",)
-MIN_URL_SECRET_CHARS = 4
+MIN_URL_SECRET_CHARS = 8
+MIN_URL_USER_TOKEN_CHARS = 16
 # A URL as a whole: a scheme and "://" at the start (after blanks and control characters).
 _URL_START = re.compile(r"[\x00-\x20]*[A-Za-z][A-Za-z0-9+.-]*://")
 _AUTHORITY = re.compile(r"[^/?#]*")
@@ -201,16 +202,18 @@ def url_secret_values(
     host_start = start.end()
     authority = _AUTHORITY.match(text, host_start)
     auth_end = authority.end() if authority is not None else host_start
-    # (value as written, whether it is a parameter: "+" decodes to a space there)
-    raw: list[tuple[str, bool]] = []
+    # (value as written, whether it is a parameter: "+" decodes to a space there, the
+    # shortest it may be to be collected)
+    raw: list[tuple[str, bool, int]] = []
     at = text.rfind("@", host_start, auth_end)
     if at >= 0:
         colon = text.find(":", host_start, at)
         secret_start = colon + 1 if colon >= 0 else host_start
         if at > secret_start:
-            raw.append((text[secret_start:at], False))
+            least = MIN_URL_SECRET_CHARS if colon >= 0 else MIN_URL_USER_TOKEN_CHARS
+            raw.append((text[secret_start:at], False, least))
             if colon >= 0:
-                raw.append((text[host_start:at], False))
+                raw.append((text[host_start:at], False, MIN_URL_SECRET_CHARS))
     params = _PARAMS_START.search(text, auth_end)
     if params is not None:
         known = {} if known is None else known
@@ -222,16 +225,17 @@ def url_secret_values(
             if secret is None:
                 secret = known[name] = _is_secret_param(name, is_secret)
             if secret:
-                raw.append((value, True))
+                raw.append((value, True, MIN_URL_SECRET_CHARS))
     if not raw:
         return []
     # Loaded only for a URL with credentials: a text job's start-up stays lean.
     from urllib.parse import unquote, unquote_plus
 
-    found: list[str] = []
-    for value, is_param in raw:
-        found += (value, unquote_plus(value) if is_param else unquote(value))
-    return [s for s in dict.fromkeys(found) if len(s) >= MIN_URL_SECRET_CHARS]
+    found: dict[str, int] = {}
+    for value, is_param, least in raw:
+        for form in (value, unquote_plus(value) if is_param else unquote(value)):
+            found.setdefault(form, least)
+    return [form for form, least in found.items() if len(form) >= least]
 
 
 def _is_secret_param(name: str, is_secret: SecretKeys) -> bool:

@@ -142,11 +142,11 @@ def test_a_payload_holds_a_bounded_number_of_secrets() -> None:
 
 
 def test_scrubbing_a_large_result_costs_one_pass_per_form_not_one_per_string() -> None:
-    """A child's result of a megabyte of short strings, and a payload with as many secrets
-    as it may hold: the result is scrubbed in well under a second (one scan of every
+    """A child's result of a megabyte of short strings, and a payload with a hundred
+    secrets: the result is scrubbed in well under a second (one scan of every
     string per form would hold the daemon's event loop for seconds)."""
     # Six forms each: as is, three URL encodings, two JSON ones.
-    secrets = [f'se cr/\u00e9"t-{i:04d}' for i in range(payload.MAX_SECRET_VALUES)]
+    secrets = [f'se cr/\u00e9"t-{i:04d}' for i in range(100)]
     result = {"chunks": ["abcdefgh"] * 100_000, secrets[7]: [f"x {secrets[3]} y", "ok"]}
     started = time.perf_counter()
     scrubbed = redaction.scrub_value(result, secrets)
@@ -243,15 +243,22 @@ def test_urls_in_lists_and_crawl_seeds_are_found_and_redacted() -> None:
 
 
 def test_url_encoded_secrets_are_found_in_both_forms() -> None:
-    url = "https://u%2Bx:p%40ss%2Fw0rd@h.example/?sig=ab%2Bcd%3D%3D&token=a+b+c+d&q=a+b"
+    url = "https://u%2Bx:p%40ss%2Fw0rd@h.example/?sig=abc%2Bcde%3D%3D&token=a+b+c+d+e&q=a+b"
     found = set(redaction.secret_values({"u": url}))
-    assert {"p%40ss%2Fw0rd", "p@ss/w0rd", "ab%2Bcd%3D%3D", "ab+cd==", "a+b+c+d", "a b c d"} <= found
+    assert {
+        "p%40ss%2Fw0rd",
+        "p@ss/w0rd",
+        "abc%2Bcde%3D%3D",
+        "abc+cde==",
+        "a+b+c+d+e",
+        "a b c d e",
+    } <= found
     assert redaction.redact(url) == (
         "https://u%2Bx:[redacted]@h.example/?sig=[redacted]&token=[redacted]&q=a+b"
     )
-    error = f"GET {url} failed: login p@ss/w0rd refused, signature ab+cd== expired"
+    error = f"GET {url} failed: login p@ss/w0rd refused, signature abc+cde== expired"
     scrubbed = redaction.scrub(error, found)
-    for secret in ("p@ss/w0rd", "p%40ss", "ab+cd==", "ab%2Bcd", "a+b+c+d"):
+    for secret in ("p@ss/w0rd", "p%40ss", "abc+cde==", "abc%2Bcde", "a+b+c+d+e"):
         assert secret not in scrubbed
     assert "h.example" in scrubbed
 
@@ -266,14 +273,20 @@ def test_an_error_quoting_a_url_is_scrubbed() -> None:
 
 
 def test_a_bare_user_is_a_token_and_short_values_are_not_collected() -> None:
-    """`https://TOKEN@github.com/...` passes a token as the user name; values under 4
-    characters are redacted from views but not collected (scrub ignores them anyway)."""
-    url = "https://ghp_abc123token@github.com/o/r.git"
-    assert redaction.secret_values({"u": url}) == ["ghp_abc123token"]
+    """`https://TOKEN@github.com/...` passes a token as the user name. Short values are
+    redacted from views but not collected for scrubbing: `?key=news`, `?auth=true` or
+    `ftp://anonymous@` would otherwise blank those words out of every message and result
+    of the job."""
+    url = "https://ghp_abc123token4567890@github.com/o/r.git"
+    assert redaction.secret_values({"u": url}) == ["ghp_abc123token4567890"]
     assert redaction.redact(url) == "https://[redacted]@github.com/o/r.git"
     short = "https://u:p@h.example/?sig=abc&key="
     assert redaction.secret_values({"u": short}) == []
     assert redaction.redact(short) == "https://u:[redacted]@h.example/?sig=[redacted]&key="
+    words = ["https://h.example/?key=news&auth=true", "ftp://anonymous@files.example/"]
+    assert redaction.secret_values({"u": words}) == []
+    result = {"title": "news about true crime", "fetched_by": "anonymous ftp"}
+    assert redaction.scrub_value(result, redaction.secret_values({"u": words})) == result
 
 
 def test_plain_urls_and_other_strings_are_untouched() -> None:
@@ -295,12 +308,16 @@ def test_worker_and_daemon_find_the_same_url_secrets() -> None:
     assert worker_job.URL_SECRET_PARAMS == redaction.URL_SECRET_PARAMS
     assert worker_job.URL_SECRET_PARAM_SUFFIXES == redaction.URL_SECRET_PARAM_SUFFIXES
     assert worker_job.MIN_URL_SECRET_CHARS == redaction.MIN_URL_SECRET_CHARS
+    assert worker_job.MIN_URL_USER_TOKEN_CHARS == redaction.MIN_URL_USER_TOKEN_CHARS
     raw = _url_job(
-        {"type": "crawl", "urls": [SIGNED, "https://t0ken-xyz@h.example/", "https://x/?q=1"]},
+        {
+            "type": "crawl",
+            "urls": [SIGNED, "https://t0ken-xyz-0123456789@h.example/", "https://x/?q=1"],
+        },
         metadata={
-            "a": ["https://u:p%40ss%2Fw0rd@h.example/?sig=ab%2Bcd%3D%3D&token=a+b+c+d"],
-            "house_pin": "https://h.example/?house_pin=9876",
-            "ok": "https://h.example/?house-pin=5432",
+            "a": ["https://u:p%40ss%2Fw0rd@h.example/?sig=abc%2Bcde%3D%3D&token=a+b+c+d+e"],
+            "house_pin": "https://h.example/?house_pin=98765432",
+            "ok": "https://h.example/?house-pin=54321098",
         },
     )
     keys = ["house-pin"]
@@ -309,7 +326,13 @@ def test_worker_and_daemon_find_the_same_url_secrets() -> None:
     )
     worker = worker_job.secret_values(raw, worker_job.SecretKeys(",".join(keys)))
     assert set(worker) == set(daemon)
-    assert {"hunter2pw", "t0ken-xyz", "p@ss/w0rd", "5432", "9876"} <= set(worker)
+    assert {
+        "hunter2pw",
+        "t0ken-xyz-0123456789",
+        "p@ss/w0rd",
+        "54321098",
+        "98765432",
+    } <= set(worker)
     job = worker_job.Job(raw, {"INGEST_SECRET_KEYS": "house-pin"})
     scrubbed = job.scrub(f"GET {SIGNED}: 403")
     assert "host.example/path" in scrubbed
@@ -344,7 +367,7 @@ def test_a_result_holding_every_separator_candidate_is_still_scrubbed_in_one_pas
     """A child cannot force the slow path by putting every control and private-use
     character in one of its strings."""
     poison = "".join(chr(c) for c in (*range(1, 32), *range(0xE000, 0xF900)))
-    secrets = [f'se cr/\u00e9"t-{i:04d}' for i in range(payload.MAX_SECRET_VALUES)]
+    secrets = [f'se cr/\u00e9"t-{i:04d}' for i in range(100)]
     result = {"chunks": ["abcdefgh"] * 100_000, "poison": poison, "s": f"x {secrets[3]} y"}
     started = time.perf_counter()
     scrubbed = redaction.scrub_value(result, secrets)

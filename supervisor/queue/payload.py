@@ -25,7 +25,7 @@ MAX_TRIAL_TOKEN_CHARS = 4096
 # Distinct values under secret-named keys, and credentials in its URLs (as written and
 # decoded, see url_secret_values), a payload may hold: each is scrubbed, in every form
 # `_forms` knows, from every progress line, error and result string of its job.
-MAX_SECRET_VALUES = 100
+MAX_SECRET_VALUES = 300
 _KNOWN_FIELDS = frozenset(
     {
         "job_id",

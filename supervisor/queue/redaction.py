@@ -37,8 +37,12 @@ SECRET_KEY_SUBSTRINGS = ("secret", "password", "passwd", "apikey", "privatekey",
 # `id`, `lang`, and `code` (an OAuth code is single use, and the name is common).
 URL_SECRET_PARAMS = frozenset({"sig", "key", "auth", "pwd", "jwt"})
 URL_SECRET_PARAM_SUFFIXES = ("signature",)
-# Credentials in URLs shorter than this are not collected: scrub ignores such forms anyway.
-MIN_URL_SECRET_CHARS = 4
+# Credentials in URLs shorter than this are redacted in views but not collected for
+# scrubbing: `?key=news` or `?auth=true` would otherwise blank those words out of every
+# message and result of the job. A bare userinfo (no password: a token, or a user name
+# such as `anonymous`) is collected from MIN_URL_USER_TOKEN_CHARS on.
+MIN_URL_SECRET_CHARS = 8
+MIN_URL_USER_TOKEN_CHARS = 16
 REDACTED = "[redacted]"
 TOO_DEEP = "[nested too deep]"
 _NOT_KEY_CHARS = re.compile(r"[^a-z0-9]")
@@ -190,14 +194,18 @@ def url_secret_values(
 
 def _url_secret_values(text: str, is_secret_param: Callable[[str], bool]) -> list[str]:
     userinfo, spans = _url_credentials(text, is_secret_param)
-    found: list[str] = []
+    found: dict[str, int] = {}  # value -> the shortest it may be to be collected
     for start, end, is_param in spans:
         raw = text[start:end]
-        found += (raw, unquote_plus(raw) if is_param else unquote(raw))
+        bare_user = not is_param and userinfo is None
+        least = MIN_URL_USER_TOKEN_CHARS if bare_user else MIN_URL_SECRET_CHARS
+        for value in (raw, unquote_plus(raw) if is_param else unquote(raw)):
+            found.setdefault(value, least)
     if userinfo is not None:
         pair = text[userinfo[0] : userinfo[1]]
-        found += (pair, unquote(pair))
-    return [s for s in dict.fromkeys(found) if len(s) >= MIN_URL_SECRET_CHARS]
+        for value in (pair, unquote(pair)):
+            found.setdefault(value, MIN_URL_SECRET_CHARS)
+    return [value for value, least in found.items() if len(value) >= least]
 
 
 def _redact_url(text: str, is_secret_param: Callable[[str], bool]) -> str:

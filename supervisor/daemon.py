@@ -266,7 +266,7 @@ class Daemon:
             "stopping": self.stopping.is_set(),
             # Pauses of every slot in a row since a child last ended normally: children
             # that cannot start (a deploy removed the worker, no fork server, no room).
-            "spawn_pauses": self.gate.failures,
+            "spawn_pauses": self.gate.pauses_in_a_row(),
         }
 
     async def _heartbeat(self) -> None:

@@ -111,6 +111,14 @@ class StartFailureGate:
             (outcome.error or "")[:200],
         )
 
+    def pauses_in_a_row(self, open_for_s: float = 60.0) -> int:
+        """Pauses in a row since a child last ended normally, while the last one ended less
+        than `open_for_s` ago: after that long with spawns open and nothing failing (an
+        idle daemon whose deploy was fixed) they say nothing of now."""
+        if self._clock() - self._until >= open_for_s:
+            return 0
+        return self.failures
+
     @property
     def remaining_s(self) -> float:
         return max(0.0, self._until - self._clock())

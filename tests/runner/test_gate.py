@@ -165,3 +165,19 @@ def test_jobs_running_through_a_pause_do_not_end_it(
     clock.now += 0.1
     gate.record(replace(ok, wall_s=5.0), "other")  # it ran through the pause
     assert gate.remaining_s == pytest.approx(0.4) and gate.failures == 1
+
+
+async def test_pauses_in_a_row_are_reported_only_while_recent(run: RunFn) -> None:
+    """What the heartbeat reports: three pauses in a row keep a supervisor out of the
+    capacity /health/queue counts, but once spawns have been open a minute with nothing
+    failing (an idle daemon after a deploy was fixed), it counts again."""
+    clock = Clock()
+    gate = StartFailureGate(base_s=0.5, cap_s=4.0, clock=clock)
+    failed = await _start_failed(run)
+    for _ in range(3):
+        pauses(gate, clock, failed, "t1")
+    assert gate.pauses_in_a_row() == 3
+    clock.now += gate.remaining_s + 30
+    assert gate.pauses_in_a_row() == 3
+    clock.now += 31
+    assert gate.pauses_in_a_row() == 0

@@ -13,13 +13,14 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from supervisor.execution import FIRST_PROGRESS_AFTER_S
 from supervisor.queue.states import JobState
-from tests.daemon.conftest import SyncQueue, job, read_runs, wait_until
+from tests.daemon.conftest import DaemonProcess, SyncQueue, job, read_runs, wait_until
 from tests.redis_server import PrivateRedis
 
 
@@ -304,45 +305,47 @@ def test_cancel_reaches_a_running_child_quickly(start_daemon, q, run_log: Path) 
     wait_until(lambda: q.get("cancel-me").state is JobState.CANCELLED, 5, "cancelled state")
 
 
+def _running_when_redis_goes(
+    start_daemon: Any, private_redis: PrivateRedis, run_log: Path, payload: dict[str, Any]
+) -> DaemonProcess:
+    """A daemon (60 s lease, 1 s grace) running `payload`'s job when its Redis stops."""
+    d = start_daemon(
+        redis_url=private_redis.url,
+        INGEST_LEASE_SECONDS="60",
+        INGEST_SHUTDOWN_GRACE_SECONDS="1",
+    )
+    SyncQueue(d.queue, private_redis.url).enqueue(payload)
+    wait_until(lambda: read_runs(run_log), 20, "child started")
+    private_redis.stop()
+    return d
+
+
+def _stops_within_its_budget(d: DaemonProcess) -> None:
+    started = time.monotonic()
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(50) == 0, d.log()
+    assert time.monotonic() - started < 30.0, d.log()
+    assert "Traceback" not in d.log()
+
+
 def test_a_stop_while_redis_is_down_ends_within_the_grace_not_the_lease(
     start_daemon, private_redis, run_log
 ) -> None:
     """SIGTERM with Redis gone: the job is stopped at the end of the grace and its release
     cannot be written; the daemon gives up on it then (the lease brings the job back),
     not when the lease would have run out."""
-    d = start_daemon(
-        redis_url=private_redis.url,
-        INGEST_LEASE_SECONDS="60",
-        INGEST_SHUTDOWN_GRACE_SECONDS="1",
-    )
-    queue = SyncQueue(d.queue, private_redis.url)
-    queue.enqueue(job("held", sleep=60))
-    wait_until(lambda: read_runs(run_log), 20, "child started")
-    private_redis.stop()
-    started = time.monotonic()
-    d.signal(signal.SIGTERM)
-    assert d.wait_exit(45) == 0, d.log()
-    assert time.monotonic() - started < 30.0, d.log()
-    assert "Traceback" not in d.log()
+    d = _running_when_redis_goes(start_daemon, private_redis, run_log, job("held", sleep=60))
+    _stops_within_its_budget(d)
 
 
 def test_a_stop_cuts_short_a_settle_already_retrying(start_daemon, private_redis, run_log) -> None:
     """The job ended while Redis was down, and its completion has been retrying since;
     then the operator stops the daemon. The stop ends within its budget too."""
-    d = start_daemon(
-        redis_url=private_redis.url,
-        INGEST_LEASE_SECONDS="60",
-        INGEST_SHUTDOWN_GRACE_SECONDS="1",
+    d = _running_when_redis_goes(
+        start_daemon, private_redis, run_log, job("ends-unsettled", sleep=1)
     )
-    queue = SyncQueue(d.queue, private_redis.url)
-    queue.enqueue(job("ends-unsettled", sleep=1))
-    wait_until(lambda: read_runs(run_log), 20, "child started")
-    private_redis.stop()
     wait_until(lambda: "settling ends-unsettled failed" in d.log(), 20, "the settle retrying")
-    started = time.monotonic()
-    d.signal(signal.SIGTERM)
-    assert d.wait_exit(50) == 0, d.log()
-    assert time.monotonic() - started < 30.0, d.log()
+    _stops_within_its_budget(d)
 
 
 def test_redis_restart_while_jobs_run_loses_nothing(start_daemon, private_redis, run_log) -> None:

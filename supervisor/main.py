@@ -33,7 +33,7 @@ from supervisor.settings import Settings, SettingsError, load_settings
 from supervisor.sinks import JobSink, SinkFanout
 from supervisor.status import build_status_backend
 from supervisor.status.factory import check_settings_extras as check_status_extras
-from supervisor.status.projector import ProjectorHooks
+from supervisor.status.reporting import ProjectorHooks
 from supervisor.status.service import StatusService
 
 log = logging.getLogger("supervisor")

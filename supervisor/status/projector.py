@@ -25,7 +25,6 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -36,7 +35,7 @@ from supervisor.queue.keys import QueueKeys
 from supervisor.redis_retry import TRANSIENT
 from supervisor.status.backend import StatusBackend, StatusStoreError
 from supervisor.status.outbox import GROUP, BadEntry, OutboxEntry, bare_final, parse_entry
-from supervisor.status.trim import OutboxState
+from supervisor.status.reporting import ProjectorHooks, ProjectorStats
 from supervisor.status.update import StatusUpdate, newest_per_job
 
 log = logging.getLogger(__name__)
@@ -53,24 +52,6 @@ FORGET_IDLE_S = 3600.0
 # How long a projector parks a parked job's new entries without trying them (each try of a
 # batch holding a locked row costs a lock timeout per halving).
 PARK_S = 10.0
-
-
-@dataclass
-class ProjectorStats:
-    rejected: int = 0  # rows the store refused as invalid (acknowledged, logged)
-    bad_entries: int = 0  # outbox entries that were not rows (acknowledged, logged)
-    claimed: int = 0  # entries taken over from other consumers
-    parked: int = 0  # rows of locked jobs handed to the reconciler while the rest went on
-
-
-@dataclass(frozen=True)
-class ProjectorHooks:
-    """Where the projector reports to (metrics); every hook must return at once."""
-
-    on_request: Callable[[int, float, bool], None] = lambda _n, _s, _ok: None
-    on_lag: Callable[[float], None] = lambda _s: None
-    on_outbox: Callable[[OutboxState], None] = lambda _state: None
-    on_rejected: Callable[[int], None] = lambda _n: None
 
 
 def _weight(row: StatusUpdate) -> int:

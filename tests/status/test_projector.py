@@ -13,8 +13,9 @@ from redis.asyncio import Redis
 
 from supervisor.queue.jobqueue import Backoff, JobQueue, Retention
 from supervisor.status import NoneBackend, StatusBackend
-from supervisor.status.projector import GROUP, ProjectorHooks, StatusProjector
+from supervisor.status.projector import GROUP, StatusProjector
 from supervisor.status.reconcile import sweep_page, write_parked
+from supervisor.status.reporting import ProjectorHooks
 from supervisor.status.service import StatusService
 from supervisor.status.sync import status_sync
 from supervisor.status.trim import outbox_state, trim_outbox

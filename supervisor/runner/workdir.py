@@ -54,9 +54,7 @@ class JobsRoot:
         # another daemon never sees it unlocked.
         making = tempfile.mkdtemp(prefix=f".{JOBS_ROOT_PREFIX}", dir=base)
         try:
-            os.chmod(making, 0o711)
-            fd = os.open(making, os.O_RDONLY | os.O_DIRECTORY)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fd = _open_and_lock(making)
             path = os.path.join(os.path.dirname(making), os.path.basename(making)[1:])
             os.rename(making, path)
         except OSError:
@@ -129,13 +127,19 @@ async def remove_stale_jobs_roots(config: RunnerConfig, base: str | None = None)
 _REMADE_ROOT_LOCKS: list[int] = []
 
 
-def _make_root_again(root: str) -> None:
-    """`root` again, 0711 and locked (see JobsRoot) before any job directory goes in it."""
-    os.mkdir(root, 0o711)
-    os.chmod(root, 0o711)  # whatever the umask
+def _open_and_lock(root: str) -> int:
+    """Give a new jobs root its mode (0711, whatever the umask) and take its lock (see
+    JobsRoot); the descriptor that holds it."""
+    os.chmod(root, 0o711)
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(fd, fcntl.LOCK_EX)
-    _REMADE_ROOT_LOCKS.append(fd)
+    return fd
+
+
+def _make_root_again(root: str) -> None:
+    """`root` again, 0711 and locked before any job directory goes in it."""
+    os.mkdir(root, 0o711)
+    _REMADE_ROOT_LOCKS.append(_open_and_lock(root))
 
 
 def new_workdir(root: str | None, user: str | None) -> str:

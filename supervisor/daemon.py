@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import secrets
@@ -68,7 +67,10 @@ class Daemon:
         self.notifier = notifier
         self.status = status
         self.registry = WorkerRegistry(ctx.queue.client, ctx.queue.keys)
+        # Jobs held: a child running, or its outcome still being written.
         self.active: dict[str, JobExecution] = {}
+        # Every job's task, from its start until its outcome is written.
+        self._jobs: set[asyncio.Task[None]] = set()
         self.slots: list[asyncio.Task[None] | None] = [None] * concurrency
         self._slot_started: dict[int, float] = {}
         self._slot_pause: dict[int, float] = {}
@@ -95,7 +97,7 @@ class Daemon:
             log.info(
                 "%s: no new jobs; %d running get %.0fs to finish",
                 signal.Signals(sig).name,
-                len(self.active),
+                self.busy_slots,
                 self.shutdown_grace_s,
             )
             self.stopping.set()
@@ -117,6 +119,10 @@ class Daemon:
         # Kept across a claim that failed in flight: sent again, it gets the job the first
         # one may have taken rather than a second.
         token = secrets.token_hex(16)
+        # The last job's task: its child has ended and its outcome may still be being
+        # written while this slot claims and starts the next job. The job before it is
+        # always written by then, so a slot has at most two outcomes in flight.
+        last: asyncio.Task[None] | None = None
         while not self.stopping.is_set():
             # Only a closed gate is worth two tasks; an open one is the common case and sits
             # between every wake-up and its claim.
@@ -144,38 +150,51 @@ class Daemon:
             if claim is None:
                 continue
             try:
-                await self._run_claim(index, claim)
+                job = await self._run_claim(index, claim)
             except Exception:
                 # _run_claim fails the job itself; this only guards the slot against a bug
                 # there (the job's lease then runs out and the reaper recovers it).
-                log.exception("slot %d: job %s was not settled", index, claim.job.job_id)
+                log.exception("slot %d: job %s was not started", index, claim.job.job_id)
+                job = None
+            if last is not None:
+                await asyncio.wait({last})
+            last = job
 
-    async def _run_claim(self, index: int, claim: Claim) -> None:
-        """Run one claimed job. Whatever goes wrong fails that job with a logged reason (not
-        retryable when the payload is the cause); it never ends the slot."""
+    async def _run_claim(self, index: int, claim: Claim) -> asyncio.Task[None] | None:
+        """Start one claimed job at once and return when its child has ended, with the task
+        still writing its outcome (in `_jobs` until done; None if there is none). Whatever
+        goes wrong fails that job with a logged reason (not retryable when the payload is
+        the cause); it never ends the slot."""
         job_id = claim.job.job_id
         reason = unrunnable_reason(claim, self.ctx.is_secret)
         if reason is not None:
             await fail_unrun(self.ctx, self.queue, index, claim, reason, retryable=False)
-            return
+            return None
         try:
             execution = JobExecution(self.ctx, claim)
         except Exception as exc:
             log.exception("slot %d: job %s could not be prepared", index, job_id)
             reason = f"Supervisor could not prepare the job: {type(exc).__name__}"
             await fail_unrun(self.ctx, self.queue, index, claim, reason, retryable=False)
-            return
+            return None
         self.active[job_id] = execution
         self._slots_changed()
+        task = asyncio.create_task(self._execute(index, execution), name=f"job:{job_id}")
+        self._jobs.add(task)
+        task.add_done_callback(self._job_done)
+        try:
+            await asyncio.wait({task, execution.child_ended}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()  # a cancelled slot stops its child, never leaves it running
+            raise
+        self._slots_changed()
+        return task
+
+    async def _execute(self, index: int, execution: JobExecution) -> None:
+        """One job's execution to its written outcome."""
+        claim, job_id = execution.claim, execution.job_id
         try:
             await execution.run()
-            if execution.outcome is not None and not execution.outcome.host_fault:
-                # (A host fault was recorded by the execution itself, before its release.)
-                # The gate logs the error: only ever the text scrubbed of the job's secrets.
-                self.gate.record(
-                    dataclasses.replace(execution.outcome, error=execution.error, stderr_tail=""),
-                    claim.job.tenant_id,
-                )
         except Exception as exc:
             log.exception("slot %d: job %s crashed its execution", index, job_id)
             execution.stop.request(EndReason.SHUTDOWN)
@@ -184,6 +203,11 @@ class Daemon:
         finally:
             self.active.pop(job_id, None)
             self._slots_changed()
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._jobs.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
 
     def _start_slot(self, index: int) -> None:
         self._slot_started[index] = time.monotonic()
@@ -220,8 +244,14 @@ class Daemon:
     def live_slots(self) -> int:
         return sum(1 for t in self.slots if t is not None and not t.done())
 
+    @property
+    def busy_slots(self) -> int:
+        """Slots whose job's child is running (a job whose outcome is being written no
+        longer takes one)."""
+        return sum(1 for e in self.active.values() if not e.child_ended.done())
+
     def _slots_changed(self) -> None:
-        busy = len(self.active)
+        busy = self.busy_slots
         live = self.live_slots
         if self.ctx.metrics is not None:
             self.ctx.metrics.set_slots(busy=busy, idle=max(0, live - busy))
@@ -257,7 +287,7 @@ class Daemon:
             "pid": os.getpid(),
             "instance": self.instance,
             "slots": self.live_slots,
-            "busy": len(self.active),
+            "busy": self.busy_slots,
             "active": sorted(self.active),
             "version": __version__,
             "started": self.started_at,
@@ -392,7 +422,8 @@ class Daemon:
         self.ctx.settle_by.bring_forward(deadline + kill_budget)
         forced = asyncio.create_task(self.forced.wait())
         while not self.forced.is_set():
-            pending = {t for t in slots if t is not None and not t.done()}
+            # The slots, and the jobs whose outcomes are still being written.
+            pending = {t for t in (*slots, *self._jobs) if t is not None and not t.done()}
             left = deadline - time.monotonic()
             if not pending or left <= 0:
                 break
@@ -400,11 +431,12 @@ class Daemon:
                 {*pending, forced}, timeout=left, return_when=asyncio.FIRST_COMPLETED
             )
         forced.cancel()
-        if self.active:
+        if self.busy_slots:
             log.warning(
                 "shutdown grace over: stopping %d running job(s) and releasing them",
-                len(self.active),
+                self.busy_slots,
             )
             for execution in list(self.active.values()):
                 execution.stop.request(EndReason.SHUTDOWN)
         await asyncio.gather(*(t for t in slots if t is not None), return_exceptions=True)
+        await asyncio.gather(*self._jobs, return_exceptions=True)

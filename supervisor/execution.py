@@ -57,6 +57,9 @@ class JobExecution:
         self._child_ended = asyncio.Event()
         self._settling = False
         self._done = asyncio.Event()
+        # Resolved once the child has ended and the start-failure gate has seen it: the slot
+        # may start its next job then, while this one's outcome is still being written.
+        self.child_ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.outcome: ChildOutcome | None = None
         self.error: str | None = None  # the outcome's error, scrubbed of the job's secrets
 
@@ -208,6 +211,13 @@ class JobExecution:
                 on_progress=self._on_progress,
             )
             self.outcome = outcome
+            self.error = self._error_text(outcome)
+            # Before the slot moves on: a closed gate must hold back its next start. The gate
+            # logs the error: only ever the text scrubbed of the job's secrets.
+            gated = dataclasses.replace(outcome, error=self.error, stderr_tail="")
+            self.ctx.gate.record(gated, job.tenant_id)
+            if not self.child_ended.done():
+                self.child_ended.set_result(None)
             if outcome.succeeded:
                 self._progress_pending = None  # complete() records 100 itself
             self._child_ended.set()
@@ -217,6 +227,8 @@ class JobExecution:
             self._settling = True
             finished = await self._settle(outcome, started)
         finally:
+            if not self.child_ended.done():
+                self.child_ended.set_result(None)
             self._child_ended.set()
             self._done.set()
             self._progress_wakeup.set()
@@ -234,7 +246,7 @@ class JobExecution:
     async def _settle(self, outcome: ChildOutcome, started: float) -> ev.JobFinished:
         """Write the outcome through the fenced protocol; decide what the status row shows."""
         q, token, job_id = self.ctx.queue, self.claim.token, self.job_id
-        error = self.error = self._error_text(outcome)
+        error = self.error
         result = scrub_value(outcome.result, self._secrets)
         message = scrub_value(outcome.progress_message, self._secrets)
         final, table, label = False, TableStatus.QUEUED.value, ev.OUTCOME_LEASE_LOST
@@ -251,10 +263,8 @@ class JobExecution:
         released = outcome.ended is EndReason.SHUTDOWN
         if outcome.host_fault:
             # Back to the queue unspent, a bounded number of times. The start-failure gate
-            # is closed first: the release wakes the other slots, which must not claim it
-            # again at once.
-            gated = dataclasses.replace(outcome, error=error, stderr_tail="")
-            self.ctx.gate.record(gated, self.claim.job.tenant_id)
+            # was closed when the child ended: the release wakes the other slots, which must
+            # not claim it again at once.
             released = self.ctx.host_faults.add(job_id) <= FREE_HOST_FAULTS
         if outcome.server_lost:
             losses = self.ctx.server_losses.add(job_id)

@@ -220,6 +220,25 @@ def test_sigterm_releases_running_job_to_another_daemon(
     assert q.get("long").attempt == 1
 
 
+def test_a_stop_as_a_child_ends_still_writes_its_outcome(start_daemon, private_redis) -> None:
+    """A slot starts its next job while the last one's outcome is still being written; a
+    stop that comes then waits for that write. The child pauses Redis's writes for 3 s,
+    longer than the daemon's last calls before it exits wait (its worker entry's removal,
+    2 s), then stops the daemon, just before its RESULT: the outcome is written once the
+    pause ends, and only then does the daemon exit. (The lease is long enough that no
+    renewal gives up during the pause.)"""
+    d = start_daemon(redis_url=private_redis.url, INGEST_CONCURRENCY="1", INGEST_LEASE_SECONDS="60")
+    d.wait_ready()
+    queue = SyncQueue(d.queue, private_redis.url)
+    queue.enqueue(job("last", term_pid=d.pid, pause_redis=[private_redis.url, 3000]))
+    queue.enqueue(job("next"))
+    assert d.wait_exit(30) == 0, d.log()
+    rec = queue.get("last")
+    assert rec.state is JobState.COMPLETED, d.log()
+    assert rec.result == {"job_id": "last", "attempt": 1}
+    assert queue.get("next").state is JobState.WAITING  # no claim once stopping
+
+
 def test_second_sigterm_skips_the_grace(start_daemon, q, run_log: Path) -> None:
     q.enqueue(job("long2", sleep=60))
     a = start_daemon(INGEST_SHUTDOWN_GRACE_SECONDS="120")

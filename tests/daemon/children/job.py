@@ -4,7 +4,9 @@ metadata: sleep (seconds, in steps with PROGRESS), linger (seconds of silence af
 them), exit (code), fail_until_attempt (exit 75
 while INGEST_ATTEMPT < it), ignore_term (bool), escape (bool: leave a daemonized grandchild
 in its own session behind), bad_result (bool: exit 0 after a RESULT line that is not JSON),
-stop_parent (bool: send SIGSTOP to its parent, the fork server, first).
+stop_parent (bool: send SIGSTOP to its parent, the fork server, first), term_pid (send
+SIGTERM to this pid, the daemon, just before its RESULT), pause_redis ([url, ms]: pause
+that Redis's writes first, so the daemon's write of this outcome waits).
 Every start is appended to $TEST_RUN_LOG.
 """
 
@@ -63,4 +65,11 @@ if code:
 if meta.get("bad_result"):
     print("RESULT: {not json", flush=True)
     sys.exit(0)
+if meta.get("pause_redis"):
+    import redis
+
+    url, ms = meta["pause_redis"]
+    redis.Redis.from_url(url).execute_command("CLIENT", "PAUSE", int(ms), "WRITE")
+if meta.get("term_pid"):
+    os.kill(int(meta["term_pid"]), signal.SIGTERM)
 print("RESULT: " + json.dumps({"job_id": job["job_id"], "attempt": attempt}), flush=True)

@@ -7,7 +7,8 @@ Prints children/s and start-to-first-PROGRESS p50/p99 for:
   popen           bare Popen (vfork path) with pipes, parallelism N threads
   run_child       the runner at concurrency N (clean env, a new job directory, the child
                   started by the fork server with posix_spawn, tree tracking, bounded
-                  output), in a process that is a child subreaper, as the daemon is
+                  output), in a process that is a child subreaper, as the daemon is; no
+                  limit at all, core dumps included
   run_child+lim   the same with the daemon's default limits (2 GiB, 600 CPU s, no core):
                   the server spawns prlimit(1), which sets them and execs the child
 Contenders alternate in rounds so a busy machine's load falls on all of them alike. CPU
@@ -183,7 +184,9 @@ def main() -> None:
     # carrying a job id are ever killed; the Popen contenders reap their own.
     ORPHANS.become_subreaper(kill_unattributed=False)
     FORK_SERVER.start()  # as the daemon does before its first job
-    config = RunnerConfig(command=ARGV)
+    # No limit at all (core dumps allowed too): the server starts the command itself. Any
+    # limit, even the default RLIMIT_CORE 0, makes prlimit(1) start it instead.
+    config = RunnerConfig(command=ARGV, limits=ResourceLimits(core_dumps=True))
     limited = RunnerConfig(
         command=ARGV, limits=ResourceLimits(memory_bytes=2 << 30, cpu_seconds=600)
     )

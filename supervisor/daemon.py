@@ -18,8 +18,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from supervisor import __version__
 from supervisor.aio import first_of, join_bounded
 from supervisor.execution import JobExecution
@@ -33,9 +31,9 @@ from supervisor.runner.containment import ORPHANS
 from supervisor.sdnotify import SystemdNotifier
 from supervisor.status.service import StatusService
 from supervisor.unrun import fail_unrun, unrunnable_reason
+from supervisor.upkeep import beat_forever, feed_watchdog, pass_on_cancels, reap_forever
 
 log = logging.getLogger(__name__)
-REAP_INTERVAL_MAX_S = 5.0
 FLUSH_DEADLINE_S = 5.0
 # After a second SIGTERM, settling writes give up this soon.
 FORCED_SETTLE_S = 2.0
@@ -259,28 +257,6 @@ class Daemon:
 
     # ---- upkeep -------------------------------------------------------------------
 
-    async def _reaper(self) -> None:
-        interval = min(REAP_INTERVAL_MAX_S, self.ctx.lease_s / 4)
-        while True:
-            try:
-                async with asyncio.timeout(5):
-                    reaped = await self.queue.reap()
-                n = len(reaped.recovered) + len(reaped.dead_lettered) + len(reaped.cancelled)
-                if n:
-                    log.warning(
-                        "recovered stalled jobs: back to waiting %s, failed %s, cancelled %s",
-                        reaped.recovered,
-                        reaped.dead_lettered,
-                        reaped.cancelled,
-                    )
-                    if self.ctx.metrics is not None:
-                        self.ctx.metrics.stalled_recovered(n)
-            except TRANSIENT as exc:
-                log.debug("reap skipped: %s", exc)
-            except RedisError as exc:  # a script error (out of memory, a bad record): next time
-                log.error("reap failed: %s", exc)
-            await asyncio.sleep(interval)
-
     def heartbeat_info(self) -> dict[str, Any]:
         return {
             "host": socket.gethostname(),
@@ -298,44 +274,6 @@ class Daemon:
             # that cannot start (a deploy removed the worker, no fork server, no room).
             "spawn_pauses": self.gate.pauses_in_a_row(),
         }
-
-    async def _heartbeat(self) -> None:
-        """Beat, and look at which Redis server answers (see LeaseChecks.saw_server)."""
-        while True:
-            try:
-                async with asyncio.timeout(5):
-                    await self.registry.beat(
-                        self.ctx.worker_id, self.heartbeat_info(), self.heartbeat_ttl_s
-                    )
-                    self.ctx.lease_checks.saw_server(await self.queue.server_id())
-            except TRANSIENT as exc:
-                log.debug("heartbeat skipped: %s", exc)
-            except RedisError as exc:  # OOM, MISCONF, READONLY: never the heartbeat's end
-                log.warning("heartbeat refused by Redis: %s", exc)
-            await asyncio.sleep(self.heartbeat_ttl_s / 3)
-
-    async def _cancel_listener(self) -> None:
-        pause = 0.2
-        while True:
-            try:
-                async for job_id in self.queue.cancel_requests():
-                    pause = 0.2
-                    execution = self.active.get(job_id)
-                    if execution is not None:
-                        log.info("cancel requested", extra={"job_id": job_id})
-                        execution.stop.request(EndReason.CANCELLED)
-            except TRANSIENT as exc:
-                log.debug("cancel listener reconnecting: %s", exc)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 5.0)
-
-    async def _watchdog(self) -> None:
-        interval = self.notifier.watchdog_interval_s()
-        if interval is None:
-            return
-        while True:
-            self.notifier.watchdog()
-            await asyncio.sleep(interval / 2)
 
     # ---- life ---------------------------------------------------------------------
 
@@ -375,9 +313,22 @@ class Daemon:
         await self._seed_gate()
         if self.stopping.is_set():
             return 0
+        ctx = self.ctx
         upkeep = [
-            asyncio.create_task(coro(), name=coro.__name__)
-            for coro in (self._reaper, self._heartbeat, self._cancel_listener, self._watchdog)
+            asyncio.create_task(reap_forever(self.queue, ctx.lease_s, ctx.metrics), name="reaper"),
+            asyncio.create_task(
+                beat_forever(
+                    self.registry,
+                    ctx.worker_id,
+                    self.heartbeat_info,
+                    self.heartbeat_ttl_s,
+                    self.queue,
+                    ctx.lease_checks,
+                ),
+                name="heartbeat",
+            ),
+            asyncio.create_task(pass_on_cancels(self.queue, self.active), name="cancels"),
+            asyncio.create_task(feed_watchdog(self.notifier), name="watchdog"),
         ]
         if self.status is not None:
             self.status.start()

@@ -7,22 +7,20 @@ are taken over (`XAUTOCLAIM`). A redelivered snapshot is harmless: the store app
 snapshot only when it is newer than the row.
 
 While the store is down the projector keeps retrying its batch with backoff and the outbox
-grows in Redis, where nothing is lost when a daemon dies. A batch the store rejects as
-invalid is split so that one bad row cannot hold back the others; a single row it rejects
-is logged, counted and acknowledged. A row another session holds locked (the store says
-so: SQLSTATE 55P03, after the function's one-second lock timeout) is parked: its job goes in
-the queue's `status:parked` set before its entries are acknowledged, so the rest goes on
-and the outbox is trimmed as usual; this projector parks that job's new entries too for
-PARK_S, and the reconciler writes the current row of parked jobs on each sweep.
+grows in Redis, where nothing is lost when a daemon dies. How a batch is written (bounded
+requests, retries, splitting what the store rejects) is `row_writer`'s. A row another
+session holds locked (the store says so: SQLSTATE 55P03, after the function's one-second
+lock timeout) is parked: its job goes in the queue's `status:parked` set before its
+entries are acknowledged, so the rest goes on and the outbox is trimmed as usual; this
+projector parks that job's new entries too for PARK_S, and the reconciler writes the
+current row of parked jobs on each sweep.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,18 +31,14 @@ from supervisor.aio import sleep_unless
 from supervisor.queue.jobqueue import AnyRedis
 from supervisor.queue.keys import QueueKeys
 from supervisor.redis_retry import TRANSIENT
-from supervisor.status.backend import StatusBackend, StatusStoreError
-from supervisor.status.outbox import GROUP, BadEntry, OutboxEntry, bare_final, parse_entry
+from supervisor.status.backend import StatusBackend
+from supervisor.status.outbox import GROUP, BadEntry, OutboxEntry, parse_entry
 from supervisor.status.reporting import ProjectorHooks, ProjectorStats
-from supervisor.status.update import StatusUpdate, newest_per_job
+from supervisor.status.row_writer import RowWriter
+from supervisor.status.update import newest_per_job
 
 log = logging.getLogger(__name__)
 
-# A store request carries at most this much row data (estimated); bigger batches are split.
-REQUEST_BYTES = 4 * 1024 * 1024
-# A batch that failed this many times in a row is split in halves: a batch too large for
-# the store (a timeout, a size limit) must not be retried whole for ever.
-SPLIT_AFTER_FAILURES = 3
 # A consumer name idle this long that holds nothing is a daemon's that is gone (killed, or
 # stopped while the store was down): forgotten, so the group does not grow with restarts.
 # Far longer than a live projector is ever idle (it reads every half second).
@@ -52,16 +46,6 @@ FORGET_IDLE_S = 3600.0
 # How long a projector parks a parked job's new entries without trying them (each try of a
 # batch holding a locked row costs a lock timeout per halving).
 PARK_S = 10.0
-
-
-def _weight(row: StatusUpdate) -> int:
-    """Rough size of a row in a request: its texts and result, plus the fixed columns."""
-    result = 0 if row.result is None else len(json.dumps(row.result))
-    return 300 + result + len(row.error or "") + len(row.progress_message or "")
-
-
-def _transient_store_error(exc: BaseException) -> bool:
-    return isinstance(exc, Exception) and not (isinstance(exc, StatusStoreError) and exc.permanent)
 
 
 class StatusProjector:
@@ -93,15 +77,18 @@ class StatusProjector:
         self.claim_idle_ms = max(1, int(claim_idle_s * 1000))
         self.claim_interval_s = claim_interval_s
         self.forget_idle_ms = int(forget_idle_s * 1000)
-        self.request_timeout_s = request_timeout_s
-        self.retry_initial_s = retry_initial_s
-        self.retry_max_s = retry_max_s
         self.hooks = hooks or ProjectorHooks()
         self.stats = ProjectorStats()
+        self.writer = RowWriter(
+            backend,
+            self.hooks,
+            self.stats,
+            request_timeout_s=request_timeout_s,
+            retry_initial_s=retry_initial_s,
+            retry_max_s=retry_max_s,
+        )
         self._group_ready = False
         self._stopping = asyncio.Event()
-        self._give_up_at: float | None = None  # monotonic; set while draining at shutdown
-        self._stuck: set[str] = set()  # jobs of the batch in hand whose rows are locked
         self._parked_until: dict[str, float] = {}  # job -> monotonic end of its parking
 
     # ---- Redis side ---------------------------------------------------------------------
@@ -185,106 +172,6 @@ class StatusProjector:
         if ids:
             await self.client.xack(self.keys.status_outbox, GROUP, *ids)
 
-    # ---- store side ---------------------------------------------------------------------
-
-    async def _apply_once(self, rows: list[StatusUpdate]) -> None:
-        started = time.monotonic()
-        ok = False
-        try:
-            async with asyncio.timeout(self.request_timeout_s):
-                await self.backend.apply(rows)
-            ok = True
-        except TimeoutError:
-            raise StatusStoreError("status write timed out") from None
-        finally:
-            with contextlib.suppress(Exception):
-                self.hooks.on_request(len(rows), time.monotonic() - started, ok)
-
-    async def _apply_retrying(self, rows: list[StatusUpdate]) -> str:
-        """'ok' once the store took the rows; 'rejected' when it refused them as invalid;
-        'split' when a batch of several rows kept failing or holds a locked row; 'stuck'
-        when one row is locked by another session (any other failure of one row is
-        retried for as long as it lasts: a store that refuses writes refuses them all);
-        'gave_up' at the shutdown deadline (the entries then stay pending for another
-        projector)."""
-        delay = self.retry_initial_s
-        attempt = 0
-        while True:
-            try:
-                await self._apply_once(rows)
-                return "ok"
-            except Exception as exc:
-                if not _transient_store_error(exc):
-                    return "rejected"
-                if isinstance(exc, StatusStoreError) and exc.row_locked:
-                    return "split" if len(rows) > 1 else "stuck"
-                attempt += 1
-                if attempt == 1 or attempt % 10 == 0:
-                    log.warning(
-                        "status write of %d rows failed (%s); retrying (attempt %d)",
-                        len(rows),
-                        exc,
-                        attempt,
-                    )
-                if len(rows) > 1 and attempt >= SPLIT_AFTER_FAILURES:
-                    return "split"
-            pause = delay + random.uniform(0, self.retry_initial_s)
-            delay = min(delay * 2, self.retry_max_s)
-            if self._give_up_at is not None:
-                left = self._give_up_at - time.monotonic()
-                if left <= 0:
-                    return "gave_up"
-                pause = min(pause, left, 0.2)
-            await asyncio.sleep(pause)
-
-    async def _apply(self, rows: list[StatusUpdate]) -> bool:
-        """Write rows; False only when giving up at the shutdown deadline."""
-        outcome = await self._apply_retrying(rows)
-        if outcome == "ok":
-            return True
-        if outcome == "gave_up":
-            return False
-        if outcome == "stuck":
-            self._stuck.add(rows[0].job_id)
-            log.warning(
-                "status row of job %s is locked by another session; parked, the reconciler "
-                "writes it once it is free",
-                rows[0].job_id,
-            )
-            return True
-        if outcome == "rejected" and len(rows) == 1:
-            row = rows[0]
-            bare = bare_final(row)
-            if row.final and bare != row:
-                log.error(
-                    "status store refused the final row of job %s; writing it without the "
-                    "child's message, error and result",
-                    row.job_id,
-                )
-                return await self._apply([bare])
-            self.stats.rejected += 1
-            with contextlib.suppress(Exception):
-                self.hooks.on_rejected(1)
-            log.error("status store refused the row of job %s; skipped", row.job_id)
-            return True
-        # A refused or oversized batch: halves, so one bad row costs a few requests.
-        mid = len(rows) // 2
-        return await self._apply(rows[:mid]) and await self._apply(rows[mid:])
-
-    async def _apply_all(self, rows: list[StatusUpdate]) -> bool:
-        """Rows in requests of bounded size."""
-        request: list[StatusUpdate] = []
-        size = 0
-        for row in rows:
-            weight = _weight(row)
-            if request and size + weight > REQUEST_BYTES:
-                if not await self._apply(request):
-                    return False
-                request, size = [], 0
-            request.append(row)
-            size += weight
-        return not request or await self._apply(request)
-
     # ---- one batch ----------------------------------------------------------------------
 
     async def project(self, raw: list[tuple[Any, Any]]) -> bool:
@@ -306,12 +193,14 @@ class StatusProjector:
             ids.append(entry.entry_id)
         now = time.monotonic()
         self._parked_until = {j: t for j, t in self._parked_until.items() if t > now}
-        self._stuck = {e.row.job_id for e in entries if e.row.job_id in self._parked_until}
-        rows = [e.row for e in entries if e.row.job_id not in self._stuck]
-        if rows and not await self._apply_all(newest_per_job(rows)):
+        parked = {e.row.job_id for e in entries if e.row.job_id in self._parked_until}
+        rows = [e.row for e in entries if e.row.job_id not in parked]
+        self.writer.locked = set()
+        if rows and not await self.writer.write(newest_per_job(rows)):
             return False
-        if self._stuck:
-            await self._park(self._stuck)
+        stuck = parked | self.writer.locked
+        if stuck:
+            await self._park(stuck)
         await self._ack(ids)
         now_ms = time.time() * 1000
         for entry in entries:
@@ -393,7 +282,7 @@ class StatusProjector:
         """At shutdown: project what is left (this consumer's pending entries, then new
         ones) until the outbox is empty or the deadline passes. True when nothing was left
         behind; whatever is left stays in the outbox for the other projectors."""
-        self._give_up_at = time.monotonic() + deadline_s
+        self.writer.give_up_at = time.monotonic() + deadline_s
         try:
             async with asyncio.timeout(deadline_s):
                 if not await self._project_own_pending():

@@ -1,26 +1,17 @@
-"""The fork server process: every job's child is forked from here, then runs or execs.
+"""The fork server process: every job's child is forked or spawned from here.
 
 Started by `supervisor.runner.forkserver.ForkServer` as `python -P <this file> ...`, run by
 path (never `import supervisor...`): it holds the standard library and, once the built-in
-worker is in use, `ingest_worker`; nothing of the daemon, and an allowlisted environment
-without the daemon's secrets. It is single-threaded, so forking it is safe, and it is not
-dumpable (PR_SET_DUMPABLE 0): a child cannot read its memory or environment through /proc
-or ptrace it. Forked children inherit that; an exec resets it.
+worker is in use, `ingest_worker`; nothing of the daemon, and an allowlisted environment.
+Single-threaded, so forking it is safe; not dumpable, so a child can neither read it
+through /proc nor ptrace it. How each kind of child starts: docs/child-protocol.md.
 
 argv: <daemon pid> <socket fd> <preload 0|1> [<import path>...]. The socket carries
 SOCK_SEQPACKET datagrams of JSON. From the daemon: {"want": n, "preload": bool}, fork n
-more spares; {"spawn": request} with the job's stdin/stdout/stderr ends, exec a command
-now. To the daemon: {"spare": pid} with the spare's socket (SCM_RIGHTS) once the spare is
-ready; {"spawned": pid} or {"refused": why} answering each spawn, in order; and exit
-notices {"pid", "status", "cpu", "rss"} as wait4() reaps children (spares included).
-
-Two ways to a child, both set up alike (docs/child-protocol.md says which job takes
-which): a command is started by `posix_spawn` (`_spawn_command`; prlimit(1) running it
-when it has limits), so nothing of the server is copied and no Python runs in the child;
-the built-in worker, and a command that needs code in the child (a user switch), go
-through a spare, a fork of this process made ahead of time that has called setsid() and
-set its parent-death signal, which sets itself up (`_set_up`) and execs the command or
-runs `ingest_worker` in place (`ingest_worker.forked`).
+more spares; {"spawn": request} with the job's stdin/stdout/stderr ends, start a command
+now (`_spawn_command`). To the daemon: {"spare": pid} with the spare's socket (SCM_RIGHTS)
+once the spare is ready; {"spawned": pid} or {"refused": why} answering each spawn, in
+order; and exit notices {"pid", "status", "cpu", "rss"} as wait4() reaps children.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from supervisor.runner import EndReason, StartFailureGate
 from supervisor.runner.containment import ORPHANS
 from supervisor.sdnotify import SystemdNotifier
 from supervisor.status.service import StatusService
-from supervisor.unrun import fail_unrun, unrunnable_reason
+from supervisor.unrun import fail_unrun, give_back, unrunnable_reason
 from supervisor.upkeep import beat_forever, feed_watchdog, pass_on_cancels, reap_forever
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,9 @@ class Daemon:
             token = secrets.token_hex(16)
             if claim is None:
                 continue
+            if self.stopping.is_set():  # the claim was in flight when the stop came
+                await give_back(self.ctx, self.queue, index, claim)
+                break
             try:
                 job = await self._run_claim(index, claim)
             except Exception:

@@ -1,5 +1,6 @@
 """Claimed jobs the daemon cannot run the normal way: why (a payload stored before
-validation bounded it), and failing them with that reason."""
+validation bounded it), failing them with that reason, and giving back a job claimed as
+the daemon stops."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from supervisor.queue.jobqueue import Claim, JobQueue
 from supervisor.queue.payload import PayloadError, check_structure, validate_payload
 from supervisor.queue.redaction import SecretKeys
 from supervisor.queue.states import TableStatus
-from supervisor.redis_retry import call_until
+from supervisor.redis_retry import TRANSIENT, call_until
 
 # The daemon's logger: these lines are part of what a slot reports.
 log = logging.getLogger("supervisor.daemon")
@@ -31,6 +32,24 @@ def unrunnable_reason(claim: Claim, is_secret: SecretKeys) -> str | None:
     except PayloadError as exc:
         return f"Job payload refused: {exc}"
     return None
+
+
+async def give_back(ctx: ExecutionContext, queue: JobQueue, index: int, claim: Claim) -> None:
+    """Release a job claimed after the stop came, unstarted and unspent (if Redis cannot
+    take it back in time, its lease runs out and the reaper returns it)."""
+    job_id = claim.job.job_id
+    lease_end = time.monotonic() + ctx.lease_s
+    try:
+        await call_until(
+            lambda: min(lease_end, ctx.settle_by.at or lease_end),
+            lambda: queue.release(job_id, claim.token),
+            what=f"giving back {job_id}",
+            attempt_timeout_s=5.0,
+        )
+    except TRANSIENT as exc:
+        log.warning("slot %d: job %s claimed at the stop not given back: %s", index, job_id, exc)
+        return
+    log.info("slot %d: job %s claimed as the stop came; given back unstarted", index, job_id)
 
 
 async def fail_unrun(

@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
+import redis
 
 from supervisor.execution import FIRST_PROGRESS_AFTER_S
 from supervisor.queue.states import JobState
@@ -237,6 +238,29 @@ def test_a_stop_as_a_child_ends_still_writes_its_outcome(start_daemon, private_r
     assert rec.state is JobState.COMPLETED, d.log()
     assert rec.result == {"job_id": "last", "attempt": 1}
     assert queue.get("next").state is JobState.WAITING  # no claim once stopping
+
+
+def test_a_job_claimed_as_the_stop_comes_goes_back_unstarted(
+    start_daemon, private_redis, run_log: Path
+) -> None:
+    """The stop comes while a claim is in flight (Redis's writes paused, so the claim waits
+    for them): the job it brings is given back to the queue at once, unspent, and no child
+    is started for it."""
+    d = start_daemon(redis_url=private_redis.url, INGEST_CONCURRENCY="1", INGEST_LEASE_SECONDS="60")
+    d.wait_ready()
+    queue = SyncQueue(d.queue, private_redis.url)
+    queue.enqueue(job("first", sleep=1))
+    first_pid = wait_until(lambda: read_runs(run_log), 20, "first started")[0]["pid"]
+    queue.enqueue(job("second"))
+    redis.Redis.from_url(private_redis.url).execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+    # The first child ends: its outcome and the claim of "second" wait for the pause.
+    wait_until(lambda: not psutil.pid_exists(first_pid), 20, "first child gone")
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit(30) == 0, d.log()
+    assert queue.get("first").state is JobState.COMPLETED, d.log()
+    second = queue.get("second")
+    assert (second.state, second.attempt) == (JobState.WAITING, 0), d.log()
+    assert [r["job_id"] for r in read_runs(run_log)] == ["first"]
 
 
 def test_second_sigterm_skips_the_grace(start_daemon, q, run_log: Path) -> None:

@@ -18,7 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 from supervisor.config import load_shared_config
 from supervisor.queue.client import enqueue_ingestion_job
 from supervisor.queue.jobqueue import JobQueue
-from tests.api.conftest import api_server
+from tests.api.conftest import api_server, eventually
 from tests.daemon.conftest import job, wait_until
 from tests.protocol import test_cluster
 from tests.redis_server import PrivateRedis, free_port
@@ -158,7 +158,9 @@ def _entry_points_share_the_queue(api_server, queue_name: str, env: dict[str, st
             got = http.get(f"/jobs/{job_id}")
             assert got.status_code == 200, (job_id, got.text)
             assert got.json()["state"] == "waiting"
-        assert http.get("/health/ready").status_code == 200
+        # A probe that missed its budget on a busy machine answers 503: asked
+        # again, as a load balancer would.
+        eventually(lambda: http.get("/health/ready"), lambda r: r.status_code == 200)
         health = http.get("/health/queue").json()  # no daemon runs: unhealthy for that alone
         assert (health["redis"], health["queue"], health["worker"]) == (True, True, False)
         assert health["details"]["queue_counts"]["waiting"] == 3

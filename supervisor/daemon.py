@@ -30,11 +30,13 @@ from supervisor.runner import EndReason, StartFailureGate
 from supervisor.runner.containment import ORPHANS
 from supervisor.sdnotify import SystemdNotifier
 from supervisor.status.service import StatusService
-from supervisor.unrun import fail_unrun, give_back, unrunnable_reason
+from supervisor.unrun import fail_unrun, give_back, give_back_in_flight, unrunnable_reason
 from supervisor.upkeep import beat_forever, feed_watchdog, pass_on_cancels, reap_forever
 
 log = logging.getLogger(__name__)
 FLUSH_DEADLINE_S = 5.0
+# How long a cancelled slot waits for its job's child to be killed and reaped.
+KILL_WAIT_S = 35.0
 # After a second SIGTERM, settling writes give up this soon.
 FORCED_SETTLE_S = 2.0
 # Tenants whose jobs completed this recently count as known to the start-failure gate
@@ -121,16 +123,18 @@ class Daemon:
         # written while this slot claims and starts the next job. The job before it is
         # always written by then, so a slot has at most two outcomes in flight.
         last: asyncio.Task[None] | None = None
+        in_flight = False  # a claim failed in flight: it may have taken a job under `token`
         while not self.stopping.is_set():
             # Only a closed gate is worth two tasks; an open one is the common case and sits
             # between every wake-up and its claim.
             if self.gate.remaining_s > 0:
                 await first_of(self.gate.wait(), self.stopping.wait())
                 if self.stopping.is_set():
-                    return
+                    break
             try:
                 claim = await self._next_claim(token)
             except TRANSIENT as exc:
+                in_flight = True
                 log.warning("slot %d: Redis unavailable (%s); retrying in %.1fs", index, exc, pause)
                 await first_of(asyncio.sleep(pause), self.stopping.wait())
                 pause = min(pause * 2, 5.0)
@@ -145,6 +149,7 @@ class Daemon:
                 continue
             pause = 0.1
             token = secrets.token_hex(16)
+            in_flight = False
             if claim is None:
                 continue
             if self.stopping.is_set():  # the claim was in flight when the stop came
@@ -160,6 +165,8 @@ class Daemon:
             if last is not None:
                 await asyncio.wait({last})
             last = job
+        if in_flight:
+            await give_back_in_flight(self.ctx, self.queue, index, token)
 
     async def _run_claim(self, index: int, claim: Claim) -> asyncio.Task[None] | None:
         """Start one claimed job at once and return when its child has ended, with the task
@@ -186,7 +193,10 @@ class Daemon:
         try:
             await asyncio.wait({task, execution.child_ended}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            task.cancel()  # a cancelled slot stops its child, never leaves it running
+            # A cancelled slot stops its child and ends once it is reaped, as run_child
+            # does when cancelled: a slot started in its place never runs beside it.
+            task.cancel()
+            await asyncio.wait({task}, timeout=KILL_WAIT_S)
             raise
         self._slots_changed()
         return task
@@ -202,7 +212,10 @@ class Daemon:
             reason = f"Supervisor error while running the job: {type(exc).__name__}"
             await fail_unrun(self.ctx, self.queue, index, claim, reason, retryable=True)
         finally:
-            self.active.pop(job_id, None)
+            # Only this run: the same job claimed again meanwhile (its lease lost and the
+            # job returned by the reaper) is another execution under the same id.
+            if self.active.get(job_id) is execution:
+                del self.active[job_id]
             self._slots_changed()
 
     def _job_done(self, task: asyncio.Task[None]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from supervisor import events as ev
 from supervisor.execution_context import ExecutionContext
@@ -13,7 +14,7 @@ from supervisor.queue.jobqueue import Claim, JobQueue
 from supervisor.queue.payload import PayloadError, check_structure, validate_payload
 from supervisor.queue.redaction import SecretKeys
 from supervisor.queue.states import TableStatus
-from supervisor.redis_retry import TRANSIENT, call_until
+from supervisor.redis_retry import call_until
 
 # The daemon's logger: these lines are part of what a slot reports.
 log = logging.getLogger("supervisor.daemon")
@@ -34,22 +35,50 @@ def unrunnable_reason(claim: Claim, is_secret: SecretKeys) -> str | None:
     return None
 
 
+def _give_back_by(ctx: ExecutionContext) -> Callable[[], float]:
+    """The deadline of a give-back: the stop's settle deadline, at most a lease away."""
+    lease_end = time.monotonic() + ctx.lease_s
+    return lambda: min(lease_end, ctx.settle_by.at or lease_end)
+
+
 async def give_back(ctx: ExecutionContext, queue: JobQueue, index: int, claim: Claim) -> None:
     """Release a job claimed after the stop came, unstarted and unspent (if Redis cannot
     take it back in time, its lease runs out and the reaper returns it)."""
     job_id = claim.job.job_id
-    lease_end = time.monotonic() + ctx.lease_s
     try:
-        await call_until(
-            lambda: min(lease_end, ctx.settle_by.at or lease_end),
+        released = await call_until(
+            _give_back_by(ctx),
             lambda: queue.release(job_id, claim.token),
             what=f"giving back {job_id}",
             attempt_timeout_s=5.0,
         )
-    except TRANSIENT as exc:
-        log.warning("slot %d: job %s claimed at the stop not given back: %s", index, job_id, exc)
+    except Exception as exc:  # Redis away, or refusing writes: the lease brings it back
+        log.warning("slot %d: job %s claimed at the stop not given back: %r", index, job_id, exc)
         return
-    log.info("slot %d: job %s claimed as the stop came; given back unstarted", index, job_id)
+    if released:
+        log.info("slot %d: job %s claimed as the stop came; given back unstarted", index, job_id)
+    else:
+        log.warning("slot %d: job %s claimed at the stop was no longer held", index, job_id)
+
+
+async def give_back_in_flight(
+    ctx: ExecutionContext, queue: JobQueue, index: int, token: str
+) -> None:
+    """The slot stops after a claim failed in flight: it may have taken a job. The claim is
+    sent again with the same token, which brings that job back (or takes a new one), and
+    whatever it brings is given back."""
+    try:
+        got = await call_until(
+            _give_back_by(ctx),
+            lambda: queue.try_claim(ctx.worker_id, ctx.lease_s, token=token),
+            what="taking back a claim in flight",
+            attempt_timeout_s=5.0,
+        )
+    except Exception as exc:
+        log.warning("slot %d: a claim in flight at the stop not taken back: %r", index, exc)
+        return
+    if isinstance(got, Claim):
+        await give_back(ctx, queue, index, got)
 
 
 async def fail_unrun(

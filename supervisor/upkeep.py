@@ -1,7 +1,7 @@
 """The daemon's upkeep loops, each running until cancelled at shutdown: the reaper of
 expired leases, the heartbeat, the listener that passes cancel requests to running jobs,
-and systemd's watchdog. None of them ever ends on an error of Redis's: each logs it and
-tries again on its next round.
+and systemd's watchdog. Redis being away never ends one: each logs it and tries again on
+its next round.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from supervisor.redis_retry import TRANSIENT
 from supervisor.runner import EndReason
 from supervisor.sdnotify import SystemdNotifier
 
-log = logging.getLogger(__name__)
+# The daemon's logger: these lines are part of what a daemon reports (log filters select
+# on the logger's name).
+log = logging.getLogger("supervisor.daemon")
 REAP_INTERVAL_MAX_S = 5.0
 
 

@@ -23,7 +23,8 @@ from supervisor.status.outbox import bare_final
 from supervisor.status.reporting import ProjectorHooks, ProjectorStats
 from supervisor.status.update import StatusUpdate
 
-log = logging.getLogger(__name__)
+# The projector's logger: these lines are part of what the projector reports.
+log = logging.getLogger("supervisor.status.projector")
 
 # A store request carries at most this much row data (estimated); bigger batches are split.
 REQUEST_BYTES = 4 * 1024 * 1024

@@ -228,7 +228,12 @@ def test_a_stop_as_a_child_ends_still_writes_its_outcome(start_daemon, private_r
     2 s), then stops the daemon, just before its RESULT: the outcome is written once the
     pause ends, and only then does the daemon exit. (The lease is long enough that no
     renewal gives up during the pause.)"""
-    d = start_daemon(redis_url=private_redis.url, INGEST_CONCURRENCY="1", INGEST_LEASE_SECONDS="60")
+    d = start_daemon(
+        redis_url=private_redis.url,
+        INGEST_CONCURRENCY="1",
+        INGEST_LEASE_SECONDS="60",
+        INGEST_SHUTDOWN_GRACE_SECONDS="10",
+    )
     d.wait_ready()
     queue = SyncQueue(d.queue, private_redis.url)
     queue.enqueue(job("last", term_pid=d.pid, pause_redis=[private_redis.url, 3000]))
@@ -240,23 +245,89 @@ def test_a_stop_as_a_child_ends_still_writes_its_outcome(start_daemon, private_r
     assert queue.get("next").state is JobState.WAITING  # no claim once stopping
 
 
+def _postponed_scripts(client: redis.Redis) -> int:
+    """Clients whose script call waits for a CLIENT PAUSE to end."""
+    return sum(
+        1
+        for c in client.client_list()
+        if c["cmd"] in ("evalsha", "eval") and "b" in c["flags"] and c["name"] != "test"
+    )
+
+
 def test_a_job_claimed_as_the_stop_comes_goes_back_unstarted(
     start_daemon, private_redis, run_log: Path
 ) -> None:
     """The stop comes while a claim is in flight (Redis's writes paused, so the claim waits
     for them): the job it brings is given back to the queue at once, unspent, and no child
-    is started for it."""
-    d = start_daemon(redis_url=private_redis.url, INGEST_CONCURRENCY="1", INGEST_LEASE_SECONDS="60")
+    is started for it. The first job prints its progress at once and then stays quiet, so
+    that once its progress is recorded the only scripts its end sends are its completion
+    and the next claim; the heartbeat and the lease renewal are minutes apart."""
+    d = start_daemon(
+        redis_url=private_redis.url,
+        INGEST_CONCURRENCY="1",
+        INGEST_LEASE_SECONDS="600",
+        INGEST_HEARTBEAT_TTL="300",
+        INGEST_SHUTDOWN_GRACE_SECONDS="10",
+    )
     d.wait_ready()
+    client = redis.Redis.from_url(private_redis.url)
+    client.client_setname("test")
     queue = SyncQueue(d.queue, private_redis.url)
-    queue.enqueue(job("first", sleep=1))
+    queue.enqueue(job("first", linger=2))
     first_pid = wait_until(lambda: read_runs(run_log), 20, "first started")[0]["pid"]
     queue.enqueue(job("second"))
-    redis.Redis.from_url(private_redis.url).execute_command("CLIENT", "PAUSE", 3000, "WRITE")
-    # The first child ends: its outcome and the claim of "second" wait for the pause.
-    wait_until(lambda: not psutil.pid_exists(first_pid), 20, "first child gone")
-    d.signal(signal.SIGTERM)
+    wait_until(lambda: queue.get("first").progress == 100, 20, "first's progress recorded")
+    client.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+    try:
+        # The first child ends: its completion and the claim of "second" wait for the pause.
+        wait_until(lambda: not psutil.pid_exists(first_pid), 20, "first child gone")
+        wait_until(lambda: _postponed_scripts(client) >= 2, 5, "completion and claim waiting")
+        d.signal(signal.SIGTERM)
+        wait_until(lambda: "no new jobs" in d.log(), 5, "the stop seen")
+    finally:
+        client.execute_command("CLIENT", "UNPAUSE")
     assert d.wait_exit(30) == 0, d.log()
+    assert "second claimed as the stop came; given back unstarted" in d.log(), d.log()
+    assert queue.get("first").state is JobState.COMPLETED, d.log()
+    second = queue.get("second")
+    assert (second.state, second.attempt) == (JobState.WAITING, 0), d.log()
+    assert [r["job_id"] for r in read_runs(run_log)] == ["first"]
+
+
+def test_a_claim_that_failed_in_flight_at_the_stop_is_sent_again_and_given_back(
+    start_daemon, private_redis, run_log: Path
+) -> None:
+    """As above, but the claim waiting for the pause loses its connection after the stop
+    came: it may have taken a job whose reply was lost, so the slot sends it again with the
+    same token and gives back what it brings (here "second", which the lost claim never
+    took)."""
+    d = start_daemon(
+        redis_url=private_redis.url,
+        INGEST_CONCURRENCY="1",
+        INGEST_LEASE_SECONDS="600",
+        INGEST_HEARTBEAT_TTL="300",
+        INGEST_SHUTDOWN_GRACE_SECONDS="10",
+    )
+    d.wait_ready()
+    client = redis.Redis.from_url(private_redis.url)
+    client.client_setname("test")
+    queue = SyncQueue(d.queue, private_redis.url)
+    queue.enqueue(job("first", linger=2))
+    first_pid = wait_until(lambda: read_runs(run_log), 20, "first started")[0]["pid"]
+    queue.enqueue(job("second"))
+    wait_until(lambda: queue.get("first").progress == 100, 20, "first's progress recorded")
+    client.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+    try:
+        wait_until(lambda: not psutil.pid_exists(first_pid), 20, "first child gone")
+        wait_until(lambda: _postponed_scripts(client) >= 2, 5, "completion and claim waiting")
+        d.signal(signal.SIGTERM)
+        wait_until(lambda: "no new jobs" in d.log(), 5, "the stop seen")
+        client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        wait_until(lambda: _postponed_scripts(client) >= 1, 5, "the claim sent again")
+    finally:
+        client.execute_command("CLIENT", "UNPAUSE")
+    assert d.wait_exit(30) == 0, d.log()
+    assert "second claimed as the stop came; given back unstarted" in d.log(), d.log()
     assert queue.get("first").state is JobState.COMPLETED, d.log()
     second = queue.get("second")
     assert (second.state, second.attempt) == (JobState.WAITING, 0), d.log()

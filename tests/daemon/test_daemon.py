@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -254,14 +255,15 @@ def _postponed_scripts(client: redis.Redis) -> int:
     )
 
 
-def test_a_job_claimed_as_the_stop_comes_goes_back_unstarted(
-    start_daemon, private_redis, run_log: Path
-) -> None:
-    """The stop comes while a claim is in flight (Redis's writes paused, so the claim waits
-    for them): the job it brings is given back to the queue at once, unspent, and no child
-    is started for it. The first job prints its progress at once and then stays quiet, so
-    that once its progress is recorded the only scripts its end sends are its completion
-    and the next claim; the heartbeat and the lease renewal are minutes apart."""
+@contextlib.contextmanager
+def _stopped_while_a_claim_waits(
+    start_daemon, private_redis: PrivateRedis, run_log: Path
+) -> Iterator[tuple[DaemonProcess, redis.Redis, SyncQueue]]:
+    """A one-slot daemon whose first job has ended while Redis's writes are paused, so that
+    its completion and the claim of "second" both wait; SIGTERM sent and seen. The pause
+    ends when the block does. The first job prints its progress at once and then stays
+    quiet, so that once its progress is recorded the only scripts its end sends are its
+    completion and the next claim; the heartbeat and the lease renewal are minutes apart."""
     d = start_daemon(
         redis_url=private_redis.url,
         INGEST_CONCURRENCY="1",
@@ -279,19 +281,33 @@ def test_a_job_claimed_as_the_stop_comes_goes_back_unstarted(
     wait_until(lambda: queue.get("first").progress == 100, 20, "first's progress recorded")
     client.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
     try:
-        # The first child ends: its completion and the claim of "second" wait for the pause.
         wait_until(lambda: not psutil.pid_exists(first_pid), 20, "first child gone")
         wait_until(lambda: _postponed_scripts(client) >= 2, 5, "completion and claim waiting")
         d.signal(signal.SIGTERM)
         wait_until(lambda: "no new jobs" in d.log(), 5, "the stop seen")
+        yield d, client, queue
     finally:
         client.execute_command("CLIENT", "UNPAUSE")
+
+
+def _second_given_back(d: DaemonProcess, queue: SyncQueue, run_log: Path) -> None:
     assert d.wait_exit(30) == 0, d.log()
     assert "second claimed as the stop came; given back unstarted" in d.log(), d.log()
     assert queue.get("first").state is JobState.COMPLETED, d.log()
     second = queue.get("second")
     assert (second.state, second.attempt) == (JobState.WAITING, 0), d.log()
     assert [r["job_id"] for r in read_runs(run_log)] == ["first"]
+
+
+def test_a_job_claimed_as_the_stop_comes_goes_back_unstarted(
+    start_daemon, private_redis, run_log: Path
+) -> None:
+    """The stop comes while a claim is in flight (Redis's writes paused, so the claim waits
+    for them): the job it brings is given back to the queue at once, unspent, and no child
+    is started for it."""
+    with _stopped_while_a_claim_waits(start_daemon, private_redis, run_log) as (d, _, queue):
+        pass
+    _second_given_back(d, queue, run_log)
 
 
 def test_a_claim_that_failed_in_flight_at_the_stop_is_sent_again_and_given_back(
@@ -301,37 +317,10 @@ def test_a_claim_that_failed_in_flight_at_the_stop_is_sent_again_and_given_back(
     came: it may have taken a job whose reply was lost, so the slot sends it again with the
     same token and gives back what it brings (here "second", which the lost claim never
     took)."""
-    d = start_daemon(
-        redis_url=private_redis.url,
-        INGEST_CONCURRENCY="1",
-        INGEST_LEASE_SECONDS="600",
-        INGEST_HEARTBEAT_TTL="300",
-        INGEST_SHUTDOWN_GRACE_SECONDS="10",
-    )
-    d.wait_ready()
-    client = redis.Redis.from_url(private_redis.url)
-    client.client_setname("test")
-    queue = SyncQueue(d.queue, private_redis.url)
-    queue.enqueue(job("first", linger=2))
-    first_pid = wait_until(lambda: read_runs(run_log), 20, "first started")[0]["pid"]
-    queue.enqueue(job("second"))
-    wait_until(lambda: queue.get("first").progress == 100, 20, "first's progress recorded")
-    client.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
-    try:
-        wait_until(lambda: not psutil.pid_exists(first_pid), 20, "first child gone")
-        wait_until(lambda: _postponed_scripts(client) >= 2, 5, "completion and claim waiting")
-        d.signal(signal.SIGTERM)
-        wait_until(lambda: "no new jobs" in d.log(), 5, "the stop seen")
+    with _stopped_while_a_claim_waits(start_daemon, private_redis, run_log) as (d, client, queue):
         client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
         wait_until(lambda: _postponed_scripts(client) >= 1, 5, "the claim sent again")
-    finally:
-        client.execute_command("CLIENT", "UNPAUSE")
-    assert d.wait_exit(30) == 0, d.log()
-    assert "second claimed as the stop came; given back unstarted" in d.log(), d.log()
-    assert queue.get("first").state is JobState.COMPLETED, d.log()
-    second = queue.get("second")
-    assert (second.state, second.attempt) == (JobState.WAITING, 0), d.log()
-    assert [r["job_id"] for r in read_runs(run_log)] == ["first"]
+    _second_given_back(d, queue, run_log)
 
 
 def test_second_sigterm_skips_the_grace(start_daemon, q, run_log: Path) -> None:

@@ -24,6 +24,7 @@ from supervisor.execution import JobExecution
 from supervisor.execution_context import ExecutionContext
 from supervisor.metricdefs import run_queue_gauge_refresher
 from supervisor.queue.jobqueue import Claim, JobQueue
+from supervisor.queue.redaction import secret_values
 from supervisor.queue.workers import WorkerRegistry
 from supervisor.redis_retry import TRANSIENT
 from supervisor.runner import EndReason, StartFailureGate
@@ -174,12 +175,13 @@ class Daemon:
         goes wrong fails that job with a logged reason (not retryable when the payload is
         the cause); it never ends the slot."""
         job_id = claim.job.job_id
-        reason = unrunnable_reason(claim, self.ctx.is_secret)
+        secrets = secret_values(claim.payload, self.ctx.is_secret)
+        reason = unrunnable_reason(claim, self.ctx.is_secret, secrets)
         if reason is not None:
             await fail_unrun(self.ctx, self.queue, index, claim, reason, retryable=False)
             return None
         try:
-            execution = JobExecution(self.ctx, claim)
+            execution = JobExecution(self.ctx, claim, secrets)
         except Exception as exc:
             log.exception("slot %d: job %s could not be prepared", index, job_id)
             reason = f"Supervisor could not prepare the job: {type(exc).__name__}"

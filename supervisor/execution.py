@@ -12,13 +12,14 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from supervisor import events as ev
 from supervisor.aio import join_bounded, sleep_unless
 from supervisor.execution_context import FREE_HOST_FAULTS, FREE_SERVER_LOSSES, ExecutionContext
 from supervisor.queue.jobqueue import Claim
-from supervisor.queue.redaction import redact, scrub, scrub_value, secret_values
+from supervisor.queue.redaction import redact, scrub, scrub_value
 from supervisor.queue.states import TableStatus
 from supervisor.redis_retry import TRANSIENT, call_until
 from supervisor.runner import ChildOutcome, EndReason, StopRequest, run_child
@@ -36,14 +37,16 @@ FIRST_PROGRESS_AFTER_S = 0.2
 
 
 class JobExecution:
-    def __init__(self, ctx: ExecutionContext, claim: Claim) -> None:
+    def __init__(self, ctx: ExecutionContext, claim: Claim, secrets: Sequence[str]) -> None:
+        """`secrets`: the payload's values under secret-named keys (`secret_values`), which
+        every text the job reports is scrubbed of."""
         self.ctx = ctx
         self.claim = claim
         self.job_id = claim.job.job_id
         self.attempt = claim.job.attempt
         self.stop = StopRequest()
         self._log_extra = {"job_id": self.job_id, "attempt": self.attempt}
-        self._secrets = secret_values(claim.payload, ctx.is_secret)
+        self._secrets = list(secrets)
         self._redacted = redact(claim.payload, ctx.is_secret)
         self._lease_deadline = time.monotonic() + ctx.lease_s
         self._started = time.monotonic()

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from supervisor import events as ev
 from supervisor.execution_context import ExecutionContext
 from supervisor.queue.jobqueue import Claim, JobQueue
-from supervisor.queue.payload import PayloadError, check_structure, validate_payload
+from supervisor.queue.payload import PayloadError, validate_payload
 from supervisor.queue.redaction import SecretKeys
 from supervisor.queue.states import TableStatus
 from supervisor.redis_retry import call_until
@@ -20,16 +20,16 @@ from supervisor.redis_retry import call_until
 log = logging.getLogger("supervisor.daemon")
 
 
-def unrunnable_reason(claim: Claim, is_secret: SecretKeys) -> str | None:
+def unrunnable_reason(claim: Claim, is_secret: SecretKeys, secrets: Sequence[str]) -> str | None:
     """Why a claimed payload must not run (stored before validation bounded it), or None.
-    `is_secret`: the daemon's secret-named keys, under which the payload's secrets count."""
+    `is_secret`: the daemon's secret-named keys; `secrets`: the payload's values under
+    them (`secret_values`), which count against the payload's limit."""
     if claim.payload_error is not None:
         return f"Job payload refused: {claim.payload_error}"
     try:
-        check_structure(claim.payload)
         # Everything enqueue checks: a payload written into Redis by other means (an old
         # version, a hand edit) gets no less scrutiny than one that came through enqueue.
-        validate_payload(claim.payload, is_secret)
+        validate_payload(claim.payload, is_secret, secrets=secrets)
     except PayloadError as exc:
         return f"Job payload refused: {exc}"
     return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from supervisor.queue.redaction import DEFAULT_SECRET_KEYS, TOO_DEEP, SecretKeys, secret_values
@@ -72,10 +72,14 @@ def validate_job_id(job_id: object) -> str:
 
 
 def validate_payload(
-    raw: object, secret_keys: Iterable[str] | SecretKeys = DEFAULT_SECRET_KEYS
+    raw: object,
+    secret_keys: Iterable[str] | SecretKeys = DEFAULT_SECRET_KEYS,
+    *,
+    secrets: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Return a normalised copy of a valid payload or raise PayloadError. `secret_keys`:
-    the names whose values count as secrets (see MAX_SECRET_VALUES)."""
+    the names whose values count as secrets (see MAX_SECRET_VALUES); `secrets`: the
+    payload's `secret_values` under them, when the caller has them already."""
     if not isinstance(raw, Mapping):
         raise PayloadError("payload", "must be a JSON object")
     unknown = sorted(set(raw) - _KNOWN_FIELDS)
@@ -100,7 +104,9 @@ def validate_payload(
     if metadata is not None and not isinstance(metadata, Mapping):
         raise PayloadError("metadata", "must be an object")
     check_structure(raw)
-    if len(set(secret_values(raw, secret_keys))) > MAX_SECRET_VALUES:
+    if secrets is None:
+        secrets = secret_values(raw, secret_keys)
+    if len(set(secrets)) > MAX_SECRET_VALUES:
         raise PayloadError(
             "payload",
             f"must hold at most {MAX_SECRET_VALUES} values under secret-named keys"

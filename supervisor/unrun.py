@@ -35,10 +35,12 @@ def unrunnable_reason(claim: Claim, is_secret: SecretKeys, secrets: Sequence[str
     return None
 
 
-def _give_back_by(ctx: ExecutionContext) -> Callable[[], float]:
-    """The deadline of a give-back: the stop's settle deadline, at most a lease away."""
-    lease_end = time.monotonic() + ctx.lease_s
-    return lambda: min(lease_end, ctx.settle_by.at or lease_end)
+def _write_by(ctx: ExecutionContext, within_s: float) -> Callable[[], float]:
+    """The deadline of a write for a job no execution settles: `within_s` from now, or
+    the stop's settle deadline once the daemon stops, whichever comes first (asked before
+    each attempt). A job whose write gives up comes back when its lease runs out."""
+    end = time.monotonic() + within_s
+    return lambda: min(end, ctx.settle_by.at or end)
 
 
 async def give_back(ctx: ExecutionContext, queue: JobQueue, index: int, claim: Claim) -> None:
@@ -47,7 +49,7 @@ async def give_back(ctx: ExecutionContext, queue: JobQueue, index: int, claim: C
     job_id = claim.job.job_id
     try:
         released = await call_until(
-            _give_back_by(ctx),
+            _write_by(ctx, ctx.lease_s),
             lambda: queue.release(job_id, claim.token),
             what=f"giving back {job_id}",
             attempt_timeout_s=5.0,
@@ -69,7 +71,7 @@ async def give_back_in_flight(
     whatever it brings is given back."""
     try:
         got = await call_until(
-            _give_back_by(ctx),
+            _write_by(ctx, ctx.lease_s),
             lambda: queue.try_claim(ctx.worker_id, ctx.lease_s, token=token),
             what="taking back a claim in flight",
             attempt_timeout_s=5.0,
@@ -103,7 +105,7 @@ async def fail_unrun(
     started = time.time()
     try:
         failed = await call_until(
-            time.monotonic() + ctx.lease_s / 2,
+            _write_by(ctx, ctx.lease_s / 2),
             lambda: queue.fail(
                 job.job_id, claim.token, reason, retryable=retryable, attempt=job.attempt
             ),

@@ -12,7 +12,8 @@ from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError, Tr
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,9 @@ async def call_until(
         log.warning("%s failed (%s); retrying", what, exc)
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(TRANSIENT),
-        wait=wait_exponential_jitter(initial=0.1, max=2.0),
+        # 0.1 s doubling to 1.5 s, plus up to 0.5 s of jitter (spelled the same way in every
+        # tenacity release this package allows).
+        wait=wait_exponential(multiplier=0.1, max=1.5) + wait_random(0, 0.5),
         stop=lambda _state: time.monotonic() >= until(),
         reraise=True,
         before_sleep=lambda rs: log.warning(

@@ -102,9 +102,16 @@ class QueueKeys:
 
     @property
     def status_parked(self) -> str:
-        """SET of jobs whose row the store would not take for now (another session holds
-        its lock): the reconciler re-sends their current rows."""
+        """SET of jobs an earlier version parked by id (their row was locked); the
+        reconciler writes their current rows and empties it. Nothing is added to it."""
         return self._key("status:parked")
+
+    @property
+    def status_parked_rows(self) -> str:
+        """HASH of status rows the store would not take for now (another session holds the
+        row's lock): job id -> "<seq_run> <rev>" and the row as JSON on the next line, the
+        newest parked, until the reconciler writes it."""
+        return self._key("status:parked_rows")
 
     @property
     def status_reconcile_lock(self) -> str:

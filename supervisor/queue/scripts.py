@@ -21,6 +21,9 @@ SCRIPT_NAMES = (
     "resend_status",
     "status_rows",
     "status_versions",
+    # Status rows held back by a row lock (supervisor/status/parked.py).
+    "park_rows",
+    "unpark_row",
     "counts",
     # Heartbeats (supervisor/queue/workers.py), stamped and judged on the server's clock.
     "heartbeat",

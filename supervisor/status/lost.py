@@ -21,6 +21,7 @@ from typing import Any
 
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.status.backend import StatusBackend, StatusStoreError
+from supervisor.status.parked import ParkedRows, apply_unless_locked
 from supervisor.status.trim import outbox_state
 from supervisor.status.update import StatusUpdate
 
@@ -100,14 +101,19 @@ async def fail_lost_rows(
         return [], 0, next_after
     known = await queue.known_jobs([r["job_id"] for r in rows])
     asked_ms = await queue.server_time_ms()
-    lost = [_lost_row(r, queue.queue) for r in rows if r["job_id"] not in known]
+    # A job with a parked row is not lost: that row is its last word, on its way.
+    unknown = [r for r in rows if r["job_id"] not in known]
+    held = await ParkedRows(queue.client, queue.keys).jobs() if unknown else set()
+    lost = [_lost_row(r, queue.queue) for r in unknown if r["job_id"] not in held]
     if not lost:
         return [], 0, next_after
     if not await _projected_past(queue, asked_ms, projected_wait_s):
         log.info("rows of jobs Redis lost: put off while the outbox is being projected")
         return [], 0, after
-    failed = [u.job_id for u in lost]
-    written = await backend.apply(lost)
+    written, locked = await apply_unless_locked(backend, lost)
+    failed = [u.job_id for u in lost if u.job_id not in locked]
+    if locked:  # this page again next time: its locked rows are still to mark
+        next_after = after
     if written:
         log.warning(
             "status rows of %d job(s) said queued or processing, but Redis no longer has "

@@ -10,10 +10,10 @@ While the store is down the projector keeps retrying its batch with backoff and 
 grows in Redis, where nothing is lost when a daemon dies. How a batch is written (bounded
 requests, retries, splitting what the store rejects) is `row_writer`'s. A row another
 session holds locked (the store says so: SQLSTATE 55P03, after the function's one-second
-lock timeout) is parked: its job goes in the queue's `status:parked` set before its
-entries are acknowledged, so the rest goes on and the outbox is trimmed as usual; this
-projector parks that job's new entries too for PARK_S, and the reconciler writes the
-current row of parked jobs on each sweep.
+lock timeout) is parked (`parked`): its snapshot is kept in Redis before its entries are
+acknowledged, so the rest goes on and the outbox is trimmed as usual; this projector
+parks that job's new entries too for PARK_S, and the reconciler writes parked rows on
+each sweep.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ from supervisor.queue.keys import QueueKeys
 from supervisor.redis_retry import TRANSIENT
 from supervisor.status.backend import StatusBackend
 from supervisor.status.outbox import GROUP, BadEntry, OutboxEntry, parse_entry
+from supervisor.status.parked import ParkedRows
 from supervisor.status.reporting import ProjectorHooks, ProjectorStats
 from supervisor.status.row_writer import RowWriter
-from supervisor.status.update import newest_per_job
+from supervisor.status.update import StatusUpdate, newest_per_job
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class StatusProjector:
         self._group_ready = False
         self._stopping = asyncio.Event()
         self._parked_until: dict[str, float] = {}  # job -> monotonic end of its parking
+        self.parked = ParkedRows(client, keys)
 
     # ---- Redis side ---------------------------------------------------------------------
 
@@ -159,11 +161,11 @@ class StatusProjector:
         self.stats.claimed += len(entries)
         return entries
 
-    async def _park(self, job_ids: set[str]) -> None:
+    async def _park(self, rows: list[StatusUpdate]) -> None:
         """Hand locked rows to the reconciler (before their entries are acknowledged)."""
-        await self.client.sadd(self.keys.status_parked, *job_ids)
+        await self.parked.park(rows)
         until = time.monotonic() + PARK_S
-        for job_id in job_ids:
+        for job_id in {row.job_id for row in rows}:
             if job_id not in self._parked_until:
                 self.stats.parked += 1
             self._parked_until[job_id] = until
@@ -200,7 +202,7 @@ class StatusProjector:
             return False
         stuck = parked | self.writer.locked
         if stuck:
-            await self._park(stuck)
+            await self._park(newest_per_job([e.row for e in entries if e.row.job_id in stuck]))
         await self._ack(ids)
         now_ms = time.time() * 1000
         for entry in entries:

@@ -12,17 +12,16 @@ start with a cursor of its own.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.queue.states import JobState, table_status
-from supervisor.status.backend import RowVersion, StatusBackend, StatusStoreError
+from supervisor.status.backend import RowVersion, StatusBackend
 from supervisor.status.lost import LOST_AFTER_S, fail_lost_rows
-from supervisor.status.outbox import bare_final, row_from_fields
+from supervisor.status.outbox import row_from_fields
+from supervisor.status.parked import apply_unless_locked
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +146,7 @@ async def replace_rows_ahead(
                 confirmed.append(row.job_id)
                 rows.append(dataclasses.replace(row, replaces_seq_run=run, replaces_rev=rev))
         if rows:
-            written += await backend.apply(rows)
+            written += (await apply_unless_locked(backend, rows))[0]
     report.ahead = confirmed
     if report.ahead:
         log.warning(
@@ -158,51 +157,6 @@ async def replace_rows_ahead(
             "" if written else " (none: is migration 20261201000500 applied?)",
             ", ".join(report.ahead[:5]),
         )
-    return written
-
-
-# Parked rows written per sweep: each still locked costs the store's lock timeout (1 s).
-PARKED_PER_SWEEP = 20
-
-
-async def write_parked(queue: JobQueue, backend: StatusBackend) -> int:
-    """Write the current rows of jobs a projector parked (another session held their row's
-    lock), one by one and straight to the store, so that projectors busy with the outbox
-    are not involved. A job leaves the set only once its row is written, or refused as
-    invalid (then written without the child's texts if final, as the projector does); a
-    row still locked stays. How many were written."""
-    raw: Any = await queue.client.srandmember(queue.keys.status_parked, PARKED_PER_SWEEP)
-    ids = [j.decode() if isinstance(j, bytes) else str(j) for j in raw or []]
-    written = 0
-    rows = [row_from_fields(f, queue.queue) for f in await queue.status_rows(ids)] if ids else []
-    gone = set(ids) - {row.job_id for row in rows}
-    if gone:  # left Redis while parked (a purge, retention): its last row cannot be made
-        log.warning(
-            "parked status rows of %d job(s) that left Redis are not written, e.g. %s",
-            len(gone),
-            ", ".join(sorted(gone)[:5]),
-        )
-        await queue.client.srem(queue.keys.status_parked, *gone)
-    for row in rows:
-        try:
-            await backend.apply([row])
-        except StatusStoreError as exc:
-            if not exc.permanent:
-                log.info("parked status row of job %s still not written (%s)", row.job_id, exc)
-                continue
-            bare = bare_final(row)
-            if row.final and bare != row:
-                with contextlib.suppress(StatusStoreError):
-                    await backend.apply([bare])
-            log.error("status store refused the parked row of job %s; skipped", row.job_id)
-        except Exception as exc:
-            log.info("parked status row of job %s still not written (%s)", row.job_id, exc)
-            continue
-        else:
-            written += 1
-        await queue.client.srem(queue.keys.status_parked, row.job_id)
-    if written:
-        log.info("status rows of %d parked job(s) written", written)
     return written
 
 

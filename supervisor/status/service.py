@@ -13,8 +13,9 @@ from supervisor.aio import join_bounded, sleep_unless
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.redis_retry import TRANSIENT
 from supervisor.status.backend import NoneBackend, StatusBackend
+from supervisor.status.parked import write_parked
 from supervisor.status.projector import StatusProjector
-from supervisor.status.reconcile import sweep_page, take_lock, write_parked
+from supervisor.status.reconcile import sweep_page, take_lock
 from supervisor.status.reporting import ProjectorHooks
 from supervisor.status.trim import OutboxState, outbox_state, trim_outbox
 

@@ -11,12 +11,8 @@ from supervisor.queue.jobqueue import JobQueue
 from supervisor.status.backend import NoneBackend, StatusBackend
 from supervisor.status.lost import LOST_AFTER_S, fail_lost_rows
 from supervisor.status.outbox import row_from_fields
-from supervisor.status.reconcile import (
-    ReconcileReport,
-    compare_page,
-    replace_rows_ahead,
-    write_parked,
-)
+from supervisor.status.parked import apply_unless_locked, write_parked
+from supervisor.status.reconcile import ReconcileReport, compare_page, replace_rows_ahead
 
 WRITE_BATCH = 200
 
@@ -54,7 +50,7 @@ async def status_sync(
         for start in range(0, len(stale), WRITE_BATCH):
             fields = await queue.status_rows(stale[start : start + WRITE_BATCH])
             rows = [row_from_fields(f, queue.queue) for f in fields]
-            written += await backend.apply(rows)
+            written += (await apply_unless_locked(backend, rows))[0]
         written += await replace_rows_ahead(queue, backend, part)  # keeps the real ones
         total.merge(part)
         cursor = part.cursor

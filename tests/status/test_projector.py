@@ -13,8 +13,9 @@ from redis.asyncio import Redis
 
 from supervisor.queue.jobqueue import Backoff, JobQueue, Retention
 from supervisor.status import NoneBackend, StatusBackend
+from supervisor.status.parked import ParkedRows, write_parked
 from supervisor.status.projector import GROUP, StatusProjector
-from supervisor.status.reconcile import sweep_page, write_parked
+from supervisor.status.reconcile import sweep_page
 from supervisor.status.reporting import ProjectorHooks
 from supervisor.status.service import StatusService
 from supervisor.status.sync import status_sync
@@ -124,15 +125,15 @@ async def test_a_row_the_store_cannot_write_for_now_does_not_hold_back_the_rest(
         await until(others_written, 30.0, "the other jobs' rows")
         assert time.monotonic() - started < 20.0
         assert await status_of(backend, "held") == "queued"
-        assert await queue.client.smembers(queue.keys.status_parked) == {b"held"}
+        assert await ParkedRows(queue.client, queue.keys).jobs() == {"held"}
         state = await outbox_state(queue.client, queue.keys.status_outbox)
         assert state.unprojected == 0, state  # nothing pending: trimming goes on
         assert await write_parked(queue, backend) == 0  # still held: stays parked
-        assert await queue.client.smembers(queue.keys.status_parked) == {b"held"}
+        assert await ParkedRows(queue.client, queue.keys).jobs() == {"held"}
         await blocker.rollback()
         assert await write_parked(queue, backend) == 1  # free: written, no longer parked
         assert await _is(backend, "held", "processing")
-        assert await queue.client.smembers(queue.keys.status_parked) == set()
+        assert await ParkedRows(queue.client, queue.keys).jobs() == set()
     finally:
         await blocker.close()
         p.stop()
@@ -144,8 +145,9 @@ async def test_a_row_the_store_cannot_write_for_now_does_not_hold_back_the_rest(
 async def test_a_parked_job_that_left_redis_leaves_the_parked_set(
     queue: JobQueue, sqlite_backend: StatusBackend
 ) -> None:
-    """Purged or past retention while its row was held: nothing is left to write, and the
-    set does not keep it (it would be drawn again and again)."""
+    """Parked by id alone (by an earlier version) and purged or past retention while its
+    row was held: nothing is left to write, and the set does not keep it (it would be
+    drawn again and again)."""
     await queue.enqueue(payload("still-here"))
     await queue.client.sadd(queue.keys.status_parked, "gone", "still-here")
     assert await write_parked(queue, sqlite_backend) == 1

@@ -1,0 +1,169 @@
+"""Rows the store would not take for now because another session holds them locked.
+
+A projector that meets a locked row (SQLSTATE 55P03) does not wait for it: it parks the
+job's newest snapshot in the queue's `status:parked_rows` hash (one per job, never
+replaced by an older one), then acknowledges the entries like the rest of the batch. The
+snapshot itself is kept, not just the job's id: a job can leave Redis (a purge,
+retention) while its row is held, and its last row must still be written. The reconciler
+writes parked rows straight to the store on each sweep and forgets each one it wrote,
+unless a newer one was parked meanwhile. The sweep for jobs Redis lost leaves a job with a
+parked row alone: its row is on its way.
+
+The reconciler's own writes (rows ahead of Redis, rows of lost jobs, `status-sync`) skip
+a locked row too, rather than failing the whole sweep until the lock is let go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from redis.commands.core import AsyncScript
+
+from supervisor.queue.jobqueue import AnyRedis, JobQueue
+from supervisor.queue.keys import QueueKeys
+from supervisor.queue.scripts import script_source
+from supervisor.status.backend import StatusBackend, StatusStoreError
+from supervisor.status.outbox import bare_final, row_from_fields
+from supervisor.status.update import StatusUpdate
+
+log = logging.getLogger(__name__)
+
+# Parked rows drawn per sweep: each row still locked costs the store's lock timeout (1 s).
+PARKED_PER_SWEEP = 20
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class ParkedRows:
+    """The queue's parked rows in Redis (see the module's docstring)."""
+
+    def __init__(self, client: AnyRedis, keys: QueueKeys) -> None:
+        self.client = client
+        self.key = keys.status_parked_rows
+        self._park: AsyncScript = client.register_script(script_source("park_rows"))
+        self._unpark: AsyncScript = client.register_script(script_source("unpark_row"))
+
+    async def park(self, rows: Sequence[StatusUpdate]) -> None:
+        """Keep each job's newest of `rows` (before their entries are acknowledged)."""
+        args: list[Any] = []
+        for row in rows:
+            value = f"{row.seq_run!r} {row.rev}\n{json.dumps(row.to_json())}"
+            args += [row.job_id, repr(row.seq_run), row.rev, value]
+        if args:
+            await self._park(keys=[self.key], args=args)
+
+    async def draw(self, count: int) -> list[tuple[StatusUpdate, str]]:
+        """Up to `count` parked rows, at random, each with the value it was kept as."""
+        raw: Any = await self.client.hrandfield(self.key, count, withvalues=True)
+        # RESP3 answers [field, value] pairs, RESP2 one flat list.
+        pairs = raw if raw and isinstance(raw[0], list) else zip(raw[::2], raw[1::2], strict=True)
+        drawn: list[tuple[StatusUpdate, str]] = []
+        for field, kept in pairs:
+            value = _text(kept)
+            try:
+                drawn.append((StatusUpdate(**json.loads(value.partition("\n")[2])), value))
+            except (TypeError, ValueError) as exc:  # not a row this version can read
+                log.error("parked status row of job %s is unreadable (%r); dropped", field, exc)
+                await self.client.hdel(self.key, field)
+        return drawn
+
+    async def forget(self, job_id: str, value: str) -> None:
+        """The row kept as `value` is written: forget it, unless a newer one came."""
+        await self._unpark(keys=[self.key], args=[job_id, value])
+
+    async def jobs(self) -> set[str]:
+        """Jobs with a row parked."""
+        return {_text(name) for name in await self.client.hkeys(self.key)}
+
+
+async def apply_unless_locked(
+    backend: StatusBackend, rows: list[StatusUpdate]
+) -> tuple[int, set[str]]:
+    """Write `rows`; when one of them is locked by another session, write them one by one
+    and leave the locked ones. Rows written, and the jobs whose rows were locked."""
+    try:
+        return await backend.apply(rows), set()
+    except StatusStoreError as exc:
+        if not exc.row_locked:
+            raise
+    written = 0
+    locked: set[str] = set()
+    for row in rows:
+        try:
+            written += await backend.apply([row])
+        except StatusStoreError as exc:
+            if not exc.row_locked:
+                raise
+            log.info("status row of job %s is locked by another session; left", row.job_id)
+            locked.add(row.job_id)
+    return written, locked
+
+
+async def _write_held_row(backend: StatusBackend, row: StatusUpdate) -> bool | None:
+    """One parked row to the store: True written, False refused for good (a final row is
+    then tried without the child's texts, as the projector does), None still not
+    writable (locked, or the store away)."""
+    try:
+        await backend.apply([row])
+    except StatusStoreError as exc:
+        if not exc.permanent:
+            log.info("parked status row of job %s still not written (%s)", row.job_id, exc)
+            return None
+        bare = bare_final(row)
+        if row.final and bare != row:
+            with contextlib.suppress(StatusStoreError):
+                await backend.apply([bare])
+        log.error("status store refused the parked row of job %s; skipped", row.job_id)
+        return False
+    except Exception as exc:
+        log.info("parked status row of job %s still not written (%s)", row.job_id, exc)
+        return None
+    return True
+
+
+async def write_parked(queue: JobQueue, backend: StatusBackend) -> int:
+    """Write up to PARKED_PER_SWEEP parked rows straight to the store (projectors busy with
+    the outbox are not involved) and forget each one written or refused for good. How
+    many were written."""
+    parked = ParkedRows(queue.client, queue.keys)
+    written = 0
+    for row, value in await parked.draw(PARKED_PER_SWEEP):
+        done = await _write_held_row(backend, row)
+        if done is not None:
+            written += done
+            await parked.forget(row.job_id, value)
+    written += await _write_parked_by_id(queue, backend)
+    if written:
+        log.info("status rows of %d parked job(s) written", written)
+    return written
+
+
+async def _write_parked_by_id(queue: JobQueue, backend: StatusBackend) -> int:
+    """Jobs an earlier version parked by id alone (`status:parked`): their current rows,
+    made from the job records. Nothing is added to that set any more."""
+    raw: Any = await queue.client.srandmember(queue.keys.status_parked, PARKED_PER_SWEEP)
+    ids = [_text(j) for j in raw or []]
+    if not ids:
+        return 0
+    rows = [row_from_fields(f, queue.queue) for f in await queue.status_rows(ids)]
+    gone = set(ids) - {row.job_id for row in rows}
+    if gone:  # left Redis while parked: its last row cannot be made
+        log.warning(
+            "parked status rows of %d job(s) that left Redis are not written, e.g. %s",
+            len(gone),
+            ", ".join(sorted(gone)[:5]),
+        )
+        await queue.client.srem(queue.keys.status_parked, *gone)
+    written = 0
+    for row in rows:
+        done = await _write_held_row(backend, row)
+        if done is not None:
+            written += done
+            await queue.client.srem(queue.keys.status_parked, row.job_id)
+    return written

@@ -160,7 +160,7 @@ class ProcessTree:
         alive: list[psutil.Process] = []
         for proc in self.known.values():
             try:
-                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                if proc.is_running() and not _dead(proc):
                     alive.append(proc)
             except (psutil.Error, OSError):
                 continue
@@ -180,6 +180,18 @@ class ProcessTree:
         if strays or group:
             self.signal_all(signal.SIGKILL)
         return strays
+
+
+def _dead(proc: psutil.Process) -> bool:
+    """A zombie whose every thread has exited. The kernel shows a process whose main
+    thread alone exited as a zombie too (its leader's state) while its other threads run:
+    such a process is alive, and a child that means to outlive its job can make itself one."""
+    if proc.status() != psutil.STATUS_ZOMBIE:
+        return False
+    try:
+        return len(os.listdir(f"/proc/{proc.pid}/task")) <= 1
+    except OSError:
+        return True
 
 
 def _running(proc: psutil.Process) -> bool:
@@ -272,11 +284,12 @@ class OrphanSweeper:
         killed = 0
         seen: set[tuple[int, int]] = set()
         children = direct_children()
+        table: dict[int, list[int]] | None = None  # the process table, read once if needed
         for pid in children - self.owned:
             try:
                 proc = psutil.Process(pid)
                 started = _start_ticks(pid)
-                if proc.status() == psutil.STATUS_ZOMBIE:
+                if _dead(proc):
                     if self.kill_unattributed or self._ours.get(pid) == started:
                         self._reap(pid)
                     continue
@@ -295,7 +308,9 @@ class OrphanSweeper:
                     continue
             else:
                 continue  # not ours to kill
-            self._kill_with_descendants(proc, started)
+            if table is None:
+                table = children_by_parent()
+            self._kill_with_descendants(pid, started, table)
             killed += 1
             if owner is not None and owner == ending_job:
                 charged += 1
@@ -305,18 +320,21 @@ class OrphanSweeper:
             self._ours = {p: t for p, t in self._ours.items() if os.path.exists(f"/proc/{p}")}
         return charged, killed
 
-    def _kill_with_descendants(self, proc: psutil.Process, started: int) -> None:
-        """SIGKILL the orphan and its descendants; remember them all, since each becomes
-        our child (and a zombie to reap) once its parent is gone."""
-        with contextlib.suppress(psutil.Error):
-            for descendant in proc.children(recursive=True):
-                with contextlib.suppress(psutil.Error, OSError):
-                    ticks = _start_ticks(descendant.pid)
-                    descendant.send_signal(signal.SIGKILL)
-                    self._ours[descendant.pid] = ticks
-        with contextlib.suppress(psutil.Error):
-            proc.send_signal(signal.SIGKILL)
-        self._ours[proc.pid] = started
+    def _kill_with_descendants(self, pid: int, started: int, table: dict[int, list[int]]) -> None:
+        """SIGKILL the orphan (our child: its pid cannot be reused before we reap it) and
+        its descendants as `table` lists them; remember them all, since each becomes our
+        child (and a zombie to reap) once its parent is gone."""
+        below = list(table.get(pid, ()))
+        while below:
+            descendant = below.pop()
+            below.extend(table.get(descendant, ()))
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ticks = _start_ticks(descendant)
+                os.kill(descendant, signal.SIGKILL)
+                self._ours[descendant] = ticks
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        self._ours[pid] = started
 
     def _reap(self, pid: int) -> None:
         self._ours.pop(pid, None)
@@ -358,10 +376,20 @@ def direct_children(pid: int | None = None) -> set[int]:
     return {int(p) for p in b"".join(chunks).split()}
 
 
+def children_by_parent() -> dict[int, list[int]]:
+    """Every process's children, from one read of the process table (/proc)."""
+    table: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                table.setdefault(int(proc_stat(int(entry))[1][1]), []).append(int(entry))
+    return table
+
+
 def _run_of(proc: psutil.Process) -> tuple[str, str] | None:
     try:
         env = proc.environ()
-    except psutil.AccessDenied:
+    except (psutil.AccessDenied, psutil.ZombieProcess):  # a zombie leader has no environ
         return None
     job, attempt = env.get("INGEST_JOB_ID"), env.get("INGEST_ATTEMPT")
     return (job, attempt) if job is not None and attempt is not None else None

@@ -151,3 +151,38 @@ def test_unattributable_orphan_waits_for_every_run_it_might_belong_to(mini: Star
         time.sleep(0.05)
     sup.line("DONE2")
     assert not wait_gone([orphan], timeout=5), "the orphan outlived every run"
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    """Not in /proc at all (killed and reaped) within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}"):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_escapee_whose_main_thread_exited_is_killed(mini: StartMini) -> None:
+    """/proc shows a process whose main thread alone has exited as a zombie, while its
+    other threads run: it is killed like any escapee, not taken for a zombie to reap."""
+    sup = mini(*child_cmd("zombie_leader.py"))
+    escapee = _pid_of(sup.line("CHILD escaped"))
+    try:
+        sup.line("DONE")
+        assert _gone(escapee, 10), os.listdir(f"/proc/{escapee}/task")
+    finally:
+        _kill(escapee)
+
+
+def test_a_crowd_of_orphans_is_swept_in_one_look_at_the_process_table(mini: StartMini) -> None:
+    """A job that leaves 600 orphans: its run's end kills them all at once. Each used to
+    cost a scan of every process on the machine, 600 scans of 600 processes holding the
+    daemon's event loop for seconds; now the table is read once per sweep."""
+    sup = mini(*child_cmd("orphan_crowd.py", "600"))
+    sup.line("CHILD left")
+    started = time.monotonic()
+    done = sup.line("DONE")
+    took = time.monotonic() - started
+    assert int(done.split()[1]) == 600
+    assert took < 3.0, f"the run's end took {took:.1f}s"

@@ -29,6 +29,7 @@ from supervisor.queue.workers import WorkerRegistry
 from supervisor.redis_retry import TRANSIENT
 from supervisor.runner import EndReason, StartFailureGate
 from supervisor.runner.containment import ORPHANS
+from supervisor.runner.workdir import removals_finished
 from supervisor.sdnotify import SystemdNotifier
 from supervisor.status.service import StatusService
 from supervisor.unrun import fail_unrun, give_back, give_back_in_flight, unrunnable_reason
@@ -373,6 +374,8 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*(join_bounded(task, 2.0) for task in upkeep))
         ORPHANS.sweep()  # no job runs any more: whatever any of them left behind
+        if not await removals_finished(FLUSH_DEADLINE_S):
+            log.warning("job directories still being removed; the next daemon removes them")
         with contextlib.suppress(*TRANSIENT):
             await asyncio.wait_for(self.registry.remove(self.ctx.worker_id), timeout=2)
         await self.ctx.sinks.aclose(FLUSH_DEADLINE_S)

@@ -162,6 +162,29 @@ def new_workdir(root: str | None, user: str | None) -> str:
     return path
 
 
+# Removals of directories left full, going on beside the jobs that came after.
+_REMOVING: set[asyncio.Task[None]] = set()
+
+
+def remove_job_dir_soon(config: RunnerConfig, path: str) -> None:
+    """Remove a directory its child left full in the background: however many files a
+    child leaves, neither its outcome nor its slot's next job waits for their removal."""
+    task = asyncio.create_task(remove_job_dir(config, path), name=f"remove {path}")
+    _REMOVING.add(task)
+    task.add_done_callback(_REMOVING.discard)
+
+
+async def removals_finished(timeout_s: float) -> bool:
+    """Wait up to `timeout_s` for the background removals of this event loop (at the
+    daemon's stop); True when none is left. What is left the next daemon removes (see
+    `stale_jobs_roots`)."""
+    loop = asyncio.get_running_loop()
+    pending = {t for t in _REMOVING if t.get_loop() is loop and not t.done()}
+    if pending:
+        await asyncio.wait(pending, timeout=timeout_s)
+    return all(t.done() for t in pending)
+
+
 async def remove_job_dir(config: RunnerConfig, path: str) -> None:
     """Remove a job's directory with whatever its child left in it, off the event loop
     (a child can leave any number of files). Never raises: a directory that cannot go is

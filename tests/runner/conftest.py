@@ -17,6 +17,7 @@ import pytest
 
 from supervisor.runner import FORK_SERVER, ChildOutcome, RunnerConfig, StopRequest, run_child
 from supervisor.runner.containment import ORPHANS
+from supervisor.runner.workdir import removals_finished
 
 CHILDREN = Path(__file__).resolve().parent / "children"
 
@@ -124,7 +125,7 @@ def run() -> Iterator[RunFn]:
     ) -> ChildOutcome:
         jid = job_id or f"rt-{uuid.uuid4().hex[:10]}"
         job_ids.append(jid)
-        return await run_child(
+        outcome = await run_child(
             config,
             job_id=jid,
             attempt=1,
@@ -133,6 +134,9 @@ def run() -> Iterator[RunFn]:
             stop=stop or StopRequest(),
             on_progress=on_progress,
         )
+        # A directory left full is removed in the background: done before tests look.
+        assert await removals_finished(60.0)
+        return outcome
 
     yield _run
     left = [p.pid for jid in job_ids for p in job_processes(jid)]

@@ -10,13 +10,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import psutil
 import pytest
 
-from supervisor.runner import EndReason
-from supervisor.runner.workdir import JobsRoot, new_workdir, stale_jobs_roots
+from supervisor.runner import EndReason, StopRequest, run_child
+from supervisor.runner.workdir import JobsRoot, new_workdir, removals_finished, stale_jobs_roots
 from tests.runner.conftest import RunFn, child_cmd, fast_config
 
 # No tree sample during these short runs: the escapee must be one no sample saw (a sample
@@ -175,3 +176,21 @@ def test_a_jobs_root_made_again_is_locked_like_the_first(tmp_path: Path) -> None
         os.rmdir(job_dir)
     finally:
         root.remove()
+
+
+async def test_a_directory_left_full_is_removed_after_the_job_not_before_its_outcome() -> None:
+    """However many files a child leaves, its outcome (and so its slot's next job) does
+    not wait for their removal, which goes on in the background and is done in the end."""
+    code = LEAVE_FILES + "print('RESULT: ' + repr(os.getcwd()).replace(\"'\", '\"'))"
+    outcome = await run_child(
+        fast_config((sys.executable, "-S", "-c", code, "60000")),
+        job_id=f"full-{uuid.uuid4().hex[:8]}",
+        attempt=1,
+        job_json=b"{}",
+        timeout_s=60,
+        stop=StopRequest(),
+    )
+    assert outcome.succeeded, outcome.error
+    assert await asyncio.to_thread(os.path.exists, outcome.result)  # still going
+    assert await removals_finished(60.0)
+    assert not await asyncio.to_thread(os.path.exists, outcome.result)

@@ -16,7 +16,7 @@ from supervisor.runner.coalesce import ProgressCallback, ProgressCoalescer
 from supervisor.runner.config import RunnerConfig
 from supervisor.runner.containment import ORPHANS, ProcessTree
 from supervisor.runner.env import job_env
-from supervisor.runner.forkserver import FORK_SERVER
+from supervisor.runner.forkserver import FORK_SERVER, ForkServerError
 from supervisor.runner.oom import oom_kills
 from supervisor.runner.outcome import ChildOutcome, EndReason, describe_end
 from supervisor.runner.output import BoundedOutput
@@ -130,7 +130,10 @@ class _ChildRun:
         try:
             child = await server.spawn(spec)
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
-            return self.start_failed(_start_error(exc, cfg.command))
+            # A server that gave no answer or spare in time (stopped, perhaps by a job
+            # beside this one, or dying) is this host's fault, not this job's.
+            host = isinstance(exc, ForkServerError)
+            return self.start_failed(_start_error(exc, cfg.command), host_fault=host)
         orphan_token: int | None = ORPHANS.run_started(self.job_id, self.attempt, child.pid)
         self.coalescer = ProgressCoalescer(self.on_progress, cfg.progress_interval_s)
         tree = ProcessTree(child.pid)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -420,3 +422,48 @@ def test_a_command_only_server_keeps_no_spares_and_still_forks_one_when_needed()
     assert command.exit_code == 0, command.error
     assert waiting == []
     assert builtin.exit_code == 0, builtin.error
+
+
+def test_a_start_held_by_a_stopped_server_is_the_hosts_fault_not_the_jobs() -> None:
+    """A child under the daemon's user can stop its fork server again and again, faster
+    than the daemon continues it: starts beside it time out. That is no fault of the jobs
+    being started: their outcome says so (`host_fault`), and the daemon gives each such
+    job back to the queue without spending an attempt, a bounded number of times."""
+    server = ForkServer(spare_timeout_s=0.5, spares=0)
+    attacking = threading.Event()
+
+    def attack(pid: int) -> None:
+        while attacking.is_set():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSTOP)
+            time.sleep(0.001)
+
+    async def main() -> ChildOutcome:
+        server.start()
+        pid = server.pid
+        assert pid is not None
+        attacking.set()
+        attacker = threading.Thread(target=attack, args=(pid,))
+        attacker.start()
+        try:
+            return await run_child(
+                fast_config((sys.executable, "-S", "-c", "pass"), fork_server=server),
+                job_id="held-start",
+                attempt=1,
+                job_json=b"{}",
+                timeout_s=10,
+                stop=StopRequest(),
+            )
+        finally:
+            attacking.clear()
+            attacker.join()
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+
+    try:
+        outcome = asyncio.run(main())
+    finally:
+        server.close()
+    assert outcome.ended is EndReason.START_FAILED
+    assert "did not answer in time" in (outcome.error or ""), outcome.error
+    assert outcome.host_fault

@@ -176,13 +176,13 @@ class Daemon:
         goes wrong fails that job with a logged reason (not retryable when the payload is
         the cause); it never ends the slot."""
         job_id = claim.job.job_id
-        secrets = secret_values(claim.payload, self.ctx.is_secret)
-        reason = unrunnable_reason(claim, self.ctx.is_secret, secrets)
+        payload_secrets = secret_values(claim.payload, self.ctx.is_secret)
+        reason = unrunnable_reason(claim, self.ctx.is_secret, payload_secrets)
         if reason is not None:
             await fail_unrun(self.ctx, self.queue, index, claim, reason, retryable=False)
             return None
         try:
-            execution = JobExecution(self.ctx, claim, secrets)
+            execution = JobExecution(self.ctx, claim, payload_secrets)
         except Exception as exc:
             log.exception("slot %d: job %s could not be prepared", index, job_id)
             reason = f"Supervisor could not prepare the job: {type(exc).__name__}"
@@ -374,13 +374,14 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*(join_bounded(task, 2.0) for task in upkeep))
         ORPHANS.sweep()  # no job runs any more: whatever any of them left behind
-        if not await removals_finished(FLUSH_DEADLINE_S):
-            log.warning("job directories still being removed; the next daemon removes them")
         with contextlib.suppress(*TRANSIENT):
             await asyncio.wait_for(self.registry.remove(self.ctx.worker_id), timeout=2)
         await self.ctx.sinks.aclose(FLUSH_DEADLINE_S)
         if self.status is not None:
             await self.status.aclose(FLUSH_DEADLINE_S)
+        # After the last status writes: a removal under way runs to its end regardless.
+        if not await removals_finished(FLUSH_DEADLINE_S):
+            log.warning("job directories still being removed as the daemon stops")
         log.info("stopped")
         return 0
 

@@ -36,7 +36,7 @@ from supervisor.runner.spawn import (
     start_failure,
 )
 from supervisor.runner.stop import StopRequest
-from supervisor.runner.workdir import new_workdir, remove_job_dir_soon
+from supervisor.runner.workdir import new_workdir, remove_left_dir
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,8 @@ async def run_child(
     finally:
         try:
             os.rmdir(workdir)  # most children leave it empty: one call
-        except OSError:  # what the child left: removed in the background, off the loop
-            remove_job_dir_soon(config, workdir)
+        except OSError:  # what the child left: removed off the loop, mostly in the background
+            await remove_left_dir(config, workdir)
 
 
 class _ChildRun:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import fcntl
 import logging
@@ -162,21 +163,35 @@ def new_workdir(root: str | None, user: str | None) -> str:
     return path
 
 
-# Removals of directories left full, going on beside the jobs that came after.
+# Directories left full removed in the background at once, at most; beyond that a job's
+# end waits for its own removal. Their own threads: never the event loop's default pool,
+# which name lookups (a Redis reconnect) and the sqlite status store need.
+MAX_BACKGROUND_REMOVALS = 2
+_REMOVER = concurrent.futures.ThreadPoolExecutor(
+    MAX_BACKGROUND_REMOVALS, thread_name_prefix="ingest-job-dir-removal"
+)
 _REMOVING: set[asyncio.Task[None]] = set()
 
 
-def remove_job_dir_soon(config: RunnerConfig, path: str) -> None:
-    """Remove a directory its child left full in the background: however many files a
-    child leaves, neither its outcome nor its slot's next job waits for their removal."""
-    task = asyncio.create_task(remove_job_dir(config, path), name=f"remove {path}")
+async def remove_left_dir(config: RunnerConfig, path: str) -> None:
+    """Remove a directory its child left full. In the background while fewer than
+    MAX_BACKGROUND_REMOVALS are under way, so that neither the job's outcome nor its slot's
+    next job waits for it; otherwise before returning, so that a tenant whose children
+    keep leaving full directories holds its own slots up, not the daemon's threads and
+    processes."""
+    loop = asyncio.get_running_loop()
+    under_way = sum(1 for t in _REMOVING if t.get_loop() is loop and not t.done())
+    task = loop.create_task(remove_job_dir(config, path), name=f"remove {path}")
     _REMOVING.add(task)
     task.add_done_callback(_REMOVING.discard)
+    if under_way >= MAX_BACKGROUND_REMOVALS:
+        await asyncio.shield(task)
 
 
 async def removals_finished(timeout_s: float) -> bool:
     """Wait up to `timeout_s` for the background removals of this event loop (at the
-    daemon's stop); True when none is left. What is left the next daemon removes (see
+    daemon's stop); True when none is left. A removal's thread, once started, runs to its
+    end even past that; what is left unremoved the next daemon removes (see
     `stale_jobs_roots`)."""
     loop = asyncio.get_running_loop()
     pending = {t for t in _REMOVING if t.get_loop() is loop and not t.done()}
@@ -190,12 +205,12 @@ async def remove_job_dir(config: RunnerConfig, path: str) -> None:
     (a child can leave any number of files). Never raises: a directory that cannot go is
     logged."""
     try:
-        if await asyncio.to_thread(_remove_tree, path):
+        if await asyncio.get_running_loop().run_in_executor(_REMOVER, _remove_tree, path):
             return
         # Locked directories, a tree deeper than Python recurses, or another user's files
         # (INGEST_CHILD_USER): a process of the directory's user removes it.
         await _remove_as_its_user(config, path)
-        if await asyncio.to_thread(_remove_tree, path):
+        if await asyncio.get_running_loop().run_in_executor(_REMOVER, _remove_tree, path):
             return
         log.warning("job directory %s could not be removed", path)
     except Exception:

@@ -17,7 +17,13 @@ import psutil
 import pytest
 
 from supervisor.runner import EndReason, StopRequest, run_child
-from supervisor.runner.workdir import JobsRoot, new_workdir, removals_finished, stale_jobs_roots
+from supervisor.runner.workdir import (
+    JobsRoot,
+    new_workdir,
+    removals_finished,
+    remove_left_dir,
+    stale_jobs_roots,
+)
 from tests.runner.conftest import RunFn, child_cmd, fast_config
 
 # No tree sample during these short runs: the escapee must be one no sample saw (a sample
@@ -194,3 +200,30 @@ async def test_a_directory_left_full_is_removed_after_the_job_not_before_its_out
     assert await asyncio.to_thread(os.path.exists, outcome.result)  # still going
     assert await removals_finished(60.0)
     assert not await asyncio.to_thread(os.path.exists, outcome.result)
+
+
+async def test_at_most_two_full_directories_are_removed_in_the_background() -> None:
+    """A third directory left full while two are still being removed is removed before
+    its job's end returns: a tenant whose children keep leaving full directories holds
+    up its own slots, not an unbounded number of the daemon's threads and processes."""
+    base = await asyncio.to_thread(tempfile.mkdtemp, prefix="full-dirs-")
+    dirs = [os.path.join(base, f"job-{i}") for i in range(3)]
+
+    def fill(path: str) -> None:
+        os.mkdir(path)
+        for i in range(40000):
+            open(os.path.join(path, f"f{i}"), "w").close()
+
+    try:
+        for path in dirs:
+            await asyncio.to_thread(fill, path)
+        config = fast_config(child_cmd("touch_workdir.py"))
+        present = []
+        for path in dirs:
+            await remove_left_dir(config, path)
+            present.append(await asyncio.to_thread(os.path.exists, path))
+        assert present == [True, True, False]
+        assert await removals_finished(60.0)
+        assert not any([await asyncio.to_thread(os.path.exists, path) for path in dirs])
+    finally:
+        await asyncio.to_thread(shutil.rmtree, base, True)

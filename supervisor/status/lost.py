@@ -110,10 +110,10 @@ async def fail_lost_rows(
     if not await _projected_past(queue, asked_ms, projected_wait_s):
         log.info("rows of jobs Redis lost: put off while the outbox is being projected")
         return [], 0, after
+    # A locked row is left to the next pass through the table (the look goes on: one
+    # row held for hours must not stop the search for lost jobs).
     written, locked = await apply_unless_locked(backend, lost)
     failed = [u.job_id for u in lost if u.job_id not in locked]
-    if locked:  # this page again next time: its locked rows are still to mark
-        next_after = after
     if written:
         log.warning(
             "status rows of %d job(s) said queued or processing, but Redis no longer has "

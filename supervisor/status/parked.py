@@ -16,6 +16,7 @@ a locked row too, rather than failing the whole sweep until the lock is let go.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 # Parked rows drawn per sweep: each row still locked costs the store's lock timeout (1 s).
 PARKED_PER_SWEEP = 20
+
+
+_COLUMNS = frozenset(f.name for f in dataclasses.fields(StatusUpdate))
 
 
 def _text(value: Any) -> str:
@@ -58,22 +62,27 @@ class ParkedRows:
         if args:
             await self._park(keys=[self.key], args=args)
 
-    async def draw(self, count: int) -> list[tuple[StatusUpdate, str]]:
-        """Up to `count` parked rows, at random, each with the value it was kept as."""
+    async def draw(self, count: int) -> list[tuple[StatusUpdate, Any]]:
+        """Up to `count` parked rows, at random, each with the value it was kept as (for
+        `forget`). Columns this version does not know (a newer daemon's) are left out; a
+        value that is no row at all is forgotten with a logged error."""
         raw: Any = await self.client.hrandfield(self.key, count, withvalues=True)
         # RESP3 answers [field, value] pairs, RESP2 one flat list.
         pairs = raw if raw and isinstance(raw[0], list) else zip(raw[::2], raw[1::2], strict=True)
-        drawn: list[tuple[StatusUpdate, str]] = []
+        drawn: list[tuple[StatusUpdate, Any]] = []
         for field, kept in pairs:
-            value = _text(kept)
+            job_id = _text(field)
             try:
-                drawn.append((StatusUpdate(**json.loads(value.partition("\n")[2])), value))
-            except (TypeError, ValueError) as exc:  # not a row this version can read
-                log.error("parked status row of job %s is unreadable (%r); dropped", field, exc)
-                await self.client.hdel(self.key, field)
+                data = json.loads(_text(kept).partition("\n")[2])
+                row = StatusUpdate(**{k: v for k, v in data.items() if k in _COLUMNS})
+            except (TypeError, ValueError, AttributeError) as exc:
+                log.error("parked status row of job %s is unreadable (%r); dropped", job_id, exc)
+                await self.forget(job_id, kept)
+                continue
+            drawn.append((row, kept))
         return drawn
 
-    async def forget(self, job_id: str, value: str) -> None:
+    async def forget(self, job_id: str, value: Any) -> None:
         """The row kept as `value` is written: forget it, unless a newer one came."""
         await self._unpark(keys=[self.key], args=[job_id, value])
 
@@ -82,27 +91,42 @@ class ParkedRows:
         return {_text(name) for name in await self.client.hkeys(self.key)}
 
 
+# Rows found locked before a sweep stops trying more one by one: each try costs the
+# store's lock timeout (1 s), and a lock on the whole table (a migration waiting for
+# ACCESS EXCLUSIVE) would lock every row.
+LOCKED_PER_SWEEP = 3
+
+
 async def apply_unless_locked(
     backend: StatusBackend, rows: list[StatusUpdate]
 ) -> tuple[int, set[str]]:
     """Write `rows`; when one of them is locked by another session, write them one by one
-    and leave the locked ones. Rows written, and the jobs whose rows were locked."""
+    and leave the locked ones (after LOCKED_PER_SWEEP of them, all the rest). Rows
+    written, and the jobs whose rows were left."""
     try:
         return await backend.apply(rows), set()
     except StatusStoreError as exc:
         if not exc.row_locked:
             raise
     written = 0
-    locked: set[str] = set()
+    left: set[str] = set()
     for row in rows:
+        if len(left) >= LOCKED_PER_SWEEP:
+            left.add(row.job_id)
+            continue
         try:
             written += await backend.apply([row])
         except StatusStoreError as exc:
             if not exc.row_locked:
                 raise
-            log.info("status row of job %s is locked by another session; left", row.job_id)
-            locked.add(row.job_id)
-    return written, locked
+            left.add(row.job_id)
+    if left:
+        log.info(
+            "status rows of %d job(s) left for now (locked by another session), e.g. %s",
+            len(left),
+            ", ".join(sorted(left)[:5]),
+        )
+    return written, left
 
 
 async def _write_held_row(backend: StatusBackend, row: StatusUpdate) -> bool | None:
@@ -133,12 +157,18 @@ async def write_parked(queue: JobQueue, backend: StatusBackend) -> int:
     many were written."""
     parked = ParkedRows(queue.client, queue.keys)
     written = 0
+    held = 0  # rows still not writable: after LOCKED_PER_SWEEP, the rest waits
     for row, value in await parked.draw(PARKED_PER_SWEEP):
         done = await _write_held_row(backend, row)
-        if done is not None:
-            written += done
-            await parked.forget(row.job_id, value)
-    written += await _write_parked_by_id(queue, backend)
+        if done is None:
+            held += 1
+            if held >= LOCKED_PER_SWEEP:
+                break
+            continue
+        written += done
+        await parked.forget(row.job_id, value)
+    if held < LOCKED_PER_SWEEP:
+        written += await _write_parked_by_id(queue, backend)
     if written:
         log.info("status rows of %d parked job(s) written", written)
     return written
@@ -163,7 +193,8 @@ async def _write_parked_by_id(queue: JobQueue, backend: StatusBackend) -> int:
     written = 0
     for row in rows:
         done = await _write_held_row(backend, row)
-        if done is not None:
-            written += done
-            await queue.client.srem(queue.keys.status_parked, row.job_id)
+        if done is None:
+            break  # still locked, or the store away: the rest waits for the next sweep
+        written += done
+        await queue.client.srem(queue.keys.status_parked, row.job_id)
     return written

@@ -136,6 +136,7 @@ async def replace_rows_ahead(
     record now, and is dropped from `report.ahead`."""
     written = 0
     confirmed: list[str] = []
+    locked: set[str] = set()
     for start in range(0, len(report.ahead), 200):
         fields = await queue.status_rows(report.ahead[start : start + 200])
         rows = []
@@ -146,8 +147,11 @@ async def replace_rows_ahead(
                 confirmed.append(row.job_id)
                 rows.append(dataclasses.replace(row, replaces_seq_run=run, replaces_rev=rev))
         if rows:
-            written += (await apply_unless_locked(backend, rows))[0]
-    report.ahead = confirmed
+            done, left = await apply_unless_locked(backend, rows)
+            written += done
+            locked |= left
+    # A locked row is left to a later sweep, which finds it ahead again.
+    report.ahead = [job_id for job_id in confirmed if job_id not in locked]
     if report.ahead:
         log.warning(
             "status rows of %d job(s) were ahead of Redis (it lost its last writes); "

@@ -190,8 +190,10 @@ def _dead(proc: psutil.Process) -> bool:
         return False
     try:
         return len(os.listdir(f"/proc/{proc.pid}/task")) <= 1
-    except OSError:
+    except FileNotFoundError:  # reaped meanwhile
         return True
+    except OSError:  # unreadable: taken for alive, so it is killed rather than left
+        return False
 
 
 def _running(proc: psutil.Process) -> bool:
@@ -284,7 +286,8 @@ class OrphanSweeper:
         killed = 0
         seen: set[tuple[int, int]] = set()
         children = direct_children()
-        table: dict[int, list[int]] | None = None  # the process table, read once if needed
+        # The process table, read once, and only if an orphan is to be killed.
+        table: dict[int, list[tuple[int, int]]] | None = None
         for pid in children - self.owned:
             try:
                 proc = psutil.Process(pid)
@@ -320,17 +323,18 @@ class OrphanSweeper:
             self._ours = {p: t for p, t in self._ours.items() if os.path.exists(f"/proc/{p}")}
         return charged, killed
 
-    def _kill_with_descendants(self, pid: int, started: int, table: dict[int, list[int]]) -> None:
+    def _kill_with_descendants(
+        self, pid: int, started: int, table: dict[int, list[tuple[int, int]]]
+    ) -> None:
         """SIGKILL the orphan (our child: its pid cannot be reused before we reap it) and
-        its descendants as `table` lists them; remember them all, since each becomes our
-        child (and a zombie to reap) once its parent is gone."""
+        its descendants as `table` lists them, each only if it is still the process the
+        table saw; remember them all, since each becomes our child (and a zombie to reap)
+        once its parent is gone."""
         below = list(table.get(pid, ()))
         while below:
-            descendant = below.pop()
+            descendant, ticks = below.pop()
             below.extend(table.get(descendant, ()))
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                ticks = _start_ticks(descendant)
-                os.kill(descendant, signal.SIGKILL)
+            if _kill_if_same(descendant, ticks):
                 self._ours[descendant] = ticks
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
@@ -376,14 +380,33 @@ def direct_children(pid: int | None = None) -> set[int]:
     return {int(p) for p in b"".join(chunks).split()}
 
 
-def children_by_parent() -> dict[int, list[int]]:
-    """Every process's children, from one read of the process table (/proc)."""
-    table: dict[int, list[int]] = {}
+def children_by_parent() -> dict[int, list[tuple[int, int]]]:
+    """Every process's children as (pid, start ticks), from one read of /proc."""
+    table: dict[int, list[tuple[int, int]]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
-                table.setdefault(int(proc_stat(int(entry))[1][1]), []).append(int(entry))
+                fields = proc_stat(int(entry))[1]
+                table.setdefault(int(fields[1]), []).append((int(entry), int(fields[19])))
     return table
+
+
+def _kill_if_same(pid: int, ticks: int) -> bool:
+    """SIGKILL `pid` if it is still the process that started at `ticks`: through a pidfd,
+    so that a pid freed and reused since is never signalled."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        if _start_ticks(pid) != ticks:
+            return False
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        return True
+    except (OSError, IndexError, ValueError):
+        return False
+    finally:
+        os.close(fd)
 
 
 def _run_of(proc: psutil.Process) -> tuple[str, str] | None:

@@ -30,7 +30,7 @@ import socket
 import subprocess
 from collections.abc import Callable
 
-from supervisor.runner.forkserver_process import ForkServerError, ServerProcess
+from supervisor.runner.forkserver_process import ForkServerError, ForkServerTimeout, ServerProcess
 from supervisor.runner.spawn import (
     PRLIMIT,
     Launcher,
@@ -43,7 +43,7 @@ from supervisor.runner.spawn import (
     with_child_pipes,
 )
 
-__all__ = ["FORK_SERVER", "MAX_REQUEST_BYTES", "ForkServer", "ForkServerError"]
+__all__ = ["FORK_SERVER", "MAX_REQUEST_BYTES", "ForkServer", "ForkServerError", "ForkServerTimeout"]
 
 # One request is one datagram; the kernel refuses a datagram larger than the socket's send
 # buffer (about 200 KiB by default).
@@ -138,7 +138,7 @@ class ForkServer:
                 # restarted (a server that lost its way). Otherwise this one start fails.
                 if not server.children:
                     server.shutdown("gave no spare child in time")
-                raise ForkServerError("the fork server gave no spare child in time") from None
+                raise ForkServerTimeout("the fork server gave no spare child in time") from None
 
             try:
                 _, (stdin_w, stdout_r, stderr_r) = with_child_pipes(_sender(sock, message))
@@ -172,7 +172,7 @@ class ForkServer:
                 if isinstance(exc, TimeoutError):
                     if not server.children:
                         server.shutdown("did not answer in time")
-                    raise ForkServerError("the fork server did not answer in time") from None
+                    raise ForkServerTimeout("the fork server did not answer in time") from None
                 raise
             return SpawnedChild(pid, stdin_w, stdout_r, stderr_r, exited=exited, launcher=launcher)
         raise ForkServerError("the fork server keeps exiting")

@@ -40,6 +40,11 @@ class ForkServerError(OSError):
     """The fork server could not be started or stopped answering: a start failure."""
 
 
+class ForkServerTimeout(ForkServerError):
+    """The fork server gave no answer or spare in time: stopped (by a child beside the
+    job, perhaps) or overwhelmed. The host's trouble, not the job's."""
+
+
 def _import_paths() -> list[str]:
     """Where the daemon found ingest_worker, first on the server's path (a source tree)."""
     spec = importlib.util.find_spec("ingest_worker")

@@ -16,7 +16,7 @@ from supervisor.runner.coalesce import ProgressCallback, ProgressCoalescer
 from supervisor.runner.config import RunnerConfig
 from supervisor.runner.containment import ORPHANS, ProcessTree
 from supervisor.runner.env import job_env
-from supervisor.runner.forkserver import FORK_SERVER, ForkServerError
+from supervisor.runner.forkserver import FORK_SERVER, ForkServerTimeout
 from supervisor.runner.oom import oom_kills
 from supervisor.runner.outcome import ChildOutcome, EndReason, describe_end
 from supervisor.runner.output import BoundedOutput
@@ -131,8 +131,9 @@ class _ChildRun:
             child = await server.spawn(spec)
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
             # A server that gave no answer or spare in time (stopped, perhaps by a job
-            # beside this one, or dying) is this host's fault, not this job's.
-            host = isinstance(exc, ForkServerError)
+            # beside this one) is this host's fault, not this job's. One that cannot start
+            # or keeps dying is a broken deploy: a plain start failure, which shows.
+            host = isinstance(exc, ForkServerTimeout)
             return self.start_failed(_start_error(exc, cfg.command), host_fault=host)
         orphan_token: int | None = ORPHANS.run_started(self.job_id, self.attempt, child.pid)
         self.coalescer = ProgressCoalescer(self.on_progress, cfg.progress_interval_s)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import fcntl
 import logging
@@ -13,6 +12,7 @@ import shutil
 import signal
 import stat
 import tempfile
+import threading
 from dataclasses import dataclass
 
 from supervisor.runner.config import RunnerConfig
@@ -164,28 +164,75 @@ def new_workdir(root: str | None, user: str | None) -> str:
 
 
 # Directories left full removed in the background at once, at most; beyond that a job's
-# end waits for its own removal. Their own threads: never the event loop's default pool,
-# which name lookups (a Redis reconnect) and the sqlite status store need.
+# end waits for its own removal (in a thread of the loop's pool, as one slot's own).
 MAX_BACKGROUND_REMOVALS = 2
-_REMOVER = concurrent.futures.ThreadPoolExecutor(
-    MAX_BACKGROUND_REMOVALS, thread_name_prefix="ingest-job-dir-removal"
-)
+# A directory holding at most this many plain files is emptied on the spot, on the event
+# loop (a few unlinks): a child that leaves a file or two waits behind nobody's removal.
+FEW_ENTRIES = 4
 _REMOVING: set[asyncio.Task[None]] = set()
 
 
 async def remove_left_dir(config: RunnerConfig, path: str) -> None:
-    """Remove a directory its child left full. In the background while fewer than
-    MAX_BACKGROUND_REMOVALS are under way, so that neither the job's outcome nor its slot's
-    next job waits for it; otherwise before returning, so that a tenant whose children
-    keep leaving full directories holds its own slots up, not the daemon's threads and
-    processes."""
+    """Remove a directory its child left files in. A few plain files go at once; more
+    go in the background while fewer than MAX_BACKGROUND_REMOVALS are under way, so that
+    neither the job's outcome nor its slot's next job waits for them; beyond that, before
+    returning, so that a tenant whose children keep leaving full directories holds its
+    own slots up, not an unbounded number of the daemon's threads and processes."""
+    if _remove_few(path):
+        return
     loop = asyncio.get_running_loop()
     under_way = sum(1 for t in _REMOVING if t.get_loop() is loop and not t.done())
-    task = loop.create_task(remove_job_dir(config, path), name=f"remove {path}")
+    if under_way >= MAX_BACKGROUND_REMOVALS:
+        await asyncio.shield(remove_job_dir(config, path))
+        return
+    task = loop.create_task(remove_job_dir(config, path, in_background=True), name=f"remove {path}")
     _REMOVING.add(task)
     task.add_done_callback(_REMOVING.discard)
-    if under_way >= MAX_BACKGROUND_REMOVALS:
-        await asyncio.shield(task)
+
+
+def _remove_few(path: str) -> bool:
+    """Empty and remove `path` here if it holds at most FEW_ENTRIES plain files (no
+    directory, no symlink to follow); False, untouched, otherwise."""
+    try:
+        with os.scandir(path) as entries:
+            names: list[str] = []
+            for entry in entries:
+                if len(names) == FEW_ENTRIES or not entry.is_file(follow_symlinks=False):
+                    return False
+                names.append(entry.name)
+        for name in names:
+            os.unlink(os.path.join(path, name))
+        os.rmdir(path)
+    except OSError:
+        return False
+    return True
+
+
+async def _in_daemon_thread(path: str) -> bool:
+    """`_remove_tree(path)` in a thread of its own that the interpreter does not wait for
+    at exit (a pool's threads it joins): a daemon that stops mid-removal exits, and the
+    next daemon removes what is left (`stale_jobs_roots`)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bool] = loop.create_future()
+
+    def settle(gone: bool | None, exc: BaseException | None) -> None:
+        if done.done():
+            return
+        if exc is not None:
+            done.set_exception(exc)
+        else:
+            done.set_result(bool(gone))
+
+    def work() -> None:
+        try:
+            gone, exc = _remove_tree(path), None
+        except BaseException as error:  # handed to the awaiting task
+            gone, exc = None, error
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, gone, exc)
+
+    threading.Thread(target=work, name="ingest-job-dir-removal", daemon=True).start()
+    return await done
 
 
 async def removals_finished(timeout_s: float) -> bool:
@@ -200,17 +247,23 @@ async def removals_finished(timeout_s: float) -> bool:
     return all(t.done() for t in pending)
 
 
-async def remove_job_dir(config: RunnerConfig, path: str) -> None:
+async def remove_job_dir(config: RunnerConfig, path: str, *, in_background: bool = False) -> None:
     """Remove a job's directory with whatever its child left in it, off the event loop
-    (a child can leave any number of files). Never raises: a directory that cannot go is
-    logged."""
+    (a child can leave any number of files): in the loop's thread pool, or in a thread of
+    its own `in_background`. Never raises: a directory that cannot go is logged."""
+
+    async def remove_tree() -> bool:
+        if in_background:
+            return await _in_daemon_thread(path)
+        return await asyncio.to_thread(_remove_tree, path)
+
     try:
-        if await asyncio.get_running_loop().run_in_executor(_REMOVER, _remove_tree, path):
+        if await remove_tree():
             return
         # Locked directories, a tree deeper than Python recurses, or another user's files
         # (INGEST_CHILD_USER): a process of the directory's user removes it.
         await _remove_as_its_user(config, path)
-        if await asyncio.get_running_loop().run_in_executor(_REMOVER, _remove_tree, path):
+        if await remove_tree():
             return
         log.warning("job directory %s could not be removed", path)
     except Exception:

@@ -205,24 +205,26 @@ async def test_a_directory_left_full_is_removed_after_the_job_not_before_its_out
 async def test_at_most_two_full_directories_are_removed_in_the_background() -> None:
     """A third directory left full while two are still being removed is removed before
     its job's end returns: a tenant whose children keep leaving full directories holds
-    up its own slots, not an unbounded number of the daemon's threads and processes."""
+    up its own slots, not an unbounded number of the daemon's threads and processes. A
+    directory left with a file or two meanwhile goes at once, behind nobody."""
     base = await asyncio.to_thread(tempfile.mkdtemp, prefix="full-dirs-")
-    dirs = [os.path.join(base, f"job-{i}") for i in range(3)]
+    sizes = [40000, 40000, 2, 40000]
+    dirs = [os.path.join(base, f"job-{i}") for i in range(len(sizes))]
 
-    def fill(path: str) -> None:
+    def fill(path: str, files: int) -> None:
         os.mkdir(path)
-        for i in range(40000):
+        for i in range(files):
             open(os.path.join(path, f"f{i}"), "w").close()
 
     try:
-        for path in dirs:
-            await asyncio.to_thread(fill, path)
+        for path, files in zip(dirs, sizes, strict=True):
+            await asyncio.to_thread(fill, path, files)
         config = fast_config(child_cmd("touch_workdir.py"))
         present = []
         for path in dirs:
             await remove_left_dir(config, path)
             present.append(await asyncio.to_thread(os.path.exists, path))
-        assert present == [True, True, False]
+        assert present == [True, True, False, False]
         assert await removals_finished(60.0)
         assert not any([await asyncio.to_thread(os.path.exists, path) for path in dirs])
     finally:

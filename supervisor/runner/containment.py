@@ -331,13 +331,19 @@ class OrphanSweeper:
         table saw; remember them all, since each becomes our child (and a zombie to reap)
         once its parent is gone."""
         below = list(table.get(pid, ()))
-        while below:
-            descendant, ticks = below.pop()
-            below.extend(table.get(descendant, ()))
-            if _kill_if_same(descendant, ticks):
-                self._ours[descendant] = ticks
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
+        seen = {pid}  # a pid reused while /proc was read must not make the walk go round
+        try:
+            while below:
+                descendant, ticks = below.pop()
+                if descendant in seen:
+                    continue
+                seen.add(descendant)
+                below.extend(table.get(descendant, ()))
+                if _kill_if_same(descendant, ticks):
+                    self._ours[descendant] = ticks
+        finally:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         self._ours[pid] = started
 
     def _reap(self, pid: int) -> None:
@@ -393,11 +399,21 @@ def children_by_parent() -> dict[int, list[tuple[int, int]]]:
 
 def _kill_if_same(pid: int, ticks: int) -> bool:
     """SIGKILL `pid` if it is still the process that started at `ticks`: through a pidfd,
-    so that a pid freed and reused since is never signalled."""
+    so that a pid freed and reused since is never signalled. Without pidfds (a kernel
+    before 5.3, a seccomp filter, a Python built without them) the start time is checked
+    just before a plain kill."""
     try:
         fd = os.pidfd_open(pid)
-    except OSError:
+    except ProcessLookupError:
         return False
+    except (AttributeError, OSError):
+        try:
+            if _start_ticks(pid) != ticks:
+                return False
+            os.kill(pid, signal.SIGKILL)
+            return True
+        except (OSError, IndexError, ValueError):
+            return False
     try:
         if _start_ticks(pid) != ticks:
             return False

@@ -44,11 +44,17 @@ def mini() -> Iterator[StartMini]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(
-        *child: str, subreaper: bool = True, cheap: bool = True, alongside: tuple[str, ...] = ()
+        *child: str,
+        subreaper: bool = True,
+        cheap: bool = True,
+        pidfd: bool = True,
+        alongside: tuple[str, ...] = (),
     ) -> Mini:
         env = {**os.environ, "MINI_HOLD": "1", "MINI_SUBREAPER": "1" if subreaper else "0"}
         if not cheap:
             env["MINI_NO_CHEAP"] = "1"
+        if not pidfd:
+            env["MINI_NO_PIDFD"] = "1"
         if alongside:
             env["MINI_ALONGSIDE"] = json.dumps(alongside)
         proc = subprocess.Popen(
@@ -186,3 +192,17 @@ def test_a_crowd_of_orphans_is_swept_in_one_look_at_the_process_table(mini: Star
     took = time.monotonic() - started
     assert int(done.split()[1]) == 600
     assert took < 3.0, f"the run's end took {took:.1f}s"
+
+
+@pytest.mark.parametrize("pidfd", [True, False])
+def test_an_orphan_and_its_own_child_are_killed_with_or_without_pidfds(
+    mini: StartMini, pidfd: bool
+) -> None:
+    """Descendants of an orphan are killed through a pidfd, or, where there is none (an
+    old kernel, a seccomp filter, a Python built without them), by a plain kill after a
+    check of their start time."""
+    sup = mini(*child_cmd("orphan_maker.py", "0.2", "family"), pidfd=pidfd)
+    orphan, baby = (int(p) for p in sup.line("CHILD orphan").split()[-2:])
+    done = sup.line("DONE")
+    assert int(done.split()[1]) == 1
+    assert not wait_gone([orphan, baby], timeout=5)

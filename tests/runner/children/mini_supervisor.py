@@ -5,8 +5,10 @@ and `OUTCOME <json>` at the end. MINI_SUBREAPER=1 makes
 it a child subreaper with a periodic orphan sweep, as the daemon is; MINI_HOLD=1 keeps it
 alive after the job until its stdin closes; MINI_CGROUP_PROCS names a cgroup.procs file
 it moves itself into first; MINI_USER runs the child as that user; MINI_ALONGSIDE (a JSON
-argv) runs a second job at the same time and prints `DONE2` when that one ends.
+argv) runs a second job at the same time and prints `DONE2` when that one ends;
+MINI_NO_PIDFD=1 takes os.pidfd_open away.
 """
+
 import asyncio
 import json
 import os
@@ -29,6 +31,8 @@ async def main() -> None:
     def on_progress(pct: float, message: str | None) -> None:
         print(f"CHILD {message}", flush=True)
 
+    if os.environ.get("MINI_NO_PIDFD") == "1":
+        del os.pidfd_open  # as on a Python built without pidfds
     if os.environ.get("MINI_SUBREAPER") == "1":
         assert ORPHANS.become_subreaper(kill_unattributed=True)
         if os.environ.get("MINI_NO_CHEAP") == "1":

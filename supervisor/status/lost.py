@@ -21,7 +21,7 @@ from typing import Any
 
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.status.backend import StatusBackend, StatusStoreError
-from supervisor.status.parked import ParkedRows, apply_unless_locked
+from supervisor.status.parked import LockBudget, ParkedRows, apply_unless_locked
 from supervisor.status.trim import outbox_state
 from supervisor.status.update import StatusUpdate
 
@@ -84,11 +84,13 @@ async def fail_lost_rows(
     limit: int,
     lost_after_s: float = LOST_AFTER_S,
     projected_wait_s: float = PROJECTED_WAIT_S,
+    budget: LockBudget | None = None,
 ) -> tuple[list[str], int, str]:
     """Look at up to `limit` of this queue's rows that say queued or processing, from job
     id `after` on, and fail those whose job Redis no longer has. Returns the jobs found
     lost, the rows written, and where the next look starts ('' once the table went round;
-    `after` again when this look had to be put off)."""
+    `after` again when this look had to be put off). `budget`: the step's writes that may
+    meet a locked row (see `parked.LockBudget`)."""
     try:
         rows = await backend.fetch_unsettled(queue.queue, after, limit, lost_after_s)
     except StatusStoreError as exc:
@@ -101,18 +103,21 @@ async def fail_lost_rows(
         return [], 0, next_after
     known = await queue.known_jobs([r["job_id"] for r in rows])
     asked_ms = await queue.server_time_ms()
-    # A job with a parked row is not lost: that row is its last word, on its way.
     unknown = [r for r in rows if r["job_id"] not in known]
-    held = await ParkedRows(queue.client, queue.keys).jobs() if unknown else set()
-    lost = [_lost_row(r, queue.queue) for r in unknown if r["job_id"] not in held]
-    if not lost:
+    if not unknown:
         return [], 0, next_after
     if not await _projected_past(queue, asked_ms, projected_wait_s):
         log.info("rows of jobs Redis lost: put off while the outbox is being projected")
         return [], 0, after
+    # A job with a parked row is not lost: that row is its last word, on its way (read
+    # once the outbox is projected, so a row parked meanwhile counts).
+    held = await ParkedRows(queue.client, queue.keys).jobs()
+    lost = [_lost_row(r, queue.queue) for r in unknown if r["job_id"] not in held]
+    if not lost:
+        return [], 0, next_after
     # A locked row is left to the next pass through the table (the look goes on: one
     # row held for hours must not stop the search for lost jobs).
-    written, locked = await apply_unless_locked(backend, lost)
+    written, locked = await apply_unless_locked(backend, lost, budget or LockBudget())
     failed = [u.job_id for u in lost if u.job_id not in locked]
     if written:
         log.warning(

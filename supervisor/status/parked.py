@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.commands.core import AsyncScript
@@ -91,27 +92,37 @@ class ParkedRows:
         return {_text(name) for name in await self.client.hkeys(self.key)}
 
 
-# Rows found locked before a sweep stops trying more one by one: each try costs the
+# Writes that meet a locked row one step of the reconciler may make: each costs the
 # store's lock timeout (1 s), and a lock on the whole table (a migration waiting for
 # ACCESS EXCLUSIVE) would lock every row.
 LOCKED_PER_SWEEP = 3
 
 
+@dataclass
+class LockBudget:
+    """How many more writes that meet a locked row one step may make (see above)."""
+
+    left: int = LOCKED_PER_SWEEP
+
+
 async def apply_unless_locked(
-    backend: StatusBackend, rows: list[StatusUpdate]
+    backend: StatusBackend, rows: list[StatusUpdate], budget: LockBudget
 ) -> tuple[int, set[str]]:
     """Write `rows`; when one of them is locked by another session, write them one by one
-    and leave the locked ones (after LOCKED_PER_SWEEP of them, all the rest). Rows
-    written, and the jobs whose rows were left."""
+    and leave the locked ones, and all the rest once `budget` is spent. Rows written, and
+    the jobs whose rows were left."""
+    if budget.left <= 0:
+        return 0, {row.job_id for row in rows}
     try:
         return await backend.apply(rows), set()
     except StatusStoreError as exc:
         if not exc.row_locked:
             raise
+        budget.left -= 1
     written = 0
     left: set[str] = set()
     for row in rows:
-        if len(left) >= LOCKED_PER_SWEEP:
+        if budget.left <= 0:
             left.add(row.job_id)
             continue
         try:
@@ -119,6 +130,7 @@ async def apply_unless_locked(
         except StatusStoreError as exc:
             if not exc.row_locked:
                 raise
+            budget.left -= 1
             left.add(row.job_id)
     if left:
         log.info(
@@ -157,18 +169,17 @@ async def write_parked(queue: JobQueue, backend: StatusBackend) -> int:
     many were written."""
     parked = ParkedRows(queue.client, queue.keys)
     written = 0
-    held = 0  # rows still not writable: after LOCKED_PER_SWEEP, the rest waits
+    budget = LockBudget()  # rows still not writable: once spent, the rest waits
     for row, value in await parked.draw(PARKED_PER_SWEEP):
         done = await _write_held_row(backend, row)
         if done is None:
-            held += 1
-            if held >= LOCKED_PER_SWEEP:
+            budget.left -= 1
+            if budget.left <= 0:
                 break
             continue
         written += done
         await parked.forget(row.job_id, value)
-    if held < LOCKED_PER_SWEEP:
-        written += await _write_parked_by_id(queue, backend)
+    written += await _write_parked_by_id(queue, backend)
     if written:
         log.info("status rows of %d parked job(s) written", written)
     return written

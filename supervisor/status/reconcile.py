@@ -21,7 +21,7 @@ from supervisor.queue.states import JobState, table_status
 from supervisor.status.backend import RowVersion, StatusBackend
 from supervisor.status.lost import LOST_AFTER_S, fail_lost_rows
 from supervisor.status.outbox import row_from_fields
-from supervisor.status.parked import apply_unless_locked
+from supervisor.status.parked import LockBudget, apply_unless_locked
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ async def compare_page(
 
 
 async def replace_rows_ahead(
-    queue: JobQueue, backend: StatusBackend, report: ReconcileReport
+    queue: JobQueue, backend: StatusBackend, report: ReconcileReport, budget: LockBudget
 ) -> int:
     """Write Redis's current row over each row ahead of its record, where the stored row
     still has the key the comparison saw (a row changed since is left to the next sweep).
@@ -147,7 +147,7 @@ async def replace_rows_ahead(
                 confirmed.append(row.job_id)
                 rows.append(dataclasses.replace(row, replaces_seq_run=run, replaces_rev=rev))
         if rows:
-            done, left = await apply_unless_locked(backend, rows)
+            done, left = await apply_unless_locked(backend, rows, budget)
             written += done
             locked |= left
     # A locked row is left to a later sweep, which finds it ahead again.
@@ -183,11 +183,12 @@ async def sweep_page(
             len(report.behind),
             ", ".join(report.stale[:5]),
         )
-    await replace_rows_ahead(queue, backend, report)
+    budget = LockBudget()  # shared by this sweep's writes straight to the store
+    await replace_rows_ahead(queue, backend, report, budget)
     raw = await queue.client.hget(keys.status_reconcile, LOST_CURSOR_FIELD)
     after = raw.decode() if isinstance(raw, bytes) else raw or ""
     report.lost, _, after = await fail_lost_rows(
-        queue, backend, after, limit=limit, lost_after_s=lost_after_s
+        queue, backend, after, limit=limit, lost_after_s=lost_after_s, budget=budget
     )
     await queue.client.hset(keys.status_reconcile, LOST_CURSOR_FIELD, after)
     return report

@@ -11,7 +11,7 @@ from supervisor.queue.jobqueue import JobQueue
 from supervisor.status.backend import NoneBackend, StatusBackend
 from supervisor.status.lost import LOST_AFTER_S, fail_lost_rows
 from supervisor.status.outbox import row_from_fields
-from supervisor.status.parked import apply_unless_locked, write_parked
+from supervisor.status.parked import LockBudget, ParkedRows, apply_unless_locked, write_parked
 from supervisor.status.reconcile import ReconcileReport, compare_page, replace_rows_ahead
 
 WRITE_BATCH = 200
@@ -42,16 +42,23 @@ async def status_sync(
     if isinstance(backend, NoneBackend):
         raise ValueError("status-sync needs a status store; INGEST_STATUS_BACKEND is none")
     total = ReconcileReport()
-    written = await write_parked(queue, backend)
+    written = 0
+    while done := await write_parked(queue, backend):  # every parked row that can go now
+        written += done
+    parked = ParkedRows(queue.client, queue.keys)
     cursor = 0
     while True:
         part = await compare_page(queue, backend, cursor, limit=page)
+        budget = LockBudget()
         stale = part.stale
         for start in range(0, len(stale), WRITE_BATCH):
             fields = await queue.status_rows(stale[start : start + WRITE_BATCH])
             rows = [row_from_fields(f, queue.queue) for f in fields]
-            written += (await apply_unless_locked(backend, rows))[0]
-        written += await replace_rows_ahead(queue, backend, part)  # keeps the real ones
+            done, locked = await apply_unless_locked(backend, rows, budget)
+            written += done
+            # Locked, or left once the budget went: parked, for the daemons' sweeps.
+            await parked.park([row for row in rows if row.job_id in locked])
+        written += await replace_rows_ahead(queue, backend, part, budget)  # keeps real ones
         total.merge(part)
         cursor = part.cursor
         if cursor == 0:
@@ -59,7 +66,7 @@ async def status_sync(
     after = ""
     while True:
         lost, changed, next_after = await fail_lost_rows(
-            queue, backend, after, limit=page, lost_after_s=lost_after_s
+            queue, backend, after, limit=page, lost_after_s=lost_after_s, budget=LockBudget()
         )
         total.lost += lost
         written += changed

@@ -20,6 +20,7 @@ from supervisor.status.lost import LOST_ERROR
 from supervisor.status.parked import ParkedRows, write_parked
 from supervisor.status.projector import StatusProjector
 from supervisor.status.reconcile import sweep_page
+from supervisor.status.sync import status_sync
 from supervisor.status.update import StatusUpdate
 from tests.status.conftest import Store
 from tests.status.snapshots import payload
@@ -251,5 +252,32 @@ async def test_a_table_locked_whole_costs_a_sweep_a_few_lock_timeouts_not_one_pe
         assert took < 6.0, f"{took:.1f}s"
         assert len(await parked.jobs()) == 8
         assert await write_parked(queue, backend) == 8
+    finally:
+        await backend.aclose()
+
+
+async def test_status_sync_parks_a_stale_row_it_finds_locked_and_goes_on(
+    store: Store, queue: JobQueue
+) -> None:
+    """`ingestctl status-sync` writes every stale row it can; one it finds locked is
+    parked, not dropped, and written by a later sweep once free."""
+    dsn = _locking(store)
+    backend = store.backend()
+    try:
+        for job_id in ("sync-held", "sync-free"):
+            await queue.enqueue(payload(job_id))
+        await drain(queue, backend)
+        for job_id in ("sync-held", "sync-free"):  # their rows fall behind: outbox dropped
+            claim = await queue.claim("w", lease_s=30, timeout_s=5)
+            assert claim is not None and claim.job.job_id == job_id
+        await queue.client.delete(queue.keys.status_outbox)
+        async with row_locked(dsn, "sync-held"):
+            report = await status_sync(queue, backend)
+            assert (await row(backend, "sync-free"))["status"] == "processing"
+            assert sorted(report.behind) == ["sync-free", "sync-held"]
+        assert (await row(backend, "sync-held"))["status"] == "queued"
+        assert await parked_fields(queue) == 1
+        assert await write_parked(queue, backend) == 1
+        assert (await row(backend, "sync-held"))["status"] == "processing"
     finally:
         await backend.aclose()

@@ -45,6 +45,14 @@ from dataclasses import dataclass
 
 import psutil
 
+from supervisor.runner.proctable import (
+    children_by_parent,
+    children_file,
+    direct_children,
+    kill_if_same,
+    start_ticks,
+)
+
 log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -237,7 +245,7 @@ class OrphanSweeper:
             self.enabled = True
             # Without /proc/.../children, listing our children reads every process on the
             # machine (~1.5 ms): too dear for every run's end.
-            self._cheap = _children_file() is not None
+            self._cheap = children_file() is not None
         self.kill_unattributed = kill_unattributed
         return True
 
@@ -291,7 +299,7 @@ class OrphanSweeper:
         for pid in children - self.owned:
             try:
                 proc = psutil.Process(pid)
-                started = _start_ticks(pid)
+                started = start_ticks(pid)
                 if _dead(proc):
                     if self.kill_unattributed or self._ours.get(pid) == started:
                         self._reap(pid)
@@ -339,7 +347,7 @@ class OrphanSweeper:
                     continue
                 seen.add(descendant)
                 below.extend(table.get(descendant, ()))
-                if _kill_if_same(descendant, ticks):
+                if kill_if_same(descendant, ticks):
                     self._ours[descendant] = ticks
         finally:
             with contextlib.suppress(OSError):
@@ -352,79 +360,6 @@ class OrphanSweeper:
             os.waitpid(pid, os.WNOHANG)
 
 
-_children_path: dict[int, str | None] = {}  # by pid: a forked copy has its own
-
-
-def _children_file() -> str | None:
-    """The children list of this process's main thread, or None on kernels without it.
-
-    Orphans are reparented to the subreaper's first live thread, its main thread: that
-    one file lists every adopted orphan (children our other threads started are owned).
-    """
-    pid = os.getpid()
-    if pid not in _children_path:
-        path = f"/proc/self/task/{pid}/children"
-        _children_path[pid] = path if os.path.exists(path) else None
-    return _children_path[pid]
-
-
-def direct_children(pid: int | None = None) -> set[int]:
-    """The children of process `pid` (this one when None) as its main thread lists them
-    (all of them, for a single-threaded process or a subreaper's orphans); on kernels
-    without that list, psutil's scan of every process (milliseconds)."""
-    own = _children_file()
-    if own is None:
-        return {p.pid for p in psutil.Process(pid).children()}
-    path = own if pid is None else f"/proc/{pid}/task/{pid}/children"
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    return {int(p) for p in b"".join(chunks).split()}
-
-
-def children_by_parent() -> dict[int, list[tuple[int, int]]]:
-    """Every process's children as (pid, start ticks), from one read of /proc."""
-    table: dict[int, list[tuple[int, int]]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                fields = proc_stat(int(entry))[1]
-                table.setdefault(int(fields[1]), []).append((int(entry), int(fields[19])))
-    return table
-
-
-def _kill_if_same(pid: int, ticks: int) -> bool:
-    """SIGKILL `pid` if it is still the process that started at `ticks`: through a pidfd,
-    so that a pid freed and reused since is never signalled. Without pidfds (a kernel
-    before 5.3, a seccomp filter, a Python built without them) the start time is checked
-    just before a plain kill."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return False
-    except (AttributeError, OSError):
-        try:
-            if _start_ticks(pid) != ticks:
-                return False
-            os.kill(pid, signal.SIGKILL)
-            return True
-        except (OSError, IndexError, ValueError):
-            return False
-    try:
-        if _start_ticks(pid) != ticks:
-            return False
-        signal.pidfd_send_signal(fd, signal.SIGKILL)
-        return True
-    except (OSError, IndexError, ValueError):
-        return False
-    finally:
-        os.close(fd)
-
-
 def _run_of(proc: psutil.Process) -> tuple[str, str] | None:
     try:
         env = proc.environ()
@@ -432,21 +367,6 @@ def _run_of(proc: psutil.Process) -> tuple[str, str] | None:
         return None
     job, attempt = env.get("INGEST_JOB_ID"), env.get("INGEST_ATTEMPT")
     return (job, attempt) if job is not None and attempt is not None else None
-
-
-def proc_stat(pid: int) -> tuple[str, list[bytes]]:
-    """A process's name (comm) and the fields of /proc/PID/stat after it (from the state,
-    field 3, on); one read."""
-    with open(f"/proc/{pid}/stat", "rb") as fh:
-        stat = fh.read()
-    end = stat.rindex(b")")  # a name may hold ')' and spaces itself
-    return stat[stat.index(b"(") + 1 : end].decode(errors="replace"), stat[end + 2 :].split()
-
-
-def _start_ticks(pid: int) -> int:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat):
-    with the pid, its identity, unmoved by wall-clock steps (psutil's create_time is)."""
-    return int(proc_stat(pid)[1][19])
 
 
 ORPHANS = OrphanSweeper()

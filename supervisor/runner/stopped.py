@@ -15,7 +15,7 @@ import signal
 
 import psutil
 
-from supervisor.runner.containment import direct_children, proc_stat
+from supervisor.runner.proctable import direct_children, proc_stat
 
 log = logging.getLogger(__name__)
 

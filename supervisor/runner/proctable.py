@@ -1,0 +1,99 @@
+"""The process table as /proc shows it: one process's children, every process's
+children, a process's stat fields and start time, and a kill that never reaches a pid
+reused since it was read. Used by containment (`containment.py`) and the check for
+stopped processes (`stopped.py`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+
+import psutil
+
+_children_path: dict[int, str | None] = {}  # by pid: a forked copy has its own
+
+
+def children_file() -> str | None:
+    """The children list of this process's main thread, or None on kernels without it.
+
+    Orphans are reparented to the subreaper's first live thread, its main thread: that
+    one file lists every adopted orphan (children our other threads started are owned).
+    """
+    pid = os.getpid()
+    if pid not in _children_path:
+        path = f"/proc/self/task/{pid}/children"
+        _children_path[pid] = path if os.path.exists(path) else None
+    return _children_path[pid]
+
+
+def direct_children(pid: int | None = None) -> set[int]:
+    """The children of process `pid` (this one when None) as its main thread lists them
+    (all of them, for a single-threaded process or a subreaper's orphans); on kernels
+    without that list, psutil's scan of every process (milliseconds)."""
+    own = children_file()
+    if own is None:
+        return {p.pid for p in psutil.Process(pid).children()}
+    path = own if pid is None else f"/proc/{pid}/task/{pid}/children"
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return {int(p) for p in b"".join(chunks).split()}
+
+
+def children_by_parent() -> dict[int, list[tuple[int, int]]]:
+    """Every process's children as (pid, start ticks), from one read of /proc."""
+    table: dict[int, list[tuple[int, int]]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = proc_stat(int(entry))[1]
+                table.setdefault(int(fields[1]), []).append((int(entry), int(fields[19])))
+    return table
+
+
+def kill_if_same(pid: int, ticks: int) -> bool:
+    """SIGKILL `pid` if it is still the process that started at `ticks`: through a pidfd,
+    so that a pid freed and reused since is never signalled. Without pidfds (a kernel
+    before 5.3, a seccomp filter, a Python built without them) the start time is checked
+    just before a plain kill."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except (AttributeError, OSError):
+        try:
+            if start_ticks(pid) != ticks:
+                return False
+            os.kill(pid, signal.SIGKILL)
+            return True
+        except (OSError, IndexError, ValueError):
+            return False
+    try:
+        if start_ticks(pid) != ticks:
+            return False
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        return True
+    except (OSError, IndexError, ValueError):
+        return False
+    finally:
+        os.close(fd)
+
+
+def proc_stat(pid: int) -> tuple[str, list[bytes]]:
+    """A process's name (comm) and the fields of /proc/PID/stat after it (from the state,
+    field 3, on); one read."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        stat = fh.read()
+    end = stat.rindex(b")")  # a name may hold ')' and spaces itself
+    return stat[stat.index(b"(") + 1 : end].decode(errors="replace"), stat[end + 2 :].split()
+
+
+def start_ticks(pid: int) -> int:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat):
+    with the pid, its identity, unmoved by wall-clock steps (psutil's create_time is)."""
+    return int(proc_stat(pid)[1][19])

@@ -61,27 +61,26 @@ def kill_if_same(pid: int, ticks: int) -> bool:
     so that a pid freed and reused since is never signalled. Without pidfds (a kernel
     before 5.3, a seccomp filter, a Python built without them) the start time is checked
     just before a plain kill."""
+    fd: int | None
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return False
     except (AttributeError, OSError):
-        try:
-            if start_ticks(pid) != ticks:
-                return False
-            os.kill(pid, signal.SIGKILL)
-            return True
-        except (OSError, IndexError, ValueError):
-            return False
+        fd = None
     try:
         if start_ticks(pid) != ticks:
             return False
-        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        if fd is None:
+            os.kill(pid, signal.SIGKILL)
+        else:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
         return True
     except (OSError, IndexError, ValueError):
         return False
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def proc_stat(pid: int) -> tuple[str, list[bytes]]:

@@ -230,8 +230,8 @@ class _Server:
 
     def serve(self) -> None:
         """Serve until the daemon is gone, however that shows first (its parent-death
-        SIGTERM, its end of the socket closed, or a failed send of an exit notice), then
-        end every job."""
+        SIGTERM, its end of the socket closed, or reset with a message of ours unread),
+        then end every job."""
         try:
             while True:
                 fds = [self.sock.fileno(), self.wake_r, *self.starting]
@@ -249,6 +249,8 @@ class _Server:
                         self._pass_on(fd)
                 self._fork_owed()
                 self._reap()
+        except ConnectionError:  # only the daemon's socket raises it: the daemon is gone
+            return
         finally:
             self._end_jobs()
 

@@ -467,3 +467,32 @@ def test_a_start_held_by_a_stopped_server_is_the_hosts_fault_not_the_jobs() -> N
     assert outcome.ended is EndReason.START_FAILED
     assert "did not answer in time" in (outcome.error or ""), outcome.error
     assert outcome.host_fault
+
+
+# A daemon whose end of the socket goes away with a message of the server's still unread
+# there (as when it is killed): the server's next read fails with ECONNRESET, not EOF.
+LEAVES_UNREAD = """
+import select
+from supervisor.runner import ForkServer
+spawner = ForkServer(spares=1)
+spawner.start()
+server = spawner._server
+ready, _, _ = select.select([server.sock], [], [], 10)  # the spare's notice, left unread
+assert ready, "the fork server sent nothing"
+server.sock.close()
+print(server.proc.wait(timeout=10), flush=True)
+"""
+
+
+def test_a_server_whose_daemon_went_away_mid_message_ends_quietly() -> None:
+    """The daemon's death is the normal end of a fork server: it ends its jobs and exits
+    0, with no traceback in the journal for an operator to chase."""
+    done = subprocess.run(
+        [sys.executable, "-c", LEAVES_UNREAD],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.stdout.strip() == "0", done
+    assert "Traceback" not in done.stderr, done.stderr

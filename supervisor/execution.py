@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from supervisor import events as ev
-from supervisor.aio import join_bounded, sleep_unless
+from supervisor.aio import join_bounded
 from supervisor.execution_context import FREE_HOST_FAULTS, FREE_SERVER_LOSSES, ExecutionContext
 from supervisor.queue.jobqueue import Claim
 from supervisor.queue.redaction import redact, scrub, scrub_value
@@ -53,16 +53,15 @@ class JobExecution:
         self._progress_pending: tuple[float, str | None] | None = None
         self._progress_wakeup = asyncio.Event()
         self._lease_lost = False
-        # Set once the child has ended / once the outcome is being written. The helper
-        # tasks stop on these flags rather than on cancellation: a cancel that lands while
-        # a Redis call is in flight can be swallowed (seen with redis-py under asyncio
-        # timeouts), and an awaited task that ignored its cancel would hang the slot.
-        self._child_ended = asyncio.Event()
-        self._settling = False
-        self._done = asyncio.Event()
         # Resolved once the child has ended and the start-failure gate has seen it: the slot
         # may start its next job then, while this one's outcome is still being written.
+        # The helper tasks stop on it and on the flags below rather than on cancellation:
+        # a cancel that lands while a Redis call is in flight can be swallowed (seen with
+        # redis-py under asyncio timeouts), and an awaited task that ignored its cancel
+        # would hang the slot.
         self.child_ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._settling = False  # the outcome is being written
+        self._done = asyncio.Event()
         self.outcome: ChildOutcome | None = None
         self.error: str | None = None  # the outcome's error, scrubbed of the job's secrets
 
@@ -145,9 +144,8 @@ class JobExecution:
         row_at = -ROW_INTERVAL_S
         unrowed: tuple[float, str | None] | None = None
         await self._progress_wakeup.wait()
-        await sleep_unless(
-            self._child_ended, self._started + FIRST_PROGRESS_AFTER_S - time.monotonic()
-        )
+        first_after = self._started + FIRST_PROGRESS_AFTER_S - time.monotonic()
+        await asyncio.wait({self.child_ended}, timeout=max(0.0, first_after))
         while True:
             wait = None if unrowed is None else row_at + ROW_INTERVAL_S - time.monotonic()
             with contextlib.suppress(TimeoutError):
@@ -174,7 +172,7 @@ class JobExecution:
                         row_at, unrowed = time.monotonic(), None
                     else:
                         unrowed = pending
-            if self._child_ended.is_set() and self._progress_pending is None:
+            if self.child_ended.done() and self._progress_pending is None:
                 return
 
     # ---- run ----------------------------------------------------------------------
@@ -183,6 +181,12 @@ class JobExecution:
         own = self.claim.payload.get("timeout_s")
         chosen = float(own) if own else self.ctx.job_timeout_s
         return min(chosen, self.ctx.max_job_timeout_s)
+
+    def _end_child(self) -> None:
+        """The child has ended: the slot may move on, the forwarder writes what is left."""
+        if not self.child_ended.done():
+            self.child_ended.set_result(None)
+        self._progress_wakeup.set()
 
     async def run(self) -> ev.JobFinished:
         job = self.claim.job
@@ -219,22 +223,16 @@ class JobExecution:
             # logs the error: only ever the text scrubbed of the job's secrets.
             gated = dataclasses.replace(outcome, error=self.error, stderr_tail="")
             self.ctx.gate.record(gated, job.tenant_id)
-            if not self.child_ended.done():
-                self.child_ended.set_result(None)
             if outcome.succeeded:
                 self._progress_pending = None  # complete() records 100 itself
-            self._child_ended.set()
-            self._progress_wakeup.set()
+            self._end_child()
             await join_bounded(forwarder, 6.0)
             # The renewer keeps the lease alive while the outcome is written.
             self._settling = True
             finished = await self._settle(outcome, started)
         finally:
-            if not self.child_ended.done():
-                self.child_ended.set_result(None)
-            self._child_ended.set()
+            self._end_child()
             self._done.set()
-            self._progress_wakeup.set()
             await join_bounded(renewer, 1.0)
             await join_bounded(forwarder, 1.0)
         self.ctx.sinks.job_finished(finished)

@@ -161,14 +161,18 @@ class StatusProjector:
         self.stats.claimed += len(entries)
         return entries
 
-    async def _park(self, rows: list[StatusUpdate]) -> None:
-        """Hand locked rows to the reconciler (before their entries are acknowledged)."""
+    async def _park(self, rows: list[StatusUpdate], found_locked: set[str]) -> None:
+        """Hand rows to the reconciler (before their entries are acknowledged). A job whose
+        row was just found locked is parked for PARK_S from now; one parked already keeps
+        its end, so a job reporting more often than PARK_S is still tried again then."""
         await self.parked.park(rows)
         until = time.monotonic() + PARK_S
         for job_id in {row.job_id for row in rows}:
             if job_id not in self._parked_until:
                 self.stats.parked += 1
-            self._parked_until[job_id] = until
+                self._parked_until[job_id] = until
+            elif job_id in found_locked:
+                self._parked_until[job_id] = until
 
     async def _ack(self, ids: Sequence[str]) -> None:
         if ids:
@@ -202,7 +206,8 @@ class StatusProjector:
             return False
         stuck = parked | self.writer.locked
         if stuck:
-            await self._park(newest_per_job([e.row for e in entries if e.row.job_id in stuck]))
+            rows_held = newest_per_job([e.row for e in entries if e.row.job_id in stuck])
+            await self._park(rows_held, found_locked=self.writer.locked)
         await self._ack(ids)
         now_ms = time.time() * 1000
         for entry in entries:

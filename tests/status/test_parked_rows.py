@@ -4,6 +4,7 @@ job in Redis meanwhile, and never in the way of the reconciler's other writes.""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -279,5 +280,38 @@ async def test_status_sync_parks_a_stale_row_it_finds_locked_and_goes_on(
         assert await parked_fields(queue) == 1
         assert await write_parked(queue, backend) == 1
         assert (await row(backend, "sync-held"))["status"] == "processing"
+    finally:
+        await backend.aclose()
+
+
+async def test_a_job_parked_once_is_tried_again_when_its_parking_ends(
+    store: Store, queue: JobQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row locked for a moment parks its job for PARK_S; the job's later entries,
+    parked meanwhile without being tried, must not keep the parking going: once it has
+    ended, the next entry is written by the projector itself, not left to the
+    reconciler's slower sweep."""
+    dsn = _locking(store)
+    monkeypatch.setattr("supervisor.status.projector.PARK_S", 0.3)
+    backend = store.backend()
+    projector = StatusProjector(queue.client, queue.keys, backend, consumer="p")
+    try:
+        await queue.enqueue(payload("busy"))
+        claim = await queue.claim("w", lease_s=60, timeout_s=5)
+        assert claim is not None
+        assert await projector.drain(20.0)
+        async with row_locked(dsn, "busy"):
+            assert await queue.progress("busy", claim.token, 5, "five")
+            assert await projector.drain(20.0)  # met the lock: parked
+        assert await parked_fields(queue) == 1
+        # The job reports more often than PARK_S, as a crawl does.
+        deadline = time.monotonic() + 5.0
+        percent = 5
+        while (await row(backend, "busy"))["progress"] != percent:
+            assert time.monotonic() < deadline, "the projector never tried the row again"
+            percent = min(percent + 1, 99)
+            assert await queue.progress("busy", claim.token, percent, f"at {percent}")
+            assert await projector.drain(20.0)
+            await asyncio.sleep(0.1)
     finally:
         await backend.aclose()

@@ -132,19 +132,37 @@ async def test_a_row_of_a_run_redis_lost_comes_back_to_the_run_it_has(
         await backend.aclose()
 
 
+# Records no script can read (see tests/protocol/test_states.py), and readable ones whose
+# numbers are not whole.
+ODD_RECORDS = [
+    b"\xff not json",
+    b"[1]",
+    b'{"id": "a-unreadable", "state": "waiting", "attempt": "x", "max_attempts": 1}',
+    b'{"id": "a-unreadable", "state": "waiting", "attempt": {"a": 1}, "max_attempts": 1}',
+    b'{"id": "a-unreadable", "state": "waiting", "attempt": 0, "max_attempts": 1, '
+    b'"enqueued_at": "x"}',
+    b'{"id": "a-unreadable", "state": "waiting", "attempt": 0, "max_attempts": 1, "rev": 1.5}',
+    b'{"id": "a-unreadable", "state": "waiting", "attempt": 0.5, "max_attempts": 1}',
+    b'{"id": "a-unreadable", "state": "waiting", "attempt": 0, "max_attempts": 1, "rev": 1e400}',
+]
+
+
+@pytest.mark.parametrize("record", ODD_RECORDS)
+@pytest.mark.parametrize("how", ["sweep", "status-sync"])
 async def test_a_record_redis_cannot_read_stops_no_look_for_lost_rows(
-    store: Store, queue: JobQueue
+    store: Store, queue: JobQueue, record: bytes, how: str
 ) -> None:
     """A job whose record is unreadable is still a job Redis has: its row is left, and
-    the rows after it are still looked at."""
+    the rows after it are still looked at (the sweep's cursor is the whole fleet's: one
+    record that stopped it would stop every repair of the queue)."""
     backend = store.backend()
     try:
         await queue.enqueue(payload("a-unreadable"))
         await queue.enqueue(payload("z-lost"))
         await drain(queue, backend)
-        await queue.client.hset(queue.keys.jobs, "a-unreadable", b"\xff not json")
+        await queue.client.hset(queue.keys.jobs, "a-unreadable", record)
         await queue.client.hdel(queue.keys.jobs, "z-lost")
-        assert await repair(queue, backend, "sweep") == ["z-lost"]
+        assert await repair(queue, backend, how) == ["z-lost"]
         row = await backend.fetch("a-unreadable")
         assert row is not None and row["status"] == "queued"
     finally:

@@ -24,21 +24,19 @@ local function load(jobs, id)
   return cjson.decode(raw)
 end
 
--- The record, nil when there is none, or false when no script can read it (corruption,
--- a record of another version): not JSON, or not the shape every script relies on.
+-- The record stored as `raw` for job `id`, or false when no script can read it
+-- (corruption, a record of another version): not JSON, or not the shape every script
+-- relies on. Counters are whole, finite numbers.
 local COUNTERS = {'attempt', 'stalls', 'rev', 'max_attempts', 'enqueued_at'}
-local function load_checked(jobs, id)
-  local raw = redis.call('HGET', jobs, id)
-  if not raw then
-    return nil
-  end
+local function decode_checked(raw, id)
   local ok, rec = pcall(cjson.decode, raw)
   if not ok or type(rec) ~= 'table' or rec.id ~= id or type(rec.state) ~= 'string' then
     return false
   end
   for _, k in ipairs(COUNTERS) do
-    if rec[k] ~= nil and type(rec[k]) ~= 'number' then
-      return false
+    local v = rec[k]
+    if v ~= nil and (type(v) ~= 'number' or v ~= math.floor(v) or v - v ~= 0) then
+      return false  -- v - v is NaN for an infinity and for NaN itself
     end
   end
   -- Every record the scripts write has these, and scripts count with them.
@@ -46,6 +44,15 @@ local function load_checked(jobs, id)
     return false
   end
   return rec
+end
+
+-- The record, nil when there is none, or false when no script can read it.
+local function load_checked(jobs, id)
+  local raw = redis.call('HGET', jobs, id)
+  if not raw then
+    return nil
+  end
+  return decode_checked(raw, id)
 end
 
 -- A revision above the record's and, once the clock is past it, the server's time in ms:

@@ -47,6 +47,9 @@ class RunnerConfig:
     kill_grace_s: float = 10.0
     drain_timeout_s: float = 2.0  # pipes a stray grandchild holds open are abandoned after this
     progress_interval_s: float = 0.25  # on_progress coalescing per job
+    # Protocol lines parsed per second per child (a second's worth up front); beyond it
+    # stdout is read more slowly and the pipe holds the child back.
+    protocol_lines_per_s: float = 10_000.0
     rss_sample_interval_s: float = 0.5
     limits: ResourceLimits = field(default_factory=ResourceLimits)
     user: str | None = None

@@ -13,13 +13,17 @@ from collections.abc import Callable
 
 
 class PipeReader:
-    def __init__(self, fd: int, on_data: Callable[[bytes], None], chunk_bytes: int) -> None:
+    """`on_data` gets each chunk and may answer how many seconds to wait before the next
+    read (a consumer over its budget): the pipe then fills and holds the writer back."""
+
+    def __init__(self, fd: int, on_data: Callable[[bytes], float | None], chunk_bytes: int) -> None:
         self._fd = fd
         self._on_data = on_data
         self._chunk = chunk_bytes
         self._loop = asyncio.get_running_loop()
         self.eof: asyncio.Future[None] = self._loop.create_future()
         self._open = True
+        self._paused: asyncio.TimerHandle | None = None
         self._loop.add_reader(fd, self._readable)
 
     def _readable(self) -> None:
@@ -32,13 +36,28 @@ class PipeReader:
         if not data:
             self.stop()
             return
-        self._on_data(data)
+        wait = self._on_data(data)
+        if wait and self._open and self._paused is None:
+            self._loop.remove_reader(self._fd)
+            self._paused = self._loop.call_later(wait, self.resume)
+
+    def resume(self) -> None:
+        """Read again now if paused (at the pause's end, or to drain what is left)."""
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
+            if self._open:
+                self._loop.add_reader(self._fd, self._readable)
 
     def stop(self) -> None:
         """Stop reading (EOF or abandoned); the fd itself is closed by its owner."""
         if self._open:
             self._open = False
-            self._loop.remove_reader(self._fd)
+            if self._paused is not None:
+                self._paused.cancel()
+                self._paused = None
+            else:
+                self._loop.remove_reader(self._fd)
         if not self.eof.done():
             self.eof.set_result(None)
 

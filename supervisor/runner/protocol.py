@@ -150,6 +150,23 @@ def _is_prefix_start(data: bytes, pos: int) -> bool:
     return b"\n" not in rest and len(rest) < _LONGEST_PREFIX and _is_prefix(rest)
 
 
+class LineBudget:
+    """Protocol lines one child may have parsed, refilled at `per_s` a second up to a
+    second's worth: every line is Python work on the daemon's loop, which every slot
+    shares."""
+
+    def __init__(self, per_s: float, now: float) -> None:
+        self._rate = per_s
+        self._left = per_s
+        self._at = now
+
+    def spend(self, lines: int, now: float) -> float:
+        """Take `lines`; seconds to wait before reading more (0.0: read on)."""
+        self._left = min(self._rate, self._left + (now - self._at) * self._rate) - lines
+        self._at = now
+        return 0.0 if self._left >= 0 else -self._left / self._rate
+
+
 # ---- line parsing -------------------------------------------------------------------------
 
 

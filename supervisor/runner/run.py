@@ -22,11 +22,14 @@ from supervisor.runner.outcome import ChildOutcome, EndReason, describe_end
 from supervisor.runner.output import BoundedOutput
 from supervisor.runner.pipes import PipeReader, PipeWriter
 from supervisor.runner.protocol import (
+    PROGRESS_PREFIX,
+    LineBudget,
     ProgressState,
     ProtocolLine,
     ProtocolScanner,
     Result,
     parse_line,
+    parse_progress,
 )
 from supervisor.runner.spawn import (
     ExitStatus,
@@ -89,6 +92,9 @@ class _ChildRun:
         self.stderr = BoundedOutput(config.max_output_bytes, config.head_bytes)
         self.scanner = ProtocolScanner(config.max_line_bytes, config.max_result_bytes)
         self.progress = ProgressState()
+        self.budget = LineBudget(config.protocol_lines_per_s, time.monotonic())
+        self.draining = False  # the child has ended: what is left in the pipe is read at once
+        self.result_line: ProtocolLine | None = None  # the last one: only it counts
         self.result: Any = None
         self.result_error: str | None = None
         self.we_killed = False
@@ -99,16 +105,21 @@ class _ChildRun:
 
     # ---- output -------------------------------------------------------------------
 
-    def _on_stdout(self, data: bytes) -> None:
-        # Only protocol lines matter on stdout; other text there is not kept.
-        for line in self.scanner.feed(data):
+    def _on_stdout(self, data: bytes) -> float:
+        """Only protocol lines matter on stdout; other text there is not kept. How long
+        to wait before reading on (see LineBudget)."""
+        lines = self.scanner.feed(data)
+        for line in lines:
             self._handle(line)
+        if not lines or self.draining:
+            return 0.0
+        return self.budget.spend(len(lines), time.monotonic())
 
     def _handle(self, line: ProtocolLine) -> None:
-        parsed = parse_line(line)
-        if isinstance(parsed, Result):
-            self.result, self.result_error = parsed.value, parsed.error
+        if not line.data.startswith(PROGRESS_PREFIX):
+            self.result_line = line  # a RESULT line: parsed once, at the end
             return
+        parsed = parse_progress(line.data.rstrip(b"\r")[len(PROGRESS_PREFIX) :])
         if self.progress.apply(parsed) and self.coalescer is not None:
             self.coalescer.update(self.progress.percent, self.progress.message)
 
@@ -154,6 +165,9 @@ class _ChildRun:
             # The group is killed while its id cannot have been reused: right after the reap.
             tree.root_exited()
             self.strays += tree.kill_strays()
+            self.draining = True
+            for reader in readers:
+                reader.resume()
             eofs = [r.eof for r in readers]
             await _wait_all_timeout(eofs, cfg.drain_timeout_s)
             # Still held: likely a descendant that escaped before any sample saw it, now
@@ -169,6 +183,9 @@ class _ChildRun:
                 await _wait_all_timeout(eofs, cfg.drain_timeout_s)
             for line in self.scanner.finish():
                 self._handle(line)
+            result = None if self.result_line is None else parse_line(self.result_line)
+            if isinstance(result, Result):
+                self.result, self.result_error = result.value, result.error
         finally:
             stop_sampling()
             writer.close()

@@ -121,8 +121,9 @@ async def test_sigsegv_is_reported_as_signal(run: RunFn) -> None:
 async def test_exit_codes(run: RunFn) -> None:
     results = {}
     for code in (0, 1, 65, 75):
-        results[code] = await run(fast_config(child_cmd("exit_code.py", str(code))),
-                                  job_json=b'{"job_id": "abc"}')
+        results[code] = await run(
+            fast_config(child_cmd("exit_code.py", str(code))), job_json=b'{"job_id": "abc"}'
+        )
     ok = results[0]
     assert ok.succeeded and ok.error is None and ok.result == {"echo": {"job_id": "abc"}}
     assert ok.progress == 100 and ok.exit_code == 0 and ok.signal is None
@@ -229,8 +230,13 @@ async def test_environment_is_an_allowlist(run: RunFn, monkeypatch: pytest.Monke
     )
     outcome = await run(cfg, job_json=b'{"job_id": "envjob"}', job_id="envjob-1")
     env = outcome.result["env"]
-    for secret in ("SUPABASE_SERVICE_KEY", "LANGFUSE_SECRET_KEY", "REDIS_URL", "NOTIFY_SOCKET",
-                   "WATCHDOG_USEC"):
+    for secret in (
+        "SUPABASE_SERVICE_KEY",
+        "LANGFUSE_SECRET_KEY",
+        "REDIS_URL",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+    ):
         assert secret not in env
     assert "sb-secret" not in json.dumps(env)
     assert env["OPERATOR_ALLOWED"] == "yes" and env["EMBED_MODEL"] == "small"
@@ -258,3 +264,38 @@ async def test_cancelling_run_child_itself_still_kills_the_child(run: RunFn) -> 
     with contextlib.suppress(asyncio.CancelledError):
         await task
     assert not wait_gone([int(started[0] or "0")], timeout=2)
+
+
+def _lines_written(outcome: ChildOutcome) -> int:
+    words = outcome.stderr_tail.split()
+    return int(words[words.index("wrote") + 1])
+
+
+async def test_a_protocol_line_flood_is_read_no_faster_than_the_budget(run: RunFn) -> None:
+    """Each protocol line costs the daemon's loop Python work, shared by every slot: a
+    child writing them as fast as it can is read at `protocol_lines_per_s` (the pipe
+    then holds it back), so one tenant cannot slow every other job of the daemon."""
+    cfg = fast_config(child_cmd("protocol_flood.py", "1.5", 'RESULT: {"n": 1}'))
+    outcome = await run(cfg)
+    assert outcome.succeeded, outcome.error
+    assert outcome.result == {"n": 1}
+    # A second's budget up front, 1.5 s at the rate, and what the pipe and the last read
+    # hold; unthrottled a loop reads several hundred thousand such lines in 1.5 s.
+    per_s = cfg.protocol_lines_per_s
+    assert _lines_written(outcome) < per_s + 1.5 * per_s + 20_000, outcome.stderr_tail
+
+
+async def test_a_throttled_child_loses_no_line(run: RunFn) -> None:
+    lines = 3000
+    code = (
+        "import sys\n"
+        f"for i in range({lines}):\n"
+        "    sys.stdout.write(f'PROGRESS: {i * 99 // " + str(lines - 1) + "} line {i}\\n')\n"
+        "print('RESULT: [\"all\"]')\n"
+    )
+    cfg = fast_config((sys.executable, "-S", "-c", code), protocol_lines_per_s=1000)
+    outcome = await run(cfg)
+    assert outcome.succeeded, outcome.error
+    assert outcome.progress_lines == lines
+    assert (outcome.progress, outcome.progress_message) == (99, f"line {lines - 1}")
+    assert outcome.result == ["all"]

@@ -48,6 +48,7 @@ import psutil
 from supervisor.runner.proctable import (
     children_by_parent,
     children_file,
+    descendants,
     direct_children,
     kill_if_same,
     start_ticks,
@@ -70,8 +71,9 @@ def _load_prctl() -> Callable[..., int] | None:
 PRCTL = _load_prctl()
 
 
-# Processes a tree keeps track of at most: a sample reads /proc for each, on the event loop.
-# Beyond it the group signal, and the session kill and subreaper sweep, reach the rest.
+# Processes a tree keeps track of at most: a sample reads /proc for each, on the event loop,
+# and lists at most twice as many. Beyond it the group signal, and the session kill and
+# subreaper sweep, reach the rest.
 MAX_TRACKED = 2048
 
 
@@ -110,10 +112,14 @@ class ProcessTree:
             except (psutil.Error, OSError):
                 return
         self.samples += 1
-        try:  # fresh objects: a reused pid's new process replaces the old entry
-            tracked = {p.pid: p for p in self._root.children(recursive=True)}
+        tracked: dict[int, psutil.Process] = {}
+        try:
+            below = descendants(self.pid, limit=2 * self.max_tracked)
         except (psutil.Error, OSError):
-            tracked = {}
+            below = []
+        for pid in below:  # fresh objects: a reused pid's new process replaces the old entry
+            with contextlib.suppress(psutil.Error, OSError):
+                tracked[pid] = psutil.Process(pid)
         for pid, proc in self.known.items():
             if pid not in tracked and _running(proc):  # escaped, still itself
                 tracked[pid] = proc

@@ -1,6 +1,6 @@
-"""The process table as /proc shows it: one process's children, every process's
-children, a process's stat fields and start time, and a kill that never reaches a pid
-reused since it was read. Used by containment (`containment.py`) and the check for
+"""The process table as /proc shows it: one process's children or descendants, every
+process's children, a process's stat fields and start time, and a kill that never reaches
+a pid reused since it was read. Used by containment (`containment.py`) and the check for
 stopped processes (`stopped.py`)."""
 
 from __future__ import annotations
@@ -43,6 +43,35 @@ def direct_children(pid: int | None = None) -> set[int]:
     finally:
         os.close(fd)
     return {int(p) for p in b"".join(chunks).split()}
+
+
+def descendants(pid: int, limit: int) -> list[int]:
+    """Descendants of `pid`, at most about `limit` of them, from the children lists of
+    each process's threads: what it costs depends on the tree, not on the machine. On
+    kernels without those lists, psutil's scan of every process."""
+    if children_file() is None:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    found: list[int] = []
+    seen = {pid}
+    below = [pid]
+    while below and len(found) < limit:
+        parent = below.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:  # gone
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children", "rb") as fh:
+                    listed = fh.read().split()
+            except OSError:
+                continue
+            for child in map(int, listed):
+                if child not in seen:  # a pid reused during the walk must not loop it
+                    seen.add(child)
+                    found.append(child)
+                    below.append(child)
+    return found
 
 
 def children_by_parent() -> dict[int, list[tuple[int, int]]]:

@@ -234,3 +234,48 @@ async def test_sampling_goes_on_after_a_sample_raises() -> None:
             await poll(lambda: tree.samples >= 3, 10.0, "samples after the failed one")
         finally:
             stop()
+
+
+# Forks argv[1] children that wait for the parent's stdin to close; prints "up" once all
+# are forked.
+CROWD = """
+import os, sys
+n = int(sys.argv[1])
+for _ in range(n):
+    if os.fork() == 0:
+        sys.stdin.read()
+        os._exit(0)
+print("up", flush=True)
+sys.stdin.read()
+for _ in range(n):
+    os.wait()
+"""
+
+
+def test_a_sample_costs_what_its_own_tree_holds_not_the_whole_machine() -> None:
+    """Each running job's tree is sampled twice a second: one job's thousand processes
+    must not make every other job's samples read the whole process table."""
+    crowd = subprocess.Popen(
+        [sys.executable, "-S", "-c", CROWD, "1000"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    small = subprocess.Popen(
+        [sys.executable, "-S", "-c", "import os, sys; os.fork(); sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+    )
+    try:
+        assert crowd.stdout is not None and crowd.stdout.readline() == b"up\n"
+        wait_until(lambda: len(psutil.Process(small.pid).children()) == 1, 10, "its fork")
+        tree = ProcessTree(small.pid)
+        before = time.process_time()
+        for _ in range(30):
+            tree.sample()
+        spent = time.process_time() - before
+        assert len(tree.known) == 1
+        # Reading the whole table costs tens of milliseconds per sample here.
+        assert spent < 0.1, f"30 samples of a 2-process tree took {spent:.3f} s of CPU"
+    finally:
+        for proc in (crowd, small):
+            with contextlib.suppress(OSError):
+                assert proc.stdin is not None
+                proc.stdin.close()
+            proc.wait(timeout=30)

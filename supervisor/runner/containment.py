@@ -19,7 +19,8 @@ environment (as of its last exec). It is killed, with its descendants, once that
 ended. An orphan without them (a built-in worker's descendant: forked, never exec'd; or
 one started with a scrubbed environment) cannot be told apart: it is killed once every
 run that was going on when it was first seen has ended, so a running job's helper is
-never cut short and nothing lives for ever.
+never cut short. One that re-forks itself (each copy a new process, first seen while
+other runs go on) escapes this on a busy daemon: see docs/child-protocol.md.
 
 Every direct child that was not registered in `owned` (the fork server) counts as
 adopted, including one the daemon inherited at start (`sh -c 'cron & exec daemon'` would

@@ -47,9 +47,10 @@ from dataclasses import dataclass
 import psutil
 
 from supervisor.runner.proctable import (
+    SharedTable,
     children_by_parent,
     children_file,
-    descendants,
+    descendants_in,
     direct_children,
     kill_if_same,
     start_ticks,
@@ -72,10 +73,11 @@ def _load_prctl() -> Callable[..., int] | None:
 PRCTL = _load_prctl()
 
 
-# Processes a tree keeps track of at most: a sample reads /proc for each, on the event loop,
-# and lists at most twice as many. Beyond it the group signal, and the session kill and
-# subreaper sweep, reach the rest.
+# Processes a tree keeps track of at most: a sample reads /proc for each, on the event loop.
+# Beyond it the group signal, and the session kill and subreaper sweep, reach the rest.
 MAX_TRACKED = 2048
+# The process table tree samples walk: one read serves every sample of the same tick.
+PROCESS_TABLE = SharedTable()
 
 
 class ProcessTree:
@@ -98,6 +100,7 @@ class ProcessTree:
         self.peak_rss_bytes = 0
         self.cpu_s = 0.0
         self.samples = 0
+        self._table_read = 0  # the PROCESS_TABLE read the last sample walked
 
     def sample(self) -> None:
         """Refresh the descendant set; add up RSS and CPU of every live process in it.
@@ -114,13 +117,12 @@ class ProcessTree:
                 return
         self.samples += 1
         tracked: dict[int, psutil.Process] = {}
-        try:
-            below = descendants(self.pid, limit=2 * self.max_tracked)
-        except (psutil.Error, OSError):
-            below = []
-        for pid in below:  # fresh objects: a reused pid's new process replaces the old entry
-            with contextlib.suppress(psutil.Error, OSError):
-                tracked[pid] = psutil.Process(pid)
+        self._table_read, table = PROCESS_TABLE.children(seen=self._table_read)
+        for pid, ticks in descendants_in(table, self.pid):
+            with contextlib.suppress(psutil.Error, OSError, IndexError, ValueError):
+                proc = psutil.Process(pid)  # a fresh object: a reused pid replaces the old
+                if start_ticks(pid) == ticks:  # still the process the table saw
+                    tracked[pid] = proc
         for pid, proc in self.known.items():
             if pid not in tracked and _running(proc):  # escaped, still itself
                 tracked[pid] = proc

@@ -1,13 +1,15 @@
-"""The process table as /proc shows it: one process's children or descendants, every
-process's children, a process's stat fields and start time, and a kill that never reaches
-a pid reused since it was read. Used by containment (`containment.py`) and the check for
-stopped processes (`stopped.py`)."""
+"""The process table as /proc shows it: one process's children, every process's
+children (read afresh, or shared by every tree sample), a process's stat fields and start
+time, and a kill that never reaches a pid reused since it was read. Used by containment
+(`containment.py`) and the check for stopped processes (`stopped.py`)."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
+import time
 
 import psutil
 
@@ -45,35 +47,6 @@ def direct_children(pid: int | None = None) -> set[int]:
     return {int(p) for p in b"".join(chunks).split()}
 
 
-def descendants(pid: int, limit: int) -> list[int]:
-    """Descendants of `pid`, at most about `limit` of them, from the children lists of
-    each process's threads: what it costs depends on the tree, not on the machine. On
-    kernels without those lists, psutil's scan of every process."""
-    if children_file() is None:
-        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
-    found: list[int] = []
-    seen = {pid}
-    below = [pid]
-    while below and len(found) < limit:
-        parent = below.pop()
-        try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except OSError:  # gone
-            continue
-        for tid in tasks:
-            try:
-                with open(f"/proc/{parent}/task/{tid}/children", "rb") as fh:
-                    listed = fh.read().split()
-            except OSError:
-                continue
-            for child in map(int, listed):
-                if child not in seen:  # a pid reused during the walk must not loop it
-                    seen.add(child)
-                    found.append(child)
-                    below.append(child)
-    return found
-
-
 def children_by_parent() -> dict[int, list[tuple[int, int]]]:
     """Every process's children as (pid, start ticks), from one read of /proc."""
     table: dict[int, list[tuple[int, int]]] = {}
@@ -83,6 +56,41 @@ def children_by_parent() -> dict[int, list[tuple[int, int]]]:
                 fields = proc_stat(int(entry))[1]
                 table.setdefault(int(fields[1]), []).append((int(entry), int(fields[19])))
     return table
+
+
+class SharedTable:
+    """`children_by_parent()` shared by whoever asks within `max_age_s` of a read: the tree
+    samples of every running job fall on the same ticks of the loop clock, so one read of
+    /proc serves them all, however many jobs run."""
+
+    def __init__(self, max_age_s: float = 0.01) -> None:
+        self._max_age_s = max_age_s
+        self._table: dict[int, list[tuple[int, int]]] = {}
+        self._read_at = -math.inf
+        self.reads = 0
+
+    def children(self, seen: int = 0) -> tuple[int, dict[int, list[tuple[int, int]]]]:
+        """(the read's number, the table); read afresh when older than `max_age_s` or when
+        it is read `seen`, one the caller has walked already."""
+        if time.monotonic() - self._read_at > self._max_age_s or self.reads == seen:
+            self._table = children_by_parent()
+            self._read_at = time.monotonic()
+            self.reads += 1
+        return self.reads, self._table
+
+
+def descendants_in(table: dict[int, list[tuple[int, int]]], pid: int) -> list[tuple[int, int]]:
+    """Every descendant of `pid` in `table`, as (pid, start ticks), children first."""
+    found: list[tuple[int, int]] = []
+    seen = {pid}  # a pid reused while /proc was read must not make the walk go round
+    below = [pid]
+    while below:
+        for child in table.get(below.pop(), ()):
+            if child[0] not in seen:
+                seen.add(child[0])
+                found.append(child)
+                below.append(child[0])
+    return found
 
 
 def kill_if_same(pid: int, ticks: int) -> bool:

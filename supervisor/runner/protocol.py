@@ -153,7 +153,11 @@ def _is_prefix_start(data: bytes, pos: int) -> bool:
 class LineBudget:
     """Protocol lines one child may have parsed, refilled at `per_s` a second up to a
     second's worth: every line is Python work on the daemon's loop, which every slot
-    shares."""
+    shares. A pause lasts at most MAX_PAUSE_S, so a read still comes that often (what the
+    child writes after a SIGTERM, its pipe's end once it has exited); one read is a chunk,
+    so the rate holds within a chunk's worth of lines per pause."""
+
+    MAX_PAUSE_S = 0.5
 
     def __init__(self, per_s: float, now: float) -> None:
         self._rate = per_s
@@ -164,7 +168,7 @@ class LineBudget:
         """Take `lines`; seconds to wait before reading more (0.0: read on)."""
         self._left = min(self._rate, self._left + (now - self._at) * self._rate) - lines
         self._at = now
-        return 0.0 if self._left >= 0 else -self._left / self._rate
+        return 0.0 if self._left >= 0 else min(-self._left / self._rate, self.MAX_PAUSE_S)
 
 
 # ---- line parsing -------------------------------------------------------------------------

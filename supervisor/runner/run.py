@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -93,7 +94,6 @@ class _ChildRun:
         self.scanner = ProtocolScanner(config.max_line_bytes, config.max_result_bytes)
         self.progress = ProgressState()
         self.budget = LineBudget(config.protocol_lines_per_s, time.monotonic())
-        self.draining = False  # the child has ended: what is left in the pipe is read at once
         self.result_line: ProtocolLine | None = None  # the last one: only it counts
         self.result: Any = None
         self.result_error: str | None = None
@@ -111,7 +111,7 @@ class _ChildRun:
         lines = self.scanner.feed(data)
         for line in lines:
             self._handle(line)
-        if not lines or self.draining:
+        if not lines:
             return 0.0
         return self.budget.spend(len(lines), time.monotonic())
 
@@ -165,8 +165,7 @@ class _ChildRun:
             # The group is killed while its id cannot have been reused: right after the reap.
             tree.root_exited()
             self.strays += tree.kill_strays()
-            self.draining = True
-            for reader in readers:
+            for reader in readers:  # what is left is read now, at the budget's rate
                 reader.resume()
             eofs = [r.eof for r in readers]
             await _wait_all_timeout(eofs, cfg.drain_timeout_s)
@@ -212,11 +211,16 @@ class _ChildRun:
     def _start_sampling(self, tree: ProcessTree, child: SpawnedChild) -> Callable[[], None]:
         """Sample the tree every interval while the child runs; returns the stopper.
 
-        A timer chain rather than a task: most children end before the first sample.
+        A timer chain rather than a task: most children end before the first sample. The
+        ticks are whole multiples of the interval on the loop's clock, the same for every
+        job, so that one read of the process table serves all their samples.
         """
         loop = asyncio.get_running_loop()
         interval = self.config.rss_sample_interval_s
         pending: list[asyncio.TimerHandle] = []
+
+        def next_tick() -> float:
+            return (math.floor(loop.time() / interval) + 1) * interval
 
         def tick() -> None:
             pending.clear()
@@ -225,14 +229,14 @@ class _ChildRun:
             try:
                 tree.sample()
             finally:  # one failed sample must not end the sampling
-                pending.append(loop.call_later(interval, tick))
+                pending.append(loop.call_at(next_tick(), tick))
 
         def stop() -> None:
             for handle in pending:
                 handle.cancel()
             pending.clear()
 
-        pending.append(loop.call_later(interval, tick))
+        pending.append(loop.call_at(next_tick(), tick))
         return stop
 
     async def _supervise(

@@ -299,3 +299,29 @@ async def test_a_throttled_child_loses_no_line(run: RunFn) -> None:
     assert outcome.progress_lines == lines
     assert (outcome.progress, outcome.progress_message) == (99, f"line {lines - 1}")
     assert outcome.result == ["all"]
+
+
+async def test_a_flood_from_a_process_left_holding_the_pipe_is_read_at_the_budget_too(
+    run: RunFn,
+) -> None:
+    """The child exits at once and leaves a process of its own session writing protocol
+    lines into the pipe: what is read while the daemon waits for the pipe's end costs no
+    more than the child's own lines would."""
+    code = (
+        "import os\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    block = b'PROGRESS: 1\\n' * 1000\n"
+        "    while True:\n"
+        "        os.write(1, block)\n"
+    )
+    cfg = fast_config(
+        (sys.executable, "-S", "-c", code), protocol_lines_per_s=1000, drain_timeout_s=1.0
+    )
+    outcome = await run(cfg)
+    # A second's budget, at most two waits for the pipe's end (1 s each) and, per pause
+    # of up to 0.5 s, one chunk read; unthrottled it would be hundreds of thousands.
+    chunk_lines = cfg.read_chunk_bytes // 12 + 1
+    assert outcome.progress_lines <= 1000 + 2 * 1.0 / 0.5 * chunk_lines + 2 * chunk_lines, (
+        outcome.progress_lines
+    )

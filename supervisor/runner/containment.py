@@ -100,7 +100,9 @@ class ProcessTree:
         self.peak_rss_bytes = 0
         self.cpu_s = 0.0
         self.samples = 0
-        self._table_read = 0  # the PROCESS_TABLE read the last sample walked
+        # The PROCESS_TABLE read the last sample walked (or the last one before this tree):
+        # every sample walks a table read since then.
+        self._table_read = PROCESS_TABLE.reads
 
     def sample(self) -> None:
         """Refresh the descendant set; add up RSS and CPU of every live process in it.

@@ -61,9 +61,9 @@ def children_by_parent() -> dict[int, list[tuple[int, int]]]:
 class SharedTable:
     """`children_by_parent()` shared by whoever asks within `max_age_s` of a read: the tree
     samples of every running job fall on the same ticks of the loop clock, so one read of
-    /proc serves them all, however many jobs run."""
+    /proc serves them all, however many jobs run (and however long their samples take)."""
 
-    def __init__(self, max_age_s: float = 0.01) -> None:
+    def __init__(self, max_age_s: float = 0.1) -> None:
         self._max_age_s = max_age_s
         self._table: dict[int, list[tuple[int, int]]] = {}
         self._read_at = -math.inf
@@ -71,7 +71,7 @@ class SharedTable:
 
     def children(self, seen: int = 0) -> tuple[int, dict[int, list[tuple[int, int]]]]:
         """(the read's number, the table); read afresh when older than `max_age_s` or when
-        it is read `seen`, one the caller has walked already."""
+        it is read `seen`: one the caller walked already, or made before it began."""
         if time.monotonic() - self._read_at > self._max_age_s or self.reads == seen:
             self._table = children_by_parent()
             self._read_at = time.monotonic()

@@ -4,7 +4,9 @@ Nothing the projectors' consumer group has not acknowledged is ever trimmed: the
 point is the oldest entry that is pending (delivered, not acknowledged) or not yet
 delivered in that group. Other groups on the stream are not readers we serve and do not
 hold it back. A stream without the group (status writing turned off in every daemon,
-backend `none`) has no reader, so it is emptied.
+backend `none`) has no reader: all but its last NO_READER_KEEP_S go. That minute is for
+the projecting daemons of a mixed fleet, whose group is missing for a few seconds after
+Redis restarted empty.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 from supervisor.queue.connection import AnyRedis
 from supervisor.status.outbox import GROUP
+
+NO_READER_KEEP_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -96,11 +100,16 @@ async def outbox_state(client: AnyRedis, stream: str) -> OutboxState:
 async def trim_outbox(client: AnyRedis, stream: str, state: OutboxState) -> int:
     """Drop entries older than the state's safe trim point; returns how many went.
 
-    With no group, every entry up to and including the newest seen one goes.
+    With no group, the entries older than NO_READER_KEEP_S on Redis's clock when the state
+    was read (none when that time is unknown), up to the newest one seen.
     """
     if state.safe_trim_id is None or state.safe_trim_id == "0-0":
         return 0
     if not state.has_group:
+        if state.read_at_ms is None:
+            return 0
         ms, seq = _id_key(state.safe_trim_id)
-        return int(await client.xtrim(stream, minid=f"{ms}-{seq + 1}", approximate=False))
+        keep_from = (state.read_at_ms - int(NO_READER_KEEP_S * 1000), 0)
+        ms, seq = min((ms, seq + 1), keep_from)
+        return int(await client.xtrim(stream, minid=f"{ms}-{seq}", approximate=False))
     return int(await client.xtrim(stream, minid=state.safe_trim_id, approximate=False))

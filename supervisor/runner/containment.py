@@ -54,6 +54,7 @@ from supervisor.runner.proctable import (
     direct_children,
     kill_if_same,
     start_ticks,
+    walk_descendants,
 )
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,9 @@ PRCTL = _load_prctl()
 # Processes a tree keeps track of at most: a sample reads /proc for each, on the event loop.
 # Beyond it the group signal, and the session kill and subreaper sweep, reach the rest.
 MAX_TRACKED = 2048
-# The process table tree samples walk: one read serves every sample of the same tick.
+# A tree whose walk would read more children lists than this (threads count) is found in
+# the whole process table from then on, read at most once per 0.1 s for all such trees.
+MAX_WALK_READS = 1024
 PROCESS_TABLE = SharedTable()
 
 
@@ -101,11 +104,14 @@ class ProcessTree:
         self.cpu_s = 0.0
         self.samples = 0
         # The PROCESS_TABLE read the last sample walked (or the last one before this tree):
-        # every sample walks a table read since then.
+        # a sample that walks the table walks one read since then.
         self._table_read = PROCESS_TABLE.reads
+        self._walkable = True  # small enough to walk its own children lists
 
-    def sample(self) -> None:
+    def sample(self, *, fresh: bool = False) -> None:
         """Refresh the descendant set; add up RSS and CPU of every live process in it.
+        `fresh`: as the tree is now, even if another sample read the process table an
+        instant ago (before signalling it).
 
         Only call while the root has not been reaped (its pid cannot be reused yet).
         Never raises for a process that vanished or whose pid was reused between reads.
@@ -119,11 +125,10 @@ class ProcessTree:
                 return
         self.samples += 1
         tracked: dict[int, psutil.Process] = {}
-        self._table_read, table = PROCESS_TABLE.children(seen=self._table_read)
-        for pid, ticks in descendants_in(table, self.pid):
+        for pid, ticks in self._descendants(fresh):
             with contextlib.suppress(psutil.Error, OSError, IndexError, ValueError):
                 proc = psutil.Process(pid)  # a fresh object: a reused pid replaces the old
-                if start_ticks(pid) == ticks:  # still the process the table saw
+                if ticks is None or start_ticks(pid) == ticks:  # the process the table saw
                     tracked[pid] = proc
         for pid, proc in self.known.items():
             if pid not in tracked and _running(proc):  # escaped, still itself
@@ -146,6 +151,20 @@ class ProcessTree:
         self.known = tracked
         self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
         self.cpu_s = max(self.cpu_s, cpu)
+
+    def _descendants(self, fresh: bool) -> list[tuple[int, int | None]]:
+        """(pid, start ticks or None for a live read) of every descendant; [] when /proc
+        cannot be read now (out of fds): the escaped ones known are still kept."""
+        try:
+            if self._walkable:
+                walked = walk_descendants(self.pid, MAX_WALK_READS)
+                if walked is not None:
+                    return [(pid, None) for pid in walked]
+                self._walkable = False
+            self._table_read, table = PROCESS_TABLE.children(self._table_read, fresh=fresh)
+            return list(descendants_in(table, self.pid))
+        except OSError:
+            return []
 
     def _keep_order(self, proc: psutil.Process) -> tuple[bool, float]:
         """Sort key, first kept first: out of the job's group, then the newest."""

@@ -1,6 +1,6 @@
-"""The process table as /proc shows it: one process's children, every process's
-children (read afresh, or shared by every tree sample), a process's stat fields and start
-time, and a kill that never reaches a pid reused since it was read. Used by containment
+"""The process table as /proc shows it: one process's children or descendants, every
+process's children (read afresh, or shared between samples), a process's stat fields and
+start time, and a kill that never reaches a pid reused since it was read. Used by containment
 (`containment.py`) and the check for stopped processes (`stopped.py`)."""
 
 from __future__ import annotations
@@ -58,10 +58,43 @@ def children_by_parent() -> dict[int, list[tuple[int, int]]]:
     return table
 
 
+def walk_descendants(pid: int, max_reads: int) -> list[int] | None:
+    """Descendants of `pid`, read live from the children list of each of their threads:
+    what it costs follows the tree, not the machine. None on kernels without those lists,
+    or when the walk would take more than `max_reads` reads (a huge tree, or many
+    threads): walk a `SharedTable` then."""
+    if children_file() is None:
+        return None
+    found: list[int] = []
+    seen = {pid}  # a pid reused during the walk must not make it go round
+    below = [pid]
+    reads = 0
+    while below:
+        parent = below.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:  # gone
+            continue
+        reads += len(tasks)
+        if reads > max_reads:
+            return None
+        for tid in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children", "rb") as fh:
+                    listed = fh.read().split()
+            except OSError:
+                continue
+            for child in map(int, listed):
+                if child not in seen:
+                    seen.add(child)
+                    found.append(child)
+                    below.append(child)
+    return found
+
+
 class SharedTable:
-    """`children_by_parent()` shared by whoever asks within `max_age_s` of a read: the tree
-    samples of every running job fall on the same ticks of the loop clock, so one read of
-    /proc serves them all, however many jobs run (and however long their samples take)."""
+    """`children_by_parent()` shared by whoever asks within `max_age_s` of a read, so that
+    the samples of several huge trees read /proc once between them."""
 
     def __init__(self, max_age_s: float = 0.1) -> None:
         self._max_age_s = max_age_s
@@ -69,10 +102,13 @@ class SharedTable:
         self._read_at = -math.inf
         self.reads = 0
 
-    def children(self, seen: int = 0) -> tuple[int, dict[int, list[tuple[int, int]]]]:
-        """(the read's number, the table); read afresh when older than `max_age_s` or when
-        it is read `seen`: one the caller walked already, or made before it began."""
-        if time.monotonic() - self._read_at > self._max_age_s or self.reads == seen:
+    def children(
+        self, seen: int = 0, *, fresh: bool = False
+    ) -> tuple[int, dict[int, list[tuple[int, int]]]]:
+        """(the read's number, the table); read afresh when asked, when older than
+        `max_age_s`, or when it is read `seen`: one the caller walked already, or made
+        before it began."""
+        if fresh or time.monotonic() - self._read_at > self._max_age_s or self.reads == seen:
             self._table = children_by_parent()
             self._read_at = time.monotonic()
             self.reads += 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import signal
 import subprocess
@@ -211,16 +210,11 @@ class _ChildRun:
     def _start_sampling(self, tree: ProcessTree, child: SpawnedChild) -> Callable[[], None]:
         """Sample the tree every interval while the child runs; returns the stopper.
 
-        A timer chain rather than a task: most children end before the first sample. The
-        ticks are whole multiples of the interval on the loop's clock, the same for every
-        job, so that one read of the process table serves all their samples.
+        A timer chain rather than a task: most children end before the first sample.
         """
         loop = asyncio.get_running_loop()
         interval = self.config.rss_sample_interval_s
         pending: list[asyncio.TimerHandle] = []
-
-        def next_tick() -> float:
-            return (math.floor(loop.time() / interval) + 1) * interval
 
         def tick() -> None:
             pending.clear()
@@ -229,14 +223,14 @@ class _ChildRun:
             try:
                 tree.sample()
             finally:  # one failed sample must not end the sampling
-                pending.append(loop.call_at(next_tick(), tick))
+                pending.append(loop.call_later(interval, tick))
 
         def stop() -> None:
             for handle in pending:
                 handle.cancel()
             pending.clear()
 
-        pending.append(loop.call_at(next_tick(), tick))
+        pending.append(loop.call_later(interval, tick))
         return stop
 
     async def _supervise(
@@ -276,7 +270,7 @@ class _ChildRun:
 
     async def _terminate(self, child: SpawnedChild, tree: ProcessTree) -> None:
         """TERM the group and escaped descendants, wait the grace, then KILL them all."""
-        tree.sample()
+        tree.sample(fresh=True)
         tree.signal_all(signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.shield(child.exited), self.config.kill_grace_s)
@@ -287,7 +281,7 @@ class _ChildRun:
 
     async def _kill_and_reap(self, child: SpawnedChild, tree: ProcessTree) -> None:
         self.we_killed = True
-        tree.sample()
+        tree.sample(fresh=True)
         tree.signal_all(signal.SIGKILL)
         try:
             await asyncio.wait_for(asyncio.shield(child.exited), _KILL_WAIT_S)

@@ -260,32 +260,55 @@ def _close_and_wait(*procs: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=30)
 
 
-def test_the_samples_of_one_tick_share_one_read_of_the_process_table() -> None:
-    """Each running job's tree is sampled twice a second, on the same ticks: one job's
-    thousand processes must not make every other job's samples read them all again."""
+def test_a_sample_costs_what_its_own_tree_holds_not_the_whole_machine() -> None:
+    """Each running job's tree is sampled twice a second: one job's thousand processes
+    must not make every other job's samples read them all."""
     crowd = subprocess.Popen(
         [sys.executable, "-S", "-c", CROWD, "1000"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
-    jobs = [
-        subprocess.Popen(
-            [sys.executable, "-S", "-c", "import os, sys; os.fork(); sys.stdin.read()"],
-            stdin=subprocess.PIPE,
-        )
-        for _ in range(8)
-    ]
+    small = subprocess.Popen(
+        [sys.executable, "-S", "-c", "import os, sys; os.fork(); sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+    )
     try:
         assert crowd.stdout is not None and crowd.stdout.readline() == b"up\n"
-        for job in jobs:
-            wait_until(lambda j=job: len(psutil.Process(j.pid).children()) == 1, 10, "a fork")
-        trees = [ProcessTree(job.pid) for job in jobs]
-        for _ in range(5):  # five ticks
+        wait_until(lambda: len(psutil.Process(small.pid).children()) == 1, 10, "its fork")
+        tree = ProcessTree(small.pid)
+        reads = PROCESS_TABLE.reads
+        before = time.process_time()
+        for _ in range(30):
+            tree.sample()
+        spent = time.process_time() - before
+        assert len(tree.known) == 1
+        assert PROCESS_TABLE.reads == reads  # its own children lists were enough
+        # Reading the whole table costs tens of milliseconds per sample here.
+        assert spent < 0.1, f"30 samples of a 2-process tree took {spent:.3f} s of CPU"
+    finally:
+        _close_and_wait(crowd, small)
+
+
+def test_huge_trees_share_one_read_of_the_process_table() -> None:
+    """A tree too large to walk (or of too many threads) is found in the whole process
+    table, read once for every such tree sampled at about the same time."""
+    roots = [
+        subprocess.Popen(
+            [sys.executable, "-S", "-c", CROWD, "40"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        for _ in range(4)
+    ]
+    try:
+        for root in roots:
+            assert root.stdout is not None and root.stdout.readline() == b"up\n"
+        trees = [ProcessTree(root.pid, max_tracked=100) for root in roots]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("supervisor.runner.containment.MAX_WALK_READS", 20)
             reads = PROCESS_TABLE.reads
             for tree in trees:
                 tree.sample()
-            assert PROCESS_TABLE.reads - reads <= 1
-        assert all(len(tree.known) == 1 for tree in trees)
+        assert PROCESS_TABLE.reads - reads == 1
+        assert all(len(tree.known) == 40 for tree in trees)
     finally:
-        _close_and_wait(crowd, *jobs)
+        _close_and_wait(*roots)
 
 
 # A crowd of argv[1] children in the job's group, then one child whose own child leaves
@@ -310,9 +333,13 @@ sys.stdin.read()
 """
 
 
-def test_a_process_that_left_the_group_is_tracked_however_large_the_tree() -> None:
+@pytest.mark.parametrize("walk_reads", [1024, 5], ids=["walked", "from-the-table"])
+def test_a_process_that_left_the_group_is_tracked_however_large_the_tree(
+    walk_reads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The group signal misses it, so of a tree larger than what is tracked, such a
-    process is kept first."""
+    process is kept first, whichever way the tree was found."""
+    monkeypatch.setattr("supervisor.runner.containment.MAX_WALK_READS", walk_reads)
     root = subprocess.Popen(
         [sys.executable, "-S", "-c", CROWD_THEN_ESCAPE, "25"],
         stdin=subprocess.PIPE,

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
+from supervisor.queue.records import as_str
 from supervisor.queue.states import JobState, table_status
 from supervisor.status.update import StatusUpdate
 
@@ -31,12 +32,6 @@ class OutboxEntry:
     def appended_ms(self) -> int:
         """When Redis appended the entry: the millisecond part of its stream id."""
         return int(self.entry_id.split("-", 1)[0])
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
 
 
 # PostgreSQL text and jsonb cannot hold NUL, and a child may print one: rows carry none.
@@ -99,8 +94,8 @@ def row_from_fields(fields: dict[str, str], queue: str) -> StatusUpdate:
 
 
 def parse_entry(entry_id: Any, raw_fields: dict[Any, Any], queue: str) -> OutboxEntry:
-    fields = {_text(k): _text(v) for k, v in raw_fields.items()}
-    eid = _text(entry_id)
+    fields = {as_str(k, "replace"): as_str(v, "replace") for k, v in raw_fields.items()}
+    eid = as_str(entry_id, "replace")
     try:
         return OutboxEntry(eid, row_from_fields(fields, queue))
     except Exception as exc:  # anything in the stream that is not a row, however broken

@@ -27,6 +27,7 @@ from redis.commands.core import AsyncScript
 
 from supervisor.queue.jobqueue import AnyRedis, JobQueue
 from supervisor.queue.keys import QueueKeys
+from supervisor.queue.records import as_str
 from supervisor.queue.scripts import script_source
 from supervisor.status.backend import StatusBackend, StatusStoreError
 from supervisor.status.outbox import bare_final, row_from_fields
@@ -39,10 +40,6 @@ PARKED_PER_SWEEP = 20
 
 
 _COLUMNS = frozenset(f.name for f in dataclasses.fields(StatusUpdate))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class ParkedRows:
@@ -72,9 +69,9 @@ class ParkedRows:
         pairs = raw if raw and isinstance(raw[0], list) else zip(raw[::2], raw[1::2], strict=True)
         drawn: list[tuple[StatusUpdate, Any]] = []
         for field, kept in pairs:
-            job_id = _text(field)
+            job_id = as_str(field)
             try:
-                data = json.loads(_text(kept).partition("\n")[2])
+                data = json.loads(as_str(kept).partition("\n")[2])
                 row = StatusUpdate(**{k: v for k, v in data.items() if k in _COLUMNS})
             except (TypeError, ValueError, AttributeError) as exc:
                 log.error("parked status row of job %s is unreadable (%r); dropped", job_id, exc)
@@ -89,7 +86,7 @@ class ParkedRows:
 
     async def jobs(self) -> set[str]:
         """Jobs with a row parked."""
-        return {_text(name) for name in await self.client.hkeys(self.key)}
+        return {as_str(name) for name in await self.client.hkeys(self.key)}
 
 
 # Writes that meet a locked row one step of the reconciler may make: each costs the
@@ -189,7 +186,7 @@ async def _write_parked_by_id(queue: JobQueue, backend: StatusBackend) -> int:
     """Jobs an earlier version parked by id alone (`status:parked`): their current rows,
     made from the job records. Nothing is added to that set any more."""
     raw: Any = await queue.client.srandmember(queue.keys.status_parked, PARKED_PER_SWEEP)
-    ids = [_text(j) for j in raw or []]
+    ids = [as_str(j) for j in raw or []]
     if not ids:
         return 0
     rows = [row_from_fields(f, queue.queue) for f in await queue.status_rows(ids)]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor.queue.connection import AnyRedis
+from supervisor.queue.records import as_str
 from supervisor.status.outbox import GROUP
 
 NO_READER_KEEP_S = 60.0
@@ -41,10 +42,6 @@ class OutboxState:
         return max(0.0, (now_ms - self.oldest_unprojected_ms) / 1000.0)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -58,25 +55,25 @@ async def outbox_state(client: AnyRedis, stream: str) -> OutboxState:
         if "no such key" in str(exc).lower():
             return OutboxState(0, 0, None, None, has_group=False)
         raise
-    groups = [g for g in groups if _text(g["name"]) == GROUP]
+    groups = [g for g in groups if as_str(g["name"]) == GROUP]
     if not groups:
         last = await client.xrevrange(stream, count=1)
-        newest = _text(last[0][0]) if last else None
+        newest = as_str(last[0][0]) if last else None
         return OutboxState(length, 0, None, newest, has_group=False)
     oldest: str | None = None
     unprojected = 0
     for group in groups:
-        name = _text(group["name"])
+        name = as_str(group["name"])
         pending = int(group.get("pending", 0))
         candidates: list[str] = []
         if pending:
             summary: Any = await client.xpending(stream, name)
             if summary and summary.get("min"):
-                candidates.append(_text(summary["min"]))
-        last_delivered = _text(group.get("last-delivered-id", "0-0"))
+                candidates.append(as_str(summary["min"]))
+        last_delivered = as_str(group.get("last-delivered-id", "0-0"))
         after = await client.xrange(stream, min=f"({last_delivered}", count=1)
         if after:
-            candidates.append(_text(after[0][0]))
+            candidates.append(as_str(after[0][0]))
         lag = group.get("lag")
         undelivered = int(lag) if isinstance(lag, int) else (1 if after else 0)
         unprojected = max(unprojected, pending + undelivered)

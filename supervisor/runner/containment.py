@@ -368,15 +368,8 @@ class OrphanSweeper:
         its descendants as `table` lists them, each only if it is still the process the
         table saw; remember them all, since each becomes our child (and a zombie to reap)
         once its parent is gone."""
-        below = list(table.get(pid, ()))
-        seen = {pid}  # a pid reused while /proc was read must not make the walk go round
         try:
-            while below:
-                descendant, ticks = below.pop()
-                if descendant in seen:
-                    continue
-                seen.add(descendant)
-                below.extend(table.get(descendant, ()))
+            for descendant, ticks in descendants_in(table, pid):
                 if kill_if_same(descendant, ticks):
                     self._ours[descendant] = ticks
         finally:

@@ -184,9 +184,9 @@ def main() -> None:
     # carrying a job id are ever killed; the Popen contenders reap their own.
     ORPHANS.become_subreaper(kill_unattributed=False)
     FORK_SERVER.start()  # as the daemon does before its first job
-    # No limit at all (core dumps allowed too): the server starts the command itself. Any
-    # limit, even the default RLIMIT_CORE 0, makes prlimit(1) start it instead.
-    config = RunnerConfig(command=ARGV, limits=ResourceLimits(core_dumps=True))
+    # The default, no limit: the server starts the command itself. A limit makes prlimit(1)
+    # start it instead.
+    config = RunnerConfig(command=ARGV)
     limited = RunnerConfig(
         command=ARGV, limits=ResourceLimits(memory_bytes=2 << 30, cpu_seconds=600)
     )

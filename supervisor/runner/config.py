@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class ResourceLimits:
     """Kernel limits set in the child before exec; None leaves the supervisor's own value.
+    No child writes a core file whatever these say: the fork server holds RLIMIT_CORE 0.
 
     `processes` is RLIMIT_NPROC, which the kernel counts per user, not per child: only
     meaningful together with a dedicated `user`.
@@ -29,7 +30,6 @@ class ResourceLimits:
     cpu_seconds: int | None = None  # RLIMIT_CPU: SIGXCPU, then SIGKILL at the hard limit
     open_files: int | None = None  # RLIMIT_NOFILE
     processes: int | None = None  # RLIMIT_NPROC
-    core_dumps: bool = False  # RLIMIT_CORE 0 unless True
 
 
 @dataclass(frozen=True)

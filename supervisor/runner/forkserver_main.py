@@ -413,6 +413,10 @@ def main(argv: list[str]) -> None:
     daemon_pid, sock_fd, preload = (int(a) for a in argv[1:4])
     _die_with(daemon_pid, signal.SIGTERM)
     _prctl(PR_SET_DUMPABLE, 0)
+    # No core file from here or from any child: a parser crashing on a tenant's document
+    # must not leave that document on disk (systemd-coredump keeps cores). Held by the
+    # server, the limit is every child's from its first instruction, with nothing to set.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     _name(b"ingest-forksrv")
     sys.path[:0] = argv[4:]
     os.set_inheritable(sock_fd, False)  # passed to us inheritable; no command may get it

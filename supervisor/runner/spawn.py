@@ -69,8 +69,6 @@ def rlimits(limits: ResourceLimits) -> list[tuple[int, int, int]]:
         out.append((resource.RLIMIT_NOFILE, limits.open_files, limits.open_files))
     if limits.processes is not None:
         out.append((resource.RLIMIT_NPROC, limits.processes, limits.processes))
-    if not limits.core_dumps:
-        out.append((resource.RLIMIT_CORE, 0, 0))
     return out
 
 
@@ -138,7 +136,6 @@ _PRLIMIT_OPTIONS = {
     resource.RLIMIT_CPU: "--cpu",
     resource.RLIMIT_NOFILE: "--nofile",
     resource.RLIMIT_NPROC: "--nproc",
-    resource.RLIMIT_CORE: "--core",
 }
 
 

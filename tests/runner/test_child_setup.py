@@ -3,6 +3,7 @@ session, fds 0-2 only, default signals, the limits, and nothing readable of the 
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
@@ -57,6 +58,17 @@ async def test_child_gets_clean_signals_limits_and_own_session(run: RunFn) -> No
     assert got["sid_is_pid"] and got["pgid_is_pid"]
     assert got["fds"] == [0, 1, 2]  # the supervisor's inheritable fd 'leak' did not reach it
     assert resource.getrlimit(resource.RLIMIT_NOFILE) != (123, 123)  # the supervisor's own
+
+
+@pytest.mark.parametrize("how", ["no limit", "a group switch"])
+async def test_no_child_may_write_a_core_file(run: RunFn, how: str) -> None:
+    """Started by the server itself (no limit to set) or by a spare (a group switch): either
+    way the child cannot raise RLIMIT_CORE from 0, so a crash leaves no copy of its memory
+    (a tenant's document) on disk."""
+    group = grp.getgrgid(os.getgid()).gr_name if how == "a group switch" else None
+    outcome = await run(fast_config(child_cmd("report_setup.py"), group=group))
+    assert outcome.succeeded, outcome.error
+    assert outcome.result["core"] == [0, 0]
 
 
 async def test_unlimited_is_a_limit_the_child_gets(run: RunFn) -> None:

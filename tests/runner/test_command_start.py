@@ -80,7 +80,6 @@ def test_a_command_with_limits_is_prlimit_running_it() -> None:
         "rlimits": [
             (resource.RLIMIT_AS, 5, 5),
             (resource.RLIMIT_CPU, 7, resource.RLIM_INFINITY),
-            (resource.RLIMIT_CORE, 0, 0),
         ],
     }
     assert PRLIMIT is not None
@@ -90,7 +89,6 @@ def test_a_command_with_limits_is_prlimit_running_it() -> None:
         "prlimit",
         "--as=5:5",
         "--cpu=7:unlimited",
-        "--core=0:0",
         "--",
         "/usr/bin/python3",
         "-c",

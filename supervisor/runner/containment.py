@@ -48,12 +48,13 @@ import psutil
 
 from supervisor.runner.proctable import (
     SharedTable,
+    Stat,
     children_by_parent,
     children_file,
     descendants_in,
     direct_children,
     kill_if_same,
-    start_ticks,
+    read_stat,
     walk_descendants,
 )
 
@@ -74,32 +75,39 @@ def _load_prctl() -> Callable[..., int] | None:
 PRCTL = _load_prctl()
 
 
-# Processes a tree keeps track of at most: a sample reads /proc for each, on the event loop.
-# Beyond it the group signal, and the session kill and subreaper sweep, reach the rest.
+# Processes a tree keeps track of at most. Beyond it the group signal, and the session kill
+# and subreaper sweep, reach the rest.
 MAX_TRACKED = 2048
 # A tree whose walk would read more children lists than this (threads count) is found in
 # the whole process table from then on, read at most once per 0.1 s for all such trees.
 MAX_WALK_READS = 1024
+# /proc stat files a sample reads at most (one each: group, start time, CPU, RSS): beyond
+# it a sample measures part of the tree (a tree found in the table is measured whole).
+MAX_STAT_READS = 256
+# A tree is sampled again no sooner than this many times its last sample's cost: a job of
+# thousands of processes takes a bounded share of the event loop every job shares.
+SAMPLE_COST_FACTOR = 20
 PROCESS_TABLE = SharedTable()
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 class ProcessTree:
     """One job's child and the descendants the last sample saw alive, and those seen before
     that are still running though no longer under the child (escaped: their parent exited).
 
-    Dead processes and reused pids are dropped at each sample; at most `max_tracked` are
-    kept, those outside the job's process group first (the group signal misses them), then
-    the newest.
+    `known` maps each such process's pid to its start time, its identity: a pid reused
+    since is never signalled. Dead processes and reused pids are dropped at each sample; at
+    most `max_tracked` are kept, those outside the job's process group first (the group
+    signal misses them), then the newest.
     """
 
     def __init__(self, pid: int, max_tracked: int = MAX_TRACKED) -> None:
         self.pid = pid
         self.pgid = pid
         self.max_tracked = max_tracked
-        # Made on first sample, not at spawn: most short children are never sampled at all.
-        self._root: psutil.Process | None = None
         self._exited = False
-        self.known: dict[int, psutil.Process] = {}
+        self.known: dict[int, int] = {}
         self.peak_rss_bytes = 0
         self.cpu_s = 0.0
         self.samples = 0
@@ -109,73 +117,62 @@ class ProcessTree:
         self._walkable = True  # small enough to walk its own children lists
 
     def sample(self, *, fresh: bool = False) -> None:
-        """Refresh the descendant set; add up RSS and CPU of every live process in it.
-        `fresh`: as the tree is now, even if another sample read the process table an
-        instant ago (before signalling it).
+        """Refresh the descendant set; add up RSS and CPU of what it read. `fresh`: as the
+        tree is now, even if another sample read the process table an instant ago (before
+        signalling it).
 
         Only call while the root has not been reaped (its pid cannot be reused yet).
         Never raises for a process that vanished or whose pid was reused between reads.
         """
         if self._exited:
             return
-        if self._root is None:
-            try:
-                self._root = psutil.Process(self.pid)
-            except (psutil.Error, OSError):
-                return
         self.samples += 1
-        tracked: dict[int, psutil.Process] = {}
-        for pid, ticks in self._descendants(fresh):
-            with contextlib.suppress(psutil.Error, OSError, IndexError, ValueError):
-                proc = psutil.Process(pid)  # a fresh object: a reused pid replaces the old
-                if ticks is None or start_ticks(pid) == ticks:  # the process the table saw
-                    tracked[pid] = proc
-        for pid, proc in self.known.items():
-            if pid not in tracked and _running(proc):  # escaped, still itself
-                tracked[pid] = proc
-        if len(tracked) > self.max_tracked:
-            kept = sorted(tracked.values(), key=self._keep_order)[: self.max_tracked]
-            tracked = {p.pid: p for p in kept}
-        rss = 0
-        cpu = 0.0
-        for proc in (self._root, *tracked.values()):
-            try:
-                with proc.oneshot():
-                    rss += proc.memory_info().rss
-                    t = proc.cpu_times()
-                    cpu += t.user + t.system + t.children_user + t.children_system
-            except psutil.AccessDenied:
-                continue
-            except (psutil.Error, OSError):  # gone since the listing
-                tracked.pop(proc.pid, None)
-        self.known = tracked
-        self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
-        self.cpu_s = max(self.cpu_s, cpu)
+        found = self._descendants(fresh)
+        escaped = [pid for pid in self.known if pid not in found]
+        reads = 0
+        unread: dict[int, int] = {}  # known escaped processes the budget left unread
+        stats: dict[int, Stat] = {}
+        # The root first, then the escaped ones (only the tracking reaches them).
+        for pid in (self.pid, *escaped, *found):
+            stat = found.get(pid)
+            if stat is None:
+                if reads == MAX_STAT_READS:
+                    if pid in self.known:
+                        unread[pid] = self.known[pid]
+                    continue
+                reads += 1
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    stat = read_stat(pid)
+            # A known escaped process only if its pid was not reused since.
+            if stat is not None and (pid in found or self.known.get(pid) in (None, stat.ticks)):
+                stats[pid] = stat
+        self.peak_rss_bytes = max(
+            self.peak_rss_bytes, sum(s.rss_pages for s in stats.values()) * _PAGE_SIZE
+        )
+        self.cpu_s = max(self.cpu_s, sum(s.cpu_ticks for s in stats.values()) / _CLK_TCK)
+        stats.pop(self.pid, None)
+        tracked = sorted(stats.values(), key=lambda s: (s.pgrp == self.pgid, -s.ticks))
+        self.known = {s.pid: s.ticks for s in tracked[: self.max_tracked]}
+        for pid, ticks in unread.items():
+            if len(self.known) < self.max_tracked:
+                self.known.setdefault(pid, ticks)
 
-    def _descendants(self, fresh: bool) -> list[tuple[int, int | None]]:
-        """(pid, start ticks or None for a live read) of every descendant; [] when /proc
+    def _descendants(self, fresh: bool) -> dict[int, Stat | None]:
+        """Every descendant, with its stat if the process table gave it; {} when /proc
         cannot be read now (out of fds): the escaped ones known are still kept."""
         try:
             if self._walkable:
                 walked = walk_descendants(self.pid, MAX_WALK_READS)
                 if walked is not None:
-                    return [(pid, None) for pid in walked]
+                    return dict.fromkeys(walked)
                 self._walkable = False
             self._table_read, table = PROCESS_TABLE.children(self._table_read, fresh=fresh)
-            return list(descendants_in(table, self.pid))
+            return {s.pid: s for s in descendants_in(table, self.pid)}
         except OSError:
-            return []
-
-    def _keep_order(self, proc: psutil.Process) -> tuple[bool, float]:
-        """Sort key, first kept first: out of the job's group, then the newest."""
-        try:
-            return os.getpgid(proc.pid) == self.pgid, -proc.create_time()
-        except (psutil.Error, OSError):
-            return True, 0.0
+            return {}
 
     def root_exited(self) -> None:
         """The root was reaped: its pid may be reused, never touch it again."""
-        self._root = None
         self._exited = True
 
     def signal_all(self, sig: int) -> int:
@@ -184,24 +181,18 @@ class ProcessTree:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pgid, sig)
             sent += 1
-        for proc in list(self.known.values()):
-            try:
-                if proc.is_running():  # checks the start time: a reused pid is not ours
-                    proc.send_signal(sig)
-                    sent += 1
-            except (psutil.Error, OSError):
-                continue
+        for pid, ticks in list(self.known.items()):
+            sent += kill_if_same(pid, ticks, sig)
         return sent
 
-    def survivors(self) -> list[psutil.Process]:
+    def survivors(self) -> list[int]:
         """Known descendants still running (zombies waiting for their parent excluded)."""
-        alive: list[psutil.Process] = []
-        for proc in self.known.values():
-            try:
-                if proc.is_running() and not _dead(proc):
-                    alive.append(proc)
-            except (psutil.Error, OSError):
-                continue
+        alive: list[int] = []
+        for pid, ticks in self.known.items():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = read_stat(pid)
+                if stat.ticks == ticks and not _dead(stat):
+                    alive.append(pid)
         return alive
 
     def group_alive(self) -> bool:
@@ -220,25 +211,17 @@ class ProcessTree:
         return strays
 
 
-def _dead(proc: psutil.Process) -> bool:
+def _dead(stat: Stat) -> bool:
     """A zombie whose every thread has exited. The kernel shows a process whose main
     thread alone exited as a zombie too (its leader's state) while its other threads run:
     such a process is alive, and a child that means to outlive its job can make itself one."""
-    if proc.status() != psutil.STATUS_ZOMBIE:
+    if not stat.zombie:
         return False
     try:
-        return len(os.listdir(f"/proc/{proc.pid}/task")) <= 1
+        return len(os.listdir(f"/proc/{stat.pid}/task")) <= 1
     except FileNotFoundError:  # reaped meanwhile
         return True
     except OSError:  # unreadable: taken for alive, so it is killed rather than left
-        return False
-
-
-def _running(proc: psutil.Process) -> bool:
-    """Still the process it was (psutil compares start times), zombies included."""
-    try:
-        return proc.is_running()
-    except (psutil.Error, OSError):
         return False
 
 
@@ -325,17 +308,17 @@ class OrphanSweeper:
         seen: set[tuple[int, int]] = set()
         children = direct_children()
         # The process table, read once, and only if an orphan is to be killed.
-        table: dict[int, list[tuple[int, int]]] | None = None
+        table: dict[int, list[Stat]] | None = None
         for pid in children - self.owned:
             try:
-                proc = psutil.Process(pid)
-                started = start_ticks(pid)
-                if _dead(proc):
+                stat = read_stat(pid)
+                started = stat.ticks
+                if _dead(stat):
                     if self.kill_unattributed or self._ours.get(pid) == started:
                         self._reap(pid)
                     continue
-                owner = _run_of(proc)
-            except (psutil.Error, OSError):
+                owner = _run_of(psutil.Process(pid))
+            except (psutil.Error, OSError, IndexError, ValueError):
                 continue
             if owner is not None:
                 self._ours[pid] = started  # a job's: its zombie is ours to reap
@@ -362,16 +345,16 @@ class OrphanSweeper:
         return charged, killed
 
     def _kill_with_descendants(
-        self, pid: int, started: int, table: dict[int, list[tuple[int, int]]]
+        self, pid: int, started: int, table: dict[int, list[Stat]]
     ) -> None:
         """SIGKILL the orphan (our child: its pid cannot be reused before we reap it) and
         its descendants as `table` lists them, each only if it is still the process the
         table saw; remember them all, since each becomes our child (and a zombie to reap)
         once its parent is gone."""
         try:
-            for descendant, ticks in descendants_in(table, pid):
-                if kill_if_same(descendant, ticks):
-                    self._ours[descendant] = ticks
+            for descendant in descendants_in(table, pid):
+                if kill_if_same(descendant.pid, descendant.ticks):
+                    self._ours[descendant.pid] = descendant.ticks
         finally:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)

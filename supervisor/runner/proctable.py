@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import time
+from dataclasses import dataclass
 
 import psutil
 
@@ -47,14 +48,34 @@ def direct_children(pid: int | None = None) -> set[int]:
     return {int(p) for p in b"".join(chunks).split()}
 
 
-def children_by_parent() -> dict[int, list[tuple[int, int]]]:
-    """Every process's children as (pid, start ticks), from one read of /proc."""
-    table: dict[int, list[tuple[int, int]]] = {}
+@dataclass(frozen=True, slots=True)
+class Stat:
+    """One process as one read of /proc/PID/stat shows it."""
+
+    pid: int
+    ppid: int
+    pgrp: int
+    ticks: int  # start time in clock ticks since boot: with the pid, its identity
+    cpu_ticks: int  # user and system time, its own and that of the children it waited for
+    rss_pages: int
+    zombie: bool
+
+
+def read_stat(pid: int) -> Stat:
+    """`pid` now (OSError when gone; IndexError or ValueError for a line it cannot read)."""
+    f = proc_stat(pid)[1]  # from field 3 (state) on
+    cpu = int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])
+    return Stat(pid, int(f[1]), int(f[2]), int(f[19]), cpu, int(f[21]), f[0] == b"Z")
+
+
+def children_by_parent() -> dict[int, list[Stat]]:
+    """Every process, by parent, from one read of /proc."""
+    table: dict[int, list[Stat]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
-                fields = proc_stat(int(entry))[1]
-                table.setdefault(int(fields[1]), []).append((int(entry), int(fields[19])))
+                stat = read_stat(int(entry))
+                table.setdefault(stat.ppid, []).append(stat)
     return table
 
 
@@ -98,13 +119,13 @@ class SharedTable:
 
     def __init__(self, max_age_s: float = 0.1) -> None:
         self._max_age_s = max_age_s
-        self._table: dict[int, list[tuple[int, int]]] = {}
+        self._table: dict[int, list[Stat]] = {}
         self._read_at = -math.inf
         self.reads = 0
 
     def children(
         self, seen: int = 0, *, fresh: bool = False
-    ) -> tuple[int, dict[int, list[tuple[int, int]]]]:
+    ) -> tuple[int, dict[int, list[Stat]]]:
         """(the read's number, the table); read afresh when asked, when older than
         `max_age_s`, or when it is read `seen`: one the caller walked already, or made
         before it began."""
@@ -115,22 +136,22 @@ class SharedTable:
         return self.reads, self._table
 
 
-def descendants_in(table: dict[int, list[tuple[int, int]]], pid: int) -> list[tuple[int, int]]:
-    """Every descendant of `pid` in `table`, as (pid, start ticks), children first."""
-    found: list[tuple[int, int]] = []
+def descendants_in(table: dict[int, list[Stat]], pid: int) -> list[Stat]:
+    """Every descendant of `pid` in `table`, children first."""
+    found: list[Stat] = []
     seen = {pid}  # a pid reused while /proc was read must not make the walk go round
     below = [pid]
     while below:
         for child in table.get(below.pop(), ()):
-            if child[0] not in seen:
-                seen.add(child[0])
+            if child.pid not in seen:
+                seen.add(child.pid)
                 found.append(child)
-                below.append(child[0])
+                below.append(child.pid)
     return found
 
 
-def kill_if_same(pid: int, ticks: int) -> bool:
-    """SIGKILL `pid` if it is still the process that started at `ticks`: through a pidfd,
+def kill_if_same(pid: int, ticks: int, sig: int = signal.SIGKILL) -> bool:
+    """Send `sig` to `pid` if it is still the process that started at `ticks`: through a pidfd,
     so that a pid freed and reused since is never signalled. Without pidfds (a kernel
     before 5.3, a seccomp filter, a Python built without them) the start time is checked
     just before a plain kill."""
@@ -145,9 +166,9 @@ def kill_if_same(pid: int, ticks: int) -> bool:
         if start_ticks(pid) != ticks:
             return False
         if fd is None:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, sig)
         else:
-            signal.pidfd_send_signal(fd, signal.SIGKILL)
+            signal.pidfd_send_signal(fd, sig)
         return True
     except (OSError, IndexError, ValueError):
         return False

@@ -14,7 +14,7 @@ from typing import Any
 
 from supervisor.runner.coalesce import ProgressCallback, ProgressCoalescer
 from supervisor.runner.config import RunnerConfig
-from supervisor.runner.containment import ORPHANS, ProcessTree
+from supervisor.runner.containment import ORPHANS, SAMPLE_COST_FACTOR, ProcessTree
 from supervisor.runner.env import job_env
 from supervisor.runner.forkserver import FORK_SERVER, ForkServerTimeout
 from supervisor.runner.oom import oom_kills
@@ -208,7 +208,8 @@ class _ChildRun:
         return self._outcome(ended, status, wall, timeout_s, tree)
 
     def _start_sampling(self, tree: ProcessTree, child: SpawnedChild) -> Callable[[], None]:
-        """Sample the tree every interval while the child runs; returns the stopper.
+        """Sample the tree every interval while the child runs, or less often when a sample
+        costs more (SAMPLE_COST_FACTOR); returns the stopper.
 
         A timer chain rather than a task: most children end before the first sample.
         """
@@ -220,10 +221,12 @@ class _ChildRun:
             pending.clear()
             if child.exited.done():
                 return
+            began = time.monotonic()
             try:
                 tree.sample()
             finally:  # one failed sample must not end the sampling
-                pending.append(loop.call_later(interval, tick))
+                cost = time.monotonic() - began
+                pending.append(loop.call_later(max(interval, cost * SAMPLE_COST_FACTOR), tick))
 
         def stop() -> None:
             for handle in pending:

@@ -17,6 +17,7 @@ import pytest
 
 from supervisor.runner import StopRequest
 from supervisor.runner.containment import PROCESS_TABLE, ProcessTree
+from supervisor.runner.proctable import start_ticks
 from supervisor.runner.run import _ChildRun
 from supervisor.runner.spawn import ExitStatus, SpawnedChild
 from tests.runner.conftest import fast_config
@@ -190,8 +191,8 @@ def test_a_reused_pid_is_tracked_as_the_new_descendant() -> None:
 
         wait_until(reused, 30.0, "a descendant on a reused pid", interval=0.01)
         tree.sample()
-        assert [p.pid for p in tree.survivors()] == [first]
-        assert tree.known[first] == psutil.Process(first)
+        assert tree.survivors() == [first]
+        assert tree.known[first] == start_ticks(first)
 
 
 def test_sample_drops_a_descendant_gone_and_reaped() -> None:
@@ -209,8 +210,8 @@ def test_sample_drops_a_descendant_gone_and_reaped() -> None:
 class _FailingOnce(ProcessTree):
     """A tree whose first sample fails as psutil can when a pid vanishes between reads."""
 
-    def sample(self) -> None:
-        super().sample()
+    def sample(self, *, fresh: bool = False) -> None:
+        super().sample(fresh=fresh)
         if self.samples == 1:
             raise FileNotFoundError("/proc/1234/statm")
 

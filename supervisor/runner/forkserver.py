@@ -30,7 +30,12 @@ import socket
 import subprocess
 from collections.abc import Callable
 
-from supervisor.runner.forkserver_process import ForkServerError, ForkServerTimeout, ServerProcess
+from supervisor.runner.forkserver_process import (
+    ForkServerError,
+    ForkServerLost,
+    ForkServerTimeout,
+    ServerProcess,
+)
 from supervisor.runner.spawn import (
     PRLIMIT,
     Launcher,
@@ -43,7 +48,14 @@ from supervisor.runner.spawn import (
     with_child_pipes,
 )
 
-__all__ = ["FORK_SERVER", "MAX_REQUEST_BYTES", "ForkServer", "ForkServerError", "ForkServerTimeout"]
+__all__ = [
+    "FORK_SERVER",
+    "MAX_REQUEST_BYTES",
+    "ForkServer",
+    "ForkServerError",
+    "ForkServerLost",
+    "ForkServerTimeout",
+]
 
 # One request is one datagram; the kernel refuses a datagram larger than the socket's send
 # buffer (about 200 KiB by default).

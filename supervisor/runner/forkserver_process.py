@@ -45,6 +45,12 @@ class ForkServerTimeout(ForkServerError):
     job, perhaps) or overwhelmed. The host's trouble, not the job's."""
 
 
+class ForkServerLost(ForkServerError):
+    """The fork server died while a start waited on it (killed, perhaps by a child beside
+    the job). The host's trouble, not the job's; what it may have started before it died
+    is an orphan of the daemon's."""
+
+
 def _import_paths() -> list[str]:
     """Where the daemon found ingest_worker, first on the server's path (a source tree)."""
     spec = importlib.util.find_spec("ingest_worker")
@@ -142,7 +148,7 @@ class ServerProcess:
         assert self.loop is not None
         while not self.spares:
             if not self.alive:
-                raise ForkServerError("fork server exited")
+                raise ForkServerLost("fork server exited")
             if not self.spares_coming:  # a server started with no spares
                 self._want(1, preload=builtin)
                 continue
@@ -264,7 +270,7 @@ class ServerProcess:
         self.children.clear()
         for answer in self.answers:
             if not answer.done() and not answer.get_loop().is_closed():
-                answer.set_exception(ForkServerError(f"fork server {why}"))
+                answer.set_exception(ForkServerLost(f"fork server {why}"))
         self.answers.clear()
         for waiter in self.waiters:
             if not waiter.done():

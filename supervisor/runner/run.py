@@ -16,7 +16,7 @@ from supervisor.runner.coalesce import ProgressCallback, ProgressCoalescer
 from supervisor.runner.config import RunnerConfig
 from supervisor.runner.containment import ORPHANS, SAMPLE_COST_FACTOR, ProcessTree
 from supervisor.runner.env import job_env
-from supervisor.runner.forkserver import FORK_SERVER, ForkServerTimeout
+from supervisor.runner.forkserver import FORK_SERVER, ForkServerLost, ForkServerTimeout
 from supervisor.runner.oom import oom_kills
 from supervisor.runner.outcome import ChildOutcome, EndReason, describe_end
 from supervisor.runner.output import BoundedOutput
@@ -141,9 +141,14 @@ class _ChildRun:
             child = await server.spawn(spec)
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
             # A server that gave no answer or spare in time (stopped, perhaps by a job
-            # beside this one) is this host's fault, not this job's. One that cannot start
-            # or keeps dying is a broken deploy: a plain start failure, which shows.
-            host = isinstance(exc, ForkServerTimeout)
+            # beside this one), or died meanwhile, is this host's fault, not this job's.
+            # One that cannot start or keeps dying is a broken deploy: a plain start
+            # failure, which shows.
+            if isinstance(exc, ForkServerLost):
+                # It may have started the command before it died: an orphan of this run,
+                # killed now, before the job can run again under the same attempt.
+                ORPHANS.sweep()
+            host = isinstance(exc, ForkServerTimeout | ForkServerLost)
             return self.start_failed(_start_error(exc, cfg.command), host_fault=host)
         orphan_token: int | None = ORPHANS.run_started(self.job_id, self.attempt, child.pid)
         self.coalescer = ProgressCoalescer(self.on_progress, cfg.progress_interval_s)

@@ -32,6 +32,7 @@ from supervisor.runner import (
 from supervisor.runner.forkserver import ForkServerError
 from supervisor.runner.spawn import SpawnedChild
 from tests.runner.conftest import child_cmd, fast_config, job_processes, wait_gone
+from tests.waiting import poll
 
 WORKER_ENV = {"INGEST_CHUNK_STORE": "none", "INGEST_CRAWL_ALLOW_PRIVATE": "1"}
 
@@ -496,3 +497,41 @@ def test_a_server_whose_daemon_went_away_mid_message_ends_quietly() -> None:
     )
     assert done.stdout.strip() == "0", done
     assert "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("builtin", [False, True], ids=["command", "spare"])
+def test_a_start_the_server_died_under_is_the_hosts_fault_not_the_jobs(builtin: bool) -> None:
+    """The server is killed while a start waits on it (its answer, or a spare): the job
+    never ran, so its outcome says the host failed (`host_fault`: the daemon gives it back
+    without spending an attempt), and nothing that server may have started is left."""
+    server = ForkServer(spare_timeout_s=10.0, spares=0)
+
+    async def main() -> ChildOutcome:
+        server.start()
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # holds the start, as a server about to die would
+        command = None if builtin else (sys.executable, "-S", "-c", "pass")
+        started = asyncio.create_task(
+            run_child(
+                fast_config(command, fork_server=server, extra_env=WORKER_ENV),
+                job_id="died-under-start",
+                attempt=1,
+                job_json=text_job("died-under-start"),
+                timeout_s=10,
+                stop=StopRequest(),
+            )
+        )
+        process = server._server
+        assert process is not None
+        await poll(lambda: bool(process.answers or process.waiters), 10, "the start waiting")
+        os.kill(pid, signal.SIGKILL)
+        return await started
+
+    try:
+        outcome = asyncio.run(main())
+    finally:
+        server.close()
+    assert outcome.ended is EndReason.START_FAILED, outcome
+    assert outcome.host_fault, outcome.error
+    assert job_processes("died-under-start") == []

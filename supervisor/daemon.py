@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 FLUSH_DEADLINE_S = 5.0
 # How long a cancelled slot waits for its job's child to be killed and reaped.
 KILL_WAIT_S = 35.0
-# After a second SIGTERM, settling writes give up this soon.
+# After a second SIGTERM, settling writes give up this long after the children's kill
+# grace (a child that ignores SIGTERM is still given it before SIGKILL).
 FORCED_SETTLE_S = 2.0
 # Tenants whose jobs completed this recently count as known to the start-failure gate
 # when a daemon starts.
@@ -94,7 +95,9 @@ class Daemon:
         if self.stopping.is_set():
             log.warning("second %s: stopping running jobs now", signal.Signals(sig).name)
             self.forced.set()
-            self.ctx.settle_by.bring_forward(time.monotonic() + FORCED_SETTLE_S)
+            self.ctx.settle_by.bring_forward(
+                time.monotonic() + self.ctx.kill_grace_s + FORCED_SETTLE_S
+            )
         else:
             log.info(
                 "%s: no new jobs; %d running get %.0fs to finish",

@@ -316,9 +316,11 @@ class JobExecution:
                     final, table = True, TableStatus.FAILED.value
                     label = ev.OUTCOME_TIMEOUT if timed_out else ev.OUTCOME_FAILED
         except TRANSIENT as exc:
+            stopping = self.ctx.settle_by.at is not None
             log.error(
-                "could not record the outcome before the lease ran out (%s); another "
-                "supervisor will run the job again",
+                "could not record the outcome before %s (%s); the job runs again once "
+                "its lease has run out",
+                "the daemon's stop deadline" if stopping else "the lease ran out",
                 exc,
                 extra=self._log_extra,
             )

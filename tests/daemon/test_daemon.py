@@ -335,6 +335,34 @@ def test_second_sigterm_skips_the_grace(start_daemon, q, run_log: Path) -> None:
     assert q.get("long2").state is JobState.WAITING
 
 
+def test_after_a_second_sigterm_a_child_s_release_outlasts_a_redis_restart(
+    start_daemon, private_redis: PrivateRedis, run_log: Path
+) -> None:
+    """The second SIGTERM stops the running child at once, but a child that ignores SIGTERM
+    still has its kill grace: the release written after it died must get its own seconds
+    of retries (here Redis is down as the child dies and back half a second later), not a
+    deadline that ran out while the child was being killed."""
+    d = start_daemon(
+        redis_url=private_redis.url,
+        INGEST_SHUTDOWN_GRACE_SECONDS="120",
+        INGEST_KILL_GRACE_SECONDS="3",
+        INGEST_LEASE_SECONDS="60",  # the outage never makes the lease doubtful
+    )
+    d.wait_ready()
+    queue = SyncQueue(d.queue, private_redis.url)
+    queue.enqueue(job("ignores-term", sleep=60, ignore_term=True))
+    child = wait_until(lambda: read_runs(run_log), 20, "child started")[0]["pid"]
+    d.signal(signal.SIGTERM)
+    wait_until(lambda: "no new jobs" in d.log(), 10, "drain started")
+    d.signal(signal.SIGTERM)
+    private_redis.stop()  # persistent: the job's record comes back with it
+    wait_until(lambda: not psutil.pid_exists(child), 10, "the child killed after its grace")
+    wait_until(lambda: "retrying" in d.log(), 5, "the release retried")
+    private_redis.start()
+    assert d.wait_exit(30) == 0
+    assert queue.get("ignores-term").state is JobState.WAITING, d.log()
+
+
 def test_sigkill_of_daemon_job_recovered_after_one_lease(start_daemon, q, run_log: Path) -> None:
     q.enqueue(job("orphan", sleep=4))
     a = start_daemon(INGEST_LEASE_SECONDS="2")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from supervisor.queue.keys import QueueKeys
+from supervisor.queue.payload import strict_json
 from supervisor.queue.records import Backoff, FailResult, RenewResult, Retention
 from supervisor.queue.records import as_str as _s
 
@@ -87,7 +88,7 @@ class HolderVerbs:
             [
                 job_id,
                 token,
-                "" if result is None else json.dumps(result, separators=(",", ":")),
+                "" if result is None else _result_json(result),
                 int(self.retention.keep_completed_s * 1000),
                 self.retention.events_maxlen,
                 self.retention.trim_limit,
@@ -164,3 +165,14 @@ class HolderVerbs:
             ],
         )
         return bool(int(ok))
+
+
+def _result_json(result: Any) -> bytes:
+    """The result as stored: UTF-8 text as itself (one `\\uXXXX` escape per character,
+    escaped again inside the job record, would take up to 7 bytes per byte of a RESULT
+    line). A value only lenient JSON holds (NaN, a lone surrogate; the runner never sends
+    one) is stored with ASCII escapes; the status projector copes with it."""
+    try:
+        return strict_json(result)
+    except ValueError:
+        return json.dumps(result, separators=(",", ":")).encode()

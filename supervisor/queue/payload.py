@@ -169,9 +169,11 @@ def check_structure(value: Any) -> None:
 
 
 def strict_json(value: Any) -> bytes:
-    """`value` as JSON in UTF-8 that any strict reader takes (PostgreSQL's jsonb, a
-    UTF-8 encoder): ValueError for NaN, Infinity or a lone surrogate."""
-    return json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    """`value` as compact JSON in UTF-8 that any strict reader takes (PostgreSQL's jsonb,
+    a UTF-8 encoder): ValueError for NaN, Infinity or a lone surrogate. Text other than
+    ASCII stays itself, not a six-byte escape per character (escaped again where the JSON
+    is stored inside other JSON)."""
+    return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def replace_surrogates(value: Any, max_depth: int = MAX_DEPTH) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from supervisor.queue.jobqueue import Claim, JobQueue, Retention
@@ -237,3 +238,20 @@ async def test_a_listing_reads_a_bounded_number_of_bytes(q: JobQueue) -> None:
     assert [r.job_id for r in page] == ["big0"] and cursor == 1
     page, cursor = await q.list_jobs("waiting", limit=1000, cursor=2)
     assert [r.job_id for r in page] == ["big2"] and cursor is None
+
+
+@pytest.mark.parametrize("char", ["\ufffd", "é", "日"])
+async def test_a_result_is_stored_at_most_a_few_times_its_length(
+    client: Redis, q: JobQueue, char: str
+) -> None:
+    """A child's RESULT line is capped in bytes; what Redis keeps of it must stay within a
+    small multiple of that (not one `\\uXXXX` escape, escaped again, per character: a
+    result of undecodable bytes, each read as U+FFFD, would take 7 bytes per byte)."""
+    await q.enqueue(job("big"))
+    claim = await q.try_claim("w", 60)
+    assert isinstance(claim, Claim)
+    text = char * 100_000
+    assert await q.complete("big", claim.token, {"text": text})
+    stored = await client.hstrlen(q.keys.jobs, "big")
+    assert stored < len(text.encode()) * 1.2 + 4096, stored
+    assert (await q.get("big")).result == {"text": text}

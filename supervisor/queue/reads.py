@@ -17,7 +17,7 @@ from supervisor.queue.states import FINAL_STATES, JobState
 from supervisor.queue.workers import WorkerRegistry
 
 # Bytes of stored records one page may read (beyond it, one record at most): a record holds
-# a child's result (a 1 MiB RESULT line, stored escaped, can take 3.5 MiB), so a page of
+# a child's result (a 1 MiB RESULT line can take 3 MiB stored), so a page of
 # 1,000 could otherwise hold gigabytes in the reader's memory.
 PAGE_BYTES = 8 * 1024 * 1024
 _CHUNK = 200  # records sized, then read, per round trip

@@ -192,19 +192,26 @@ async def remove_left_dir(config: RunnerConfig, path: str) -> None:
 
 def _remove_few(path: str) -> bool:
     """Empty and remove `path` here if it holds at most FEW_ENTRIES plain files (no
-    directory, no symlink to follow); False, untouched, otherwise."""
+    directory, no symlink to follow); False, untouched, otherwise. A symlink a child left
+    in place of its directory is not followed: its target is never emptied."""
     try:
-        with os.scandir(path) as entries:
-            names: list[str] = []
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        names: list[str] = []
+        with os.scandir(fd) as entries:
             for entry in entries:
                 if len(names) == FEW_ENTRIES or not entry.is_file(follow_symlinks=False):
                     return False
                 names.append(entry.name)
         for name in names:
-            os.unlink(os.path.join(path, name))
+            os.unlink(name, dir_fd=fd)
         os.rmdir(path)
     except OSError:
         return False
+    finally:
+        os.close(fd)
     return True
 
 

@@ -148,8 +148,11 @@ async def test_a_symlink_left_in_place_of_the_directory_leads_its_removal_nowher
 ) -> None:
     """A child may move its own directory aside and leave a symlink in its place: what
     removes a job's directory must not follow it (chmod -R would give the owner back every
-    right on the tree it points to)."""
+    right on the tree it points to, and emptying it would remove another's files)."""
     outside = tempfile.mkdtemp(prefix="symlink-target-")
+    for name in ("keep-1", "keep-2"):
+        with open(os.path.join(outside, name), "w") as fh:  # noqa: ASYNC230 - a test's set-up
+            fh.write("not the job's")
     os.chmod(outside, 0o500)
     swap = (
         "import os, sys; sys.stdin.read(); cwd = os.getcwd(); os.chdir('/'); "
@@ -162,6 +165,7 @@ async def test_a_symlink_left_in_place_of_the_directory_leads_its_removal_nowher
         assert outcome.succeeded, outcome.error
         moved = outcome.result + "-moved"
         assert os.stat(outside).st_mode & 0o777 == 0o500
+        assert sorted(os.listdir(outside)) == ["keep-1", "keep-2"]
         assert not await asyncio.to_thread(os.path.lexists, outcome.result)
     finally:
         os.chmod(outside, 0o700)

@@ -8,7 +8,6 @@ releases the jobs without spending an attempt. A second signal skips the grace.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -377,8 +376,10 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*(join_bounded(task, 2.0) for task in upkeep))
         ORPHANS.sweep()  # no job runs any more: whatever any of them left behind
-        with contextlib.suppress(*TRANSIENT):
+        try:
             await asyncio.wait_for(self.registry.remove(self.ctx.worker_id), timeout=2)
+        except Exception as exc:  # best effort (a Redis down, or refusing writes)
+            log.warning("worker not deregistered (%s); its heartbeat expires by itself", exc)
         await self.ctx.sinks.aclose(FLUSH_DEADLINE_S)
         if self.status is not None:
             await self.status.aclose(FLUSH_DEADLINE_S)

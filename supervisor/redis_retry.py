@@ -8,7 +8,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError, TryAgainError
+from redis.exceptions import (
+    BusyLoadingError,
+    ConnectionError,
+    ReadOnlyError,
+    TimeoutError,
+    TryAgainError,
+)
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -24,6 +30,9 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     TimeoutError,
     BusyLoadingError,
     TryAgainError,
+    # READONLY: a replica, or an old master after a failover; writes go through again once
+    # the address leads to the new master.
+    ReadOnlyError,
     asyncio.TimeoutError,
     OSError,
 )

@@ -15,6 +15,7 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
 
 from supervisor.queue.connection import AnyRedis
 from supervisor.queue.holder_verbs import HolderVerbs
@@ -218,7 +219,13 @@ class JobQueue(QueueReads, HolderVerbs, StatusRowVerbs, OperatorVerbs):
         sock = _socket_timeout(self.client)
         if sock is not None:
             timeout_s = min(timeout_s, sock * 0.8)
-        await self.client.blpop([self.keys.wake], timeout=max(timeout_s, 0.001))
+        try:
+            await self.client.blpop([self.keys.wake], timeout=max(timeout_s, 0.001))
+        except ResponseError as exc:
+            # A master turned replica (a failover) ends every blocked call with UNBLOCKED:
+            # the wait is over; the claim that follows meets the new role.
+            if not str(exc).startswith("UNBLOCKED"):
+                raise
 
     async def recent_tenants(self, count: int, within_s: float) -> list[str]:
         """Up to `count` tenants whose jobs completed within the last `within_s` seconds,

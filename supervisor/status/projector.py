@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from supervisor.aio import sleep_unless
 from supervisor.queue.jobqueue import AnyRedis
@@ -305,4 +305,7 @@ class StatusProjector:
             return False
         except TRANSIENT as exc:
             log.warning("status projector: Redis unavailable at shutdown (%s)", exc)
+            return False
+        except RedisError as exc:  # READONLY after a failover, say: the rows stay for others
+            log.warning("status projector: Redis refused at shutdown (%s)", exc)
             return False

@@ -363,6 +363,25 @@ def test_after_a_second_sigterm_a_child_s_release_outlasts_a_redis_restart(
     assert queue.get("ignores-term").state is JobState.WAITING, d.log()
 
 
+def test_a_redis_that_refuses_writes_at_the_stop_still_lets_the_daemon_end_cleanly(
+    start_daemon, private_redis: PrivateRedis
+) -> None:
+    """A Redis that answers writes with an error (READONLY: an old master after a failover)
+    as the daemon stops: what it cannot write is logged, every later step of the stop
+    still runs, and the daemon exits 0 as with a Redis that is down."""
+    d = start_daemon(redis_url=private_redis.url)
+    d.wait_ready()
+    client = redis.Redis.from_url(private_redis.url)
+    client.execute_command("REPLICAOF", "127.0.0.1", "1")  # a replica now: writes refused
+    try:
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit(30) == 0, d.log()
+    finally:
+        client.execute_command("REPLICAOF", "NO", "ONE")
+    assert "Traceback" not in d.log()
+    assert " stopped" in d.log()
+
+
 def test_sigkill_of_daemon_job_recovered_after_one_lease(start_daemon, q, run_log: Path) -> None:
     q.enqueue(job("orphan", sleep=4))
     a = start_daemon(INGEST_LEASE_SECONDS="2")

@@ -344,9 +344,7 @@ class OrphanSweeper:
             self._ours = {p: t for p, t in self._ours.items() if os.path.exists(f"/proc/{p}")}
         return charged, killed
 
-    def _kill_with_descendants(
-        self, pid: int, started: int, table: dict[int, list[Stat]]
-    ) -> None:
+    def _kill_with_descendants(self, pid: int, started: int, table: dict[int, list[Stat]]) -> None:
         """SIGKILL the orphan (our child: its pid cannot be reused before we reap it) and
         its descendants as `table` lists them, each only if it is still the process the
         table saw; remember them all, since each becomes our child (and a zombie to reap)

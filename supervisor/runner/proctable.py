@@ -123,9 +123,7 @@ class SharedTable:
         self._read_at = -math.inf
         self.reads = 0
 
-    def children(
-        self, seen: int = 0, *, fresh: bool = False
-    ) -> tuple[int, dict[int, list[Stat]]]:
+    def children(self, seen: int = 0, *, fresh: bool = False) -> tuple[int, dict[int, list[Stat]]]:
         """(the read's number, the table); read afresh when asked, when older than
         `max_age_s`, or when it is read `seen`: one the caller walked already, or made
         before it began."""

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from supervisor import __version__
+from supervisor import __version__, stop_signals
 from supervisor.aio import first_of, join_bounded
 from supervisor.execution import JobExecution
 from supervisor.execution_context import ExecutionContext
@@ -86,9 +86,12 @@ class Daemon:
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         # SIGHUP too: an operator's "reload" (`supervisorctl signal HUP`) stops gracefully
-        # and the supervisor manager starts the daemon again, rather than killing it.
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        # rather than killing it; supervisord starts it again (systemd, with
+        # Restart=on-failure, does not: there it is `systemctl restart`).
+        for sig in stop_signals.STOP_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
+        for early in stop_signals.received()[:2]:  # came while the daemon started
+            self._on_signal(early)
 
     def _on_signal(self, sig: int) -> None:
         if self.stopping.is_set():

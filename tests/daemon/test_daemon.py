@@ -382,6 +382,19 @@ def test_a_redis_that_refuses_writes_at_the_stop_still_lets_the_daemon_end_clean
     assert " stopped" in d.log()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_stop_signal_during_start_up_is_a_clean_stop(start_daemon, sig: int) -> None:
+    """Before its event loop runs (settings read, the fork server and the sinks being
+    started), a stop signal is kept rather than killing the daemon by its default action:
+    the daemon stops cleanly as soon as it can, exit 0, its jobs directory removed."""
+    d = start_daemon()
+    wait_until(lambda: "starting with" in d.log(), 20, "settings read")
+    d.signal(sig)
+    assert d.wait_exit(30) == 0, d.log()
+    assert "Traceback" not in d.log()
+    assert d.job_dirs_left() == []
+
+
 def test_sigkill_of_daemon_job_recovered_after_one_lease(start_daemon, q, run_log: Path) -> None:
     q.enqueue(job("orphan", sleep=4))
     a = start_daemon(INGEST_LEASE_SECONDS="2")

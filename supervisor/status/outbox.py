@@ -84,7 +84,7 @@ def row_from_fields(fields: dict[str, str], queue: str) -> StatusUpdate:
         else None,
         worker_id=fields.get("worker"),
         queued_at=float(fields["run"]) / 1000.0,
-        started_at=started if active or final else None,
+        started_at=started,
         finished_at=finished,
         # Clocks of two servers (a failover) can disagree: never a negative duration.
         duration_ms=max(0, round((finished - started) * 1000)) if finished and started else None,

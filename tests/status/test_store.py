@@ -75,6 +75,8 @@ async def test_every_step_of_a_life_shows_what_redis_shows(store: Store, queue_n
             row = await backend.fetch("job-life")
             assert row is not None
             seen.append((row["status"], row["attempt"], row["progress"], row["error"]))
+            # When the attempt it shows began, queued again after it or not.
+            assert (row["started_at"] is None) is (r is rows[0]), (r, row)
         assert ("processing", 1, 30.0, None) in seen
         assert ("queued", 1, 30.0, "exit 75") in seen  # the retry shows the last error
         assert ("processing", 2, 0.0, None) in seen  # a new attempt clears the outcome

@@ -35,7 +35,10 @@ from supervisor.unrun import fail_unrun, give_back, give_back_in_flight, unrunna
 from supervisor.upkeep import beat_forever, feed_watchdog, pass_on_cancels, reap_forever
 
 log = logging.getLogger(__name__)
-FLUSH_DEADLINE_S = 5.0
+# A stop's budget after the children's kill grace for their outcomes' writes, and then
+# for everything after the last one (flushes, deregistration, removals).
+SETTLE_AFTER_KILL_S = 10.0
+STOP_TAIL_S = 10.0
 # How long a cancelled slot waits for its job's child to be killed and reaped.
 KILL_WAIT_S = 35.0
 # After a second SIGTERM, settling writes give up this long after the children's kill
@@ -375,27 +378,41 @@ class Daemon:
         )
         await self.stopping.wait()
         await self._drain(self.slots)
-        for task in upkeep:
-            task.cancel()
-        await asyncio.gather(*(join_bounded(task, 2.0) for task in upkeep))
-        ORPHANS.sweep()  # no job runs any more: whatever any of them left behind
-        try:
-            await asyncio.wait_for(self.registry.remove(self.ctx.worker_id), timeout=2)
-        except Exception as exc:  # best effort (a Redis down, or refusing writes)
-            log.warning("worker not deregistered (%s); its heartbeat expires by itself", exc)
-        await self.ctx.sinks.aclose(FLUSH_DEADLINE_S)
-        if self.status is not None:
-            await self.status.aclose(FLUSH_DEADLINE_S)
-        # After the last status writes: a removal under way runs to its end regardless.
-        if not await removals_finished(FLUSH_DEADLINE_S):
-            log.warning("job directories still being removed as the daemon stops")
+        await self._stop_tail(upkeep)
         log.info("stopped")
         return 0
 
+    async def _stop_tail(self, upkeep: list[asyncio.Task[None]]) -> None:
+        """Everything after the last job's outcome, within STOP_TAIL_S in all, whatever
+        does not answer (Redis, the status store, the tracing host): the upkeep tasks,
+        the heartbeat's removal, the sinks' and the status flushes (side by side), then
+        the job directories still being removed."""
+        end = time.monotonic() + STOP_TAIL_S
+
+        def left(cap: float = STOP_TAIL_S) -> float:
+            return min(cap, max(0.1, end - time.monotonic()))
+
+        for task in upkeep:
+            task.cancel()
+        await asyncio.gather(*(join_bounded(task, left(2.0)) for task in upkeep))
+        ORPHANS.sweep()  # no job runs any more: whatever any of them left behind
+        try:
+            await asyncio.wait_for(self.registry.remove(self.ctx.worker_id), timeout=left(2.0))
+        except Exception as exc:  # best effort (a Redis down, or refusing writes)
+            log.warning("worker not deregistered (%s); its heartbeat expires by itself", exc)
+        flushes = [self.ctx.sinks.aclose(max(0.1, left() - 0.5))]
+        if self.status is not None:
+            flushes.append(self.status.aclose(left()))
+        await asyncio.gather(*flushes)
+        # After the last status writes: a removal under way runs to its end regardless.
+        if not await removals_finished(left()):
+            log.warning("job directories still being removed as the daemon stops")
+
     async def _drain(self, slots: list[asyncio.Task[None] | None]) -> None:
         self.notifier.stopping()
-        kill_budget = self.ctx.kill_grace_s + 10.0
-        self.notifier.extend_timeout(self.shutdown_grace_s + kill_budget + FLUSH_DEADLINE_S)
+        kill_budget = self.ctx.kill_grace_s + SETTLE_AFTER_KILL_S
+        # And a few seconds to close the connections and the fork server after the tail.
+        self.notifier.extend_timeout(self.shutdown_grace_s + kill_budget + STOP_TAIL_S + 5.0)
         deadline = time.monotonic() + self.shutdown_grace_s
         # Settling writes (Redis down) give up within the budget told to systemd, not at
         # each job's lease deadline.

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 
 from supervisor.aio import join_bounded, sleep_unless
 from supervisor.queue.jobqueue import JobQueue
@@ -113,17 +114,18 @@ class StatusService:
     async def aclose(self, deadline_s: float) -> None:
         """Stop; a projector first writes what is left within `deadline_s`. What it could
         not write stays in the outbox for the other daemons."""
+        end = time.monotonic() + deadline_s
         self._stopping.set()
         if self.projector is not None:
             self.projector.stop()
-        for task in self._tasks:
-            await join_bounded(task, 2.0)
-        if self.projector is not None and not await self.projector.drain(deadline_s):
+        await asyncio.gather(*(join_bounded(task, 2.0) for task in self._tasks))
+        left = max(0.1, end - time.monotonic())
+        if self.projector is not None and not await self.projector.drain(left):
             log.warning(
                 "status rows not all written before shutdown; they stay in the outbox "
                 "and another daemon writes them"
             )
-        try:
-            await asyncio.wait_for(self.backend.aclose(), 5.0)
+        try:  # a second at least: closing a connection that answers is quick
+            await asyncio.wait_for(self.backend.aclose(), max(1.0, end - time.monotonic()))
         except Exception:
             log.exception("status backend did not close cleanly")

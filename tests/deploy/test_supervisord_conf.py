@@ -5,12 +5,11 @@ from __future__ import annotations
 import configparser
 import re
 
+from supervisor.daemon import SETTLE_AFTER_KILL_S, STOP_TAIL_S
 from supervisor.settings import OPTIONS
 
 from .pool import CONF
 from .units import REPO_ROOT
-
-FLUSH_SECONDS = 5.0
 
 
 def _conf() -> configparser.RawConfigParser:
@@ -37,7 +36,8 @@ def test_pool_program() -> None:
     drain = (
         _default("INGEST_SHUTDOWN_GRACE_SECONDS")
         + _default("INGEST_KILL_GRACE_SECONDS")
-        + FLUSH_SECONDS
+        + SETTLE_AFTER_KILL_S
+        + STOP_TAIL_S
     )
     assert int(prog["stopwaitsecs"]) >= drain + 10
 

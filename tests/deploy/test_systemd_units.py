@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.daemon import SETTLE_AFTER_KILL_S, STOP_TAIL_S
 from supervisor.settings import OPTIONS
 
 from .units import INSTALLED_BIN, REPO_ROOT, SYSTEMD_DIR, one, seconds, values
@@ -24,7 +25,6 @@ ENV_EXAMPLE = SYSTEMD_DIR / "ingest-supervisor.env.example"
 UNITS = sorted(p.name for p in SYSTEMD_DIR.iterdir() if p.suffix in (".service", ".target"))
 
 # The daemon's deadline for flushing status writes and traces after the last job stopped.
-FLUSH_SECONDS = 5.0
 
 needs_systemd_analyze = pytest.mark.skipif(
     SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed"
@@ -104,7 +104,8 @@ def test_stop_timeout_covers_the_whole_drain() -> None:
     drain = (
         _default("INGEST_SHUTDOWN_GRACE_SECONDS")
         + _default("INGEST_KILL_GRACE_SECONDS")
-        + FLUSH_SECONDS
+        + SETTLE_AFTER_KILL_S
+        + STOP_TAIL_S
     )
     assert seconds(one(TEMPLATE, "Service", "TimeoutStopSec")) >= drain + 10
 

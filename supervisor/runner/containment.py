@@ -81,11 +81,12 @@ MAX_TRACKED = 2048
 # A tree whose walk would read more children lists than this (threads count) is found in
 # the whole process table from then on, read at most once per 0.1 s for all such trees.
 MAX_WALK_READS = 1024
-# /proc stat files a sample reads at most (one each: group, start time, CPU, RSS): beyond
-# it a sample measures part of the tree (a tree found in the table is measured whole).
+# /proc stat files a sample reads at most (one each: group, start time, CPU, RSS); a tree
+# larger than that is found in the process table, which gives them all in one read.
 MAX_STAT_READS = 256
-# A tree is sampled again no sooner than this many times its last sample's cost: a job of
-# thousands of processes takes a bounded share of the event loop every job shares.
+# A tree is sampled again no sooner than this many times its last sample's CPU cost (and
+# no later than this many intervals): a job of thousands of processes takes a bounded
+# share of the event loop every job shares.
 SAMPLE_COST_FACTOR = 20
 PROCESS_TABLE = SharedTable()
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -132,8 +133,9 @@ class ProcessTree:
         reads = 0
         unread: dict[int, int] = {}  # known escaped processes the budget left unread
         stats: dict[int, Stat] = {}
-        # The root first, then the escaped ones (only the tracking reaches them).
-        for pid in (self.pid, *escaped, *found):
+        # The root and the tree as found; then the escaped ones known, as far as the budget
+        # goes (one left unread is kept as it was).
+        for pid in (self.pid, *found, *escaped):
             stat = found.get(pid)
             if stat is None:
                 if reads == MAX_STAT_READS:
@@ -163,7 +165,10 @@ class ProcessTree:
         try:
             if self._walkable:
                 walked = walk_descendants(self.pid, MAX_WALK_READS)
-                if walked is not None:
+                # Each walked process costs a stat read: a tree the budget could not read
+                # whole (the newest, an escaping one perhaps, would go untracked) is found
+                # in the process table, which gives every stat with it.
+                if walked is not None and len(walked) < MAX_STAT_READS:
                     return dict.fromkeys(walked)
                 self._walkable = False
             self._table_read, table = PROCESS_TABLE.children(self._table_read, fresh=fresh)

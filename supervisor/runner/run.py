@@ -226,12 +226,13 @@ class _ChildRun:
             pending.clear()
             if child.exited.done():
                 return
-            began = time.monotonic()
+            began = time.thread_time()  # CPU: a daemon starved by its children is not slower
             try:
                 tree.sample()
             finally:  # one failed sample must not end the sampling
-                cost = time.monotonic() - began
-                pending.append(loop.call_later(max(interval, cost * SAMPLE_COST_FACTOR), tick))
+                cost = time.thread_time() - began
+                delay = min(max(interval, cost * SAMPLE_COST_FACTOR), interval * SAMPLE_COST_FACTOR)
+                pending.append(loop.call_later(delay, tick))
 
         def stop() -> None:
             for handle in pending:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from supervisor.daemon import FLUSH_DEADLINE_S
+from supervisor.daemon import STOP_TAIL_S
 from tests.conftest import REDIS_URL
 from tests.daemon.conftest import (  # noqa: F401  (fixtures)
     DaemonProcess,
@@ -33,8 +33,8 @@ from tests.status.conftest import standin, status_db  # noqa: F401  (fixtures)
 from tests.worker.conftest import site  # noqa: F401  (fixture)
 
 # SIGTERM to exit with no job running: the shutdown grace of these daemons (1 s), the
-# sinks' flush deadline, and generous slack for process exit on a busy machine.
-EXIT_BOUND_S = 1.0 + FLUSH_DEADLINE_S + 8.0
+# stop's tail (the flushes), and generous slack for process exit on a busy machine.
+EXIT_BOUND_S = 1.0 + STOP_TAIL_S + 8.0
 LANGFUSE_SECRET = "sk-lf-e2e-never-in-a-span"
 
 

@@ -334,15 +334,20 @@ sys.stdin.read()
 """
 
 
-@pytest.mark.parametrize("walk_reads", [1024, 5], ids=["walked", "from-the-table"])
+@pytest.mark.parametrize(
+    ("crowd", "walk_reads"),
+    [(25, 1024), (25, 5), (300, 1024)],
+    ids=["walked", "from-the-table", "more-than-a-sample-reads"],
+)
 def test_a_process_that_left_the_group_is_tracked_however_large_the_tree(
-    walk_reads: int, monkeypatch: pytest.MonkeyPatch
+    crowd: int, walk_reads: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The group signal misses it, so of a tree larger than what is tracked, such a
-    process is kept first, whichever way the tree was found."""
+    process is kept first, whichever way the tree was found, and however many processes
+    came before it (more than a sample reads the stat of)."""
     monkeypatch.setattr("supervisor.runner.containment.MAX_WALK_READS", walk_reads)
     root = subprocess.Popen(
-        [sys.executable, "-S", "-c", CROWD_THEN_ESCAPE, "25"],
+        [sys.executable, "-S", "-c", CROWD_THEN_ESCAPE, str(crowd)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         start_new_session=True,

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import ReadOnlyError
 
 AnyRedis = Redis | RedisCluster
 
@@ -64,4 +65,7 @@ def redis_client(
             **options,
         )
         return master
-    return Redis.from_url(url, health_check_interval=15, **options)
+    # READONLY: an old master, a replica now, still at this address's pooled connections
+    # after a failover moved the address on. Drop the connection and retry, so that the
+    # next one reaches the new master. (A Sentinel client does so by itself.)
+    return Redis.from_url(url, health_check_interval=15, retry_on_error=[ReadOnlyError], **options)

@@ -74,6 +74,9 @@ class ServerProcess:
             collections.deque()
         )
         self.alive = True
+        # It has handed over a spare or answered a start: one that dies before ever doing
+        # so is a broken deploy (a plain start failure), not a host's passing trouble.
+        self.served = False
         self.preload = preload_worker
         self.stopped_check: asyncio.TimerHandle | None = None
         sock, sock_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -148,7 +151,7 @@ class ServerProcess:
         assert self.loop is not None
         while not self.spares:
             if not self.alive:
-                raise ForkServerLost("fork server exited")
+                raise (ForkServerLost if self.served else ForkServerError)("fork server exited")
             if not self.spares_coming:  # a server started with no spares
                 self._want(1, preload=builtin)
                 continue
@@ -208,6 +211,7 @@ class ServerProcess:
                 return
             notice = json.loads(message)
             if "spare" in notice and len(fds) == 1:
+                self.served = True
                 self.spares.append((int(notice["spare"]), socket.socket(fileno=fds[0])))
                 self.spares_coming -= 1
                 while self.waiters:
@@ -219,6 +223,7 @@ class ServerProcess:
             for fd in fds:
                 os.close(fd)
             if "spawned" in notice or "refused" in notice:
+                self.served = True
                 self._answered(notice)
             else:
                 self._exited(int(notice["pid"]), notice)
@@ -268,9 +273,10 @@ class ServerProcess:
             if not future.done() and not future.get_loop().is_closed():
                 future.set_result(ExitStatus(None, None))
         self.children.clear()
+        died: type[ForkServerError] = ForkServerLost if self.served else ForkServerError
         for answer in self.answers:
             if not answer.done() and not answer.get_loop().is_closed():
-                answer.set_exception(ForkServerLost(f"fork server {why}"))
+                answer.set_exception(died(f"fork server {why}"))
         self.answers.clear()
         for waiter in self.waiters:
             if not waiter.done():

@@ -141,9 +141,9 @@ class _ChildRun:
             child = await server.spawn(spec)
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
             # A server that gave no answer or spare in time (stopped, perhaps by a job
-            # beside this one), or died meanwhile, is this host's fault, not this job's.
-            # One that cannot start or keeps dying is a broken deploy: a plain start
-            # failure, which shows.
+            # beside this one), or died meanwhile after serving others, is this host's
+            # fault, not this job's. One that cannot start, or dies before it ever served
+            # a start, is a broken deploy: a plain start failure, which shows.
             if isinstance(exc, ForkServerLost):
                 # It may have started the command before it died: an orphan of this run,
                 # killed now, before the job can run again under the same attempt.

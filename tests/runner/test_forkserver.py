@@ -499,31 +499,44 @@ def test_a_server_whose_daemon_went_away_mid_message_ends_quietly() -> None:
     assert "Traceback" not in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("served_before", [True, False], ids=["served-before", "never-served"])
 @pytest.mark.parametrize("builtin", [False, True], ids=["command", "spare"])
-def test_a_start_the_server_died_under_is_the_hosts_fault_not_the_jobs(builtin: bool) -> None:
+def test_a_start_the_server_died_under_is_the_hosts_fault_not_the_jobs(
+    builtin: bool, served_before: bool
+) -> None:
     """The server is killed while a start waits on it (its answer, or a spare): the job
     never ran, so its outcome says the host failed (`host_fault`: the daemon gives it back
-    without spending an attempt), and nothing that server may have started is left."""
+    without spending an attempt), and nothing that server may have started is left. A
+    server that dies before it ever served a start is a broken deploy: a plain start
+    failure, which shows."""
     server = ForkServer(spare_timeout_s=10.0, spares=0)
+    command = None if builtin else (sys.executable, "-S", "-c", "pass")
+    cfg = fast_config(command, fork_server=server, extra_env=WORKER_ENV)
+
+    async def start(job_id: str) -> ChildOutcome:
+        return await run_child(
+            cfg,
+            job_id=job_id,
+            attempt=1,
+            job_json=text_job(job_id),
+            timeout_s=10,
+            stop=StopRequest(),
+        )
 
     async def main() -> ChildOutcome:
         server.start()
+        if served_before:
+            first = await start("served-first")
+            assert first.exit_code == 0, first.error
         pid = server.pid
-        assert pid is not None
-        os.kill(pid, signal.SIGSTOP)  # holds the start, as a server about to die would
-        command = None if builtin else (sys.executable, "-S", "-c", "pass")
-        started = asyncio.create_task(
-            run_child(
-                fast_config(command, fork_server=server, extra_env=WORKER_ENV),
-                job_id="died-under-start",
-                attempt=1,
-                job_json=text_job("died-under-start"),
-                timeout_s=10,
-                stop=StopRequest(),
-            )
-        )
         process = server._server
-        assert process is not None
+        assert pid is not None and process is not None
+        if served_before and builtin:
+            await poll(lambda: bool(process.spares), 10, "the spare made after the first")
+        os.kill(pid, signal.SIGSTOP)  # holds the start, as a server about to die would
+        if served_before and builtin:  # without its spare, the start waits on the server
+            process.spares.popleft()[1].close()
+        started = asyncio.create_task(start("died-under-start"))
         await poll(lambda: bool(process.answers or process.waiters), 10, "the start waiting")
         os.kill(pid, signal.SIGKILL)
         return await started
@@ -533,5 +546,5 @@ def test_a_start_the_server_died_under_is_the_hosts_fault_not_the_jobs(builtin: 
     finally:
         server.close()
     assert outcome.ended is EndReason.START_FAILED, outcome
-    assert outcome.host_fault, outcome.error
+    assert outcome.host_fault is served_before, outcome.error
     assert job_processes("died-under-start") == []

@@ -16,6 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 from ingest_worker.config import ENV_VARS as WORKER_ENV_VARS
 from ingest_worker.config import WorkerConfig
 from ingest_worker.errors import ConfigError
+from supervisor import stop_signals
 from supervisor.daemon import Daemon
 from supervisor.execution_context import ExecutionContext
 from supervisor.extras import PSYCOPG, SENTENCE_TRANSFORMERS, require
@@ -202,7 +203,7 @@ async def _run(settings: Settings, jobs_root: str) -> int:
         log.info("metrics on %s:%d/metrics", settings.metrics_host, settings.effective_metrics_port)
     try:
         # What daemons that ended uncleanly (SIGKILL, an unhandled signal) left behind.
-        await remove_stale_jobs_roots(ctx.runner)
+        await remove_stale_jobs_roots(ctx.runner, stopping=lambda: bool(stop_signals.received()))
         return await daemon.run()
     finally:
         FORK_SERVER.close()  # the daemon has reaped every job by now

@@ -13,6 +13,7 @@ import signal
 import stat
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from supervisor.runner.config import RunnerConfig
@@ -104,13 +105,21 @@ def stale_jobs_roots(base: str | None = None) -> list[str]:
     return stale
 
 
-async def remove_stale_jobs_roots(config: RunnerConfig, base: str | None = None) -> int:
+async def remove_stale_jobs_roots(
+    config: RunnerConfig,
+    base: str | None = None,
+    *,
+    stopping: Callable[[], bool] = lambda: False,
+) -> int:
     """Remove what dead daemons left in the temporary directory: each job's directory as
-    any job's is removed (as its user when needed), then the root. How many roots went."""
+    any job's is removed (as its user when needed), then the root. How many roots went.
+    Given up as soon as `stopping()` says so (a stop signal): the next daemon goes on."""
     removed = 0
     for root in stale_jobs_roots(base):
         with contextlib.suppress(OSError):
             for entry in os.scandir(root):
+                if stopping():
+                    return removed
                 await remove_job_dir(config, entry.path)
         try:
             os.rmdir(root)

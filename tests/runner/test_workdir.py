@@ -22,6 +22,7 @@ from supervisor.runner.workdir import (
     new_workdir,
     removals_finished,
     remove_left_dir,
+    remove_stale_jobs_roots,
     stale_jobs_roots,
 )
 from tests.runner.conftest import RunFn, child_cmd, fast_config
@@ -186,6 +187,22 @@ def test_a_jobs_root_made_again_is_locked_like_the_first(tmp_path: Path) -> None
         os.rmdir(job_dir)
     finally:
         root.remove()
+
+
+async def test_a_stop_during_the_sweep_of_dead_daemons_directories_ends_it(
+    tmp_path: Path,
+) -> None:
+    """A daemon removing what dead daemons left (any number of job directories) stops
+    doing so at a stop signal, so that it stops at once; the next daemon goes on."""
+    dead = JobsRoot.create(str(tmp_path))
+    os.close(dead.lock_fd)  # its daemon is gone: its lock with it
+    for i in range(3):
+        await asyncio.to_thread(os.makedirs, os.path.join(dead.path, f"ingest-job-{i}", "sub"))
+    config = fast_config(None)
+    assert await remove_stale_jobs_roots(config, str(tmp_path), stopping=lambda: True) == 0
+    assert len(os.listdir(dead.path)) == 3
+    assert await remove_stale_jobs_roots(config, str(tmp_path)) == 1
+    assert not await asyncio.to_thread(os.path.exists, dead.path)
 
 
 async def test_a_directory_left_full_is_removed_after_the_job_not_before_its_outcome() -> None:

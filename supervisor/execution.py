@@ -97,10 +97,7 @@ class JobExecution:
             if not renewed.held:
                 if self._settling:
                     return  # the outcome was just written; the fenced write itself tells
-                log.warning(
-                    "lease lost to another holder; stopping the child", extra=self._log_extra
-                )
-                self._lost()
+                self._lost("to another holder")
                 return
             self._lease_deadline = sent_at + self.ctx.lease_s
             if self.ctx.metrics is not None:
@@ -108,7 +105,11 @@ class JobExecution:
             if renewed.cancel_requested:
                 self.stop.request(EndReason.CANCELLED)
 
-    def _lost(self) -> None:
+    def _lost(self, why: str | None = None) -> None:
+        """Stop the child: the lease is lost (`why`), or can no longer be trusted (said by
+        the caller)."""
+        if why is not None:
+            log.warning("lease lost %s; stopping the child", why, extra=self._log_extra)
         self._lease_lost = True
         if self.ctx.metrics is not None:
             self.ctx.metrics.lease_lost()
@@ -166,7 +167,7 @@ class JobExecution:
                     log.debug("progress write skipped: %s", exc, extra=self._log_extra)
                 else:
                     if not held:
-                        self._lost()
+                        self._lost("to another holder (a progress write found it)")
                         return
                     if row:
                         row_at, unrowed = time.monotonic(), None

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 from redis.exceptions import ReadOnlyError
 
 AnyRedis = Redis | RedisCluster
@@ -66,6 +67,8 @@ def redis_client(
         )
         return master
     # READONLY: an old master, a replica now, still at this address's pooled connections
-    # after a failover moved the address on. Drop the connection and retry, so that the
-    # next one reaches the new master. (A Sentinel client does so by itself.)
+    # after a failover moved the address on. The connection is dropped and the command
+    # sent once more on a new one, which reaches the new master; nothing else is retried
+    # here (the callers' deadlines do that). A Sentinel client does so by itself.
+    options.setdefault("retry", Retry(NoBackoff(), 1, supported_errors=(ReadOnlyError,)))
     return Redis.from_url(url, health_check_interval=15, retry_on_error=[ReadOnlyError], **options)

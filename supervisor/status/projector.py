@@ -306,6 +306,6 @@ class StatusProjector:
         except TRANSIENT as exc:
             log.warning("status projector: Redis unavailable at shutdown (%s)", exc)
             return False
-        except RedisError as exc:  # READONLY after a failover, say: the rows stay for others
+        except RedisError as exc:  # NOPERM or MISCONF, say: the rows stay for the others
             log.warning("status projector: Redis refused at shutdown (%s)", exc)
             return False

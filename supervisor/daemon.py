@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from supervisor import __version__, stop_signals
-from supervisor.aio import first_of, join_bounded
+from supervisor.aio import first_of
 from supervisor.execution import JobExecution
 from supervisor.execution_context import ExecutionContext
 from supervisor.metricdefs import run_queue_gauge_refresher
@@ -28,17 +28,16 @@ from supervisor.queue.workers import WorkerRegistry
 from supervisor.redis_retry import TRANSIENT
 from supervisor.runner import EndReason, StartFailureGate
 from supervisor.runner.containment import ORPHANS
-from supervisor.runner.workdir import removals_finished
 from supervisor.sdnotify import SystemdNotifier
 from supervisor.status.service import StatusService
+from supervisor.stop_tail import STOP_TAIL_S, run_stop_tail
 from supervisor.unrun import fail_unrun, give_back, give_back_in_flight, unrunnable_reason
 from supervisor.upkeep import beat_forever, feed_watchdog, pass_on_cancels, reap_forever
 
 log = logging.getLogger(__name__)
-# A stop's budget after the children's kill grace for their outcomes' writes, and then
-# for everything after the last one (flushes, deregistration, removals).
+# A stop's budget after the children's kill grace for their outcomes' writes (what comes
+# after the last one has STOP_TAIL_S).
 SETTLE_AFTER_KILL_S = 10.0
-STOP_TAIL_S = 10.0
 # How long a cancelled slot waits for its job's child to be killed and reaped.
 KILL_WAIT_S = 35.0
 # After a second SIGTERM, settling writes give up this long after the children's kill
@@ -378,35 +377,9 @@ class Daemon:
         )
         await self.stopping.wait()
         await self._drain(self.slots)
-        await self._stop_tail(upkeep)
+        await run_stop_tail(upkeep, self.registry, self.ctx, self.status)
         log.info("stopped")
         return 0
-
-    async def _stop_tail(self, upkeep: list[asyncio.Task[None]]) -> None:
-        """Everything after the last job's outcome, within STOP_TAIL_S in all, whatever
-        does not answer (Redis, the status store, the tracing host): the upkeep tasks,
-        the heartbeat's removal, the sinks' and the status flushes (side by side), then
-        the job directories still being removed."""
-        end = time.monotonic() + STOP_TAIL_S
-
-        def left(cap: float = STOP_TAIL_S) -> float:
-            return min(cap, max(0.1, end - time.monotonic()))
-
-        for task in upkeep:
-            task.cancel()
-        await asyncio.gather(*(join_bounded(task, left(2.0)) for task in upkeep))
-        ORPHANS.sweep()  # no job runs any more: whatever any of them left behind
-        try:
-            await asyncio.wait_for(self.registry.remove(self.ctx.worker_id), timeout=left(2.0))
-        except Exception as exc:  # best effort (a Redis down, or refusing writes)
-            log.warning("worker not deregistered (%s); its heartbeat expires by itself", exc)
-        flushes = [self.ctx.sinks.aclose(max(0.1, left() - 0.5))]
-        if self.status is not None:
-            flushes.append(self.status.aclose(left()))
-        await asyncio.gather(*flushes)
-        # After the last status writes: a removal under way runs to its end regardless.
-        if not await removals_finished(left()):
-            log.warning("job directories still being removed as the daemon stops")
 
     async def _drain(self, slots: list[asyncio.Task[None] | None]) -> None:
         self.notifier.stopping()

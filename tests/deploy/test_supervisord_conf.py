@@ -5,8 +5,9 @@ from __future__ import annotations
 import configparser
 import re
 
-from supervisor.daemon import SETTLE_AFTER_KILL_S, STOP_TAIL_S
+from supervisor.daemon import SETTLE_AFTER_KILL_S
 from supervisor.settings import OPTIONS
+from supervisor.stop_tail import STOP_TAIL_S
 
 from .pool import CONF
 from .units import REPO_ROOT

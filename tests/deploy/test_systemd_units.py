@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.daemon import SETTLE_AFTER_KILL_S, STOP_TAIL_S
+from supervisor.daemon import SETTLE_AFTER_KILL_S
 from supervisor.settings import OPTIONS
+from supervisor.stop_tail import STOP_TAIL_S
 
 from .units import INSTALLED_BIN, REPO_ROOT, SYSTEMD_DIR, one, seconds, values
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from supervisor.daemon import STOP_TAIL_S
+from supervisor.stop_tail import STOP_TAIL_S
 from tests.conftest import REDIS_URL
 from tests.daemon.conftest import (  # noqa: F401  (fixtures)
     DaemonProcess,

@@ -24,7 +24,7 @@ from supervisor.status.reconcile import sweep_page
 from supervisor.status.sync import status_sync
 from supervisor.status.update import StatusUpdate
 from tests.status.conftest import Store
-from tests.status.snapshots import payload
+from tests.status.snapshots import claim_now, payload
 
 
 def _locking(store: Store) -> str:
@@ -71,8 +71,7 @@ async def test_a_final_row_parked_before_its_job_was_purged_is_still_written(
     backend = store.backend()
     try:
         await queue.enqueue(payload("done-then-purged"))
-        claim = await queue.claim("w", lease_s=30, timeout_s=5)
-        assert claim is not None
+        claim = await claim_now(queue, "w")
         await drain(queue, backend)
         async with row_locked(dsn, "done-then-purged"):
             assert await queue.complete("done-then-purged", claim.token, {"n": 1}, message="ok")
@@ -145,8 +144,7 @@ async def test_a_row_parked_while_the_reconciler_writes_an_older_one_is_kept(
     projector = StatusProjector(queue.client, queue.keys, backend, consumer="p")
     try:
         await queue.enqueue(payload("raced"))
-        claim = await queue.claim("w", lease_s=30, timeout_s=5)
-        assert claim is not None
+        claim = await claim_now(queue, "w")
         await projector.drain(20.0)
         async with row_locked(dsn, "raced"):
             await queue.progress("raced", claim.token, 50, "half")
@@ -297,8 +295,7 @@ async def test_a_job_parked_once_is_tried_again_when_its_parking_ends(
     projector = StatusProjector(queue.client, queue.keys, backend, consumer="p")
     try:
         await queue.enqueue(payload("busy"))
-        claim = await queue.claim("w", lease_s=60, timeout_s=5)
-        assert claim is not None
+        claim = await claim_now(queue, "w")
         assert await projector.drain(20.0)
         async with row_locked(dsn, "busy"):
             assert await queue.progress("busy", claim.token, 5, "five")

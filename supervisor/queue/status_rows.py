@@ -49,9 +49,10 @@ class StatusRowVerbs:
 
     async def status_versions(
         self, cursor: int, count: int
-    ) -> tuple[int, list[tuple[str, str, float, int, str, int]]]:
+    ) -> tuple[int, list[tuple[str, str, float, int, str, int, float | None]]]:
         """One page of the job hash as (job id, tenant, run in unix seconds, rev, state,
-        attempt), and the next HSCAN cursor (0 when the scan is complete)."""
+        attempt, claimed at in unix seconds or None), and the next HSCAN cursor (0 when the
+        scan is complete)."""
         raw = await self._run("status_versions", [self.keys.jobs], [cursor, count])
         items = [_s(x, "replace") for x in raw[1:]]
         out = [
@@ -62,7 +63,8 @@ class StatusRowVerbs:
                 int(items[i + 3]),
                 items[i + 4],
                 int(items[i + 5]),
+                float(items[i + 6]) / 1000.0 or None,
             )
-            for i in range(0, len(items), 6)
+            for i in range(0, len(items), 7)
         ]
         return int(_s(raw[0])), out

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from supervisor.status.update import StatusUpdate
 
 log = logging.getLogger(__name__)
 
-# seq_run, rev, tenant_id, status, attempt, queue (None: a row from before rows named it,
-# or a store without the column yet)
-RowVersion = tuple[float, int, str, str, int, str | None]
+
+class RowVersion(NamedTuple):
+    """What the reconciler compares of a row with its job's record."""
+
+    seq_run: float
+    rev: int
+    tenant_id: str
+    status: str
+    attempt: int
+    queue: str | None  # None: a row from before rows named it, or a store without the column
+    started_at: float | None  # unix seconds: which claim of the attempt the row shows
+
+
 # Statuses of a job Redis still has to settle.
 UNSETTLED = ("queued", "processing")
 

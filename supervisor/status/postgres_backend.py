@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 
 _VERSIONS = (
-    "select job_id, seq_run, rev, tenant_id, status, attempt{} from public.ingestion_jobs"
+    "select job_id, seq_run, rev, tenant_id, status, attempt,"
+    " extract(epoch from started_at)::float8{} from public.ingestion_jobs"
     " where job_id = any(%s)"
 )
 # The queue column is read through the row's JSON here, so a row is read alike before the
@@ -118,7 +119,10 @@ class PostgresBackend:
             if not exc.missing_column:  # not a table without the queue column yet
                 raise
             rows = await self._run(_VERSIONS.format(", null"), [list(job_ids)], many=True)
-        return {r[0]: (float(r[1]), int(r[2]), str(r[3]), str(r[4]), int(r[5]), r[6]) for r in rows}
+        return {
+            r[0]: RowVersion(float(r[1]), int(r[2]), str(r[3]), str(r[4]), int(r[5]), r[7], r[6])
+            for r in rows
+        }
 
     async def fetch_unsettled(
         self, queue: str, after: str, limit: int, older_than_s: float

@@ -26,6 +26,8 @@ from supervisor.status.parked import LockBudget, apply_unless_locked
 log = logging.getLogger(__name__)
 
 CURSOR_FIELD = "cursor"
+# Claim times are whole milliseconds of Redis's clock; a row holds them to the microsecond.
+CLAIM_TIME_TOLERANCE_S = 0.0005
 LOST_CURSOR_FIELD = "lost_cursor"
 
 
@@ -66,11 +68,21 @@ async def take_lock(queue: JobQueue, owner: str, ttl_s: float) -> bool:
     return bool(got)
 
 
-def _trails_by_design(row: RowVersion, run: float, state: str, attempt: int) -> bool:
+def _trails_by_design(
+    row: RowVersion, run: float, state: str, attempt: int, started: float | None
+) -> bool:
     """A running job's row behind its record only in progress (progress rows are
     throttled; its next state change carries everything). One that does not say it runs,
-    or says so of another run or attempt, lost its claim's row."""
-    return state == "active" and row[3] == "processing" and (row[0], row[4]) == (run, attempt)
+    or says so of another run, attempt or claim (a stalled claim gives its attempt back,
+    so the next claim runs the same attempt), lost its claim's row."""
+    return (
+        state == "active"
+        and row.status == "processing"
+        and (row.seq_run, row.attempt) == (run, attempt)
+        and started is not None
+        and row.started_at is not None
+        and abs(row.started_at - started) < CLAIM_TIME_TOLERANCE_S
+    )
 
 
 def _shown(state: str) -> str | None:
@@ -87,11 +99,11 @@ async def compare_page(
 ) -> ReconcileReport:
     """Compare about `limit` job records from `cursor` on with their rows."""
     report = ReconcileReport()
-    records: dict[str, tuple[str, float, int, str, int]] = {}
+    records: dict[str, tuple[str, float, int, str, int, float | None]] = {}
     while True:
         cursor, page = await queue.status_versions(cursor, min(limit, 500))
-        for job_id, tenant, run, rev, state, attempt in page:
-            records[job_id] = (tenant, run, rev, state, attempt)
+        for job_id, tenant, run, rev, state, attempt, started in page:
+            records[job_id] = (tenant, run, rev, state, attempt, started)
         if cursor == 0 or len(records) >= limit:
             break
     report.cursor = cursor
@@ -99,23 +111,25 @@ async def compare_page(
     if not records:
         return report
     rows = await backend.fetch_versions(list(records))
-    for job_id, (tenant, run, rev, state, attempt) in records.items():
+    for job_id, (tenant, run, rev, state, attempt, started) in records.items():
         row = rows.get(job_id)
         if row is None:
             report.missing.append(job_id)
-        elif row[2] != tenant:
+        elif row.tenant_id != tenant:
             report.foreign.append(job_id)
-        elif (row[0], row[1]) < (run, rev) and not _trails_by_design(row, run, state, attempt):
+        elif (row.seq_run, row.rev) < (run, rev) and not _trails_by_design(
+            row, run, state, attempt, started
+        ):
             report.behind.append(job_id)
-        elif (row[0] > run and row[5] == queue.queue) or (
-            row[0] == run
-            and (row[1] > rev or (row[1] == rev and _shown(state) not in (None, row[3])))
+        elif (row.seq_run > run and row.queue == queue.queue) or (
+            row.seq_run == run
+            and (row.rev > rev or (row.rev == rev and _shown(state) not in (None, row.status)))
         ):
             # Lost writes restart the run's revisions, or take back the run they started
             # (an operator's retry). A later run's row that does not name this queue is
             # left: it may come from another queue that shares the table.
             report.ahead.append(job_id)
-            report.seen[job_id] = (row[0], row[1], row[3])
+            report.seen[job_id] = (row.seq_run, row.rev, row.status)
     if report.foreign:
         log.warning(
             "status rows of %d job(s) belong to another tenant and are left as they are "

@@ -195,18 +195,19 @@ class SqliteBackend:
             for start in range(0, len(job_ids), 500):
                 chunk = job_ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                for job_id, run, rev, tenant, status, attempt, queue in conn.execute(
-                    "select job_id, seq_run, rev, tenant_id, status, attempt, queue"
+                for job_id, run, rev, tenant, status, attempt, queue, started in conn.execute(
+                    "select job_id, seq_run, rev, tenant_id, status, attempt, queue, started_at"
                     f" from ingestion_jobs where job_id in ({marks})",
                     chunk,
                 ):
-                    out[job_id] = (
+                    out[job_id] = RowVersion(
                         float(run),
                         int(rev),
                         str(tenant),
                         str(status),
                         int(attempt),
                         None if queue is None else str(queue),
+                        None if started is None else float(started),
                     )
         return out
 

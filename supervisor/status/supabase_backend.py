@@ -106,18 +106,19 @@ class SupabaseBackend:
         for start in range(0, len(ids), 100):
             chunk = ids[start : start + 100]
             for r in await self._versions(chunk):
-                out[r["job_id"]] = (
+                out[r["job_id"]] = RowVersion(
                     float(r["seq_run"]),
                     int(r["rev"]),
                     str(r["tenant_id"]),
                     str(r["status"]),
                     int(r["attempt"]),
                     r.get("queue"),
+                    _seconds(r.get("started_at")),
                 )
         return out
 
     async def _versions(self, chunk: list[str]) -> list[dict[str, Any]]:
-        columns = "job_id,seq_run,rev,tenant_id,status,attempt"
+        columns = "job_id,seq_run,rev,tenant_id,status,attempt,started_at"
         try:
             data = await self._execute(
                 lambda c: c.table("ingestion_jobs").select(f"{columns},queue").in_("job_id", chunk)

@@ -426,6 +426,46 @@ async def test_a_retried_job_whose_row_still_shows_its_first_attempt_is_repaired
         await client.aclose()
 
 
+async def test_a_reclaimed_job_whose_row_still_shows_the_stalled_claim_is_repaired(
+    store: Store, queue_name: str
+) -> None:
+    """A stall gives its attempt back, so the next claim runs the same run and attempt:
+    with the reap's and the new claim's rows lost, the row says `processing` of the right
+    attempt, but names the claim that stalled (its worker, its start)."""
+    backend = store.backend()
+    client = Redis.from_url(REDIS_URL)
+    q = JobQueue(client, queue_name, backoff=Backoff(base_s=0.0, jitter=0.0))
+    try:
+        await q.enqueue(payload("stalled"))
+        first = await q.claim("w-gone", lease_s=0.05, timeout_s=5)
+        assert first is not None
+        p = projector(q, backend, "p")
+        await p.drain(10.0)
+
+        async def reaped() -> bool:
+            return "stalled" in (await q.reap()).recovered
+
+        await until(reaped, 10.0, "the stalled claim reaped")
+        second = await q.claim("w-new", lease_s=30, timeout_s=5)
+        assert second is not None and second.job.attempt == first.job.attempt
+        await client.xtrim(q.keys.status_outbox, maxlen=0, approximate=False)
+        row = await backend.fetch("stalled")
+        assert row is not None and (row["status"], row["worker_id"]) == ("processing", "w-gone")
+        report = await sweep_page(q, backend, limit=100)
+        assert report.behind == ["stalled"], report
+        await p.drain(10.0)
+        row = await backend.fetch("stalled")
+        record = await q.get("stalled")
+        assert record is not None and record.started_at is not None
+        assert row is not None and (row["status"], row["worker_id"]) == ("processing", "w-new")
+        assert row["started_at"] == pytest.approx(record.started_at, abs=0.001)
+        again = await sweep_page(q, backend, limit=100)
+        assert again.behind == [] and again.missing == []
+    finally:
+        await backend.aclose()
+        await client.aclose()
+
+
 @pytest.mark.parametrize("repair", ["sweep", "status-sync"])
 async def test_a_row_ahead_of_a_redis_that_lost_its_last_writes_is_brought_back_to_it(
     store: Store, queue: JobQueue, repair: str

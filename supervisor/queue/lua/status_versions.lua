@@ -2,7 +2,8 @@
 -- (so whole records, results included, never leave Redis for it).
 -- KEYS[1] jobs
 -- ARGV[1] HSCAN cursor  ARGV[2] COUNT hint
--- Returns {next cursor, id, tenant, run ms, rev, state, attempt, id, tenant, ...}; records
+-- Returns {next cursor, id, tenant, run ms, rev, state, attempt, started ms (0: none),
+-- id, tenant, ...}; records
 -- no script can read are left out (one of them must not stop the fleet's sweep).
 local page = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', tonumber(ARGV[2]))
 local out = {page[1]}
@@ -16,6 +17,7 @@ for i = 1, #items, 2 do
     table.insert(out, fmt(rec.rev or 0))
     table.insert(out, rec.state)
     table.insert(out, fmt(rec.attempt))
+    table.insert(out, fmt(rec.started_at or 0))
   end
 end
 return out

@@ -144,6 +144,12 @@ ODD_RECORDS = [
     b'{"id": "a-unreadable", "state": "waiting", "attempt": 0, "max_attempts": 1, "rev": 1.5}',
     b'{"id": "a-unreadable", "state": "waiting", "attempt": 0.5, "max_attempts": 1}',
     b'{"id": "a-unreadable", "state": "waiting", "attempt": 0, "max_attempts": 1, "rev": 1e400}',
+    b'{"id": "a-unreadable", "state": "active", "attempt": 1, "max_attempts": 1, '
+    b'"started_at": null}',
+    b'{"id": "a-unreadable", "state": "active", "attempt": 1, "max_attempts": 1, '
+    b'"started_at": "x"}',
+    b'{"id": "a-unreadable", "state": "failed", "attempt": 1, "max_attempts": 1, '
+    b'"finished_at": "x"}',
 ]
 
 

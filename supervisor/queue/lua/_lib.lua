@@ -26,8 +26,9 @@ end
 
 -- The record stored as `raw` for job `id`, or false when no script can read it
 -- (corruption, a record of another version): not JSON, or not the shape every script
--- relies on. Counters are whole, finite numbers.
-local COUNTERS = {'attempt', 'stalls', 'rev', 'max_attempts', 'enqueued_at'}
+-- relies on. Counters and stamps (milliseconds of TIME) are whole, finite numbers.
+local COUNTERS = {'attempt', 'stalls', 'rev', 'max_attempts', 'enqueued_at', 'started_at',
+                  'finished_at'}
 local function decode_checked(raw, id)
   local ok, rec = pcall(cjson.decode, raw)
   if not ok or type(rec) ~= 'table' or rec.id ~= id or type(rec.state) ~= 'string' then

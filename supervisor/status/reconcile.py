@@ -38,9 +38,9 @@ class ReconcileReport:
     behind: list[str] = field(default_factory=list)  # a row older than the record
     # A row newer than the record in its run, or as new with another status: Redis lost its
     # last writes (and may have reached the same revision again since). `seen` is each
-    # such row's key and status as read.
+    # such row's key, status and start as read.
     ahead: list[str] = field(default_factory=list)
-    seen: dict[str, tuple[float, int, str]] = field(default_factory=dict)
+    seen: dict[str, tuple[float, int, str, float | None]] = field(default_factory=dict)
     foreign: list[str] = field(default_factory=list)  # the row belongs to another tenant
     lost: list[str] = field(default_factory=list)  # unsettled rows of jobs Redis lost: failed
     cursor: int = 0  # where the next page starts; 0 once the scan went round
@@ -79,10 +79,22 @@ def _trails_by_design(
         state == "active"
         and row.status == "processing"
         and (row.seq_run, row.attempt) == (run, attempt)
-        and started is not None
-        and row.started_at is not None
-        and abs(row.started_at - started) < CLAIM_TIME_TOLERANCE_S
+        and _same_start(row.started_at, started)
     )
+
+
+def _same_start(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs(a - b) < CLAIM_TIME_TOLERANCE_S
+
+
+def _not_its_snapshot(row: RowVersion, state: str, started: float | None) -> bool:
+    """A row at the record's own revision that is not the record's snapshot (Redis reached
+    that revision again after losing writes, its clock stepped back): another status, or
+    another claim's. False for a state this version does not know."""
+    shown = _shown(state)
+    return shown is not None and (shown != row.status or not _same_start(row.started_at, started))
 
 
 def _shown(state: str) -> str | None:
@@ -123,13 +135,13 @@ async def compare_page(
             report.behind.append(job_id)
         elif (row.seq_run > run and row.queue == queue.queue) or (
             row.seq_run == run
-            and (row.rev > rev or (row.rev == rev and _shown(state) not in (None, row.status)))
+            and (row.rev > rev or (row.rev == rev and _not_its_snapshot(row, state, started)))
         ):
             # Lost writes restart the run's revisions, or take back the run they started
             # (an operator's retry). A later run's row that does not name this queue is
             # left: it may come from another queue that shares the table.
             report.ahead.append(job_id)
-            report.seen[job_id] = (row.seq_run, row.rev, row.status)
+            report.seen[job_id] = (row.seq_run, row.rev, row.status, row.started_at)
     if report.foreign:
         log.warning(
             "status rows of %d job(s) belong to another tenant and are left as they are "
@@ -155,8 +167,10 @@ async def replace_rows_ahead(
         fields = await queue.status_rows(report.ahead[start : start + 200])
         rows = []
         for row in (row_from_fields(f, queue.queue) for f in fields):
-            run, rev, status = report.seen[row.job_id]
-            same_run_back = row.seq_run == run and (row.rev, row.status) != (rev, status)
+            run, rev, status, started = report.seen[row.job_id]
+            same_run_back = row.seq_run == run and (
+                (row.rev, row.status) != (rev, status) or not _same_start(row.started_at, started)
+            )
             if row.seq_run < run or (same_run_back and row.rev <= rev):
                 confirmed.append(row.job_id)
                 rows.append(dataclasses.replace(row, replaces_seq_run=run, replaces_rev=rev))

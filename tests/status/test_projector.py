@@ -563,6 +563,51 @@ async def test_a_row_redis_reached_again_with_other_content_is_brought_back_to_i
         await backend.aclose()
 
 
+async def test_a_row_redis_reached_again_by_another_claim_in_the_same_state_is_replaced(
+    store: Store, queue: JobQueue
+) -> None:
+    """As above, but the run Redis remembers ended in the same state as the forgotten
+    one: only the claim (its start) tells the rows apart, and the row of the forgotten
+    run (its worker, its result) must not stay."""
+    backend = store.backend()
+    try:
+        await queue.enqueue(payload("same-state"))
+        saved = await queue.client.hget(queue.keys.jobs, "same-state")
+        first = await queue.claim("host-old", lease_s=30, timeout_s=5)
+        assert first is not None
+        assert await queue.complete("same-state", first.token, {"run": "forgotten"})
+        p = projector(queue, backend, "p")
+        await p.drain(10.0)
+        seen = (await backend.fetch_versions(["same-state"]))["same-state"]
+        # Redis lost the run's writes; the job ran again, on a clock stepped back.
+        await queue.client.hset(queue.keys.jobs, "same-state", saved)
+        await queue.client.zrem(queue.keys.completed, "same-state")
+        await queue.client.zadd(queue.keys.waiting, {"same-state": 0})
+        await queue.client.xtrim(queue.keys.status_outbox, maxlen=0, approximate=False)
+
+        async def claimed_later() -> Any:
+            # A claim in another millisecond than the forgotten one: the two starts differ.
+            return await queue.server_time_ms() > (seen.started_at or 0) * 1000 + 1
+
+        await until(claimed_later, 5.0, "Redis's clock past the first claim")
+        second = await queue.claim("host-new", lease_s=30, timeout_s=5)
+        assert second is not None
+        assert await queue.complete("same-state", second.token, {"run": "real"})
+        record = json.loads(await queue.client.hget(queue.keys.jobs, "same-state"))
+        record["rev"] = seen.rev
+        await queue.client.hset(queue.keys.jobs, "same-state", json.dumps(record))
+        await queue.client.xtrim(queue.keys.status_outbox, maxlen=0, approximate=False)
+        report = await sweep_page(queue, backend, limit=100)
+        assert report.ahead == ["same-state"], report
+        row = await backend.fetch("same-state")
+        assert row is not None and row["status"] == "completed"
+        assert (row["result"], row["worker_id"]) == ({"run": "real"}, "host-new")
+        again = await sweep_page(queue, backend, limit=100)
+        assert again.ahead == [] and again.behind == []
+    finally:
+        await backend.aclose()
+
+
 async def test_a_row_of_a_later_run_in_another_queue_is_not_taken_for_ahead(
     store: Store, queue: JobQueue, queue_name: str
 ) -> None:

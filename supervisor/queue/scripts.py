@@ -21,6 +21,7 @@ SCRIPT_NAMES = (
     "resend_status",
     "status_rows",
     "status_versions",
+    "job_tenants",
     # Status rows held back by a row lock (supervisor/status/parked.py).
     "park_rows",
     "unpark_row",

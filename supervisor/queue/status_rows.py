@@ -47,6 +47,18 @@ class StatusRowVerbs:
             flags = await pipe.execute()
         return {j for j, there in zip(job_ids, flags, strict=True) if there}
 
+    async def job_tenants(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """The tenant of each of these jobs Redis has a record of ('' for a record no
+        script can read); a job it has none of is left out."""
+        if not job_ids:
+            return {}
+        raw = await self._run("job_tenants", [self.keys.jobs], list(job_ids))
+        return {
+            job_id: _s(tenant, "replace")
+            for job_id, tenant in zip(job_ids, raw, strict=True)
+            if tenant is not None
+        }
+
     async def status_versions(
         self, cursor: int, count: int
     ) -> tuple[int, list[tuple[str, str, float, int, str, int, float | None]]]:

@@ -4,8 +4,9 @@ Redis can lose jobs altogether (a restart without persistence or from a file mis
 last second, an asynchronous failover, an operator deleting a queue's keys). Nothing in
 Redis points at their rows any more, so the reconciler walks the table: a page of its
 queue's rows that say queued or processing, in job id order, and marks failed those
-whose job Redis does not have. The mark keeps the row's key (seq_run, rev) and is written
-only if the row still has it, so anything later about the job replaces it.
+whose job Redis does not have (or has only as another tenant's job of the same id). The
+mark keeps the row's key (seq_run, rev) and is written only if the row still has it, so
+anything later about the job replaces it.
 
 A job also leaves Redis legitimately, with a last row still on its way through the outbox
 (a purge's `cancelled`): a job is taken for lost only once everything the outbox held when
@@ -101,9 +102,11 @@ async def fail_lost_rows(
     next_after = rows[-1]["job_id"] if rows else ""
     if not rows:
         return [], 0, next_after
-    known = await queue.known_jobs([r["job_id"] for r in rows])
+    tenants = await queue.job_tenants([r["job_id"] for r in rows])
     asked_ms = await queue.server_time_ms()
-    unknown = [r for r in rows if r["job_id"] not in known]
+    # Lost: no job of that id, or only another tenant's (the id was reused after the job
+    # left Redis). One whose record cannot be read is a job Redis still has.
+    unknown = [r for r in rows if tenants.get(r["job_id"]) not in (r["tenant_id"], "")]
     if not unknown:
         return [], 0, next_after
     if not await _projected_past(queue, asked_ms, projected_wait_s):

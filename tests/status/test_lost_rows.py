@@ -132,6 +132,33 @@ async def test_a_row_of_a_run_redis_lost_comes_back_to_the_run_it_has(
         await backend.aclose()
 
 
+@pytest.mark.parametrize("how", ["sweep", "status-sync"])
+async def test_a_lost_job_s_row_says_so_though_another_tenant_reused_its_id(
+    store: Store, queue: JobQueue, how: str
+) -> None:
+    """Redis lost tenant A's running job, then tenant B enqueued a job of the same id.
+    Redis has *a* job of that id, but not A's: A's row must not say `processing` for ever,
+    and nothing of B's job may reach A's row."""
+    backend = store.backend()
+    try:
+        await queue.enqueue(payload("reused", tenant="tenant-a"))
+        running = await queue.claim("w", lease_s=30, timeout_s=5)
+        assert running is not None
+        await drain(queue, backend)
+        await forget_everything(queue)
+        await queue.enqueue(payload("reused", tenant="tenant-b", max_attempts=1))
+        await drain(queue, backend)  # B's row is refused: the id's row is A's
+
+        assert await repair(queue, backend, how) == ["reused"]
+
+        row = await backend.fetch("reused")
+        assert row is not None and (row["tenant_id"], row["status"]) == ("tenant-a", "failed")
+        assert row["error"] == LOST_ERROR and row["max_attempts"] == 3  # A's, not B's
+        assert await repair(queue, backend, how) == []  # once
+    finally:
+        await backend.aclose()
+
+
 # Records no script can read (see tests/protocol/test_states.py), and readable ones whose
 # numbers are not whole.
 ODD_RECORDS = [

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 CURSOR_FIELD = "cursor"
 # Claim times are whole milliseconds of Redis's clock; a row holds them to the microsecond.
 CLAIM_TIME_TOLERANCE_S = 0.0005
+# A running job's row trails its record by its throttled progress rows, and the last of
+# them lands within a second or so of the change. A row still behind a change older than
+# this lost that row (dropped at the outbox bound, trimmed) and is re-sent.
+TRAILING_ROW_S = 10.0
 LOST_CURSOR_FIELD = "lost_cursor"
 
 
@@ -72,9 +76,9 @@ def _trails_by_design(
     row: RowVersion, run: float, state: str, attempt: int, started: float | None
 ) -> bool:
     """A running job's row behind its record only in progress (progress rows are
-    throttled; its next state change carries everything). One that does not say it runs,
-    or says so of another run, attempt or claim (a stalled claim gives its attempt back,
-    so the next claim runs the same attempt), lost its claim's row."""
+    throttled; the last one trails the change). One that does not say it runs, or says so
+    of another run, attempt or claim (a stalled claim gives its attempt back, so the next
+    claim runs the same attempt), lost its claim's row."""
     return (
         state == "active"
         and row.status == "processing"
@@ -107,10 +111,17 @@ def _shown(state: str) -> str | None:
 
 
 async def compare_page(
-    queue: JobQueue, backend: StatusBackend, cursor: int, *, limit: int
+    queue: JobQueue,
+    backend: StatusBackend,
+    cursor: int,
+    *,
+    limit: int,
+    trailing_row_s: float = TRAILING_ROW_S,
 ) -> ReconcileReport:
     """Compare about `limit` job records from `cursor` on with their rows."""
     report = ReconcileReport()
+    # Revisions are Redis's clock in milliseconds: a record's is when it last changed.
+    settled_rev = await queue.server_time_ms() - trailing_row_s * 1000
     records: dict[str, tuple[str, float, int, str, int, float | None]] = {}
     while True:
         cursor, page = await queue.status_versions(cursor, min(limit, 500))
@@ -129,8 +140,8 @@ async def compare_page(
             report.missing.append(job_id)
         elif row.tenant_id != tenant:
             report.foreign.append(job_id)
-        elif (row.seq_run, row.rev) < (run, rev) and not _trails_by_design(
-            row, run, state, attempt, started
+        elif (row.seq_run, row.rev) < (run, rev) and not (
+            rev > settled_rev and _trails_by_design(row, run, state, attempt, started)
         ):
             report.behind.append(job_id)
         elif (row.seq_run > run and row.queue == queue.queue) or (
@@ -193,14 +204,21 @@ async def replace_rows_ahead(
 
 
 async def sweep_page(
-    queue: JobQueue, backend: StatusBackend, *, limit: int, lost_after_s: float = LOST_AFTER_S
+    queue: JobQueue,
+    backend: StatusBackend,
+    *,
+    limit: int,
+    lost_after_s: float = LOST_AFTER_S,
+    trailing_row_s: float = TRAILING_ROW_S,
 ) -> ReconcileReport:
     """The periodic sweep: one page from the fleet's shared cursor; re-sends the stale
     rows through the outbox, replaces rows ahead of Redis, and fails one page of rows of
     jobs Redis lost (a cursor of their own, through the table)."""
     keys = queue.keys
     raw = await queue.client.hget(keys.status_reconcile, CURSOR_FIELD)
-    report = await compare_page(queue, backend, int(raw or 0), limit=limit)
+    report = await compare_page(
+        queue, backend, int(raw or 0), limit=limit, trailing_row_s=trailing_row_s
+    )
     await queue.client.hset(keys.status_reconcile, CURSOR_FIELD, str(report.cursor))
     if report.stale:
         resent = await queue.resend_status(report.stale)

@@ -396,6 +396,51 @@ async def test_a_running_job_whose_row_lost_its_claim_is_repaired_while_it_runs(
         await backend.aclose()
 
 
+async def test_a_quiet_job_s_progress_dropped_at_the_outbox_bound_is_re_sent(
+    store: Store, queue_name: str
+) -> None:
+    """At the outbox bound a progress row is not recorded, and the holder's throttle takes
+    it as written. A running job's row still behind its record once a trailing row would
+    have landed is re-sent: a job that went quiet must not show old progress until it ends."""
+    backend = store.backend()
+    client = Redis.from_url(REDIS_URL)
+    q = JobQueue(
+        client,
+        queue_name,
+        backoff=Backoff(base_s=0.0, jitter=0.0),
+        retention=Retention(outbox_cap=5),
+    )
+    try:
+        await q.enqueue(payload("quiet"))
+        claim = await q.claim("w", lease_s=300, timeout_s=5)
+        assert claim is not None
+        await q.progress("quiet", claim.token, 10, "crawling", row=True)
+        p = projector(q, backend, "p")
+        await p.drain(10.0)
+        for n in range(6):  # the outbox at its bound (a store outage, say)
+            await q.enqueue(payload(f"other-{n}"))
+        await q.progress("quiet", claim.token, 95, "writing index", row=True)
+        await p.drain(10.0)
+        row = await backend.fetch("quiet")
+        assert row is not None and (row["status"], row["progress"]) == ("processing", 10)
+        # Just changed: its trailing row may still be on its way.
+        report = await sweep_page(q, backend, limit=100, trailing_row_s=60.0)
+        assert report.behind == [], report
+
+        async def re_sent() -> bool:
+            report = await sweep_page(q, backend, limit=100, trailing_row_s=0.2)
+            return report.behind == ["quiet"]
+
+        await until(re_sent, 5.0, "the dropped progress re-sent")
+        await p.drain(10.0)
+        row = await backend.fetch("quiet")
+        assert row is not None
+        assert (row["progress"], row["progress_message"]) == (95, "writing index")
+    finally:
+        await backend.aclose()
+        await client.aclose()
+
+
 async def test_a_retried_job_whose_row_still_shows_its_first_attempt_is_repaired(
     store: Store, queue_name: str
 ) -> None:

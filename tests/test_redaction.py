@@ -375,3 +375,37 @@ def test_a_result_holding_every_separator_candidate_is_still_scrubbed_in_one_pas
     assert scrubbed["s"] == f"x {redaction.REDACTED} y"
     assert scrubbed["poison"] == poison and scrubbed["chunks"] == result["chunks"]
     assert elapsed < 1.0, elapsed
+
+
+async def test_scrubbing_a_large_result_against_many_secrets_leaves_the_event_loop_free() -> None:
+    """A payload may name hundreds of secrets (six forms each) and a child may print a
+    1 MiB result of short strings: scrubbing one against the other is a second of CPU, which
+    the event loop every slot shares must not spend."""
+    import dataclasses
+
+    from supervisor.execution import scrubbed_outcome
+    from supervisor.runner import ChildOutcome, EndReason
+
+    secrets = [f"secret-value-number-{n:04d}/+ %" for n in range(300)]
+    outcome = ChildOutcome(
+        ended=EndReason.EXITED,
+        exit_code=0,
+        signal=None,
+        wall_s=1.0,
+        cpu_s=1.0,
+        peak_rss_bytes=0,
+        progress=100.0,
+        progress_message=f"done with {secrets[7]}",
+        result=[f"s{n}" for n in range(150_000)] + [secrets[3]],
+        error=None,
+    )
+    loop_cpu, all_cpu = time.thread_time(), time.process_time()
+    result, message = await scrubbed_outcome(outcome, secrets)
+    loop_cpu, all_cpu = time.thread_time() - loop_cpu, time.process_time() - all_cpu
+    assert result[-1] == redaction.REDACTED and result[:2] == ["s0", "s1"]
+    assert message == f"done with {redaction.REDACTED}"
+    assert all_cpu > 0.1, all_cpu  # the work was heavy enough to tell
+    assert loop_cpu < all_cpu / 5, (loop_cpu, all_cpu)
+    # Nothing to scrub: the same values, no thread needed.
+    plain = dataclasses.replace(outcome, result={"chunks": 3}, progress_message="done")
+    assert await scrubbed_outcome(plain, []) == ({"chunks": 3}, "done")

@@ -62,6 +62,7 @@ class JobsRoot:
         except OSError:
             shutil.rmtree(making, ignore_errors=True)
             raise
+        _hold(path, fd)
         return cls(path, fd)
 
     def remove(self) -> None:
@@ -74,6 +75,7 @@ class JobsRoot:
         except OSError as exc:
             log.warning("directory of job directories %s left in place: %s", self.path, exc)
         finally:
+            _HELD_ROOTS.pop(self.path, None)
             os.close(self.lock_fd)
 
 
@@ -132,8 +134,17 @@ async def remove_stale_jobs_roots(
     return removed
 
 
-# Locks of jobs roots made again after a cleaner removed them: held, as the first one's
-# is, until the daemon ends (rare; one descriptor each).
+@dataclass(frozen=True)
+class _HeldRoot:
+    fd: int  # holds the lock
+    device: int
+    inode: int
+
+
+# The jobs roots this process made, by path: what is there must still be that directory.
+_HELD_ROOTS: dict[str, _HeldRoot] = {}
+# Locks of roots made again, or moved away by a child: held, as the first one's is, until
+# the daemon ends (one descriptor each; the next daemon removes the moved ones as stale).
 _REMADE_ROOT_LOCKS: list[int] = []
 
 
@@ -141,27 +152,61 @@ def _open_and_lock(root: str) -> int:
     """Give a new jobs root its mode (0711, whatever the umask) and take its lock (see
     JobsRoot); the descriptor that holds it."""
     os.chmod(root, 0o711)
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd
+
+
+def _hold(root: str, fd: int) -> None:
+    info = os.fstat(fd)
+    _HELD_ROOTS[root] = _HeldRoot(fd, info.st_dev, info.st_ino)
 
 
 def _make_root_again(root: str) -> None:
     """`root` again, 0711 and locked before any job directory goes in it."""
     os.mkdir(root, 0o711)
-    _REMADE_ROOT_LOCKS.append(_open_and_lock(root))
+    fd = _open_and_lock(root)
+    _REMADE_ROOT_LOCKS.append(fd)
+    _hold(root, fd)
+
+
+def _check_root(root: str) -> None:
+    """`root` as this process made it, or made again: a /tmp cleaner removes what looks
+    unused, and a child under the daemon's own user owns the root as the daemon does (it
+    can take its rights, move it away and leave a file or a link in its place, which
+    would stop every later job's start or put its directory where the child chose). One
+    lstat when nothing changed."""
+    held = _HELD_ROOTS.get(root)
+    try:
+        info = os.lstat(root)
+    except FileNotFoundError:
+        _make_root_again(root)
+        return
+    if held is None:  # not a root of ours (a caller's own directory): used as it is
+        return
+    if (info.st_dev, info.st_ino) == (held.device, held.inode):
+        if stat.S_IMODE(info.st_mode) != 0o711:
+            os.fchmod(held.fd, 0o711)
+        return
+    # Something else in its place: the root itself lives on wherever it was moved, still
+    # locked by us, with the directories of the jobs that run in it.
+    log.warning("the directory of job directories %s was replaced (by a job?): made again", root)
+    if stat.S_ISDIR(info.st_mode):
+        # A directory of the same user: moved aside under a stale root's name, which the
+        # next daemon to start removes (its lock is nobody's).
+        os.rename(root, f"{root}.replaced-{os.urandom(4).hex()}")
+    else:
+        os.unlink(root)
+    _make_root_again(root)
 
 
 def new_workdir(root: str | None, user: str | None) -> str:
     """A brand-new empty 0700 directory for one job (its cwd, HOME and TMPDIR), in `root`
-    (made again if it went away: a /tmp cleaner removes what looks unused)."""
-    try:
-        path = tempfile.mkdtemp(prefix="ingest-job-", dir=root)
-    except FileNotFoundError:
-        if root is None:
-            raise
-        _make_root_again(root)
-        path = tempfile.mkdtemp(prefix="ingest-job-", dir=root)
+    (checked, and made again if it is not the directory this process made, see
+    `_check_root`)."""
+    if root is not None:
+        _check_root(root)
+    path = tempfile.mkdtemp(prefix="ingest-job-", dir=root)
     if user is not None:
         try:
             entry = pwd.getpwnam(user)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -185,6 +186,44 @@ def test_a_jobs_root_made_again_is_locked_like_the_first(tmp_path: Path) -> None
         assert os.path.dirname(job_dir) == root.path
         assert stale_jobs_roots(str(tmp_path)) == []
         os.rmdir(job_dir)
+    finally:
+        root.remove()
+
+
+# A child under the daemon's own user owns the jobs root as the daemon does: it can move
+# it away and leave a file or a link in its place, or take its rights.
+TAMPER = {
+    "file": "r = os.path.dirname(os.getcwd()); os.rename(r, r + '.gone'); open(r, 'w').close()",
+    "link": "r = os.path.dirname(os.getcwd()); os.rename(r, r + '.gone'); "
+    "os.symlink(sys.argv[1], r)",
+    "chmod": "os.chmod(os.path.dirname(os.getcwd()), 0)",
+}
+
+
+@pytest.mark.parametrize("how", sorted(TAMPER))
+async def test_a_child_that_tampers_with_the_jobs_root_stops_no_later_job(
+    run: RunFn, tmp_path: Path, how: str
+) -> None:
+    """Every later job (any tenant's) still starts, in a root of the daemon's own: 0711,
+    locked, never behind a link the child chose."""
+    base, elsewhere = tmp_path / "base", tmp_path / "elsewhere"
+    base.mkdir()
+    elsewhere.mkdir()
+    root = JobsRoot.create(str(base))
+    try:
+        code = f"import os, sys\n{TAMPER[how]}\n"
+        cfg = fast_config((sys.executable, "-S", "-c", code, str(elsewhere)), tmp_root=root.path)
+        tampered = await run(cfg)
+        assert tampered.ended is EndReason.EXITED and tampered.exit_code == 0, tampered
+        record = "import os; print('RESULT: ' + repr(os.getcwd()).replace(\"'\", '\"'))"
+        for _ in range(2):
+            later = await run(fast_config((sys.executable, "-S", "-c", record), tmp_root=root.path))
+            assert later.ended is EndReason.EXITED and later.exit_code == 0, later
+            assert os.path.dirname(later.result) == root.path
+        assert os.listdir(elsewhere) == []
+        info = os.lstat(root.path)
+        assert stat.S_ISDIR(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o711
+        assert stale_jobs_roots(str(base)) == []  # locked: no other daemon takes it
     finally:
         root.remove()
 

@@ -15,12 +15,13 @@ Three layers, described together in docs/child-protocol.md:
   killed by the daemon if the server dies (`forkserver`).
 
 Which run an adopted orphan belongs to: INGEST_JOB_ID and INGEST_ATTEMPT in its
-environment (as of its last exec). It is killed, with its descendants, once that run has
-ended. An orphan without them (a built-in worker's descendant: forked, never exec'd; or
-one started with a scrubbed environment) cannot be told apart: it is killed once every
-run that was going on when it was first seen has ended, so a running job's helper is
-never cut short. One that re-forks itself (each copy a new process, first seen while
-other runs go on) escapes this on a busy daemon: see docs/child-protocol.md.
+environment when a sweep first sees it (as of its last exec then; a later exec that names
+another job does not count). It is killed, with its descendants, once that run has ended.
+An orphan without them (a built-in worker's descendant: forked, never exec'd; or one
+started with a scrubbed environment) cannot be told apart: it is killed once every run
+that was going on when it was first seen has ended, so a running job's helper is never
+cut short. One that re-forks itself (each copy a new process, first seen while other runs
+go on) escapes this on a busy daemon: see docs/child-protocol.md.
 
 Every direct child that was not registered in `owned` (the fork server) counts as
 adopted, including one the daemon inherited at start (`sh -c 'cron & exec daemon'` would
@@ -247,6 +248,10 @@ class OrphanSweeper:
         self._cheap = False
         self._tokens = itertools.count(1)
         self._runs: dict[int, _Run] = {}
+        # Whose each adopted orphan is, as its environment said when first seen: (pid,
+        # start ticks) -> run, or None. Later looks do not count: an exec can give it any
+        # environment (another running job's name, and the next one's).
+        self._first_owner: dict[tuple[int, int], tuple[str, str] | None] = {}
         # Unattributable orphans: (pid, start ticks) -> runs going on when first seen.
         self._waiting_on: dict[tuple[int, int], frozenset[int]] = {}
         # Processes known to be jobs' (attributed, or killed here): pid -> start ticks.
@@ -322,16 +327,19 @@ class OrphanSweeper:
                     if self.kill_unattributed or self._ours.get(pid) == started:
                         self._reap(pid)
                     continue
-                owner = _run_of(psutil.Process(pid))
+                key = (pid, started)
+                if key in self._first_owner:
+                    owner = self._first_owner[key]
+                else:
+                    owner = self._first_owner[key] = _run_of(psutil.Process(pid))
             except (psutil.Error, OSError, IndexError, ValueError):
                 continue
+            seen.add(key)
             if owner is not None:
                 self._ours[pid] = started  # a job's: its zombie is ours to reap
                 if owner in running_jobs:
                     continue
             elif self.kill_unattributed:
-                key = (pid, started)
-                seen.add(key)
                 waiting_on = self._waiting_on.setdefault(key, frozenset(self._runs))
                 if waiting_on & running.keys():
                     continue
@@ -345,6 +353,7 @@ class OrphanSweeper:
                 charged += 1
             log.warning("killed pid %d, an orphan of job %s", pid, owner[0] if owner else "?")
         self._waiting_on = {k: v for k, v in self._waiting_on.items() if k in seen}
+        self._first_owner = {k: v for k, v in self._first_owner.items() if k in seen}
         if len(self._ours) > 1024:  # forget processes that are gone for good
             self._ours = {p: t for p, t in self._ours.items() if os.path.exists(f"/proc/{p}")}
         return charged, killed

@@ -159,6 +159,25 @@ def test_unattributable_orphan_waits_for_every_run_it_might_belong_to(mini: Star
     assert not wait_gone([orphan], timeout=5), "the orphan outlived every run"
 
 
+def test_an_orphan_that_takes_another_running_job_s_name_dies_with_its_own(
+    mini: StartMini,
+) -> None:
+    """Its environment is the child's to change: an orphan that execs itself (same pid)
+    with the name of another job that still runs is first seen as its own job's, and dies
+    when that job ends, not when the job it named does (or never, hopping on from job to
+    job on a daemon that is never idle)."""
+    other = child_cmd("orphan_maker.py", "8.0")  # job mini-2, running 8 s
+    sup = mini(*child_cmd("orphan_maker.py", "2.0", "hop", "1.0"), alongside=other)
+    orphan = _pid_of(sup.line("CHILD orphan"))
+    deadline = time.monotonic() + 5.0
+    while psutil.Process(orphan).environ().get("INGEST_JOB_ID") != "mini-2":
+        assert time.monotonic() < deadline, "the orphan never took the other job's name"
+        time.sleep(0.05)
+    sup.line("DONE")  # its own run is over; mini-2, which it now names, still runs
+    assert not wait_gone([orphan], timeout=4), "the orphan lived on under another job's name"
+    sup.line("DONE2")
+
+
 def _gone(pid: int, timeout: float) -> bool:
     """Not in /proc at all (killed and reaped) within `timeout`."""
     deadline = time.monotonic() + timeout

@@ -4,8 +4,10 @@ An intermediate process starts a grandchild in its own session and exits, so the
 grandchild is reparented (to the supervisor, when that is a subreaper) while its job runs.
 argv[2] 'scrubbed': the grandchild execs `sleep` with an empty environment, so nothing in
 it says which job it came from; 'family': the grandchild has a child of its own, and the
-progress message ends with both pids.
+progress message ends with both pids; 'hop': after argv[3] seconds the grandchild execs
+`sleep` (same pid) with an environment that names job `mini-2` instead of its own.
 """
+
 import os
 import sys
 import time
@@ -20,6 +22,10 @@ if os.fork() == 0:  # the intermediate
             os.dup2(null, fd)
         if sys.argv[2:] == ["scrubbed"]:
             os.execve("/bin/sleep", ["sleep", "3600"], {})
+        if sys.argv[2:3] == ["hop"]:
+            time.sleep(float(sys.argv[3]))
+            forged = {**os.environ, "INGEST_JOB_ID": "mini-2", "INGEST_ATTEMPT": "1"}
+            os.execve("/bin/sleep", ["sleep", "3600"], forged)
         if sys.argv[2:] == ["family"]:
             baby = os.fork()
             if baby == 0:
@@ -28,7 +34,7 @@ if os.fork() == 0:  # the intermediate
             os.write(w, f"{os.getpid()} {baby}".encode())
         time.sleep(3600)
         os._exit(0)
-    if sys.argv[2:] != ["family"]:
+    if sys.argv[2:3] != ["family"]:
         os.write(w, str(pid).encode())
     os._exit(0)
 grandchild = os.read(r, 64).decode()

@@ -39,3 +39,47 @@ def harden_process() -> None:
         _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     except (OSError, AttributeError):
         log.warning("prctl unavailable: the daemon stays dumpable")
+
+
+CAP_KILL = 5
+CAP_SYS_PTRACE = 19
+
+
+def _effective_capabilities(status: str) -> int:
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def _proc_hides_other_users(mountinfo: str) -> bool:
+    """/proc mounted with hidepid other than 0 (ProtectProc=invisible, ptraceable,
+    noaccess): another user's processes are hidden from, or closed to, this one."""
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == "/proc" and " - " in line:
+            options = line.split(" - ", 1)[1].split()[-1].split(",")
+            for option in options:
+                if option.startswith("hidepid=") and option[8:] not in ("0", "off"):
+                    return True
+    return False
+
+
+def child_user_problem(status: str, mountinfo: str) -> str | None:
+    """Why this process could not stop and sweep the processes of another user (its
+    `/proc/self/status` and `/proc/self/mountinfo` given), or None. Without CAP_KILL every
+    signal to them fails (time-outs, cancels, stops: the child outlives its job and the
+    daemon); with /proc hiding them, tree samples and orphan sweeps find none."""
+    caps = _effective_capabilities(status)
+    if not caps & (1 << CAP_KILL):
+        return (
+            "the daemon lacks CAP_KILL, so it could not stop that user's children; add "
+            "CAP_KILL to the unit's CapabilityBoundingSet= and AmbientCapabilities= "
+            "(docs/security.md)"
+        )
+    if _proc_hides_other_users(mountinfo) and not caps & (1 << CAP_SYS_PTRACE):
+        return (
+            "/proc hides other users' processes (ProtectProc=), so the daemon could not "
+            "find that user's children; set ProtectProc=default in the unit (docs/security.md)"
+        )
+    return None

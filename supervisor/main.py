@@ -7,6 +7,7 @@ import importlib.util
 import json
 import logging
 import os
+import pwd
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -20,7 +21,7 @@ from supervisor import stop_signals
 from supervisor.daemon import Daemon
 from supervisor.execution_context import ExecutionContext
 from supervisor.extras import PSYCOPG, SENTENCE_TRANSFORMERS, require
-from supervisor.hardening import harden_process
+from supervisor.hardening import child_user_problem, harden_process
 from supervisor.logs import configure_logging
 from supervisor.metrics import DaemonMetrics, MetricsSink
 from supervisor.queue.connection import redis_client
@@ -229,6 +230,27 @@ def check_worker_command(settings: Settings) -> None:
         raise SettingsError(f"{name}: {program} is not found or not executable") from None
 
 
+def check_child_user(settings: Settings) -> None:
+    """Children under another user must be within the daemon's reach: refuse to start
+    otherwise (every timeout, cancel and stop would fail, and the children outlive the
+    daemon). The user itself is looked up at each start, and a missing one fails it."""
+    if settings.child_user is None:
+        return
+    try:
+        uid = pwd.getpwnam(settings.child_user).pw_uid
+    except KeyError:
+        return
+    if uid in (os.getuid(), os.geteuid()):
+        return
+    try:
+        with open("/proc/self/status") as status, open("/proc/self/mountinfo") as mounts:
+            problem = child_user_problem(status.read(), mounts.read())
+    except OSError:  # not Linux: nothing to tell
+        return
+    if problem is not None:
+        raise SettingsError(f"INGEST_CHILD_USER={settings.child_user}: {problem}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Before any secret is read: children must not be able to read this process's memory.
     harden_process()
@@ -236,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(argv)
         check_extras(settings, os.environ)
         check_worker_command(settings)
+        check_child_user(settings)
     except SettingsError as exc:
         print(f"ingest-supervisor: invalid configuration: {exc}", file=sys.stderr)
         return 2

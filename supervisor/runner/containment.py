@@ -204,8 +204,10 @@ class ProcessTree:
     def group_alive(self) -> bool:
         try:
             os.killpg(self.pgid, 0)
-        except (ProcessLookupError, PermissionError):
+        except ProcessLookupError:
             return False
+        except PermissionError:  # another user's, without CAP_KILL: no telling, not gone
+            pass
         return True
 
     def kill_strays(self) -> int:

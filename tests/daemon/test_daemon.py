@@ -128,6 +128,40 @@ def test_what_a_child_user_leaves_is_removed_by_a_daemon_without_file_privileges
     assert d.wait_exit() == 0
 
 
+def test_a_child_user_the_daemon_could_not_signal_is_refused_at_start(start_daemon) -> None:
+    """Without CAP_KILL a daemon may not signal another user's processes: no timeout,
+    cancel or stop would reach a child under INGEST_CHILD_USER, and the child would
+    outlive the daemon. Refused at start, naming what is missing."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv (util-linux)")
+    d = start_daemon(
+        prefix=(setpriv, "--bounding-set=-kill", "--inh-caps=-kill", "--"),
+        INGEST_CHILD_USER="nobody",
+    )
+    assert d.wait_exit() == 2
+    assert "CAP_KILL" in d.log() and "INGEST_CHILD_USER" in d.log(), d.log()
+
+
+def test_child_user_checks_read_capabilities_and_the_proc_mount() -> None:
+    """The two things a daemon needs to stop and sweep another user's processes: CAP_KILL,
+    and /proc showing them (systemd's ProtectProc=invisible mounts it with hidepid)."""
+    from supervisor.hardening import child_user_problem
+
+    full = "CapEff:\t000001ffffffffff\n"
+    no_kill = "CapEff:\t000001ffffffffdf\n"
+    plain = "22 27 0:21 / /proc rw,relatime - proc proc rw\n"
+    hidden = "22 27 0:21 / /proc rw,relatime - proc proc rw,hidepid=invisible\n"
+    assert child_user_problem(full, plain) is None
+    assert "CAP_KILL" in (child_user_problem(no_kill, plain) or "")
+    kill_only = "CapEff:\t00000000000000e0\n"  # CAP_KILL, CAP_SETGID, CAP_SETUID
+    assert "ProtectProc" in (child_user_problem(kill_only, hidden) or "")
+    assert child_user_problem(full, hidden) is None  # CAP_SYS_PTRACE sees through it
+    with_ptrace = "CapEff:\t0000000000080020\n"  # CAP_KILL and CAP_SYS_PTRACE only
+    assert child_user_problem(with_ptrace, hidden) is None
+    assert child_user_problem(kill_only, hidden.replace("invisible", "0")) is None
+
+
 LOOK_AROUND = """
 import json, os, sys
 sys.stdin.read()

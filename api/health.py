@@ -17,6 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.context import ApiContext
 from api.models import HealthDetails, QueueCounts, QueueHealth, Readiness
+from supervisor.queue.workers import SPAWN_PAUSES_UNSERVING, serving
 
 _MISSING = object()
 
@@ -52,15 +53,6 @@ def _redis_status(ping: Any) -> str:
     return "error"
 
 
-# A supervisor whose spawns paused this many times in a row (0.5 + 1 + 2 s of children
-# failing at start) runs nothing: its slots are not capacity.
-SPAWN_PAUSES_UNSERVING = 3
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def _ok(value: Any) -> bool:
     return value is not _MISSING and not isinstance(value, BaseException)
 
@@ -81,8 +73,8 @@ async def queue_health(ctx: ApiContext) -> QueueHealth:
     counts = got["counts"] if _ok(got["counts"]) else {}
     workers = got["workers"] if _ok(got["workers"]) else []
     running = [w for w in workers if not w.get("stopping")]
-    serving = [w for w in running if _int(w.get("spawn_pauses")) < SPAWN_PAUSES_UNSERVING]
-    concurrency = sum(int(w.get("slots") or 0) for w in serving)
+    able = serving(workers)
+    concurrency = sum(int(w.get("slots") or 0) for w in able)
 
     reasons: list[str] = []
     if redis_status != "ready":
@@ -111,9 +103,9 @@ async def queue_health(ctx: ApiContext) -> QueueHealth:
         reasons.append("worker: heartbeats unavailable")
     elif concurrency == 0:
         reasons.append("worker: no live supervisor with free or busy slots")
-    if len(running) > len(serving):
+    if len(running) > len(able):
         reasons.append(
-            f"worker: {len(running) - len(serving)} supervisor(s) cannot start children "
+            f"worker: {len(running) - len(able)} supervisor(s) cannot start children "
             f"(spawns paused {SPAWN_PAUSES_UNSERVING} times or more in a row)"
         )
     return QueueHealth(

@@ -24,6 +24,8 @@ from prometheus_client import (
     Histogram,
 )
 
+from supervisor.queue.workers import serving
+
 log = logging.getLogger(__name__)
 
 # What `/metrics` of this process serves: our metrics plus the process/platform/gc
@@ -184,6 +186,12 @@ class Metrics:
         self.live_workers = Gauge(
             "queue_live_workers", "Supervisors with a live heartbeat", ["queue"], registry=r
         )
+        self.serving_workers = Gauge(
+            "queue_serving_workers",
+            "Live supervisors that can start jobs (not stopping, children not failing to start)",
+            ["queue"],
+            registry=r,
+        )
         self.live_slots = Gauge(
             "queue_live_worker_slots",
             "Job slots of the supervisors with a live heartbeat",
@@ -260,6 +268,7 @@ async def refresh_queue_gauges(
         m.queue_jobs.labels(name, state).set(counts.get(state, 0))
     m.oldest_waiting.labels(name).set(age or 0.0)
     m.live_workers.labels(name).set(len(workers))
+    m.serving_workers.labels(name).set(len(serving(workers)))
     m.live_slots.labels(name).set(sum(_int(w.get("slots")) for w in workers))
     m.redis_up.labels(name).set(1)
     return True

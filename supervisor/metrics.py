@@ -83,6 +83,9 @@ class DaemonMetrics:
         ):
             series.labels(queue)
         m.jobs.labels(queue, OUTCOME_STALLED)
+        # Unread until a refresh reads Redis: a daemon started during an outage says so,
+        # and the alert on this gauge has a series to fire on.
+        m.redis_up.labels(queue).set(0)
 
     def set_slots(self, busy: int, idle: int) -> None:
         self.m.slots.labels(self.queue, "busy").set(busy)

@@ -4,7 +4,8 @@ included) with `ast`:
 - the queue library (`supervisor.queue`) imports nothing of the daemon: only itself and the
   shared configuration (`supervisor.config`);
 - the API imports nothing of the daemon: only the queue library, the shared configuration
-  and the metric definitions both serve on `/metrics` (`supervisor.metricdefs`);
+  and the metric definitions both serve on `/metrics` (`supervisor.metricdefs`, which
+  imports only the queue library);
 - the child (`ingest_worker`) imports neither `supervisor` nor `api`;
 - no module imports a module that imports it back, directly or through others.
 """
@@ -129,7 +130,10 @@ def test_the_api_imports_nothing_of_the_daemon() -> None:
 
 
 def test_the_metric_definitions_import_nothing_of_the_daemon() -> None:
-    assert project_imports("supervisor.metricdefs") == set()
+    """Only the queue library (the rule of a serving supervisor), which imports nothing of
+    the daemon either: the API serves these definitions."""
+    imported = project_imports("supervisor.metricdefs")
+    assert {m for m in imported if not m.startswith("supervisor.queue")} == set()
 
 
 def test_the_child_imports_neither_the_supervisor_nor_the_api() -> None:

@@ -19,6 +19,24 @@ from redis.commands.core import AsyncScript
 from supervisor.queue.keys import QueueKeys
 from supervisor.queue.scripts import script_source
 
+# A supervisor whose spawns paused this many times in a row (0.5 + 1 + 2 s of children
+# failing at start) runs nothing: its slots are not capacity.
+SPAWN_PAUSES_UNSERVING = 3
+
+
+def serving(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The live supervisors (heartbeats, as `live_workers` gives them) that can start jobs:
+    not stopping, and whose children do not keep failing to start."""
+    return [
+        w
+        for w in workers
+        if not w.get("stopping") and _whole(w.get("spawn_pauses")) < SPAWN_PAUSES_UNSERVING
+    ]
+
+
+def _whole(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
 
 class WorkerRegistry:
     def __init__(self, client: Redis | RedisCluster, keys: QueueKeys) -> None:

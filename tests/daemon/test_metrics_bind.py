@@ -32,3 +32,22 @@ def test_metrics_bind_loopback_by_default(start_daemon: Callable[..., DaemonProc
     wait_until(lambda: listening_addresses(port), 10, "the metrics listener")
     assert listening_addresses(port) == {"0100007F"}, "not 127.0.0.1 only"
     assert httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 200
+
+
+def test_a_daemon_started_while_redis_is_down_says_so_in_its_metrics(
+    start_daemon: Callable[..., DaemonProcess],
+) -> None:
+    """`queue_metrics_redis_up` is 0 from the first scrape, so the alert on it can fire for
+    a pool (re)started during a Redis outage; without the series it has nothing to read."""
+    port, nobody = free_port(), free_port()
+    start_daemon(redis_url=f"redis://127.0.0.1:{nobody}/0", INGEST_METRICS_PORT=str(port - 1))
+
+    def scraped() -> str:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            return ""
+
+    body = wait_until(scraped, 20, "the metrics endpoint")
+    up = [line for line in body.splitlines() if line.startswith("queue_metrics_redis_up{")]
+    assert len(up) == 1 and up[0].endswith(" 0.0"), up

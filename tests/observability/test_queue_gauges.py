@@ -42,3 +42,29 @@ async def test_a_redis_that_hangs_reads_as_down(private_redis: PrivateRedis) -> 
             private_redis.resume()
     finally:
         await client.aclose()
+
+
+async def test_serving_workers_leave_out_the_stopping_and_those_that_cannot_start_children(
+    queue_name: str,
+) -> None:
+    """Live is not capacity: a supervisor that is stopping, or whose children keep failing
+    to start, still beats; the serving gauge (and its alert) leaves it out, as
+    /health/queue does."""
+    from supervisor.queue.workers import WorkerRegistry
+    from tests.conftest import REDIS_URL
+
+    registry = CollectorRegistry()
+    gauges = metrics_for(registry)
+    client = Redis.from_url(REDIS_URL)
+    q = JobQueue(client, queue_name)
+    beats = WorkerRegistry(client, q.keys)
+    try:
+        await beats.beat("h:i1:1", {"slots": 2, "spawn_pauses": 0}, 60)
+        await beats.beat("h:i2:2", {"slots": 2, "spawn_pauses": 3}, 60)
+        await beats.beat("h:i3:3", {"slots": 2, "stopping": True}, 60)
+        assert await refresh_queue_gauges(q, gauges, timeout_s=5.0)
+        labels = {"queue": queue_name}
+        assert registry.get_sample_value("queue_live_workers", labels) == 3
+        assert registry.get_sample_value("queue_serving_workers", labels) == 1
+    finally:
+        await client.aclose()

@@ -25,7 +25,7 @@ from supervisor.metricdefs import run_queue_gauge_refresher
 from supervisor.queue.jobqueue import Claim, JobQueue
 from supervisor.queue.redaction import secret_values
 from supervisor.queue.workers import WorkerRegistry
-from supervisor.redis_retry import TRANSIENT
+from supervisor.redis_retry import TRANSIENT, why
 from supervisor.runner import EndReason, StartFailureGate
 from supervisor.runner.containment import ORPHANS
 from supervisor.sdnotify import SystemdNotifier
@@ -144,7 +144,9 @@ class Daemon:
                 claim = await self._next_claim(token)
             except TRANSIENT as exc:
                 in_flight = True
-                log.warning("slot %d: Redis unavailable (%s); retrying in %.1fs", index, exc, pause)
+                log.warning(
+                    "slot %d: Redis unavailable (%s); retrying in %.1fs", index, why(exc), pause
+                )
                 await first_of(asyncio.sleep(pause), self.stopping.wait())
                 pause = min(pause * 2, 5.0)
                 continue
@@ -310,7 +312,7 @@ class Daemon:
                 await asyncio.wait_for(self.queue.client.ping(), timeout=5)
                 return
             except TRANSIENT as exc:
-                log.warning("Redis not answering (%s); retrying in %.1fs", exc, pause)
+                log.warning("Redis not answering (%s); retrying in %.1fs", why(exc), pause)
             await first_of(asyncio.sleep(pause), self.stopping.wait())
             if self.stopping.is_set():
                 return

@@ -42,6 +42,9 @@ OUTCOME_TIMEOUT = "timeout"  # timed out (retried or failed: see `final`)
 OUTCOME_CANCELLED = "cancelled"
 OUTCOME_RELEASED = "released"  # given back to the queue at shutdown, attempt not spent
 OUTCOME_LEASE_LOST = "lease_lost"  # another holder owns the job now; nothing was written
+# Redis could not be reached to record it before the deadline: the job runs again once its
+# lease has run out.
+OUTCOME_UNRECORDED = "unrecorded"
 OUTCOME_STALLED = "stalled"  # recovered by the reaper after a dead holder's lease ran out
 
 

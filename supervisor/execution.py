@@ -21,7 +21,7 @@ from supervisor.execution_context import FREE_HOST_FAULTS, FREE_SERVER_LOSSES, E
 from supervisor.queue.jobqueue import Claim
 from supervisor.queue.redaction import redact, scrub, scrub_value
 from supervisor.queue.states import TableStatus
-from supervisor.redis_retry import TRANSIENT, call_until
+from supervisor.redis_retry import TRANSIENT, call_until, why
 from supervisor.runner import ChildOutcome, EndReason, StopRequest, run_child
 from supervisor.runner.outcome import describe_end
 
@@ -164,7 +164,7 @@ class JobExecution:
                             self.job_id, self.claim.token, *pending, row=row
                         )
                 except TRANSIENT as exc:
-                    log.debug("progress write skipped: %s", exc, extra=self._log_extra)
+                    log.debug("progress write skipped: %s", why(exc), extra=self._log_extra)
                 else:
                     if not held:
                         self._lost("to another holder (a progress write found it)")
@@ -317,14 +317,15 @@ class JobExecution:
                     label = ev.OUTCOME_TIMEOUT if timed_out else ev.OUTCOME_FAILED
         except TRANSIENT as exc:
             stopping = self.ctx.settle_by.at is not None
+            label = ev.OUTCOME_UNRECORDED
             log.error(
                 "could not record the outcome before %s (%s); the job runs again once "
                 "its lease has run out",
                 "the daemon's stop deadline" if stopping else "the lease ran out",
-                exc,
+                why(exc),
                 extra=self._log_extra,
             )
-        if label == ev.OUTCOME_LEASE_LOST:
+        if label in (ev.OUTCOME_LEASE_LOST, ev.OUTCOME_UNRECORDED):
             table = ""
         job = self.claim.job
         return ev.JobFinished(

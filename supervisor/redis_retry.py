@@ -17,6 +17,7 @@ from redis.exceptions import (
 )
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception_type,
     wait_exponential,
     wait_random,
@@ -24,6 +25,12 @@ from tenacity import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def why(exc: BaseException) -> str:
+    """An error for a log line: its text, or its kind when it has none (a timeout)."""
+    return str(exc) or type(exc).__name__
+
 
 TRANSIENT: tuple[type[BaseException], ...] = (
     ConnectionError,
@@ -63,7 +70,7 @@ async def call_until(
     except TRANSIENT as exc:
         if time.monotonic() >= until():
             raise
-        log.warning("%s failed (%s); retrying", what, exc)
+        log.warning("%s failed (%s); retrying", what, why(exc))
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(TRANSIENT),
         # 0.1 s doubling to 1.5 s, plus up to 0.5 s of jitter (spelled the same way in every
@@ -71,11 +78,16 @@ async def call_until(
         wait=wait_exponential(multiplier=0.1, max=1.5) + wait_random(0, 0.5),
         stop=lambda _state: time.monotonic() >= until(),
         reraise=True,
-        before_sleep=lambda rs: log.warning(
-            "%s failed (%s); retrying", what, rs.outcome.exception() if rs.outcome else "?"
+        before_sleep=lambda state: log.warning(
+            "%s failed (%s); retrying", what, _outcome_error(state)
         ),
     )
     async for attempt in retrying:
         with attempt:
             return await one()
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _outcome_error(state: RetryCallState) -> str:
+    error = state.outcome.exception() if state.outcome is not None else None
+    return why(error) if error is not None else "?"

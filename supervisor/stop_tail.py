@@ -10,6 +10,7 @@ import time
 from supervisor.aio import join_bounded
 from supervisor.execution_context import ExecutionContext
 from supervisor.queue.workers import WorkerRegistry
+from supervisor.redis_retry import why
 from supervisor.runner.containment import ORPHANS
 from supervisor.runner.workdir import removals_finished
 from supervisor.status.service import StatusService
@@ -41,7 +42,7 @@ async def run_stop_tail(
     try:
         await asyncio.wait_for(registry.remove(ctx.worker_id), timeout=left(2.0))
     except Exception as exc:  # best effort (a Redis down, or refusing writes)
-        log.warning("worker not deregistered (%s); its heartbeat expires by itself", exc)
+        log.warning("worker not deregistered (%s); its heartbeat expires by itself", why(exc))
     flushes = [ctx.sinks.aclose(max(0.1, left() - 0.5))]
     if status is not None:
         flushes.append(status.aclose(left()))

@@ -17,7 +17,7 @@ from supervisor.execution import JobExecution
 from supervisor.execution_context import LeaseChecks
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.queue.workers import WorkerRegistry
-from supervisor.redis_retry import TRANSIENT
+from supervisor.redis_retry import TRANSIENT, why
 from supervisor.runner import EndReason
 from supervisor.sdnotify import SystemdNotifier
 
@@ -46,9 +46,9 @@ async def reap_forever(queue: JobQueue, lease_s: float, metrics: Any) -> None:
                 if metrics is not None:
                     metrics.stalled_recovered(n)
         except TRANSIENT as exc:
-            log.debug("reap skipped: %s", exc)
+            log.debug("reap skipped: %s", why(exc))
         except RedisError as exc:  # a script error (out of memory, a bad record): next time
-            log.error("reap failed: %s", exc)
+            log.error("reap failed: %s", why(exc))
         await asyncio.sleep(interval)
 
 
@@ -68,9 +68,9 @@ async def beat_forever(
                 await registry.beat(worker_id, info(), ttl_s)
                 lease_checks.saw_server(await queue.server_id())
         except TRANSIENT as exc:
-            log.debug("heartbeat skipped: %s", exc)
+            log.debug("heartbeat skipped: %s", why(exc))
         except RedisError as exc:  # OOM, MISCONF, READONLY: never the heartbeat's end
-            log.warning("heartbeat refused by Redis: %s", exc)
+            log.warning("heartbeat refused by Redis: %s", why(exc))
         await asyncio.sleep(ttl_s / 3)
 
 
@@ -86,7 +86,7 @@ async def pass_on_cancels(queue: JobQueue, active: Mapping[str, JobExecution]) -
                     log.info("cancel requested", extra={"job_id": job_id})
                     execution.stop.request(EndReason.CANCELLED)
         except TRANSIENT as exc:
-            log.debug("cancel listener reconnecting: %s", exc)
+            log.debug("cancel listener reconnecting: %s", why(exc))
         await asyncio.sleep(pause)
         pause = min(pause * 2, 5.0)
 

@@ -29,6 +29,7 @@ from supervisor.queue.jobqueue import AnyRedis, JobQueue
 from supervisor.queue.keys import QueueKeys
 from supervisor.queue.records import as_str
 from supervisor.queue.scripts import script_source
+from supervisor.redis_retry import why
 from supervisor.status.backend import StatusBackend, StatusStoreError
 from supervisor.status.outbox import bare_final, row_from_fields
 from supervisor.status.update import StatusUpdate
@@ -146,7 +147,7 @@ async def _write_held_row(backend: StatusBackend, row: StatusUpdate) -> bool | N
         await backend.apply([row])
     except StatusStoreError as exc:
         if not exc.permanent:
-            log.info("parked status row of job %s still not written (%s)", row.job_id, exc)
+            log.info("parked status row of job %s still not written (%s)", row.job_id, why(exc))
             return None
         bare = bare_final(row)
         if row.final and bare != row:
@@ -155,7 +156,7 @@ async def _write_held_row(backend: StatusBackend, row: StatusUpdate) -> bool | N
         log.error("status store refused the parked row of job %s; skipped", row.job_id)
         return False
     except Exception as exc:
-        log.info("parked status row of job %s still not written (%s)", row.job_id, exc)
+        log.info("parked status row of job %s still not written (%s)", row.job_id, why(exc))
         return None
     return True
 

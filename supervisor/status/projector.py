@@ -30,7 +30,7 @@ from redis.exceptions import RedisError, ResponseError
 from supervisor.aio import sleep_unless
 from supervisor.queue.jobqueue import AnyRedis
 from supervisor.queue.keys import QueueKeys
-from supervisor.redis_retry import TRANSIENT
+from supervisor.redis_retry import TRANSIENT, why
 from supervisor.status.backend import StatusBackend
 from supervisor.status.outbox import GROUP, BadEntry, OutboxEntry, parse_entry
 from supervisor.status.parked import ParkedRows
@@ -240,7 +240,7 @@ class StatusProjector:
                     await self._pause(self.linger_s)
                 pause = 0.2
             except TRANSIENT as exc:
-                log.warning("status projector: Redis unavailable (%s); retrying", exc)
+                log.warning("status projector: Redis unavailable (%s); retrying", why(exc))
                 await self._pause(pause)
                 pause = min(pause * 2, 5.0)
             except Exception:
@@ -304,8 +304,8 @@ class StatusProjector:
         except TimeoutError:
             return False
         except TRANSIENT as exc:
-            log.warning("status projector: Redis unavailable at shutdown (%s)", exc)
+            log.warning("status projector: Redis unavailable at shutdown (%s)", why(exc))
             return False
         except RedisError as exc:  # NOPERM or MISCONF, say: the rows stay for the others
-            log.warning("status projector: Redis refused at shutdown (%s)", exc)
+            log.warning("status projector: Redis refused at shutdown (%s)", why(exc))
             return False

@@ -12,7 +12,7 @@ import time
 
 from supervisor.aio import join_bounded, sleep_unless
 from supervisor.queue.jobqueue import JobQueue
-from supervisor.redis_retry import TRANSIENT
+from supervisor.redis_retry import TRANSIENT, why
 from supervisor.status.backend import NoneBackend, StatusBackend
 from supervisor.status.parked import write_parked
 from supervisor.status.projector import StatusProjector
@@ -81,7 +81,7 @@ class StatusService:
                         continue
                     await sweep_page(self.queue, self.backend, limit=self.reconcile_page)
             except TRANSIENT as exc:
-                log.debug("reconcile sweep skipped: %s", exc)
+                log.debug("reconcile sweep skipped: %s", why(exc))
             except Exception:
                 log.exception(
                     "reconcile sweep failed; next one in %.0fs", self.reconcile_interval_s
@@ -106,7 +106,7 @@ class StatusService:
                         self.hooks.on_outbox(state)
                     await trim_outbox(self.queue.client, stream, state)
             except TRANSIENT as exc:
-                log.debug("outbox trim skipped: %s", exc)
+                log.debug("outbox trim skipped: %s", why(exc))
             except Exception:
                 log.exception("outbox trim failed")
             await self._pause(5.0)

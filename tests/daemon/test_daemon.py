@@ -543,6 +543,10 @@ def test_a_stop_cuts_short_a_settle_already_retrying(start_daemon, private_redis
     )
     wait_until(lambda: "settling ends-unsettled failed" in d.log(), 20, "the settle retrying")
     _stops_within_its_budget(d)
+    # Counted as unrecorded (Redis away), not as a lease another holder took; every line
+    # names its error.
+    assert "outcome=unrecorded" in d.log() and "outcome=lease_lost" not in d.log(), d.log()
+    assert " ()" not in d.log(), d.log()
 
 
 def test_redis_restart_while_jobs_run_loses_nothing(start_daemon, private_redis, run_log) -> None:

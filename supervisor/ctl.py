@@ -180,8 +180,16 @@ async def _status(q: JobQueue, args: argparse.Namespace) -> int:
     if job is None:
         return EXIT_MISSING
     doc = fmt.job_doc(job, q.queue, _secret_keys(args))
-    _emit(args, doc, fmt.job_text(job, doc, await _now(q)))
+    holder_live = await _holder_live(q, job.worker_id) if job.state is JobState.ACTIVE else None
+    _emit(args, doc, fmt.job_text(job, doc, await _now(q), holder_live))
     return EXIT_OK
+
+
+async def _holder_live(q: JobQueue, worker_id: str | None) -> bool | None:
+    """Whether the supervisor holding a job still beats (None: no holder named)."""
+    if worker_id is None:
+        return None
+    return any(w.get("worker_id") == worker_id for w in await q.live_workers())
 
 
 def _bar(pct: float, width: int = 30) -> str:
@@ -251,9 +259,17 @@ async def _list(q: JobQueue, args: argparse.Namespace) -> int:
 
 async def _cancel(q: JobQueue, args: argparse.Namespace) -> int:
     outcome = await q.cancel(args.job_id)
+    requested = f"asked the supervisor running {args.job_id} to stop it"
+    if outcome == "requested":
+        job = await q.get(args.job_id)
+        if job is not None and await _holder_live(q, job.worker_id) is False:
+            requested = (
+                f"cancel of {args.job_id} recorded; its supervisor is not live, so a reaper "
+                f"cancels it: its lease {fmt.lease_text(job, await _now(q))}"
+            )
     human = {
         "cancelled": f"cancelled {args.job_id}",
-        "requested": f"asked the supervisor running {args.job_id} to stop it",
+        "requested": requested,
         "missing": f"no job {args.job_id}",
     }.get(outcome, f"{args.job_id} is {outcome}; it cannot be cancelled")
     _emit(args, {"job_id": args.job_id, "outcome": outcome}, human)

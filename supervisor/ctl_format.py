@@ -17,7 +17,7 @@ from supervisor.queue.payload import replace_surrogates
 from supervisor.queue.records import as_utc
 from supervisor.queue.redacted import redacted_texts
 from supervisor.queue.redaction import SecretKeys
-from supervisor.queue.states import table_status
+from supervisor.queue.states import JobState, table_status
 
 NOTHING = "-"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
@@ -154,8 +154,12 @@ def shorten(value: str, limit: int) -> str:
     return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
-def job_text(rec: JobRecord, doc: Mapping[str, Any], now: float) -> str:
-    """`ingestctl status`: every field of the JSON document, for people."""
+def job_text(
+    rec: JobRecord, doc: Mapping[str, Any], now: float, holder_live: bool | None = None
+) -> str:
+    """`ingestctl status`: every field of the JSON document, for people; for a running
+    job, also when its lease runs out, and whether its supervisor still beats
+    (`holder_live`, None when not known)."""
     if rec.started_at is None:
         ran = NOTHING
     elif rec.finished_at is not None:
@@ -173,7 +177,8 @@ def job_text(rec: JobRecord, doc: Mapping[str, Any], now: float) -> str:
         ("message", text(doc["message"])),
         ("attempt", f"{doc['attempt']} of {doc['max_attempts']}"),
         ("stalls", text(doc["stalls"])),
-        ("worker_id", text(doc["worker_id"])),
+        ("worker_id", text(doc["worker_id"]) + _holder_note(holder_live)),
+        ("lease", lease_text(rec, now)),
         ("cancel_requested", text(doc["cancel_requested"])),
         ("enqueued_at", when(rec.enqueued_at, now)),
         ("started_at", when(rec.started_at, now)),
@@ -185,6 +190,23 @@ def job_text(rec: JobRecord, doc: Mapping[str, Any], now: float) -> str:
         ("payload", text(doc["payload"])),
     ]
     return fields(pairs)
+
+
+def _holder_note(holder_live: bool | None) -> str:
+    if holder_live is False:
+        return " (no live heartbeat: its supervisor is gone)"
+    return ""
+
+
+def lease_text(rec: JobRecord, now: float) -> str:
+    """When a running job's lease runs out, after which a reaper gives the job back (or
+    ends it, if a cancel was asked for)."""
+    if rec.state is not JobState.ACTIVE or rec.lease_until is None:
+        return NOTHING
+    left = rec.lease_until - now
+    if left >= 0:
+        return f"runs out in {duration(left)}"
+    return f"ran out {duration(-left)} ago: a reaper takes the job back"
 
 
 def job_age(rec: JobRecord, now: float) -> str:

@@ -134,6 +134,23 @@ def test_status_list_counts_cancel_retry_purge(queue_name: str, q: SyncQueue) ->
     assert q.get("s1") is None
 
 
+def test_a_job_whose_supervisor_is_gone_is_not_shown_as_running_normally(
+    queue_name: str, q: SyncQueue
+) -> None:
+    """The holder died (no heartbeat): status says so and when the lease runs out, and a
+    cancel does not claim to have asked a supervisor that is not there."""
+    q.enqueue(job("orphaned"))
+    assert q.claim("host:i9:999", lease_s=120, timeout_s=5) is not None  # never beats
+    r = ctl(queue_name, "status", "orphaned")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"worker_id +host:i9:999 \(no live heartbeat", r.stdout), r.stdout
+    assert re.search(r"lease +runs out in (1m 5\ds|2m)\b", r.stdout), r.stdout
+    r = ctl(queue_name, "cancel", "orphaned")
+    assert r.returncode == 0, r.stderr
+    assert "not live" in r.stdout and "lease runs out" in r.stdout, r.stdout
+    assert "asked the supervisor" not in r.stdout
+
+
 def test_watch_follows_a_running_job_to_its_end(
     start_daemon, queue_name: str, q: SyncQueue
 ) -> None:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -165,6 +170,19 @@ async def test_a_slot_task_that_ends_is_logged_and_restarted(
         await client.aclose()
 
 
+@contextlib.contextmanager
+def unwritable(directory: Path) -> Iterator[None]:
+    """`directory` immutable (chattr +i) for a while: nothing can be made in it, not even
+    by root, as on a full disk. The daemon's checks of its jobs root cannot repair that."""
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(directory)]).returncode != 0:
+        pytest.skip("needs chattr (e2fsprogs), root and a file system with the immutable flag")
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(directory)], check=True)
+
+
 def test_a_job_that_finds_no_room_for_its_directory_spends_no_attempt(start_daemon, q) -> None:
     """Its working directory could not be made (the disk full, perhaps filled by another
     tenant's job): the host's fault, not the job's. It goes back to the queue with its
@@ -173,13 +191,13 @@ def test_a_job_that_finds_no_room_for_its_directory_spends_no_attempt(start_daem
     q.enqueue(job("first"))  # the daemon has settled where job directories go
     wait_until(lambda: q.get("first").state.value == "completed", 30, "first completed")
     jobs_root = d.jobs_root()
-    jobs_root.rmdir()  # and that place is gone, with a file where it was
-    jobs_root.write_text("")
-    q.enqueue(job("roomless", max_attempts=3))
-    wait_until(lambda: "cannot create a working directory" in d.log(), 20, "a start tried")
-    rec = q.get("roomless")
-    assert rec is not None and rec.state.value in ("waiting", "delayed", "active"), rec
-    jobs_root.unlink()  # the daemon makes its directory again
+    jobs_root.rmdir()  # that place is gone, and nothing can be made where it was
+    with unwritable(jobs_root.parent):
+        q.enqueue(job("roomless", max_attempts=3))
+        wait_until(lambda: "cannot create a working directory" in d.log(), 20, "a start tried")
+        rec = q.get("roomless")
+        assert rec is not None and rec.state.value in ("waiting", "delayed", "active"), rec
+    # Room again: the daemon makes its directory again.
     wait_until(lambda: q.get("roomless").state.value == "completed", 60, "completed")
     assert q.get("roomless").attempt == 1
 
@@ -197,9 +215,9 @@ def test_a_host_that_stays_without_room_fails_the_job_in_the_end(start_daemon, q
     wait_until(lambda: q.counts()["active"] == 3, 30, "three running")
     jobs_root = d.jobs_root()
     jobs_root.rename(jobs_root.with_name("job-dirs-away"))  # the running jobs' go along
-    jobs_root.write_text("")  # and nothing can be made where it was
-    q.enqueue(job("never-room", max_attempts=1))
-    wait_until(lambda: q.get("never-room").state.value == "failed", 60, "failed in the end")
+    with unwritable(jobs_root.parent):  # and nothing can be made where it was
+        q.enqueue(job("never-room", max_attempts=1))
+        wait_until(lambda: q.get("never-room").state.value == "failed", 60, "failed in the end")
     rec = q.get("never-room")
     assert rec.attempt == 1 and "cannot create a working directory" in (rec.error or "")
     assert d.log().count("cannot create a working directory") >= 3  # two free, one spent

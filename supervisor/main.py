@@ -244,7 +244,12 @@ def check_child_user(settings: Settings) -> None:
         return
     try:
         with open("/proc/self/status") as status, open("/proc/self/mountinfo") as mounts:
-            problem = child_user_problem(status.read(), mounts.read())
+            problem = child_user_problem(
+                status.read(),
+                mounts.read(),
+                euid=os.geteuid(),
+                groups={os.getegid(), *os.getgroups()},
+            )
     except OSError:  # not Linux: nothing to tell
         return
     if problem is not None:

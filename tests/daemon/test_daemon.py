@@ -101,9 +101,10 @@ print("RESULT: 1", flush=True)
 def test_what_a_child_user_leaves_is_removed_by_a_daemon_without_file_privileges(
     start_daemon, q, request: pytest.FixtureRequest
 ) -> None:
-    """With INGEST_CHILD_USER the job's directory belongs to that user, and a daemon that
-    holds only CAP_SETUID and CAP_SETGID (the documented drop-in) may not remove what the
-    child made in it: the daemon has it removed as the child's user."""
+    """With INGEST_CHILD_USER the job's directory belongs to that user, and a daemon
+    confined to the documented bounding set (root with CAP_SETUID, CAP_SETGID, CAP_CHOWN
+    and CAP_KILL only) may not remove what the child made in it: the daemon has it removed
+    as the child's user."""
     setpriv, python = shutil.which("setpriv"), shutil.which("python3", path="/usr/bin:/bin")
     if setpriv is None or python is None or os.geteuid() != 0:
         pytest.skip("needs root, setpriv (util-linux) and /usr/bin/python3")
@@ -116,7 +117,7 @@ def test_what_a_child_user_leaves_is_removed_by_a_daemon_without_file_privileges
     child.write_text(LEAVE_FILES)
     child.chmod(0o644)
     d = start_daemon(
-        prefix=(setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"),
+        prefix=(setpriv, "--bounding-set=-all,+setuid,+setgid,+chown,+kill", "--"),
         INGEST_WORKER_COMMAND=shlex.join([python, str(child)]),
         INGEST_CHILD_USER="nobody",
         TMPDIR=str(shared / "jobs"),
@@ -144,22 +145,30 @@ def test_a_child_user_the_daemon_could_not_signal_is_refused_at_start(start_daem
 
 
 def test_child_user_checks_read_capabilities_and_the_proc_mount() -> None:
-    """The two things a daemon needs to stop and sweep another user's processes: CAP_KILL,
-    and /proc showing them (systemd's ProtectProc=invisible mounts it with hidepid)."""
+    """What a daemon needs to run, stop and sweep another user's processes: to be root
+    (only root hands its capabilities on to the fork server, and loses them in a child
+    that switches user), the four capabilities of the documented bounding set, and /proc
+    showing them (systemd's ProtectProc=invisible mounts it with hidepid)."""
     from supervisor.hardening import child_user_problem
 
     full = "CapEff:\t000001ffffffffff\n"
     no_kill = "CapEff:\t000001ffffffffdf\n"
+    bounded = "CapEff:\t00000000000000e1\n"  # CAP_CHOWN, CAP_KILL, CAP_SETGID, CAP_SETUID
+    no_chown = "CapEff:\t00000000000000e0\n"
     plain = "22 27 0:21 / /proc rw,relatime - proc proc rw\n"
     hidden = "22 27 0:21 / /proc rw,relatime - proc proc rw,hidepid=invisible\n"
-    assert child_user_problem(full, plain) is None
-    assert "CAP_KILL" in (child_user_problem(no_kill, plain) or "")
-    kill_only = "CapEff:\t00000000000000e0\n"  # CAP_KILL, CAP_SETGID, CAP_SETUID
-    assert "ProtectProc" in (child_user_problem(kill_only, hidden) or "")
-    assert child_user_problem(full, hidden) is None  # CAP_SYS_PTRACE sees through it
-    with_ptrace = "CapEff:\t0000000000080020\n"  # CAP_KILL and CAP_SYS_PTRACE only
-    assert child_user_problem(with_ptrace, hidden) is None
-    assert child_user_problem(kill_only, hidden.replace("invisible", "0")) is None
+    assert child_user_problem(full, plain, euid=0) is None
+    assert child_user_problem(bounded, plain, euid=0) is None
+    assert "not root" in (child_user_problem(full, plain, euid=1000) or "")
+    assert "CAP_KILL" in (child_user_problem(no_kill, plain, euid=0) or "")
+    assert "CAP_CHOWN" in (child_user_problem(no_chown, plain, euid=0) or "")
+    assert "ProtectProc" in (child_user_problem(bounded, hidden, euid=0) or "")
+    assert child_user_problem(full, hidden, euid=0) is None  # CAP_SYS_PTRACE sees through it
+    assert child_user_problem(bounded, hidden.replace("invisible", "0"), euid=0) is None
+    in_group = hidden.replace("invisible", "2,gid=1001")
+    assert child_user_problem(bounded, in_group, euid=0, groups={1001}) is None
+    assert "ProtectProc" in (child_user_problem(bounded, in_group, euid=0, groups={5}) or "")
+    assert child_user_problem("Name:\tx\n", plain, euid=0) is None  # nothing to read
 
 
 LOOK_AROUND = """

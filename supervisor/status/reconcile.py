@@ -22,6 +22,7 @@ from supervisor.status.backend import RowVersion, StatusBackend
 from supervisor.status.lost import LOST_AFTER_S, fail_lost_rows
 from supervisor.status.outbox import row_from_fields
 from supervisor.status.parked import LockBudget, apply_unless_locked
+from supervisor.status.trim import outbox_state
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,13 @@ async def compare_page(
 ) -> ReconcileReport:
     """Compare about `limit` job records from `cursor` on with their rows."""
     report = ReconcileReport()
-    # Revisions are Redis's clock in milliseconds: a record's is when it last changed.
+    # Revisions are Redis's clock in milliseconds: a record's is when it last changed. A
+    # change is settled once its trailing row had time to land, and everything the outbox
+    # held from before it has been projected (a slow store is not a dropped row).
     settled_rev = await queue.server_time_ms() - trailing_row_s * 1000
+    pending = (await outbox_state(queue.client, queue.keys.status_outbox)).oldest_unprojected_ms
+    if pending is not None:
+        settled_rev = min(settled_rev, pending)
     records: dict[str, tuple[str, float, int, str, int, float | None]] = {}
     while True:
         cursor, page = await queue.status_versions(cursor, min(limit, 500))

@@ -420,6 +420,16 @@ async def test_a_quiet_job_s_progress_dropped_at_the_outbox_bound_is_re_sent(
         for n in range(6):  # the outbox at its bound (a store outage, say)
             await q.enqueue(payload(f"other-{n}"))
         await q.progress("quiet", claim.token, 95, "writing index", row=True)
+        changed_ms = (await q.get("quiet")).rev
+
+        async def past_the_trailing_time() -> bool:
+            return await q.server_time_ms() > changed_ms + 300
+
+        await until(past_the_trailing_time, 5.0, "Redis's clock past the trailing time")
+        # The store is behind (rows from before the change are still to be written): its
+        # row may still be on its way, however long ago the change was.
+        report = await sweep_page(q, backend, limit=100, trailing_row_s=0.2)
+        assert report.behind == [], report
         await p.drain(10.0)
         row = await backend.fetch("quiet")
         assert row is not None and (row["status"], row["progress"]) == ("processing", 10)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import stat
@@ -32,6 +34,7 @@ REMOVE_TREE_TIMEOUT_S = 60.0
 
 
 JOBS_ROOT_PREFIX = "ingest-jobs-"
+JOB_DIR_PREFIX = "ingest-job-"
 
 
 @dataclass(frozen=True)
@@ -143,17 +146,24 @@ class _HeldRoot:
 
 # The jobs roots this process made, by path: what is there must still be that directory.
 _HELD_ROOTS: dict[str, _HeldRoot] = {}
-# Locks of roots made again, or moved away by a child: held, as the first one's is, until
-# the daemon ends (one descriptor each; the next daemon removes the moved ones as stale).
+# Locks of roots made again, or moved away by a child: held, as the first one's is, while
+# jobs may still run in them (the next daemon removes the moved ones as stale). At most
+# MAX_REMADE_ROOT_LOCKS, the oldest let go first: a child that keeps moving the root
+# away must not use up the daemon's descriptors.
 _REMADE_ROOT_LOCKS: list[int] = []
+MAX_REMADE_ROOT_LOCKS = 64
 
 
 def _open_and_lock(root: str) -> int:
     """Give a new jobs root its mode (0711, whatever the umask) and take its lock (see
-    JobsRoot); the descriptor that holds it."""
-    os.chmod(root, 0o711)
+    JobsRoot); the descriptor that holds it. Never through a link put in its place."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        os.fchmod(fd, 0o711)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -167,27 +177,30 @@ def _make_root_again(root: str) -> None:
     os.mkdir(root, 0o711)
     fd = _open_and_lock(root)
     _REMADE_ROOT_LOCKS.append(fd)
+    if len(_REMADE_ROOT_LOCKS) > MAX_REMADE_ROOT_LOCKS:
+        os.close(_REMADE_ROOT_LOCKS.pop(0))
     _hold(root, fd)
 
 
-def _check_root(root: str) -> None:
+def _check_root(root: str) -> _HeldRoot | None:
     """`root` as this process made it, or made again: a /tmp cleaner removes what looks
     unused, and a child under the daemon's own user owns the root as the daemon does (it
     can take its rights, move it away and leave a file or a link in its place, which
     would stop every later job's start or put its directory where the child chose). One
-    lstat when nothing changed."""
+    lstat when nothing changed. The root held now, or None for a directory this process
+    did not make."""
     held = _HELD_ROOTS.get(root)
     try:
         info = os.lstat(root)
     except FileNotFoundError:
         _make_root_again(root)
-        return
+        return _HELD_ROOTS[root]
     if held is None:  # not a root of ours (a caller's own directory): used as it is
-        return
+        return None
     if (info.st_dev, info.st_ino) == (held.device, held.inode):
         if stat.S_IMODE(info.st_mode) != 0o711:
             os.fchmod(held.fd, 0o711)
-        return
+        return held
     # Something else in its place: the root itself lives on wherever it was moved, still
     # locked by us, with the directories of the jobs that run in it.
     log.warning("the directory of job directories %s was replaced (by a job?): made again", root)
@@ -198,23 +211,42 @@ def _check_root(root: str) -> None:
     else:
         os.unlink(root)
     _make_root_again(root)
+    return _HELD_ROOTS[root]
 
 
 def new_workdir(root: str | None, user: str | None) -> str:
     """A brand-new empty 0700 directory for one job (its cwd, HOME and TMPDIR), in `root`
     (checked, and made again if it is not the directory this process made, see
     `_check_root`)."""
-    if root is not None:
-        _check_root(root)
-    path = tempfile.mkdtemp(prefix="ingest-job-", dir=root)
+    held = None if root is None else _check_root(root)
+    if root is None or held is None:  # a directory of the caller's: used as it is
+        path = tempfile.mkdtemp(prefix=JOB_DIR_PREFIX, dir=root)
+        name, dir_fd = path, None
+    else:
+        # Made through the held descriptor: inside our root wherever a child moved it, never
+        # through a link put at its path meanwhile.
+        name, dir_fd = _mkdir_in(held.fd), held.fd
+        path = os.path.join(root, name)
     if user is not None:
         try:
             entry = pwd.getpwnam(user)
-            os.chown(path, entry.pw_uid, entry.pw_gid)
+            os.chown(name, entry.pw_uid, entry.pw_gid, dir_fd=dir_fd, follow_symlinks=False)
         except (OSError, KeyError):
-            os.rmdir(path)
+            os.rmdir(name, dir_fd=dir_fd)
             raise
     return path
+
+
+def _mkdir_in(dir_fd: int) -> str:
+    """A new 0700 directory under a random name in the directory `dir_fd`; its name."""
+    for _ in range(100):
+        name = JOB_DIR_PREFIX + secrets.token_hex(6)
+        try:
+            os.mkdir(name, 0o700, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(errno.EEXIST, "no unused name for a job directory")
 
 
 # Directories left full removed in the background at once, at most; beyond that a job's

@@ -397,19 +397,13 @@ async def test_a_running_job_whose_row_lost_its_claim_is_repaired_while_it_runs(
 
 
 async def test_a_quiet_job_s_progress_dropped_at_the_outbox_bound_is_re_sent(
-    store: Store, queue_name: str
+    store: Store, queue: JobQueue
 ) -> None:
     """At the outbox bound a progress row is not recorded, and the holder's throttle takes
     it as written. A running job's row still behind its record once a trailing row would
     have landed is re-sent: a job that went quiet must not show old progress until it ends."""
     backend = store.backend()
-    client = Redis.from_url(REDIS_URL)
-    q = JobQueue(
-        client,
-        queue_name,
-        backoff=Backoff(base_s=0.0, jitter=0.0),
-        retention=Retention(outbox_cap=5),
-    )
+    q = JobQueue(queue.client, queue.queue, retention=Retention(outbox_cap=5))
     try:
         await q.enqueue(payload("quiet"))
         claim = await q.claim("w", lease_s=300, timeout_s=5)
@@ -448,7 +442,6 @@ async def test_a_quiet_job_s_progress_dropped_at_the_outbox_bound_is_re_sent(
         assert (row["progress"], row["progress_message"]) == (95, "writing index")
     finally:
         await backend.aclose()
-        await client.aclose()
 
 
 async def test_a_retried_job_whose_row_still_shows_its_first_attempt_is_repaired(
@@ -482,14 +475,13 @@ async def test_a_retried_job_whose_row_still_shows_its_first_attempt_is_repaired
 
 
 async def test_a_reclaimed_job_whose_row_still_shows_the_stalled_claim_is_repaired(
-    store: Store, queue_name: str
+    store: Store, queue: JobQueue
 ) -> None:
     """A stall gives its attempt back, so the next claim runs the same run and attempt:
     with the reap's and the new claim's rows lost, the row says `processing` of the right
     attempt, but names the claim that stalled (its worker, its start)."""
     backend = store.backend()
-    client = Redis.from_url(REDIS_URL)
-    q = JobQueue(client, queue_name, backoff=Backoff(base_s=0.0, jitter=0.0))
+    q = queue
     try:
         await q.enqueue(payload("stalled"))
         first = await q.claim("w-gone", lease_s=0.05, timeout_s=5)
@@ -503,7 +495,7 @@ async def test_a_reclaimed_job_whose_row_still_shows_the_stalled_claim_is_repair
         await until(reaped, 10.0, "the stalled claim reaped")
         second = await q.claim("w-new", lease_s=30, timeout_s=5)
         assert second is not None and second.job.attempt == first.job.attempt
-        await client.xtrim(q.keys.status_outbox, maxlen=0, approximate=False)
+        await q.client.xtrim(q.keys.status_outbox, maxlen=0, approximate=False)
         row = await backend.fetch("stalled")
         assert row is not None and (row["status"], row["worker_id"]) == ("processing", "w-gone")
         report = await sweep_page(q, backend, limit=100)
@@ -518,7 +510,6 @@ async def test_a_reclaimed_job_whose_row_still_shows_the_stalled_claim_is_repair
         assert again.behind == [] and again.missing == []
     finally:
         await backend.aclose()
-        await client.aclose()
 
 
 @pytest.mark.parametrize("repair", ["sweep", "status-sync"])

@@ -27,13 +27,13 @@ from supervisor.status.trim import outbox_state
 log = logging.getLogger(__name__)
 
 CURSOR_FIELD = "cursor"
+LOST_CURSOR_FIELD = "lost_cursor"
 # Claim times are whole milliseconds of Redis's clock; a row holds them to the microsecond.
 CLAIM_TIME_TOLERANCE_S = 0.0005
 # A running job's row trails its record by its throttled progress rows, and the last of
 # them lands within a second or so of the change. A row still behind a change older than
 # this lost that row (dropped at the outbox bound, trimmed) and is re-sent.
 TRAILING_ROW_S = 10.0
-LOST_CURSOR_FIELD = "lost_cursor"
 
 
 @dataclass

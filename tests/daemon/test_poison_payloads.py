@@ -17,7 +17,7 @@ import redis
 from supervisor.queue.keys import QueueKeys
 from supervisor.queue.payload import MAX_SECRET_VALUES
 from supervisor.queue.states import JobState
-from tests.daemon.conftest import SyncQueue, job, wait_until
+from tests.daemon.conftest import SyncQueue, job, read_runs, wait_until
 from tests.daemon.test_ctl import ctl
 
 DEPTH = 600
@@ -202,7 +202,9 @@ def test_a_job_that_finds_no_room_for_its_directory_spends_no_attempt(start_daem
     assert q.get("roomless").attempt == 1
 
 
-def test_a_host_that_stays_without_room_fails_the_job_in_the_end(start_daemon, q) -> None:
+def test_a_host_that_stays_without_room_fails_the_job_in_the_end(
+    start_daemon, q, run_log: Path
+) -> None:
     """A few free returns to the queue, then the start failures count as attempts again:
     a host that stays broken (a full disk, a missing directory) does not cycle a job for
     ever, and the job ends failed with the reason."""
@@ -212,7 +214,13 @@ def test_a_host_that_stays_without_room_fails_the_job_in_the_end(start_daemon, q
     wait_until(lambda: q.get("first").state.value == "completed", 30, "first completed")
     running = [f"running-{i}" for i in range(3)]
     q.enqueue_many([job(r, sleep=0.6 + 0.4 * i) for i, r in enumerate(running)])
-    wait_until(lambda: q.counts()["active"] == 3, 30, "three running")
+
+    # Their children started: their directories are made (a claimed job whose directory
+    # is still to be made would make the jobs root again before it is moved).
+    def started() -> bool:
+        return {r["job_id"] for r in read_runs(run_log)} >= set(running)
+
+    wait_until(started, 30, "three running")
     jobs_root = d.jobs_root()
     jobs_root.rename(jobs_root.with_name("job-dirs-away"))  # the running jobs' go along
     with unwritable(jobs_root.parent):  # and nothing can be made where it was

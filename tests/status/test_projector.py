@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from redis.asyncio import Redis
 
-from supervisor.queue.jobqueue import Backoff, JobQueue, Retention
+from supervisor.queue.jobqueue import JobQueue, Retention
 from supervisor.status import NoneBackend, StatusBackend
 from supervisor.status.parked import ParkedRows, write_parked
 from supervisor.status.projector import GROUP, StatusProjector
@@ -34,6 +34,19 @@ def projector(queue: JobQueue, backend: StatusBackend, name: str, **kw: Any) -> 
 async def status_of(backend: StatusBackend, job_id: str) -> str | None:
     row = await backend.fetch(job_id)
     return None if row is None else str(row["status"])
+
+
+async def claimed_and_projected(
+    q: JobQueue, backend: StatusBackend, job_id: str, worker: str, *, lease_s: float
+) -> tuple[Any, StatusProjector]:
+    """`job_id` enqueued and claimed by `worker`, its rows so far in the store; the claim
+    and the projector that wrote them."""
+    await q.enqueue(payload(job_id))
+    claim = await q.claim(worker, lease_s=lease_s, timeout_s=5)
+    assert claim is not None and claim.job.job_id == job_id
+    p = projector(q, backend, "p")
+    await p.drain(10.0)
+    return claim, p
 
 
 async def run_to_completion(queue: JobQueue, job_id: str, message: str = "done") -> None:
@@ -445,23 +458,18 @@ async def test_a_quiet_job_s_progress_dropped_at_the_outbox_bound_is_re_sent(
 
 
 async def test_a_retried_job_whose_row_still_shows_its_first_attempt_is_repaired(
-    store: Store, queue_name: str
+    store: Store, queue: JobQueue
 ) -> None:
     """Attempt 1's failure and attempt 2's claim both lost: the row says `processing` of
     the same run, but of the first attempt."""
     backend = store.backend()
-    client = Redis.from_url(REDIS_URL)
-    q = JobQueue(client, queue_name, backoff=Backoff(base_s=0.0, jitter=0.0))
+    q = queue
     try:
-        await q.enqueue(payload("again"))
-        first = await q.claim("w", lease_s=30, timeout_s=5)
-        assert first is not None
-        p = projector(q, backend, "p")
-        await p.drain(10.0)
+        first, p = await claimed_and_projected(q, backend, "again", "w", lease_s=30)
         await q.fail("again", first.token, "exit 75", retryable=True, attempt=1)
         second = await q.claim("w", lease_s=30, timeout_s=5)
         assert second is not None and second.job.attempt == 2
-        await client.xtrim(q.keys.status_outbox, maxlen=0, approximate=False)
+        await q.client.xtrim(q.keys.status_outbox, maxlen=0, approximate=False)
         row = await backend.fetch("again")
         assert row is not None and (row["status"], row["attempt"]) == ("processing", 1)
         report = await sweep_page(q, backend, limit=100)
@@ -471,7 +479,6 @@ async def test_a_retried_job_whose_row_still_shows_its_first_attempt_is_repaired
         assert row is not None and (row["status"], row["attempt"]) == ("processing", 2)
     finally:
         await backend.aclose()
-        await client.aclose()
 
 
 async def test_a_reclaimed_job_whose_row_still_shows_the_stalled_claim_is_repaired(
@@ -483,11 +490,7 @@ async def test_a_reclaimed_job_whose_row_still_shows_the_stalled_claim_is_repair
     backend = store.backend()
     q = queue
     try:
-        await q.enqueue(payload("stalled"))
-        first = await q.claim("w-gone", lease_s=0.05, timeout_s=5)
-        assert first is not None
-        p = projector(q, backend, "p")
-        await p.drain(10.0)
+        first, p = await claimed_and_projected(q, backend, "stalled", "w-gone", lease_s=0.05)
 
         async def reaped() -> bool:
             return "stalled" in (await q.reap()).recovered

@@ -105,11 +105,11 @@ class JobExecution:
             if renewed.cancel_requested:
                 self.stop.request(EndReason.CANCELLED)
 
-    def _lost(self, why: str | None = None) -> None:
-        """Stop the child: the lease is lost (`why`), or can no longer be trusted (said by
+    def _lost(self, how: str | None = None) -> None:
+        """Stop the child: the lease is lost (`how`), or can no longer be trusted (said by
         the caller)."""
-        if why is not None:
-            log.warning("lease lost %s; stopping the child", why, extra=self._log_extra)
+        if how is not None:
+            log.warning("lease lost %s; stopping the child", how, extra=self._log_extra)
         self._lease_lost = True
         if self.ctx.metrics is not None:
             self.ctx.metrics.lease_lost()

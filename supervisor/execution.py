@@ -19,14 +19,12 @@ from supervisor import events as ev
 from supervisor.aio import join_bounded
 from supervisor.execution_context import FREE_HOST_FAULTS, FREE_SERVER_LOSSES, ExecutionContext
 from supervisor.queue.jobqueue import Claim
-from supervisor.queue.redaction import redact, scrub, scrub_value
+from supervisor.queue.redaction import redact, scrub_value
 from supervisor.queue.states import TableStatus
 from supervisor.redis_retry import TRANSIENT, call_until, why
 from supervisor.runner import ChildOutcome, EndReason, StopRequest, run_child
-from supervisor.runner.outcome import describe_end
 
 log = logging.getLogger(__name__)
-ERROR_LIMIT = 1000
 # A job's progress reaches its status row at most this often; its record, its events and
 # every state change are never throttled.
 ROW_INTERVAL_S = 0.5
@@ -118,8 +116,6 @@ class JobExecution:
     # ---- progress -----------------------------------------------------------------
 
     def _on_progress(self, pct: float, message: str | None) -> None:
-        # Children are untrusted: one quoting the job's secrets must not leak them onward.
-        message = scrub(message, self._secrets) if message else message
         self._progress_pending = (pct, message)
         self._progress_wakeup.set()
         self.ctx.sinks.job_progress(
@@ -217,9 +213,10 @@ class JobExecution:
                 timeout_s=self.timeout_s(),
                 stop=self.stop,
                 on_progress=self._on_progress,
+                secrets=self._secrets,  # a child quoting them must not leak them onward
             )
             self.outcome = outcome
-            self.error = self._error_text(outcome)
+            self.error = outcome.error
             # Before the slot moves on: a closed gate must hold back its next start. The gate
             # logs the error: only ever the text scrubbed of the job's secrets.
             gated = dataclasses.replace(outcome, error=self.error, stderr_tail="")
@@ -249,7 +246,7 @@ class JobExecution:
         """Write the outcome through the fenced protocol; decide what the status row shows."""
         q, token, job_id = self.ctx.queue, self.claim.token, self.job_id
         error = self.error
-        result, message = await scrubbed_outcome(outcome, self._secrets)
+        result = await scrubbed_result(outcome, self._secrets)
         final, table, label = False, TableStatus.QUEUED.value, ev.OUTCOME_LEASE_LOST
 
         def deadline() -> float:  # asked before each attempt: a stop brings it closer
@@ -292,7 +289,7 @@ class JobExecution:
                         job_id,
                         token,
                         result,
-                        message=message,
+                        message=outcome.progress_message,
                         peak_rss_bytes=outcome.peak_rss_bytes,
                     )
                 ):
@@ -350,44 +347,17 @@ class JobExecution:
             peak_rss_bytes=outcome.peak_rss_bytes,
             cpu_seconds=outcome.cpu_s,
             progress=outcome.progress,
-            progress_message=message,
+            progress_message=outcome.progress_message,
             progress_lines=outcome.progress_lines,
             progress_rejected=outcome.progress_rejected,
             dropped_output_bytes=outcome.dropped_bytes,
         )
 
-    def _error_text(self, outcome: ChildOutcome) -> str | None:
-        """The outcome's error with secrets scrubbed from the stderr tail before it is cut
-        to ERROR_LIMIT, so a cut never leaves a secret's tail behind."""
-        if not outcome.error:
-            return None
-        if (
-            outcome.ended in (EndReason.START_FAILED, EndReason.BAD_RESULT)
-            or not outcome.stderr_tail
-        ):
-            return _clip(scrub(outcome.error, self._secrets))
-        room = 4 * ERROR_LIMIT + max((len(s) for s in self._secrets), default=0) * 4
-        text = describe_end(
-            outcome.ended,
-            exit_code=outcome.exit_code,
-            signum=outcome.signal,
-            timeout_s=self.timeout_s(),
-            stderr_tail=scrub(outcome.stderr_tail[-room:], self._secrets),
-            oom_killed=outcome.oom_killed,
-        )
-        return _clip(scrub(text, self._secrets)) if text else None
 
-
-async def scrubbed_outcome(outcome: ChildOutcome, secrets: Sequence[str]) -> tuple[Any, Any]:
-    """The outcome's result and last message scrubbed of the job's secrets. With secrets,
-    in a thread: a 1 MiB result scrubbed of every form of a payload's hundreds of secrets is
-    up to a second of CPU, and the event loop is every slot's."""
-
-    def scrubbed() -> tuple[Any, Any]:
-        return scrub_value(outcome.result, secrets), scrub_value(outcome.progress_message, secrets)
-
-    return await asyncio.to_thread(scrubbed) if secrets else scrubbed()
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= ERROR_LIMIT else text[: ERROR_LIMIT - 1] + "…"
+async def scrubbed_result(outcome: ChildOutcome, secrets: Sequence[str]) -> Any:
+    """The outcome's result scrubbed of the job's secrets (its texts the runner scrubbed).
+    With secrets, in a thread: a 1 MiB result scrubbed of every form of a payload's hundreds
+    of secrets is up to a second of CPU, and the event loop is every slot's."""
+    if not secrets:
+        return outcome.result
+    return await asyncio.to_thread(scrub_value, outcome.result, secrets)

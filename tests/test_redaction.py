@@ -383,7 +383,7 @@ async def test_scrubbing_a_large_result_against_many_secrets_leaves_the_event_lo
     the event loop every slot shares must not spend."""
     import dataclasses
 
-    from supervisor.execution import scrubbed_outcome
+    from supervisor.execution import scrubbed_result
     from supervisor.runner import ChildOutcome, EndReason
 
     secrets = [f"secret-value-number-{n:04d}/+ %" for n in range(300)]
@@ -395,17 +395,36 @@ async def test_scrubbing_a_large_result_against_many_secrets_leaves_the_event_lo
         cpu_s=1.0,
         peak_rss_bytes=0,
         progress=100.0,
-        progress_message=f"done with {secrets[7]}",
+        progress_message=None,
         result=[f"s{n}" for n in range(150_000)] + [secrets[3]],
         error=None,
     )
     loop_cpu, all_cpu = time.thread_time(), time.process_time()
-    result, message = await scrubbed_outcome(outcome, secrets)
+    result = await scrubbed_result(outcome, secrets)
     loop_cpu, all_cpu = time.thread_time() - loop_cpu, time.process_time() - all_cpu
     assert result[-1] == redaction.REDACTED and result[:2] == ["s0", "s1"]
-    assert message == f"done with {redaction.REDACTED}"
     assert all_cpu > 0.1, all_cpu  # the work was heavy enough to tell
     assert loop_cpu < all_cpu / 5, (loop_cpu, all_cpu)
     # Nothing to scrub: the same values, no thread needed.
-    plain = dataclasses.replace(outcome, result={"chunks": 3}, progress_message="done")
-    assert await scrubbed_outcome(plain, []) == ({"chunks": 3}, "done")
+    plain = dataclasses.replace(outcome, result={"chunks": 3})
+    assert await scrubbed_result(plain, []) == {"chunks": 3}
+
+
+def test_a_piece_cut_through_a_secret_keeps_no_part_of_it() -> None:
+    secret = "s3cr3t-" + "k" * 40
+    text = f"before {secret} middle {secret} after"
+    for cut in range(1, len(text)):
+        head, tail = text[:cut], text[cut:]
+        for piece, kept in (
+            (redaction.scrub_piece(head, [secret], cut_end=True), head),
+            (redaction.scrub_piece(tail, [secret], cut_start=True), tail),
+        ):
+            assert not [i for i in range(len(secret) - 3) if secret[i : i + 4] in piece], piece
+            assert len(piece) <= len(kept)
+    whole = redaction.scrub_piece(text, [secret])
+    assert whole == f"before {redaction.REDACTED} middle {redaction.REDACTED} after"
+    assert redaction.scrub_piece(text, [], cut_start=True, cut_end=True) == text
+    # Room for the longest form of a secret around a cut, and no more than 4 x the limit.
+    assert redaction.piece_room([secret], 100) == 100 + len(secret)
+    assert redaction.piece_room(["x" * 10_000], 100) == 500
+    assert redaction.piece_room([], 100) == 100

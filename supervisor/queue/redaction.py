@@ -256,6 +256,33 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     return _replace_forms(text, _all_forms(tuple(secrets))) if text else text
 
 
+def piece_room(secrets: Iterable[str], limit: int) -> int:
+    """Characters to take of a longer text so that `limit` of them can be shown scrubbed
+    (`scrub_piece`): room for the longest form of a secret that the cut would go
+    through, up to 4 x `limit` more (so the cost of a scrub stays bounded)."""
+    forms = _all_forms(tuple(secrets))
+    return limit + min(len(forms[0]) if forms else 0, 4 * limit)
+
+
+def scrub_piece(
+    text: str, secrets: Iterable[str], *, cut_start: bool = False, cut_end: bool = False
+) -> str:
+    """`text`, a piece of a longer text, scrubbed of `secrets`. A secret that a cut went
+    through leaves a part of itself that no scrub can recognise, lying within one form's
+    length of the cut: so much more goes at each end that was cut (all of a piece shorter
+    than that)."""
+    forms = _all_forms(tuple(secrets))
+    if not forms or not text:
+        return text
+    text = _replace_forms(text, forms)
+    drop = len(forms[0]) - 1
+    if cut_start:
+        text = text[drop:]
+    if cut_end:
+        text = text[: max(len(text) - drop, 0)]
+    return text
+
+
 def scrub_value(value: Any, secrets: Iterable[str], max_depth: int = MAX_DEPTH) -> Any:
     """`value` (child-made JSON or text) with every secret in its strings and keys redacted;
     anything nested deeper than `max_depth` becomes a marker."""

@@ -35,8 +35,7 @@ class ChildOutcome:
     result: Any
     error: str | None
     oom_killed: bool = False
-    # The last stderr bytes as text: the daemon scrubs the job's secrets from it before the
-    # error is cut to its limit, so a cut never leaves the tail of a secret behind.
+    # The end of stderr the error is made from, scrubbed of the job's secrets.
     stderr_tail: str = ""
     dropped_bytes: int = 0  # stderr beyond its kept head and tail
     progress_lines: int = 0

@@ -178,6 +178,7 @@ class LineBudget:
 class Progress:
     percent: float
     message: str | None
+    cut: bool = False  # the child's message went on past `message`
 
 
 @dataclass(frozen=True)
@@ -203,13 +204,19 @@ def parse_line(line: ProtocolLine) -> Progress | Result | Rejected:
     return Rejected("not a protocol line")
 
 
-def parse_progress(rest: bytes) -> Progress | Rejected:
+def parse_progress(
+    rest: bytes, room: int = MESSAGE_LIMIT, *, truncated: bool = False
+) -> Progress | Rejected:
+    """A PROGRESS line's value and the first `room` characters of its message (whether
+    there was more, or the line itself was `truncated`, is the Progress's `cut`)."""
     text = rest.strip()
     number, _, message = text.partition(b" ")
     if not _NUMBER.fullmatch(number):
         return Rejected("progress is not a number in 0..100")
-    msg = message.strip().decode("utf-8", errors="replace")[:MESSAGE_LIMIT]
-    return Progress(float(number), msg or None)
+    raw = message.strip()
+    msg = raw[: 4 * room].decode("utf-8", errors="replace")
+    cut = bool(msg) and (truncated or len(msg) > room or len(raw) > 4 * room)
+    return Progress(float(number), msg[:room] or None, cut)
 
 
 def _not_json(name: str) -> Any:
@@ -262,6 +269,7 @@ class ProgressState:
     def __init__(self) -> None:
         self.percent = 0.0
         self.message: str | None = None
+        self.message_cut = False
         self.lines = 0
         self.rejected = 0
 
@@ -271,6 +279,10 @@ class ProgressState:
         if isinstance(update, Rejected) or update.percent < self.percent:
             self.rejected += 1
             return False
-        changed = update.percent != self.percent or update.message != self.message
-        self.percent, self.message = update.percent, update.message
+        changed = (update.percent, update.message, update.cut) != (
+            self.percent,
+            self.message,
+            self.message_cut,
+        )
+        self.percent, self.message, self.message_cut = update.percent, update.message, update.cut
         return changed or self.lines == 1

@@ -9,19 +9,21 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from supervisor.queue.redaction import piece_room, scrub, scrub_piece
 from supervisor.runner.coalesce import ProgressCallback, ProgressCoalescer
 from supervisor.runner.config import RunnerConfig
 from supervisor.runner.containment import ORPHANS, SAMPLE_COST_FACTOR, ProcessTree
 from supervisor.runner.env import job_env
 from supervisor.runner.forkserver import FORK_SERVER, ForkServerLost, ForkServerTimeout
 from supervisor.runner.oom import oom_kills
-from supervisor.runner.outcome import ChildOutcome, EndReason, describe_end
+from supervisor.runner.outcome import ERROR_LIMIT, ChildOutcome, EndReason, describe_end
 from supervisor.runner.output import BoundedOutput
 from supervisor.runner.pipes import PipeReader, PipeWriter
 from supervisor.runner.protocol import (
+    MESSAGE_LIMIT,
     PROGRESS_PREFIX,
     LineBudget,
     ProgressState,
@@ -57,9 +59,21 @@ async def run_child(
     timeout_s: float,
     stop: StopRequest,
     on_progress: ProgressCallback | None = None,
+    secrets: Sequence[str] = (),
 ) -> ChildOutcome:
-    """Run one child to its end. Whatever the child does, this returns an outcome."""
-    run = _ChildRun(config, job_id=job_id, attempt=attempt, stop=stop, on_progress=on_progress)
+    """Run one child to its end. Whatever the child does, this returns an outcome.
+
+    The job's `secrets` are scrubbed from every text the outcome and `on_progress` carry
+    but the result (a value, scrubbed by the caller) before any of it is cut to its limit,
+    so a cut never leaves a part of one behind."""
+    run = _ChildRun(
+        config,
+        job_id=job_id,
+        attempt=attempt,
+        stop=stop,
+        on_progress=on_progress,
+        secrets=secrets,
+    )
     try:
         workdir = new_workdir(config.tmp_root, config.user)
     except (OSError, KeyError) as exc:  # this host's fault (a full disk), not the job's
@@ -82,8 +96,11 @@ class _ChildRun:
         attempt: int,
         stop: StopRequest,
         on_progress: ProgressCallback | None,
+        secrets: Sequence[str] = (),
     ) -> None:
         self.config = config
+        self.secrets = tuple(secrets)
+        self.message_room = piece_room(self.secrets, MESSAGE_LIMIT)
         self.job_id = job_id
         self.attempt = attempt
         self.stop = stop
@@ -118,9 +135,25 @@ class _ChildRun:
         if not line.data.startswith(PROGRESS_PREFIX):
             self.result_line = line  # a RESULT line: parsed once, at the end
             return
-        parsed = parse_progress(line.data.rstrip(b"\r")[len(PROGRESS_PREFIX) :])
+        rest = line.data.rstrip(b"\r")[len(PROGRESS_PREFIX) :]
+        parsed = parse_progress(rest, self.message_room, truncated=line.truncated)
         if self.progress.apply(parsed) and self.coalescer is not None:
             self.coalescer.update(self.progress.percent, self.progress.message)
+
+    def _shown(self, message: str | None) -> str | None:
+        """A progress message as it may leave the runner: scrubbed of the job's secrets,
+        then cut to MESSAGE_LIMIT. Scrubbed only when it is handed on (at most once per
+        coalescing interval, and at the end), not for every line a child writes."""
+        if message is None or not self.secrets:
+            return message
+        # The coalescer hands on the newest message, the one the state holds; any other
+        # is taken for cut, which can only drop more of it.
+        cut = message != self.progress.message or self.progress.message_cut
+        return scrub_piece(message, self.secrets, cut_end=cut)[:MESSAGE_LIMIT] or None
+
+    def _hand_on(self, percent: float, message: str | None) -> None:
+        assert self.on_progress is not None
+        self.on_progress(percent, self._shown(message))
 
     # ---- lifecycle ----------------------------------------------------------------
 
@@ -151,7 +184,9 @@ class _ChildRun:
             host = isinstance(exc, ForkServerTimeout | ForkServerLost)
             return self.start_failed(_start_error(exc, cfg.command), host_fault=host)
         orphan_token: int | None = ORPHANS.run_started(self.job_id, self.attempt, child.pid)
-        self.coalescer = ProgressCoalescer(self.on_progress, cfg.progress_interval_s)
+        self.coalescer = ProgressCoalescer(
+            None if self.on_progress is None else self._hand_on, cfg.progress_interval_s
+        )
         tree = ProcessTree(child.pid)
         writer = PipeWriter(child.stdin_fd, job_json, lambda: os.close(child.stdin_fd))
         readers = (
@@ -317,7 +352,7 @@ class _ChildRun:
                 timeout_s=0,
                 stderr_tail="",
                 oom_killed=False,
-                start_error=message,
+                start_error=scrub(message, self.secrets),
             ),
             host_fault=host_fault,
         )
@@ -333,7 +368,7 @@ class _ChildRun:
         if ended is EndReason.EXITED and status.exit_code == 0 and self.result_error:
             ended = EndReason.BAD_RESULT
         oom = self._looks_out_of_memory(status, ended)
-        stderr_tail = self.stderr.last(4096).decode("utf-8", errors="replace")
+        stderr_tail = self._stderr_tail()
         return ChildOutcome(
             ended=ended,
             exit_code=status.exit_code,
@@ -342,7 +377,7 @@ class _ChildRun:
             cpu_s=max(tree.cpu_s, status.cpu_s),
             peak_rss_bytes=max(tree.peak_rss_bytes, status.max_rss_bytes),
             progress=self.progress.percent,
-            progress_message=self.progress.message,
+            progress_message=self._shown(self.progress.message),
             result=None if ended is EndReason.BAD_RESULT else self.result,
             error=describe_end(
                 ended,
@@ -361,6 +396,14 @@ class _ChildRun:
             stray_processes_killed=self.strays,
             server_lost=self.server_lost,
         )
+
+    def _stderr_tail(self) -> str:
+        """The end of stderr the error is made from, scrubbed of the job's secrets."""
+        room = piece_room(self.secrets, ERROR_LIMIT)
+        window = self.stderr.last(4 * room)
+        text = window.decode("utf-8", errors="replace")
+        cut = self.stderr.total_bytes > len(window) or len(text) > room
+        return scrub_piece(text[-room:], self.secrets, cut_start=cut)
 
     def _looks_out_of_memory(self, status: ExitStatus, ended: EndReason) -> bool:
         if ended is not EndReason.EXITED or status.exit_code == 0:

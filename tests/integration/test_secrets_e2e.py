@@ -91,3 +91,38 @@ def test_a_child_quoting_its_secret_never_gets_it_past_the_daemon(
     receiver.wait_for_spans(lambda s: len(roots(s)) >= 3)
     assert receiver.bodies and not [b for b in receiver.bodies if token[-12:].encode() in b]
     assert not [f for f in forms if f in daemon.log()]
+
+
+@pytest.mark.parametrize("cut", ["progress", "stderr"])
+def test_a_cut_through_a_long_secret_leaves_no_piece_of_it(
+    start_daemon: Callable[..., DaemonProcess], q: SyncQueue, tmp_path: Path, cut: str
+) -> None:
+    # Longer than the progress message's limit and than the stderr the error keeps.
+    token = "tok-" + "".join(f"q{i:04x}" for i in range(740))
+    payload = job(f"leak-cut-{cut}", max_attempts=1, cut=cut)
+    payload["data_source"]["trial_token"] = token
+    q.enqueue(payload)
+    status_db = tmp_path / "status.sqlite3"
+    daemon = start_daemon(
+        INGEST_WORKER_COMMAND=f"{sys.executable} {LEAKY}",
+        INGEST_STATUS_BACKEND="sqlite",
+        INGEST_STATUS_SQLITE_PATH=str(status_db),
+    )
+    wait_until(lambda: q.get(payload["job_id"]).state is JobState.FAILED, 30, "job failed")
+    stop_daemon(daemon, EXIT_BOUND_S)
+
+    async def everything(queue: Any) -> list[str]:
+        texts = [repr(await queue.get(payload["job_id"]))]
+        texts += [repr(e) for e in await queue.read_events("0-0", block_ms=1, count=10_000)]
+        return texts
+
+    async def row() -> Any:
+        backend = build_status_backend("sqlite", sqlite_path=str(status_db))
+        try:
+            return await backend.fetch(payload["job_id"])
+        finally:
+            await backend.aclose()
+
+    seen = "\n".join([*with_queue(q, everything), repr(asyncio.run(row())), daemon.log()])
+    pieces = {token[i : i + 12] for i in range(0, len(token) - 12)}
+    assert not [p for p in pieces if p in seen][:3]

@@ -1,7 +1,9 @@
 """A careless child: quotes its job's secrets in a PROGRESS message and on stderr (plain,
 URL-encoded and JSON-encoded, and at the very start of a long stderr tail), then exits 65
 or metadata's `exit` (or 0 with metadata succeed=true, quoting them in RESULT too, once as
-a key)."""
+a key). With metadata `cut` ("progress" or "stderr"), it quotes a long secret where the
+daemon must cut the text: across the end of a progress message's limit, or across the
+start of the stderr the error is made from."""
 
 import json
 import sys
@@ -9,6 +11,13 @@ from urllib.parse import quote, quote_plus
 
 job = json.loads(sys.stdin.read())
 token = job.get("trial_token") or job["data_source"]["trial_token"]
+cut = (job.get("metadata") or {}).get("cut")
+if cut == "progress":
+    print(f"PROGRESS: 10 {'p' * 500} {token} done", flush=True)
+    sys.exit(1)
+if cut == "stderr":
+    sys.stderr.write("starting " + "." * 2000 + "\n" + f"config: {token}\n" + "x" * 600 + "\n")
+    sys.exit(1)
 print(f"PROGRESS: 10 fetching with token {token}", flush=True)
 print(f"PROGRESS: 60 still using {token}", flush=True)
 if (job.get("metadata") or {}).get("succeed"):

@@ -183,7 +183,7 @@ class OpenAIEmbedder:
         text = body[:4096].decode("utf-8", "replace")
         try:
             parsed = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             message = text
         else:
             error = parsed.get("error") if isinstance(parsed, dict) else None

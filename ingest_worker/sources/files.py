@@ -161,6 +161,8 @@ def _json_text(name: str, text: str) -> str:
         doc = json.loads(text)
     except ValueError:
         raise BadInput(f"{name}: not valid JSON") from None
+    except RecursionError:
+        raise BadInput(f"{name}: JSON nested deeper than Python can read") from None
     lines: list[str] = []
     stack: list[tuple[str, Any]] = [("", doc)]
     while stack:

@@ -61,10 +61,13 @@ def page_of(resp: Response) -> Page:
 
 
 def _decode(resp: Response) -> str:
+    """The body as text in the charset the page names; in UTF-8 when that names no text
+    codec (LookupError), or one that cannot decode with replacement (`undefined`, `idna`:
+    UnicodeError, a ValueError) or is no codec name at all (a NUL: ValueError)."""
     charset = resp.charset or "utf-8"
     try:
         return resp.body.decode(charset, errors="replace")
-    except LookupError:
+    except (LookupError, ValueError):
         return resp.body.decode("utf-8", errors="replace")
 
 

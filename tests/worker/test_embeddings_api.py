@@ -303,3 +303,12 @@ def test_the_http_embedder_loads_no_third_party_package(api: EmbeddingsAPI, work
     }
     assert "http.client" in loaded
     assert not loaded & {"openai", "httpx", "pydantic", "requests", "urllib3"}
+
+
+def test_an_error_body_nested_too_deep_is_quoted_not_a_crash(
+    api: EmbeddingsAPI, workdir: Path
+) -> None:
+    api.script = [Fault(400, {}, b"[" * 3000)]
+    out = run_worker(make_job({"type": "text", "text": "a few words"}), workdir, **openai_env(api))
+    assert out.code == 78, out.stderr[-500:]
+    assert "Traceback" not in out.stderr and "HTTP 400" in out.stderr

@@ -91,7 +91,8 @@ def test_a_broken_pdf_and_bad_json_are_bad_input(root: Path, tmp_path: Path) -> 
     pytest.importorskip("pypdf")
     (root / "broken.pdf").write_bytes(b"%PDF-1.4\nnot really a pdf")
     (root / "broken.json").write_text("{nope")
-    for name in ("broken.pdf", "broken.json"):
+    (root / "deep.json").write_text("[" * 5000 + "]" * 5000)
+    for name in ("broken.pdf", "broken.json", "deep.json"):
         out = run_worker(
             make_job({"type": "file", "path": name}), tmp_path, INGEST_FILE_ROOT=str(root)
         )

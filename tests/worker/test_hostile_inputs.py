@@ -58,6 +58,32 @@ def test_one_bad_link_is_skipped_not_the_crawl(site: Site, workdir: Path) -> Non
     assert any("invalid" in r for r in reasons), reasons
 
 
+def test_a_page_naming_a_charset_that_cannot_decode_is_read_as_utf8(
+    site: Site, workdir: Path
+) -> None:
+    """`undefined` and `idna` are codecs whose decoding always fails here, a NUL cannot
+    name one at all: the page is read as UTF-8, in a crawl too, never a crash."""
+    charsets = ("undefined", "idna", "base64", "nosuchcodec")
+    for cs in charsets:
+        body = f"<p>page in {cs} about harbours</p>".encode()
+        site.routes[f"/{cs}"] = (200, {"Content-Type": f"text/html; charset={cs}"}, body)
+    for cs in charsets:
+        out = run_worker(
+            make_job({"type": "url", "url": f"{site.base}/{cs}"}),
+            workdir,
+            INGEST_CRAWL_ALLOW_HOSTS=site.hostport,
+        )
+        assert out.code == 0, (cs, out.code, out.stderr[-500:])
+    site.html("/", "".join(f"<a href='/{cs}'>{cs}</a>" for cs in charsets) + "<p>home</p>")
+    out = run_worker(
+        make_job({"type": "crawl", "urls": [site.base + "/"], "crawl_depth": 1}),
+        workdir,
+        INGEST_CRAWL_ALLOW_HOSTS=site.hostport,
+    )
+    assert out.code == 0, out.stderr[-500:]
+    assert out.result["pages"] == 1 + len(charsets), out.result
+
+
 def test_a_fifo_under_the_file_root_is_refused_without_hanging(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()

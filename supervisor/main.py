@@ -274,6 +274,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("warning: ingest_worker is not importable here", file=sys.stderr)
         return 0
     log.info("starting with %s", json.dumps(settings.redacted(), default=str))
+    if os.geteuid() == 0 and settings.child_user is None:
+        log.warning(
+            "running as root without INGEST_CHILD_USER: every child runs as root, and can "
+            "read this daemon's secrets (/proc/%d/environ) and every other job's files; "
+            "run the daemon as its own user, or set INGEST_CHILD_USER (docs/security.md)",
+            os.getpid(),
+        )
     # Before any thread exists; the built-in worker is imported into it once, here.
     try:
         builtin = build_runner_config(settings).command is None

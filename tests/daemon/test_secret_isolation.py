@@ -35,6 +35,7 @@ SETPRIV = shutil.which("setpriv")
 # The child runs a stdlib-only script: an interpreter every user can execute.
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
 NOGROUP = 65534
+ROOT_WARNING = "running as root without INGEST_CHILD_USER"
 AS_NOGROUP = (str(SETPRIV), f"--regid={NOGROUP}", "--clear-groups", "--")
 
 needs_root = pytest.mark.skipif(
@@ -53,6 +54,15 @@ def snoop(q: SyncQueue, job_id: str, daemon: DaemonProcess, cred_dir: str = "") 
     return q.get(job_id).result
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_a_root_daemon_with_children_of_its_own_user_says_so(
+    start_daemon: Callable[..., DaemonProcess],
+) -> None:
+    daemon = start_daemon()
+    daemon.wait_ready()
+    assert ROOT_WARNING in daemon.log()
+
+
 @needs_root
 def test_the_daemon_is_not_dumpable_and_a_child_user_reads_none_of_its_secrets(
     start_daemon: Callable[..., DaemonProcess],
@@ -69,9 +79,6 @@ def test_the_daemon_is_not_dumpable_and_a_child_user_reads_none_of_its_secrets(
     shared.chmod(0o711)
     jobs = shared / "jobs"
     jobs.mkdir(mode=0o711)
-    # The exec shim runs as the child user: compiled where that user can run it (the
-    # runner makes its cache directory 0700 when it creates it).
-    (shared / "shim").mkdir(mode=0o711)
     creds = shared / "credentials"
     creds.mkdir()
     (creds / "ingest.REDIS_URL").write_text(private_redis.url + "\n")
@@ -84,12 +91,11 @@ def test_the_daemon_is_not_dumpable_and_a_child_user_reads_none_of_its_secrets(
         CREDENTIALS_DIRECTORY=str(creds),
         LANGFUSE_SECRET_KEY=SECRET,
         INGEST_WORKER_COMMAND=f"{SYSTEM_PYTHON} {SNOOP}",
-        INGEST_SPAWN_MODE="exec",
         INGEST_CHILD_USER="nobody",
         TMPDIR=str(jobs),
-        INGEST_SHIM_DIR=str(shared / "shim"),
     )
     daemon.wait_ready()
+    assert ROOT_WARNING not in daemon.log()
 
     environ = os.stat(f"/proc/{daemon.pid}/environ")
     assert (environ.st_uid, environ.st_gid) == (0, 0), "the daemon is still dumpable"

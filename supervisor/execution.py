@@ -276,8 +276,11 @@ class JobExecution:
             if self._lease_lost or outcome.ended is EndReason.LEASE_LOST:
                 pass
             elif released:
-                if await write(lambda: q.release(job_id, token)):
+                given_back = await write(lambda: q.release(job_id, token))
+                if given_back == "released":
                     label = ev.OUTCOME_RELEASED
+                elif given_back == "cancelled":  # its cancel was pending: it ends now
+                    final, table, label = True, TableStatus.CANCELLED.value, ev.OUTCOME_CANCELLED
             elif outcome.ended is EndReason.CANCELLED:
                 if await write(
                     lambda: q.ack_cancel(job_id, token, peak_rss_bytes=outcome.peak_rss_bytes)
@@ -309,6 +312,8 @@ class JobExecution:
                 timed_out = outcome.ended is EndReason.TIMEOUT
                 if failed.outcome == "retry":
                     label = ev.OUTCOME_TIMEOUT if timed_out else ev.OUTCOME_RETRIED
+                elif failed.outcome == "cancelled":  # its cancel was pending: not retried
+                    final, table, label = True, TableStatus.CANCELLED.value, ev.OUTCOME_CANCELLED
                 elif failed.outcome == "failed":
                     final, table = True, TableStatus.FAILED.value
                     label = ev.OUTCOME_TIMEOUT if timed_out else ev.OUTCOME_FAILED

@@ -57,8 +57,10 @@ async def give_back(ctx: ExecutionContext, queue: JobQueue, index: int, claim: C
     except Exception as exc:  # Redis away, or refusing writes: the lease brings it back
         log.warning("slot %d: job %s claimed at the stop not given back: %r", index, job_id, exc)
         return
-    if released:
+    if released == "released":
         log.info("slot %d: job %s claimed as the stop came; given back unstarted", index, job_id)
+    elif released == "cancelled":
+        log.info("slot %d: job %s claimed as the stop came; its cancel ended it", index, job_id)
     else:
         log.warning("slot %d: job %s claimed at the stop was no longer held", index, job_id)
 
@@ -123,7 +125,15 @@ async def fail_unrun(
         return
     if failed.outcome == "lost":
         return
-    final = failed.outcome == "failed"
+    final = failed.outcome != "retry"
+    if final:
+        outcome, table = (
+            (ev.OUTCOME_CANCELLED, TableStatus.CANCELLED)
+            if failed.outcome == "cancelled"
+            else (ev.OUTCOME_FAILED, TableStatus.FAILED)
+        )
+    else:
+        outcome, table = ev.OUTCOME_RETRIED, TableStatus.QUEUED
     try:
         ctx.sinks.job_finished(
             ev.JobFinished(
@@ -133,8 +143,8 @@ async def fail_unrun(
                 attempt=job.attempt,
                 max_attempts=job.max_attempts,
                 worker_id=ctx.worker_id,
-                outcome=ev.OUTCOME_FAILED if final else ev.OUTCOME_RETRIED,
-                table_status=(TableStatus.FAILED if final else TableStatus.QUEUED).value,
+                outcome=outcome,
+                table_status=table.value,
                 final=final,
                 enqueued_at=job.enqueued_at,
                 started_at=started,

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from supervisor.queue.keys import QueueKeys
 from supervisor.queue.payload import strict_json
 from supervisor.queue.records import Backoff, FailResult, RenewResult, Retention
 from supervisor.queue.records import as_str as _s
+
+Released = Literal["released", "cancelled"]
 
 # Tenants remembered in the completed-tenants set (one entry each, the newest kept).
 COMPLETED_TENANTS_KEPT = 100
@@ -110,7 +112,8 @@ class HolderVerbs:
         attempt: int,
         peak_rss_bytes: int | None = None,
     ) -> FailResult:
-        """Record a failed attempt; `attempt` (1-based) picks the backoff delay."""
+        """Record a failed attempt; `attempt` (1-based) picks the backoff delay. A job whose
+        cancel was requested is not retried but ends cancelled (outcome 'cancelled')."""
         k = self.keys
         outcome, rev, due = await self._run(
             "fail",
@@ -123,6 +126,7 @@ class HolderVerbs:
                 k.wake,
                 k.events,
                 k.status_outbox,
+                k.cancelled,
             ],
             [
                 job_id,
@@ -140,14 +144,17 @@ class HolderVerbs:
         due_s = int(due) / 1000.0
         return FailResult(_s(outcome), due_s if due_s else None, int(rev))
 
-    async def release(self, job_id: str, token: str) -> bool:
+    async def release(self, job_id: str, token: str) -> Released | None:
+        """Give the job back unspent: 'released', or 'cancelled' when its cancel was
+        requested (it ends now); None when the lease is lost."""
         k = self.keys
-        ok, _rev = await self._run(
+        outcome, _rev = await self._run(
             "release",
-            [k.jobs, k.active, k.waiting, k.seq, k.wake, k.events, k.status_outbox],
+            [k.jobs, k.active, k.waiting, k.seq, k.wake, k.events, k.status_outbox, k.cancelled],
             [job_id, token, self.retention.events_maxlen, self.retention.outbox_cap],
         )
-        return bool(int(ok))
+        done = _s(outcome)
+        return None if not done else "cancelled" if done == "cancelled" else "released"
 
     async def ack_cancel(
         self, job_id: str, token: str, *, peak_rss_bytes: int | None = None

@@ -215,7 +215,7 @@ class RenewResult:
 
 @dataclass(frozen=True)
 class FailResult:
-    outcome: str  # "retry" | "failed" | "lost"
+    outcome: str  # "retry" | "failed" | "cancelled" | "lost"
     retry_at: float | None
     rev: int
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from redis.asyncio import Redis
@@ -149,48 +150,69 @@ async def test_cancel_and_retry_reject_bad_job_ids(q: JobQueue) -> None:
             await q.get(bad)
 
 
-async def test_cancel_requested_job_given_back_unacknowledged_is_not_started_again(
+async def test_a_job_given_back_or_failed_with_its_cancel_pending_ends_cancelled_at_once(
     q: JobQueue, client: Redis
 ) -> None:
+    """Cancelled while it ran, then given back by its holder (a shutdown) or failed into a
+    retry before the cancel was acknowledged: it ends cancelled there and then, not after
+    a wait in the queue (a backoff can be an hour) showing 'queued' to the web app."""
     await q.enqueue_many([job("cr-rel"), job("cr-fail")])
     rel, failing = await claim_one(q), await claim_one(q)
     assert await q.cancel("cr-rel") == "requested"
     assert await q.cancel("cr-fail") == "requested"
-    # The holders give the jobs back instead of acknowledging (shutdown, a crash-retry).
-    assert await q.release("cr-rel", rel.token)
+    assert await q.release("cr-rel", rel.token) == "cancelled"
     retry = await q.fail("cr-fail", failing.token, "killed", retryable=True, attempt=1)
-    assert retry.outcome == "retry"
-    await q.enqueue(job("next"))
-    got = await q.claim("w", lease_s=30, timeout_s=10)  # skips the released one
-    assert got is not None and got.job.job_id == "next"
-
-    async def claim_then_count() -> dict[str, int]:
-        # Once due, cr-fail is promoted and cancelled: never handed out.
-        assert not isinstance(await q.try_claim("w", 30), Claim)
-        return await q.counts()
-
-    await eventually(claim_then_count, lambda c: c["cancelled"] == 2 and c["delayed"] == 0)
+    assert retry.outcome == "cancelled"
+    counts = await q.counts()
+    assert (counts["cancelled"], counts["delayed"], counts["waiting"]) == (2, 0, 0)
     for job_id in ("cr-rel", "cr-fail"):
         rec = await q.get(job_id)
-        assert rec is not None and rec.state is JobState.CANCELLED
+        assert rec is not None and rec.state is JobState.CANCELLED and rec.finished_at
+    failed = await q.get("cr-fail")
+    assert failed is not None and failed.error == "killed"  # why its last attempt ended
     kinds = [e["type"] for e in await events_of(client, q.keys.events) if e["job"] == "cr-rel"]
-    assert kinds == ["enqueued", "started", "cancel_requested", "released", "cancelled"]
+    assert kinds == ["enqueued", "started", "cancel_requested", "cancelled"]
     assert await q.retry("cr-rel") == "requeued"  # a retry starts afresh, cancel forgotten
     again = await q.try_claim("w", 30)
     assert isinstance(again, Claim) and again.job.job_id == "cr-rel"
     assert not again.job.cancel_requested
+    # A failure that cannot be retried is what it is: failed.
+    await q.enqueue(job("cr-last", max_attempts=1))
+    last = await claim_one(q)
+    assert await q.cancel("cr-last") == "requested"
+    assert (await q.fail("cr-last", last.token, "x", retryable=True, attempt=1)).outcome == (
+        "failed"
+    )
+
+
+async def _waiting_with_cancel_pending(q: JobQueue, client: Redis, job_id: str) -> None:
+    """A job waiting with its cancel pending, as a daemon of an earlier version left one
+    it gave back unacknowledged (a mixed fleet during a rolling upgrade)."""
+    await q.enqueue(job(job_id))
+    raw = await client.hget(q.keys.jobs, job_id)
+    assert raw is not None
+    rec = json.loads(raw)
+    rec["cancel_requested"] = True
+    await client.hset(q.keys.jobs, job_id, json.dumps(rec))
+
+
+async def test_a_job_left_waiting_with_its_cancel_pending_is_cancelled_not_started(
+    q: JobQueue, client: Redis
+) -> None:
+    await _waiting_with_cancel_pending(q, client, "pending-old")
+    await q.enqueue(job("next"))
+    got = await q.claim("w", lease_s=30, timeout_s=10)  # skips the cancelled one
+    assert got is not None and got.job.job_id == "next"
+    rec = await q.get("pending-old")
+    assert rec is not None and rec.state is JobState.CANCELLED
 
 
 async def test_a_retry_of_a_job_waiting_with_a_cancel_pending_takes_the_cancel_back(
-    q: JobQueue,
+    q: JobQueue, client: Redis
 ) -> None:
-    """Cancelled while it ran, then given back by its holder before the cancel was
-    acknowledged: the job waits with the cancel pending. An operator's retry means run it:
-    the cancel is taken back, and the next claim starts it."""
-    await q.enqueue(job("pending"))
-    held = await claim_one(q)
-    assert await q.cancel("pending") == "requested"
-    assert await q.release("pending", held.token)
+    """An operator's retry of a job waiting with its cancel pending means run it: the
+    cancel is taken back, and the next claim starts it."""
+    await _waiting_with_cancel_pending(q, client, "pending")
     assert await q.retry("pending") == "requeued"
     again = await q.try_claim("w", 30)
     assert isinstance(again, Claim) and again.job.job_id == "pending"

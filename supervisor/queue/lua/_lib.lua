@@ -186,6 +186,20 @@ local function status_out(outbox, cap, rec, kind)
   redis.call('XADD', outbox, '*', unpack(status_fields(rec, kind)))
 end
 
+-- A held job whose cancel was requested, given back or failed into a retry by its holder:
+-- it ends cancelled now rather than waiting in the queue for a claim to cancel it.
+local function end_cancelled(rec, now, cancelled, jobs, events, maxlen, outbox, cap)
+  rec.state = 'cancelled'
+  rec.finished_at = now
+  rec.due_at = nil
+  rec.token = nil
+  rec.lease_until = nil
+  redis.call('ZADD', cancelled, fmt(now), rec.id)
+  save(jobs, rec)
+  emit(events, maxlen, 'cancelled', rec)
+  status_out(outbox, cap, rec, 'f')
+end
+
 -- The first job id of an enqueue batch that exists for another tenant, else nil. The batch
 -- is ARGV groups of `width` from `base`: id first, tenant third.
 local function conflicting_tenant(jobs, argv, base, width, n)

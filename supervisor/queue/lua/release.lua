@@ -1,11 +1,17 @@
--- release: give a held job back to the front of its band without spending an attempt.
+-- release: give a held job back to the front of its band without spending an attempt. A
+-- job whose cancel was requested is not given back: it ends cancelled now.
 -- KEYS[1] jobs  KEYS[2] active  KEYS[3] waiting  KEYS[4] seq  KEYS[5] wake  KEYS[6] events
--- KEYS[7] outbox
+-- KEYS[7] outbox  KEYS[8] cancelled
 -- ARGV[1] id  ARGV[2] token  ARGV[3] events maxlen  ARGV[4] outbox cap
--- Returns {1, rev} or {0, 0} when the lease is lost.
+-- Returns {'released', rev}, {'cancelled', rev}, or {'', 0} when the lease is lost.
 local rec = load(KEYS[1], ARGV[1])
 if not held(rec, ARGV[2]) then
-  return {0, 0}
+  return {'', 0}
+end
+if rec.cancel_requested then
+  redis.call('ZREM', KEYS[2], rec.id)
+  end_cancelled(rec, now_ms(), KEYS[8], KEYS[1], KEYS[6], ARGV[3], KEYS[7], ARGV[4])
+  return {'cancelled', rec.rev}
 end
 rec.state = 'waiting'
 rec.attempt = math.max(0, rec.attempt - 1)
@@ -19,4 +25,4 @@ save(KEYS[1], rec)
 emit(KEYS[6], ARGV[3], 'released', rec)
 status_out(KEYS[7], ARGV[4], rec, 's')
 wake(KEYS[5])
-return {1, rec.rev}
+return {'released', rec.rev}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from typing import Any
 
 from ingest_worker.documents import Document, Loaded
@@ -60,15 +61,21 @@ def page_of(resp: Response) -> Page:
     raise Unsupported(f"unsupported content type {ctype!r}")
 
 
+# Python's codecs that no page's charset means: they fail on any text (`undefined`), take
+# time quadratic in the body (`punycode`), or read backslash escapes rather than a charset.
+_NOT_CHARSETS = frozenset({"idna", "punycode", "undefined", "unicode-escape", "raw-unicode-escape"})
+
+
 def _decode(resp: Response) -> str:
     """The body as text in the charset the page names; in UTF-8 when that names no text
-    codec (LookupError), or one that cannot decode with replacement (`undefined`, `idna`:
-    UnicodeError, a ValueError) or is no codec name at all (a NUL: ValueError)."""
-    charset = resp.charset or "utf-8"
+    codec (LookupError, or no codec name at all: ValueError) or one of _NOT_CHARSETS."""
     try:
-        return resp.body.decode(charset, errors="replace")
+        codec = codecs.lookup(resp.charset or "utf-8")
+        if codec.name not in _NOT_CHARSETS:
+            return resp.body.decode(codec.name, errors="replace")
     except (LookupError, ValueError):
-        return resp.body.decode("utf-8", errors="replace")
+        pass
+    return resp.body.decode("utf-8", errors="replace")
 
 
 def load_url(source: dict[str, Any], config: WorkerConfig, reporter: Reporter) -> Loaded:

@@ -257,11 +257,15 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
 
 
 def piece_room(secrets: Iterable[str], limit: int) -> int:
-    """Characters to take of a longer text so that `limit` of them can be shown scrubbed
-    (`scrub_piece`): room for the longest form of a secret that the cut would go
-    through, up to 4 x `limit` more (so the cost of a scrub stays bounded)."""
+    """Characters to take of a longer text so that `limit` of them can still be shown
+    once `scrub_piece` has trimmed a cut end: room for the longest form of a secret."""
     forms = _all_forms(tuple(secrets))
-    return limit + min(len(forms[0]) if forms else 0, 4 * limit)
+    return limit + (len(forms[0]) if forms else 0)
+
+
+# Stands for each secret found while a cut end is trimmed (a noncharacter: no text means
+# it; one a child prints anyway only becomes a marker too).
+_HOLE = "\ufdd0"
 
 
 def scrub_piece(
@@ -270,17 +274,20 @@ def scrub_piece(
     """`text`, a piece of a longer text, scrubbed of `secrets`. A secret that a cut went
     through leaves a part of itself that no scrub can recognise, lying within one form's
     length of the cut: so much more goes at each end that was cut (all of a piece shorter
-    than that)."""
+    than that). While it is trimmed, each secret found stands as one character, so the
+    text only shrinks and such a part stays within that reach of its end."""
     forms = _all_forms(tuple(secrets))
     if not forms or not text:
         return text
-    text = _replace_forms(text, forms)
+    if not (cut_start or cut_end):
+        return _replace_forms(text, forms)
+    text = _replace_forms(text, forms, _HOLE)
     drop = len(forms[0]) - 1
     if cut_start:
         text = text[drop:]
     if cut_end:
         text = text[: max(len(text) - drop, 0)]
-    return text
+    return text.replace(_HOLE, REDACTED)
 
 
 def scrub_value(value: Any, secrets: Iterable[str], max_depth: int = MAX_DEPTH) -> Any:
@@ -345,8 +352,8 @@ def _scrub_all(strings: list[str], forms: tuple[str, ...]) -> list[str]:
 _SEPARATOR_CHARS = "".join(chr(c) for c in range(0xE000, 0xF900))
 
 
-def _replace_forms(text: str, forms: tuple[str, ...]) -> str:
+def _replace_forms(text: str, forms: tuple[str, ...], by: str = REDACTED) -> str:
     for form in forms:
         if len(form) <= len(text):
-            text = text.replace(form, REDACTED)
+            text = text.replace(form, by)
     return text

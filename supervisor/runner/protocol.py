@@ -226,7 +226,8 @@ def _not_json(name: str) -> Any:
 def _finite(text: str) -> float:
     number = float(text)
     if not math.isfinite(number):
-        raise ValueError(f"{text[:40]} is beyond a float's range")
+        # The number itself is not quoted: it is the child's text, and could be a secret.
+        raise ValueError(f"a number of {len(text)} characters is beyond a float's range")
     return number
 
 

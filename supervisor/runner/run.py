@@ -245,7 +245,14 @@ class _ChildRun:
         self.coalescer.flush()
         if never_started is not None:
             return self.start_failed(never_started)
-        return self._outcome(ended, status, wall, timeout_s, tree)
+        # With secrets to scrub, off the loop: every slot shares it, and a payload may name
+        # hundreds of them, one of them long.
+        texts = (
+            await asyncio.to_thread(self._scrubbed_texts)
+            if self.secrets
+            else self._scrubbed_texts()
+        )
+        return self._outcome(ended, status, wall, timeout_s, tree, texts)
 
     def _start_sampling(self, tree: ProcessTree, child: SpawnedChild) -> Callable[[], None]:
         """Sample the tree every interval while the child runs, or less often when a sample
@@ -364,11 +371,12 @@ class _ChildRun:
         wall: float,
         timeout_s: float,
         tree: ProcessTree,
+        texts: tuple[str, str | None, str | None],
     ) -> ChildOutcome:
         if ended is EndReason.EXITED and status.exit_code == 0 and self.result_error:
             ended = EndReason.BAD_RESULT
         oom = self._looks_out_of_memory(status, ended)
-        stderr_tail = self._stderr_tail()
+        stderr_tail, progress_message, result_error = texts
         return ChildOutcome(
             ended=ended,
             exit_code=status.exit_code,
@@ -377,7 +385,7 @@ class _ChildRun:
             cpu_s=max(tree.cpu_s, status.cpu_s),
             peak_rss_bytes=max(tree.peak_rss_bytes, status.max_rss_bytes),
             progress=self.progress.percent,
-            progress_message=self._shown(self.progress.message),
+            progress_message=progress_message,
             result=None if ended is EndReason.BAD_RESULT else self.result,
             error=describe_end(
                 ended,
@@ -386,7 +394,7 @@ class _ChildRun:
                 timeout_s=timeout_s,
                 stderr_tail=stderr_tail,
                 oom_killed=oom,
-                result_error=self.result_error,
+                result_error=result_error,
             ),
             oom_killed=oom,
             stderr_tail=stderr_tail,
@@ -397,13 +405,17 @@ class _ChildRun:
             server_lost=self.server_lost,
         )
 
-    def _stderr_tail(self) -> str:
-        """The end of stderr the error is made from, scrubbed of the job's secrets."""
+    def _scrubbed_texts(self) -> tuple[str, str | None, str | None]:
+        """The child's texts the outcome carries, scrubbed of the job's secrets: the end
+        of stderr the error is made from, the last progress message, why the result line
+        was unusable."""
         room = piece_room(self.secrets, ERROR_LIMIT)
         window = self.stderr.last(4 * room)
-        text = window.decode("utf-8", errors="replace")
+        text = window.decode("utf-8", errors="replace").rstrip()
         cut = self.stderr.total_bytes > len(window) or len(text) > room
-        return scrub_piece(text[-room:], self.secrets, cut_start=cut)
+        stderr_tail = scrub_piece(text[-room:], self.secrets, cut_start=cut)
+        result_error = self.result_error and scrub(self.result_error, self.secrets)
+        return stderr_tail, self._shown(self.progress.message), result_error
 
     def _looks_out_of_memory(self, status: ExitStatus, ended: EndReason) -> bool:
         if ended is not EndReason.EXITED or status.exit_code == 0:

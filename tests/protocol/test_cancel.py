@@ -161,6 +161,9 @@ async def test_a_job_given_back_or_failed_with_its_cancel_pending_ends_cancelled
     assert await q.cancel("cr-rel") == "requested"
     assert await q.cancel("cr-fail") == "requested"
     assert await q.release("cr-rel", rel.token) == "cancelled"
+    given_back = await q.get("cr-rel")  # unspent, as a release is: no run of its own
+    assert given_back is not None and given_back.attempt == 0
+    assert given_back.started_at is None and given_back.worker_id is None
     retry = await q.fail("cr-fail", failing.token, "killed", retryable=True, attempt=1)
     assert retry.outcome == "cancelled"
     counts = await q.counts()

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,7 @@ def run() -> Iterator[RunFn]:
         stop: StopRequest | None = None,
         on_progress: Callable[[float, str | None], None] | None = None,
         job_id: str | None = None,
+        secrets: Sequence[str] = (),
     ) -> ChildOutcome:
         jid = job_id or f"rt-{uuid.uuid4().hex[:10]}"
         job_ids.append(jid)
@@ -133,6 +134,7 @@ def run() -> Iterator[RunFn]:
             timeout_s=timeout_s,
             stop=stop or StopRequest(),
             on_progress=on_progress,
+            secrets=secrets,
         )
         # A directory left full is removed in the background: done before tests look.
         assert await removals_finished(60.0)

@@ -314,3 +314,14 @@ def test_unknown_content_encoding_is_bad_input(site: Site, workdir: Path) -> Non
     site.routes["/br"] = (200, {"Content-Type": "text/html", "Content-Encoding": "br"}, b"\x1b")
     out = run_worker(make_job({"type": "url", "url": site.base + "/br"}), workdir, **allow(site))
     assert out.code == 65 and "Content-Encoding" in out.stderr, out.stderr
+
+
+def test_a_page_in_a_codec_no_page_means_is_read_as_utf8() -> None:
+    """`punycode` decodes in time quadratic in the body: a 5 MiB page would take hours."""
+    from ingest_worker.web.fetch import Response
+    from ingest_worker.web.pages import page_of
+
+    body = ("harbours and piers, caf\\u00e9 " * 2000).encode()  # ASCII, one escape
+    for charset in ("punycode", "unicode_escape", "idna"):
+        page = page_of(Response("http://example/", 200, "text/plain", charset, body))
+        assert page.text == body.decode(), charset

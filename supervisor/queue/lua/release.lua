@@ -9,6 +9,10 @@ if not held(rec, ARGV[2]) then
   return {'', 0}
 end
 if rec.cancel_requested then
+  -- Given back unspent, as below: it ends as a job cancelled while it waited, with no run.
+  rec.attempt = math.max(0, rec.attempt - 1)
+  rec.worker = nil
+  unrun(rec)
   redis.call('ZREM', KEYS[2], rec.id)
   end_cancelled(rec, now_ms(), KEYS[8], KEYS[1], KEYS[6], ARGV[3], KEYS[7], ARGV[4])
   return {'cancelled', rec.rev}

@@ -38,6 +38,13 @@ async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
             await stop.wait()
 
 
+async def wait_all(futures: list[asyncio.Future[Any]], timeout_s: float) -> None:
+    """Until every one of `futures` is done, or `timeout_s` has passed."""
+    pending = [f for f in futures if not f.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout_s)
+
+
 async def first_of(*aws: Awaitable[Any]) -> None:
     """Wait until the first awaitable finishes; cancel the rest, re-raise its error."""
     tasks = [asyncio.ensure_future(a) for a in aws]

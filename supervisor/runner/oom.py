@@ -70,3 +70,13 @@ def oom_kills() -> int | None:
     """OOM kills so far in our memory cgroup; None where no counter can be read."""
     path = _counter_file()
     return _read(path) if path is not None else None
+
+
+# What runtimes print when an allocation fails (under RLIMIT_AS a child sees these, not
+# the OOM killer).
+_OOM_MARKERS = (b"MemoryError", b"Cannot allocate memory", b"std::bad_alloc", b"out of memory")
+
+
+def says_out_of_memory(stderr_end: bytes) -> bool:
+    """Whether the end of a child's stderr says an allocation failed."""
+    return any(marker in stderr_end for marker in _OOM_MARKERS)

@@ -9,17 +9,19 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from supervisor.queue.redaction import piece_room, scrub, scrub_piece
+from supervisor.aio import wait_all
+from supervisor.queue.redaction import piece_room, scrub
+from supervisor.runner.child_texts import error_tail, shown_message
 from supervisor.runner.coalesce import ProgressCallback, ProgressCoalescer
 from supervisor.runner.config import RunnerConfig
-from supervisor.runner.containment import ORPHANS, SAMPLE_COST_FACTOR, ProcessTree
+from supervisor.runner.containment import ORPHANS, ProcessTree
 from supervisor.runner.env import job_env
 from supervisor.runner.forkserver import FORK_SERVER, ForkServerLost, ForkServerTimeout
-from supervisor.runner.oom import oom_kills
-from supervisor.runner.outcome import ERROR_LIMIT, ChildOutcome, EndReason, describe_end
+from supervisor.runner.oom import oom_kills, says_out_of_memory
+from supervisor.runner.outcome import ChildOutcome, EndReason, describe_end
 from supervisor.runner.output import BoundedOutput
 from supervisor.runner.pipes import PipeReader, PipeWriter
 from supervisor.runner.protocol import (
@@ -33,11 +35,12 @@ from supervisor.runner.protocol import (
     parse_line,
     parse_progress,
 )
+from supervisor.runner.sampling import start_sampling
 from supervisor.runner.spawn import (
     ExitStatus,
     SpawnedChild,
-    SpawnRefused,
     SpawnSpec,
+    start_error,
     start_failure,
 )
 from supervisor.runner.stop import StopRequest
@@ -47,7 +50,6 @@ log = logging.getLogger(__name__)
 
 # A child that ignores SIGKILL this long is stuck in the kernel; give up waiting for it.
 _KILL_WAIT_S = 30.0
-_OOM_MARKERS = (b"MemoryError", b"Cannot allocate memory", b"std::bad_alloc", b"out of memory")
 
 
 async def run_child(
@@ -141,15 +143,12 @@ class _ChildRun:
             self.coalescer.update(self.progress.percent, self.progress.message)
 
     def _shown(self, message: str | None) -> str | None:
-        """A progress message as it may leave the runner: scrubbed of the job's secrets,
-        then cut to MESSAGE_LIMIT. Scrubbed only when it is handed on (at most once per
-        coalescing interval, and at the end), not for every line a child writes."""
-        if message is None or not self.secrets:
-            return message
+        """A progress message as it may leave the runner, scrubbed only when it is handed
+        on (at most once per coalescing interval, and at the end), not for every line."""
         # The coalescer hands on the newest message, the one the state holds; any other
         # is taken for cut, which can only drop more of it.
         cut = message != self.progress.message or self.progress.message_cut
-        return scrub_piece(message, self.secrets, cut_end=cut)[:MESSAGE_LIMIT] or None
+        return shown_message(message, self.secrets, cut=cut)
 
     def _hand_on(self, percent: float, message: str | None) -> None:
         assert self.on_progress is not None
@@ -182,7 +181,7 @@ class _ChildRun:
                 # killed now, before the job can run again under the same attempt.
                 ORPHANS.sweep()
             host = isinstance(exc, ForkServerTimeout | ForkServerLost)
-            return self.start_failed(_start_error(exc, cfg.command), host_fault=host)
+            return self.start_failed(start_error(exc, cfg.command), host_fault=host)
         orphan_token: int | None = ORPHANS.run_started(self.job_id, self.attempt, child.pid)
         self.coalescer = ProgressCoalescer(
             None if self.on_progress is None else self._hand_on, cfg.progress_interval_s
@@ -193,7 +192,7 @@ class _ChildRun:
             PipeReader(child.stdout_fd, self._on_stdout, cfg.read_chunk_bytes),
             PipeReader(child.stderr_fd, self.stderr.append, cfg.read_chunk_bytes),
         )
-        stop_sampling = self._start_sampling(tree, child)
+        stop_sampling = start_sampling(tree, child.exited, cfg.rss_sample_interval_s)
         try:
             ended = await self._supervise(child, tree, timeout_s)
             status = child.exited.result() if child.exited.done() else ExitStatus(None, None)
@@ -207,7 +206,7 @@ class _ChildRun:
             for reader in readers:  # what is left is read now, at the budget's rate
                 reader.resume()
             eofs = [r.eof for r in readers]
-            await _wait_all_timeout(eofs, cfg.drain_timeout_s)
+            await wait_all(eofs, cfg.drain_timeout_s)
             # Still held: likely a descendant that escaped before any sample saw it, now
             # adopted by the supervisor if it is a subreaper (see orphans). Until here the
             # job counts as running, so the periodic sweep leaves its orphans to us.
@@ -218,7 +217,7 @@ class _ChildRun:
             orphan_token = None
             if killed:
                 self.strays += killed
-                await _wait_all_timeout(eofs, cfg.drain_timeout_s)
+                await wait_all(eofs, cfg.drain_timeout_s)
             for line in self.scanner.finish():
                 self._handle(line)
             result = None if self.result_line is None else parse_line(self.result_line)
@@ -253,36 +252,6 @@ class _ChildRun:
             else self._scrubbed_texts()
         )
         return self._outcome(ended, status, wall, timeout_s, tree, texts)
-
-    def _start_sampling(self, tree: ProcessTree, child: SpawnedChild) -> Callable[[], None]:
-        """Sample the tree every interval while the child runs, or less often when a sample
-        costs more (SAMPLE_COST_FACTOR); returns the stopper.
-
-        A timer chain rather than a task: most children end before the first sample.
-        """
-        loop = asyncio.get_running_loop()
-        interval = self.config.rss_sample_interval_s
-        pending: list[asyncio.TimerHandle] = []
-
-        def tick() -> None:
-            pending.clear()
-            if child.exited.done():
-                return
-            began = time.thread_time()  # CPU: a daemon starved by its children is not slower
-            try:
-                tree.sample()
-            finally:  # one failed sample must not end the sampling
-                cost = time.thread_time() - began
-                delay = min(max(interval, cost * SAMPLE_COST_FACTOR), interval * SAMPLE_COST_FACTOR)
-                pending.append(loop.call_later(delay, tick))
-
-        def stop() -> None:
-            for handle in pending:
-                handle.cancel()
-            pending.clear()
-
-        pending.append(loop.call_later(interval, tick))
-        return stop
 
     async def _supervise(
         self, child: SpawnedChild, tree: ProcessTree, timeout_s: float
@@ -409,13 +378,12 @@ class _ChildRun:
         """The child's texts the outcome carries, scrubbed of the job's secrets: the end
         of stderr the error is made from, the last progress message, why the result line
         was unusable."""
-        room = piece_room(self.secrets, ERROR_LIMIT)
-        window = self.stderr.last(4 * room)
-        text = window.decode("utf-8", errors="replace").rstrip()
-        cut = self.stderr.total_bytes > len(window) or len(text) > room
-        stderr_tail = scrub_piece(text[-room:], self.secrets, cut_start=cut)
         result_error = self.result_error and scrub(self.result_error, self.secrets)
-        return stderr_tail, self._shown(self.progress.message), result_error
+        return (
+            error_tail(self.stderr, self.secrets),
+            self._shown(self.progress.message),
+            result_error,
+        )
 
     def _looks_out_of_memory(self, status: ExitStatus, ended: EndReason) -> bool:
         if ended is not EndReason.EXITED or status.exit_code == 0:
@@ -429,22 +397,4 @@ class _ChildRun:
             return now > self.oom_kills_at_start
         if self.config.limits.memory_bytes is None:
             return False
-        last = self.stderr.last(8192)
-        return any(marker in last for marker in _OOM_MARKERS)
-
-
-def _start_error(exc: BaseException, argv: tuple[str, ...] | None) -> str:
-    program = "ingest_worker" if argv is None else argv[0] if argv else "?"
-    if isinstance(exc, SpawnRefused):
-        return str(exc)
-    if isinstance(exc, FileNotFoundError):
-        return f"{program}: not found"
-    if isinstance(exc, PermissionError):
-        return f"{program}: permission denied"
-    return f"{type(exc).__name__}: {exc}"[:300]
-
-
-async def _wait_all_timeout(futures: list[asyncio.Future[None]], limit_s: float) -> None:
-    pending = [f for f in futures if not f.done()]
-    if pending:
-        await asyncio.wait(pending, timeout=limit_s)
+        return says_out_of_memory(self.stderr.last(8192))

@@ -161,6 +161,18 @@ def execvp_runs_as_is(program: str) -> bool:
     return head == b"\x7fELF" or head.startswith(b"#!")
 
 
+def start_error(exc: BaseException, argv: tuple[str, ...] | None) -> str:
+    """Why a child could not be started, as the job's error says it."""
+    program = "ingest_worker" if argv is None else argv[0] if argv else "?"
+    if isinstance(exc, SpawnRefused):
+        return str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return f"{program}: not found"
+    if isinstance(exc, PermissionError):
+        return f"{program}: permission denied"
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
 def start_failure(child: SpawnedChild, exit_code: int | None) -> str | None:
     """Why a spare never ran its command, or None. Only the spare can say so, on its own
     socket: what a command prints and its exit code decide nothing (a start failure

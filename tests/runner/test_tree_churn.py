@@ -15,12 +15,10 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from supervisor.runner import StopRequest
 from supervisor.runner.containment import PROCESS_TABLE, ProcessTree
 from supervisor.runner.proctable import start_ticks
-from supervisor.runner.run import _ChildRun
+from supervisor.runner.sampling import start_sampling
 from supervisor.runner.spawn import ExitStatus, SpawnedChild
-from tests.runner.conftest import fast_config
 from tests.waiting import poll, wait_until
 
 # Keeps up to 100 children alive, each living ~20 ms, until a line arrives on stdin; then
@@ -222,15 +220,8 @@ async def test_sampling_goes_on_after_a_sample_raises() -> None:
         loop.set_exception_handler(lambda _loop, _ctx: None)  # the raise is expected
         exited: asyncio.Future[ExitStatus] = loop.create_future()
         child = SpawnedChild(proc.pid, -1, -1, -1, exited)
-        run = _ChildRun(
-            fast_config(None, rss_sample_interval_s=0.01),
-            job_id="tree-churn",
-            attempt=1,
-            stop=StopRequest(),
-            on_progress=None,
-        )
         tree = _FailingOnce(proc.pid)
-        stop = run._start_sampling(tree, child)
+        stop = start_sampling(tree, child.exited, 0.01)
         try:
             await poll(lambda: tree.samples >= 3, 10.0, "samples after the failed one")
         finally:

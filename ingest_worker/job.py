@@ -134,11 +134,23 @@ class Job:
         self.source_type: str = source_type
         is_secret = SecretKeys(env.get("INGEST_SECRET_KEYS", ""))
         self.secrets: list[str] = secret_values(raw, is_secret)
-        self.metadata: dict[str, Any] = strip_secrets(metadata, is_secret)
+        # Secret-named keys go; other values may still quote a secret (a URL's password).
+        self.metadata: dict[str, Any] = self.scrub_strings(strip_secrets(metadata, is_secret))
         try:
             self.attempt = int(env.get("INGEST_ATTEMPT", "1"))
         except ValueError:
             self.attempt = 1
+
+    def scrub_strings(self, node: Any) -> Any:
+        """`node` with `scrub` applied to every string and key in it (depth is bounded by
+        check_structure)."""
+        if isinstance(node, str):
+            return self.scrub(node)
+        if isinstance(node, dict):
+            return {self.scrub(str(k)): self.scrub_strings(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [self.scrub_strings(v) for v in node]
+        return node
 
     def scrub(self, text: str) -> str:
         for value in sorted(self.secrets, key=len, reverse=True):

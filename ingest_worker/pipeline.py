@@ -41,7 +41,7 @@ def run_job(job: Job, config: WorkerConfig, reporter: Reporter) -> dict[str, Any
             chunks.append(
                 {
                     "chunk_index": len(chunks),
-                    "source": doc.source,
+                    "source": job.scrub(doc.source),
                     "content": piece,
                     "metadata": meta,
                 }

@@ -33,7 +33,7 @@ def load_files(
     loaded = Loaded()
     for i, rel in enumerate(paths):
         full = resolve_under(root, rel)
-        data = _read(full, rel, config.max_file_bytes)
+        data = _read(root, full, rel, config.max_file_bytes)
         if loaded.bytes_read + len(data) > config.max_total_bytes:
             raise BadInput(f"files exceed INGEST_MAX_TOTAL_BYTES ({config.max_total_bytes})")
         loaded.bytes_read += len(data)
@@ -81,13 +81,16 @@ def resolve_under(root: str, rel: str) -> str:
         raise BadInput("data_source.path: must not contain NUL")
     if os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
         raise BadInput(f"data_source.path: {rel!r} must be relative to the file root, no '..'")
-    full = os.path.realpath(os.path.join(root, rel))
+    try:
+        full = os.path.realpath(os.path.join(root, rel))
+    except OSError as exc:  # a path changing while it is resolved
+        raise BadInput(f"data_source.path: {rel!r} cannot be resolved ({exc.strerror})") from None
     if os.path.commonpath([root, full]) != root:
         raise BadInput(f"data_source.path: {rel!r} resolves outside the file root")
     return full
 
 
-def _read(full: str, rel: str, max_bytes: int) -> bytes:
+def _read(root: str, full: str, rel: str, max_bytes: int) -> bytes:
     if not full.lower().endswith(EXTENSIONS):
         raise BadInput(f"{rel}: unsupported file type (supported: {', '.join(EXTENSIONS)})")
     try:
@@ -101,6 +104,14 @@ def _read(full: str, rel: str, max_bytes: int) -> bytes:
     except OSError as exc:
         raise BadInput(f"{rel}: cannot be read ({exc.strerror})") from None
     with os.fdopen(fd, "rb") as fh:
+        # What was opened, not what was resolved: a directory on the path swapped for a
+        # symlink in between (O_NOFOLLOW guards only the last part) led elsewhere.
+        try:
+            opened = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            opened = ""
+        if os.path.commonpath([root, opened or "/"]) != root:
+            raise BadInput(f"data_source.path: {rel!r} resolves outside the file root")
         st = os.fstat(fh.fileno())
         if not _is_regular(st.st_mode):
             raise BadInput(f"{rel}: not a regular file")

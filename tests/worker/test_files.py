@@ -130,3 +130,26 @@ def test_with_per_tenant_roots_a_tenant_reads_only_its_own_directory(
         missing = make_job({"type": "file", "path": "only-a.txt"}, tenant_id=tenant)
         out = run_worker(missing, tmp_path, INGEST_CHUNK_STORE="none", **env)
         assert out.code == 65 and "no such file" in out.stderr, out.stderr
+
+
+def test_a_directory_swapped_for_a_symlink_after_the_check_is_refused(tmp_path: Path) -> None:
+    """The path is resolved, then opened: a directory on it that a tenant swaps for a
+    symlink to another tenant's in between must not lead there (only the last part of a
+    path is opened with O_NOFOLLOW)."""
+    from ingest_worker.errors import BadInput
+    from ingest_worker.sources.files import _read, resolve_under
+
+    uploads = tmp_path / "uploads"
+    (uploads / "tenant-a" / "d").mkdir(parents=True)
+    (uploads / "tenant-b").mkdir()
+    (uploads / "tenant-a" / "d" / "b.txt").write_text("tenant a's own")
+    (uploads / "tenant-b" / "b.txt").write_text("PRIVATE DATA OF TENANT B")
+    root = os.path.realpath(uploads / "tenant-a")
+    full = resolve_under(root, "d/b.txt")
+    (uploads / "tenant-a" / "d").rename(uploads / "tenant-a" / "d-old")
+    (uploads / "tenant-a" / "d").symlink_to("../tenant-b")
+    with pytest.raises(BadInput, match="outside the file root"):
+        _read(root, full, "d/b.txt", 1 << 20)
+    (uploads / "tenant-a" / "d").unlink()
+    (uploads / "tenant-a" / "d-old").rename(uploads / "tenant-a" / "d")
+    assert _read(root, full, "d/b.txt", 1 << 20) == b"tenant a's own"

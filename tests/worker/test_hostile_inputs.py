@@ -187,7 +187,10 @@ def test_a_secret_in_a_page_url_is_not_stored(site: Site, workdir: Path, tmp_pat
     db = tmp_path / "chunks.sqlite3"
     job = make_job(
         {"type": "url", "url": site.base + "/doc?access_token=tok-in-url-77"},
-        metadata={"source_token": "tok-in-url-77"},
+        metadata={
+            "source_token": "tok-in-url-77",
+            "origin": "https://alice:hunter2hunter2@example.com/repo",
+        },
     )
     out = run_worker(
         job,
@@ -198,6 +201,7 @@ def test_a_secret_in_a_page_url_is_not_stored(site: Site, workdir: Path, tmp_pat
     )
     assert out.code == 0, out.stderr
     with sqlite3.connect(db) as conn:
-        (meta,) = conn.execute("select metadata from document_chunks").fetchone()
-    assert "tok-in-url-77" not in meta
+        (source, meta) = conn.execute("select source, metadata from document_chunks").fetchone()
+    assert "tok-in-url-77" not in source + meta, (source, meta)
+    assert "hunter2hunter2" not in meta and "example.com/repo" in meta, meta
     assert "tok-in-url-77" not in out.stdout + out.stderr

@@ -3,14 +3,38 @@
 from __future__ import annotations
 
 
+def storable(text: str) -> str:
+    """`text` as every chunk store and the embedding API can take it: without NUL (which
+    PostgreSQL's text and jsonb refuse) and with each lone surrogate (which no UTF-8 can
+    hold; a page in UTF-7 or a PDF's ToUnicode map can make one) replaced by U+FFFD."""
+    text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
+def storable_strings(node: object) -> object:
+    """`node` (JSON-like) with `storable` applied to every string and key in it."""
+    if isinstance(node, str):
+        return storable(node)
+    if isinstance(node, dict):
+        return {storable(str(k)): storable_strings(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [storable_strings(v) for v in node]
+    return node
+
+
 def normalise(text: str) -> str:
-    """Collapse runs of spaces and blank lines so chunk sizes measure words, not layout.
+    """Collapse runs of spaces and blank lines so chunk sizes measure words, not layout;
+    the text made `storable`.
 
     String methods rather than `re`: importing `re` would double a tiny job's start-up.
     """
     lines: list[str] = []
     blank = True  # drops leading blank lines
-    for line in text.replace("\x00", "").replace("\r\n", "\n").split("\n"):
+    for line in storable(text).replace("\r\n", "\n").split("\n"):
         words = line.split()
         if words:
             lines.append(" ".join(words))

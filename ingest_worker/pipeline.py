@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingest_worker.chunking import chunk_text, normalise
+from ingest_worker.chunking import chunk_text, normalise, storable, storable_strings
 from ingest_worker.embedding import make_embedder
 from ingest_worker.errors import BadInput
 from ingest_worker.sources import load_source
@@ -30,18 +30,19 @@ def run_job(job: Job, config: WorkerConfig, reporter: Reporter) -> dict[str, Any
     reporter.progress(45, "extracted text")
 
     chunks: list[dict[str, Any]] = []
+    base_meta = storable_strings(job.metadata)
+    assert isinstance(base_meta, dict)
     for doc, text in zip(docs, texts, strict=True):
+        # A page's URL or title can quote a secret of the job (a token in a query).
+        doc_meta = storable_strings(job.scrub_strings(doc.meta))
+        assert isinstance(doc_meta, dict)
+        source = storable(job.scrub(doc.source))
         for piece in chunk_text(text, config.chunk_size, config.chunk_overlap):
-            meta = dict(job.metadata)
-            # A page's URL or title can quote a secret of the job (a token in a query).
-            meta.update(
-                {k: job.scrub(v) if isinstance(v, str) else v for k, v in doc.meta.items()}
-            )
-            meta["source_type"] = job.source_type
+            meta = {**base_meta, **doc_meta, "source_type": job.source_type}
             chunks.append(
                 {
                     "chunk_index": len(chunks),
-                    "source": job.scrub(doc.source),
+                    "source": source,
                     "content": piece,
                     "metadata": meta,
                 }

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from ingest_worker.embedders.inputs import plan_batches, token_estimate
-from ingest_worker.embedders.post import Endpoint, PostFailed, Reply, post
+from ingest_worker.embedders.post import Endpoint, PostFailed, Reply, ResponseTooLarge, post
 from ingest_worker.embedders.secret import read_api_key
 from ingest_worker.errors import ConfigError, TempFail
 
@@ -35,6 +35,9 @@ RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 20.0
 _MESSAGE_CHARS = 300
+# One input's share of an answer: 16384 dimensions (INGEST_EMBEDDING_DIM's bound) of up to
+# 25 characters each, with room to spare.
+ANSWER_BYTES_PER_INPUT = 16384 * 32
 
 
 class OpenAIEmbedder:
@@ -95,7 +98,12 @@ class OpenAIEmbedder:
         if self.settings.dimensions is not None:
             body["dimensions"] = self.settings.dimensions
         data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        reply = self._send(data)
+        # What `len(texts)` vectors of the most dimensions any model has can take as JSON:
+        # a larger answer is not read (it could take the worker's memory as parsed floats).
+        try:
+            reply = self._send(data, ANSWER_BYTES_PER_INPUT * len(texts) + (1 << 20))
+        except ResponseTooLarge as exc:
+            raise self._bad(f"{exc} for {len(texts)} inputs") from None
         return self._vectors(reply, len(texts))
 
     # -- one request, retried ---------------------------------------------------------------
@@ -111,7 +119,7 @@ class OpenAIEmbedder:
             headers["Authorization"] = f"Bearer {self._key}"
         return headers
 
-    def _send(self, data: bytes) -> Reply:
+    def _send(self, data: bytes, max_bytes: int) -> Reply:
         settings = self.settings
         give_up = time.monotonic() + settings.retry_seconds
         attempt = 0
@@ -120,7 +128,9 @@ class OpenAIEmbedder:
             reason: str
             wait: float | None = None
             try:
-                reply = post(self.endpoint, PATH, self._headers(), data, settings.timeout)
+                reply = post(
+                    self.endpoint, PATH, self._headers(), data, settings.timeout, max_bytes
+                )
             except PostFailed as exc:
                 reason = str(exc)
             else:

@@ -17,6 +17,10 @@ MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 _READ = 256 * 1024
 
 
+class ResponseTooLarge(Exception):
+    """The answer was larger than the caller allows (`max_bytes`)."""
+
+
 class PostFailed(Exception):
     """No HTTP response: connection refused or reset, timeout, malformed response.
 
@@ -56,7 +60,12 @@ class Endpoint:
 
 
 def post(
-    endpoint: Endpoint, path: str, headers: dict[str, str], body: bytes, timeout: float
+    endpoint: Endpoint,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    timeout: float,
+    max_bytes: int = MAX_RESPONSE_BYTES,
 ) -> Reply:
     deadline = time.monotonic() + timeout
     conn: http.client.HTTPConnection
@@ -90,8 +99,8 @@ def post(
             if not piece:
                 break
             total += len(piece)
-            if total > MAX_RESPONSE_BYTES:
-                raise PostFailed(f"response larger than {MAX_RESPONSE_BYTES} bytes")
+            if total > max_bytes:
+                raise ResponseTooLarge(f"the response is larger than {max_bytes} bytes")
             parts.append(piece)
         if expired.is_set() or time.monotonic() > deadline:
             # The cut may end a read cleanly: a body cut short is no body.

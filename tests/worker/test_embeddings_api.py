@@ -215,6 +215,11 @@ def test_a_trickling_response_is_cut_at_the_deadline(api: EmbeddingsAPI, workdir
         (Fault(wrong_count=True), "5 vectors came back for 6 inputs"),
         (Fault(wrong_size=True), "vectors of 16 and 15 dimensions"),
         (Fault(200, {}, b"<html>captive portal</html>"), "the response is not JSON"),
+        # More than six vectors of any model's size: not read, let alone parsed.
+        (
+            Fault(200, {}, b'{"data": [{"index": 0, "embedding": [' + b"0," * 3_000_000 + b"0]}]}"),
+            "the response is larger than",
+        ),
     ],
 )
 def test_a_response_breaking_the_protocol_fails_clearly(

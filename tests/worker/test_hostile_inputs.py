@@ -205,3 +205,39 @@ def test_a_secret_in_a_page_url_is_not_stored(site: Site, workdir: Path, tmp_pat
     assert "tok-in-url-77" not in source + meta, (source, meta)
     assert "hunter2hunter2" not in meta and "example.com/repo" in meta, meta
     assert "tok-in-url-77" not in out.stdout + out.stderr
+
+
+def test_nul_and_lone_surrogates_are_stored_not_a_crash(
+    pg_dsn: str, site: Site, workdir: Path, tmp_path: Path
+) -> None:
+    """PostgreSQL refuses NUL in text and jsonb, and no UTF-8 holds a lone surrogate (a
+    JSON escape in a file, a page in UTF-7): each job is stored, never exit 70 or 75."""
+    apply_migration(pg_dsn)
+    root = tmp_path / "files"
+    root.mkdir()
+    (root / "s.json").write_text('{"note": "half a pair \\ud800 here"}')
+    site.routes["/utf7"] = (
+        200,
+        {"Content-Type": "text/html; charset=utf-7"},
+        b"<title>t +2AA-</title><p>text +2AA- about locks</p>",
+    )
+    jobs = [
+        make_job({"type": "text", "text": "about weirs"}, "nul", metadata={"n": "a\u0000b"}),
+        make_job({"type": "file", "path": "s.json"}, "json-surrogate"),
+        make_job({"type": "url", "url": site.base + "/utf7"}, "utf7-surrogate"),
+    ]
+    for job in jobs:
+        out = run_worker(
+            job,
+            workdir,
+            INGEST_CHUNK_DSN=pg_dsn,
+            INGEST_FILE_ROOT=str(root),
+            INGEST_CRAWL_ALLOW_HOSTS=site.hostport,
+        )
+        assert out.code == 0, (job["data_source"], out.code, out.stderr[-500:])
+        with psycopg.connect(pg_dsn) as conn:
+            (content, meta) = conn.execute(
+                "select content, metadata::text from document_chunks where job_id = %s",
+                (job["job_id"],),
+            ).fetchone()
+        assert "\x00" not in content + meta

@@ -136,19 +136,12 @@ def extract_file(name: str, data: bytes, config: WorkerConfig | None = None) -> 
     if lower.endswith(".pdf"):
         from ingest_worker.sources.pdf import PdfLimits, extract_pdf
 
-        limits = PdfLimits()
-        if config is not None:
-            limits = PdfLimits(
-                max_pages=config.pdf_max_pages,
-                cpu_seconds=config.pdf_cpu_seconds,
-                max_text_chars=config.max_total_bytes,
-            )
-        return extract_pdf(name, data, limits), ""
+        return extract_pdf(name, data, PdfLimits.of(config)), ""
     text = _decode(name, data)
     if lower.endswith((".html", ".htm")):
         from ingest_worker.web.htmltext import extract_html
 
-        page = extract_html(text)
+        page = extract_html(name, text)
         return page.text, page.title
     if lower.endswith(".json"):
         return _json_text(name, text), ""

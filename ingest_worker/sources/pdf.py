@@ -9,13 +9,14 @@ bounded by a page count, a CPU-time budget and the extracted text's size; pypdf'
 from __future__ import annotations
 
 import io
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from types import FrameType
 
+from ingest_worker.cpu_budget import OverBudget, cpu_budget
 from ingest_worker.errors import BadInput, ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ingest_worker.config import WorkerConfig
 
 
 @dataclass(frozen=True)
@@ -24,10 +25,12 @@ class PdfLimits:
     cpu_seconds: float = 30.0
     max_text_chars: int = 50 * 1024 * 1024
 
-
-class _OverBudget(BaseException):
-    """Raised by the CPU timer inside pypdf; a BaseException so no `except Exception` in the
-    parser swallows it."""
+    @classmethod
+    def of(cls, config: WorkerConfig | None) -> PdfLimits:
+        """The operator's limits (INGEST_PDF_*), for a file and a fetched PDF alike."""
+        if config is None:
+            return cls()
+        return cls(config.pdf_max_pages, config.pdf_cpu_seconds, config.max_total_bytes)
 
 
 def extract_pdf(name: str, data: bytes, limits: PdfLimits | None = None) -> str:
@@ -38,7 +41,7 @@ def extract_pdf(name: str, data: bytes, limits: PdfLimits | None = None) -> str:
     except ImportError:
         raise ConfigError("PDF files need the pypdf package, which is not installed") from None
     try:
-        with _cpu_budget(limits.cpu_seconds):
+        with cpu_budget(limits.cpu_seconds):
             reader = PdfReader(io.BytesIO(data))
             if reader.is_encrypted:
                 raise BadInput(f"{name}: encrypted PDF")
@@ -53,7 +56,7 @@ def extract_pdf(name: str, data: bytes, limits: PdfLimits | None = None) -> str:
                     raise BadInput(f"{name}: more than {limits.max_text_chars} characters of text")
                 parts.append(text)
             return "\n\n".join(parts)
-    except _OverBudget:
+    except OverBudget:
         raise BadInput(
             f"{name}: reading it took more than INGEST_PDF_CPU_SECONDS "
             f"({limits.cpu_seconds:g}) of CPU time"
@@ -65,27 +68,3 @@ def extract_pdf(name: str, data: bytes, limits: PdfLimits | None = None) -> str:
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
         # pypdf reports many malformed structures with plain exceptions.
         raise BadInput(f"{name}: unreadable PDF ({exc.__class__.__name__})") from None
-
-
-@contextmanager
-def _cpu_budget(seconds: float) -> Iterator[None]:
-    """Raise _OverBudget once this process has used `seconds` more CPU time (user + system).
-
-    Only the main thread can take signals; elsewhere the child's RLIMIT_CPU is the bound.
-    """
-
-    def over(_signum: int, _frame: FrameType | None) -> None:
-        raise _OverBudget
-
-    try:
-        previous = signal.signal(signal.SIGPROF, over)
-    except ValueError:  # not the main thread
-        yield
-        return
-    # Fires again every 50 ms of CPU should the first raise land somewhere that ignores it.
-    signal.setitimer(signal.ITIMER_PROF, seconds, 0.05)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_PROF, 0)
-        signal.signal(signal.SIGPROF, previous)

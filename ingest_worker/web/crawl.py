@@ -20,6 +20,12 @@ if TYPE_CHECKING:
     from ingest_worker.progress import Reporter
 
 
+# A crawl tries at most this many URLs per page it may keep (robots.txt refusals, dead links
+# and unreadable pages count), and remembers at most this many links per page.
+TRIES_PER_PAGE = 4
+SEEN_PER_PAGE = 20
+
+
 def _seeds(source: dict[str, Any]) -> list[str]:
     raw = source.get("urls", source.get("url"))
     urls = [raw] if isinstance(raw, str) else raw
@@ -62,22 +68,27 @@ def load_crawl(source: dict[str, Any], config: WorkerConfig, reporter: Reporter)
     robots = Robots(fetcher, config.user_agent)
     queue: deque[tuple[str, int]] = deque((u, 0) for u in dict.fromkeys(seeds))
     seen = set(seeds)
+    # Pages that fail count too: a site of dead links must not cost a request each.
+    max_tries = TRIES_PER_PAGE * max_pages
+    max_seen = SEEN_PER_PAGE * max_pages + len(seeds)
+    tries = 0
     loaded = Loaded()
     temporary = 0
     reporter.progress(FETCH_START, f"crawling {len(seeds)} seed URL(s) to depth {max_depth}")
-    while queue and len(loaded.documents) < max_pages:
+    while queue and len(loaded.documents) < max_pages and tries < max_tries:
         url, depth = queue.popleft()
+        tries += 1
         shown = display(url)
         try:
             if not robots.allowed(url):
                 loaded.skip(url, "disallowed by robots.txt")
                 continue
             resp = fetcher.get(url, origins=origins)
-            page = page_of(resp)
+            page = page_of(resp, config)
         except FetchRefused as exc:
             loaded.skip(url, f"refused: {exc}")
             continue
-        except (FetchFailed, Unsupported) as exc:
+        except (FetchFailed, Unsupported, BadInput) as exc:  # one bad page is not the crawl
             loaded.skip(url, str(exc))
             continue
         except (FetchTemporary, OSError) as exc:
@@ -94,6 +105,8 @@ def load_crawl(source: dict[str, Any], config: WorkerConfig, reporter: Reporter)
         loaded.documents.append(Document(resp.url, page.text, meta))
         if depth < max_depth:
             for link in page.links:
+                if len(seen) >= max_seen:
+                    break
                 try:
                     nxt = _normal(urljoin(resp.url, link))
                     origin = origin_of(nxt)
@@ -109,6 +122,8 @@ def load_crawl(source: dict[str, Any], config: WorkerConfig, reporter: Reporter)
         reporter.stage(FETCH_START, FETCH_END, done, expected, f"fetched {done} page(s): {shown}")
     if queue and len(loaded.documents) >= max_pages:
         loaded.skip("crawl", f"page cap ({max_pages}) reached; {len(queue)} URL(s) not fetched")
+    elif queue:
+        loaded.skip("crawl", f"{tries} URLs tried for {max_pages} page(s); {len(queue)} not tried")
     if not loaded.documents:
         reasons = "; ".join(f"{display(s['source'])}: {s['reason']}" for s in loaded.skipped[:3])
         if temporary:

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from html.parser import HTMLParser
 
+from ingest_worker.cpu_budget import OverBudget, cpu_budget
+from ingest_worker.errors import BadInput
+
+# CPU time one page's HTML may take to read: Python's parser reads well-formed markup at
+# megabytes a second, and some hostile markup in time quadratic in its length.
+HTML_CPU_SECONDS = 10.0
 # Content of these is never text a reader sees.
 _SKIP = frozenset({"script", "style", "noscript", "template", "svg", "head", "iframe", "object"})
 # These start a new line, so words from neighbouring blocks do not run together.
@@ -74,10 +80,18 @@ class HtmlText:
         self.links = links
 
 
-def extract_html(html: str) -> HtmlText:
+def extract_html(name: str, html: str) -> HtmlText:
+    """The text, title and links of a page (BadInput when reading it takes more than
+    HTML_CPU_SECONDS: Python's parser reads some markup in time quadratic in its length)."""
     parser = _Extractor()
-    parser.feed(html)
-    parser.close()
+    try:
+        with cpu_budget(HTML_CPU_SECONDS):
+            parser.feed(html)
+            parser.close()
+    except OverBudget:
+        raise BadInput(
+            f"{name}: reading its HTML took more than {HTML_CPU_SECONDS:g}s of CPU time"
+        ) from None
     title = " ".join("".join(parser.title_parts).split())
     body = "".join(parser.parts)
     text = f"{title}\n\n{body}" if title else body

@@ -45,16 +45,18 @@ def make_fetcher(config: WorkerConfig) -> Fetcher:
     return Fetcher(policy, config.fetch_timeout, config.max_page_bytes, config.user_agent)
 
 
-def page_of(resp: Response) -> Page:
+def page_of(resp: Response, config: WorkerConfig | None = None) -> Page:
+    """The page's text, title and links (BadInput for a document that cannot be read
+    within its limits: INGEST_PDF_* from `config`, HTML_CPU_SECONDS)."""
     ctype = resp.content_type
     if ctype == "application/pdf":
-        from ingest_worker.sources.pdf import extract_pdf
+        from ingest_worker.sources.pdf import PdfLimits, extract_pdf
 
-        return Page(extract_pdf(display(resp.url), resp.body), "", [])
+        return Page(extract_pdf(display(resp.url), resp.body, PdfLimits.of(config)), "", [])
     if ctype in HTML_TYPES or (not ctype and resp.body.lstrip()[:1] == b"<"):
         from ingest_worker.web.htmltext import extract_html
 
-        html = extract_html(_decode(resp))
+        html = extract_html(display(resp.url), _decode(resp))
         return Page(html.text, html.title, html.links)
     if ctype in TEXT_TYPES or ctype == "application/json" or not ctype:
         return Page(_decode(resp), "", [])
@@ -86,7 +88,7 @@ def load_url(source: dict[str, Any], config: WorkerConfig, reporter: Reporter) -
     fetcher = make_fetcher(config)
     try:
         resp = fetcher.get(url)
-        page = page_of(resp)
+        page = page_of(resp, config)
     except FetchRefused as exc:
         raise BadInput(f"{display(url)}: {exc}") from None
     except PageTooLarge as exc:

@@ -325,3 +325,71 @@ def test_a_page_in_a_codec_no_page_means_is_read_as_utf8() -> None:
     for charset in ("punycode", "unicode_escape", "idna"):
         page = page_of(Response("http://example/", 200, "text/plain", charset, body))
         assert page.text == body.decode(), charset
+
+
+def _two_page_pdf() -> bytes:
+    from tests.worker.conftest import pdf_file
+
+    stream = b"BT /F1 18 Tf 72 720 Td (two pages about quays) Tj ET"
+    page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 5 0 R "
+    page += b"/Resources << /Font << /F1 6 0 R >> >> >>"
+    return pdf_file(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R 4 0 R] /Count 2 >>",
+            page,
+            page,
+            b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+            b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        ]
+    )
+
+
+def test_a_fetched_pdf_is_read_within_the_operators_limits() -> None:
+    from ingest_worker.config import WorkerConfig
+    from ingest_worker.errors import BadInput
+    from ingest_worker.web.fetch import Response
+    from ingest_worker.web.pages import page_of
+
+    pytest.importorskip("pypdf")
+    resp = Response("http://example/doc.pdf", 200, "application/pdf", "", _two_page_pdf())
+    assert "quays" in page_of(resp, WorkerConfig({})).text
+    with pytest.raises(BadInput, match="INGEST_PDF_MAX_PAGES"):
+        page_of(resp, WorkerConfig({"INGEST_PDF_MAX_PAGES": "1"}))
+
+
+def test_html_that_takes_too_long_to_read_is_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python's HTML parser reads some markup in time quadratic in its length (a 250 KB
+    page of `<a` took 50 s of CPU): a page is read within a CPU budget."""
+    from ingest_worker.errors import BadInput
+    from ingest_worker.web import htmltext
+
+    monkeypatch.setattr(htmltext, "HTML_CPU_SECONDS", 0.2)
+    started = time.process_time()
+    with pytest.raises(BadInput, match="CPU time"):
+        htmltext.extract_html("page", "<a" * 100_000)
+    assert time.process_time() - started < 5
+    assert htmltext.extract_html("page", "<p>fine</p>").text.strip() == "fine"
+
+
+def test_a_crawl_of_dead_links_and_bad_pages_is_bounded_and_goes_on(
+    site: Site, workdir: Path
+) -> None:
+    """Pages that fail count against the crawl's tries (4 per page it may keep), and one
+    unreadable page is skipped, not the crawl."""
+    pytest.importorskip("pypdf")
+    links = "".join(f"<a href='/dead/{i}'>d</a>" for i in range(200))
+    site.html("/", "<a href='/broken.pdf'>pdf</a><a href='/ok'>ok</a><p>home of docks</p>" + links)
+    site.routes["/broken.pdf"] = (200, {"Content-Type": "application/pdf"}, b"%PDF-1.4 broken")
+    site.html("/ok", "<p>a page about moorings</p>")
+    out = run_worker(
+        make_job({"type": "crawl", "urls": [site.base + "/"], "crawl_depth": 1, "max_pages": 3}),
+        workdir,
+        INGEST_CRAWL_ALLOW_HOSTS=site.hostport,
+    )
+    assert out.code == 0, out.stderr[-500:]
+    assert out.result["pages"] == 2
+    pages = [h for h in site.hits if h != "/robots.txt"]
+    assert len(pages) <= 4 * 3, pages
+    reasons = " ".join(s["reason"] for s in out.result["skipped_items"])
+    assert "unreadable PDF" in reasons and "URLs tried" in reasons, reasons

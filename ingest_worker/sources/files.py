@@ -50,7 +50,7 @@ def _tenant_root(root: str, tenant_id: str) -> str:
     """<root>/<tenant id>, the only place that tenant's file sources may read: a real
     directory (not a symlink, which could lead to another tenant's), named by an id that
     is not a dot name (`.`, `..`, or a hidden directory such as `.snapshot`)."""
-    if tenant_id.startswith(".") or "/" in tenant_id:
+    if tenant_id.startswith(".") or "/" in tenant_id or "\x00" in tenant_id:
         raise BadInput(f"tenant_id {tenant_id!r} cannot name a directory of INGEST_FILE_ROOT")
     mine = os.path.join(root, tenant_id)
     try:

@@ -100,7 +100,9 @@ def test_a_broken_pdf_and_bad_json_are_bad_input(root: Path, tmp_path: Path) -> 
         assert name in out.stderr
 
 
-@pytest.mark.parametrize("tenant", ["tenant-a", "tenant-b", "..", ".", ".snapshot", "link-to-a"])
+@pytest.mark.parametrize(
+    "tenant", ["tenant-a", "tenant-b", "..", ".", ".snapshot", "link-to-a", "tenant-a\x00"]
+)
 def test_with_per_tenant_roots_a_tenant_reads_only_its_own_directory(
     tmp_path: Path, tenant: str
 ) -> None:
@@ -118,7 +120,7 @@ def test_with_per_tenant_roots_a_tenant_reads_only_its_own_directory(
     env = {"INGEST_FILE_ROOT": str(root), "INGEST_FILE_ROOT_PER_TENANT": "1"}
     job = make_job({"type": "file", "path": "doc.txt"}, tenant_id=tenant)
     out = run_worker(job, tmp_path, INGEST_CHUNK_STORE="none", **env)
-    if tenant in (".", "..", ".snapshot", "link-to-a"):
+    if tenant in (".", "..", ".snapshot", "link-to-a", "tenant-a\x00"):
         assert out.code == 65 and "tenant" in out.stderr, out.stderr
         return
     assert out.code == 0, out.stderr

@@ -19,8 +19,11 @@ def free_port() -> int:
 
 
 class PrivateRedis:
-    def __init__(self, workdir: Path, *, persistent: bool = True) -> None:
+    def __init__(
+        self, workdir: Path, *, persistent: bool = True, binary: str = "redis-server"
+    ) -> None:
         self.workdir = workdir
+        self.binary = binary
         self.port = free_port()
         self.persistent = persistent
         self.proc: subprocess.Popen[bytes] | None = None
@@ -32,7 +35,7 @@ class PrivateRedis:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         args = [
-            "redis-server",
+            self.binary,
             "--port",
             str(self.port),
             "--bind",

@@ -37,7 +37,7 @@ from supervisor.queue.records import (
 )
 from supervisor.queue.records import as_str as _s
 from supervisor.queue.redaction import DEFAULT_SECRET_KEYS, SecretKeys
-from supervisor.queue.scripts import SCRIPT_NAMES, script_source
+from supervisor.queue.scripts import SCRIPT_NAMES, run_script, script_source
 from supervisor.queue.states import JobState
 from supervisor.queue.status_rows import StatusRowVerbs
 
@@ -93,7 +93,7 @@ class JobQueue(QueueReads, HolderVerbs, StatusRowVerbs, OperatorVerbs):
         }
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return await self._scripts[name](keys=list(keys), args=list(args))
+        return await run_script(self._scripts[name], keys, args)
 
     # ---- producers -------------------------------------------------------------------
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
+from typing import Any
+
+from redis.commands.core import AsyncScript
+from redis.exceptions import ReadOnlyError, ResponseError
 
 SCRIPT_NAMES = (
     "enqueue",
@@ -38,3 +43,15 @@ def script_source(name: str) -> str:
         raise KeyError(name)
     lua = resources.files("supervisor.queue") / "lua"
     return (lua / "_lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+async def run_script(script: AsyncScript, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
+    """Run one of the scripts. Redis before 7 runs a writing script on a replica and fails
+    its first write (so nothing is written) with a script error quoting READONLY: that is
+    raised as the ReadOnlyError it is, which the daemon treats as transient (a failover)."""
+    try:
+        return await script(keys=list(keys), args=list(args))
+    except ResponseError as exc:
+        if not isinstance(exc, ReadOnlyError) and "-READONLY " in str(exc):
+            raise ReadOnlyError(str(exc)) from None
+        raise

@@ -17,7 +17,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from supervisor.queue.keys import QueueKeys
-from supervisor.queue.scripts import script_source
+from supervisor.queue.scripts import run_script, script_source
 
 # A supervisor whose spawns paused this many times in a row (0.5 + 1 + 2 s of children
 # failing at start) runs nothing: its slots are not capacity.
@@ -52,9 +52,8 @@ class WorkerRegistry:
         # Never empty (worker_id is in it): the script appends `beat_at` to the object text.
         body = json.dumps({**fields, "worker_id": worker_id})
         ttl_ms = max(1, int(ttl_s * 1000))  # SET PX refuses 0
-        await self._beat(
-            keys=[self.keys.workers, self.keys.worker(worker_id)],
-            args=[worker_id, ttl_ms, body],
+        await run_script(
+            self._beat, [self.keys.workers, self.keys.worker(worker_id)], [worker_id, ttl_ms, body]
         )
 
     async def remove(self, worker_id: str) -> None:
@@ -65,7 +64,7 @@ class WorkerRegistry:
 
     async def live(self) -> list[dict[str, Any]]:
         """The heartbeats not yet expired by the server's clock (not this host's)."""
-        ids = await self._live(keys=[self.keys.workers])
+        ids = await run_script(self._live, [self.keys.workers])
         if not ids:
             return []
         names = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]

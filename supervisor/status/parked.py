@@ -28,7 +28,7 @@ from redis.commands.core import AsyncScript
 from supervisor.queue.jobqueue import AnyRedis, JobQueue
 from supervisor.queue.keys import QueueKeys
 from supervisor.queue.records import as_str
-from supervisor.queue.scripts import script_source
+from supervisor.queue.scripts import run_script, script_source
 from supervisor.redis_retry import why
 from supervisor.status.backend import StatusBackend, StatusStoreError
 from supervisor.status.outbox import bare_final, row_from_fields
@@ -59,7 +59,7 @@ class ParkedRows:
             value = f"{row.seq_run!r} {row.rev}\n{json.dumps(row.to_json())}"
             args += [row.job_id, repr(row.seq_run), row.rev, value]
         if args:
-            await self._park(keys=[self.key], args=args)
+            await run_script(self._park, [self.key], args)
 
     async def draw(self, count: int) -> list[tuple[StatusUpdate, Any]]:
         """Up to `count` parked rows, at random, each with the value it was kept as (for
@@ -83,7 +83,7 @@ class ParkedRows:
 
     async def forget(self, job_id: str, value: Any) -> None:
         """The row kept as `value` is written: forget it, unless a newer one came."""
-        await self._unpark(keys=[self.key], args=[job_id, value])
+        await run_script(self._unpark, [self.key], [job_id, value])
 
     async def jobs(self) -> set[str]:
         """Jobs with a row parked."""

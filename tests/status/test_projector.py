@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -22,6 +23,7 @@ from supervisor.status.service import StatusService
 from supervisor.status.sync import status_sync
 from supervisor.status.trim import outbox_state, trim_outbox
 from tests.conftest import REDIS_URL
+from tests.redis_server import SERVERS, PrivateRedis
 from tests.status.conftest import Store
 from tests.status.snapshots import payload
 from tests.waiting import until
@@ -256,6 +258,28 @@ async def test_trimming_never_drops_unacknowledged_entries(
     assert await queue.client.xlen(stream) <= 15
     pending: Any = await queue.client.xpending(stream, GROUP)
     assert pending["pending"] == 0
+
+
+@pytest.mark.parametrize("binary", SERVERS)
+async def test_unprojected_changes_are_counted_on_every_server_version(
+    tmp_path: Path, sqlite_backend: StatusBackend, binary: str
+) -> None:
+    """Redis 6 reports no lag for a group: the changes not yet delivered are counted."""
+    server = PrivateRedis(tmp_path, persistent=False, binary=binary)
+    server.start()
+    queue = JobQueue(Redis.from_url(server.url), "unprojected")
+    try:
+        for i in range(10):
+            await queue.enqueue(payload(f"u-{i}"))
+        holder = projector(queue, sqlite_backend, "holder")
+        await holder._read(">", None)  # 10 pending, unacknowledged
+        for i in range(10, 30):
+            await queue.enqueue(payload(f"u-{i}"))  # 20 not yet delivered
+        state = await outbox_state(queue.client, queue.keys.status_outbox)
+        assert (state.length, state.unprojected) == (30, 30), state
+    finally:
+        await queue.client.aclose()
+        server.close()
 
 
 async def test_the_outbox_age_is_told_on_redis_s_clock_not_the_daemon_s(

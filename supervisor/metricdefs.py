@@ -10,6 +10,7 @@ All metrics of a registry are created once (`metrics_for(registry)`); the module
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from typing import Any, Protocol
@@ -249,7 +250,9 @@ async def refresh_queue_gauges(
 ) -> bool:
     """Read the queue's state from Redis into the gauges; False when it fails or takes
     longer than `timeout_s` (a Redis that accepts and never answers): `redis_up` then says
-    0 and the other gauges keep their last values.
+    0 and the other gauges of the queue are removed, so that a process cut off from Redis
+    (a partition) shows no stale count beside those of the processes that still read it
+    (a daemon's last "1 live worker" would hide the API's true 0 from the alerts).
 
     Never raises: a scrape or an upkeep loop must not break because Redis is away. The
     queue label is `queue` or `q.queue`.
@@ -264,6 +267,7 @@ async def refresh_queue_gauges(
     except Exception as exc:  # TimeoutError included
         log.debug("queue gauges of %s not refreshed: %s", name, type(exc).__name__)
         m.redis_up.labels(name).set(0)
+        _remove_queue_gauges(m, name)
         return False
     for state in (*QUEUE_STATES, *sorted(set(counts) - set(QUEUE_STATES))):
         m.queue_jobs.labels(name, state).set(counts.get(state, 0))
@@ -273,6 +277,22 @@ async def refresh_queue_gauges(
     m.live_slots.labels(name).set(sum(_int(w.get("slots")) for w in workers))
     m.redis_up.labels(name).set(1)
     return True
+
+
+def _remove_queue_gauges(m: Metrics, name: str) -> None:
+    """Remove queue `name`'s series from every gauge read from Redis but `redis_up`."""
+    states = {
+        sample.labels["state"]
+        for family in m.queue_jobs.collect()
+        for sample in family.samples
+        if sample.labels.get("queue") == name
+    }
+    for state in states:
+        with contextlib.suppress(KeyError):
+            m.queue_jobs.remove(name, state)
+    for gauge in (m.oldest_waiting, m.live_workers, m.serving_workers, m.live_slots):
+        with contextlib.suppress(KeyError):
+            gauge.remove(name)
 
 
 def _int(value: object) -> int:

@@ -32,14 +32,26 @@ async def test_a_redis_that_hangs_reads_as_down(private_redis: PrivateRedis) -> 
     try:
         assert await refresh_queue_gauges(q, gauges, timeout_s=2.0)
         assert registry.get_sample_value("queue_metrics_redis_up", {"queue": "hangs"}) == 1
+        read = {"queue": "hangs"}
+        assert registry.get_sample_value("queue_live_workers", read) == 0
+        assert registry.get_sample_value("queue_jobs_in_state", {**read, "state": "waiting"}) == 0
         private_redis.pause()
         try:
             started = time.monotonic()
             assert not await refresh_queue_gauges(q, gauges, timeout_s=0.5)
             assert time.monotonic() - started < 5.0
             assert registry.get_sample_value("queue_metrics_redis_up", {"queue": "hangs"}) == 0
+            # No stale count stays to hide what the processes still reading Redis report.
+            for name in ("queue_live_workers", "queue_serving_workers", "queue_live_worker_slots"):
+                assert registry.get_sample_value(name, read) is None, name
+            assert (
+                registry.get_sample_value("queue_jobs_in_state", {**read, "state": "waiting"})
+                is None
+            )
         finally:
             private_redis.resume()
+        assert await refresh_queue_gauges(q, gauges, timeout_s=2.0)
+        assert registry.get_sample_value("queue_live_workers", read) == 0
     finally:
         await client.aclose()
 

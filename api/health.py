@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Awaitable
 from typing import Any
 
+from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.context import ApiContext
@@ -45,12 +46,23 @@ async def _reap(task: asyncio.Future[Any]) -> None:
         await task
 
 
-def _redis_status(ping: Any) -> str:
-    if ping is True:
-        return "ready"
-    if ping is _MISSING or isinstance(ping, RedisTimeoutError | asyncio.TimeoutError):
-        return "timeout"
-    return "error"
+def _write_probe(ctx: ApiContext) -> Awaitable[Any]:
+    """A write in the queue's own hash slot, as an enqueue makes: answering is not enough."""
+    q = ctx.health_queue
+    return q.client.set(q.keys.health_probe, "1", px=10_000)
+
+
+def _redis_status(ping: Any, write: Any) -> str:
+    """`ready`, `timeout`, `readonly` (answers, refuses writes: a replica, an old master
+    after a failover) or `error` (any other refusal, such as out of memory)."""
+    for probe in (ping, write):
+        if probe is _MISSING or isinstance(probe, RedisTimeoutError | asyncio.TimeoutError):
+            return "timeout"
+    if ping is not True:
+        return "error"
+    if isinstance(write, ReadOnlyError):
+        return "readonly"
+    return "ready" if write is True else "error"
 
 
 def _ok(value: Any) -> bool:
@@ -62,6 +74,7 @@ async def queue_health(ctx: ApiContext) -> QueueHealth:
     s = ctx.settings
     probes: dict[str, Awaitable[Any]] = {
         "ping": q.client.ping(),
+        "write": _write_probe(ctx),
         "counts": q.counts(),
         "workers": q.live_workers(),
     }
@@ -69,7 +82,7 @@ async def queue_health(ctx: ApiContext) -> QueueHealth:
         probes["age"] = q.oldest_waiting_age_s()
     got = await _probe_all(ctx, probes, s.health_timeout_s)
 
-    redis_status = _redis_status(got["ping"])
+    redis_status = _redis_status(got["ping"], got["write"])
     counts = got["counts"] if _ok(got["counts"]) else {}
     workers = got["workers"] if _ok(got["workers"]) else []
     running = [w for w in workers if not w.get("stopping")]
@@ -125,8 +138,7 @@ async def queue_health(ctx: ApiContext) -> QueueHealth:
 
 
 async def readiness(ctx: ApiContext) -> Readiness:
-    got = await _probe_all(
-        ctx, {"ping": ctx.health_queue.client.ping()}, ctx.settings.health_timeout_s
-    )
-    status = _redis_status(got["ping"])
+    probes = {"ping": ctx.health_queue.client.ping(), "write": _write_probe(ctx)}
+    got = await _probe_all(ctx, probes, ctx.settings.health_timeout_s)
+    status = _redis_status(got["ping"], got["write"])
     return Readiness(ready=status == "ready", redis_status=status)

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import ConnectionError, OutOfMemoryError, ReadOnlyError, TimeoutError
 
 from supervisor import ctl_format as fmt
 from supervisor.config import DEFAULT_QUEUE, DEFAULT_REDIS_URL, SharedConfig, load_shared_config
@@ -382,6 +382,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConnectionError, TimeoutError) as exc:
         url = re.sub(r"//[^@/]*@", "//***@", args.config.redis_url)  # no password on screen
         print(f"ingestctl: Redis unreachable at {url}: {exc}", file=sys.stderr)
+        return EXIT_REDIS
+    except (ReadOnlyError, OutOfMemoryError) as exc:  # answers, but takes no write now
+        url = re.sub(r"//[^@/]*@", "//***@", args.config.redis_url)
+        print(f"ingestctl: Redis at {url} refuses writes: {exc}", file=sys.stderr)
         return EXIT_REDIS
     except (ValueError, OSError) as exc:  # SettingsError and MissingExtraError too: one line
         print(f"ingestctl: {exc}", file=sys.stderr)

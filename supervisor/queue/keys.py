@@ -96,6 +96,12 @@ class QueueKeys:
         return self._key("status")
 
     @property
+    def health_probe(self) -> str:
+        """STRING the API's health checks write (with a short expiry): a Redis that answers
+        but refuses writes (a replica, out of memory) cannot take jobs."""
+        return self._key("health_probe")
+
+    @property
     def status_reconcile(self) -> str:
         """HASH holding the reconciler's scan cursor over the job hash."""
         return self._key("status:reconcile")

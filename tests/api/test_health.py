@@ -15,12 +15,13 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from redis.asyncio import Redis
 
 from supervisor.queue.keys import QueueKeys
 from supervisor.queue.workers import WorkerRegistry
 from tests.api.conftest import ApiServer, ServerFactory, eventually, job
-from tests.redis_server import PrivateRedis
+from tests.redis_server import PrivateRedis, free_port
 
 BOUND_S = 1.5  # the issue's 1 s, with slack for two busy cores
 # No single answer may take this long: a check waiting on the hung Redis (or on a pool
@@ -216,3 +217,27 @@ async def test_redis_paused_then_resumed_then_stopped(
     with server.client() as http:
         r = http.post("/jobs", json=job())
     assert r.status_code == 503 and r.headers.get("retry-after") == "1"
+
+
+async def test_a_redis_that_answers_but_refuses_writes_is_not_ready(
+    api_server: ServerFactory, own_redis: PrivateRedis, beat: Any
+) -> None:
+    """A replica (an old master after a failover) answers PING but takes no job: the
+    API must not tell a load balancer it is ready, nor blame the supervisors."""
+    server = api_server(REDIS_URL=own_redis.url, INGEST_HEALTH_MAX_WAIT_SECONDS="0")
+    await beat(server)
+    await asyncio.to_thread(eventually_healthy, server)
+    client = redis.Redis.from_url(own_redis.url)
+    try:
+        client.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+        r, _ = await asyncio.to_thread(timed_get, server, "/health/ready")
+        assert r.status_code == 503 and r.json()["redis_status"] == "readonly", r.text
+        r, _ = await asyncio.to_thread(timed_get, server)
+        body = r.json()
+        assert r.status_code == 503 and body["redis"] is False, body
+        assert body["details"]["redis_status"] == "readonly", body
+    finally:
+        client.execute_command("REPLICAOF", "NO", "ONE")
+        client.close()
+    r = await asyncio.to_thread(eventually_healthy, server)
+    assert r.json()["healthy"] is True

@@ -18,6 +18,7 @@ from api.models import Job, Workers
 from supervisor.queue.states import JobState
 from tests.conftest import REDIS_URL
 from tests.daemon.conftest import SyncQueue, job, wait_until
+from tests.redis_server import PrivateRedis, free_port
 
 AGE = r"(\d+(\.\d)?m?s|\d+m( \d+s)?) ago"
 INGESTCTL = str(Path(sys.executable).parent / "ingestctl")
@@ -361,3 +362,15 @@ def test_producers_bound_the_status_outbox_like_the_daemons(queue_name: str, q: 
         assert q.get("bounded") is not None
     finally:
         client.close()
+
+
+def test_a_redis_refusing_writes_is_exit_3_in_one_line(
+    queue_name: str, private_redis: PrivateRedis
+) -> None:
+    import redis
+
+    with redis.Redis.from_url(private_redis.url) as client:
+        client.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+    r = ctl(queue_name, "enqueue", "-", redis_url=private_redis.url, stdin=json.dumps(job("ro")))
+    assert r.returncode == 3, r.stderr
+    assert "refuses writes" in r.stderr and "Traceback" not in r.stderr, r.stderr

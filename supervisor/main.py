@@ -138,6 +138,7 @@ def build_status(
             state.length, state.unprojected, state.age_s()
         ),
         on_rejected=metrics.status_rows_rejected,
+        on_parked=metrics.status_parked,
     )
     return StatusService(
         queue,

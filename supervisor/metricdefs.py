@@ -144,6 +144,13 @@ class Metrics:
             ["queue"],
             registry=r,
         )
+        self.parked_rows = Gauge(
+            "ingest_status_parked_rows",
+            "Status rows the store would not take for now (a row lock held elsewhere), "
+            "kept in Redis for the reconciler to write",
+            ["queue"],
+            registry=r,
+        )
         self.outbox_age = Gauge(
             "ingest_status_outbox_age_seconds",
             "Age of the oldest status outbox entry not yet written to the status table",

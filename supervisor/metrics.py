@@ -127,6 +127,9 @@ class DaemonMetrics:
         self.m.outbox_unprojected.labels(self.queue).set(unprojected)
         self.m.outbox_age.labels(self.queue).set(age_s)
 
+    def status_parked(self, rows: int) -> None:
+        self.m.parked_rows.labels(self.queue).set(rows)
+
     def trace_export_failure(self, n: int = 1) -> None:
         record_trace_export_failure(n, self.m.registry)
 

@@ -23,4 +23,5 @@ class ProjectorHooks:
     on_request: Callable[[int, float, bool], None] = lambda _n, _s, _ok: None
     on_lag: Callable[[float], None] = lambda _s: None
     on_outbox: Callable[[OutboxState], None] = lambda _state: None
+    on_parked: Callable[[int], None] = lambda _rows: None
     on_rejected: Callable[[int], None] = lambda _n: None

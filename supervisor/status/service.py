@@ -105,6 +105,10 @@ class StatusService:
                     with contextlib.suppress(Exception):
                         self.hooks.on_outbox(state)
                     await trim_outbox(self.queue.client, stream, state)
+                    # Rows held back by a lock leave the outbox: their wait shows only here.
+                    parked = int(await self.queue.client.hlen(self.queue.keys.status_parked_rows))
+                    with contextlib.suppress(Exception):
+                        self.hooks.on_parked(parked)
             except TRANSIENT as exc:
                 log.debug("outbox trim skipped: %s", why(exc))
             except Exception:

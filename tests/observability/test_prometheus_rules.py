@@ -30,7 +30,7 @@ def run_script(rules_dir: Path) -> subprocess.CompletedProcess[str]:
 def test_shipped_rules_pass_check_and_unit_tests() -> None:
     proc = run_script(RULES_DIR)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 11 rules found" in proc.stdout
+    assert "SUCCESS: 12 rules found" in proc.stdout
 
 
 def test_a_broken_threshold_fails_the_unit_tests(tmp_path: Path) -> None:

@@ -308,6 +308,21 @@ async def _true(value: bool) -> bool:
     return value
 
 
+async def test_rows_parked_behind_a_lock_are_told(queue: JobQueue) -> None:
+    """A parked row leaves the outbox, so its wait shows in no outbox gauge: the number
+    of parked rows is reported beside them."""
+    await queue.client.hset(queue.keys.status_parked_rows, "locked-1", "0 1\n{}")
+    parked: list[int] = []
+    hooks = ProjectorHooks(on_parked=parked.append)
+    service = StatusService(queue, NoneBackend(), consumer="parks", hooks=hooks)
+    service.start()
+    try:
+        await until(lambda: _true(bool(parked)), 10.0, "a parked-rows report")
+    finally:
+        await service.aclose(2.0)
+    assert parked[0] == 1
+
+
 async def test_without_a_status_store_the_outbox_does_not_grow(queue: JobQueue) -> None:
     """Rows older than a minute go (see the test above for why the last minute stays)."""
     service = StatusService(queue, NoneBackend(), consumer="none-1")

@@ -17,6 +17,6 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 class MetricsEndpoint:
     async def render(self, q: JobQueue, timeout_s: float) -> bytes:
         # A scrape still answers when Redis is slow or paused: redis_up 0, other gauges
-        # with their last values.
+        # with their last values, removed once Redis has been unreadable for a minute.
         await refresh_queue_gauges(q, timeout_s=timeout_s)
         return generate_latest(REGISTRY)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from typing import Any, Protocol
 
 from prometheus_client import (
@@ -48,6 +49,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self.unreadable_since: dict[str, float] = {}  # queue -> first failed refresh
         r = registry
         # --- job outcomes (names operators' dashboards and alerts already use) ---
         self.jobs = Counter(
@@ -248,18 +250,25 @@ class QueueView(Protocol):
     async def live_workers(self) -> list[dict[str, Any]]: ...
 
 
+# A queue unreadable this long has its gauges removed: a process cut off from Redis must
+# not show stale counts, and one slow refresh must not reset the alerts' `for:` timers.
+STALE_AFTER_S = 60.0
+
+
 async def refresh_queue_gauges(
     q: QueueView,
     gauges: Metrics | None = None,
     *,
     queue: str | None = None,
     timeout_s: float = 5.0,
+    stale_after_s: float = STALE_AFTER_S,
 ) -> bool:
     """Read the queue's state from Redis into the gauges; False when it fails or takes
     longer than `timeout_s` (a Redis that accepts and never answers): `redis_up` then says
-    0 and the other gauges of the queue are removed, so that a process cut off from Redis
-    (a partition) shows no stale count beside those of the processes that still read it
-    (a daemon's last "1 live worker" would hide the API's true 0 from the alerts).
+    0, and once the queue has been unreadable `stale_after_s` the other gauges of the
+    queue are removed, so that a process cut off from Redis (a partition) shows no stale
+    count beside those of the processes that still read it (a daemon's last "1 live
+    worker" would hide the API's true 0 from the alerts).
 
     Never raises: a scrape or an upkeep loop must not break because Redis is away. The
     queue label is `queue` or `q.queue`.
@@ -274,8 +283,11 @@ async def refresh_queue_gauges(
     except Exception as exc:  # TimeoutError included
         log.debug("queue gauges of %s not refreshed: %s", name, type(exc).__name__)
         m.redis_up.labels(name).set(0)
-        _remove_queue_gauges(m, name)
+        now = time.monotonic()
+        if now - m.unreadable_since.setdefault(name, now) >= stale_after_s:
+            _remove_queue_gauges(m, name)
         return False
+    m.unreadable_since.pop(name, None)
     for state in (*QUEUE_STATES, *sorted(set(counts) - set(QUEUE_STATES))):
         m.queue_jobs.labels(name, state).set(counts.get(state, 0))
     m.oldest_waiting.labels(name).set(age or 0.0)

@@ -20,7 +20,14 @@ import time
 from typing import Any
 
 from ingest_worker.embedders.inputs import plan_batches, token_estimate
-from ingest_worker.embedders.post import Endpoint, PostFailed, Reply, ResponseTooLarge, post
+from ingest_worker.embedders.post import (
+    MAX_RESPONSE_BYTES,
+    Endpoint,
+    PostFailed,
+    Reply,
+    ResponseTooLarge,
+    post,
+)
 from ingest_worker.embedders.secret import read_api_key
 from ingest_worker.errors import ConfigError, TempFail
 
@@ -101,7 +108,8 @@ class OpenAIEmbedder:
         # What `len(texts)` vectors of the most dimensions any model has can take as JSON:
         # a larger answer is not read (it could take the worker's memory as parsed floats).
         try:
-            reply = self._send(data, ANSWER_BYTES_PER_INPUT * len(texts) + (1 << 20))
+            cap = min(MAX_RESPONSE_BYTES, ANSWER_BYTES_PER_INPUT * len(texts) + (1 << 20))
+            reply = self._send(data, cap)
         except ResponseTooLarge as exc:
             raise self._bad(f"{exc} for {len(texts)} inputs") from None
         return self._vectors(reply, len(texts))

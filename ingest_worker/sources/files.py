@@ -108,9 +108,9 @@ def _read(root: str, full: str, rel: str, max_bytes: int) -> bytes:
         # symlink in between (O_NOFOLLOW guards only the last part) led elsewhere.
         try:
             opened = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            opened = ""
-        if os.path.commonpath([root, opened or "/"]) != root:
+        except OSError:  # no /proc here: at least the file resolved is the one opened
+            opened = full if _same_file(fh.fileno(), full) else "/"
+        if os.path.commonpath([root, opened]) != root:
             raise BadInput(f"data_source.path: {rel!r} resolves outside the file root")
         st = os.fstat(fh.fileno())
         if not _is_regular(st.st_mode):
@@ -124,6 +124,13 @@ def _read(root: str, full: str, rel: str, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise BadInput(f"{rel}: larger than INGEST_MAX_FILE_BYTES ({max_bytes})")
     return data
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False
 
 
 def _is_regular(mode: int) -> bool:

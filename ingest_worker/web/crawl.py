@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from ingest_worker.progress import Reporter
 
 
-# A crawl tries at most this many URLs per page it may keep (robots.txt refusals, dead links
-# and unreadable pages count), and remembers at most this many links per page.
+# A crawl requests at most this many URLs per page it may keep (dead links and unreadable
+# pages count; robots.txt refusals send no request and do not), and remembers at most this
+# many links per page.
 TRIES_PER_PAGE = 4
 SEEN_PER_PAGE = 20
 
@@ -77,12 +78,12 @@ def load_crawl(source: dict[str, Any], config: WorkerConfig, reporter: Reporter)
     reporter.progress(FETCH_START, f"crawling {len(seeds)} seed URL(s) to depth {max_depth}")
     while queue and len(loaded.documents) < max_pages and tries < max_tries:
         url, depth = queue.popleft()
-        tries += 1
         shown = display(url)
         try:
-            if not robots.allowed(url):
+            if not robots.allowed(url):  # no request: no try spent
                 loaded.skip(url, "disallowed by robots.txt")
                 continue
+            tries += 1
             resp = fetcher.get(url, origins=origins)
             page = page_of(resp, config)
         except FetchRefused as exc:

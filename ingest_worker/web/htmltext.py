@@ -7,9 +7,17 @@ from html.parser import HTMLParser
 from ingest_worker.cpu_budget import OverBudget, cpu_budget
 from ingest_worker.errors import BadInput
 
-# CPU time one page's HTML may take to read: Python's parser reads well-formed markup at
-# megabytes a second, and some hostile markup in time quadratic in its length.
+# CPU time one document's HTML may take to read: HTML_CPU_SECONDS, and a second more for
+# each HTML_BYTES_PER_CPU_SECOND of it past that. Python's parser reads dense markup at 4-5
+# MiB a second, and some hostile markup in time quadratic in its length.
 HTML_CPU_SECONDS = 10.0
+HTML_BYTES_PER_CPU_SECOND = 256 * 1024
+
+
+def html_cpu_seconds(html: str) -> float:
+    return max(HTML_CPU_SECONDS, len(html) / HTML_BYTES_PER_CPU_SECOND)
+
+
 # Content of these is never text a reader sees.
 _SKIP = frozenset({"script", "style", "noscript", "template", "svg", "head", "iframe", "object"})
 # These start a new line, so words from neighbouring blocks do not run together.
@@ -82,16 +90,15 @@ class HtmlText:
 
 def extract_html(name: str, html: str) -> HtmlText:
     """The text, title and links of a page (BadInput when reading it takes more than
-    HTML_CPU_SECONDS: Python's parser reads some markup in time quadratic in its length)."""
+    `html_cpu_seconds`: Python's parser reads some markup in time quadratic in its length)."""
     parser = _Extractor()
+    budget = html_cpu_seconds(html)
     try:
-        with cpu_budget(HTML_CPU_SECONDS):
+        with cpu_budget(budget):
             parser.feed(html)
             parser.close()
     except OverBudget:
-        raise BadInput(
-            f"{name}: reading its HTML took more than {HTML_CPU_SECONDS:g}s of CPU time"
-        ) from None
+        raise BadInput(f"{name}: reading its HTML took more than {budget:g}s of CPU time") from None
     title = " ".join("".join(parser.title_parts).split())
     body = "".join(parser.parts)
     text = f"{title}\n\n{body}" if title else body

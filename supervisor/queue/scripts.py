@@ -8,7 +8,7 @@ from importlib import resources
 from typing import Any
 
 from redis.commands.core import AsyncScript
-from redis.exceptions import ReadOnlyError, ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 SCRIPT_NAMES = (
     "enqueue",
@@ -46,12 +46,16 @@ def script_source(name: str) -> str:
 
 
 async def run_script(script: AsyncScript, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
-    """Run one of the scripts. Redis before 7 runs a writing script on a replica and fails
-    its first write (so nothing is written) with a script error quoting READONLY: that is
-    raised as the ReadOnlyError it is, which the daemon treats as transient (a failover)."""
+    """Run one of the scripts. Redis before 7 runs a writing script on a replica, or past
+    its maxmemory, and fails its first write with a script error quoting READONLY or OOM:
+    that is raised as the ReadOnlyError (which the daemon treats as transient: a failover)
+    or OutOfMemoryError it is, as Redis 7 reports them."""
     try:
         return await script(keys=list(keys), args=list(args))
     except ResponseError as exc:
-        if not isinstance(exc, ReadOnlyError) and "-READONLY " in str(exc):
-            raise ReadOnlyError(str(exc)) from None
+        text = str(exc)
+        if not isinstance(exc, ReadOnlyError) and "-READONLY " in text:
+            raise ReadOnlyError(text) from None
+        if not isinstance(exc, OutOfMemoryError) and "-OOM " in text:
+            raise OutOfMemoryError(text) from None
         raise

@@ -41,6 +41,10 @@ async def test_a_redis_that_hangs_reads_as_down(private_redis: PrivateRedis) -> 
             assert not await refresh_queue_gauges(q, gauges, timeout_s=0.5)
             assert time.monotonic() - started < 5.0
             assert registry.get_sample_value("queue_metrics_redis_up", {"queue": "hangs"}) == 0
+            # One slow refresh keeps the last values (the alerts' `for:` timers go on)...
+            assert registry.get_sample_value("queue_live_workers", read) == 0
+            # ...a Redis unreadable for long removes them.
+            assert not await refresh_queue_gauges(q, gauges, timeout_s=0.5, stale_after_s=0)
             # No stale count stays to hide what the processes still reading Redis report.
             for name in ("queue_live_workers", "queue_serving_workers", "queue_live_worker_slots"):
                 assert registry.get_sample_value(name, read) is None, name

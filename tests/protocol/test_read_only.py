@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
 
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.redis_retry import TRANSIENT
@@ -33,6 +33,11 @@ async def test_a_write_refused_by_a_replica_is_a_read_only_error(
             await q.enqueue(job("after"))
         assert isinstance(refused.value, TRANSIENT)
         assert (await q.get("before")) is not None and (await q.get("after")) is None
+        # Past its maxmemory (noeviction) a Redis refuses writes as out of memory.
+        await client.execute_command("REPLICAOF", "NO", "ONE")
+        await client.config_set("maxmemory", "1")
+        with pytest.raises(OutOfMemoryError):
+            await q.enqueue(job("full"))
     finally:
         await client.aclose()
         server.close()

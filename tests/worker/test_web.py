@@ -369,6 +369,8 @@ def test_html_that_takes_too_long_to_read_is_bad_input(monkeypatch: pytest.Monke
     with pytest.raises(BadInput, match="CPU time"):
         htmltext.extract_html("page", "<a" * 100_000)
     assert time.process_time() - started < 5
+    # A large document gets a budget in its size: dense markup reads at 4-5 MiB a second.
+    assert htmltext.html_cpu_seconds("x" * (48 << 20)) >= 150
     assert htmltext.extract_html("page", "<p>fine</p>").text.strip() == "fine"
 
 
@@ -393,3 +395,25 @@ def test_a_crawl_of_dead_links_and_bad_pages_is_bounded_and_goes_on(
     assert len(pages) <= 4 * 3, pages
     reasons = " ".join(s["reason"] for s in out.result["skipped_items"])
     assert "unreadable PDF" in reasons and "URLs tried" in reasons, reasons
+
+
+def test_robots_refusals_do_not_use_up_a_crawls_tries(site: Site, workdir: Path) -> None:
+    """A refusal by robots.txt sends no request: a blog whose tag pages are disallowed is
+    crawled to its page cap."""
+    site.routes["/robots.txt"] = (
+        200,
+        {"Content-Type": "text/plain"},
+        b"User-agent: *\nDisallow: /tag/\n",
+    )
+    tags = "".join(f"<a href='/tag/{i}'>t</a>" for i in range(20))
+    posts = "".join(f"<a href='/post/{i}'>p</a>" for i in range(5))
+    site.html("/", tags + posts + "<p>the blog about ferries</p>")
+    for i in range(5):
+        site.html(f"/post/{i}", f"<p>post {i} about ferries</p>")
+    out = run_worker(
+        make_job({"type": "crawl", "urls": [site.base + "/"], "crawl_depth": 1, "max_pages": 6}),
+        workdir,
+        INGEST_CRAWL_ALLOW_HOSTS=site.hostport,
+    )
+    assert out.code == 0, out.stderr[-500:]
+    assert out.result["pages"] == 6, out.result

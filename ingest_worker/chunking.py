@@ -15,17 +15,6 @@ def storable(text: str) -> str:
     return text
 
 
-def storable_strings(node: object) -> object:
-    """`node` (JSON-like) with `storable` applied to every string and key in it."""
-    if isinstance(node, str):
-        return storable(node)
-    if isinstance(node, dict):
-        return {storable(str(k)): storable_strings(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [storable_strings(v) for v in node]
-    return node
-
-
 def normalise(text: str) -> str:
     """Collapse runs of spaces and blank lines so chunk sizes measure words, not layout;
     the text made `storable`.

@@ -13,7 +13,7 @@ from ingest_worker.errors import BadInput
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Callable, Iterator, Mapping
     from typing import Any
 
 SOURCE_TYPES = ("text", "file", "url", "crawl")
@@ -135,22 +135,11 @@ class Job:
         is_secret = SecretKeys(env.get("INGEST_SECRET_KEYS", ""))
         self.secrets: list[str] = secret_values(raw, is_secret)
         # Secret-named keys go; other values may still quote a secret (a URL's password).
-        self.metadata: dict[str, Any] = self.scrub_strings(strip_secrets(metadata, is_secret))
+        self.metadata: dict[str, Any] = map_strings(strip_secrets(metadata, is_secret), self.scrub)
         try:
             self.attempt = int(env.get("INGEST_ATTEMPT", "1"))
         except ValueError:
             self.attempt = 1
-
-    def scrub_strings(self, node: Any) -> Any:
-        """`node` with `scrub` applied to every string and key in it (depth is bounded by
-        check_structure)."""
-        if isinstance(node, str):
-            return self.scrub(node)
-        if isinstance(node, dict):
-            return {self.scrub(str(k)): self.scrub_strings(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [self.scrub_strings(v) for v in node]
-        return node
 
     def scrub(self, text: str) -> str:
         for value in sorted(self.secrets, key=len, reverse=True):
@@ -178,6 +167,18 @@ def strip_secrets(node: Any, is_secret: SecretKeys) -> Any:
         return {k: strip_secrets(v, is_secret) for k, v in node.items() if not is_secret(k)}
     if isinstance(node, list):
         return [strip_secrets(v, is_secret) for v in node]
+    return node
+
+
+def map_strings(node: Any, fn: Callable[[str], str]) -> Any:
+    """`node` (JSON-like) with `fn` applied to every string and key in it (depth is bounded
+    by check_structure)."""
+    if isinstance(node, str):
+        return fn(node)
+    if isinstance(node, dict):
+        return {fn(str(k)): map_strings(v, fn) for k, v in node.items()}
+    if isinstance(node, list):
+        return [map_strings(v, fn) for v in node]
     return node
 
 

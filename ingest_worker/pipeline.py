@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from ingest_worker.chunking import chunk_text, normalise, storable, storable_strings
+from ingest_worker.chunking import chunk_text, normalise, storable
 from ingest_worker.embedding import make_embedder
 from ingest_worker.errors import BadInput
+from ingest_worker.job import map_strings
 from ingest_worker.sources import load_source
 from ingest_worker.stages import FETCH_END
 from ingest_worker.stores import open_store
@@ -30,12 +31,10 @@ def run_job(job: Job, config: WorkerConfig, reporter: Reporter) -> dict[str, Any
     reporter.progress(45, "extracted text")
 
     chunks: list[dict[str, Any]] = []
-    base_meta = storable_strings(job.metadata)
-    assert isinstance(base_meta, dict)
+    base_meta = map_strings(job.metadata, storable)
     for doc, text in zip(docs, texts, strict=True):
         # A page's URL or title can quote a secret of the job (a token in a query).
-        doc_meta = storable_strings(job.scrub_strings(doc.meta))
-        assert isinstance(doc_meta, dict)
+        doc_meta = map_strings(doc.meta, lambda s: storable(job.scrub(s)))
         source = storable(job.scrub(doc.source))
         for piece in chunk_text(text, config.chunk_size, config.chunk_overlap):
             meta = {**base_meta, **doc_meta, "source_type": job.source_type}

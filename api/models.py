@@ -124,7 +124,7 @@ class QueueCounts(BaseModel):
 
 
 class HealthDetails(BaseModel):
-    redis_status: str = Field(description="ready, timeout or error")
+    redis_status: str = Field(description="ready, readonly, timeout or error")
     queue_counts: QueueCounts
     worker_concurrency: int = Field(description="sum of live supervisors' slots")
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from api.auth import ReadAccess, WriteAccess, require_read, require_write
 from api.context import ApiContext, bounded, get_context
 from api.dashboard import dead_letters, job_history, throughput
-from api.errors import E401, E404, E422, E503, ApiError, payload_error
+from api.errors import E401, E403, E404, E415, E422, E503, ApiError, payload_error
 from api.routes_jobs import JobId, _job_id_or_422
 from supervisor.queue.payload import PayloadError, validate_job_id
 
@@ -93,7 +93,7 @@ def _dt(ms: float) -> datetime:
     response_model=Stats,
     summary="Jobs per state and the oldest waiting age",
     dependencies=[Depends(require_read)],
-    responses={**E401, **E503},
+    responses={**E401, **E403, **E503},
 )
 async def stats(ctx: Ctx, access: ReadAccess) -> Stats:
     access.require_admin()  # queue-wide figures: not for a tenant-scoped token
@@ -114,7 +114,7 @@ async def stats(ctx: Ctx, access: ReadAccess) -> Stats:
     response_model=ThroughputOut,
     summary="Completed, failed and retried per minute over the last hour (events stream)",
     dependencies=[Depends(require_read)],
-    responses={**E401, **E503},
+    responses={**E401, **E403, **E503},
 )
 async def stats_throughput(ctx: Ctx, access: ReadAccess) -> ThroughputOut:
     access.require_admin()
@@ -149,7 +149,7 @@ async def job_events(job_id: JobId, ctx: Ctx, access: ReadAccess) -> JobEvents:
     response_model=DeadLetters,
     summary="The newest failed jobs grouped by the first line of their error",
     dependencies=[Depends(require_read)],
-    responses={**E401, **E422, **E503},
+    responses={**E401, **E403, **E422, **E503},
 )
 async def list_dead_letters(
     ctx: Ctx,
@@ -181,7 +181,7 @@ async def list_dead_letters(
     response_model=RetryMany,
     summary="Queue many failed or cancelled jobs again (each as POST /jobs/{id}/retry)",
     dependencies=[Depends(require_write)],
-    responses={**E401, **E422, **E503},
+    responses={**E401, **E403, **E415, **E422, **E503},
     openapi_extra={
         "requestBody": {
             "required": True,

@@ -1,8 +1,8 @@
 """Worker settings, read once from INGEST_* environment variables.
 
-The supervisor passes a clean environment to children, so every variable here must be on its
-pass-through list (INGEST_CHILD_ENV). Defaults keep a `text` job cheap: the hash embedder and,
-unless a store is configured, no chunk store at all.
+The supervisor passes a clean environment to children, with every variable in `ENV_VARS`
+on its allowlist (nothing here needs listing in INGEST_CHILD_ENV). Defaults keep a `text`
+job cheap: the hash embedder and, unless a store is configured, no chunk store at all.
 """
 
 from __future__ import annotations

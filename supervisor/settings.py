@@ -95,7 +95,7 @@ class Settings(SharedConfig):
     backoff_s: float = setting(
         "INGEST_BACKOFF_SECONDS",
         5.0,
-        "first retry delay; doubles each attempt",
+        "first retry delay; grows by INGEST_BACKOFF_FACTOR each attempt, less up to a fifth",
         _non_negative,
         "must be >= 0",
     )

@@ -269,7 +269,7 @@ class OrphanSweeper:
                 return False
             self.enabled = True
             # Without /proc/.../children, listing our children reads every process on the
-            # machine (~1.5 ms): too dear for every run's end.
+            # machine: too dear for every run's end.
             self._cheap = children_file() is not None
         self.kill_unattributed = kill_unattributed
         return True

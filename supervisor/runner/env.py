@@ -1,8 +1,8 @@
 """The child's environment: an allowlist, never the supervisor's whole environment.
 
 Secrets the supervisor holds (Supabase service key, Langfuse keys, the Redis URL with its
-password) and systemd's NOTIFY_SOCKET / WATCHDOG_* reach a child only when the operator
-names them in `env_passthrough`. Python's own variables pass only by name: those that
+password) reach a child only when the operator names them in `env_passthrough`; systemd's
+NOTIFY_SOCKET / WATCHDOG_* never do. Python's own variables pass only by name: those that
 shape how an interpreter finds and runs code, not any `PYTHON*` a host happens to set.
 """
 

@@ -377,3 +377,35 @@ def test_openapi_declares_models_and_errors(http: httpx.Client) -> None:
     assert "HTTPBearer" in doc["components"]["securitySchemes"]
     assert paths["/jobs"]["post"]["security"] == [{"HTTPBearer": []}]
     assert "security" not in paths["/health/queue"]["get"]
+
+
+def test_openapi_declares_every_refusal_a_route_can_give(http: httpx.Client) -> None:
+    """A route that refuses tenant-scoped tokens declares 403; every POST, which refuses a
+    body that is not JSON (cross-site posts), declares 415."""
+    import inspect
+
+    from api.auth import require_write
+    from api.routes_dashboard import router as dashboard_router
+    from api.routes_jobs import router as jobs_router
+    from api.routes_ops import router as ops_router
+
+    paths = http.get("/openapi.json").json()["paths"]
+    checked = 0
+    for route in (*jobs_router.routes, *ops_router.routes, *dashboard_router.routes):
+        endpoint = getattr(route, "endpoint", None)
+        methods = getattr(route, "methods", None) or set()
+        if endpoint is None or getattr(route, "include_in_schema", True) is False:
+            continue
+        path = getattr(route, "path", "")
+        if path not in paths:
+            continue
+        source = inspect.getsource(endpoint)
+        dependencies = [d.dependency for d in getattr(route, "dependencies", [])]
+        for method in methods - {"HEAD"}:
+            declared = set(paths[path][method.lower()]["responses"])
+            if "require_admin()" in source:
+                assert "403" in declared, f"{method} {path} refuses tenant tokens with 403"
+            if method == "POST" and require_write in dependencies:
+                assert "415" in declared, f"{method} {path} refuses non-JSON bodies with 415"
+            checked += 1
+    assert checked > 10

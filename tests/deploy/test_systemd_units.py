@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ingest_worker.config import ENV_VARS as WORKER_ENV_VARS
 from supervisor.daemon import SETTLE_AFTER_KILL_S
 from supervisor.settings import OPTIONS
 from supervisor.stop_tail import STOP_TAIL_S
@@ -153,6 +154,10 @@ def _documented_names() -> set[str]:
 def test_env_example_lists_every_daemon_setting() -> None:
     missing = {o.env for o in OPTIONS} - _documented_names()
     assert not missing
+
+
+def test_env_example_lists_every_setting_of_the_built_in_worker() -> None:
+    assert not set(WORKER_ENV_VARS) - _documented_names()
 
 
 def test_env_example_lists_every_api_setting() -> None:

@@ -183,8 +183,9 @@ def map_strings(node: Any, fn: Callable[[str], str]) -> Any:
 
 
 def secret_values(node: Any, is_secret: SecretKeys) -> list[str]:
-    """Every string under a secret-named key, and the credentials of every string that is a
-    URL (see `url_secret_values`)."""
+    """The text of every value under a secret-named key (each string and number in it, at
+    any depth below the key), and the credentials of every string that is a URL (see
+    `url_secret_values`)."""
     found: list[str] = []
     known: dict[str, bool] = {}  # parameter names already judged: URLs repeat a few names
     stack = [node]
@@ -194,9 +195,27 @@ def secret_values(node: Any, is_secret: SecretKeys) -> list[str]:
             found.extend(url_secret_values(item, is_secret, known))
         elif isinstance(item, dict):
             for k, v in item.items():
-                if is_secret(k) and isinstance(v, str):
-                    found.append(v)
+                if is_secret(k):
+                    found.extend(_secret_texts(v))
                 stack.append(v)  # a string is searched for URL credentials too
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def _secret_texts(value: Any) -> list[str]:
+    """Each non-empty string and each number (as JSON writes it) in `value`, at any depth."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if item:
+                found.append(item)
+        elif isinstance(item, int | float) and not isinstance(item, bool):
+            found.append(json.dumps(item))
+        elif isinstance(item, dict):
+            stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
     return found

@@ -437,3 +437,29 @@ def test_a_piece_cut_through_a_secret_keeps_no_part_of_it() -> None:
     # Room for the longest form of a secret around a cut.
     assert redaction.piece_room([secret], 100) == 100 + len(secret)
     assert redaction.piece_room([], 100) == 100
+
+
+def test_a_secret_stored_as_a_list_an_object_or_a_number_is_a_secret_all_through() -> None:
+    raw = {
+        "metadata": {
+            "api_key": ["sk-list-secret-1", "sk-list-secret-2"],
+            "credentials": {"user": "bob-the-user", "pw": "nested-secret-7777"},
+            "password": 987654321,
+            "client_secret": 1.5e9,
+            "token": [True, None, False],
+            "note": "not a secret",
+        }
+    }
+    expected = {
+        "sk-list-secret-1",
+        "sk-list-secret-2",
+        "bob-the-user",
+        "nested-secret-7777",
+        "987654321",
+        "1500000000.0",
+    }
+    assert set(redaction.secret_values(raw)) == expected
+    assert set(worker_job.secret_values(raw, worker_job.SecretKeys())) == expected
+    text = "failed with sk-list-secret-2 as nested-secret-7777 (pin 987654321)"
+    scrubbed = redaction.scrub(text, redaction.secret_values(raw))
+    assert not [s for s in expected if s in scrubbed]

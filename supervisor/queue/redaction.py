@@ -109,7 +109,8 @@ def redact(
 def secret_values(
     value: Any, secret_keys: Iterable[str] | SecretKeys = DEFAULT_SECRET_KEYS
 ) -> list[str]:
-    """Every string stored under a secret-named key (at any depth), and the credentials of
+    """The text of every value stored under a secret-named key (at any depth; a list or an
+    object there holds secrets all through, see `secret_texts`), and the credentials of
     every string that is a URL (see `url_secret_values`), so error text can be scrubbed of
     them."""
     is_secret = _matcher(secret_keys)
@@ -118,10 +119,24 @@ def secret_values(
     for _place, node, _depth in walk(value):
         if isinstance(node, Mapping):
             for k, v in node.items():
-                if is_secret(k) and isinstance(v, str) and v:
-                    found.append(v)
+                if is_secret(k):
+                    found.extend(secret_texts(v))
         elif isinstance(node, str):
             found.extend(_url_secret_values(node, is_secret_param))
+    return found
+
+
+def secret_texts(value: Any) -> list[str]:
+    """How a value stored under a secret-named key can show up in text: each non-empty
+    string and each number in it (as JSON writes it), at any depth below the key. True,
+    false and null are no secrets."""
+    found: list[str] = []
+    for _place, node, _depth in walk(value):
+        if isinstance(node, str):
+            if node:
+                found.append(node)
+        elif isinstance(node, int | float) and not isinstance(node, bool):
+            found.append(json.dumps(node))
     return found
 
 

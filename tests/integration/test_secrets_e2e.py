@@ -26,7 +26,21 @@ DS_TOKEN = "trial-tok-leaky-0f9e8d7c"
 TOP_TOKEN = 'tr_leaky/0f9e+8d7c "é"'
 
 
-@pytest.mark.parametrize(("where", "token"), [("data_source", DS_TOKEN), ("top", TOP_TOKEN)])
+LIST_TOKEN = "sk-leaky-list-0f9e8d7c"
+NUMBER_TOKEN = 987654321987
+
+
+@pytest.mark.parametrize(
+    ("where", "token"),
+    [
+        ("data_source", DS_TOKEN),
+        ("top", TOP_TOKEN),
+        # Secrets stored as something other than a string: every value under a secret-named
+        # key is one, however it is stored.
+        ("metadata list", LIST_TOKEN),
+        ("metadata number", str(NUMBER_TOKEN)),
+    ],
+)
 def test_a_child_quoting_its_secret_never_gets_it_past_the_daemon(
     start_daemon: Callable[..., DaemonProcess],
     q: SyncQueue,
@@ -45,6 +59,10 @@ def test_a_child_quoting_its_secret_never_gets_it_past_the_daemon(
     for p in payloads:
         if where == "top":
             p["trial_token"] = token
+        elif where == "metadata list":
+            p.setdefault("metadata", {})["api_key"] = [token, "second-key-of-the-list"]
+        elif where == "metadata number":
+            p.setdefault("metadata", {})["password"] = NUMBER_TOKEN
         else:
             p["data_source"]["trial_token"] = token
     forms = {token, quote(token), quote_plus(token), json.dumps(token)[1:-1], token[-12:]}

@@ -3,15 +3,20 @@ URL-encoded and JSON-encoded, and at the very start of a long stderr tail), then
 or metadata's `exit` (or 0 with metadata succeed=true, quoting them in RESULT too, once as
 a key). With metadata `cut` ("progress" or "stderr"), it quotes a long secret where the
 daemon must cut the text: across the end of a progress message's limit, or across the
-start of the stderr the error is made from."""
+start of the stderr the error is made from. The secret is `trial_token` (top level or in
+data_source), else the first item of metadata's `api_key` list, else metadata's `password`.
+"""
 
 import json
 import sys
 from urllib.parse import quote, quote_plus
 
 job = json.loads(sys.stdin.read())
-token = job.get("trial_token") or job["data_source"]["trial_token"]
-cut = (job.get("metadata") or {}).get("cut")
+meta = job.get("metadata") or {}
+token = job.get("trial_token") or job["data_source"].get("trial_token")
+if token is None:  # a secret stored as a list under a secret-named key, or as a number
+    token = str(meta["api_key"][0] if "api_key" in meta else meta["password"])
+cut = meta.get("cut")
 if cut == "progress":
     print(f"PROGRESS: 10 {'p' * 500} {token} done", flush=True)
     sys.exit(1)

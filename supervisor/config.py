@@ -73,6 +73,19 @@ KIND_NAMES: dict[Any, str] = {
 }
 
 
+# user:password@ in a URL's authority (the user part is kept). The password runs to the
+# last @ before the path: an @ in it is what URL parsers (and redis-py) read it as.
+_URL_USERINFO = re.compile(r"(//[^/@:?#\s]*):[^/?#\s]*@")
+# password=... as a URL query parameter or a libpq keyword (value quoted or bare).
+_PASSWORD_PARAM = re.compile(r"(?i)(\b(?:password|passwd|pwd)\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)")
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with the password of any connection string in it replaced by ***."""
+    text = _URL_USERINFO.sub(r"\1:***@", text)
+    return _PASSWORD_PARAM.sub(r"\1***", text)
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting: where it is read from, what it means, which values are valid."""

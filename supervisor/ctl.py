@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,7 +22,13 @@ from typing import Any
 from redis.exceptions import ConnectionError, OutOfMemoryError, ReadOnlyError, TimeoutError
 
 from supervisor import ctl_format as fmt
-from supervisor.config import DEFAULT_QUEUE, DEFAULT_REDIS_URL, SharedConfig, load_shared_config
+from supervisor.config import (
+    DEFAULT_QUEUE,
+    DEFAULT_REDIS_URL,
+    SharedConfig,
+    load_shared_config,
+    mask_secrets,
+)
 from supervisor.queue.jobqueue import JobQueue, JobRecord
 from supervisor.queue.payload import PayloadError
 from supervisor.queue.redaction import DEFAULT_SECRET_KEYS, SecretKeys
@@ -171,7 +176,7 @@ async def _enqueue(q: JobQueue, args: argparse.Namespace) -> int:
 async def _get(q: JobQueue, job_id: str, *, with_payload: bool = False) -> JobRecord | None:
     job = await q.get(job_id, with_payload=with_payload)
     if job is None:
-        print(f"ingestctl: no job {job_id}", file=sys.stderr)
+        _complain(f"no job {job_id}")
     return job
 
 
@@ -231,7 +236,8 @@ async def _watch(q: JobQueue, args: argparse.Namespace) -> int:
             last_event = entries[-1][0]
         fresh = await q.get(args.job_id)
         if fresh is None:
-            print(f"\ningestctl: job {args.job_id} expired", file=sys.stderr)
+            print(file=sys.stderr)
+            _complain(f"job {args.job_id} expired")
             return EXIT_MISSING
         job = fresh
 
@@ -365,6 +371,12 @@ async def _run(args: argparse.Namespace) -> int:
         await client.aclose()
 
 
+def _complain(message: str) -> None:
+    """One line on stderr. Job ids, payload keys and server errors in it may come from a
+    tenant: control characters are replaced, so none reaches the operator's terminal."""
+    print(f"ingestctl: {fmt.text(mask_secrets(message))}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     flags = {"redis_url": args.redis_url, "queue": args.queue}
@@ -374,21 +386,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return asyncio.run(_run(args))
     except PayloadError as exc:
-        print(f"ingestctl: invalid job: {exc}", file=sys.stderr)
+        _complain(f"invalid job: {exc}")
         return EXIT_USAGE
     except StatusStoreError as exc:  # status-sync: the store refused or is out of reach
-        print(f"ingestctl: status store: {exc}", file=sys.stderr)
+        _complain(f"status store: {exc}")
         return EXIT_NOT_APPLIED
     except (ConnectionError, TimeoutError) as exc:
-        url = re.sub(r"//[^@/]*@", "//***@", args.config.redis_url)  # no password on screen
-        print(f"ingestctl: Redis unreachable at {url}: {exc}", file=sys.stderr)
+        _complain(f"Redis unreachable at {mask_secrets(args.config.redis_url)}: {exc}")
         return EXIT_REDIS
     except (ReadOnlyError, OutOfMemoryError) as exc:  # answers, but takes no write now
-        url = re.sub(r"//[^@/]*@", "//***@", args.config.redis_url)
-        print(f"ingestctl: Redis at {url} refuses writes: {exc}", file=sys.stderr)
+        _complain(f"Redis at {mask_secrets(args.config.redis_url)} refuses writes: {exc}")
         return EXIT_REDIS
     except (ValueError, OSError) as exc:  # SettingsError and MissingExtraError too: one line
-        print(f"ingestctl: {exc}", file=sys.stderr)
+        _complain(str(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

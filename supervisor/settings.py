@@ -23,6 +23,7 @@ from supervisor.config import (
     ConfigError,
     SharedConfig,
     check_shared,
+    mask_secrets,
     options_of,
     read_fields,
     setting,
@@ -281,18 +282,6 @@ class Settings(SharedConfig):
 
 # Every setting of the daemon, in declaration order (shared ones first).
 OPTIONS = options_of(Settings)
-
-
-# user:password@ in a URL's authority (the user part is kept).
-_URL_USERINFO = re.compile(r"(//[^/@:?#\s]*):[^@/?#\s]*@")
-# password=... as a URL query parameter or a libpq keyword (value quoted or bare).
-_PASSWORD_PARAM = re.compile(r"(?i)(\b(?:password|passwd|pwd)\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)")
-
-
-def mask_secrets(text: str) -> str:
-    """`text` with the password of any connection string in it replaced by ***."""
-    text = _URL_USERINFO.sub(r"\1:***@", text)
-    return _PASSWORD_PARAM.sub(r"\1***", text)
 
 
 def detect_instance(env: Mapping[str, str]) -> int | None:

@@ -283,9 +283,34 @@ def test_every_subcommand_takes_json(queue_name: str, q: SyncQueue, tmp_path: Pa
 def test_redis_unreachable_exit_3(queue_name: str, args: tuple[str, ...]) -> None:
     r = ctl(queue_name, *args, redis_url="redis://:hunter2@127.0.0.1:1/0")
     assert r.returncode == 3
-    assert "Redis unreachable at redis://***@127.0.0.1:1/0" in r.stderr
+    assert "Redis unreachable at redis://:***@127.0.0.1:1/0" in r.stderr
     assert "hunter2" not in r.stderr
-    assert "Redis unreachable" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://default:pa@ss-SECRET-1@127.0.0.1:1/0",  # an @ in the password
+        "redis://127.0.0.1:1/0?password=SECRET-2",  # the password as a query parameter
+    ],
+)
+def test_no_part_of_a_redis_password_reaches_the_screen(queue_name: str, url: str) -> None:
+    r = ctl(queue_name, "counts", redis_url=url)
+    assert r.returncode == 3 and "Redis unreachable at redis://" in r.stderr
+    assert "SECRET" not in r.stderr, r.stderr
+
+
+def test_a_payload_error_reaches_the_terminal_without_control_characters(
+    queue_name: str, tmp_path: Path
+) -> None:
+    """Field names in a refusal come from the payload's own keys: escape sequences there
+    must not retitle, clear or recolour the operator's terminal."""
+    evil = {**job("evil"), "\u001b]0;PWNED\u0007\u001b[2J\u001b[31mX": 1}
+    path = tmp_path / "evil.json"
+    path.write_text(json.dumps(evil))
+    r = ctl(queue_name, "enqueue", f"@{path}")
+    assert r.returncode == 2 and "invalid job" in r.stderr
+    assert not [c for c in r.stderr if (ord(c) < 32 and c != "\n") or 0x7F <= ord(c) <= 0x9F]
 
 
 def test_another_tenants_job_id_is_a_clear_error(queue_name: str, q: SyncQueue) -> None:

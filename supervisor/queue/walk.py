@@ -63,3 +63,9 @@ def top_field(place: Place) -> str:
     while place is not None:
         place, key, _is_index = place
     return str(key)
+
+
+def nested_deeper_than(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether any node of `value` lies deeper than `limit` (a node at depth `limit` is
+    still fine, as in payload validation)."""
+    return any(depth > limit for _place, _node, depth in walk(value))

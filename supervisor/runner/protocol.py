@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 from supervisor.queue.payload import replace_surrogates, strict_json
+from supervisor.queue.walk import MAX_DEPTH, nested_deeper_than
 
 PROGRESS_PREFIX = b"PROGRESS:"
 RESULT_PREFIX = b"RESULT:"
@@ -239,13 +239,6 @@ def _encodes(value: Any) -> bool:
     return True
 
 
-def _replace_surrogates(value: Any) -> Any:
-    try:
-        return replace_surrogates(value, max_depth=sys.maxsize)
-    except RecursionError:  # nested deeper than Python recurses: deep parts become a marker
-        return replace_surrogates(value)
-
-
 def parse_result(rest: bytes) -> Result:
     """A RESULT line's JSON value, in UTF-8 (undecodable bytes become U+FFFD, as in every
     other text a child sends). NaN, Infinity and numbers beyond a float's range are
@@ -254,10 +247,14 @@ def parse_result(rest: bytes) -> Result:
     text = rest.decode("utf-8", errors="replace")
     try:
         value = json.loads(text, parse_constant=_not_json, parse_float=_finite)
-        if _SURROGATE_ESCAPE.search(text) and not _encodes(value):
-            value = _replace_surrogates(value)
     except (ValueError, RecursionError) as exc:
         return Result(None, f"RESULT is not valid JSON: {str(exc)[:200]}")
+    # As deep as a payload may be, at most: the record, the outbox, the status store and
+    # the API all walk it. Counting brackets first spares a walk of every shallow result.
+    if text.count("[") + text.count("{") > MAX_DEPTH and nested_deeper_than(value):
+        return Result(None, f"RESULT is nested deeper than {MAX_DEPTH} levels")
+    if _SURROGATE_ESCAPE.search(text) and not _encodes(value):
+        value = replace_surrogates(value)
     return Result(value, None)
 
 

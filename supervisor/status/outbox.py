@@ -13,6 +13,7 @@ from typing import Any
 
 from supervisor.queue.records import as_str
 from supervisor.queue.states import JobState, table_status
+from supervisor.queue.walk import MAX_DEPTH, nested_deeper_than
 from supervisor.status.update import StatusUpdate
 
 # The consumer group of the projectors; trimming follows this group only.
@@ -44,6 +45,20 @@ def _without_nul(value: Any) -> Any:
     if isinstance(value, dict):
         return {_without_nul(k): _without_nul(v) for k, v in value.items()}
     return value
+
+
+def _stored_result(raw: str) -> Any:
+    """A record's result as its row holds it. One that no store should have to walk (not
+    JSON, or nested deeper than a payload may be: the runner refuses both, a record from
+    elsewhere may hold them) is left out, with a note, rather than keep the row from its
+    final state."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {"result_omitted": "not readable as JSON"}
+    if raw.count("[") + raw.count("{") > MAX_DEPTH and nested_deeper_than(value):
+        return {"result_omitted": f"nested deeper than {MAX_DEPTH} levels"}
+    return _without_nul(value)
 
 
 def _seconds(fields: dict[str, str], name: str) -> float | None:
@@ -79,9 +94,7 @@ def row_from_fields(fields: dict[str, str], queue: str) -> StatusUpdate:
         max_attempts=max_attempts if max_attempts and max_attempts > 0 else None,
         # A running attempt shows nothing of the previous attempt's outcome.
         error=None if active else fields.get("error"),
-        result=_without_nul(json.loads(result_raw))
-        if result_raw and status == "completed"
-        else None,
+        result=_stored_result(result_raw) if result_raw and status == "completed" else None,
         worker_id=fields.get("worker"),
         queued_at=float(fields["run"]) / 1000.0,
         started_at=started,

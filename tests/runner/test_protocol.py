@@ -136,7 +136,7 @@ def test_a_result_with_a_number_too_large_for_a_float_is_malformed(rest: bytes) 
 def test_a_deep_result_with_characters_beyond_the_bmp_is_kept_whole() -> None:
     """json.dumps writes such a character as an escaped surrogate pair: a valid one."""
     value: object = {"title": "ok \U0001f600"}
-    for _ in range(40):
+    for _ in range(31):  # as deep as a result may be
         value = {"n": value}
     got = parse_line(ProtocolLine(b"RESULT: " + json.dumps(value).encode()))
     assert got == Result(value, None)
@@ -149,11 +149,13 @@ def test_a_result_not_in_utf8_never_yields_text_utf8_cannot_hold() -> None:
     json.dumps(got.value, ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
 
 
-def test_a_result_too_deep_to_walk_with_a_lone_surrogate_is_still_taken() -> None:
-    deep = b'{"t": "\\ud83d", "n": ' + b"[" * 900 + b"]" * 900 + b"}"
-    got = parse_line(ProtocolLine(b"RESULT: " + deep))
-    assert isinstance(got, Result) and got.error is None, got
-    json.dumps(got.value, ensure_ascii=False).encode("utf-8")
+def test_a_result_nested_deeper_than_a_payload_is_refused_however_deep() -> None:
+    """Deep enough for Python's recursion too, and with a lone surrogate to replace."""
+    for levels in (33, 900, 100_000):
+        deep = b'{"t": "\\ud83d", "n": ' + b"[" * levels + b"]" * levels + b"}"
+        got = parse_line(ProtocolLine(b"RESULT: " + deep))
+        assert isinstance(got, Result) and got.value is None, levels
+        assert got.error is not None and ("nested deeper" in got.error or "JSON" in got.error)
 
 
 def test_lone_surrogates_in_a_result_become_replacement_characters() -> None:

@@ -325,3 +325,17 @@ async def test_a_flood_from_a_process_left_holding_the_pipe_is_read_at_the_budge
     assert outcome.progress_lines <= 1000 + 2 * 1.0 / 0.5 * chunk_lines + 2 * chunk_lines, (
         outcome.progress_lines
     )
+
+
+async def test_a_result_nested_deeper_than_a_payload_may_be_fails_for_good(run: RunFn) -> None:
+    """Nothing downstream (the record, the outbox, the status store) has to walk a value
+    deeper than a payload may be: a RESULT nested deeper is unusable, said so."""
+    deep = "[" * 600 + "1" + "]" * 600
+    cmd = (sys.executable, "-S", "-c", f"print('RESULT: {deep}')")
+    outcome = await run(fast_config(cmd))
+    assert outcome.ended is EndReason.BAD_RESULT and outcome.permanent_failure
+    assert outcome.error is not None and "nested deeper than 32 levels" in outcome.error
+    ok = "[" * 31 + "1" + "]" * 31
+    cmd = (sys.executable, "-S", "-c", f"print('RESULT: {ok}')")
+    outcome = await run(fast_config(cmd))
+    assert outcome.succeeded and outcome.result is not None

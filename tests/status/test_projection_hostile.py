@@ -74,6 +74,35 @@ async def test_a_result_the_store_cannot_encode_never_holds_back_the_rows_behind
         await backend.aclose()
 
 
+async def test_a_result_nested_too_deep_for_the_store_still_ends_its_row_final(
+    store: Store, queue: JobQueue
+) -> None:
+    """A record whose result is nested deeper than anything walking it should meet (the
+    runner refuses such a RESULT, but a record from elsewhere may hold one): the projector
+    and status-sync both end the row final, without the result."""
+    backend = store.backend()
+    try:
+        deep: Any = 1
+        for _ in range(600):
+            deep = [deep]
+        await queue.enqueue(payload("deep"))
+        claim = await queue.claim("w", lease_s=30, timeout_s=5)
+        assert claim is not None
+        assert await queue.complete("deep", claim.token, deep)
+        await queue.enqueue(payload("after-deep", tenant="tenant-b"))
+        p = StatusProjector(queue.client, queue.keys, backend, consumer="p")
+        assert await p.drain(10.0)
+        got = await row(backend, "deep")
+        assert got is not None and got["status"] == "completed"
+        assert p.stats.bad_entries == 0
+        report = await status_sync(queue, backend)  # a repair pass reads the record too
+        assert report is not None
+        got = await row(backend, "deep")
+        assert got is not None and got["status"] == "completed"
+    finally:
+        await backend.aclose()
+
+
 async def test_a_huge_result_stays_in_redis_and_the_row_says_it_was_left_out(
     store: Store, queue: JobQueue
 ) -> None:

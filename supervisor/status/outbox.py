@@ -8,6 +8,8 @@ defensively: the stream is Redis data that an operator (or a bug) may have writt
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -15,6 +17,8 @@ from supervisor.queue.records import as_str
 from supervisor.queue.states import JobState, table_status
 from supervisor.queue.walk import MAX_DEPTH, nested_deeper_than
 from supervisor.status.update import StatusUpdate
+
+log = logging.getLogger(__name__)
 
 # The consumer group of the projectors; trimming follows this group only.
 GROUP = "status-projector"
@@ -104,6 +108,20 @@ def row_from_fields(fields: dict[str, str], queue: str) -> StatusUpdate:
         peak_rss_bytes=_int(fields, "rss") if final else None,
         queue=queue,
     )
+
+
+def rows_from_records(records: Iterable[dict[str, str]], queue: str) -> list[StatusUpdate]:
+    """The rows `status_rows` answers describe. A record no row can be made of (a state no
+    version writes: edited by hand, or from elsewhere) is logged and skipped: it never stops
+    the rows of the others."""
+    rows: list[StatusUpdate] = []
+    for fields in records:
+        try:
+            rows.append(row_from_fields(fields, queue))
+        except Exception as exc:
+            job = fields.get("job", "")[:200]
+            log.error("the record of job %r makes no status row (%r); skipped", job, exc)
+    return rows
 
 
 def parse_entry(entry_id: Any, raw_fields: dict[Any, Any], queue: str) -> OutboxEntry:

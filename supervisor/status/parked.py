@@ -31,7 +31,7 @@ from supervisor.queue.records import as_str
 from supervisor.queue.scripts import run_script, script_source
 from supervisor.redis_retry import why
 from supervisor.status.backend import StatusBackend, StatusStoreError
-from supervisor.status.outbox import bare_final, row_from_fields
+from supervisor.status.outbox import bare_final, rows_from_records
 from supervisor.status.update import StatusUpdate
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ async def _write_parked_by_id(queue: JobQueue, backend: StatusBackend) -> int:
     ids = [as_str(j) for j in raw or []]
     if not ids:
         return 0
-    rows = [row_from_fields(f, queue.queue) for f in await queue.status_rows(ids)]
+    rows = rows_from_records(await queue.status_rows(ids), queue.queue)
     gone = set(ids) - {row.job_id for row in rows}
     if gone:  # left Redis while parked: its last row cannot be made
         log.warning(

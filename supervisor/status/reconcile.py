@@ -20,7 +20,7 @@ from supervisor.queue.jobqueue import JobQueue
 from supervisor.queue.states import JobState, table_status
 from supervisor.status.backend import RowVersion, StatusBackend
 from supervisor.status.lost import LOST_AFTER_S, fail_lost_rows
-from supervisor.status.outbox import row_from_fields
+from supervisor.status.outbox import rows_from_records
 from supervisor.status.parked import LockBudget, apply_unless_locked
 from supervisor.status.trim import outbox_state
 
@@ -183,7 +183,7 @@ async def replace_rows_ahead(
     for start in range(0, len(report.ahead), 200):
         fields = await queue.status_rows(report.ahead[start : start + 200])
         rows = []
-        for row in (row_from_fields(f, queue.queue) for f in fields):
+        for row in rows_from_records(fields, queue.queue):
             run, rev, status, started = report.seen[row.job_id]
             same_run_back = row.seq_run == run and (
                 (row.rev, row.status) != (rev, status) or not _same_start(row.started_at, started)

@@ -10,7 +10,7 @@ from typing import Any
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.status.backend import NoneBackend, StatusBackend
 from supervisor.status.lost import LOST_AFTER_S, fail_lost_rows
-from supervisor.status.outbox import row_from_fields
+from supervisor.status.outbox import rows_from_records
 from supervisor.status.parked import LockBudget, ParkedRows, apply_unless_locked, write_parked
 from supervisor.status.reconcile import ReconcileReport, compare_page, replace_rows_ahead
 
@@ -53,7 +53,7 @@ async def status_sync(
         stale = part.stale
         for start in range(0, len(stale), WRITE_BATCH):
             fields = await queue.status_rows(stale[start : start + WRITE_BATCH])
-            rows = [row_from_fields(f, queue.queue) for f in fields]
+            rows = rows_from_records(fields, queue.queue)
             done, locked = await apply_unless_locked(backend, rows, budget)
             written += done
             # Locked, or left once the budget went: parked, for the daemons' sweeps.

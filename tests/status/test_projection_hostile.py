@@ -103,6 +103,26 @@ async def test_a_result_nested_too_deep_for_the_store_still_ends_its_row_final(
         await backend.aclose()
 
 
+async def test_a_record_that_makes_no_row_never_stops_a_repair_pass(
+    store: Store, queue: JobQueue
+) -> None:
+    """status-sync reads every record that lags its row: one no row can be made of (here a
+    state no version writes) is skipped, the others are still written."""
+    backend = store.backend()
+    try:
+        await queue.enqueue(payload("fine"))
+        raw = await queue.client.hget(queue.keys.jobs, "fine")  # type: ignore[misc]
+        record = json.loads(raw)
+        planted = {**record, "id": "bogus", "state": "half-done"}
+        await queue.client.hset(queue.keys.jobs, "bogus", json.dumps(planted))  # type: ignore[misc]
+        await status_sync(queue, backend)
+        got = await row(backend, "fine")
+        assert got is not None and got["status"] == "queued"
+        assert await row(backend, "bogus") is None
+    finally:
+        await backend.aclose()
+
+
 async def test_a_huge_result_stays_in_redis_and_the_row_says_it_was_left_out(
     store: Store, queue: JobQueue
 ) -> None:

@@ -30,6 +30,7 @@ from redis.exceptions import RedisError, ResponseError
 from supervisor.aio import sleep_unless
 from supervisor.queue.jobqueue import AnyRedis
 from supervisor.queue.keys import QueueKeys
+from supervisor.queue.records import as_str
 from supervisor.redis_retry import TRANSIENT, why
 from supervisor.status.backend import StatusBackend
 from supervisor.status.outbox import GROUP, BadEntry, OutboxEntry, parse_entry
@@ -127,6 +128,8 @@ class StatusProjector:
             return await fn()
 
     async def _read(self, last_id: str, block_ms: int | None) -> list[tuple[Any, Any]]:
+        """Entries after `last_id` (">": new ones), as (id, fields). Only a read of this
+        consumer's own pending entries can meet one without fields."""
         reply: Any = await self._call(
             lambda: self.client.xreadgroup(
                 GROUP,
@@ -138,7 +141,12 @@ class StatusProjector:
         )
         out: list[tuple[Any, Any]] = []
         for _stream, entries in reply or []:
-            out.extend((eid, fields) for eid, fields in entries if fields)
+            out.extend(entries)
+        # A pending entry deleted meanwhile (XDEL, XTRIM) comes back without fields: nothing
+        # to write, so it is acknowledged, and the read goes on past it.
+        gone = [eid for eid, fields in out if not fields]
+        if gone:
+            await self._ack(gone)
         return out
 
     async def _claim_stale(self) -> list[tuple[Any, Any]]:
@@ -154,10 +162,14 @@ class StatusProjector:
             )
         )
         entries = [(eid, fields) for eid, fields in reply[1] if fields]
-        # Ids whose entries were trimmed away meanwhile: nothing to write, just forget them.
+        # Ids whose entries were trimmed or deleted meanwhile: nothing to write, just forget
+        # them. Redis 7 lists them apart; Redis 6 hands them over to this consumer as nil,
+        # without even their ids, so its own pending entries are read for them.
         deleted = list(reply[2]) if len(reply) > 2 else []
         if deleted:
-            await self.client.xack(self.keys.status_outbox, GROUP, *deleted)
+            await self._ack(deleted)
+        if any(eid is None for eid, _fields in reply[1]):
+            await self._forget_own_deleted()
         self.stats.claimed += len(entries)
         return entries
 
@@ -255,13 +267,19 @@ class StatusProjector:
         same name, a stopped drain): all of it, batch by batch, each entry once."""
         after = "0"
         while True:
-            batch = await self._read(after, None)
-            if not batch:
+            page = await self._read(after, None)
+            if not page:
                 return True
-            if not await self.project(batch):
+            if not await self.project([(eid, fields) for eid, fields in page if fields]):
                 return False
-            last = batch[-1][0]
-            after = last.decode() if isinstance(last, bytes) else str(last)
+            after = as_str(page[-1][0])
+
+    async def _forget_own_deleted(self) -> None:
+        """Acknowledge this consumer's pending entries that were deleted meanwhile (reading
+        them does that), leaving the others pending as they are."""
+        after = "0"
+        while page := await self._read(after, None):
+            after = as_str(page[-1][0])
 
     async def forget_idle_consumers(self) -> None:
         """Remove other consumers idle longer than `forget_idle_s` that hold no entry

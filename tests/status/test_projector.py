@@ -282,6 +282,41 @@ async def test_unprojected_changes_are_counted_on_every_server_version(
         server.close()
 
 
+@pytest.mark.parametrize("binary", SERVERS)
+async def test_a_dead_consumers_entry_deleted_meanwhile_is_forgotten_on_every_version(
+    tmp_path: Path, sqlite_backend: StatusBackend, binary: str
+) -> None:
+    """An operator's XDEL or XTRIM took an entry a dead consumer held: Redis 7 names it
+    apart when it is taken over, Redis 6 hands it over without fields. Either way it is
+    acknowledged, so it pins neither the outbox's trim point nor its age."""
+    server = PrivateRedis(tmp_path, persistent=False, binary=binary)
+    server.start()
+    queue = JobQueue(Redis.from_url(server.url), "deleted-pending")
+    try:
+        for i in range(2):
+            await queue.enqueue(payload(f"d-{i}"))
+        taken = await projector(queue, sqlite_backend, "dead")._read(">", None)
+        assert len(taken) == 2
+        await queue.client.xdel(queue.keys.status_outbox, taken[0][0])
+        heir = projector(queue, sqlite_backend, "heir", claim_idle_s=0.2)
+        await until(lambda: _took_over(heir))
+        pending: Any = await queue.client.xpending(queue.keys.status_outbox, GROUP)
+        assert pending["pending"] == 0, pending
+        assert await status_of(sqlite_backend, "d-1") == "queued"
+        # The same under one consumer name across a restart: its own pending entries.
+        for i in range(2, 4):
+            await queue.enqueue(payload(f"d-{i}"))
+        taken = await projector(queue, sqlite_backend, "again")._read(">", None)
+        await queue.client.xdel(queue.keys.status_outbox, taken[0][0])
+        assert await projector(queue, sqlite_backend, "again")._project_own_pending()
+        pending = await queue.client.xpending(queue.keys.status_outbox, GROUP)
+        assert pending["pending"] == 0, pending
+        assert await status_of(sqlite_backend, "d-3") == "queued"
+    finally:
+        await queue.client.aclose()
+        server.close()
+
+
 async def test_the_outbox_age_is_told_on_redis_s_clock_not_the_daemon_s(
     queue: JobQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:

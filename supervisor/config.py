@@ -11,6 +11,7 @@ and rule live there and nowhere else; its type annotation says how the text is p
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import typing
@@ -55,11 +56,20 @@ def _optional_str(raw: str) -> str | None:
     return raw or None
 
 
+def parse_finite(raw: str) -> float:
+    """A number of seconds, bytes or a ratio: never infinite or NaN (each becomes a
+    deadline, a timer or a lease, which no infinity can be)."""
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError(f"{raw!r} is not a finite number")
+    return value
+
+
 # How the text of a variable becomes the value its field's annotation names.
 PARSERS: dict[Any, Callable[[str], Any]] = {
     str: str,
     int: int,
-    float: float,
+    float: parse_finite,
     bool: parse_bool,
     tuple[str, ...]: parse_names,
     int | None: _optional_int,
@@ -68,7 +78,7 @@ PARSERS: dict[Any, Callable[[str], Any]] = {
 KIND_NAMES: dict[Any, str] = {
     int: "integer",
     int | None: "integer",
-    float: "number",
+    float: "finite number",
     bool: "boolean",
 }
 

@@ -215,12 +215,23 @@ async def _run(settings: Settings, jobs_root: str) -> int:
 
 
 def check_worker_command(settings: Settings) -> None:
-    """A child program that does not exist would fail every job of the queue in turn:
-    refuse to start instead. (A relative path names a file in each job's own new
+    """A child program or script that does not exist would fail every job of the queue in
+    turn: refuse to start instead. (A relative path names a file in each job's own new
     directory, so it cannot be checked here.)"""
-    command = build_runner_config(settings).command
+    try:
+        command = build_runner_config(settings).command
+    except ValueError as exc:  # a command line shlex cannot split: an unclosed quotation
+        raise SettingsError(f"INGEST_WORKER_COMMAND: {exc}") from None
     if not command:
         return
+    script = settings.worker_path
+    if (
+        script
+        and not settings.worker_command
+        and os.path.isabs(script)
+        and not os.path.isfile(script)
+    ):
+        raise SettingsError(f"INGEST_WORKER_PATH: {script} is not a file")
     program = command[0]
     if os.sep in program and not os.path.isabs(program):
         return

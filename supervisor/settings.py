@@ -82,7 +82,8 @@ class Settings(SharedConfig):
     kill_grace_s: float = setting(
         "INGEST_KILL_GRACE_SECONDS",
         10.0,
-        "seconds between SIGTERM and SIGKILL of a child's process group",
+        "seconds between SIGTERM and SIGKILL of a child's process group (less than a third "
+        "of the lease)",
         _non_negative,
         "must be >= 0",
     )
@@ -338,5 +339,12 @@ def load_settings(
         values["instance"] = detect_instance(env)
     if values["job_timeout_s"] > values["max_job_timeout_s"]:
         raise SettingsError("INGEST_JOB_TIMEOUT: must not exceed INGEST_MAX_JOB_TIMEOUT")
+    # A child whose lease can no longer be renewed is stopped a third of a lease before it
+    # runs out, at the latest: its kill grace must end before then, or the job could run on
+    # another daemon while this child still runs.
+    if values["kill_grace_s"] >= values["lease_s"] / 3:
+        raise SettingsError(
+            "INGEST_KILL_GRACE_SECONDS: must be less than a third of INGEST_LEASE_SECONDS"
+        )
     values["log_level"] = values["log_level"].upper()
     return Settings(**values, check_config=bool(args.check_config))

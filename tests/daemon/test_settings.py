@@ -178,3 +178,36 @@ def test_a_worker_command_that_does_not_exist_stops_the_daemon_at_start() -> Non
         assert proc.returncode == 2, proc.stderr
         assert "INGEST_WORKER_COMMAND" in proc.stderr and "/nonexistent/bin/worker" in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        # A typo in the script's path would fail every job of the queue in turn.
+        ({"INGEST_WORKER_PATH": "/nonexistent/worker_typo.py"}, "INGEST_WORKER_PATH"),
+        ({"INGEST_WORKER_COMMAND": '"'}, "INGEST_WORKER_COMMAND"),  # no closing quotation
+        # No duration is forever: each is turned into a deadline, a timer or a lease.
+        ({"INGEST_SHUTDOWN_GRACE_SECONDS": "inf"}, "INGEST_SHUTDOWN_GRACE_SECONDS"),
+        ({"INGEST_KILL_GRACE_SECONDS": "inf"}, "INGEST_KILL_GRACE_SECONDS"),
+        ({"INGEST_LEASE_SECONDS": "inf"}, "INGEST_LEASE_SECONDS"),
+        ({"INGEST_JOB_TIMEOUT": "inf"}, "INGEST_JOB_TIMEOUT"),
+        ({"INGEST_BACKOFF_SECONDS": "nan"}, "INGEST_BACKOFF_SECONDS"),
+        # The child must be dead before its lease can pass to another daemon.
+        (
+            {"INGEST_LEASE_SECONDS": "15", "INGEST_KILL_GRACE_SECONDS": "10"},
+            "INGEST_KILL_GRACE_SECONDS",
+        ),
+    ],
+)
+def test_a_setting_no_job_could_run_with_stops_the_daemon_at_start(
+    env: dict[str, str], named: str
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "supervisor", "--check-config"],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert named in proc.stderr and "Traceback" not in proc.stderr

@@ -25,6 +25,7 @@ from api.views import job_view
 from supervisor.queue.payload import JOB_ID_RE, PayloadError, validate_job_id, validate_payload
 from supervisor.queue.reads import PAGE_BYTES
 from supervisor.queue.states import JobState, table_status
+from supervisor.queue.walk import MAX_DEPTH
 
 router = APIRouter(tags=["jobs"])
 Ctx = Annotated[ApiContext, Depends(get_context)]
@@ -54,11 +55,14 @@ LIST_ORDER: tuple[JobState, ...] = (
 def _json_body(raw: bytes) -> Any:
     try:
         return json.loads(raw)
-    except (ValueError, RecursionError):
+    except ValueError:
         # The decoder's message can quote the input, which may hold a secret: say only where.
         raise ApiError(
             422, "body: must be valid JSON", field="body", rule="must be valid JSON"
         ) from None
+    except RecursionError:  # nested deeper than the decoder goes: far beyond the rule
+        rule = f"must be nested at most {MAX_DEPTH} levels deep"
+        raise ApiError(422, f"body: {rule}", field="body", rule=rule) from None
 
 
 def _request_body(schema: str) -> dict[str, Any]:

@@ -151,8 +151,9 @@ def validate_payload(
 
 
 def check_structure(value: Any) -> None:
-    """Refuse nesting deeper than MAX_DEPTH and strings that are not valid Unicode (lone
-    surrogates, which no UTF-8 encoder accepts), naming the first offending field."""
+    """Refuse nesting deeper than MAX_DEPTH, keys that are not strings, and strings that
+    are not valid Unicode (lone surrogates, which no UTF-8 encoder accepts), naming the
+    first offending field."""
     for place, node, depth in walk(value):
         if depth > MAX_DEPTH:
             raise PayloadError(
@@ -164,7 +165,9 @@ def check_structure(value: Any) -> None:
             )
         if isinstance(node, Mapping):
             for k in node:
-                if isinstance(k, str) and _SURROGATES.search(k):
+                if not isinstance(k, str):  # JSON would make it one, beside a key it may repeat
+                    raise PayloadError(dotted(place) or "payload", "keys must be strings")
+                if _SURROGATES.search(k):
                     raise PayloadError(dotted(place) or "payload", "keys must be valid Unicode")
 
 

@@ -52,6 +52,28 @@ def test_sync_client_rejects_invalid_payload_and_stores_nothing(
         client.close()
 
 
+def test_the_client_refuses_keys_json_would_turn_into_strings(
+    queue_name: str, redis_url: str
+) -> None:
+    """{1: a, "1": b} would be stored with one key twice, and read back with one of them
+    lost: keys that are not strings are refused, naming where, and nothing is stored."""
+    with pytest.raises(PayloadError) as err:
+        enqueue_ingestion_job(
+            "keys-id",
+            "tenant-a",
+            {"type": "text", "text": "x"},
+            metadata={1: "int key", "1": "str key"},
+            queue=queue_name,
+            redis_url=redis_url,
+        )
+    assert err.value.field == "metadata" and "strings" in str(err.value)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.hlen(QueueKeys(queue_name).jobs) == 0
+    finally:
+        client.close()
+
+
 async def test_async_client_and_sync_guard(queue_name: str, redis_url: str) -> None:
     res = await enqueue_ingestion_job_async(
         "async-1",

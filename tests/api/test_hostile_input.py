@@ -67,6 +67,18 @@ def test_deep_metadata_is_refused_with_422_naming_the_field(http: httpx.Client) 
     assert http.get(f"/jobs/{payload['job_id']}").status_code == 404
 
 
+def test_a_body_nested_beyond_what_json_parsing_recurses_gets_the_depth_rule(
+    http: httpx.Client,
+) -> None:
+    """Nested deeper than the JSON decoder itself can go: still the depth rule, not a
+    claim that the body is not JSON."""
+    for levels in (5_000, 100_000):
+        body = '{"job_id": "d", "metadata": ' + "[" * levels + "]" * levels + "}"
+        r = post_raw(http, body)
+        assert r.status_code == 422, r.text
+        assert "nested" in r.json()["rule"], r.json()
+
+
 def test_a_payload_with_too_many_secrets_is_refused_with_422(http: httpx.Client) -> None:
     """Each secret is scrubbed from every line, error and result string of its job: a
     payload holds at most MAX_SECRET_VALUES of them."""

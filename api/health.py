@@ -130,7 +130,9 @@ async def queue_health(ctx: ApiContext) -> QueueHealth:
             redis_status=redis_status,
             queue_counts=QueueCounts(
                 **{k: int(counts.get(k, 0)) for k in QueueCounts.model_fields}
-            ),
+            )
+            if _ok(got["counts"])
+            else None,
             worker_concurrency=concurrency,
         ),
         reasons=reasons,

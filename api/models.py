@@ -125,7 +125,9 @@ class QueueCounts(BaseModel):
 
 class HealthDetails(BaseModel):
     redis_status: str = Field(description="ready, readonly, timeout or error")
-    queue_counts: QueueCounts
+    queue_counts: QueueCounts | None = Field(
+        description="jobs per state; null when they could not be read in time"
+    )
     worker_concurrency: int = Field(description="sum of live supervisors' slots")
 
 

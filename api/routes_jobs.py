@@ -22,7 +22,13 @@ from api.models import (
     RetryResult,
 )
 from api.views import job_view
-from supervisor.queue.payload import JOB_ID_RE, PayloadError, validate_job_id, validate_payload
+from supervisor.queue.payload import (
+    JOB_ID_RE,
+    PayloadError,
+    TenantConflict,
+    validate_job_id,
+    validate_payload,
+)
 from supervisor.queue.reads import PAGE_BYTES
 from supervisor.queue.states import JobState, table_status
 from supervisor.queue.walk import MAX_DEPTH
@@ -169,16 +175,22 @@ async def enqueue_batch(request: Request, ctx: Ctx, access: WriteAccess) -> JSON
         rule = f"must hold at most {ctx.settings.max_batch_jobs} jobs"
         raise ApiError(422, f"jobs: {rule}", field="jobs", rule=rule)
     valid: list[dict[str, Any]] = []
+    index: dict[str, int] = {}  # job id -> where in the batch, to name it in an error
     for i, raw in enumerate(jobs):
         try:
             valid.append(validate_payload(raw, ctx.queue.is_secret))
             _own_tenant(access, valid[-1], f"jobs[{i}].tenant_id")
+            job_id = valid[-1]["job_id"]
+            if job_id in index:
+                raise PayloadError("job_id", f"{job_id!r} appears twice in one batch")
+            index[job_id] = i
         except PayloadError as exc:
             raise payload_error(exc, prefix=f"jobs[{i}].") from None
     try:
         results = await bounded(ctx.queue.enqueue_many(valid))
     except PayloadError as exc:
-        raise payload_error(exc, prefix="jobs[].") from None
+        where = index.get(exc.job_id) if isinstance(exc, TenantConflict) else None
+        raise payload_error(exc, prefix="jobs[]." if where is None else f"jobs[{where}].") from None
     created_ids = {r.job_id for r in results if r.created}
     out = BatchResult(
         created=len(created_ids),

@@ -163,6 +163,7 @@ def test_another_tenants_job_id_is_refused_with_409_and_no_data(http: httpx.Clie
     fresh = job(tenant_id="tenant-b")
     r = http.post("/jobs:batch", json={"jobs": [fresh, theirs]})
     assert r.status_code == 409, r.text
+    assert r.json()["field"] == "jobs[1].job_id"
     assert secret_text not in r.text
     assert http.get(f"/jobs/{fresh['job_id']}").status_code == 404
 

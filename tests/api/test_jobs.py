@@ -175,8 +175,9 @@ def test_batch_all_or_nothing(http: httpx.Client, store: Any) -> None:
     assert not any(stored(store, j["job_id"]) for j in fresh)
 
     dup = job()
-    r = http.post("/jobs:batch", json={"jobs": [dup, dup]})
+    r = http.post("/jobs:batch", json={"jobs": [job(), dup, dup]})
     assert r.status_code == 422
+    assert r.json()["field"] == "jobs[2].job_id"  # the second time it appears
     assert not stored(store, dup["job_id"])
 
     for empty in ({"jobs": []}, {}, []):

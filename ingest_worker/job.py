@@ -32,8 +32,20 @@ SECRET_KEY_SUFFIXES = (
     "credentials",
     "sessionid",
     "cookie",
+    "pwd",
+    "jwt",
+    "bearer",
+    "sshkey",
 )
-SECRET_KEY_SUBSTRINGS = ("secret", "password", "passwd", "apikey", "privatekey", "accesstoken")
+SECRET_KEY_SUBSTRINGS = (
+    "secret",
+    "password",
+    "passwd",
+    "passphrase",
+    "apikey",
+    "privatekey",
+    "accesstoken",
+)
 MAX_DEPTH = 32  # supervisor.queue.walk.MAX_DEPTH
 # The same rules as supervisor.queue.redaction for credentials inside a string that is a URL
 # (a test holds them equal): the userinfo's password (or the whole userinfo when it has

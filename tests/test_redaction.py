@@ -26,6 +26,15 @@ SECRET_NAMES = [
     "Authorization",
     "aws_secret_access_key",
     "private_key",
+    # Names a URL's parameters are read as secrets by: a payload key of the same name too.
+    "pwd",
+    "db_pwd",
+    "jwt",
+    "id_jwt",
+    "bearer",
+    "passphrase",
+    "key_passphrase",
+    "ssh_key",
 ]
 PLAIN_NAMES = ["title", "lang", "max_tokens", "job_id", "tenant_id", "url", "tokenizer"]
 

@@ -27,8 +27,20 @@ SECRET_KEY_SUFFIXES = (
     "credentials",
     "sessionid",
     "cookie",
+    "pwd",
+    "jwt",
+    "bearer",
+    "sshkey",
 )
-SECRET_KEY_SUBSTRINGS = ("secret", "password", "passwd", "apikey", "privatekey", "accesstoken")
+SECRET_KEY_SUBSTRINGS = (
+    "secret",
+    "password",
+    "passwd",
+    "passphrase",
+    "apikey",
+    "privatekey",
+    "accesstoken",
+)
 # Query and fragment parameters of a URL whose values are credentials. Besides every name
 # SecretKeys matches (access_token, X-Amz-Credential, X-Amz-Security-Token, api_key,
 # password, client_secret, ...): these normalised names, exactly (Azure SAS `sig`, Google's

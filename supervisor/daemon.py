@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import AuthenticationError, ResponseError
+
 from supervisor import __version__, stop_signals
 from supervisor.aio import first_of
 from supervisor.execution import JobExecution
@@ -46,6 +48,11 @@ FORCED_SETTLE_S = 2.0
 # Tenants whose jobs completed this recently count as known to the start-failure gate
 # when a daemon starts.
 KNOWN_TENANTS_WINDOW_S = 24 * 3600.0
+
+
+class RedisRefused(Exception):
+    """Redis answers, but refuses this daemon for good (a wrong password, a database it
+    does not have, an ACL without the commands): no retry can help."""
 
 
 class Daemon:
@@ -311,6 +318,11 @@ class Daemon:
             try:
                 await asyncio.wait_for(self.queue.client.ping(), timeout=5)
                 return
+            except (AuthenticationError, ResponseError) as exc:
+                if not isinstance(exc, AuthenticationError) and isinstance(exc, TRANSIENT):
+                    log.warning("Redis not ready (%s); retrying in %.1fs", why(exc), pause)
+                else:
+                    raise RedisRefused(f"Redis refuses this daemon: {why(exc)}") from None
             except TRANSIENT as exc:
                 log.warning("Redis not answering (%s); retrying in %.1fs", why(exc), pause)
             await first_of(asyncio.sleep(pause), self.stopping.wait())

@@ -18,7 +18,7 @@ from ingest_worker.config import ENV_VARS as WORKER_ENV_VARS
 from ingest_worker.config import WorkerConfig
 from ingest_worker.errors import ConfigError
 from supervisor import stop_signals
-from supervisor.daemon import Daemon
+from supervisor.daemon import Daemon, RedisRefused
 from supervisor.execution_context import ExecutionContext
 from supervisor.extras import PSYCOPG, SENTENCE_TRANSFORMERS, require
 from supervisor.hardening import child_user_problem, harden_process
@@ -198,15 +198,25 @@ async def _run(settings: Settings, jobs_root: str) -> int:
         status=status,
     )
     stop_metrics = None
-    if settings.effective_metrics_port:
-        from supervisor.metrics import start_metrics_server
-
-        stop_metrics = start_metrics_server(settings.effective_metrics_port, settings.metrics_host)
-        log.info("metrics on %s:%d/metrics", settings.metrics_host, settings.effective_metrics_port)
     try:
+        if settings.effective_metrics_port:
+            from supervisor.metrics import start_metrics_server
+
+            where = f"{settings.metrics_host}:{settings.effective_metrics_port}"
+            try:
+                stop_metrics = start_metrics_server(
+                    settings.effective_metrics_port, settings.metrics_host
+                )
+            except OSError as exc:  # taken by another process (two daemons on one instance)
+                log.error("cannot serve metrics on %s: %s", where, exc.strerror or exc)
+                return 2
+            log.info("metrics on %s/metrics", where)
         # What daemons that ended uncleanly (SIGKILL, an unhandled signal) left behind.
         await remove_stale_jobs_roots(ctx.runner, stopping=lambda: bool(stop_signals.received()))
         return await daemon.run()
+    except RedisRefused as exc:
+        log.error("%s; check REDIS_URL and the Redis user's rights", exc)
+        return 2
     finally:
         FORK_SERVER.close()  # the daemon has reaped every job by now
         if stop_metrics is not None:

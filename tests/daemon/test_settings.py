@@ -211,3 +211,32 @@ def test_a_setting_no_job_could_run_with_stops_the_daemon_at_start(
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert named in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _daemon(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor"],
+        env={"PATH": "/usr/bin:/bin", "INGEST_STATUS_BACKEND": "none", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_redis_that_refuses_the_daemon_for_good_stops_it_clearly() -> None:
+    """A database the server does not have (or a wrong password, an ACL without the
+    commands): no retry can help, so the daemon says so and exits 2, claiming nothing."""
+    proc = _daemon({"REDIS_URL": "redis://127.0.0.1:6379/99"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Redis refuses this daemon" in proc.stderr and "DB index" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_metrics_port_already_taken_stops_the_daemon_clearly() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _daemon({"INGEST_METRICS_PORT": str(port), "INGEST_METRICS_HOST": "127.0.0.1"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr

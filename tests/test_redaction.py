@@ -126,11 +126,7 @@ def test_a_refused_payload_still_names_the_offending_field() -> None:
     for _ in range(payload.MAX_DEPTH + 2):
         node["n"] = {}
         node = node["n"]  # type: ignore[assignment]
-    too_deep = {
-        **surrogate,
-        "metadata": {"fine": 1},
-        "data_source": {"type": "text", "text": "x", **deep},
-    }
+    too_deep = {**surrogate, "metadata": {"fine": 1}, "data_source": {"type": "text", **deep}}
     with pytest.raises(payload.PayloadError) as caught:
         payload.validate_payload(too_deep)
     assert caught.value.field == "data_source"

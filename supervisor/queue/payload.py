@@ -97,7 +97,6 @@ def validate_payload(
     source_type = source.get("type")
     if source_type not in DATA_SOURCE_TYPES:
         raise PayloadError("data_source.type", f"must be one of {', '.join(DATA_SOURCE_TYPES)}")
-    check_source_fields(source)
     priority = raw.get("priority", "normal")
     if priority not in PRIORITIES:
         raise PayloadError("priority", "must be 'high' or 'normal'")
@@ -149,43 +148,6 @@ def validate_payload(
     if len(encoded.encode()) > MAX_PAYLOAD_BYTES:
         raise PayloadError("payload", f"must be at most {MAX_PAYLOAD_BYTES} bytes as JSON")
     return out
-
-
-def _names(value: Any) -> bool:
-    return isinstance(value, str) and value != ""
-
-
-def _list_of_names(value: Any) -> bool:
-    return isinstance(value, list) and value != [] and all(_names(v) for v in value)
-
-
-def check_source_fields(source: Mapping[str, Any]) -> None:
-    """The field each source type is read from, present and of the right kind, so a job
-    that could only fail in its child is refused at enqueue (what the field names, such as
-    a file inside the worker's root, is the child's to check)."""
-    kind = source["type"]
-    if kind == "text":
-        if not isinstance(source.get("text"), str):
-            raise PayloadError("data_source.text", "is required for a text source (a string)")
-    elif kind == "url":
-        if not _names(source.get("url")):
-            raise PayloadError("data_source.url", "is required for a url source (a string)")
-    elif kind == "file":
-        if "paths" in source:
-            if not _list_of_names(source["paths"]):
-                raise PayloadError("data_source.paths", "must be a non-empty list of strings")
-        elif not _names(source.get("path")):
-            raise PayloadError(
-                "data_source.path", "is required for a file source (a string), or paths"
-            )
-    elif kind == "crawl":
-        if "urls" in source:
-            if not _list_of_names(source["urls"]):
-                raise PayloadError("data_source.urls", "must be a non-empty list of strings")
-        elif not _names(source.get("url")):
-            raise PayloadError(
-                "data_source.urls", "is required for a crawl source (a list of strings), or url"
-            )
 
 
 def check_structure(value: Any) -> None:

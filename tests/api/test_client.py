@@ -27,11 +27,7 @@ def test_sync_client_enqueues_idempotently_and_api_sees_it(
     )
     assert (res.job_id, res.created, res.state.value) == ("client-1", True, "waiting")
     again = enqueue_ingestion_job(
-        "client-1",
-        "tenant-a",
-        {"type": "text", "text": "hello"},
-        queue=server.queue,
-        redis_url=redis_url,
+        "client-1", "tenant-a", {"type": "text"}, queue=server.queue, redis_url=redis_url
     )
     assert again.created is False
 
@@ -89,6 +85,4 @@ async def test_async_client_and_sync_guard(queue_name: str, redis_url: str) -> N
     )
     assert res.created and res.state.value == "delayed"
     with pytest.raises(RuntimeError, match="enqueue_ingestion_job_async"):
-        enqueue_ingestion_job(
-            "x", "t", {"type": "text", "text": "x"}, queue=queue_name, redis_url=redis_url
-        )
+        enqueue_ingestion_job("x", "t", {"type": "text"}, queue=queue_name, redis_url=redis_url)

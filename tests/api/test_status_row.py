@@ -32,9 +32,7 @@ async def test_queued_rows_for_single_and_batch_enqueues(
     api_server: ServerFactory, tmp_path: Path
 ) -> None:
     server = api_server()  # no INGEST_STATUS_* at all
-    one = job(
-        max_attempts=4, data_source={"type": "text", "text": "x", "trial_token": "tt-row-secret"}
-    )
+    one = job(max_attempts=4, data_source={"type": "text", "trial_token": "tt-row-secret"})
     many = [job(), job()]
     with server.client() as http:
         assert (await asyncio.to_thread(http.post, "/jobs", json=one)).status_code == 202

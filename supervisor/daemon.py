@@ -17,7 +17,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    AuthorizationError,
+    NoPermissionError,
+    ResponseError,
+)
 
 from supervisor import __version__, stop_signals
 from supervisor.aio import first_of
@@ -53,6 +59,18 @@ KNOWN_TENANTS_WINDOW_S = 24 * 3600.0
 class RedisRefused(Exception):
     """Redis answers, but refuses this daemon for good (a wrong password, a database it
     does not have, an ACL without the commands): no retry can help."""
+
+
+def refuses_for_good(exc: Exception) -> bool:
+    """A reply no wait can change: a wrong password or user, an ACL without the command,
+    a database number the server does not have."""
+    permanent = (
+        AuthenticationError
+        | AuthenticationWrongNumberOfArgsError
+        | AuthorizationError
+        | NoPermissionError
+    )
+    return isinstance(exc, permanent) or "DB index" in str(exc)
 
 
 class Daemon:
@@ -318,11 +336,11 @@ class Daemon:
             try:
                 await asyncio.wait_for(self.queue.client.ping(), timeout=5)
                 return
-            except (AuthenticationError, ResponseError) as exc:
-                if not isinstance(exc, AuthenticationError) and isinstance(exc, TRANSIENT):
-                    log.warning("Redis not ready (%s); retrying in %.1fs", why(exc), pause)
-                else:
+            except (AuthenticationError, AuthorizationError, ResponseError) as exc:
+                if refuses_for_good(exc):
                     raise RedisRefused(f"Redis refuses this daemon: {why(exc)}") from None
+                # BUSY, MASTERDOWN, CLUSTERDOWN, LOADING: a state the server leaves.
+                log.warning("Redis not ready (%s); retrying in %.1fs", why(exc), pause)
             except TRANSIENT as exc:
                 log.warning("Redis not answering (%s); retrying in %.1fs", why(exc), pause)
             await first_of(asyncio.sleep(pause), self.stopping.wait())

@@ -765,3 +765,41 @@ def _running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+BUSY_FOR_3_S = (
+    "local s = tonumber(redis.call('TIME')[1]) "
+    "while tonumber(redis.call('TIME')[1]) < s + 3 do end return 1"
+)
+
+
+def test_a_redis_busy_with_a_script_at_start_is_waited_for(
+    start_daemon: Any, private_redis: PrivateRedis
+) -> None:
+    """BUSY (like MASTERDOWN or CLUSTERDOWN) is a state the server leaves: the daemon waits
+    it out, where a wrong password or a missing database stops it (test_settings)."""
+    import threading
+
+    admin = redis.Redis.from_url(private_redis.url)
+    admin.config_set("lua-time-limit", 100)  # BUSY to others after 0.1 s of a script
+    busy = threading.Thread(
+        target=lambda: redis.Redis.from_url(private_redis.url).eval(BUSY_FOR_3_S, 0)
+    )
+    busy.start()
+
+    def says_busy() -> bool:
+        try:
+            redis.Redis.from_url(private_redis.url, socket_timeout=1).ping()
+        except redis.ResponseError as exc:
+            return "BUSY" in str(exc)
+        return False
+
+    try:
+        wait_until(says_busy, 5, "Redis answering BUSY")
+        d = start_daemon(redis_url=private_redis.url)
+        d.wait_ready(timeout=30)
+        assert "Redis not ready (BUSY" in d.log() or not busy.is_alive()
+        assert "refuses" not in d.log()
+    finally:
+        busy.join(10)
+        admin.close()

@@ -54,6 +54,7 @@ MAX_DEPTH = 32  # supervisor.queue.walk.MAX_DEPTH
 URL_SECRET_PARAMS = frozenset({"sig", "key", "auth", "pwd", "jwt"})
 URL_SECRET_PARAM_SUFFIXES = ("signature",)
 MIN_URL_SECRET_CHARS = 8
+MIN_NESTED_SECRET_CHARS = 8  # supervisor.queue.redaction.MIN_NESTED_SECRET_CHARS
 MIN_URL_USER_TOKEN_CHARS = 16
 # A URL as a whole: a scheme and "://" at the start (after blanks and control characters).
 _URL_START = re.compile(r"[\x00-\x20]*[A-Za-z][A-Za-z0-9+.-]*://")
@@ -216,16 +217,19 @@ def secret_values(node: Any, is_secret: SecretKeys) -> list[str]:
 
 
 def _secret_texts(value: Any) -> list[str]:
-    """Each non-empty string and each number (as JSON writes it) in `value`, at any depth."""
+    """The string itself, or each string and number (as JSON writes it) of a number, list
+    or object, at any depth, from MIN_NESTED_SECRET_CHARS on (supervisor's secret_texts)."""
+    if isinstance(value, str):
+        return [value] if value else []
     found: list[str] = []
     stack = [value]
     while stack:
         item = stack.pop()
+        if isinstance(item, int | float) and not isinstance(item, bool):
+            item = json.dumps(item)
         if isinstance(item, str):
-            if item:
+            if len(item) >= MIN_NESTED_SECRET_CHARS:
                 found.append(item)
-        elif isinstance(item, int | float) and not isinstance(item, bool):
-            found.append(json.dumps(item))
         elif isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, list):

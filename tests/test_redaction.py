@@ -472,3 +472,20 @@ def test_a_secret_stored_as_a_list_an_object_or_a_number_is_a_secret_all_through
     text = "failed with sk-list-secret-2 as nested-secret-7777 (pin 987654321)"
     scrubbed = redaction.scrub(text, redaction.secret_values(raw))
     assert not [s for s in expected if s in scrubbed]
+
+
+def test_short_numbers_and_words_inside_a_secret_value_are_not_scrubbed_everywhere() -> None:
+    """A count or a domain stored inside a secret-named object is no secret worth blanking
+    out of every message: numbers and nested strings count from 8 characters on."""
+    raw = {
+        "metadata": {
+            "oauth": {"access_token_expires_in": 3600},
+            "max_token": 8192,
+            "credentials": {"username": "docs", "domain": "example.com", "pw": "hunter22"},
+            "password": "pin1",  # a string stored directly is always a secret
+        }
+    }
+    expected = {"example.com", "hunter22", "pin1"}
+    assert set(redaction.secret_values(raw)) == expected
+    assert set(worker_job.secret_values(raw, worker_job.SecretKeys())) == expected
+    assert worker_job.MIN_NESTED_SECRET_CHARS == redaction.MIN_NESTED_SECRET_CHARS

@@ -55,6 +55,10 @@ URL_SECRET_PARAM_SUFFIXES = ("signature",)
 # such as `anonymous`) is collected from MIN_URL_USER_TOKEN_CHARS on.
 MIN_URL_SECRET_CHARS = 8
 MIN_URL_USER_TOKEN_CHARS = 16
+# The same for a number stored under a secret-named key, and for the strings and numbers
+# of a list or an object stored there: `expires_in: 3600` under `oauth_token`, or `user:
+# "docs"` under `credentials`, would otherwise be blanked out of every message.
+MIN_NESTED_SECRET_CHARS = 8
 REDACTED = "[redacted]"
 TOO_DEEP = "[nested too deep]"
 _NOT_KEY_CHARS = re.compile(r"[^a-z0-9]")
@@ -139,16 +143,17 @@ def secret_values(
 
 
 def secret_texts(value: Any) -> list[str]:
-    """How a value stored under a secret-named key can show up in text: each non-empty
-    string and each number in it (as JSON writes it), at any depth below the key. True,
-    false and null are no secrets."""
+    """How a value stored under a secret-named key can show up in text: the string itself,
+    or each string and number (as JSON writes it) of a number, list or object, at any depth
+    below the key, from MIN_NESTED_SECRET_CHARS on. True, false and null are no secrets."""
+    if isinstance(value, str):
+        return [value] if value else []
     found: list[str] = []
     for _place, node, _depth in walk(value):
-        if isinstance(node, str):
-            if node:
-                found.append(node)
-        elif isinstance(node, int | float) and not isinstance(node, bool):
-            found.append(json.dumps(node))
+        if isinstance(node, int | float) and not isinstance(node, bool):
+            node = json.dumps(node)
+        if isinstance(node, str) and len(node) >= MIN_NESTED_SECRET_CHARS:
+            found.append(node)
     return found
 
 

@@ -3,6 +3,7 @@ ones (`supervisor.config`: Redis, queue, secret keys, attempts, status store) an
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -79,6 +80,8 @@ def _num(
         value = kind(raw)
     except ValueError:
         raise ApiSettingsError(f"{name}={raw!r}: must be a number") from None
+    if not math.isfinite(value):  # a deadline of NaN times out at once, one of inf never
+        raise ApiSettingsError(f"{name}={raw!r}: must be a finite number")
     if value < minimum:
         raise ApiSettingsError(f"{name}={raw!r}: must be >= {minimum}")
     if maximum is not None and value > maximum:

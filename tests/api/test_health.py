@@ -246,3 +246,16 @@ async def test_a_redis_that_answers_but_refuses_writes_is_not_ready(
         client.close()
     r = await asyncio.to_thread(eventually_healthy, server)
     assert r.json()["healthy"] is True
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize(
+    "name", ["INGEST_HEALTH_TIMEOUT_SECONDS", "INGEST_HEALTH_MAX_WAIT_SECONDS"]
+)
+def test_a_health_deadline_that_is_no_number_of_seconds_is_refused(name: str, value: str) -> None:
+    """NaN would time every probe out at once (a healthy Redis reported down); infinity
+    would let a hung Redis hang every check."""
+    from api.settings import ApiSettingsError, load_api_settings
+
+    with pytest.raises(ApiSettingsError, match=name):
+        load_api_settings({"REDIS_URL": "redis://127.0.0.1:6379/0", name: value})

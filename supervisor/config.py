@@ -83,16 +83,21 @@ KIND_NAMES: dict[Any, str] = {
 }
 
 
-# user:password@ in a URL's authority (the user part is kept). The password runs to the
-# last @ before the path: an @ in it is what URL parsers (and redis-py) read it as.
-_URL_USERINFO = re.compile(r"(//[^/@:?#\s]*):[^/?#\s]*@")
+# The userinfo of a URL's authority: everything up to its last @ (an @ in a user name or a
+# password is read so by URL parsers and redis-py); the password follows its first colon.
+_URL_USERINFO = re.compile(r"//([^/?#\s]*)@")
 # password=... as a URL query parameter or a libpq keyword (value quoted or bare).
 _PASSWORD_PARAM = re.compile(r"(?i)(\b(?:password|passwd|pwd)\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)")
 
 
+def _masked_userinfo(m: re.Match[str]) -> str:
+    user, colon, _password = m.group(1).partition(":")
+    return f"//{user}:***@" if colon else m.group(0)
+
+
 def mask_secrets(text: str) -> str:
     """`text` with the password of any connection string in it replaced by ***."""
-    text = _URL_USERINFO.sub(r"\1:***@", text)
+    text = _URL_USERINFO.sub(_masked_userinfo, text)
     return _PASSWORD_PARAM.sub(r"\1***", text)
 
 

@@ -146,6 +146,10 @@ def test_start_up_line_masks_passwords(tmp_path) -> None:  # type: ignore[no-unt
         ("host=h password=secret user=u", "host=h password=*** user=u"),
         ("host=h password = 'a b\\' c' user=u", "host=h password = *** user=u"),
         ("redis://h:6379/0", "redis://h:6379/0"),
+        # An @ in the password, and in the user name: the userinfo runs to the last @.
+        ("redis://default:pa@ss@h:6379/0", "redis://default:***@h:6379/0"),
+        ("redis://ops@corp.example:S3cret@h:6379/0", "redis://ops@corp.example:***@h:6379/0"),
+        ("rediss://tok3n@h:6379/0", "rediss://tok3n@h:6379/0"),  # a user name alone
     ],
 )
 def test_mask_secrets_in_connection_strings(raw: str, masked: str) -> None:

@@ -234,14 +234,10 @@ def check_worker_command(settings: Settings) -> None:
         raise SettingsError(f"INGEST_WORKER_COMMAND: {exc}") from None
     if not command:
         return
-    script = settings.worker_path
-    if (
-        script
-        and not settings.worker_command
-        and os.path.isabs(script)
-        and not os.path.isfile(script)
-    ):
-        raise SettingsError(f"INGEST_WORKER_PATH: {script} is not a file")
+    # The script: a file, or a directory with a __main__.py.
+    script = None if settings.worker_command else settings.worker_path
+    if script and os.path.isabs(script) and not os.path.exists(script):
+        raise SettingsError(f"INGEST_WORKER_PATH: {script} does not exist")
     program = command[0]
     if os.sep in program and not os.path.isabs(program):
         return

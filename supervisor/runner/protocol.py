@@ -254,7 +254,7 @@ def parse_result(rest: bytes) -> Result:
     if text.count("[") + text.count("{") > MAX_DEPTH and nested_deeper_than(value):
         return Result(None, f"RESULT is nested deeper than {MAX_DEPTH} levels")
     if _SURROGATE_ESCAPE.search(text) and not _encodes(value):
-        value = replace_surrogates(value)
+        value = replace_surrogates(value, max_depth=MAX_DEPTH + 1)  # every depth allowed
     return Result(value, None)
 
 

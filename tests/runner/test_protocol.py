@@ -175,3 +175,13 @@ def test_progress_never_goes_backwards() -> None:
     assert state.percent == 100
     assert state.rejected == 3  # 3, 49 and the malformed line
     assert state.lines == 9
+
+
+def test_a_result_as_deep_as_allowed_with_a_lone_surrogate_is_kept_whole_but_that() -> None:
+    deepest: object = []
+    for _ in range(31):  # the innermost list at depth 32, as deep as a result may be
+        deepest = [deepest]
+    line = b'RESULT: {"a": "\\udc80", "b": ' + json.dumps(deepest).encode() + b"}"
+    got = parse_line(ProtocolLine(line))
+    assert isinstance(got, Result) and got.error is None, got
+    assert got.value == {"a": "\ufffd", "b": deepest}

@@ -13,7 +13,7 @@ import time
 from supervisor.aio import join_bounded, sleep_unless
 from supervisor.queue.jobqueue import JobQueue
 from supervisor.redis_retry import TRANSIENT, why
-from supervisor.status.backend import NoneBackend, StatusBackend
+from supervisor.status.backend import NoneBackend, StatusBackend, StatusStoreError
 from supervisor.status.parked import write_parked
 from supervisor.status.projector import StatusProjector
 from supervisor.status.reconcile import sweep_page, take_lock
@@ -82,6 +82,17 @@ class StatusService:
                     await sweep_page(self.queue, self.backend, limit=self.reconcile_page)
             except TRANSIENT as exc:
                 log.debug("reconcile sweep skipped: %s", why(exc))
+            except StatusStoreError as exc:
+                if exc.permanent:
+                    log.exception(
+                        "reconcile sweep failed; next one in %.0fs", self.reconcile_interval_s
+                    )
+                else:  # a store restart, a pooler failover: the next sweep tries again
+                    log.warning(
+                        "reconcile sweep cut short (%s); next one in %.0fs",
+                        exc,
+                        self.reconcile_interval_s,
+                    )
             except Exception:
                 log.exception(
                     "reconcile sweep failed; next one in %.0fs", self.reconcile_interval_s

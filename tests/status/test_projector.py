@@ -801,3 +801,31 @@ async def test_an_outbox_no_group_reads_keeps_its_last_minute(queue: JobQueue) -
     assert [fields for _id, fields in await queue.client.xrange(stream)] == [{b"x": b"recent"}]
     unknown_time = dataclasses.replace(state, read_at_ms=None)
     assert await trim_outbox(queue.client, stream, unknown_time) == 0
+
+
+async def test_a_store_out_of_reach_cuts_a_reconcile_sweep_short_in_one_line(
+    store: Store, queue: JobQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart of the store, a pooler failover: the sweep tries again at its next turn
+    and says so in one warning, without a traceback at ERROR that log alerts would take for
+    a fault."""
+    if store.kind == "sqlite":
+        pytest.skip("SQLite's lock holder makes writes wait, not fail, within a sweep")
+    backend = store.backend()
+    await queue.enqueue(payload("sweep-1"))
+    store.cut()
+    service = StatusService(queue, backend, consumer="sweeper", reconcile_interval_s=0.2)
+    caplog.set_level("WARNING", logger="supervisor.status.service")
+    service.start()
+    try:
+        await until(
+            lambda: _true(any("reconcile sweep" in r.getMessage() for r in caplog.records)),
+            20.0,
+            "a reconcile sweep cut short",
+        )
+    finally:
+        await service.aclose(2.0)
+        store.restore()
+        await backend.aclose()
+    swept = [r for r in caplog.records if "reconcile sweep" in r.getMessage()]
+    assert all(r.levelname == "WARNING" and r.exc_info is None for r in swept), swept

@@ -196,9 +196,8 @@ def map_strings(node: Any, fn: Callable[[str], str]) -> Any:
 
 
 def secret_values(node: Any, is_secret: SecretKeys) -> list[str]:
-    """The text of every value under a secret-named key (each string and number in it, at
-    any depth below the key), and the credentials of every string that is a URL (see
-    `url_secret_values`)."""
+    """The text of every value under a secret-named key (see `_secret_texts`), and the
+    credentials of every string that is a URL (see `url_secret_values`)."""
     found: list[str] = []
     known: dict[str, bool] = {}  # parameter names already judged: URLs repeat a few names
     stack = [node]

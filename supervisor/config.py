@@ -18,6 +18,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from supervisor.queue.connection import AnyRedis, redis_client
 from supervisor.queue.jobqueue import JobQueue, Retention
@@ -308,6 +309,8 @@ def check_shared(values: Mapping[str, Any]) -> None:
     """Rules that tie shared settings together; raise ConfigError naming the variables."""
     if values["redis_sentinels"] and not values["redis_sentinel_master"]:
         raise ConfigError("INGEST_REDIS_SENTINELS: needs INGEST_REDIS_SENTINEL_MASTER")
+    if values["redis_cluster"] and urlsplit(values["redis_url"]).path.strip("/") not in ("", "0"):
+        raise ConfigError("REDIS_URL: a Redis Cluster has only database 0")
     if values["status_backend"] == "supabase" and not (
         values["supabase_url"] and values["supabase_key"]
     ):

@@ -22,6 +22,7 @@ from redis.exceptions import (
     AuthenticationWrongNumberOfArgsError,
     AuthorizationError,
     NoPermissionError,
+    RedisClusterException,
     ResponseError,
 )
 
@@ -343,6 +344,11 @@ class Daemon:
                 log.warning("Redis not ready (%s); retrying in %.1fs", why(exc), pause)
             except TRANSIENT as exc:
                 log.warning("Redis not answering (%s); retrying in %.1fs", why(exc), pause)
+            except RedisClusterException as exc:  # the cluster client wraps what went wrong
+                cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+                if refuses_for_good(cause):
+                    raise RedisRefused(f"Redis refuses this daemon: {why(cause)}") from None
+                log.warning("Redis not answering (%s); retrying in %.1fs", why(cause), pause)
             await first_of(asyncio.sleep(pause), self.stopping.wait())
             if self.stopping.is_set():
                 return

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from supervisor.settings import SettingsError, load_settings
+from tests.daemon.conftest import wait_until
 
 
 def test_defaults_match_the_system_this_replaces() -> None:
@@ -244,3 +247,47 @@ def test_a_metrics_port_already_taken_stops_the_daemon_clearly() -> None:
         proc = _daemon({"INGEST_METRICS_PORT": str(port), "INGEST_METRICS_HOST": "127.0.0.1"})
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_cluster_url_naming_a_database_is_refused() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "supervisor", "--check-config"],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "REDIS_URL": "redis://127.0.0.1:7000/3",
+            "INGEST_REDIS_CLUSTER": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "REDIS_URL" in proc.stderr and "database 0" in proc.stderr
+
+
+def test_a_cluster_out_of_reach_at_start_is_waited_for(tmp_path: Path) -> None:
+    """The cluster client wraps every failure of its start: one that waiting can cure (no
+    node answering yet) is waited out, as with a single server, until the stop."""
+    log = tmp_path / "daemon.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor"],
+            env={
+                "PATH": "/usr/bin:/bin",
+                "REDIS_URL": "redis://127.0.0.1:1/0",
+                "INGEST_REDIS_CLUSTER": "1",
+                "INGEST_STATUS_BACKEND": "none",
+            },
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: "not answering" in log.read_text(), 20, "a retry logged")
+        assert proc.poll() is None, log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert "Traceback" not in log.read_text()

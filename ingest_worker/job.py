@@ -7,6 +7,7 @@ importing them: the child must start without loading the daemon's package.
 from __future__ import annotations
 
 import json
+import math
 import re
 
 from ingest_worker.errors import BadInput
@@ -216,23 +217,28 @@ def secret_values(node: Any, is_secret: SecretKeys) -> list[str]:
 
 
 def _secret_texts(value: Any) -> list[str]:
-    """The string itself, or each string and number (as JSON writes it) of a number, list
-    or object, at any depth, from MIN_NESTED_SECRET_CHARS on (supervisor's secret_texts)."""
-    if isinstance(value, str):
-        return [value] if value else []
+    """The string itself, each string of a list of them, and the other strings and the
+    numbers (as JSON writes them) at any depth from MIN_NESTED_SECRET_CHARS on; never true,
+    false, null or an infinity (supervisor's secret_texts)."""
     found: list[str] = []
-    stack = [value]
+    stack = [(value, 0)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            continue
         if isinstance(item, int | float) and not isinstance(item, bool):
             item = json.dumps(item)
+        elif isinstance(item, str) and depth <= 1 and not isinstance(value, dict):
+            if item:  # the key's own string, or one of its list of strings
+                found.append(item)
+            continue
         if isinstance(item, str):
             if len(item) >= MIN_NESTED_SECRET_CHARS:
                 found.append(item)
         elif isinstance(item, dict):
-            stack.extend(item.values())
+            stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend((v, depth + 1) for v in item)
     return found
 
 

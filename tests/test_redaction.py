@@ -485,7 +485,9 @@ def test_short_numbers_and_words_inside_a_secret_value_are_not_scrubbed_everywhe
             "password": "pin1",  # a string stored directly is always a secret
         }
     }
-    expected = {"example.com", "hunter22", "pin1"}
+    raw["metadata"]["api_keys"] = ["k-short", "sk-1234"]  # a list of them: each one a secret
+    raw["metadata"]["pin_password"] = float("inf")  # no number: "Infinity" is no secret
+    expected = {"example.com", "hunter22", "pin1", "k-short", "sk-1234"}
     assert set(redaction.secret_values(raw)) == expected
     assert set(worker_job.secret_values(raw, worker_job.SecretKeys())) == expected
     assert worker_job.MIN_NESTED_SECRET_CHARS == redaction.MIN_NESTED_SECRET_CHARS

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from secrets import choice as random_choice
@@ -144,14 +145,19 @@ def secret_values(
 
 def secret_texts(value: Any) -> list[str]:
     """How a value stored under a secret-named key can show up in text: the string itself,
-    or each string and number (as JSON writes it) of a number, list or object, at any depth
-    below the key, from MIN_NESTED_SECRET_CHARS on. True, false and null are no secrets."""
-    if isinstance(value, str):
-        return [value] if value else []
+    each string of a list of them, and the other strings and the numbers (as JSON writes
+    them) of a number, list or object at any depth below the key from
+    MIN_NESTED_SECRET_CHARS on. True, false, null and infinities are no secrets."""
     found: list[str] = []
-    for _place, node, _depth in walk(value):
+    for _place, node, depth in walk(value):
+        if isinstance(node, float) and not math.isfinite(node):
+            continue
         if isinstance(node, int | float) and not isinstance(node, bool):
             node = json.dumps(node)
+        elif isinstance(node, str) and depth <= 1 and not isinstance(value, Mapping):
+            if node:  # the key's own string, or one of its list of strings
+                found.append(node)
+            continue
         if isinstance(node, str) and len(node) >= MIN_NESTED_SECRET_CHARS:
             found.append(node)
     return found

@@ -64,14 +64,15 @@ class RedisRefused(Exception):
 
 def refuses_for_good(exc: Exception) -> bool:
     """A reply no wait can change: a wrong password or user, an ACL without the command,
-    a database number the server does not have."""
+    a database number the server does not have, a command renamed away."""
     permanent = (
         AuthenticationError
         | AuthenticationWrongNumberOfArgsError
         | AuthorizationError
         | NoPermissionError
     )
-    return isinstance(exc, permanent) or "DB index" in str(exc)
+    text = str(exc)
+    return isinstance(exc, permanent) or "DB index" in text or "unknown command" in text
 
 
 class Daemon:
@@ -336,6 +337,7 @@ class Daemon:
         while True:
             try:
                 await asyncio.wait_for(self.queue.client.ping(), timeout=5)
+                await self._may_run_scripts()
                 return
             except (AuthenticationError, AuthorizationError, ResponseError) as exc:
                 if refuses_for_good(exc):
@@ -353,6 +355,17 @@ class Daemon:
             if self.stopping.is_set():
                 return
             pause = min(pause * 2, 5.0)
+
+    async def _may_run_scripts(self) -> None:
+        """Every verb is a script: an ACL that lets PING through but not them would leave a
+        daemon that reports ready and fails every claim. Only that refusal counts here; any
+        other trouble of the read shows again where the daemon meets it."""
+        try:
+            await asyncio.wait_for(self.queue.counts(), timeout=5)
+        except NoPermissionError:
+            raise
+        except Exception as exc:
+            log.debug("script check at start: %s", why(exc))
 
     async def _seed_gate(self) -> None:
         """Tell the start-failure gate which tenants' jobs the queue completed in the last

@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from supervisor.settings import SettingsError, load_settings
 from tests.daemon.conftest import wait_until
+from tests.redis_server import PrivateRedis
 
 
 def test_defaults_match_the_system_this_replaces() -> None:
@@ -291,3 +293,37 @@ def test_a_cluster_out_of_reach_at_start_is_waited_for(tmp_path: Path) -> None:
             proc.kill()
             proc.wait(10)
     assert "Traceback" not in log.read_text()
+
+
+def test_an_acl_that_lets_ping_through_but_no_script_stops_the_daemon_clearly(
+    private_redis: PrivateRedis,
+) -> None:
+    """Every verb of the queue is a script: a user who may PING but not run them would
+    leave a daemon that says ready and fails every claim."""
+    admin = redis.Redis.from_url(private_redis.url)
+    admin.acl_setuser(
+        "noscripts",
+        enabled=True,
+        passwords=["+pw-noscripts"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-@scripting"],
+    )
+    admin.close()
+    url = private_redis.url.replace("redis://", "redis://noscripts:pw-noscripts@")
+    proc = _daemon({"REDIS_URL": url})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Redis refuses this daemon" in proc.stderr and "Traceback" not in proc.stderr
+    assert "pw-noscripts" not in proc.stderr
+
+
+def test_replies_no_wait_can_change_are_told_from_states_a_server_leaves() -> None:
+    from redis.exceptions import BusyLoadingError, ResponseError
+
+    from supervisor.daemon import refuses_for_good
+
+    assert refuses_for_good(ResponseError("unknown command 'PING', with args beginning with:"))
+    assert refuses_for_good(ResponseError("DB index is out of range"))
+    assert not refuses_for_good(ResponseError("BUSY Redis is busy running a script"))
+    assert not refuses_for_good(ResponseError("MASTERDOWN Link with MASTER is down"))
+    assert not refuses_for_good(BusyLoadingError("Redis is loading the dataset in memory"))

@@ -351,13 +351,14 @@ async def _status_sync(q: JobQueue, args: argparse.Namespace) -> int:
         ("ahead of Redis (it lost writes)", report.ahead),
         ("another tenant's row, left alone", report.foreign),
         ("said queued or processing, job lost by Redis: failed", report.lost),
+        ("record no row can be made of (see the log): row left as it is", report.unreadable),
     ):
         if ids:
             more = " ..." if len(ids) > 20 else ""
             lines.append(f"  {label} ({len(ids)}): {', '.join(ids[:20])}{more}")
     lines.append(f"wrote {report.written} row(s)")
     _emit(args, report.to_json(), "\n".join(lines))
-    return EXIT_OK
+    return EXIT_NOT_APPLIED if report.unreadable else EXIT_OK
 
 
 async def _run(args: argparse.Namespace) -> int:

@@ -110,10 +110,12 @@ def row_from_fields(fields: dict[str, str], queue: str) -> StatusUpdate:
     )
 
 
-def rows_from_records(records: Iterable[dict[str, str]], queue: str) -> list[StatusUpdate]:
+def rows_from_records(
+    records: Iterable[dict[str, str]], queue: str, unreadable: list[str] | None = None
+) -> list[StatusUpdate]:
     """The rows `status_rows` answers describe. A record no row can be made of (a state no
-    version writes: edited by hand, or from elsewhere) is logged and skipped: it never stops
-    the rows of the others."""
+    version writes: edited by hand, or from elsewhere) is logged, added to `unreadable`,
+    and skipped: it never stops the rows of the others."""
     rows: list[StatusUpdate] = []
     for fields in records:
         try:
@@ -121,6 +123,8 @@ def rows_from_records(records: Iterable[dict[str, str]], queue: str) -> list[Sta
         except Exception as exc:
             job = fields.get("job", "")[:200]
             log.error("the record of job %r makes no status row (%r); skipped", job, exc)
+            if unreadable is not None:
+                unreadable.append(job)
     return rows
 
 

@@ -27,6 +27,7 @@ class SyncReport:
     foreign: list[str]
     lost: list[str]  # rows of jobs Redis no longer has that said queued or processing: failed
     written: int  # rows the store changed
+    unreadable: list[str]  # records no row can be made of (edited by hand): rows left as they are
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,6 +44,7 @@ async def status_sync(
         raise ValueError("status-sync needs a status store; INGEST_STATUS_BACKEND is none")
     total = ReconcileReport()
     written = 0
+    unreadable: list[str] = []
     while done := await write_parked(queue, backend):  # every parked row that can go now
         written += done
     parked = ParkedRows(queue.client, queue.keys)
@@ -53,7 +55,7 @@ async def status_sync(
         stale = part.stale
         for start in range(0, len(stale), WRITE_BATCH):
             fields = await queue.status_rows(stale[start : start + WRITE_BATCH])
-            rows = rows_from_records(fields, queue.queue)
+            rows = rows_from_records(fields, queue.queue, unreadable)
             done, locked = await apply_unless_locked(backend, rows, budget)
             written += done
             # Locked, or left once the budget went: parked, for the daemons' sweeps.
@@ -82,4 +84,5 @@ async def status_sync(
         foreign=total.foreign,
         lost=total.lost,
         written=written,
+        unreadable=unreadable,
     )

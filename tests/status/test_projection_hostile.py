@@ -115,7 +115,8 @@ async def test_a_record_that_makes_no_row_never_stops_a_repair_pass(
         record = json.loads(raw)
         planted = {**record, "id": "bogus", "state": "half-done"}
         await queue.client.hset(queue.keys.jobs, "bogus", json.dumps(planted))  # type: ignore[misc]
-        await status_sync(queue, backend)
+        report = await status_sync(queue, backend)
+        assert report.unreadable == ["bogus"]  # told, so that ingestctl exits 1
         got = await row(backend, "fine")
         assert got is not None and got["status"] == "queued"
         assert await row(backend, "bogus") is None

@@ -7,6 +7,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
@@ -55,14 +56,18 @@ def redis_client(
             socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout,
         )
-        # Connection details other than the host (password, db) come from the URL.
+        # Connection details other than the host (password, db, TLS) come from the URL: a
+        # rediss:// URL reaches the master over TLS, with the URL's ssl_* options.
         base = Redis.from_url(url)
         kwargs = base.connection_pool.connection_kwargs
+        tls = issubclass(base.connection_pool.connection_class, SSLConnection)
         master: Redis = sentinel.master_for(
             sentinel_master,
             password=kwargs.get("password"),
             username=kwargs.get("username"),
             db=kwargs.get("db", 0),
+            ssl=tls,
+            **{k: v for k, v in kwargs.items() if k.startswith("ssl_")},
             **options,
         )
         return master

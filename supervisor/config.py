@@ -88,7 +88,11 @@ KIND_NAMES: dict[Any, str] = {
 # password is read so by URL parsers and redis-py); the password follows its first colon.
 _URL_USERINFO = re.compile(r"//([^/?#\s]*)@")
 # password=... as a URL query parameter or a libpq keyword (value quoted or bare).
-_PASSWORD_PARAM = re.compile(r"(?i)(\b(?:password|passwd|pwd)\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)")
+# After a letter or digit it is another word (`nopassword=`); after `_` it is one of a
+# variable's words (`REDIS_PASSWORD=`, `ssl_password=`).
+_PASSWORD_PARAM = re.compile(
+    r"(?i)((?<![a-z0-9])(?:password|passwd|pwd)\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)"
+)
 
 
 def _masked_userinfo(m: re.Match[str]) -> str:

@@ -155,6 +155,9 @@ def test_start_up_line_masks_passwords(tmp_path) -> None:  # type: ignore[no-unt
         ("redis://default:pa@ss@h:6379/0", "redis://default:***@h:6379/0"),
         ("redis://ops@corp.example:S3cret@h:6379/0", "redis://ops@corp.example:***@h:6379/0"),
         ("rediss://tok3n@h:6379/0", "rediss://tok3n@h:6379/0"),  # a user name alone
+        ("rediss://h/0?ssl_password=k3y", "rediss://h/0?ssl_password=***"),
+        ("REDIS_PASSWORD=s3cret next", "REDIS_PASSWORD=*** next"),
+        ("nopassword=1", "nopassword=1"),
     ],
 )
 def test_mask_secrets_in_connection_strings(raw: str, masked: str) -> None:

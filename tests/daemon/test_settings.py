@@ -214,20 +214,14 @@ def test_a_worker_command_that_does_not_exist_stops_the_daemon_at_start() -> Non
 def test_a_setting_no_job_could_run_with_stops_the_daemon_at_start(
     env: dict[str, str], named: str
 ) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "supervisor", "--check-config"],
-        env={"PATH": "/usr/bin:/bin", **env},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    proc = _daemon(env, "--check-config")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert named in proc.stderr and "Traceback" not in proc.stderr
 
 
-def _daemon(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _daemon(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "supervisor"],
+        [sys.executable, "-m", "supervisor", *args],
         env={"PATH": "/usr/bin:/bin", "INGEST_STATUS_BACKEND": "none", **env},
         capture_output=True,
         text=True,
@@ -255,17 +249,8 @@ def test_a_metrics_port_already_taken_stops_the_daemon_clearly() -> None:
 
 
 def test_a_cluster_url_naming_a_database_is_refused() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "supervisor", "--check-config"],
-        env={
-            "PATH": "/usr/bin:/bin",
-            "REDIS_URL": "redis://127.0.0.1:7000/3",
-            "INGEST_REDIS_CLUSTER": "1",
-        },
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    env = {"REDIS_URL": "redis://127.0.0.1:7000/3", "INGEST_REDIS_CLUSTER": "1"}
+    proc = _daemon(env, "--check-config")
     assert proc.returncode == 2, proc.stderr
     assert "REDIS_URL" in proc.stderr and "database 0" in proc.stderr
 

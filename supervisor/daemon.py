@@ -17,15 +17,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import (
-    AuthenticationError,
-    AuthenticationWrongNumberOfArgsError,
-    AuthorizationError,
-    NoPermissionError,
-    RedisClusterException,
-    ResponseError,
-)
-
 from supervisor import __version__, stop_signals
 from supervisor.aio import first_of
 from supervisor.execution import JobExecution
@@ -34,6 +25,7 @@ from supervisor.metricdefs import run_queue_gauge_refresher
 from supervisor.queue.jobqueue import Claim, JobQueue
 from supervisor.queue.redaction import secret_values
 from supervisor.queue.workers import WorkerRegistry
+from supervisor.redis_ready import wait_for_redis
 from supervisor.redis_retry import TRANSIENT, why
 from supervisor.runner import EndReason, StartFailureGate
 from supervisor.runner.containment import ORPHANS
@@ -55,24 +47,6 @@ FORCED_SETTLE_S = 2.0
 # Tenants whose jobs completed this recently count as known to the start-failure gate
 # when a daemon starts.
 KNOWN_TENANTS_WINDOW_S = 24 * 3600.0
-
-
-class RedisRefused(Exception):
-    """Redis answers, but refuses this daemon for good (a wrong password, a database it
-    does not have, an ACL without the commands): no retry can help."""
-
-
-def refuses_for_good(exc: Exception) -> bool:
-    """A reply no wait can change: a wrong password or user, an ACL without the command,
-    a database number the server does not have, a command renamed away."""
-    permanent = (
-        AuthenticationError
-        | AuthenticationWrongNumberOfArgsError
-        | AuthorizationError
-        | NoPermissionError
-    )
-    text = str(exc)
-    return isinstance(exc, permanent) or "DB index" in text or "unknown command" in text
 
 
 class Daemon:
@@ -332,41 +306,6 @@ class Daemon:
 
     # ---- life ---------------------------------------------------------------------
 
-    async def wait_for_redis(self) -> None:
-        pause = 0.2
-        while True:
-            try:
-                await asyncio.wait_for(self.queue.client.ping(), timeout=5)
-                await self._may_run_scripts()
-                return
-            except (AuthenticationError, AuthorizationError, ResponseError) as exc:
-                if refuses_for_good(exc):
-                    raise RedisRefused(f"Redis refuses this daemon: {why(exc)}") from None
-                # BUSY, MASTERDOWN, CLUSTERDOWN, LOADING: a state the server leaves.
-                log.warning("Redis not ready (%s); retrying in %.1fs", why(exc), pause)
-            except TRANSIENT as exc:
-                log.warning("Redis not answering (%s); retrying in %.1fs", why(exc), pause)
-            except RedisClusterException as exc:  # the cluster client wraps what went wrong
-                cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
-                if refuses_for_good(cause):
-                    raise RedisRefused(f"Redis refuses this daemon: {why(cause)}") from None
-                log.warning("Redis not answering (%s); retrying in %.1fs", why(cause), pause)
-            await first_of(asyncio.sleep(pause), self.stopping.wait())
-            if self.stopping.is_set():
-                return
-            pause = min(pause * 2, 5.0)
-
-    async def _may_run_scripts(self) -> None:
-        """Every verb is a script: an ACL that lets PING through but not them would leave a
-        daemon that reports ready and fails every claim. Only that refusal counts here; any
-        other trouble of the read shows again where the daemon meets it."""
-        try:
-            await asyncio.wait_for(self.queue.counts(), timeout=5)
-        except NoPermissionError:
-            raise
-        except Exception as exc:
-            log.debug("script check at start: %s", why(exc))
-
     async def _seed_gate(self) -> None:
         """Tell the start-failure gate which tenants' jobs the queue completed in the last
         day (one entry per tenant), so that a daemon that has just started does not take
@@ -383,7 +322,7 @@ class Daemon:
 
     async def run(self, on_ready: Callable[[], None] | None = None) -> int:
         self.install_signal_handlers()
-        await self.wait_for_redis()
+        await wait_for_redis(self.queue, self.stopping)
         if self.stopping.is_set():
             return 0
         # Before any upkeep: the first heartbeat must already see the slots started.

@@ -18,7 +18,7 @@ from ingest_worker.config import ENV_VARS as WORKER_ENV_VARS
 from ingest_worker.config import WorkerConfig
 from ingest_worker.errors import ConfigError
 from supervisor import stop_signals
-from supervisor.daemon import Daemon, RedisRefused
+from supervisor.daemon import Daemon
 from supervisor.execution_context import ExecutionContext
 from supervisor.extras import PSYCOPG, SENTENCE_TRANSFORMERS, require
 from supervisor.hardening import child_user_problem, harden_process
@@ -27,6 +27,7 @@ from supervisor.metrics import DaemonMetrics, MetricsSink
 from supervisor.queue.connection import redis_client
 from supervisor.queue.jobqueue import Backoff, JobQueue, Retention
 from supervisor.queue.redaction import DEFAULT_SECRET_KEYS
+from supervisor.redis_ready import RedisRefused
 from supervisor.runner import FORK_SERVER, ResourceLimits, RunnerConfig, default_command
 from supervisor.runner.spawn import resolve_program
 from supervisor.runner.workdir import JobsRoot, remove_stale_jobs_roots

@@ -308,7 +308,7 @@ def test_an_acl_that_lets_ping_through_but_no_script_stops_the_daemon_clearly(
 def test_replies_no_wait_can_change_are_told_from_states_a_server_leaves() -> None:
     from redis.exceptions import BusyLoadingError, ResponseError
 
-    from supervisor.daemon import refuses_for_good
+    from supervisor.redis_ready import refuses_for_good
 
     assert refuses_for_good(ResponseError("unknown command 'PING', with args beginning with:"))
     assert refuses_for_good(ResponseError("DB index is out of range"))

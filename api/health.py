@@ -83,7 +83,8 @@ async def queue_health(ctx: ApiContext) -> QueueHealth:
     got = await _probe_all(ctx, probes, s.health_timeout_s)
 
     redis_status = _redis_status(got["ping"], got["write"])
-    counts = got["counts"] if _ok(got["counts"]) else {}
+    counts_read = _ok(got["counts"])
+    counts = got["counts"] if counts_read else {}
     workers = got["workers"] if _ok(got["workers"]) else []
     running = [w for w in workers if not w.get("stopping")]
     able = serving(workers)
@@ -92,7 +93,7 @@ async def queue_health(ctx: ApiContext) -> QueueHealth:
     reasons: list[str] = []
     if redis_status != "ready":
         reasons.append(f"redis: {redis_status}")
-    queue_ok = _ok(got["counts"])
+    queue_ok = counts_read
     if not queue_ok:
         reasons.append("queue: counts unavailable")
     waiting = int(counts.get("waiting", 0))
@@ -128,10 +129,8 @@ async def queue_health(ctx: ApiContext) -> QueueHealth:
         worker=worker_ok,
         details=HealthDetails(
             redis_status=redis_status,
-            queue_counts=QueueCounts(
-                **{k: int(counts.get(k, 0)) for k in QueueCounts.model_fields}
-            )
-            if _ok(got["counts"])
+            queue_counts=QueueCounts(**{k: int(counts.get(k, 0)) for k in QueueCounts.model_fields})
+            if counts_read
             else None,
             worker_concurrency=concurrency,
         ),

@@ -23,6 +23,7 @@ from api.models import (
 )
 from api.views import job_view
 from supervisor.queue.payload import (
+    DEPTH_RULE,
     JOB_ID_RE,
     PayloadError,
     TenantConflict,
@@ -31,7 +32,6 @@ from supervisor.queue.payload import (
 )
 from supervisor.queue.reads import PAGE_BYTES
 from supervisor.queue.states import JobState, table_status
-from supervisor.queue.walk import MAX_DEPTH
 
 router = APIRouter(tags=["jobs"])
 Ctx = Annotated[ApiContext, Depends(get_context)]
@@ -67,8 +67,7 @@ def _json_body(raw: bytes) -> Any:
             422, "body: must be valid JSON", field="body", rule="must be valid JSON"
         ) from None
     except RecursionError:  # nested deeper than the decoder goes: far beyond the rule
-        rule = f"must be nested at most {MAX_DEPTH} levels deep"
-        raise ApiError(422, f"body: {rule}", field="body", rule=rule) from None
+        raise ApiError(422, f"body: {DEPTH_RULE}", field="body", rule=DEPTH_RULE) from None
 
 
 def _request_body(schema: str) -> dict[str, Any]:

@@ -373,8 +373,9 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def _complain(message: str) -> None:
-    """One line on stderr. Job ids, payload keys and server errors in it may come from a
-    tenant: control characters are replaced, so none reaches the operator's terminal."""
+    """One line on stderr, with no password of a connection string in it. Job ids, payload
+    keys and server errors in it may come from a tenant: control characters are replaced,
+    so none reaches the operator's terminal."""
     print(f"ingestctl: {fmt.text(mask_secrets(message))}", file=sys.stderr)
 
 
@@ -393,10 +394,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _complain(f"status store: {exc}")
         return EXIT_NOT_APPLIED
     except (ConnectionError, TimeoutError) as exc:
-        _complain(f"Redis unreachable at {mask_secrets(args.config.redis_url)}: {exc}")
+        _complain(f"Redis unreachable at {args.config.redis_url}: {exc}")
         return EXIT_REDIS
     except (ReadOnlyError, OutOfMemoryError) as exc:  # answers, but takes no write now
-        _complain(f"Redis at {mask_secrets(args.config.redis_url)} refuses writes: {exc}")
+        _complain(f"Redis at {args.config.redis_url} refuses writes: {exc}")
         return EXIT_REDIS
     except (ValueError, OSError) as exc:  # SettingsError and MissingExtraError too: one line
         _complain(str(exc))

@@ -14,6 +14,7 @@ from typing import Any
 from supervisor.queue.redaction import DEFAULT_SECRET_KEYS, TOO_DEEP, SecretKeys, secret_values
 from supervisor.queue.walk import MAX_DEPTH, dotted, top_field, walk
 
+DEPTH_RULE = f"must be nested at most {MAX_DEPTH} levels deep"
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 TENANT_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 DATA_SOURCE_TYPES = ("text", "file", "url", "crawl")
@@ -156,9 +157,7 @@ def check_structure(value: Any) -> None:
     first offending field."""
     for place, node, depth in walk(value):
         if depth > MAX_DEPTH:
-            raise PayloadError(
-                top_field(place) or "payload", f"must be nested at most {MAX_DEPTH} levels deep"
-            )
+            raise PayloadError(top_field(place) or "payload", DEPTH_RULE)
         if isinstance(node, str) and _SURROGATES.search(node):
             raise PayloadError(
                 dotted(place) or "payload", "must be valid Unicode (a lone surrogate)"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor.queue.payload import replace_surrogates, strict_json
-from supervisor.queue.walk import MAX_DEPTH, nested_deeper_than
+from supervisor.queue.walk import MAX_DEPTH, json_nested_too_deep
 
 PROGRESS_PREFIX = b"PROGRESS:"
 RESULT_PREFIX = b"RESULT:"
@@ -250,8 +250,8 @@ def parse_result(rest: bytes) -> Result:
     except (ValueError, RecursionError) as exc:
         return Result(None, f"RESULT is not valid JSON: {str(exc)[:200]}")
     # As deep as a payload may be, at most: the record, the outbox, the status store and
-    # the API all walk it. Counting brackets first spares a walk of every shallow result.
-    if text.count("[") + text.count("{") > MAX_DEPTH and nested_deeper_than(value):
+    # the API all walk it.
+    if json_nested_too_deep(text, value):
         return Result(None, f"RESULT is nested deeper than {MAX_DEPTH} levels")
     if _SURROGATE_ESCAPE.search(text) and not _encodes(value):
         value = replace_surrogates(value, max_depth=MAX_DEPTH + 1)  # every depth allowed

@@ -15,7 +15,7 @@ from typing import Any
 
 from supervisor.queue.records import as_str
 from supervisor.queue.states import JobState, table_status
-from supervisor.queue.walk import MAX_DEPTH, nested_deeper_than
+from supervisor.queue.walk import MAX_DEPTH, json_nested_too_deep
 from supervisor.status.update import StatusUpdate
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def _stored_result(raw: str) -> Any:
         value = json.loads(raw)
     except (ValueError, RecursionError):
         return {"result_omitted": "not readable as JSON"}
-    if raw.count("[") + raw.count("{") > MAX_DEPTH and nested_deeper_than(value):
+    if json_nested_too_deep(raw, value):
         return {"result_omitted": f"nested deeper than {MAX_DEPTH} levels"}
     return _without_nul(value)
 

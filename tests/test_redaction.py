@@ -491,3 +491,46 @@ def test_short_numbers_and_words_inside_a_secret_value_are_not_scrubbed_everywhe
     assert set(redaction.secret_values(raw)) == expected
     assert set(worker_job.secret_values(raw, worker_job.SecretKeys())) == expected
     assert worker_job.MIN_NESTED_SECRET_CHARS == redaction.MIN_NESTED_SECRET_CHARS
+
+
+def test_secret_keys_remember_a_bounded_number_of_answers() -> None:
+    """A SecretKeys remembers its answer per short key (payloads repeat the same few), in
+    at most KNOWN_KEYS entries however many distinct keys it meets, and its answers stay
+    right: asked twice, before and after the memory fills and is cleared."""
+    is_secret = redaction.SecretKeys()
+    for _ in range(2):
+        assert all(is_secret(name) for name in SECRET_NAMES)
+        assert not any(is_secret(name) for name in PLAIN_NAMES)
+    for i in range(3 * redaction.KNOWN_KEYS):
+        assert not is_secret(f"field_{i}")
+        assert len(is_secret._known) <= redaction.KNOWN_KEYS
+    long_key = "x" * (redaction.KNOWN_KEY_CHARS + 1) + "_token"
+    assert is_secret(long_key) and long_key not in is_secret._known
+    assert all(is_secret(name) for name in SECRET_NAMES)
+    assert is_secret(1) is False and 1 not in is_secret._known
+
+
+def test_any_mapping_is_walked_as_an_object() -> None:
+    """Mappings other than dicts (a Python producer's own types) are checked, collected
+    from and redacted exactly as the same dicts."""
+    from types import MappingProxyType
+
+    plain = {
+        "job_id": "j",
+        "tenant_id": "t",
+        "data_source": {"type": "url", "url": "https://u:hunter2secret@h/x", "api_key": "k" * 9},
+        "metadata": {"nested": [{"password": "p" * 9}]},
+    }
+    proxied = MappingProxyType(
+        {
+            **plain,
+            "data_source": MappingProxyType(plain["data_source"]),
+            "metadata": MappingProxyType({"nested": [MappingProxyType({"password": "p" * 9})]}),
+        }
+    )
+    assert redaction.secret_values(proxied) == redaction.secret_values(plain)
+    assert redaction.redact(proxied) == redaction.redact(plain)
+    payload.check_structure(proxied)
+    bad = MappingProxyType({**plain, "metadata": MappingProxyType({1: "x"})})
+    with pytest.raises(payload.PayloadError, match="keys must be strings"):
+        payload.check_structure(bad)

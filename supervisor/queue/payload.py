@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from supervisor.queue.redaction import DEFAULT_SECRET_KEYS, TOO_DEEP, SecretKeys, secret_values
-from supervisor.queue.walk import MAX_DEPTH, dotted, top_field, walk
+from supervisor.queue.walk import MAX_DEPTH, OBJECTS, dotted, top_field, walk
 
 DEPTH_RULE = f"must be nested at most {MAX_DEPTH} levels deep"
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -158,11 +158,12 @@ def check_structure(value: Any) -> None:
     for place, node, depth in walk(value):
         if depth > MAX_DEPTH:
             raise PayloadError(top_field(place) or "payload", DEPTH_RULE)
-        if isinstance(node, str) and _SURROGATES.search(node):
-            raise PayloadError(
-                dotted(place) or "payload", "must be valid Unicode (a lone surrogate)"
-            )
-        if isinstance(node, Mapping):
+        if isinstance(node, str):
+            if _SURROGATES.search(node):
+                raise PayloadError(
+                    dotted(place) or "payload", "must be valid Unicode (a lone surrogate)"
+                )
+        elif isinstance(node, OBJECTS):
             for k in node:
                 if not isinstance(k, str):  # JSON would make it one, beside a key it may repeat
                     raise PayloadError(dotted(place) or "payload", "keys must be strings")

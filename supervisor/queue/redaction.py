@@ -13,7 +13,7 @@ from secrets import choice as random_choice
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
-from supervisor.queue.walk import MAX_DEPTH, walk
+from supervisor.queue.walk import CONTAINERS, MAX_DEPTH, OBJECTS, walk
 
 DEFAULT_SECRET_KEYS: frozenset[str] = frozenset(
     {"trial_token", "token", "api_key", "apikey", "password", "secret", "authorization"}
@@ -63,12 +63,21 @@ MIN_NESTED_SECRET_CHARS = 8
 REDACTED = "[redacted]"
 TOO_DEEP = "[nested too deep]"
 _NOT_KEY_CHARS = re.compile(r"[^a-z0-9]")
+# A normalised key that ends with a suffix or holds a substring above.
+_ALWAYS_SECRET = re.compile(
+    "|".join([f"(?:{'|'.join(SECRET_KEY_SUFFIXES)})$", *SECRET_KEY_SUBSTRINGS])
+)
 # A string that is a URL as a whole: a scheme and "://" at its very start (after the blanks
 # and control characters URL parsers skip). Anchored, so any other string fails at once.
 _URL_START = re.compile(r"[\x00-\x20]*[A-Za-z][A-Za-z0-9+.-]*://")
 _AUTHORITY = re.compile(r"[^/?#]*")  # up to the path, query or fragment
 _PARAMS_START = re.compile(r"[?#]")  # the query, or the fragment when there is none
 _PARAM = re.compile(r"[^&#]+")  # one name=value of a query or a fragment
+
+
+# How many keys, of at most how many characters, a SecretKeys remembers its answer for.
+KNOWN_KEYS = 4096
+KNOWN_KEY_CHARS = 64
 
 
 def normalise_key(key: object) -> str:
@@ -79,18 +88,25 @@ class SecretKeys:
     """Which keys name secrets: any of `names` once normalised, and any key that ends with
     one of SECRET_KEY_SUFFIXES or contains one of SECRET_KEY_SUBSTRINGS (those always apply)."""
 
-    __slots__ = ("names",)
+    __slots__ = ("_known", "names")
 
     def __init__(self, names: Iterable[str] = DEFAULT_SECRET_KEYS) -> None:
         self.names = frozenset(n for n in (normalise_key(k) for k in names) if n)
+        # The answer for each short key seen: payloads of one queue repeat the same few.
+        # Bounded, so a stream of distinct keys costs at most KNOWN_KEYS entries.
+        self._known: dict[object, bool] = {}
 
     def __call__(self, key: object) -> bool:
+        known = self._known.get(key) if type(key) is str else None
+        if known is not None:
+            return known
         k = normalise_key(key)
-        return (
-            k in self.names
-            or k.endswith(SECRET_KEY_SUFFIXES)
-            or any(part in k for part in SECRET_KEY_SUBSTRINGS)
-        )
+        secret = k in self.names or _ALWAYS_SECRET.search(k) is not None
+        if type(key) is str and len(key) <= KNOWN_KEY_CHARS:
+            if len(self._known) >= KNOWN_KEYS:
+                self._known.clear()
+            self._known[key] = secret
+        return secret
 
 
 def _matcher(secret_keys: Iterable[str] | SecretKeys) -> SecretKeys:
@@ -110,15 +126,15 @@ def redact(
     is_secret_param = _param_rule(is_secret)
 
     def walk(node: Any, depth: int) -> Any:
-        if isinstance(node, Mapping | list | tuple) and depth >= max_depth:
-            return TOO_DEEP
-        if isinstance(node, Mapping):
-            return {k: (REDACTED if is_secret(k) else walk(v, depth + 1)) for k, v in node.items()}
-        if isinstance(node, list | tuple):
-            return [walk(v, depth + 1) for v in node]
         if isinstance(node, str):
             return _redact_url(node, is_secret_param)
-        return node
+        if not isinstance(node, CONTAINERS):
+            return node
+        if depth >= max_depth:
+            return TOO_DEEP
+        if isinstance(node, OBJECTS):
+            return {k: (REDACTED if is_secret(k) else walk(v, depth + 1)) for k, v in node.items()}
+        return [walk(v, depth + 1) for v in node]
 
     return walk(value, 0)
 
@@ -134,12 +150,12 @@ def secret_values(
     is_secret_param = _param_rule(is_secret)
     found: list[str] = []
     for _place, node, _depth in walk(value):
-        if isinstance(node, Mapping):
+        if isinstance(node, str):
+            found.extend(_url_secret_values(node, is_secret_param))
+        elif isinstance(node, OBJECTS):
             for k, v in node.items():
                 if is_secret(k):
                     found.extend(secret_texts(v))
-        elif isinstance(node, str):
-            found.extend(_url_secret_values(node, is_secret_param))
     return found
 
 

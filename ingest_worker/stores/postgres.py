@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ingest_worker.errors import ConfigError, TempFail
 from ingest_worker.stores.errors import dimension_error, is_pgvector_size_error
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 class PostgresStore:
@@ -21,8 +24,9 @@ class PostgresStore:
         from psycopg import errors
 
         payload = json.dumps(chunks, separators=(",", ":"))
+        conn = _connect(self.dsn)
         try:
-            with psycopg.connect(self.dsn, connect_timeout=10) as conn:
+            with conn:
                 row = conn.execute(
                     "select public.replace_document_chunks(%s, %s, %s::jsonb)",
                     (job_id, tenant_id, payload),
@@ -44,8 +48,33 @@ class PostgresStore:
         return int(row[0]) if row else 0
 
 
+def _connect(dsn: str) -> psycopg.Connection[Any]:
+    """A connection to the operator's chunk store. What goes wrong here is named, never
+    quoted: the message becomes the job's error, which its tenant reads, and libpq quotes
+    the pieces of a DSN it cannot parse (a password among them) and the host it could not
+    reach."""
+    import psycopg
+
+    try:
+        return psycopg.connect(dsn, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise TempFail(
+            f"postgres chunk store unavailable: cannot connect with INGEST_CHUNK_DSN ({_kind(exc)})"
+        ) from None
+    except psycopg.Error as exc:
+        raise ConfigError(
+            f"chunk store: INGEST_CHUNK_DSN is not a usable connection string ({_kind(exc)})"
+        ) from None
+
+
+def _kind(exc: BaseException) -> str:
+    sqlstate = getattr(exc, "sqlstate", None)
+    return exc.__class__.__name__ + (f", SQLSTATE {sqlstate}" if sqlstate else "")
+
+
 def _first_line(exc: BaseException) -> str:
-    # psycopg errors can quote the DSN's parameters on later lines; keep the reason only.
+    # A statement's error can quote the statement's parameters on later lines; keep the
+    # reason only.
     return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
 
 

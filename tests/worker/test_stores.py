@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from tests.worker.conftest import MIGRATION, apply_migration, make_job, run_worker
 
@@ -65,6 +66,24 @@ def test_postgres_unavailable_is_temporary_and_missing_migration_is_config(
     assert "Traceback" not in down.stderr
     bare = run_worker(job, workdir, INGEST_CHUNK_DSN=pg_dsn)
     assert bare.code == 78 and MIGRATION.name in bare.stderr
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://postgres:x7%QkCHUNKSECRET@127.0.0.1:5432/test",  # a bad %-escape
+        "host=127.0.0.1 user=postgres password=My CHUNKSECRET dbname=test",  # unquoted space
+        "postgresql://postgres:pa@ss/CHUNKSECRET@127.0.0.1:5432/test",  # unencoded @ and /
+        "postgresql://postgres:CHUNKSECRET@127.0.0.1:1/test",  # nothing listens
+    ],
+)
+def test_a_chunk_store_dsn_never_reaches_the_job_error(dsn: str, workdir: Path) -> None:
+    """The worker's message becomes the job's error, which the job's tenant reads: libpq's
+    own text, which quotes the pieces of a DSN it cannot parse, never reaches it."""
+    out = run_worker(make_job({"type": "text", "text": "hello"}), workdir, INGEST_CHUNK_DSN=dsn)
+    assert out.code in (75, 78), out.stderr
+    assert "CHUNKSECRET" not in out.stderr + out.stdout
+    assert "INGEST_CHUNK_DSN" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_migration_uses_pgvector_when_available(pg_dsn: str) -> None:

@@ -74,6 +74,22 @@ def test_every_encoded_form_and_dict_keys_are_scrubbed() -> None:
     assert "tr_a" not in json.dumps(redaction.scrub_value(value, [secret]))
 
 
+@pytest.mark.parametrize(
+    "form",
+    [
+        "s3cr3t%20pa!ss%2Fw%C3%B6rd%26x",  # JavaScript's encodeURIComponent
+        "s3cr3t%20pa%21ss%2fw%c3%b6rd%26x",  # percent-encoding in lower case
+        "s3cr3t%20pa!ss/w%C3%B6rd&x",  # a URL re-encoded by an HTTP client (httpx, requests)
+        '"s3cr3t pa!ss\\/w\\u00f6rd&x"',  # JSON that escapes "/" (PHP, some Java)
+        '"s3cr3t pa!ss\\/wörd&x"',
+    ],
+)
+def test_the_encodings_other_languages_and_http_clients_write_are_scrubbed(form: str) -> None:
+    secret = "s3cr3t pa!ss/wörd&x"
+    scrubbed = redaction.scrub(f"GET failed for {form} (x)", [secret])
+    assert "s3cr3t" not in scrubbed and "rd" not in scrubbed.split("for", 1)[1], scrubbed
+
+
 def test_redaction_of_a_deep_value_is_bounded_not_a_crash() -> None:
     node: dict[str, object] = {"token": "t"}
     for _ in range(5000):

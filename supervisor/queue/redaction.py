@@ -277,18 +277,29 @@ def _redact_url(text: str, is_secret_param: Callable[[str], bool]) -> str:
     return "".join(parts)
 
 
+# Characters left as they are by JavaScript's encodeURIComponent (besides those Python's
+# quote always leaves), and by an HTTP client re-encoding a URL it was given (RFC 3986's
+# reserved characters: only what a URL cannot hold is encoded).
+_URI_COMPONENT_SAFE = "!'()*"
+_URL_SAFE = "!#$&'()*+,/:;=?@[]"
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-F]{2}")
+
+
 @functools.lru_cache(maxsize=1024)
 def _forms(secret: str) -> frozenset[str]:
-    """The ways a secret shows up in text: as is, URL-encoded, inside a JSON string.
-    Cached: a job's secrets are scrubbed from each of its progress lines."""
-    forms = {
-        secret,
-        quote(secret, safe="", errors="replace"),
-        quote(secret, errors="replace"),
-        quote_plus(secret, errors="replace"),
+    """The ways a secret shows up in text: as is; URL-encoded as Python, JavaScript and
+    HTTP clients write it, with upper- or lower-case hex; inside a JSON string, with or
+    without "/" escaped. Cached: a job's secrets are scrubbed from each of its progress
+    lines."""
+    encoded = {
+        quote(secret, safe=safe, errors="replace")
+        for safe in ("", "/", _URI_COMPONENT_SAFE, _URL_SAFE)
     }
-    forms.add(json.dumps(secret)[1:-1])
-    forms.add(json.dumps(secret, ensure_ascii=False)[1:-1])
+    encoded.add(quote_plus(secret, errors="replace"))
+    encoded |= {_PERCENT_ESCAPE.sub(lambda m: m.group().lower(), f) for f in encoded}
+    in_json = {json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+    in_json |= {f.replace("/", "\\/") for f in in_json}
+    forms = {secret} | encoded | in_json
     return frozenset(f for f in forms if len(f) >= 4)
 
 

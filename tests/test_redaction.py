@@ -550,3 +550,18 @@ def test_any_mapping_is_walked_as_an_object() -> None:
     bad = MappingProxyType({**plain, "metadata": MappingProxyType({1: "x"})})
     with pytest.raises(payload.PayloadError, match="keys must be strings"):
         payload.check_structure(bad)
+
+
+def test_a_number_that_is_a_secret_is_redacted_from_a_result() -> None:
+    """A number stored under a secret-named key is a secret as JSON writes it; a child
+    that sends it back as a number in its RESULT has it redacted like a string."""
+    secrets = redaction.secret_values({"metadata": {"pin_token": 98765432109, "ttl": 3.5}})
+    assert secrets == ["98765432109"]
+    result = {"n": 98765432109, "s": "98765432109", "other": 98765432108, "flag": True}
+    assert redaction.scrub_value(result, secrets) == {
+        "n": redaction.REDACTED,
+        "s": redaction.REDACTED,
+        "other": 98765432108,
+        "flag": True,
+    }
+    assert redaction.scrub_value([1.5e300, 98765432109], secrets) == [1.5e300, redaction.REDACTED]

@@ -356,9 +356,11 @@ def scrub_piece(
 
 
 def scrub_value(value: Any, secrets: Iterable[str], max_depth: int = MAX_DEPTH) -> Any:
-    """`value` (child-made JSON or text) with every secret in its strings and keys redacted;
-    anything nested deeper than `max_depth` becomes a marker."""
+    """`value` (child-made JSON or text) with every secret in its strings and keys redacted,
+    and every number that is one (as JSON writes it, see `secret_texts`) replaced by the
+    marker; anything nested deeper than `max_depth` becomes a marker."""
     forms = _all_forms(tuple(secrets))
+    numbers = frozenset(f for f in forms if f[-1].isdigit())
     strings: list[str] = []  # every key and string, in the order `rebuild` meets them
 
     def collect(node: Any, depth: int) -> None:
@@ -390,6 +392,9 @@ def scrub_value(value: Any, secrets: Iterable[str], max_depth: int = MAX_DEPTH) 
             return out
         if isinstance(node, list):
             return [rebuild(v, depth + 1) for v in node]
+        # A finite number's repr is its JSON text.
+        if isinstance(node, int | float) and not isinstance(node, bool) and repr(node) in numbers:
+            return REDACTED
         return node
 
     return rebuild(value, 0)

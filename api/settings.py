@@ -144,16 +144,17 @@ def _tenant_tokens(raw: str, admin: str | None) -> tuple[tuple[str, str], ...]:
     """`tenant:token` pairs separated by commas or whitespace."""
     name = "INGEST_API_TENANT_TOKENS"
     pairs: list[tuple[str, str]] = []
-    for item in re.split(r"[,\s]+", raw.strip()):
-        if not item:
-            continue
+    items = [item for item in re.split(r"[,\s]+", raw.strip()) if item]
+    for number, item in enumerate(items, 1):
         tenant, sep, token = item.rpartition(":")
-        # Never quote the item: it holds a token.
+        # Never quote an entry, nor what looks like its tenant: an entry written token
+        # first, or a token holding ':', puts (part of) the token there.
         if not sep or not TENANT_ID_RE.fullmatch(tenant):
             raise ApiSettingsError(f"{name}: each entry must be tenant_id:token")
         if len(token) < MIN_TOKEN_CHARS:
             raise ApiSettingsError(
-                f"{name}: tenant {tenant}'s token is shorter than {MIN_TOKEN_CHARS} characters"
+                f"{name}: entry {number} (tenant_id:token) has a token shorter than "
+                f"{MIN_TOKEN_CHARS} characters"
             )
         pairs.append((tenant, token))
     tokens = [t for _, t in pairs]

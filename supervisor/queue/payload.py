@@ -83,6 +83,8 @@ def validate_payload(
     payload's `secret_values` under them, when the caller has them already."""
     if not isinstance(raw, Mapping):
         raise PayloadError("payload", "must be a JSON object")
+    if not all(isinstance(k, str) for k in raw):
+        raise PayloadError("payload", "keys must be strings")
     unknown = sorted(set(raw) - _KNOWN_FIELDS)
     if unknown:
         raise PayloadError(unknown[0], "is not a known field")

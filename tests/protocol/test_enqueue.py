@@ -111,6 +111,8 @@ BAD_PAYLOADS: list[tuple[str, Any, str]] = [
     ("bad timeout", job("j", timeout_s=-1), "timeout_s"),
     ("bad max_attempts", job("j", max_attempts=0), "max_attempts"),
     ("metadata not an object", job("j", metadata=[1]), "metadata"),
+    # A Python producer's keys need not be strings, nor comparable with each other.
+    ("keys that are not strings", {**job("j"), 1: "a", None: "b"}, "payload"),
 ]
 
 

@@ -87,11 +87,11 @@ KIND_NAMES: dict[Any, str] = {
 # The userinfo of a URL's authority: everything up to its last @ (an @ in a user name or a
 # password is read so by URL parsers and redis-py); the password follows its first colon.
 _URL_USERINFO = re.compile(r"//([^/?#\s]*)@")
-# password=... as a URL query parameter or a libpq keyword (value quoted or bare).
-# After a letter or digit it is another word (`nopassword=`); after `_` it is one of a
-# variable's words (`REDIS_PASSWORD=`, `ssl_password=`).
+# password=... as a URL query parameter or a libpq keyword (value quoted or bare), and
+# libpq's sslpassword=. After a letter or digit it is another word (`nopassword=`); after
+# `_` it is one of a variable's words (`REDIS_PASSWORD=`, `ssl_password=`).
 _PASSWORD_PARAM = re.compile(
-    r"(?i)((?<![a-z0-9])(?:password|passwd|pwd)\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)"
+    r"(?i)((?<![a-z0-9])(?:ssl)?(?:password|passwd|pwd)\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)"
 )
 
 

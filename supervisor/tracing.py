@@ -30,6 +30,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from supervisor import events as ev
+from supervisor.config import mask_secrets
 from supervisor.metricdefs import record_trace_export_failure
 from supervisor.queue.redaction import DEFAULT_SECRET_KEYS, redact
 from supervisor.sinks import JobSink
@@ -374,7 +375,7 @@ def build_tracer(
         tracer_provider=provider,
         span_exporter=exporter,
     )
-    log.info("Langfuse tracing on: %s", base_url)
+    log.info("Langfuse tracing on: %s", mask_secrets(base_url))
     return TracingSink(
         client,
         provider,

@@ -158,6 +158,9 @@ def test_start_up_line_masks_passwords(tmp_path) -> None:  # type: ignore[no-unt
         ("rediss://h/0?ssl_password=k3y", "rediss://h/0?ssl_password=***"),
         ("REDIS_PASSWORD=s3cret next", "REDIS_PASSWORD=*** next"),
         ("nopassword=1", "nopassword=1"),
+        # libpq's password for an encrypted client key, as a URL parameter and a keyword.
+        ("postgresql://u@h/d?sslpassword=S3cret", "postgresql://u@h/d?sslpassword=***"),
+        ("host=h sslpassword=S3cret", "host=h sslpassword=***"),
     ],
 )
 def test_mask_secrets_in_connection_strings(raw: str, masked: str) -> None:

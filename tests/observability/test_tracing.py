@@ -270,3 +270,15 @@ async def test_export_failures_are_counted() -> None:
 
     await poll(lambda: failures() >= 1, 15, "a counted export failure")
     await sink.aclose(1.0)
+
+
+async def test_the_langfuse_host_is_logged_without_its_credentials(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A LANGFUSE_HOST with credentials in its URL (a proxy's) is logged with them masked."""
+    url = closed_port_url().replace("://", "://lfuser:LFHOSTPASS@", 1)
+    with caplog.at_level(logging.INFO, logger="supervisor.tracing"):
+        sink = tracer(url)
+    await sink.aclose(0.5)
+    assert "Langfuse tracing on" in caplog.text
+    assert "LFHOSTPASS" not in caplog.text and "lfuser:***@" in caplog.text

@@ -56,6 +56,7 @@ TIME_COLUMNS = frozenset({"queued_at", "started_at", "finished_at", "updated_at"
 _PERMANENT_CLASSES = ("22", "23")
 _UNDEFINED_COLUMN = "42703"
 _LOCK_NOT_AVAILABLE = "55P03"
+_QUERY_CANCELED = "57014"  # statement_timeout
 
 
 class StatusStoreError(Exception):
@@ -63,10 +64,19 @@ class StatusStoreError(Exception):
     (the data itself was rejected, also told by a PostgreSQL `sqlstate` of class 22 or 23);
     anything else is retried with backoff."""
 
-    def __init__(self, message: str, *, permanent: bool = False, sqlstate: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        permanent: bool = False,
+        sqlstate: str = "",
+        timed_out: bool = False,
+    ) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
         self.permanent = permanent or sqlstate[:2] in _PERMANENT_CLASSES
+        # The request ran out of time (ours, or the server's statement timeout).
+        self.timed_out = timed_out or sqlstate == _QUERY_CANCELED
 
     @property
     def missing_column(self) -> bool:

@@ -87,7 +87,7 @@ class PostgresBackend:
                         return await (cur.fetchall() if many else cur.fetchone())
             except TimeoutError:
                 await self._drop_connection()
-                raise StatusStoreError("status store timed out") from None
+                raise StatusStoreError("status store timed out", timed_out=True) from None
             except psycopg.Error as exc:
                 state = getattr(exc, "sqlstate", None) or ""
                 if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):

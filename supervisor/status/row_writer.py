@@ -29,8 +29,11 @@ log = logging.getLogger("supervisor.status.projector")
 # A store request carries at most this much row data (estimated); bigger batches are split.
 REQUEST_BYTES = 4 * 1024 * 1024
 # A batch that failed this many times in a row is split in halves: a batch too large for
-# the store (a timeout, a size limit) must not be retried whole for ever.
+# the store (a size limit) must not be retried whole for ever. One that timed out is split
+# at once, and later requests carry at most half as many rows (see RowWriter.request_rows).
 SPLIT_AFTER_FAILURES = 3
+# Requests written in time, in a row, after which that cap doubles.
+GROW_AFTER = 10
 
 
 def _weight(row: StatusUpdate) -> int:
@@ -64,6 +67,11 @@ class RowWriter:
         self.retry_max_s = retry_max_s
         self.give_up_at: float | None = None  # monotonic; set while draining at shutdown
         self.locked: set[str] = set()  # jobs whose rows another session holds locked
+        # The most rows one request carries, once a request timed out (None: no cap): a slow
+        # store then drains a backlog in requests it can take in time, rather than timing out
+        # on every full batch first.
+        self.request_rows: int | None = None
+        self._in_time = 0  # requests written in time since the cap last changed
 
     async def _apply_once(self, rows: list[StatusUpdate]) -> None:
         started = time.monotonic()
@@ -73,16 +81,17 @@ class RowWriter:
                 await self.backend.apply(rows)
             ok = True
         except TimeoutError:
-            raise StatusStoreError("status write timed out") from None
+            raise StatusStoreError("status write timed out", timed_out=True) from None
         finally:
             with contextlib.suppress(Exception):
                 self.hooks.on_request(len(rows), time.monotonic() - started, ok)
 
     async def _apply_retrying(self, rows: list[StatusUpdate]) -> str:
         """'ok' once the store took the rows; 'rejected' when it refused them as invalid;
-        'split' when a batch of several rows kept failing or holds a locked row; 'stuck'
-        when one row is locked by another session (any other failure of one row is
-        retried for as long as it lasts: a store that refuses writes refuses them all);
+        'split' when a batch of several rows kept failing or holds a locked row; 'too_slow'
+        when a batch of several rows timed out; 'stuck' when one row is locked by another
+        session (any other failure of one row is retried for as long as it lasts: a store
+        that refuses writes refuses them all);
         'gave_up' at the shutdown deadline (the entries then stay pending for another
         projector)."""
         delay = self.retry_initial_s
@@ -96,6 +105,8 @@ class RowWriter:
                     return "rejected"
                 if isinstance(exc, StatusStoreError) and exc.row_locked:
                     return "split" if len(rows) > 1 else "stuck"
+                if isinstance(exc, StatusStoreError) and exc.timed_out and len(rows) > 1:
+                    return "too_slow"
                 attempt += 1
                 if attempt == 1 or attempt % 10 == 0:
                     log.warning(
@@ -119,7 +130,10 @@ class RowWriter:
         """Write rows; False only when giving up at the shutdown deadline."""
         outcome = await self._apply_retrying(rows)
         if outcome == "ok":
+            self._took(len(rows))
             return True
+        if outcome == "too_slow":
+            self.request_rows, self._in_time = max(1, len(rows) // 2), 0
         if outcome == "gave_up":
             return False
         if outcome == "stuck":
@@ -149,15 +163,25 @@ class RowWriter:
         mid = len(rows) // 2
         return await self._apply(rows[:mid]) and await self._apply(rows[mid:])
 
+    def _took(self, rows: int) -> None:
+        """A request of `rows` was written in time: the cap grows back after a while."""
+        cap = self.request_rows
+        if cap is None or rows < cap:
+            return
+        self._in_time += 1
+        if self._in_time >= GROW_AFTER:
+            self.request_rows, self._in_time = cap * 2, 0
+
     async def write(self, rows: list[StatusUpdate]) -> bool:
-        """Write rows, in requests of bounded size; False only when giving up at the
-        shutdown deadline (`give_up_at`). Jobs whose rows were locked are added to
-        `locked`."""
+        """Write rows, in requests of bounded size (and at most `request_rows` rows); False
+        only when giving up at the shutdown deadline (`give_up_at`). Jobs whose rows were
+        locked are added to `locked`."""
         request: list[StatusUpdate] = []
         size = 0
         for row in rows:
             weight = _weight(row)
-            if request and size + weight > REQUEST_BYTES:
+            full = self.request_rows is not None and len(request) >= self.request_rows
+            if request and (full or size + weight > REQUEST_BYTES):
                 if not await self._apply(request):
                     return False
                 request, size = [], 0

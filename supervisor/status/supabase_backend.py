@@ -72,7 +72,7 @@ class SupabaseBackend:
                 client = await self._get_client()
                 return (await builder_factory(client).execute()).data
         except TimeoutError:
-            raise StatusStoreError("status store timed out") from None
+            raise StatusStoreError("status store timed out", timed_out=True) from None
         except APIError as exc:
             code = str(exc.code or "")
             raise StatusStoreError(

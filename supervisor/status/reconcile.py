@@ -102,6 +102,12 @@ def _not_its_snapshot(row: RowVersion, state: str, started: float | None) -> boo
     return shown is not None and (shown != row.status or not _same_start(row.started_at, started))
 
 
+def _entry_ms(entry_id: bytes | str) -> int:
+    """The Redis clock time (ms) of a stream entry id."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[0])
+
+
 def _shown(state: str) -> str | None:
     """The status a row shows for a record in `state` (None for a state this version
     does not know)."""
@@ -118,8 +124,11 @@ async def compare_page(
     *,
     limit: int,
     trailing_row_s: float = TRAILING_ROW_S,
+    leave_waiting: bool = False,
 ) -> ReconcileReport:
-    """Compare about `limit` job records from `cursor` on with their rows."""
+    """Compare about `limit` job records from `cursor` on with their rows. With
+    `leave_waiting`, a row whose job's last change still waits in the outbox is not
+    reported missing or behind (the periodic sweep: the projector will write it)."""
     report = ReconcileReport()
     # Revisions are Redis's clock in milliseconds: a record's is when it last changed. A
     # change is settled once its trailing row had time to land, and everything the outbox
@@ -128,6 +137,14 @@ async def compare_page(
     pending = (await outbox_state(queue.client, queue.keys.status_outbox)).oldest_unprojected_ms
     if pending is not None:
         settled_rev = min(settled_rev, pending)
+    # Changes from `pending` up to the outbox's newest entry may still wait there (Redis 7
+    # goes on counting entries an XTRIM took as undelivered: only what the outbox still
+    # holds counts); their rows are the projector's to write, not ours to send again.
+    waiting: tuple[int, int] | None = None
+    if leave_waiting and pending is not None:
+        newest = await queue.client.xrevrange(queue.keys.status_outbox, count=1)
+        if newest and newest[0][0] is not None:
+            waiting = (pending, _entry_ms(newest[0][0]))
     records: dict[str, tuple[str, float, int, str, int, float | None]] = {}
     while True:
         cursor, page = await queue.status_versions(cursor, min(limit, 500))
@@ -142,6 +159,12 @@ async def compare_page(
     rows = await backend.fetch_versions(list(records))
     for job_id, (tenant, run, rev, state, attempt, started) in records.items():
         row = rows.get(job_id)
+        if (
+            waiting is not None
+            and waiting[0] <= rev <= waiting[1]
+            and (row is None or (row.seq_run, row.rev) < (run, rev))
+        ):
+            continue  # its last change still waits in the outbox, behind a slow store
         if row is None:
             report.missing.append(job_id)
         elif row.tenant_id != tenant:
@@ -223,7 +246,12 @@ async def sweep_page(
     keys = queue.keys
     raw = await queue.client.hget(keys.status_reconcile, CURSOR_FIELD)
     report = await compare_page(
-        queue, backend, int(raw or 0), limit=limit, trailing_row_s=trailing_row_s
+        queue,
+        backend,
+        int(raw or 0),
+        limit=limit,
+        trailing_row_s=trailing_row_s,
+        leave_waiting=True,
     )
     await queue.client.hset(keys.status_reconcile, CURSOR_FIELD, str(report.cursor))
     if report.stale:

@@ -829,3 +829,22 @@ async def test_a_store_out_of_reach_cuts_a_reconcile_sweep_short_in_one_line(
         await backend.aclose()
     swept = [r for r in caplog.records if "reconcile sweep" in r.getMessage()]
     assert all(r.levelname == "WARNING" and r.exc_info is None for r in swept), swept
+
+
+async def test_rows_still_waiting_in_the_outbox_are_not_re_sent(
+    queue: JobQueue, sqlite_backend: StatusBackend
+) -> None:
+    """A slow store is not a dropped row: jobs whose changes still wait in the outbox are
+    not re-sent by the reconciler (each re-send is one more row for the same slow store);
+    once their entries are gone unprojected (trimmed), their rows are."""
+    await projector(queue, sqlite_backend, "p-waiting").ensure_group()
+    ids = [f"waiting-{i}" for i in range(3)]
+    for job_id in ids:
+        await queue.enqueue(payload(job_id))
+    report = await sweep_page(queue, sqlite_backend, limit=100)
+    assert report.missing == [], "their queued rows are still in the outbox"
+    assert await queue.client.xlen(queue.keys.status_outbox) == 3
+    await queue.client.xtrim(queue.keys.status_outbox, maxlen=0)
+    report = await sweep_page(queue, sqlite_backend, limit=100)
+    assert sorted(report.missing) == ids
+    assert await queue.client.xlen(queue.keys.status_outbox) == 3  # re-sent

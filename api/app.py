@@ -53,13 +53,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.include_router(jobs_router)
-    app.include_router(ops_router)
-    app.include_router(dashboard_router)
+    routers = [jobs_router, ops_router, dashboard_router]
     # Routes exist from creation, before lifespan reads the other settings.
     ui_path = settings.ui_path if settings is not None else load_ui_path()
     if ui_path is not None:
-        app.include_router(ui_router(ui_path))
+        routers.append(ui_router(ui_path))
+    for router in routers:
+        app.include_router(router)
+    # Every route the app serves, for the Allow header of a 405: the app's own router
+    # holds included routers as branches that do not list their routes.
+    app.state.served_routes = [*app.router.routes, *(r for rt in routers for r in rt.routes)]
 
     def body_limit(path: str) -> int:
         s: ApiSettings = getattr(app.state, "settings", None) or ApiSettings()

@@ -69,7 +69,7 @@ E503: Responses = {503: _describe("Redis unavailable or too slow")}
 def _allowed_methods(req: Request) -> str:
     """Every method any route serves at this path: Starlette names only the first route's."""
     methods: set[str] = set()
-    for route in req.app.router.routes:
+    for route in getattr(req.app.state, "served_routes", req.app.router.routes):
         if isinstance(route, Route) and route.methods:
             match, _ = route.matches({**req.scope, "method": "GET"})
             if match is not Match.NONE:

@@ -373,3 +373,21 @@ def test_another_tenants_big_results_bound_a_scoped_listing(api_server: ServerFa
         pages = _all_pages(a, state="waiting", limit=1000)
     assert len(pages) > 1, pages
     assert [i for p in pages for i in p] == ["own-1"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PUT", "/jobs", "GET, POST"),
+        ("DELETE", "/jobs/some-job", "GET"),
+        ("PATCH", "/health/queue", "GET"),
+        ("PUT", "/jobs/some-job/cancel", "POST"),
+    ],
+)
+def test_a_wrong_method_is_told_which_ones_the_path_serves(
+    http: httpx.Client, method: str, path: str, allowed: str
+) -> None:
+    r = http.request(method, path)
+    assert r.status_code == 405, r.text
+    served = {m.strip() for m in r.headers["allow"].split(",")}
+    assert set(allowed.split(", ")) <= served and method not in served, r.headers["allow"]

@@ -6,10 +6,23 @@ by what the consumer keeps, never by what the child writes.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import fcntl
 import os
+import termios
 from collections.abc import Callable
+
+
+def unread_bytes(fd: int) -> int:
+    """How many bytes wait unread in the pipe `fd` reads from (0 when it cannot be told)."""
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, count, True)
+    except OSError:
+        return 0
+    return count[0]
 
 
 class PipeReader:

@@ -23,7 +23,7 @@ from supervisor.runner.forkserver import FORK_SERVER, ForkServerLost, ForkServer
 from supervisor.runner.oom import oom_kills, says_out_of_memory
 from supervisor.runner.outcome import ChildOutcome, EndReason, describe_end
 from supervisor.runner.output import BoundedOutput
-from supervisor.runner.pipes import PipeReader, PipeWriter
+from supervisor.runner.pipes import PipeReader, PipeWriter, unread_bytes
 from supervisor.runner.protocol import (
     MESSAGE_LIMIT,
     PROGRESS_PREFIX,
@@ -223,6 +223,16 @@ class _ChildRun:
             result = None if self.result_line is None else parse_line(self.result_line)
             if isinstance(result, Result):
                 self.result, self.result_error = result.value, result.error
+            unread = 0 if readers[0].eof.done() else unread_bytes(child.stdout_fd)
+            if unread:
+                # More protocol lines than the budget read within the drain time: the last
+                # RESULT may be among them, so no result stands (the job fails saying so).
+                self.result = None
+                self.result_error = (
+                    f"{unread} bytes of its output were not read: more protocol lines than "
+                    f"{cfg.protocol_lines_per_s:g} a second for {cfg.drain_timeout_s:g} s "
+                    "after it exited"
+                )
         finally:
             stop_sampling()
             writer.close()

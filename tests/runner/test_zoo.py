@@ -339,3 +339,20 @@ async def test_a_result_nested_deeper_than_a_payload_may_be_fails_for_good(run: 
     cmd = (sys.executable, "-S", "-c", f"print('RESULT: {ok}')")
     outcome = await run(fast_config(cmd))
     assert outcome.succeeded and outcome.result is not None
+
+
+async def test_a_result_left_unread_in_a_flooded_pipe_fails_the_job(run: RunFn) -> None:
+    """A child that enlarges its stdout pipe, fills it with protocol lines and exits 0
+    leaves more in the pipe than the budget reads within the drain time: the RESULT at
+    its end was never read. The job fails saying so, rather than completing without it."""
+    code = (
+        "import fcntl, os, sys\n"
+        "fcntl.fcntl(1, 1031, 1 << 20)\n"  # F_SETPIPE_SZ: a 1 MiB pipe
+        "os.write(1, b'PROGRESS: 1\\n' * 80_000)\n"
+        "os.write(1, b'RESULT: {\"answer\": 42}\\n')\n"
+    )
+    cfg = fast_config((sys.executable, "-S", "-c", code), protocol_lines_per_s=1000)
+    outcome = await run(cfg)
+    assert outcome.ended is EndReason.BAD_RESULT, (outcome.ended, outcome.result)
+    assert outcome.result is None
+    assert outcome.error is not None and "not read" in outcome.error, outcome.error

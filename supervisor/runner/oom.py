@@ -10,6 +10,7 @@ the service's cgroup is exactly this one.
 from __future__ import annotations
 
 import os
+import signal
 
 _CGROUP_ROOT = "/sys/fs/cgroup"
 _resolved: dict[int, str | None] = {}  # by pid: a process may move before its first job
@@ -80,3 +81,25 @@ _OOM_MARKERS = (b"MemoryError", b"Cannot allocate memory", b"std::bad_alloc", b"
 def says_out_of_memory(stderr_end: bytes) -> bool:
     """Whether the end of a child's stderr says an allocation failed."""
     return any(marker in stderr_end for marker in _OOM_MARKERS)
+
+
+def looks_out_of_memory(
+    *,
+    exit_code: int | None,
+    signum: int | None,
+    we_killed: bool,
+    kills_at_start: int | None,
+    memory_limited: bool,
+    stderr_end: bytes,
+) -> bool:
+    """Whether a child that exited on its own (not 0) ran out of memory."""
+    if exit_code == 0:
+        return False
+    if signum == signal.SIGKILL and not we_killed:
+        # Nobody here sent it: the OOM killer, or someone's kill -9. The cgroup's OOM
+        # counter tells which where it can be read; elsewhere assume the OOM killer.
+        now = oom_kills()
+        if kills_at_start is None or now is None:
+            return True
+        return now > kills_at_start
+    return memory_limited and says_out_of_memory(stderr_end)

@@ -7,6 +7,7 @@ searches per chunk rather than Python work per line.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -22,6 +23,8 @@ _PREFIXES = (PROGRESS_PREFIX, RESULT_PREFIX)
 _LONGEST_PREFIX = max(len(p) for p in _PREFIXES)
 _NUMBER = re.compile(rb"(?:100(?:\.0+)?|\d{1,2}(?:\.\d+)?)")
 MESSAGE_LIMIT = 1000
+# A RESULT line longer than this is parsed in a thread (see parse_last_result).
+THREADED_RESULT_BYTES = 64 * 1024
 # A UTF-16 surrogate escape in a RESULT line (\ud800-\udfff): unpaired, it decodes to a
 # lone surrogate, which no UTF-8 encoder (Redis readers, the status store) accepts.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -202,6 +205,19 @@ def parse_line(line: ProtocolLine) -> Progress | Result | Rejected:
             return Result(None, f"RESULT line longer than {len(data)} bytes was cut")
         return parse_result(data[len(RESULT_PREFIX) :])
     return Rejected("not a protocol line")
+
+
+async def parse_last_result(line: ProtocolLine | None) -> Result | None:
+    """A child's last RESULT line, parsed once it has ended (None without one). Parsing
+    and checking a large one takes a second or two of Python: in a thread, so the loop
+    every slot shares keeps its turns."""
+    if line is None:
+        return None
+    if len(line.data) > THREADED_RESULT_BYTES:
+        parsed = await asyncio.to_thread(parse_line, line)
+    else:
+        parsed = parse_line(line)
+    return parsed if isinstance(parsed, Result) else None
 
 
 def parse_progress(

@@ -20,7 +20,7 @@ from supervisor.runner.config import RunnerConfig
 from supervisor.runner.containment import ORPHANS, ProcessTree
 from supervisor.runner.env import job_env
 from supervisor.runner.forkserver import FORK_SERVER, ForkServerLost, ForkServerTimeout
-from supervisor.runner.oom import oom_kills, says_out_of_memory
+from supervisor.runner.oom import looks_out_of_memory, oom_kills
 from supervisor.runner.outcome import ChildOutcome, EndReason, describe_end
 from supervisor.runner.output import BoundedOutput
 from supervisor.runner.pipes import PipeReader, PipeWriter, unread_bytes
@@ -31,8 +31,7 @@ from supervisor.runner.protocol import (
     ProgressState,
     ProtocolLine,
     ProtocolScanner,
-    Result,
-    parse_line,
+    parse_last_result,
     parse_progress,
 )
 from supervisor.runner.sampling import start_sampling
@@ -116,6 +115,7 @@ class _ChildRun:
         self.result: Any = None
         self.result_error: str | None = None
         self.we_killed = False
+        self.outlived_kill = False  # waited _KILL_WAIT_S after SIGKILL in vain: never again
         self.strays = 0
         self.server_lost = False
         self.oom_kills_at_start: int | None = None
@@ -220,8 +220,8 @@ class _ChildRun:
                 await wait_all(eofs, cfg.drain_timeout_s)
             for line in self.scanner.finish():
                 self._handle(line)
-            result = None if self.result_line is None else parse_line(self.result_line)
-            if isinstance(result, Result):
+            result = await parse_last_result(self.result_line)
+            if result is not None:
                 self.result, self.result_error = result.value, result.error
             unread = 0 if readers[0].eof.done() else unread_bytes(child.stdout_fd)
             if unread:
@@ -244,7 +244,9 @@ class _ChildRun:
             if child.start_report is not None:
                 child.start_report.close()
             try:
-                if not child.exited.done():  # we were cancelled: never leave the child behind
+                # Cancelled: never leave the child behind (one that outlived SIGKILL once
+                # is not waited for again).
+                if not child.exited.done() and not self.outlived_kill:
                     await self._kill_and_reap(child, tree)
             finally:  # even if a second cancel cut the wait short
                 self.strays += tree.kill_strays()
@@ -316,6 +318,7 @@ class _ChildRun:
         try:
             await asyncio.wait_for(asyncio.shield(child.exited), _KILL_WAIT_S)
         except TimeoutError:
+            self.outlived_kill = True
             log.error("child %d survived SIGKILL for %.0fs", child.pid, _KILL_WAIT_S)
 
     # ---- outcome ------------------------------------------------------------------
@@ -354,7 +357,14 @@ class _ChildRun:
     ) -> ChildOutcome:
         if ended is EndReason.EXITED and status.exit_code == 0 and self.result_error:
             ended = EndReason.BAD_RESULT
-        oom = self._looks_out_of_memory(status, ended)
+        oom = ended is EndReason.EXITED and looks_out_of_memory(
+            exit_code=status.exit_code,
+            signum=status.signal,
+            we_killed=self.we_killed,
+            kills_at_start=self.oom_kills_at_start,
+            memory_limited=self.config.limits.memory_bytes is not None,
+            stderr_end=self.stderr.last(8192),
+        )
         stderr_tail, progress_message, result_error = texts
         return ChildOutcome(
             ended=ended,
@@ -394,17 +404,3 @@ class _ChildRun:
             self._shown(self.progress.message),
             result_error,
         )
-
-    def _looks_out_of_memory(self, status: ExitStatus, ended: EndReason) -> bool:
-        if ended is not EndReason.EXITED or status.exit_code == 0:
-            return False
-        if status.signal == signal.SIGKILL and not self.we_killed:
-            # Nobody here sent it: the OOM killer, or someone's kill -9. The cgroup's OOM
-            # counter tells which where it can be read; elsewhere assume the OOM killer.
-            now = oom_kills()
-            if self.oom_kills_at_start is None or now is None:
-                return True
-            return now > self.oom_kills_at_start
-        if self.config.limits.memory_bytes is None:
-            return False
-        return says_out_of_memory(self.stderr.last(8192))

@@ -356,3 +356,69 @@ async def test_a_result_left_unread_in_a_flooded_pipe_fails_the_job(run: RunFn) 
     assert outcome.ended is EndReason.BAD_RESULT, (outcome.ended, outcome.result)
     assert outcome.result is None
     assert outcome.error is not None and "not read" in outcome.error, outcome.error
+
+
+async def test_a_child_that_outlives_sigkill_is_waited_for_once(
+    run: RunFn, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A child the kernel does not let die (stuck in D state; here: its exit is never
+    reported, the fork server being stopped) is waited for once after SIGKILL, not a
+    second time by the clean-up, which doubled the time its slot and a shutdown took."""
+    from supervisor.runner import forkserver_process
+    from supervisor.runner import run as run_module
+    from supervisor.runner.forkserver import ForkServer
+
+    monkeypatch.setattr(run_module, "_KILL_WAIT_S", 0.5)
+    # The daemon continues a stopped fork server; this one must stay stopped.
+    monkeypatch.setattr(forkserver_process, "continue_if_stopped", lambda _pid: None)
+    server = ForkServer(spares=0)
+    server.start()
+    assert server.pid is not None
+    cfg = fast_config(child_cmd("sleep_forever.py"), fork_server=server)
+    progressed = asyncio.Event()
+    task = asyncio.ensure_future(
+        run(cfg, timeout_s=0.5, on_progress=lambda _p, _m: progressed.set())
+    )
+    try:
+        await asyncio.wait_for(progressed.wait(), 10)
+        os.kill(server.pid, signal.SIGSTOP)
+        with caplog.at_level("ERROR", logger="supervisor.runner.run"):
+            outcome = await asyncio.wait_for(task, 20)
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        server.close()
+    assert outcome.ended is EndReason.TIMEOUT
+    assert caplog.text.count("survived SIGKILL") == 1, (caplog.text, outcome)
+
+
+async def test_a_large_result_is_parsed_without_holding_the_loop(run: RunFn) -> None:
+    """A RESULT of nearly 1 MiB made of deep small lists takes a second or so of Python to
+    parse and check for depth; the loop every slot shares keeps its turns meanwhile."""
+    item = "[" * 30 + "1" + "]" * 30
+    code = (
+        "import sys\n"
+        f"sys.stdout.write('RESULT: {{\"v\": [' + ','.join(['{item}'] * 14000) + ']}}\\n')\n"
+    )
+    cfg = fast_config((sys.executable, "-S", "-c", code))
+    longest = 0.0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal longest
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while not done:
+            await asyncio.sleep(0.01)
+            now = loop.time()
+            longest = max(longest, now - last)
+            last = now
+
+    ticks = asyncio.ensure_future(ticker())
+    try:
+        outcome = await run(cfg)
+    finally:
+        done = True
+        await ticks
+    assert outcome.succeeded, outcome.error
+    assert isinstance(outcome.result, dict) and len(outcome.result["v"]) == 14000
+    assert longest < 0.5, f"the loop was held {longest:.2f} s"

@@ -95,7 +95,9 @@ def test_template_runs_a_notify_daemon_that_drains_its_own_children() -> None:
     assert one(TEMPLATE, "Service", "NotifyAccess") == "main"
     assert one(TEMPLATE, "Service", "KillMode") == "mixed"
     assert one(TEMPLATE, "Service", "KillSignal") == "SIGTERM"
-    assert one(TEMPLATE, "Service", "Restart") == "on-failure"
+    # Also after a clean exit: a SIGTERM the daemon did not get from systemd (a same-user
+    # child's kill, an operator's) must not leave the pool one daemon short for good.
+    assert one(TEMPLATE, "Service", "Restart") == "always"
     assert seconds(one(TEMPLATE, "Service", "WatchdogSec")) > 0
     exec_start = one(TEMPLATE, "Service", "ExecStart")
     assert exec_start == f"{INSTALLED_BIN}/ingest-supervisor --instance %i"

@@ -115,6 +115,8 @@ class _ChildRun:
         self.result: Any = None
         self.result_error: str | None = None
         self.we_killed = False
+        self.draining = False  # the child has ended; what its pipes hold is read
+        self.held_back_in_drain = False  # the line budget paused that reading
         self.outlived_kill = False  # waited _KILL_WAIT_S after SIGKILL in vain: never again
         self.strays = 0
         self.server_lost = False
@@ -131,7 +133,9 @@ class _ChildRun:
             self._handle(line)
         if not lines:
             return 0.0
-        return self.budget.spend(len(lines), time.monotonic())
+        wait = self.budget.spend(len(lines), time.monotonic())
+        self.held_back_in_drain |= self.draining and wait > 0
+        return wait
 
     def _handle(self, line: ProtocolLine) -> None:
         if not line.data.startswith(PROGRESS_PREFIX):
@@ -203,6 +207,7 @@ class _ChildRun:
             # The group is killed while its id cannot have been reused: right after the reap.
             tree.root_exited()
             self.strays += tree.kill_strays()
+            self.draining = True
             for reader in readers:  # what is left is read now, at the budget's rate
                 reader.resume()
             eofs = [r.eof for r in readers]
@@ -218,15 +223,19 @@ class _ChildRun:
             if killed:
                 self.strays += killed
                 await wait_all(eofs, cfg.drain_timeout_s)
+            # Protocol lines the budget held back until the drain ended: the last RESULT
+            # may be among them, so no result stands (the job fails saying so). Text that
+            # a process left holding the pipe writes on is no such line.
+            flooded = self.held_back_in_drain and not readers[0].eof.done()
+            unread = unread_bytes(child.stdout_fd) if flooded else 0
+            for reader in readers:  # nothing more is read, nor a later RESULT taken
+                reader.stop()
             for line in self.scanner.finish():
                 self._handle(line)
             result = await parse_last_result(self.result_line)
             if result is not None:
                 self.result, self.result_error = result.value, result.error
-            unread = 0 if readers[0].eof.done() else unread_bytes(child.stdout_fd)
             if unread:
-                # More protocol lines than the budget read within the drain time: the last
-                # RESULT may be among them, so no result stands (the job fails saying so).
                 self.result = None
                 self.result_error = (
                     f"{unread} bytes of its output were not read: more protocol lines than "

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable
+from pathlib import Path
 
 import psutil
 import pytest
@@ -422,3 +423,59 @@ async def test_a_large_result_is_parsed_without_holding_the_loop(run: RunFn) -> 
     assert outcome.succeeded, outcome.error
     assert isinstance(outcome.result, dict) and len(outcome.result["v"]) == 14000
     assert longest < 0.5, f"the loop was held {longest:.2f} s"
+
+
+async def test_no_later_result_is_taken_while_a_large_one_is_parsed(run: RunFn) -> None:
+    """The pipe is read no further once the child's end is settled: a RESULT still in it
+    behind a flood (here behind a large first RESULT parsed in a thread) is never taken
+    for an earlier one, and the job fails saying its output was not read."""
+    item = "[" * 30 + "1" + "]" * 30
+    code = (
+        "import fcntl, os\n"
+        "fcntl.fcntl(1, 1031, 1 << 20)\n"  # F_SETPIPE_SZ: a 1 MiB pipe
+        f"os.write(1, b'RESULT: {{\"first\": [' + b','.join([b'{item}'] * 9000) + b']}}\\n')\n"
+        "os.write(1, b'PROGRESS: 1\\n' * 14_000)\n"
+        "os.write(1, b'RESULT: {\"last\": true}\\n')\n"
+    )
+    cfg = fast_config((sys.executable, "-S", "-c", code), protocol_lines_per_s=1000)
+    outcome = await run(cfg)
+    assert outcome.ended is EndReason.BAD_RESULT and outcome.result is None, outcome.ended
+    assert outcome.error is not None and "not read" in outcome.error
+
+
+async def test_plain_text_from_a_process_left_holding_stdout_fails_nothing(
+    run: RunFn, tmp_path: Path
+) -> None:
+    """A helper that escaped the job (its own session, a clean environment) and goes on
+    logging plain text to the inherited stdout after the child exited 0 with its RESULT:
+    the pipe is abandoned after the drain, and the job keeps its result."""
+    pid_file = tmp_path / "helper.pid"
+    helper = (
+        "import os, time\n"
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "time.sleep(0.4)\n"  # after the RESULT, within the drain
+        "end = time.time() + 5\n"
+        "while time.time() < end:\n"
+        "    os.write(1, b'helper: still syncing\\n' * 100)\n"
+    )
+    code = (
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-S', '-c', {helper!r}], env={{}},"
+        " start_new_session=True)\n"
+        "time.sleep(0.2)\n"
+        "print('RESULT: {\"ok\": 1}', flush=True)\n"
+    )
+    # Another job running meanwhile: an orphan no run can be told to own is left alive
+    # while any run goes on (it may be that run's), so the helper keeps the pipe.
+    other = asyncio.ensure_future(
+        run(fast_config((sys.executable, "-S", "-c", "import time; time.sleep(3)")))
+    )
+    try:
+        await asyncio.sleep(0.3)
+        outcome = await run(fast_config((sys.executable, "-S", "-c", code)))
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        await other
+    assert outcome.succeeded, outcome.error
+    assert outcome.result == {"ok": 1}

@@ -17,12 +17,13 @@ import logging
 from dataclasses import dataclass, field
 
 from supervisor.queue.jobqueue import JobQueue
+from supervisor.queue.records import as_str
 from supervisor.queue.states import JobState, table_status
 from supervisor.status.backend import RowVersion, StatusBackend
 from supervisor.status.lost import LOST_AFTER_S, fail_lost_rows
 from supervisor.status.outbox import rows_from_records
 from supervisor.status.parked import LockBudget, apply_unless_locked
-from supervisor.status.trim import outbox_state
+from supervisor.status.trim import entry_id_key, outbox_state
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +103,6 @@ def _not_its_snapshot(row: RowVersion, state: str, started: float | None) -> boo
     return shown is not None and (shown != row.status or not _same_start(row.started_at, started))
 
 
-def _entry_ms(entry_id: bytes | str) -> int:
-    """The Redis clock time (ms) of a stream entry id."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.split("-", 1)[0])
-
-
 def _shown(state: str) -> str | None:
     """The status a row shows for a record in `state` (None for a state this version
     does not know)."""
@@ -144,7 +139,7 @@ async def compare_page(
     if leave_waiting and pending is not None:
         newest = await queue.client.xrevrange(queue.keys.status_outbox, count=1)
         if newest and newest[0][0] is not None:
-            waiting = (pending, _entry_ms(newest[0][0]))
+            waiting = (pending, entry_id_key(as_str(newest[0][0]))[0])
     records: dict[str, tuple[str, float, int, str, int, float | None]] = {}
     while True:
         cursor, page = await queue.status_versions(cursor, min(limit, 500))

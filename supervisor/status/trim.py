@@ -44,7 +44,8 @@ class OutboxState:
         return max(0.0, (now_ms - self.oldest_unprojected_ms) / 1000.0)
 
 
-def _id_key(entry_id: str) -> tuple[int, int]:
+def entry_id_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as (Redis clock ms, sequence), in the stream's order."""
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
 
@@ -89,15 +90,15 @@ async def outbox_state(client: AnyRedis, stream: str) -> OutboxState:
         if not candidates:
             # Everything delivered and acknowledged: keep only what comes after.
             candidates.append(last_delivered)
-        group_oldest = min(candidates, key=_id_key)
-        if oldest is None or _id_key(group_oldest) < _id_key(oldest):
+        group_oldest = min(candidates, key=entry_id_key)
+        if oldest is None or entry_id_key(group_oldest) < entry_id_key(oldest):
             oldest = group_oldest
     assert oldest is not None
     behind = unprojected > 0
     return OutboxState(
         length,
         min(unprojected, length),
-        _id_key(oldest)[0] if behind else None,
+        entry_id_key(oldest)[0] if behind else None,
         oldest,
         has_group=True,
     )
@@ -114,7 +115,7 @@ async def trim_outbox(client: AnyRedis, stream: str, state: OutboxState) -> int:
     if not state.has_group:
         if state.read_at_ms is None:
             return 0
-        ms, seq = _id_key(state.safe_trim_id)
+        ms, seq = entry_id_key(state.safe_trim_id)
         keep_from = (state.read_at_ms - int(NO_READER_KEEP_S * 1000), 0)
         ms, seq = min((ms, seq + 1), keep_from)
         return int(await client.xtrim(stream, minid=f"{ms}-{seq}", approximate=False))
